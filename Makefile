@@ -1,0 +1,40 @@
+# Two commands set up a fresh machine: `make run` (the service) and `make test` (lint + the suite).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install services run demo test lint typecheck clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wadispatch needs Python >= 3.11 (set PYTHON=python3.12, for example)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+services:
+	@bash scripts/ensure-services.sh
+
+run: install services
+	$(BIN)/wadispatch run
+
+demo: install services
+	$(BIN)/wadispatch migrate
+	$(BIN)/wadispatch demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy models api_shim worker meta_sandbox cli
+
+test: install services
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""FastAPI app: auth, one module per API surface, intake (persist + enqueue), error envelopes."""

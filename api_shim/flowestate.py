@@ -1,0 +1,238 @@
+"""The FlowEstate WhatsApp surface (shared/seeds/flowestate-whatsapp-api.txt), under /api/v1."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api_shim.auth import Caller, authenticate_flowestate
+from api_shim.errors import ApiError, ErrorCode, error_responses
+from api_shim.intake import accept_message
+from models.db import get_sessionmaker
+from models.enums import AccountStatus, Scope, SourceApi
+from models.outbound import CAPTION_MAX, TEXT_MAX, MediaMessage, TextMessage
+from models.phones import is_valid_e164
+from models.tables import Contact, Message, WhatsappAccount
+
+PREFIX = "/api/v1"
+router = APIRouter(prefix=PREFIX + "/whatsapp", tags=["FlowEstate WhatsApp"])
+
+AUTH_ERRORS = (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN)
+
+
+def db_session() -> Iterator[Session]:
+    session = get_sessionmaker()()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+DbSession = Annotated[Session, Depends(db_session)]
+
+
+def caller_with(scope: Scope):
+    def dependency(request: Request, session: DbSession) -> Caller:
+        return authenticate_flowestate(session, request, scope)
+
+    return dependency
+
+
+# ---- schemas -------------------------------------------------------------------------------
+
+
+class AccountOut(BaseModel):
+    id: uuid.UUID = Field(description="Pass it as whatsappAccountId.")
+    accountType: Literal["organization", "member"]
+    phoneNumber: str | None = Field(description="The connected sender number (E.164), or null if not provisioned.")
+    status: Literal["connected"] = Field(description="Always connected: only connected accounts are listed.")
+    memberId: uuid.UUID | None = Field(description="The owning member for member accounts; null for the org account.")
+
+
+class AccountsOut(BaseModel):
+    data: list[AccountOut]
+
+
+class MediaIn(BaseModel):
+    url: str = Field(description="https URL of the file", max_length=2048)
+    type: Literal["image", "video", "document"]
+    mimetype: str | None = Field(default=None, max_length=255)
+    fileName: str | None = Field(default=None, max_length=240)
+
+    @field_validator("url")
+    @classmethod
+    def _https_only(cls, value: str) -> str:
+        if not value.lower().startswith("https://") or len(value) <= len("https://"):
+            raise ValueError("must be an https URL")
+        return value
+
+
+class SendIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"description": "One ad-hoc WhatsApp message to one lead."})
+
+    leadId: uuid.UUID = Field(description="The lead to message; must belong to your organization.")
+    whatsappAccountId: uuid.UUID = Field(description="The sending account id, from GET /whatsapp/accounts.")
+    message: str = Field(min_length=1, max_length=TEXT_MAX, description="1..4096 chars; the caption when media is set.")
+    media: MediaIn | None = None
+
+    @model_validator(mode="after")
+    def _caption_fits(self) -> SendIn:
+        if self.media is not None and len(self.message) > CAPTION_MAX:
+            raise ValueError(
+                f"message: must be at most {CAPTION_MAX} characters when media is present (it becomes the caption)"
+            )
+        return self
+
+    def to_outbound(self) -> TextMessage | MediaMessage:
+        if self.media is None:
+            return TextMessage(body=self.message)
+        return MediaMessage(
+            type=self.media.type,
+            url=self.media.url,
+            caption=self.message,
+            filename=self.media.fileName,
+            mimetype=self.media.mimetype,
+        )
+
+
+class SendOut(BaseModel):
+    messageId: uuid.UUID
+
+
+class MessageErrorOut(BaseModel):
+    code: str
+    title: str | None
+    detail: str | None
+
+
+class MessageOut(BaseModel):
+    id: uuid.UUID
+    status: Literal["queued", "sending", "retrying", "sent", "delivered", "read", "failed"]
+    type: str
+    leadId: uuid.UUID
+    whatsappAccountId: uuid.UUID
+    wamid: str | None = Field(description="Meta's message id once sent")
+    attempts: int
+    error: MessageErrorOut | None
+    createdAt: datetime
+    queuedAt: datetime | None
+    sentAt: datetime | None
+    deliveredAt: datetime | None
+    readAt: datetime | None
+    failedAt: datetime | None
+    updatedAt: datetime
+
+
+class MessageEnvelope(BaseModel):
+    data: MessageOut
+
+
+# ---- routes --------------------------------------------------------------------------------
+
+
+@router.get("/accounts", response_model=AccountsOut, responses=error_responses(*AUTH_ERRORS))
+def list_accounts(session: DbSession, caller: Annotated[Caller, Depends(caller_with(Scope.READ))]) -> AccountsOut:
+    """Scope `whatsapp:read`. The organization's connected sender accounts."""
+    accounts = session.scalars(
+        select(WhatsappAccount)
+        .where(WhatsappAccount.org_id == caller.org_id, WhatsappAccount.status == AccountStatus.CONNECTED)
+        .order_by(WhatsappAccount.created_at, WhatsappAccount.id)
+    )
+    return AccountsOut(
+        data=[
+            AccountOut(
+                id=a.id,
+                accountType=a.account_type,  # type: ignore[arg-type]
+                phoneNumber=a.phone_number,
+                status="connected",
+                memberId=a.member_id,
+            )
+            for a in accounts
+        ]
+    )
+
+
+@router.post(
+    "/send",
+    response_model=SendOut,
+    responses=error_responses(
+        ErrorCode.VALIDATION_ERROR,
+        ErrorCode.BAD_REQUEST,
+        ErrorCode.OPTED_OUT,
+        ErrorCode.ACCOUNT_UNAVAILABLE,
+        ErrorCode.NOT_FOUND,
+        *AUTH_ERRORS,
+    ),
+)
+def send(body: SendIn, session: DbSession, caller: Annotated[Caller, Depends(caller_with(Scope.WRITE))]) -> SendOut:
+    """Scope `whatsapp:write`. Queue one message to a lead; it threads into the lead's conversation.
+
+    Answers as soon as the message is stored and queued; follow it with GET /whatsapp/messages/{id}.
+    """
+    lead = session.scalars(
+        select(Contact).where(Contact.id == body.leadId, Contact.org_id == caller.org_id)
+    ).one_or_none()
+    if lead is None:
+        raise ApiError(ErrorCode.NOT_FOUND, "Lead not found")
+    if lead.opted_out_at is not None:
+        raise ApiError(ErrorCode.OPTED_OUT, "The lead opted out of WhatsApp and cannot be messaged")
+    account = session.scalars(
+        select(WhatsappAccount).where(
+            WhatsappAccount.id == body.whatsappAccountId, WhatsappAccount.org_id == caller.org_id
+        )
+    ).one_or_none()
+    if account is None or account.status != AccountStatus.CONNECTED or not account.meta_phone_number_id:
+        raise ApiError(ErrorCode.ACCOUNT_UNAVAILABLE, "The WhatsApp account was not found or is not connected")
+    if not is_valid_e164(lead.phone_e164) or not lead.wa_id:
+        raise ApiError(ErrorCode.BAD_REQUEST, "The lead has no valid phone number")
+    message_id = accept_message(
+        session,
+        org_id=caller.org_id,
+        account_id=account.id,
+        contact_id=lead.id,
+        message=body.to_outbound(),
+        source=SourceApi.FLOWESTATE,
+    )
+    return SendOut(messageId=message_id)
+
+
+@router.get(
+    "/messages/{message_id}",
+    response_model=MessageEnvelope,
+    responses=error_responses(ErrorCode.VALIDATION_ERROR, ErrorCode.NOT_FOUND, *AUTH_ERRORS),
+)
+def get_message(
+    message_id: uuid.UUID, session: DbSession, caller: Annotated[Caller, Depends(caller_with(Scope.READ))]
+) -> MessageEnvelope:
+    """Scope `whatsapp:read`. Where a message stands: status, Meta's wamid, the last error, timestamps."""
+    m = session.scalars(select(Message).where(Message.id == message_id, Message.org_id == caller.org_id)).one_or_none()
+    if m is None:
+        raise ApiError(ErrorCode.NOT_FOUND, "Message not found")
+    return MessageEnvelope(
+        data=MessageOut(
+            id=m.id,
+            status=m.status,  # type: ignore[arg-type]
+            type=m.message_type,
+            leadId=m.contact_id,
+            whatsappAccountId=m.account_id,
+            wamid=m.wamid,
+            attempts=m.attempts,
+            error=MessageErrorOut(code=m.error_code, title=m.error_title, detail=m.error_detail)
+            if m.error_code
+            else None,
+            createdAt=m.created_at,
+            queuedAt=m.queued_at,
+            sentAt=m.sent_at,
+            deliveredAt=m.delivered_at,
+            readAt=m.read_at,
+            failedAt=m.failed_at,
+            updatedAt=m.updated_at,
+        )
+    )

@@ -1,0 +1,79 @@
+"""Accepting a message: persist it and its thread entry, commit, and only then enqueue its id."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from sqlalchemy import func, insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from models.enums import MessageStatus, SourceApi
+from models.outbound import MediaMessage, TextMessage, preview_of
+from models.tables import Conversation, Message
+from worker.celery_app import enqueue_send
+
+log = logging.getLogger(__name__)
+
+
+def accept_message(
+    session: Session,
+    *,
+    org_id: uuid.UUID,
+    account_id: uuid.UUID,
+    contact_id: uuid.UUID,
+    message: TextMessage | MediaMessage,
+    source: SourceApi,
+    idempotency_key: str | None = None,
+) -> uuid.UUID:
+    """Commit the message as ``queued`` and hand its id to the broker. Returns the message id.
+
+    If the broker is unreachable the message is still accepted: it is committed, and the sweeper
+    enqueues it once the broker is back.
+    """
+    message_id = uuid.uuid4()
+    preview = preview_of(message)
+    conversation_id = session.execute(
+        pg_insert(Conversation)
+        .values(
+            org_id=org_id,
+            account_id=account_id,
+            contact_id=contact_id,
+            last_message_id=message_id,
+            last_message_at=func.now(),
+            last_message_preview=preview,
+            last_message_status=MessageStatus.QUEUED,
+        )
+        .on_conflict_do_update(
+            constraint="uq_conversation_account_contact",
+            set_={
+                "last_message_id": message_id,
+                "last_message_at": func.now(),
+                "last_message_preview": preview,
+                "last_message_status": MessageStatus.QUEUED,
+            },
+        )
+        .returning(Conversation.id)
+    ).scalar_one()
+    session.execute(
+        insert(Message).values(
+            id=message_id,
+            org_id=org_id,
+            conversation_id=conversation_id,
+            account_id=account_id,
+            contact_id=contact_id,
+            message_type=message.type,
+            payload=message.model_dump(mode="json", exclude_none=True),
+            status=MessageStatus.QUEUED,
+            source_api=source,
+            idempotency_key=idempotency_key,
+            enqueued_at=func.now(),
+        )
+    )
+    session.commit()
+    try:
+        enqueue_send(message_id)
+    except Exception:
+        log.warning("message %s accepted but not enqueued (broker unreachable); the sweeper will", message_id)
+    return message_id

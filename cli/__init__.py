@@ -1,0 +1,1 @@
+"""The `wadispatch` command."""

@@ -1,0 +1,206 @@
+"""Operator commands: organizations, API keys, WhatsApp accounts, contacts."""
+
+from __future__ import annotations
+
+import uuid
+
+import click
+from sqlalchemy import select
+
+from cli.output import emit, fail
+from models import admin
+from models.db import session_scope
+from models.enums import AccountStatus, KeyKind, Scope
+from models.tables import ApiKey
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _uuid(value: str, field: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        fail(f"{field}: must be a UUID")
+        raise
+
+
+@click.group()
+def org() -> None:
+    """Organizations (tenants)."""
+
+
+@org.command("create")
+@click.option("--slug", required=True, help="FlowIQ tenantId, e.g. acme")
+@click.option("--name", required=True)
+@click.option("--provider", default="meta", show_default=True)
+@json_option
+def org_create(slug: str, name: str, provider: str, as_json: bool) -> None:
+    try:
+        with session_scope() as session:
+            row = admin.create_org(session, slug=slug, name=name, provider=provider)
+            data = {"id": str(row.id), "slug": row.slug, "name": row.name, "provider": row.whatsapp_provider}
+    except admin.AdminError as exc:
+        fail(str(exc))
+    emit(data, as_json=as_json, human=f"organization {data['slug']} created: {data['id']}")
+
+
+@click.group()
+def key() -> None:
+    """API keys (shown once; stored as SHA-256)."""
+
+
+@key.command("create")
+@click.option("--org", "org_slug", required=True)
+@click.option("--kind", type=click.Choice([k.value for k in KeyKind]), required=True, help="fe: fe_k_..., fiq: fiq_...")
+@click.option("--scopes", default=f"{Scope.READ},{Scope.WRITE}", show_default=True)
+@json_option
+def key_create(org_slug: str, kind: str, scopes: str, as_json: bool) -> None:
+    try:
+        with session_scope() as session:
+            created = admin.create_key(
+                session,
+                org=admin.org_by_slug(session, org_slug),
+                kind=KeyKind(kind),
+                scopes=[s.strip() for s in scopes.split(",") if s.strip()],
+            )
+            data = {"id": str(created.row.id), "key": created.key, "scopes": created.row.scopes}
+    except admin.AdminError as exc:
+        fail(str(exc))
+    emit(data, as_json=as_json, human=f"key {data['id']} (shown once, store it now):\n{data['key']}")
+
+
+@key.command("revoke")
+@click.option("--id", "key_id", required=True)
+@json_option
+def key_revoke(key_id: str, as_json: bool) -> None:
+    try:
+        with session_scope() as session:
+            row = admin.revoke_key(session, _uuid(key_id, "--id"))
+            data = {"id": str(row.id), "revoked": True}
+    except admin.AdminError as exc:
+        fail(str(exc))
+    emit(data, as_json=as_json, human=f"key {key_id} revoked")
+
+
+@key.command("list")
+@click.option("--org", "org_slug", required=True)
+@json_option
+def key_list(org_slug: str, as_json: bool) -> None:
+    try:
+        with session_scope() as session:
+            org_row = admin.org_by_slug(session, org_slug)
+            rows = session.scalars(select(ApiKey).where(ApiKey.org_id == org_row.id).order_by(ApiKey.created_at))
+            keys = [
+                {
+                    "id": str(r.id),
+                    "prefix": r.prefix,
+                    "last4": r.last4,
+                    "scopes": r.scopes,
+                    "created_at": r.created_at,
+                    "last_used_at": r.last_used_at,
+                    "revoked_at": r.revoked_at,
+                }
+                for r in rows
+            ]
+    except admin.AdminError as exc:
+        fail(str(exc))
+    human = "\n".join(
+        f"{k['id']}  {k['prefix']}…{k['last4']}  {','.join(k['scopes'])}  {'revoked' if k['revoked_at'] else 'active'}"
+        for k in keys
+    )
+    emit({"data": keys}, as_json=as_json, human=human or "no keys")
+
+
+@click.group()
+def account() -> None:
+    """WhatsApp sender accounts."""
+
+
+@account.command("create")
+@click.option("--org", "org_slug", required=True)
+@click.option("--type", "account_type", type=click.Choice(["organization", "member"]), default="organization")
+@click.option("--phone", help="display number, E.164")
+@click.option("--phone-number-id", help="Meta's phone-number id")
+@click.option("--token", envvar="WADISPATCH_NEW_ACCOUNT_TOKEN", help="Meta access token (or the env variable)")
+@click.option("--status", type=click.Choice([s.value for s in AccountStatus]), default="connected")
+@click.option("--mps", type=int, default=80, show_default=True, help="messages per second Meta allows")
+@json_option
+def account_create(
+    org_slug: str,
+    account_type: str,
+    phone: str | None,
+    phone_number_id: str | None,
+    token: str | None,
+    status: str,
+    mps: int,
+    as_json: bool,
+) -> None:
+    try:
+        with session_scope() as session:
+            row = admin.create_account(
+                session,
+                org=admin.org_by_slug(session, org_slug),
+                account_type=account_type,
+                phone=phone,
+                phone_number_id=phone_number_id,
+                token=token,
+                status=status,
+                mps=mps,
+            )
+            data = {"id": str(row.id), "status": row.status, "phone_number": row.phone_number, "mps": row.mps}
+    except admin.AdminError as exc:
+        fail(str(exc))
+    emit(data, as_json=as_json, human=f"account {data['id']} ({data['status']})")
+
+
+def _set_status(account_id: str, status: AccountStatus, as_json: bool) -> None:
+    from worker.celery_app import enqueue_send
+
+    try:
+        with session_scope() as session:
+            waiting = admin.set_account_status(session, _uuid(account_id, "--id"), status)
+    except admin.AdminError as exc:
+        fail(str(exc))
+    for message_id in waiting:
+        enqueue_send(message_id)
+    data = {"id": account_id, "status": status.value, "requeued": len(waiting)}
+    emit(data, as_json=as_json, human=f"account {account_id} is {status.value}; {len(waiting)} messages re-queued")
+
+
+@account.command("resume")
+@click.option("--id", "account_id", required=True)
+@json_option
+def account_resume(account_id: str, as_json: bool) -> None:
+    """Put a halted (or disconnected) account back to connected and send what waited for it."""
+    _set_status(account_id, AccountStatus.CONNECTED, as_json)
+
+
+@account.command("halt")
+@click.option("--id", "account_id", required=True)
+@json_option
+def account_halt(account_id: str, as_json: bool) -> None:
+    """Stop sending from an account; its queued messages wait."""
+    _set_status(account_id, AccountStatus.HALTED, as_json)
+
+
+@click.group()
+def contact() -> None:
+    """Contacts (FlowEstate leads)."""
+
+
+@contact.command("create")
+@click.option("--org", "org_slug", required=True)
+@click.option("--phone", help="E.164, e.g. +18095551234")
+@click.option("--name")
+@click.option("--opted-out", is_flag=True)
+@json_option
+def contact_create(org_slug: str, phone: str | None, name: str | None, opted_out: bool, as_json: bool) -> None:
+    try:
+        with session_scope() as session:
+            row = admin.create_contact(
+                session, org=admin.org_by_slug(session, org_slug), phone=phone, name=name, opted_out=opted_out
+            )
+            data = {"id": str(row.id), "phone": row.phone_e164, "name": row.name, "opted_out": opted_out}
+    except admin.AdminError as exc:
+        fail(str(exc))
+    emit(data, as_json=as_json, human=f"contact {data['id']}")

@@ -1,0 +1,161 @@
+"""`wadispatch`: run the service's processes and administer it."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+
+import click
+
+from cli import admin as admin_commands
+from models.settings import get_settings
+
+WORKER_QUEUES = "wadispatch.send,wadispatch.maintenance"
+
+
+@click.group()
+def cli() -> None:
+    """wadispatch: queue-backed WhatsApp message dispatch."""
+
+
+@cli.command()
+def migrate() -> None:
+    """Create the database if needed and apply every migration."""
+    from models.migrate import ensure_database, upgrade_to_head
+
+    url = get_settings().database_url
+    try:
+        if ensure_database(url):
+            click.echo("created the database")
+        upgrade_to_head(url)
+    except Exception as exc:
+        raise click.ClickException(
+            f"migration failed: {type(exc).__name__}: {exc}\n"
+            "Is Postgres running? Start it with: "
+            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+        ) from exc
+    click.echo("database is at the latest migration")
+
+
+@cli.command()
+@click.option("--host", default=None, help="default: WADISPATCH_API_HOST")
+@click.option("--port", type=int, default=None, help="default: WADISPATCH_API_PORT")
+@click.option("--workers", type=int, default=1, show_default=True)
+def api(host: str | None, port: int | None, workers: int) -> None:
+    """Run the HTTP API shim."""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "api_shim.app:create_app",
+        factory=True,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--pool", default=None, help="threads|prefork|gevent|solo (default: WADISPATCH_WORKER_POOL)")
+@click.option("--concurrency", type=int, default=None, help="default: WADISPATCH_WORKER_CONCURRENCY")
+@click.pass_context
+def worker(ctx: click.Context, pool: str | None, concurrency: int | None) -> None:
+    """Run a Celery worker (extra arguments go to `celery worker`)."""
+    from worker.celery_app import app
+
+    settings = get_settings()
+    app.worker_main(
+        [
+            "worker",
+            f"--pool={pool or settings.worker_pool}",
+            f"--concurrency={concurrency or settings.worker_concurrency}",
+            f"--queues={WORKER_QUEUES}",
+            f"--loglevel={settings.log_level}",
+            *ctx.args,
+        ]
+    )
+
+
+@cli.command()
+def beat() -> None:
+    """Run Celery beat (the sweeper's clock). Its schedule lives in memory: nothing to lose."""
+    from worker.celery_app import app
+
+    app.start(["beat", "--scheduler=celery.beat:Scheduler", f"--loglevel={get_settings().log_level}"])
+
+
+@cli.command()
+@click.option("--port", type=int, default=5555, show_default=True)
+def flower(port: int) -> None:
+    """Run Flower, the Celery monitoring UI."""
+    from worker.celery_app import app
+
+    app.start(["flower", f"--port={port}", "--address=127.0.0.1"])
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=None, help="default: WADISPATCH_SANDBOX_PORT (8090)")
+@click.option("--latency-ms", type=float, default=0.0, show_default=True, help="delay before each answer")
+def sandbox(host: str, port: int | None, latency_ms: float) -> None:
+    """Run the Meta Graph API sandbox."""
+    import uvicorn
+
+    from meta_sandbox.app import create_app
+
+    uvicorn.run(
+        create_app(latency_ms=latency_ms),
+        host=host,
+        port=port or get_settings().sandbox_port,
+        log_level="warning",
+        timeout_keep_alive=30,
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def demo(as_json: bool) -> None:
+    """Create a demo organization, key, connected account and two leads; print curl commands."""
+    from cli.demo import create_demo, curl_examples
+
+    try:
+        data = create_demo()
+    except Exception as exc:
+        raise click.ClickException(f"demo failed ({type(exc).__name__}: {exc}); did `wadispatch migrate` run?") from exc
+    click.echo(json.dumps(data, indent=2) if as_json else curl_examples(data, get_settings()))
+
+
+@cli.command()
+@click.option("--sandbox/--no-sandbox", default=True, show_default=True, help="also run the Meta sandbox")
+def run(sandbox: bool) -> None:
+    """Migrate, then run the API, a worker, beat and the sandbox in the foreground (Ctrl-C stops all)."""
+    from honcho.manager import Manager
+
+    ctx = click.get_current_context()
+    ctx.invoke(migrate)
+    me = shlex.join([sys.executable, "-m", "cli"])
+    settings = get_settings()
+    manager = Manager()
+    if sandbox:
+        manager.add_process("sandbox", f"{me} sandbox --port {settings.sandbox_port}")
+    manager.add_process("api", f"{me} api")
+    manager.add_process("worker", f"{me} worker")
+    manager.add_process("beat", f"{me} beat")
+    click.echo(
+        f"API on http://{settings.api_host}:{settings.api_port} (docs at /docs), "
+        f"Meta at {settings.meta_base_url}. In another terminal: `.venv/bin/wadispatch demo`"
+    )
+    manager.loop()
+    sys.exit(manager.returncode)
+
+
+cli.add_command(admin_commands.org)
+cli.add_command(admin_commands.key)
+cli.add_command(admin_commands.account)
+cli.add_command(admin_commands.contact)
+
+
+def main() -> None:
+    cli()

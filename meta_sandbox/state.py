@@ -1,0 +1,53 @@
+"""The sandbox's memory: what it received, which tokens it expects, latency and injected faults."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Fault:
+    """Answer the next ``remaining`` calls (optionally for one phone number) with this error."""
+
+    http_status: int
+    code: int | None
+    message: str
+    remaining: int
+    phone_number_id: str | None = None
+    retry_after_s: float | None = None
+
+
+@dataclass
+class SandboxState:
+    latency_ms: float = 0.0
+    received: list[dict[str, Any]] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+    faults: list[Fault] = field(default_factory=list)
+
+    def count_call(self, phone_number_id: str) -> None:
+        self.calls[phone_number_id] = self.calls.get(phone_number_id, 0) + 1
+
+    def take_fault(self, phone_number_id: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.remaining > 0 and fault.phone_number_id in (None, phone_number_id):
+                fault.remaining -= 1
+                if fault.remaining == 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    def record(self, phone_number_id: str, token: str, body: dict[str, Any], wamid: str) -> None:
+        self.received.append(
+            {
+                "wamid": wamid,
+                "phone_number_id": phone_number_id,
+                # Enough to prove which token arrived, without keeping the token itself.
+                "token_sha256": hashlib.sha256(token.encode()).hexdigest(),
+                "received_at": time.time(),
+                "body": body,
+            }
+        )

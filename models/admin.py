@@ -1,0 +1,147 @@
+"""Operator actions behind the CLI (and test fixtures). Each takes a session and does not commit."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from models.crypto import encrypt_token
+from models.enums import AccountStatus, AccountType, KeyKind, MessageStatus, Scope
+from models.keys import generate_key, hash_key
+from models.phones import normalize_e164, wa_id_of
+from models.tables import ApiKey, Contact, Message, Organization, WhatsappAccount
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+
+
+class AdminError(ValueError):
+    """A bad operator request: the message names the field and what is wrong."""
+
+
+def org_by_slug(session: Session, slug: str) -> Organization:
+    org = session.scalars(select(Organization).where(Organization.slug == slug)).one_or_none()
+    if org is None:
+        raise AdminError(f"--org: no organization with slug {slug!r}")
+    return org
+
+
+def create_org(session: Session, *, slug: str, name: str, provider: str = "meta") -> Organization:
+    if not SLUG_RE.match(slug):
+        raise AdminError("--slug: 2-63 characters of a-z, 0-9 and '-', starting with a letter or digit")
+    if not name.strip():
+        raise AdminError("--name: must not be empty")
+    if session.scalars(select(Organization.id).where(Organization.slug == slug)).first():
+        raise AdminError(f"--slug: an organization with slug {slug!r} already exists")
+    org = Organization(slug=slug, name=name.strip(), whatsapp_provider=provider)
+    session.add(org)
+    session.flush()
+    return org
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    row: ApiKey
+    key: str  # shown once, never stored
+
+
+def create_key(session: Session, *, org: Organization, kind: KeyKind, scopes: list[str]) -> CreatedKey:
+    known = {s.value for s in Scope}
+    unknown = [s for s in scopes if s not in known]
+    if unknown or not scopes:
+        raise AdminError(f"--scopes: choose from {', '.join(sorted(known))} (got {', '.join(scopes) or 'none'})")
+    key = generate_key(kind)
+    row = ApiKey(org_id=org.id, prefix=kind.prefix, key_hash=hash_key(key), last4=key[-4:], scopes=sorted(set(scopes)))
+    session.add(row)
+    session.flush()
+    return CreatedKey(row=row, key=key)
+
+
+def revoke_key(session: Session, key_id: uuid.UUID) -> ApiKey:
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        raise AdminError(f"--id: no API key {key_id}")
+    if row.revoked_at is None:
+        row.revoked_at = func.now()
+        session.flush()
+    return row
+
+
+def create_account(
+    session: Session,
+    *,
+    org: Organization,
+    account_type: str,
+    phone: str | None,
+    phone_number_id: str | None,
+    token: str | None,
+    status: str = AccountStatus.CONNECTED,
+    mps: int = 80,
+    member_id: uuid.UUID | None = None,
+) -> WhatsappAccount:
+    if account_type not in {t.value for t in AccountType}:
+        raise AdminError("--type: must be organization or member")
+    if status not in {s.value for s in AccountStatus}:
+        raise AdminError("--status: must be connected, disconnected or halted")
+    if mps < 1:
+        raise AdminError("--mps: must be at least 1")
+    if account_type == AccountType.MEMBER and member_id is None:
+        member_id = uuid.uuid4()
+    account = WhatsappAccount(
+        org_id=org.id,
+        account_type=account_type,
+        member_id=member_id if account_type == AccountType.MEMBER else None,
+        phone_number=_phone_or_error(phone, "--phone") if phone else None,
+        meta_phone_number_id=phone_number_id,
+        access_token_encrypted=encrypt_token(token) if token else None,
+        status=status,
+        mps=mps,
+    )
+    session.add(account)
+    session.flush()
+    return account
+
+
+def create_contact(
+    session: Session, *, org: Organization, phone: str | None, name: str | None, opted_out: bool = False
+) -> Contact:
+    e164 = _phone_or_error(phone, "--phone") if phone else None
+    contact = Contact(
+        org_id=org.id,
+        phone_e164=e164,
+        wa_id=wa_id_of(e164) if e164 else None,
+        name=name,
+        opted_out_at=func.now() if opted_out else None,
+    )
+    session.add(contact)
+    session.flush()
+    return contact
+
+
+def set_account_status(session: Session, account_id: uuid.UUID, status: AccountStatus) -> list[uuid.UUID]:
+    """Change an account's status; resuming returns the ids of its waiting messages to enqueue."""
+    account = session.get(WhatsappAccount, account_id)
+    if account is None:
+        raise AdminError(f"--id: no WhatsApp account {account_id}")
+    account.status = status
+    account.halted_reason = None if status != AccountStatus.HALTED else account.halted_reason
+    session.flush()
+    if status != AccountStatus.CONNECTED:
+        return []
+    waiting = session.execute(
+        update(Message)
+        .where(Message.account_id == account_id, Message.status == MessageStatus.QUEUED)
+        .values(enqueued_at=func.now())
+        .returning(Message.id)
+    )
+    return [row.id for row in waiting]
+
+
+def _phone_or_error(raw: str, field: str) -> str:
+    try:
+        return normalize_e164(raw)
+    except ValueError as exc:
+        raise AdminError(f"{field}: {exc}") from exc

@@ -1,0 +1,66 @@
+"""Statuses and kinds shared by the shim, the worker and the tables."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class MessageStatus(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+
+
+# Statuses a worker may claim a message from.
+CLAIMABLE = (MessageStatus.QUEUED, MessageStatus.RETRYING)
+# Statuses after which nothing more is sent.
+FINAL = (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ, MessageStatus.FAILED)
+
+
+class AccountStatus(StrEnum):
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    HALTED = "halted"
+
+
+class AccountType(StrEnum):
+    ORGANIZATION = "organization"
+    MEMBER = "member"
+
+
+class KeyKind(StrEnum):
+    FLOWESTATE = "fe"
+    FLOWIQ = "fiq"
+
+    @property
+    def prefix(self) -> str:
+        return "fe_k_" if self is KeyKind.FLOWESTATE else "fiq_"
+
+
+class Direction(StrEnum):
+    OUTBOUND = "outbound"
+    INBOUND = "inbound"
+
+
+class SourceApi(StrEnum):
+    FLOWESTATE = "flowestate"
+    FLOWIQ = "flowiq"
+    OPERATOR = "operator"
+
+
+class AttemptOutcome(StrEnum):
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+    HALTED = "halted"
+    # The request may have reached Meta but no answer came back (timeout, worker lost).
+    UNCERTAIN = "uncertain"
+
+
+class Scope(StrEnum):
+    READ = "whatsapp:read"
+    WRITE = "whatsapp:write"

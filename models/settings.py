@@ -1,0 +1,83 @@
+"""The one settings object. Every value comes from a ``WADISPATCH_*`` environment variable."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Development-only secrets: they make `make run` work with no configuration, and production
+# refuses to start while any of them is still in use.
+DEV_TOKEN_ENCRYPTION_KEY = "ZGV2LW9ubHktdG9rZW4ta2V5LWRvLW5vdC11c2UtISE="
+DEV_SECRET_KEY = "dev-only-secret-key-do-not-use-in-production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WADISPATCH_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "test", "production"] = "development"
+
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/wadispatch"
+    database_pool_size: int = Field(default=10, ge=1)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    meta_base_url: str = "http://127.0.0.1:8090"
+    meta_api_version: str = "v21.0"
+    meta_connect_timeout_s: float = Field(default=5.0, gt=0)
+    meta_read_timeout_s: float = Field(default=30.0, gt=0)
+
+    # Fernet key for Meta access tokens at rest, and the key for signing (media URLs, later).
+    token_encryption_key: str = DEV_TOKEN_ENCRYPTION_KEY
+    secret_key: str = DEV_SECRET_KEY
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    sandbox_port: int = 8090
+
+    worker_pool: Literal["threads", "prefork", "solo", "gevent"] = "threads"
+    worker_concurrency: int = Field(default=16, ge=1)
+
+    # Delivery policy
+    retry_base_s: float = Field(default=2.0, gt=0)
+    retry_cap_s: float = Field(default=300.0, gt=0)
+    max_attempts: int = Field(default=6, ge=1)
+    lease_s: int = Field(default=120, ge=5, description="how long a claimed message may stay 'sending'")
+
+    # Sweeper (beat): re-enqueue messages the broker may have lost, recover expired leases.
+    sweep_interval_s: float = Field(default=30.0, gt=0)
+    requeue_after_s: int = Field(default=120, ge=1, description="a message queued this long is re-enqueued")
+    sweep_batch: int = Field(default=500, ge=1)
+
+    # Redis visibility timeout: an unacknowledged task is handed out again after this long.
+    broker_visibility_timeout_s: int = Field(default=3600, ge=60)
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.env != "production":
+            return self
+        unsafe = []
+        if self.token_encryption_key == DEV_TOKEN_ENCRYPTION_KEY:
+            unsafe.append("WADISPATCH_TOKEN_ENCRYPTION_KEY")
+        if self.secret_key == DEV_SECRET_KEY:
+            unsafe.append("WADISPATCH_SECRET_KEY")
+        if unsafe:
+            raise ValueError(
+                "production refuses the development secrets; set " + ", ".join(unsafe) + " to your own values"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _countdowns_below_visibility(self) -> Settings:
+        # A countdown longer than the visibility timeout would make Redis hand the task out twice.
+        if self.retry_cap_s >= self.broker_visibility_timeout_s:
+            raise ValueError("WADISPATCH_RETRY_CAP_S must stay below WADISPATCH_BROKER_VISIBILITY_TIMEOUT_S")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

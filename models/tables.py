@@ -1,0 +1,189 @@
+"""SQLAlchemy 2 tables. Every tenant-owned row carries ``org_id``; ids are UUIDs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSONB, uuid.UUID: UUID(as_uuid=True)}
+
+
+def _uuid_pk() -> Mapped[uuid.UUID]:
+    return mapped_column(primary_key=True, default=uuid.uuid4, server_default=text("gen_random_uuid()"))
+
+
+def _created_at() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    whatsapp_provider: Mapped[str] = mapped_column(String(32), server_default="meta")
+    monthly_quota: Mapped[int] = mapped_column(BigInteger, server_default="100000")
+    created_at: Mapped[datetime] = _created_at()
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(8))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, comment="SHA-256 hex of the whole key")
+    last4: Mapped[str] = mapped_column(String(4))
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(32)))
+    created_at: Mapped[datetime] = _created_at()
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WhatsappAccount(Base):
+    __tablename__ = "whatsapp_accounts"
+    __table_args__ = (
+        CheckConstraint("account_type IN ('organization', 'member')", name="account_type_known"),
+        CheckConstraint("status IN ('connected', 'disconnected', 'halted')", name="account_status_known"),
+        CheckConstraint("mps > 0", name="account_mps_positive"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    account_type: Mapped[str] = mapped_column(String(16))
+    member_id: Mapped[uuid.UUID | None]
+    phone_number: Mapped[str | None] = mapped_column(String(20), comment="display number, E.164")
+    meta_phone_number_id: Mapped[str | None] = mapped_column(String(64))
+    access_token_encrypted: Mapped[str | None] = mapped_column(Text, comment="Fernet token, never plain")
+    status: Mapped[str] = mapped_column(String(16), server_default="connected")
+    halted_reason: Mapped[str | None] = mapped_column(Text)
+    mps: Mapped[int] = mapped_column(Integer, server_default="80")
+    created_at: Mapped[datetime] = _created_at()
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+    __table_args__ = (Index("ix_contacts_org_wa_id", "org_id", "wa_id"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    phone_e164: Mapped[str | None] = mapped_column(String(20))
+    wa_id: Mapped[str | None] = mapped_column(String(20), comment="digits, country code first")
+    name: Mapped[str | None] = mapped_column(String(200))
+    opted_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    marketing_opted_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_inbound_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class Conversation(Base):
+    """One thread per (sender account, contact): what the inbox shows."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (UniqueConstraint("account_id", "contact_id", name="uq_conversation_account_contact"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("whatsapp_accounts.id", ondelete="CASCADE"))
+    contact_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    last_message_id: Mapped[uuid.UUID | None]
+    last_message_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_message_preview: Mapped[str | None] = mapped_column(String(200))
+    last_message_status: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'sending', 'retrying', 'sent', 'delivered', 'read', 'failed')",
+            name="message_status_known",
+        ),
+        # The sweeper's scan: unfinished messages by when they were last handed to the broker.
+        Index(
+            "ix_messages_pending",
+            "status",
+            "enqueued_at",
+            postgresql_where=text("status IN ('queued', 'retrying', 'sending')"),
+        ),
+        Index("ix_messages_conversation_created", "conversation_id", "created_at"),
+        Index(
+            "uq_messages_org_idempotency",
+            "org_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        Index("ix_messages_wamid", "wamid"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("whatsapp_accounts.id", ondelete="CASCADE"))
+    contact_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    direction: Mapped[str] = mapped_column(String(8), server_default="outbound")
+    message_type: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(comment="canonical OutboundMessage as JSON")
+    status: Mapped[str] = mapped_column(String(16), server_default="queued")
+    wamid: Mapped[str | None] = mapped_column(String(128))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_title: Mapped[str | None] = mapped_column(Text)
+    error_detail: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    source_api: Mapped[str] = mapped_column(String(16))
+    meta_response: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = _created_at()
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class MessageAttempt(Base):
+    """One row per call to Meta (or per call whose outcome was lost with its worker)."""
+
+    __tablename__ = "message_attempts"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    message_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    attempt_no: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    meta_error_code: Mapped[int | None] = mapped_column(Integer)
+    error_class: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float | None] = mapped_column(Float)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _created_at()

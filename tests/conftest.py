@@ -1,0 +1,182 @@
+"""The test run's real stack: its own Postgres database, a Redis database, the Meta sandbox,
+the API shim, a Celery worker and beat, all as real processes talking over loopback."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+RUN_ID = secrets.token_hex(4)
+DB_NAME = f"wadispatch_test_{RUN_ID}"
+REDIS_DB = 13
+
+# Settings are read from the environment; set them before any project module is imported.
+TEST_ENV = {
+    "WADISPATCH_ENV": "test",
+    "WADISPATCH_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB_NAME}",
+    "WADISPATCH_REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+    "WADISPATCH_RETRY_BASE_S": "0.2",
+    "WADISPATCH_RETRY_CAP_S": "1",
+    "WADISPATCH_MAX_ATTEMPTS": "3",
+    "WADISPATCH_LEASE_S": "6",
+    "WADISPATCH_SWEEP_INTERVAL_S": "1",
+    "WADISPATCH_REQUEUE_AFTER_S": "3",
+    "WADISPATCH_WORKER_CONCURRENCY": "8",
+    "WADISPATCH_META_READ_TIMEOUT_S": "5",
+    "WADISPATCH_LOG_LEVEL": "INFO",
+}
+os.environ.update(TEST_ENV)
+
+from tests.support.processes import ManagedProcess, free_port, http_ok  # noqa: E402
+
+
+def _require(port: int, name: str, how: str) -> None:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        pytest.exit(f"{name} is not reachable on 127.0.0.1:{port}. Start it with:\n  {how}", returncode=3)
+
+
+@dataclass
+class Stack:
+    api_url: str
+    sandbox_url: str
+    sandbox: ManagedProcess
+    api: ManagedProcess
+    worker: ManagedProcess
+    beat: ManagedProcess
+
+    def ensure_worker(self) -> None:
+        if not self.worker.running:
+            self.worker.start()
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[str]:
+    _require(5432, "PostgreSQL", "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
+    _require(
+        6379,
+        "Redis",
+        'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
+        "--dir /var/lib/redis --logfile /var/log/redis/ci.log",
+    )
+    from sqlalchemy import create_engine, text
+
+    from models.db import reset_engine
+    from models.migrate import ensure_database, upgrade_to_head
+
+    url = TEST_ENV["WADISPATCH_DATABASE_URL"]
+    ensure_database(url)
+    upgrade_to_head(url)
+    yield url
+    reset_engine()
+    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_client(database: str) -> Iterator[object]:
+    import redis
+
+    client = redis.Redis.from_url(TEST_ENV["WADISPATCH_REDIS_URL"])
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def stack(database: str, redis_client: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    log_dir = tmp_path_factory.mktemp("logs")
+    sandbox_port, api_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        **TEST_ENV,
+        "WADISPATCH_META_BASE_URL": f"http://127.0.0.1:{sandbox_port}",
+        "WADISPATCH_API_PORT": str(api_port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    api_url = f"http://127.0.0.1:{api_port}"
+    worker: ManagedProcess
+    worker = ManagedProcess(
+        "worker",
+        ["worker", f"--hostname=test-{RUN_ID}@%h", "--without-mingle", "--without-gossip"],
+        env,
+        log_dir,
+        ready=lambda: " ready." in worker.log_since_start(),
+    )
+    beat: ManagedProcess
+    beat = ManagedProcess("beat", ["beat"], env, log_dir, ready=lambda: "Starting..." in beat.log_since_start())
+    s = Stack(
+        api_url=api_url,
+        sandbox_url=sandbox_url,
+        sandbox=ManagedProcess(
+            "sandbox", ["sandbox", "--port", str(sandbox_port)], env, log_dir, http_ok(f"{sandbox_url}/_sandbox/health")
+        ),
+        api=ManagedProcess("api", ["api"], env, log_dir, http_ok(f"{api_url}/healthz")),
+        worker=worker,
+        beat=beat,
+    )
+    started: list[ManagedProcess] = []
+    try:
+        for proc in (s.sandbox, s.api, s.worker, s.beat):
+            proc.start()
+            started.append(proc)
+        yield s
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+        for proc in started:
+            # Leave the logs where a failing CI run shows them.
+            if "Traceback" in proc.log_since_start():
+                sys.stderr.write(f"\n--- {proc.name} log (has a traceback) ---\n{proc.tail(80)}\n")
+
+
+@pytest.fixture
+def live(stack: Stack) -> Stack:
+    """The stack with a running worker (a test before may have stopped it)."""
+    stack.ensure_worker()
+    return stack
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+__all__ = ["Path", "Stack", "unique"]
+
+
+@pytest.fixture
+def api(stack: Stack) -> Iterator[object]:
+    from tests.support.tenants import Api
+
+    client = Api(stack.api_url)
+    yield client
+    client.http.close()
+
+
+@pytest.fixture
+def sandbox(stack: Stack) -> Iterator[object]:
+    from tests.support.tenants import Sandbox
+
+    client = Sandbox(stack.sandbox_url)
+    yield client
+    client.http.close()
+
+
+@pytest.fixture
+def tenant(stack: Stack):
+    from tests.support.tenants import make_tenant
+
+    return make_tenant(stack.sandbox_url)

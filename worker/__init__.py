@@ -1,0 +1,1 @@
+"""Celery worker: thin tasks that hand off to one module per pipeline step."""

@@ -1,0 +1,136 @@
+"""Deliver one message: claim it, re-check, call Meta, write the outcome, schedule a retry if needed."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from models.crypto import decrypt_token
+from models.db import session_scope
+from models.enums import AccountStatus
+from models.outbound import outbound_adapter
+from models.settings import Settings
+from worker import outcomes
+from worker.backoff import compute_backoff
+from worker.claim import Claim, claim_message, seconds_until_due
+from worker.meta_client import MetaClient
+from worker.meta_errors import (
+    MARKETING_OPT_OUT_CODE,
+    AccountBroken,
+    DeliveryError,
+    DeliveryUncertain,
+    Final,
+    Retryable,
+)
+from worker.meta_payload import build_body
+
+log = logging.getLogger(__name__)
+
+# Schedules ``send_message(message_id)`` after ``countdown`` seconds; injected by the task module so
+# this module does not import Celery.
+Scheduler = Callable[[uuid.UUID, float], None]
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    code: str
+    title: str
+
+
+def _pre_send_refusal(claim: Claim) -> _Refusal | None:
+    """What the state of the world *now* forbids, though it was fine when the message was accepted."""
+    if claim.opted_out:
+        return _Refusal("OPTED_OUT", "The contact opted out of WhatsApp messages")
+    if claim.account_status != AccountStatus.CONNECTED or not claim.phone_number_id or not claim.encrypted_token:
+        return _Refusal("ACCOUNT_UNAVAILABLE", "The WhatsApp account is not connected")
+    if not claim.wa_id:
+        return _Refusal("BAD_REQUEST", "The contact has no valid phone number")
+    return None
+
+
+def deliver(message_id: uuid.UUID, *, settings: Settings, meta: MetaClient, schedule: Scheduler) -> str:
+    """Run one delivery step for the message. Returns a short word for the log."""
+    with session_scope() as session:
+        claim = claim_message(session, message_id, settings.lease_s)
+        if claim is None:
+            wait = seconds_until_due(session, message_id)
+        elif claim.account_status == AccountStatus.HALTED:
+            # A halted account's messages wait (they are not burned through); resume re-enqueues them.
+            outcomes.release_claim(session, claim)
+        elif refusal := _pre_send_refusal(claim):
+            outcomes.record_failed(session, claim, code=refusal.code, title=refusal.title)
+    if claim is None:
+        if wait is not None:
+            schedule(message_id, wait)
+            return "early"
+        return "skipped"
+    if claim.account_status == AccountStatus.HALTED:
+        return "account-halted"
+    if refusal is not None:
+        return "refused"
+
+    assert claim.phone_number_id and claim.encrypted_token and claim.wa_id
+    message = outbound_adapter.validate_python(claim.payload)
+    body = build_body(message, to=claim.wa_id, callback_data=str(claim.message_id))
+    try:
+        result = meta.send_message(claim.phone_number_id, decrypt_token(claim.encrypted_token), body)
+    except DeliveryError as error:
+        return _handle_error(claim, error, settings=settings, schedule=schedule)
+    with session_scope() as session:
+        outcomes.record_sent(session, claim, result)
+    return "sent"
+
+
+def _handle_error(claim: Claim, error: DeliveryError, *, settings: Settings, schedule: Scheduler) -> str:
+    retry_in: float | None = None
+    with session_scope() as session:
+        if isinstance(error, AccountBroken):
+            outcomes.halt_account(session, claim, error, None)
+            word = "account-halted"
+        elif isinstance(error, DeliveryUncertain):
+            outcomes.record_failed(
+                session,
+                claim,
+                code=outcomes.DELIVERY_UNCERTAIN,
+                title="The send may or may not have reached Meta; not resent to avoid a duplicate",
+                detail=error.title,
+                error=error,
+            )
+            word = "uncertain"
+        elif isinstance(error, Retryable) and claim.attempt_no < settings.max_attempts:
+            retry_in = compute_backoff(
+                claim.attempt_no,
+                base_s=settings.retry_base_s,
+                cap_s=settings.retry_cap_s,
+                retry_after_s=error.retry_after_s,
+            )
+            outcomes.record_retry(session, claim, error, retry_in, None)
+            word = "retrying"
+        else:
+            # Final errors, and retryable ones that used up their attempts, keep Meta's code and title.
+            assert isinstance(error, Final | Retryable)
+            if error.code == MARKETING_OPT_OUT_CODE:
+                outcomes.mark_marketing_opt_out(session, claim)
+            outcomes.record_failed(
+                session,
+                claim,
+                code=error.error_code,
+                title=error.title,
+                detail=error.details,
+                error=error,
+                response=error.response,
+            )
+            word = "failed"
+    if retry_in is not None:
+        schedule(claim.message_id, retry_in)
+    log.info(
+        "message %s attempt %d: %s (%s %s)",
+        claim.message_id,
+        claim.attempt_no,
+        word,
+        error.error_class,
+        error.error_code,
+    )
+    return word

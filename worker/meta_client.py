@@ -1,0 +1,106 @@
+"""The HTTP client for Meta's Cloud API: one pooled httpx.Client per worker process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from models.settings import Settings
+from worker.meta_errors import DeliveryUncertain, Transient, error_from_response
+
+
+@dataclass(frozen=True)
+class SendResult:
+    wamid: str
+    response: dict[str, Any]
+    http_status: int
+    duration_ms: float
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class MetaClient:
+    def __init__(self, settings: Settings, *, max_connections: int = 100) -> None:
+        self._base = settings.meta_base_url.rstrip("/")
+        self._version = settings.meta_api_version
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(settings.meta_read_timeout_s, connect=settings.meta_connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=15.0,
+            ),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def send_message(self, phone_number_id: str, token: str, body: dict[str, Any]) -> SendResult:
+        """POST one message. Returns on success; raises a DeliveryError subclass otherwise."""
+        url = f"{self._base}/{self._version}/{phone_number_id}/messages"
+        started = time.monotonic()
+        try:
+            response = self._http.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # Nothing was sent: safe to try again.
+            raise Transient(f"could not reach Meta: {type(exc).__name__}") from exc
+        except (httpx.WriteError, httpx.WriteTimeout) as exc:
+            # The body never arrived whole, so Meta cannot have acted on it.
+            raise Transient(f"request to Meta interrupted: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            # Read timeout, connection dropped mid-answer: the request may have been processed.
+            raise DeliveryUncertain(f"no answer from Meta after the request was sent: {type(exc).__name__}") from exc
+        duration_ms = (time.monotonic() - started) * 1000
+
+        try:
+            payload: Any = response.json()
+        except ValueError:
+            payload = None
+        if response.is_success:
+            wamid = _wamid_of(payload)
+            if wamid is None:
+                raise DeliveryUncertain("Meta answered success without a message id", http_status=response.status_code)
+            return SendResult(wamid, payload, response.status_code, duration_ms)
+        error = error_from_response(response.status_code, payload, _retry_after(response))
+        raise error
+
+
+def _wamid_of(payload: Any) -> str | None:
+    try:
+        wamid = payload["messages"][0]["id"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return wamid if isinstance(wamid, str) and wamid else None
+
+
+_client: MetaClient | None = None
+_client_lock = threading.Lock()
+
+
+def get_meta_client(settings: Settings) -> MetaClient:
+    """The process-wide client (created lazily so a forked child builds its own)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = MetaClient(settings, max_connections=max(10, settings.worker_concurrency * 2))
+        return _client
+
+
+def reset_meta_client() -> None:
+    global _client
+    with _client_lock:
+        if _client is not None:
+            _client.close()
+        _client = None
