@@ -30,7 +30,7 @@ TEST_ENV = {
     "WADISPATCH_SWEEP_INTERVAL_S": "1",
     "WADISPATCH_REQUEUE_AFTER_S": "3",
     "WADISPATCH_WORKER_CONCURRENCY": "8",
-    "WADISPATCH_META_READ_TIMEOUT_S": "5",
+    "WADISPATCH_META_READ_TIMEOUT_S": "2",
     "WADISPATCH_LOG_LEVEL": "INFO",
 }
 os.environ.update(TEST_ENV)
@@ -53,6 +53,7 @@ class Stack:
     api: ManagedProcess
     worker: ManagedProcess
     beat: ManagedProcess
+    env: dict[str, str]
 
     def ensure_worker(self) -> None:
         if not self.worker.running:
@@ -127,6 +128,7 @@ def stack(database: str, redis_client: object, tmp_path_factory: pytest.TempPath
         api=ManagedProcess("api", ["api"], env, log_dir, http_ok(f"{api_url}/healthz")),
         worker=worker,
         beat=beat,
+        env=env,
     )
     started: list[ManagedProcess] = []
     try:

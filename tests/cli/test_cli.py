@@ -1,0 +1,114 @@
+"""The `wadispatch` command as an operator runs it: a real subprocess on the test database."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlalchemy import select, text
+
+from models.db import session_scope
+from models.tables import ApiKey
+
+
+def wadispatch(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+@pytest.fixture
+def org_slug(stack) -> str:
+    slug = "cli-" + str(time.monotonic_ns())[-9:]
+    result = wadispatch("org", "create", "--slug", slug, "--name", "CLI Org", "--json", env=stack.env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["slug"] == slug
+    return slug
+
+
+def test_key_is_printed_once_and_stored_only_as_a_hash(stack, org_slug):
+    result = wadispatch("key", "create", "--org", org_slug, "--kind", "fiq", "--json", env=stack.env)
+    assert result.returncode == 0, result.stderr
+    key = json.loads(result.stdout)["key"]
+    assert key.startswith("fiq_")
+    with session_scope() as s:
+        dump = s.execute(text("SELECT row_to_json(api_keys)::text FROM api_keys")).scalars().all()
+        assert not any(key in row for row in dump)
+        assert s.scalars(select(ApiKey).where(ApiKey.last4 == key[-4:])).first() is not None
+    listing = wadispatch("key", "list", "--org", org_slug, "--json", env=stack.env)
+    assert listing.returncode == 0 and key not in listing.stdout
+    (item,) = json.loads(listing.stdout)["data"]
+    assert item["prefix"] == "fiq_" and item["last4"] == key[-4:] and item["revoked_at"] is None
+
+    revoked = wadispatch("key", "revoke", "--id", item["id"], "--json", env=stack.env)
+    assert revoked.returncode == 0 and json.loads(revoked.stdout)["revoked"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["org", "create", "--slug", "Bad Slug!", "--name", "x"], "--slug"),
+        (["key", "create", "--org", "no-such-org", "--kind", "fe"], "--org"),
+        (["key", "create", "--org", "{org}", "--kind", "fe", "--scopes", "whatsapp:admin"], "--scopes"),
+        (["key", "create", "--org", "{org}", "--kind", "xx"], "--kind"),
+        (["key", "revoke", "--id", "not-a-uuid"], "--id"),
+        (["account", "create", "--org", "{org}", "--phone", "12345"], "--phone"),
+        (["account", "create", "--org", "{org}", "--mps", "0"], "--mps"),
+        (["contact", "create", "--org", "{org}", "--phone", "+1"], "--phone"),
+        (["account", "resume", "--id", "00000000-0000-0000-0000-000000000000"], "--id"),
+    ],
+)
+def test_bad_arguments_give_a_one_line_error_and_non_zero_exit(stack, org_slug, args, names):
+    result = wadispatch(*[a.replace("{org}", org_slug) for a in args], env=stack.env)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and names in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_duplicate_org_slug_is_refused(stack, org_slug):
+    result = wadispatch("org", "create", "--slug", org_slug, "--name", "Again", env=stack.env)
+    assert result.returncode == 1 and "already exists" in result.stderr
+
+
+def test_admin_commands_build_a_sendable_tenant(stack, org_slug):
+    account = wadispatch(
+        "account", "create", "--org", org_slug, "--phone", "+18095551234", "--phone-number-id", "555000111",
+        "--token", "secret-token", "--mps", "20", "--json", env=stack.env,
+    )  # fmt: skip
+    assert account.returncode == 0, account.stderr
+    assert json.loads(account.stdout)["mps"] == 20 and "secret-token" not in account.stdout
+    contact = wadispatch("contact", "create", "--org", org_slug, "--phone", "18095550199", "--json", env=stack.env)
+    assert contact.returncode == 0 and json.loads(contact.stdout)["phone"] == "+18095550199"
+
+
+def test_demo_prints_curl_commands_that_work(live, sandbox):
+    result = wadispatch("demo", env=live.env)
+    assert result.returncode == 0, result.stderr
+    commands = re.findall(r"^  (curl .*?)(?=\n\n|\n[A-Z]|\Z)", result.stdout, flags=re.S | re.M)
+    send_commands = [c for c in commands if "/whatsapp/send" in c]
+    assert len(send_commands) == 2 and any("/whatsapp/accounts" in c for c in commands)
+    account_list = subprocess.run(["bash", "-c", commands[0]], capture_output=True, text=True, timeout=30)
+    assert json.loads(account_list.stdout)["data"][0]["status"] == "connected"
+    message_ids = []
+    for command in send_commands:
+        out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+        message_ids.append(json.loads(out.stdout)["messageId"])
+    key = re.search(r"(fe_k_\S+)", result.stdout).group(1)  # type: ignore[union-attr]
+    follow = next(c for c in commands if "/whatsapp/messages/" in c)
+    deadline = time.monotonic() + 20
+    for message_id in message_ids:
+        while True:
+            out = subprocess.run(
+                ["bash", "-c", follow.replace("<messageId>", message_id)], capture_output=True, text=True, timeout=30
+            )
+            data = json.loads(out.stdout)["data"]
+            if data["status"] == "sent":
+                break
+            assert time.monotonic() < deadline, data
+            time.sleep(0.2)
+    assert key.startswith("fe_k_")
+    received = {m["body"]["biz_opaque_callback_data"] for m in sandbox.received("100000000000001")}
+    assert set(message_ids) <= received

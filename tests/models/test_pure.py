@@ -1,0 +1,59 @@
+"""Settings, phone numbers, token encryption, key hashing."""
+
+import pytest
+from pydantic import ValidationError
+
+from models.crypto import decrypt_token, encrypt_token
+from models.enums import KeyKind
+from models.keys import generate_key, hash_key
+from models.phones import InvalidPhone, is_valid_e164, normalize_e164, wa_id_of
+from models.settings import Settings
+
+
+def test_production_refuses_the_development_secrets():
+    with pytest.raises(ValidationError, match="WADISPATCH_TOKEN_ENCRYPTION_KEY, WADISPATCH_SECRET_KEY"):
+        Settings(env="production")
+
+
+def test_production_starts_with_real_secrets():
+    from cryptography.fernet import Fernet
+
+    settings = Settings(env="production", token_encryption_key=Fernet.generate_key().decode(), secret_key="s" * 40)
+    assert settings.env == "production"
+
+
+def test_retry_cap_must_stay_below_the_visibility_timeout():
+    with pytest.raises(ValidationError, match="VISIBILITY_TIMEOUT"):
+        Settings(retry_cap_s=4000, broker_visibility_timeout_s=3600)
+
+
+def test_settings_read_the_environment(monkeypatch):
+    monkeypatch.setenv("WADISPATCH_META_API_VERSION", "v99.0")
+    assert Settings().meta_api_version == "v99.0"
+
+
+@pytest.mark.parametrize(("raw", "e164"), [("+18095551234", "+18095551234"), ("18095551234", "+18095551234")])
+def test_phone_normalisation(raw, e164):
+    assert normalize_e164(raw) == e164 and wa_id_of(e164) == "18095551234"
+
+
+@pytest.mark.parametrize("raw", ["", "12", "+1 555", "hello", "+999123456789"])
+def test_invalid_phones(raw):
+    with pytest.raises(InvalidPhone):
+        normalize_e164(raw)
+    assert not is_valid_e164(raw)
+
+
+def test_tokens_are_encrypted_not_encoded():
+    encrypted = encrypt_token("EAAG-secret-token")
+    assert "EAAG-secret-token" not in encrypted
+    assert decrypt_token(encrypted) == "EAAG-secret-token"
+    assert encrypt_token("EAAG-secret-token") != encrypted  # random IV each time
+
+
+def test_keys_are_long_random_and_prefixed():
+    fe, fiq = generate_key(KeyKind.FLOWESTATE), generate_key(KeyKind.FLOWIQ)
+    assert fe.startswith("fe_k_") and fiq.startswith("fiq_")
+    assert len(fe) - len("fe_k_") >= 43  # 32 random bytes, base64url
+    assert generate_key(KeyKind.FLOWESTATE) != fe
+    assert len(hash_key(fe)) == 64 and hash_key(fe) != hash_key(fiq)
