@@ -87,12 +87,13 @@ def beat() -> None:
 
 
 @cli.command()
+@click.option("--address", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=5555, show_default=True)
-def flower(port: int) -> None:
+def flower(address: str, port: int) -> None:
     """Run Flower, the Celery monitoring UI."""
     from worker.celery_app import app
 
-    app.start(["flower", f"--port={port}", "--address=127.0.0.1"])
+    app.start(["flower", f"--port={port}", f"--address={address}"])
 
 
 @cli.command()

@@ -127,7 +127,7 @@ def set_account_status(session: Session, account_id: uuid.UUID, status: AccountS
     if account is None:
         raise AdminError(f"--id: no WhatsApp account {account_id}")
     account.status = status
-    account.halted_reason = None if status != AccountStatus.HALTED else account.halted_reason
+    account.halted_reason = "halted by an operator" if status == AccountStatus.HALTED else None
     session.flush()
     if status != AccountStatus.CONNECTED:
         return []

@@ -1,0 +1,13 @@
+# One image for every wadispatch process; docker-compose.yml picks the command.
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+COPY pyproject.toml README.md alembic.ini ./
+COPY models ./models
+COPY api_shim ./api_shim
+COPY worker ./worker
+COPY meta_sandbox ./meta_sandbox
+COPY cli ./cli
+RUN pip install --no-cache-dir . && useradd --create-home wadispatch
+USER wadispatch
+CMD ["wadispatch", "--help"]
