@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import click
 from sqlalchemy import select
@@ -90,7 +91,7 @@ def key_list(org_slug: str, as_json: bool) -> None:
         with session_scope() as session:
             org_row = admin.org_by_slug(session, org_slug)
             rows = session.scalars(select(ApiKey).where(ApiKey.org_id == org_row.id).order_by(ApiKey.created_at))
-            keys = [
+            keys: list[dict[str, Any]] = [
                 {
                     "id": str(r.id),
                     "prefix": r.prefix,
