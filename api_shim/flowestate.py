@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from api_shim.auth import Caller, authenticate_flowestate
 from api_shim.errors import ApiError, ErrorCode, error_responses
-from api_shim.intake import accept_message
+from api_shim.intake import hand_to_broker, persist_message
 from models.db import get_sessionmaker
 from models.enums import AccountStatus, Scope, SourceApi
 from models.outbound import CAPTION_MAX, TEXT_MAX, MediaMessage, TextMessage
@@ -192,7 +192,7 @@ def send(body: SendIn, session: DbSession, caller: Annotated[Caller, Depends(cal
         raise ApiError(ErrorCode.ACCOUNT_UNAVAILABLE, "The WhatsApp account was not found or is not connected")
     if not is_valid_e164(lead.phone_e164) or not lead.wa_id:
         raise ApiError(ErrorCode.BAD_REQUEST, "The lead has no valid phone number")
-    message_id = accept_message(
+    message_id = persist_message(
         session,
         org_id=caller.org_id,
         account_id=account.id,
@@ -200,6 +200,8 @@ def send(body: SendIn, session: DbSession, caller: Annotated[Caller, Depends(cal
         message=body.to_outbound(),
         source=SourceApi.FLOWESTATE,
     )
+    session.commit()
+    hand_to_broker(message_id)
     return SendOut(messageId=message_id)
 
 

@@ -1,4 +1,4 @@
-"""Accepting a message: persist it and its thread entry, commit, and only then enqueue its id."""
+"""Accepting a message: persist it and its thread entry; the caller commits, then hands the id to the broker."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from worker.celery_app import enqueue_send
 log = logging.getLogger(__name__)
 
 
-def accept_message(
+def persist_message(
     session: Session,
     *,
     org_id: uuid.UUID,
@@ -27,11 +27,7 @@ def accept_message(
     source: SourceApi,
     idempotency_key: str | None = None,
 ) -> uuid.UUID:
-    """Commit the message as ``queued`` and hand its id to the broker. Returns the message id.
-
-    If the broker is unreachable the message is still accepted: it is committed, and the sweeper
-    enqueues it once the broker is back.
-    """
+    """Add the message as ``queued`` and make it the conversation's latest entry. Returns its id."""
     message_id = uuid.uuid4()
     preview = preview_of(message)
     conversation_id = session.execute(
@@ -71,9 +67,13 @@ def accept_message(
             enqueued_at=func.now(),
         )
     )
-    session.commit()
+    return message_id
+
+
+def hand_to_broker(message_id: uuid.UUID) -> None:
+    """Enqueue a committed message. If the broker is unreachable the message stays accepted:
+    it is in Postgres as ``queued``, and the sweeper enqueues it once the broker is back."""
     try:
         enqueue_send(message_id)
     except Exception:
         log.warning("message %s accepted but not enqueued (broker unreachable); the sweeper will", message_id)
-    return message_id

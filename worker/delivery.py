@@ -7,6 +7,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography.fernet import InvalidToken
+from pydantic import ValidationError
+
 from models.crypto import decrypt_token
 from models.db import session_scope
 from models.enums import AccountStatus
@@ -72,10 +75,27 @@ def deliver(message_id: uuid.UUID, *, settings: Settings, meta: MetaClient, sche
         return "refused"
 
     assert claim.phone_number_id and claim.encrypted_token and claim.wa_id
-    message = outbound_adapter.validate_python(claim.payload)
+    # Anything that goes wrong before the call is settled here, so a 'sending' message whose lease
+    # expires really is one whose call may have gone out.
+    try:
+        token = decrypt_token(claim.encrypted_token)
+    except InvalidToken:
+        with session_scope() as session:
+            outcomes.halt_account_before_call(
+                session, claim, "the stored access token cannot be decrypted (was the encryption key changed?)"
+            )
+        return "account-halted"
+    try:
+        message = outbound_adapter.validate_python(claim.payload)
+    except ValidationError as exc:
+        with session_scope() as session:
+            outcomes.record_failed(
+                session, claim, code="INVALID_PAYLOAD", title="The stored message is not valid", detail=str(exc)[:500]
+            )
+        return "refused"
     body = build_body(message, to=claim.wa_id, callback_data=str(claim.message_id))
     try:
-        result = meta.send_message(claim.phone_number_id, decrypt_token(claim.encrypted_token), body)
+        result = meta.send_message(claim.phone_number_id, token, body)
     except DeliveryError as error:
         return _handle_error(claim, error, settings=settings, schedule=schedule)
     with session_scope() as session:

@@ -144,14 +144,23 @@ def release_claim(session: Session, claim: Claim) -> None:
     )
 
 
-def halt_account(session: Session, claim: Claim, error: DeliveryError, duration_ms: float | None) -> None:
-    """Meta says the sender cannot send: stop the account; this message waits for it to be resumed."""
-    reason = f"Meta error {error.error_code}: {error.title}"
+def _halt(session: Session, account_id: object, reason: str) -> None:
     session.execute(
         update(WhatsappAccount)
-        .where(WhatsappAccount.id == claim.account_id)
+        .where(WhatsappAccount.id == account_id)
         .values(status=AccountStatus.HALTED, halted_reason=reason)
     )
+
+
+def halt_account_before_call(session: Session, claim: Claim, reason: str) -> None:
+    """The account cannot be used (no call was made): halt it, and the message waits unsent."""
+    _halt(session, claim.account_id, reason)
+    release_claim(session, claim)
+
+
+def halt_account(session: Session, claim: Claim, error: DeliveryError, duration_ms: float | None) -> None:
+    """Meta says the sender cannot send: stop the account; this message waits for it to be resumed."""
+    _halt(session, claim.account_id, f"Meta error {error.error_code}: {error.title}")
     session.execute(
         update(Message)
         .where(Message.id == claim.message_id, Message.status == MessageStatus.SENDING)

@@ -156,3 +156,21 @@ def test_state_is_rechecked_at_send_time(live, api, sandbox, tenant):
     assert data["status"] == "failed" and data["error"]["code"] == "OPTED_OUT"
     assert sandbox.calls(tenant.account.phone_number_id) == 1
     assert sandbox.received(tenant.account.phone_number_id) == []
+
+
+def test_undecryptable_token_halts_the_account_without_calling_meta(live, api, sandbox, tenant):
+    from cryptography.fernet import Fernet
+
+    foreign = Fernet(Fernet.generate_key()).encrypt(b"token-under-another-key").decode()
+    with session_scope() as s:
+        s.execute(
+            update(WhatsappAccount)
+            .where(WhatsappAccount.id == tenant.account.id)
+            .values(access_token_encrypted=foreign)
+        )
+    message_id = send(api, tenant)
+    account = wait_until_halted(tenant.account.id)
+    assert "cannot be decrypted" in (account.halted_reason or "")
+    data = api.message(tenant, message_id)
+    assert data["status"] == "queued" and data["attempts"] == 0
+    assert sandbox.calls(tenant.account.phone_number_id) == 0
