@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from api_shim import flowestate, health
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from api_shim import flowestate, flowiq, health
 from api_shim.errors import install_flowestate_handlers
+from api_shim.flowiq_errors import FlowIQError
+from api_shim.sync_results import ResultWaiter
+from models.settings import get_settings
 
 DESCRIPTION = """
 Queue-backed WhatsApp dispatch. Sends are validated, stored, queued and delivered through Meta's
@@ -15,12 +22,33 @@ WhatsApp Cloud API by workers.
 `whatsapp:read` / `whatsapp:write`. Errors: `{"error": {"code": "...", "message": "..."}}` with
 `code` one of VALIDATION_ERROR, BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, OPTED_OUT,
 ACCOUNT_UNAVAILABLE, METHOD_NOT_ALLOWED, INTERNAL_ERROR.
+
+**FlowIQ surface** (`POST /send-whatsapp?tenantId=<slug>`): `Authorization: Bearer fiq_...`; nine
+message types; answers with Meta's wamid once the worker sent the message, or 202 if it is still
+being sent after `WADISPATCH_SYNC_TIMEOUT_S`. Errors: `{"error": "<title>", "message": "..."}`.
 """
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    waiter = ResultWaiter(get_settings().redis_url)
+    app.state.result_waiter = waiter
+    await waiter.start()
+    try:
+        yield
+    finally:
+        await waiter.stop()
+
+
 def create_app() -> FastAPI:
-    app = FastAPI(title="wadispatch", version="0.1.0", description=DESCRIPTION)
+    app = FastAPI(title="wadispatch", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan)
     install_flowestate_handlers(app, flowestate.PREFIX)
+
+    @app.exception_handler(FlowIQError)
+    async def _flowiq_error(_: Request, exc: FlowIQError) -> JSONResponse:
+        return exc.response()
+
     app.include_router(health.router)
     app.include_router(flowestate.router)
+    app.include_router(flowiq.router)
     return app

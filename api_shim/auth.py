@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api_shim.errors import ApiError, ErrorCode
+from api_shim.flowiq_errors import FlowIQError
 from models.enums import KeyKind, Scope
 from models.keys import hash_key
 from models.tables import ApiKey, Organization
@@ -58,6 +59,33 @@ def authenticate_flowestate(session: Session, request: Request, scope: Scope) ->
         raise ApiError(ErrorCode.UNAUTHORIZED, "API key has been revoked")
     if scope not in api_key.scopes:
         raise ApiError(ErrorCode.FORBIDDEN, f"This API key lacks the '{scope}' scope")
+    return Caller(
+        org_id=org.id, org_slug=org.slug, org_name=org.name, key_id=api_key.id, scopes=frozenset(api_key.scopes)
+    )
+
+
+def authenticate_flowiq(session: Session, request: Request, tenant_id: str | None) -> Caller:
+    """The seed's rules: only ``fiq_`` keys, and the key must belong to the ``tenantId`` organization."""
+    key = bearer_token(request)
+    if key is None:
+        raise FlowIQError(401, "Missing API key", "Send 'Authorization: Bearer fiq_...'")
+    if not key.startswith(KeyKind.FLOWIQ.prefix):
+        raise FlowIQError(401, "Invalid API key", "Only API keys with the fiq_ prefix are accepted")
+    found = lookup_key(session, key)
+    if found is None:
+        raise FlowIQError(401, "Invalid API key", "API key not recognised")
+    api_key, key_org = found
+    if api_key.revoked_at is not None:
+        raise FlowIQError(401, "Invalid API key", "API key has been revoked")
+    if not tenant_id:
+        raise FlowIQError(400, "Missing required field", "tenantId query parameter is required")
+    org = session.scalars(select(Organization).where(Organization.slug == tenant_id)).one_or_none()
+    if org is None:
+        raise FlowIQError(404, "Organization not found", f"No organization with tenantId {tenant_id!r}")
+    if org.id != key_org.id:
+        raise FlowIQError(401, "Invalid API key", "API key does not belong to this organization (tenant mismatch)")
+    if Scope.WRITE not in api_key.scopes:
+        raise FlowIQError(403, "Forbidden", f"This API key lacks the '{Scope.WRITE}' scope")
     return Caller(
         org_id=org.id, org_slug=org.slug, org_name=org.name, key_id=api_key.id, scopes=frozenset(api_key.scopes)
     )

@@ -89,7 +89,7 @@ def _field_name(error: dict[str, Any]) -> str:
     return ".".join(parts) or "body"
 
 
-def _rule(error: dict[str, Any]) -> str:
+def rule_of(error: dict[str, Any]) -> str:
     kind = error.get("type", "")
     ctx = error.get("ctx") or {}
     if kind == "missing":
@@ -113,7 +113,7 @@ def _rule(error: dict[str, Any]) -> str:
 
 
 def validation_problems(exc: RequestValidationError) -> list[FieldProblem]:
-    return [FieldProblem(field=_field_name(e), rule=_rule(e)) for e in exc.errors()]
+    return [FieldProblem(field=_field_name(e), rule=rule_of(e)) for e in exc.errors()]
 
 
 def install_flowestate_handlers(app: FastAPI, prefix: str) -> None:

@@ -17,7 +17,7 @@ from api_shim.errors import ApiError, ErrorCode, error_responses
 from api_shim.intake import hand_to_broker, persist_message
 from models.db import get_sessionmaker
 from models.enums import AccountStatus, Scope, SourceApi
-from models.outbound import CAPTION_MAX, TEXT_MAX, MediaMessage, TextMessage
+from models.outbound import CAPTION_MAX, TEXT_MAX, AnyOutbound, MediaMessage, TextMessage
 from models.phones import is_valid_e164
 from models.tables import Contact, Message, WhatsappAccount
 
@@ -90,14 +90,15 @@ class SendIn(BaseModel):
             )
         return self
 
-    def to_outbound(self) -> TextMessage | MediaMessage:
+    def to_outbound(self) -> AnyOutbound:
         if self.media is None:
             return TextMessage(body=self.message)
         return MediaMessage(
             type=self.media.type,
             url=self.media.url,
             caption=self.message,
-            filename=self.media.fileName,
+            # Meta shows a file name only on documents; FlowEstate clients may send one for any type.
+            filename=self.media.fileName if self.media.type == "document" else None,
             mimetype=self.media.mimetype,
         )
 

@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models.enums import MessageStatus, SourceApi
-from models.outbound import MediaMessage, TextMessage, preview_of
+from models.outbound import AnyOutbound, as_json, preview_of
 from models.tables import Conversation, Message
 from worker.celery_app import enqueue_send
 
@@ -23,7 +23,7 @@ def persist_message(
     org_id: uuid.UUID,
     account_id: uuid.UUID,
     contact_id: uuid.UUID,
-    message: TextMessage | MediaMessage,
+    message: AnyOutbound,
     source: SourceApi,
     idempotency_key: str | None = None,
 ) -> uuid.UUID:
@@ -60,7 +60,7 @@ def persist_message(
             account_id=account_id,
             contact_id=contact_id,
             message_type=message.type,
-            payload=message.model_dump(mode="json", exclude_none=True),
+            payload=as_json(message),
             status=MessageStatus.QUEUED,
             source_api=source,
             idempotency_key=idempotency_key,

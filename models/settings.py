@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     # Redis visibility timeout: an unacknowledged task is handed out again after this long.
     broker_visibility_timeout_s: int = Field(default=3600, ge=60)
 
+    # FlowIQ's /send-whatsapp answers with the wamid: how long it waits for the worker before a 202.
+    sync_timeout_s: float = Field(default=15.0, ge=0)
+    # While waiting, how often Postgres is read in case the Redis wake-up was missed.
+    sync_poll_s: float = Field(default=1.0, gt=0)
+
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ class Claim:
     account_id: uuid.UUID
     contact_id: uuid.UUID
     payload: dict[str, Any]
+    source_api: str
     attempt_no: int
     account_status: str
     phone_number_id: str | None
@@ -54,6 +55,7 @@ def claim_message(session: Session, message_id: uuid.UUID, lease_s: int) -> Clai
             Message.account_id,
             Message.contact_id,
             Message.payload,
+            Message.source_api,
             Message.attempts,
         )
         .cte("claimed")
@@ -79,6 +81,7 @@ def claim_message(session: Session, message_id: uuid.UUID, lease_s: int) -> Clai
         account_id=row.account_id,
         contact_id=row.contact_id,
         payload=row.payload,
+        source_api=row.source_api,
         attempt_no=row.attempts,
         account_status=row.account_status,
         phone_number_id=row.meta_phone_number_id,

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from models.crypto import decrypt_token
 from models.db import session_scope
-from models.enums import AccountStatus
+from models.enums import AccountStatus, SourceApi
 from models.outbound import outbound_adapter
 from models.settings import Settings
 from worker import outcomes
@@ -28,6 +28,7 @@ from worker.meta_errors import (
     Retryable,
 )
 from worker.meta_payload import build_body
+from worker.notify import announce_outcome
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,21 @@ def _pre_send_refusal(claim: Claim) -> _Refusal | None:
     return None
 
 
+# Outcomes after which nothing more will happen to the message without an operator.
+_FINAL_WORDS = frozenset({"sent", "failed", "refused", "uncertain"})
+
+
 def deliver(message_id: uuid.UUID, *, settings: Settings, meta: MetaClient, schedule: Scheduler) -> str:
     """Run one delivery step for the message. Returns a short word for the log."""
+    claim, word = _deliver(message_id, settings=settings, meta=meta, schedule=schedule)
+    if claim is not None and word in _FINAL_WORDS and claim.source_api == SourceApi.FLOWIQ:
+        announce_outcome(claim.message_id, word)
+    return word
+
+
+def _deliver(
+    message_id: uuid.UUID, *, settings: Settings, meta: MetaClient, schedule: Scheduler
+) -> tuple[Claim | None, str]:
     with session_scope() as session:
         claim = claim_message(session, message_id, settings.lease_s)
         if claim is None:
@@ -67,12 +81,12 @@ def deliver(message_id: uuid.UUID, *, settings: Settings, meta: MetaClient, sche
     if claim is None:
         if wait is not None:
             schedule(message_id, wait)
-            return "early"
-        return "skipped"
+            return claim, "early"
+        return claim, "skipped"
     if claim.account_status == AccountStatus.HALTED:
-        return "account-halted"
+        return claim, "account-halted"
     if refusal is not None:
-        return "refused"
+        return claim, "refused"
 
     assert claim.phone_number_id and claim.encrypted_token and claim.wa_id
     # Anything that goes wrong before the call is settled here, so a 'sending' message whose lease
@@ -84,7 +98,7 @@ def deliver(message_id: uuid.UUID, *, settings: Settings, meta: MetaClient, sche
             outcomes.halt_account_before_call(
                 session, claim, "the stored access token cannot be decrypted (was the encryption key changed?)"
             )
-        return "account-halted"
+        return claim, "account-halted"
     try:
         message = outbound_adapter.validate_python(claim.payload)
     except ValidationError as exc:
@@ -92,15 +106,15 @@ def deliver(message_id: uuid.UUID, *, settings: Settings, meta: MetaClient, sche
             outcomes.record_failed(
                 session, claim, code="INVALID_PAYLOAD", title="The stored message is not valid", detail=str(exc)[:500]
             )
-        return "refused"
+        return claim, "refused"
     body = build_body(message, to=claim.wa_id, callback_data=str(claim.message_id))
     try:
         result = meta.send_message(claim.phone_number_id, token, body)
     except DeliveryError as error:
-        return _handle_error(claim, error, settings=settings, schedule=schedule)
+        return claim, _handle_error(claim, error, settings=settings, schedule=schedule)
     with session_scope() as session:
         outcomes.record_sent(session, claim, result)
-    return "sent"
+    return claim, "sent"
 
 
 def _handle_error(claim: Claim, error: DeliveryError, *, settings: Settings, schedule: Scheduler) -> str:

@@ -1,37 +1,127 @@
-"""Translate the canonical OutboundMessage into the Graph API body Meta documents."""
+"""Translate the canonical OutboundMessage into the Graph API body Meta documents
+(shared/meta/cloud-api-facts.md)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from models.outbound import MediaMessage, TextMessage
+from models.outbound import (
+    AnyOutbound,
+    ButtonMessage,
+    ContactsMessage,
+    HeaderMedia,
+    ListMessage,
+    LocationMessage,
+    MediaMessage,
+    ReactionMessage,
+    TextMessage,
+)
 
 # Meta echoes this back in status webhooks: our message id tells an uncertain send apart later.
 CALLBACK_DATA_MAX = 512
 
 
-def build_body(message: TextMessage | MediaMessage, *, to: str, callback_data: str) -> dict[str, Any]:
+def meta_type_of(message: AnyOutbound) -> str:
+    """Meta's ``type`` for the canonical kind: both interactive kinds are ``interactive``."""
+    return "interactive" if isinstance(message, ButtonMessage | ListMessage) else message.type
+
+
+def build_body(message: AnyOutbound, *, to: str, callback_data: str) -> dict[str, Any]:
+    kind = meta_type_of(message)
     body: dict[str, Any] = {
         "messaging_product": "whatsapp",
         "recipient_type": "individual",
         "to": to,
-        "type": message.type,
+        "type": kind,
+        kind: _block(message),
         "biz_opaque_callback_data": callback_data[:CALLBACK_DATA_MAX],
     }
     if message.context_message_id:
         body["context"] = {"message_id": message.context_message_id}
-    if isinstance(message, TextMessage):
-        body["text"] = {"body": message.body, "preview_url": message.preview_url}
-    else:
-        body[message.type] = _media_block(message)
     return body
 
 
-def _media_block(message: MediaMessage) -> dict[str, Any]:
-    block: dict[str, Any] = {"link": message.url}
-    # Audio and stickers take no caption; only documents take a file name.
-    if message.caption and message.type in ("image", "video", "document"):
-        block["caption"] = message.caption
-    if message.filename and message.type == "document":
-        block["filename"] = message.filename
+def _block(message: AnyOutbound) -> Any:
+    match message:
+        case TextMessage():
+            return {"body": message.body, "preview_url": message.preview_url}
+        case MediaMessage():
+            return _media(message.type, message.url, message.caption, message.filename)
+        case LocationMessage():
+            return _without_none(
+                {
+                    "latitude": message.latitude,
+                    "longitude": message.longitude,
+                    "name": message.name,
+                    "address": message.address,
+                }
+            )
+        case ContactsMessage():
+            return [card.model_dump(mode="json", exclude_none=True) for card in message.contacts]
+        case ButtonMessage():
+            return _interactive(
+                message,
+                "button",
+                header=_header_media(message.header_media) if message.header_media else _text_header(message.header),
+                action={
+                    "buttons": [{"type": "reply", "reply": {"id": b.id, "title": b.title}} for b in message.buttons]
+                },
+            )
+        case ListMessage():
+            return _interactive(
+                message,
+                "list",
+                header=_text_header(message.header),
+                action={
+                    "button": message.button,
+                    "sections": [
+                        _without_none(
+                            {
+                                "title": section.title,
+                                "rows": [
+                                    _without_none({"id": r.id, "title": r.title, "description": r.description})
+                                    for r in section.rows
+                                ],
+                            }
+                        )
+                        for section in message.sections
+                    ],
+                },
+            )
+        case ReactionMessage():
+            return {"message_id": message.message_id, "emoji": message.emoji}
+
+
+def _media(kind: str, url: str, caption: str | None, filename: str | None) -> dict[str, Any]:
+    block: dict[str, Any] = {"link": url}
+    # Only images, videos and documents take a caption; only documents a file name.
+    if caption and kind in ("image", "video", "document"):
+        block["caption"] = caption
+    if filename and kind == "document":
+        block["filename"] = filename
     return block
+
+
+def _interactive(
+    message: ButtonMessage | ListMessage, kind: str, *, header: dict[str, Any] | None, action: dict[str, Any]
+) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": kind}
+    if header:
+        block["header"] = header
+    block["body"] = {"text": message.body}
+    if message.footer:
+        block["footer"] = {"text": message.footer}
+    block["action"] = action
+    return block
+
+
+def _text_header(text: str | None) -> dict[str, Any] | None:
+    return {"type": "text", "text": text} if text else None
+
+
+def _header_media(media: HeaderMedia) -> dict[str, Any]:
+    return {"type": media.type, media.type: _media(media.type, media.url, None, media.filename)}
+
+
+def _without_none(block: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in block.items() if v is not None}

@@ -43,3 +43,71 @@ def test_bad_text_bodies_are_named(change, mentions):
 def test_media_blocks(kind, block, ok):
     body = {"messaging_product": "whatsapp", "to": "18095550101", "type": kind, kind: block}
     assert (problem_with(body) is None) is ok
+
+
+def _interactive(block):
+    return {"messaging_product": "whatsapp", "to": "18095550101", "type": "interactive", "interactive": block}
+
+
+BUTTON = {
+    "type": "button",
+    "body": {"text": "Pick"},
+    "action": {"buttons": [{"type": "reply", "reply": {"id": "a", "title": "A"}}]},
+}
+LIST = {
+    "type": "list",
+    "body": {"text": "Pick"},
+    "action": {"button": "Menu", "sections": [{"title": "S", "rows": [{"id": "r", "title": "R"}]}]},
+}
+
+
+def test_good_interactive_bodies_pass():
+    assert problem_with(_interactive(BUTTON)) is None
+    assert problem_with(_interactive(LIST)) is None
+
+
+@pytest.mark.parametrize(
+    ("block", "mentions"),
+    [
+        ({**BUTTON, "action": {"buttons": []}}, "1 to 3"),
+        ({**BUTTON, "action": {"buttons": [{"id": "a", "title": "A"}]}}, "type: reply"),
+        (
+            {**BUTTON, "action": {"buttons": [{"type": "reply", "reply": {"id": "a", "title": "A"}}] * 2}},
+            "unique",
+        ),
+        ({**BUTTON, "body": {"text": "x" * 1025}}, "1024"),
+        ({**BUTTON, "footer": {"text": "x" * 61}}, "60"),
+        ({**LIST, "header": {"type": "image", "image": {"link": "https://x/a.png"}}}, "only take a text header"),
+        (
+            {
+                **LIST,
+                "action": {
+                    "button": "Menu",
+                    "sections": [{"title": "S", "rows": [{"id": str(i), "title": "R"} for i in range(11)]}],
+                },
+            },
+            "10 rows in total",
+        ),
+        ({**LIST, "action": {"button": "M" * 21, "sections": LIST["action"]["sections"]}}, "1 to 20"),
+        ({**LIST, "type": "carousel"}, "interactive.type"),
+    ],
+)
+def test_bad_interactive_bodies(block, mentions):
+    problem = problem_with(_interactive(block))
+    assert problem is not None and mentions in problem
+
+
+@pytest.mark.parametrize(
+    ("kind", "block", "mentions"),
+    [
+        ("location", {"latitude": 91, "longitude": 0}, "latitude"),
+        ("location", {"latitude": 0, "longitude": True}, "longitude"),
+        ("contacts", [], "non-empty"),
+        ("contacts", [{"name": {}}], "formatted_name"),
+        ("reaction", {"emoji": "x"}, "message_id"),
+    ],
+)
+def test_other_types(kind, block, mentions):
+    body = {"messaging_product": "whatsapp", "to": "18095550101", "type": kind, kind: block}
+    problem = problem_with(body)
+    assert problem is not None and mentions in problem

@@ -1,51 +1,145 @@
-"""Golden Graph API bodies for each canonical message the skeleton sends."""
+"""Golden Graph API bodies: one per FlowIQ message type (nine), plus FlowEstate's shapes."""
 
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from api_shim.flowiq_request import parse_send
+from meta_sandbox.validation import problem_with
 from models.outbound import MediaMessage, TextMessage, outbound_adapter
 from worker.meta_payload import build_body
 
+SEED = json.loads((Path(__file__).parent.parent / "fixtures" / "flowiq_seed_examples.json").read_text())
+ENVELOPE = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": "27123456789"}
 
-def test_text_body():
-    body = build_body(TextMessage(body="Hola"), to="18095550101", callback_data="m-1")
-    assert body == {
-        "messaging_product": "whatsapp",
-        "recipient_type": "individual",
-        "to": "18095550101",
+GOLDEN = {
+    "text": {"type": "text", "text": {"body": "Hello, World!", "preview_url": False}},
+    "image": {"type": "image", "image": {"link": "https://example.com/product.jpg", "caption": "Our latest product!"}},
+    "video": {"type": "video", "video": {"link": "https://example.com/demo.mp4", "caption": "Watch our demo video"}},
+    "audio": {"type": "audio", "audio": {"link": "https://example.com/message.mp3"}},
+    "document": {
+        "type": "document",
+        "document": {
+            "link": "https://example.com/invoice.pdf",
+            "caption": "Please find your invoice attached",
+            "filename": "Invoice_2025.pdf",
+        },
+    },
+    "location": {
+        "type": "location",
+        "location": {
+            "latitude": -33.9249,
+            "longitude": 18.4241,
+            "name": "Cape Town Office",
+            "address": "123 Main Street, Cape Town",
+        },
+    },
+    "contacts": {
+        "type": "contacts",
+        "contacts": [
+            {
+                "name": {"formatted_name": "John Doe", "first_name": "John", "last_name": "Doe"},
+                "phones": [{"phone": "+27987654321", "type": "CELL"}],
+            }
+        ],
+    },
+    "buttons": {
+        "type": "interactive",
+        "interactive": {
+            "type": "button",
+            "header": {"type": "text", "text": "Order Confirmation"},
+            "body": {"text": "Would you like to confirm your order #12345?"},
+            "footer": {"text": "Reply within 24 hours"},
+            "action": {
+                "buttons": [
+                    {"type": "reply", "reply": {"id": "confirm", "title": "Confirm"}},
+                    {"type": "reply", "reply": {"id": "cancel", "title": "Cancel"}},
+                    {"type": "reply", "reply": {"id": "modify", "title": "Modify Order"}},
+                ]
+            },
+        },
+    },
+    "buttons_header_media": {
+        "type": "interactive",
+        "interactive": {
+            "type": "button",
+            "header": {"type": "image", "image": {"link": "https://example.com/product.jpg"}},
+            "body": {"text": "Check out our new product!"},
+            "action": {
+                "buttons": [
+                    {"type": "reply", "reply": {"id": "buy", "title": "Buy Now"}},
+                    {"type": "reply", "reply": {"id": "info", "title": "More Info"}},
+                ]
+            },
+        },
+    },
+    "list": {
+        "type": "interactive",
+        "interactive": {
+            "type": "list",
+            "header": {"type": "text", "text": "Our Menu"},
+            "body": {"text": "Please select from our available options:"},
+            "footer": {"text": "Tap the button below to view options"},
+            "action": {
+                "button": "View Menu",
+                "sections": [
+                    {
+                        "title": "Main Dishes",
+                        "rows": [
+                            {"id": "burger", "title": "Burger", "description": "Beef patty with cheese"},
+                            {"id": "pizza", "title": "Pizza", "description": "Margherita or Pepperoni"},
+                        ],
+                    },
+                    {
+                        "title": "Drinks",
+                        "rows": [
+                            {"id": "cola", "title": "Cola", "description": "500ml bottle"},
+                            {"id": "water", "title": "Water", "description": "Still or sparkling"},
+                        ],
+                    },
+                ],
+            },
+        },
+    },
+    "reaction": {
+        "type": "reaction",
+        "reaction": {"message_id": "wamid.HBgLMjc4MTIzNDU2NzgVAgASGBQzRUI...", "emoji": "❤️"},
+    },
+    "basic_reply": {
         "type": "text",
-        "biz_opaque_callback_data": "m-1",
-        "text": {"body": "Hola", "preview_url": False},
-    }
+        "text": {"body": "This is a reply to your message!", "preview_url": False},
+        "context": {"message_id": "wamid.HBgLMjc4MTIzNDU2NzgVAgASGBQzRUI..."},
+    },
+}
 
 
-def test_reply_context():
-    body = build_body(TextMessage(body="ok", context_message_id="wamid.X"), to="1", callback_data="m")
-    assert body["context"] == {"message_id": "wamid.X"}
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_golden_body(name):
+    sent = parse_send(SEED[name])
+    body = build_body(sent.message, to=sent.wa_id, callback_data="msg-1")
+    assert body == {**ENVELOPE, **GOLDEN[name], "biz_opaque_callback_data": "msg-1"}
+    assert problem_with(body) is None
 
 
-def test_document_by_link_with_caption_and_filename():
+def test_flowestate_document_by_link():
     msg = MediaMessage(type="document", url="https://x.example/b.pdf", caption="Brochure", filename="b.pdf")
-    assert build_body(msg, to="1", callback_data="m")["document"] == {
+    assert build_body(msg, to="1234567", callback_data="m")["document"] == {
         "link": "https://x.example/b.pdf",
         "caption": "Brochure",
         "filename": "b.pdf",
     }
 
 
-def test_image_drops_filename_and_audio_drops_caption():
-    image = MediaMessage(type="image", url="https://x.example/a.png", caption="Look", filename="a.png")
-    assert build_body(image, to="1", callback_data="m")["image"] == {
-        "link": "https://x.example/a.png",
-        "caption": "Look",
-    }
-    audio = MediaMessage(type="audio", url="https://x.example/a.ogg", caption="ignored")
-    assert build_body(audio, to="1", callback_data="m")["audio"] == {"link": "https://x.example/a.ogg"}
-
-
 def test_payload_round_trips_through_storage_json():
-    msg = MediaMessage(type="video", url="https://x.example/v.mp4", caption="Tour")
-    stored = msg.model_dump(mode="json", exclude_none=True)
-    assert outbound_adapter.validate_python(stored) == msg
+    for name in GOLDEN:
+        message = parse_send(SEED[name]).message
+        stored = json.loads(json.dumps(message.model_dump(mode="json", exclude_none=True)))
+        assert outbound_adapter.validate_python(stored) == message
 
 
 def test_callback_data_is_capped_at_metas_limit():
-    body = build_body(TextMessage(body="x"), to="1", callback_data="z" * 600)
+    body = build_body(TextMessage(body="x"), to="1234567", callback_data="z" * 600)
     assert len(body["biz_opaque_callback_data"]) == 512

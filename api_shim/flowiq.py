@@ -1,0 +1,302 @@
+"""The FlowIQ surface (shared/seeds/flowiq-send-whatsapp-api.txt): POST /send-whatsapp?tenantId=.
+
+The answer carries Meta's wamid, so the request waits (asynchronously) for the worker's outcome,
+up to WADISPATCH_SYNC_TIMEOUT_S; past that it answers 202 and delivery carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import case, select
+
+from api_shim.auth import Caller, authenticate_flowiq
+from api_shim.flowiq_errors import FlowIQError, FlowIQErrorBody
+from api_shim.flowiq_request import FLOWIQ_TYPES, FlowIQSend, parse_send
+from api_shim.intake import hand_to_broker, persist_message
+from api_shim.sync_results import ResultWaiter
+from models.db import get_sessionmaker
+from models.enums import AccountStatus, AccountType, MessageStatus, SourceApi
+from models.settings import get_settings
+from models.tables import Contact, Message, Organization, WhatsappAccount
+
+router = APIRouter(tags=["FlowIQ"])
+
+
+class FlowIQSendDoc(BaseModel):
+    """The request body. Which fields are required depends on message_type (see the descriptions)."""
+
+    phone_number: str = Field(description="Recipient with country code; spaces, dashes, brackets and '+' are removed")
+    message_type: str = Field(description="One of: " + ", ".join(FLOWIQ_TYPES))
+    context_message_id: str | None = Field(None, description="wamid to reply to")
+    text: str | None = Field(None, description="text messages: required, 1..4096 chars")
+    media_url: str | None = Field(None, description="image/video/audio/document: required, https URL")
+    caption: str | None = Field(None, description="image/video/document: optional, up to 1024 chars; not for audio")
+    filename: str | None = Field(None, description="document: optional display file name")
+    location: dict[str, Any] | None = Field(
+        None, description="location: {latitude (-90..90), longitude (-180..180), name?, address?}"
+    )
+    contacts: list[dict[str, Any]] | None = Field(
+        None, description="contacts: 1+ cards, each with name.formatted_name; phones, emails, ... pass through"
+    )
+    interactive: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "interactive: {type: button|list, body (<=1024), header? (<=60), footer? (<=60)}; button: buttons "
+            "[1..3 {id, title (<=20)}] with unique ids, header_media? {type image|video|document, url, filename?}; "
+            "list: button (<=20), sections [1..10 {title (<=24), rows [{id, title (<=24), description? (<=72)}]}], "
+            "at most 10 rows in total, unique row ids"
+        ),
+    )
+    reaction: dict[str, Any] | None = Field(
+        None, description="reaction: {message_id (wamid, required), emoji (one emoji, default 👍)}"
+    )
+
+
+class SentData(BaseModel):
+    message_id: str = Field(description="Meta's wamid")
+    recipient: str
+    message_type: str
+    organization: str
+    meta_response: dict[str, Any]
+
+
+class SentResponse(BaseModel):
+    success: bool
+    message: str
+    data: SentData
+
+
+class QueuedData(BaseModel):
+    id: uuid.UUID = Field(description="our message id")
+    status: str
+    recipient: str
+    message_type: str
+    organization: str
+
+
+class QueuedResponse(BaseModel):
+    success: bool
+    message: str
+    data: QueuedData
+
+
+_ERRORS = {
+    400: "Missing required field, invalid field, invalid message type, invalid phone number, invalid provider, "
+    "WhatsApp not configured, contact opted out",
+    401: "Missing or invalid API key, revoked key, non-fiq_ key, or tenant mismatch",
+    403: "The key lacks the whatsapp:write scope",
+    404: "Organization or contact not found (the contact answer also carries whatsapp_id)",
+    500: "Meta API error (with meta_error_code), Meta upload failed, delivery uncertain, or server error",
+}
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    message_id: uuid.UUID
+    recipient: str
+    message_type: str
+    organization: str
+
+
+@router.post(
+    "/send-whatsapp",
+    response_model=SentResponse,
+    responses={
+        202: {"model": QueuedResponse, "description": "Still being sent when the wait ended; delivery continues"},
+        **{status: {"model": FlowIQErrorBody, "description": text} for status, text in _ERRORS.items()},
+    },
+    openapi_extra={
+        "parameters": [
+            {"name": "tenantId", "in": "query", "required": True, "schema": {"type": "string"}},
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": FlowIQSendDoc.model_json_schema()}},
+        },
+    },
+)
+async def send_whatsapp(request: Request) -> JSONResponse:
+    """Send one WhatsApp message to an existing contact and answer with Meta's message id."""
+    raw = await request.body()
+    accepted = await run_in_threadpool(_accept, request, request.query_params.get("tenantId"), raw)
+    settings = get_settings()
+    waiter: ResultWaiter = request.app.state.result_waiter
+    key = str(accepted.message_id)
+    future = waiter.expect(key)
+    try:
+        await run_in_threadpool(hand_to_broker, accepted.message_id)
+        outcome = await _wait_for_outcome(future, accepted.message_id, settings.sync_timeout_s, settings.sync_poll_s)
+    finally:
+        waiter.forget(key, future)
+    return _respond(accepted, outcome)
+
+
+def _accept(request: Request, tenant_id: str | None, raw: bytes) -> _Accepted:
+    with get_sessionmaker()() as session:
+        caller = authenticate_flowiq(session, request, tenant_id)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise FlowIQError(400, "Invalid JSON", "The request body is not valid JSON") from None
+        send = parse_send(body)
+        account = _sending_account(session, caller)
+        contact = session.scalars(
+            select(Contact).where(Contact.org_id == caller.org_id, Contact.wa_id == send.wa_id).limit(1)
+        ).first()
+        if contact is None:
+            raise FlowIQError(
+                404,
+                "Contact not found",
+                f"No contact exists with WhatsApp number {send.wa_id}. "
+                "Please create the contact first using the /api/contact endpoint.",
+                whatsapp_id=send.wa_id,
+            )
+        if contact.opted_out_at is not None:
+            raise FlowIQError(400, "Contact opted out", f"The contact {send.wa_id} opted out of WhatsApp messages")
+        message_id = _persist(session, caller, account, contact, send)
+        session.commit()
+        return _Accepted(message_id, send.wa_id, send.message_type, caller.org_name)
+
+
+def _sending_account(session: Any, caller: Caller) -> WhatsappAccount:
+    org = session.get(Organization, caller.org_id)
+    if org.whatsapp_provider != "meta":
+        raise FlowIQError(
+            400, "Invalid provider", f"Organization must use Meta WhatsApp provider. Current: {org.whatsapp_provider}"
+        )
+    account = session.scalars(
+        select(WhatsappAccount)
+        .where(
+            WhatsappAccount.org_id == caller.org_id,
+            WhatsappAccount.status == AccountStatus.CONNECTED,
+            WhatsappAccount.meta_phone_number_id.is_not(None),
+            WhatsappAccount.access_token_encrypted.is_not(None),
+        )
+        # The organization's own account first, then the oldest member account.
+        .order_by(
+            case((WhatsappAccount.account_type == AccountType.ORGANIZATION, 0), else_=1), WhatsappAccount.created_at
+        )
+        .limit(1)
+    ).first()
+    if account is None:
+        raise FlowIQError(
+            400,
+            "WhatsApp not configured",
+            "The organization has no connected Meta WhatsApp account with a phone number id and access token",
+        )
+    return account
+
+
+def _persist(session: Any, caller: Caller, account: WhatsappAccount, contact: Contact, send: FlowIQSend) -> uuid.UUID:
+    return persist_message(
+        session,
+        org_id=caller.org_id,
+        account_id=account.id,
+        contact_id=contact.id,
+        message=send.message,
+        source=SourceApi.FLOWIQ,
+    )
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: str
+    wamid: str | None
+    meta_response: dict[str, Any] | None
+    error_code: str | None
+    error_title: str | None
+    error_detail: str | None
+
+    @property
+    def final(self) -> bool:
+        return self.status in (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ, MessageStatus.FAILED)
+
+
+def _load_outcome(message_id: uuid.UUID) -> _Outcome:
+    with get_sessionmaker()() as session:
+        row = session.execute(
+            select(
+                Message.status,
+                Message.wamid,
+                Message.meta_response,
+                Message.error_code,
+                Message.error_title,
+                Message.error_detail,
+            ).where(Message.id == message_id)
+        ).one()
+        return _Outcome(*row)
+
+
+async def _wait_for_outcome(
+    future: asyncio.Future[None], message_id: uuid.UUID, timeout_s: float, poll_s: float
+) -> _Outcome:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        remaining = deadline - loop.time()
+        if remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(future), timeout=min(remaining, poll_s))
+        outcome = await run_in_threadpool(_load_outcome, message_id)
+        if outcome.final or future.done() or loop.time() >= deadline:
+            return outcome
+
+
+# Failures recorded on the message → the FlowIQ answer.
+_FAILURES: dict[str, tuple[int, str]] = {
+    "OPTED_OUT": (400, "Contact opted out"),
+    "ACCOUNT_UNAVAILABLE": (400, "WhatsApp not configured"),
+    "BAD_REQUEST": (400, "Invalid phone number"),
+    "DELIVERY_UNCERTAIN": (500, "Delivery uncertain"),
+    "META_UPLOAD_FAILED": (500, "Meta upload failed"),
+}
+
+
+def _respond(accepted: _Accepted, outcome: _Outcome) -> JSONResponse:
+    if outcome.status in (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ):
+        return JSONResponse(
+            {
+                "success": True,
+                "message": "Message sent successfully",
+                "data": {
+                    "message_id": outcome.wamid,
+                    "recipient": accepted.recipient,
+                    "message_type": accepted.message_type,
+                    "organization": accepted.organization,
+                    "meta_response": outcome.meta_response,
+                },
+            }
+        )
+    if outcome.status == MessageStatus.FAILED:
+        code = outcome.error_code or "UNKNOWN"
+        status, error = _FAILURES.get(code, (500, "Meta API error"))
+        extra: dict[str, Any] = {"message_id": str(accepted.message_id)}
+        if code.lstrip("-").isdigit():
+            extra["meta_error_code"] = int(code)
+        if outcome.error_detail:
+            extra["details"] = outcome.error_detail
+        raise FlowIQError(status, error, outcome.error_title or code, **extra)
+    return JSONResponse(
+        {
+            "success": True,
+            "message": "Message accepted; it is still being sent and will be delivered in the background",
+            "data": {
+                "id": str(accepted.message_id),
+                "status": outcome.status,
+                "recipient": accepted.recipient,
+                "message_type": accepted.message_type,
+                "organization": accepted.organization,
+            },
+        },
+        status_code=202,
+    )

@@ -1,0 +1,34 @@
+"""Errors of the FlowIQ surface: ``{"error": <short title>, "message": <what to do>, ...}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+
+class FlowIQErrorBody(BaseModel):
+    error: str
+    message: str
+
+
+class FlowIQError(Exception):
+    def __init__(self, status: int, error: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.extra = extra
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": self.error, "message": self.message, **self.extra}, status_code=self.status)
+
+
+def missing(field: str, message_type: str | None = None) -> FlowIQError:
+    suffix = f" for {message_type} messages" if message_type else ""
+    return FlowIQError(400, "Missing required field", f"{field} is required{suffix}")
+
+
+def invalid(field: str, rule: str) -> FlowIQError:
+    return FlowIQError(400, "Invalid field", f"{field}: {rule}")
