@@ -35,11 +35,14 @@ def create_demo() -> dict[str, object]:
         leads = list(session.scalars(select(Contact).where(Contact.org_id == org.id).order_by(Contact.created_at)))
         if not leads:
             leads = [admin.create_contact(session, org=org, phone=p, name=n) for p, n in DEMO_LEADS]
-        # Keys are shown once, so every run mints a fresh one.
+        # Keys are shown once, so every run mints fresh ones.
         key = admin.create_key(session, org=org, kind=KeyKind.FLOWESTATE, scopes=[Scope.READ, Scope.WRITE])
+        fiq_key = admin.create_key(session, org=org, kind=KeyKind.FLOWIQ, scopes=[Scope.READ, Scope.WRITE])
         return {
             "org": org.slug,
             "key": key.key,
+            "fiq_key": fiq_key.key,
+            "lead_phones": [lead.phone_e164 for lead in leads],
             "account_id": str(account.id),
             "lead_ids": [str(lead.id) for lead in leads],
         }
@@ -48,8 +51,8 @@ def create_demo() -> dict[str, object]:
 def curl_examples(demo: dict[str, object], settings: Settings) -> str:
     base = f"http://{settings.api_host}:{settings.api_port}/api/v1"
     key, account_id = demo["key"], demo["account_id"]
-    lead_ids = demo["lead_ids"]
-    assert isinstance(lead_ids, list)
+    lead_ids, phones = demo["lead_ids"], demo["lead_phones"]
+    assert isinstance(lead_ids, list) and isinstance(phones, list)
     return f"""\
 Demo organization '{demo["org"]}' is ready. Its API key (shown once): {key}
 
@@ -65,6 +68,11 @@ Send a document to the second lead:
     -d '{{"leadId": "{lead_ids[1]}", "whatsappAccountId": "{account_id}", "message": "Here is the brochure.",
          "media": {{"url": "https://cdn.example.com/brochure.pdf", "type": "document",
                     "mimetype": "application/pdf", "fileName": "brochure.pdf"}}}}'
+
+FlowIQ: send a text by phone number and get Meta's wamid back (key shown once: {demo["fiq_key"]}):
+  curl -X POST "http://{settings.api_host}:{settings.api_port}/send-whatsapp?tenantId={demo["org"]}" \\
+    -H "Authorization: Bearer {demo["fiq_key"]}" -H "Content-Type: application/json" \\
+    -d '{{"phone_number": "{phones[0]}", "message_type": "text", "text": "Hello from the FlowIQ API!"}}'
 
 Follow a message (use the messageId from the answer):
   curl {base}/whatsapp/messages/<messageId> -H "Authorization: Bearer {key}"

@@ -110,5 +110,10 @@ def test_demo_prints_curl_commands_that_work(live, sandbox):
             assert time.monotonic() < deadline, data
             time.sleep(0.2)
     assert key.startswith("fe_k_")
-    received = {m["body"]["biz_opaque_callback_data"] for m in sandbox.received("100000000000001")}
-    assert set(message_ids) <= received
+    flowiq = next(c for c in commands if "/send-whatsapp" in c)
+    answer = json.loads(subprocess.run(["bash", "-c", flowiq], capture_output=True, text=True, timeout=30).stdout)
+    assert answer["success"] is True and answer["data"]["message_id"].startswith("wamid.")
+    message_ids.append(answer["data"]["message_id"])
+    received = sandbox.received("100000000000001")
+    ours = {m["body"]["biz_opaque_callback_data"] for m in received} | {m["wamid"] for m in received}
+    assert set(message_ids) <= ours
