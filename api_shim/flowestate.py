@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -88,6 +88,12 @@ class SendIn(BaseModel):
             raise ValueError(
                 f"message: must be at most {CAPTION_MAX} characters when media is present (it becomes the caption)"
             )
+        # Build the canonical message now, so anything it refuses is a 400 here and never a 500 later.
+        try:
+            self.to_outbound()
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ValueError(f"media: {first['msg']}") from None
         return self
 
     def to_outbound(self) -> AnyOutbound:
@@ -98,8 +104,8 @@ class SendIn(BaseModel):
             url=self.media.url,
             caption=self.message,
             # Meta shows a file name only on documents; FlowEstate clients may send one for any type.
-            filename=self.media.fileName if self.media.type == "document" else None,
-            mimetype=self.media.mimetype,
+            filename=(self.media.fileName or None) if self.media.type == "document" else None,
+            mimetype=self.media.mimetype or None,
         )
 
 

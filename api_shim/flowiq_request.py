@@ -100,7 +100,8 @@ def _canonical_input(body: dict[str, Any], message_type: str) -> tuple[dict[str,
         return _present(type="contacts", contacts=body.get("contacts")), ""
     if message_type == "reaction":
         reaction = _object(body, "reaction", message_type)
-        return {**reaction, "type": "reaction", "emoji": reaction.get("emoji", DEFAULT_REACTION)}, "reaction."
+        emoji = reaction.get("emoji")
+        return {**reaction, "type": "reaction", "emoji": DEFAULT_REACTION if emoji is None else emoji}, "reaction."
     interactive = _object(body, "interactive", message_type)
     kind = interactive.get("type")
     if kind is None:
