@@ -126,6 +126,7 @@ class MessageOut(BaseModel):
     leadId: uuid.UUID
     whatsappAccountId: uuid.UUID
     wamid: str | None = Field(description="Meta's message id once sent")
+    mediaUrl: str | None = Field(description="Signed URL of our stored copy of the media (valid a year)")
     attempts: int
     error: MessageErrorOut | None
     createdAt: datetime
@@ -232,6 +233,7 @@ def get_message(
             leadId=m.contact_id,
             whatsappAccountId=m.account_id,
             wamid=m.wamid,
+            mediaUrl=m.media_url,
             attempts=m.attempts,
             error=MessageErrorOut(code=m.error_code, title=m.error_title, detail=m.error_detail)
             if m.error_code

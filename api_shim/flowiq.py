@@ -259,6 +259,10 @@ _FAILURES: dict[str, tuple[int, str]] = {
     "BAD_REQUEST": (400, "Invalid phone number"),
     "DELIVERY_UNCERTAIN": (500, "Delivery uncertain"),
     "META_UPLOAD_FAILED": (500, "Meta upload failed"),
+    "MEDIA_FETCH_REFUSED": (400, "Media URL refused"),
+    "MEDIA_FETCH_FAILED": (400, "Media download failed"),
+    "MEDIA_TOO_LARGE": (400, "Media too large"),
+    "MEDIA_TYPE_UNSUPPORTED": (400, "Unsupported media type"),
 }
 
 
@@ -285,7 +289,12 @@ def _respond(accepted: _Accepted, outcome: _Outcome) -> JSONResponse:
             extra["meta_error_code"] = int(code)
         if outcome.error_detail:
             extra["details"] = outcome.error_detail
-        raise FlowIQError(status, error, outcome.error_title or code, **extra)
+        message = outcome.error_title or code
+        if code == "META_UPLOAD_FAILED":
+            # The seed's wording, with Meta's own title kept beside it.
+            extra["details"] = outcome.error_title
+            message = "Failed to upload media to Meta"
+        raise FlowIQError(status, error, message, **extra)
     return JSONResponse(
         {
             "success": True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 from typing import Any
 
@@ -10,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from meta_sandbox.media_rules import kind_accepts, upload_problem
 from meta_sandbox.state import Fault, SandboxState
 from meta_sandbox.validation import problem_with
 
@@ -66,11 +68,8 @@ def create_app(latency_ms: float = 0.0) -> FastAPI:
             return meta_error(400, 100, "(#100) Invalid parameter", details="The request body is not valid JSON")
         if fault := state.take_fault(phone_number_id):
             await _delay(state)
-            headers = {"Retry-After": str(fault.retry_after_s)} if fault.retry_after_s is not None else None
-            if fault.code is None:
-                return JSONResponse({"error": "injected"}, status_code=fault.http_status, headers=headers)
-            return meta_error(fault.http_status, fault.code, fault.message, details=fault.message, headers=headers)
-        if problem := problem_with(body):
+            return _fault_response(fault)
+        if problem := problem_with(body) or _media_id_problem(state, phone_number_id, body):
             return meta_error(400, 100, "(#100) Invalid parameter", details=problem)
         wamid = "wamid." + secrets.token_urlsafe(24)
         # Meta acts on a request when it arrives; the latency only delays the answer.
@@ -83,6 +82,45 @@ def create_app(latency_ms: float = 0.0) -> FastAPI:
                 "messages": [{"id": wamid}],
             }
         )
+
+    @app.post("/{version}/{phone_number_id}/media")
+    async def upload_media(version: str, phone_number_id: str, request: Request) -> JSONResponse:
+        state.count_call(phone_number_id)
+        if (token := _bearer(request)) is None:
+            return meta_error(401, 190, "Invalid OAuth access token - Cannot parse access token")
+        expected = state.tokens.get(phone_number_id)
+        if expected is not None and not secrets.compare_digest(expected, token):
+            return meta_error(401, 190, "Error validating access token: The session is invalid")
+        if fault := state.take_fault(phone_number_id):
+            return _fault_response(fault)
+        try:
+            form = await request.form()
+        except Exception:
+            return meta_error(400, 100, "(#100) Invalid parameter", details="Expected a multipart form")
+        upload = form.get("file")
+        if form.get("messaging_product") != "whatsapp":
+            return meta_error(400, 100, "(#100) Invalid parameter", details="messaging_product must be 'whatsapp'")
+        if upload is None or isinstance(upload, str):
+            return meta_error(400, 100, "(#100) Invalid parameter", details="file is required")
+        data = await upload.read()
+        mime = (upload.content_type or "").split(";")[0].strip()
+        if problem := upload_problem(mime, len(data)):
+            return meta_error(400, 131053, "Media upload error", details=problem)
+        media_id = str(secrets.randbelow(10**15) + 10**15)
+        state.uploads[media_id] = {
+            "id": media_id,
+            "phone_number_id": phone_number_id,
+            "mime": mime,
+            "size": len(data),
+            "filename": upload.filename,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        return JSONResponse({"id": media_id})
+
+    @app.get("/_sandbox/media")
+    async def list_media(phone_number_id: str | None = None) -> dict[str, Any]:
+        items = [u for u in state.uploads.values() if phone_number_id in (None, u["phone_number_id"])]
+        return {"data": items, "count": len(items)}
 
     @app.get("/_sandbox/messages")
     async def list_messages(phone_number_id: str | None = None) -> dict[str, Any]:
@@ -131,6 +169,32 @@ def create_app(latency_ms: float = 0.0) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def _fault_response(fault: Fault) -> JSONResponse:
+    headers = {"Retry-After": str(fault.retry_after_s)} if fault.retry_after_s is not None else None
+    if fault.code is None:
+        return JSONResponse({"error": "injected"}, status_code=fault.http_status, headers=headers)
+    return meta_error(fault.http_status, fault.code, fault.message, details=fault.message, headers=headers)
+
+
+def _media_id_problem(state: SandboxState, phone_number_id: str, body: dict[str, Any]) -> str | None:
+    """A media id must have been uploaded for this phone number, as a file of the message's kind."""
+    kind = body.get("type", "")
+    block: Any = body.get(kind) if isinstance(body.get(kind), dict) else {}
+    if kind == "interactive" and isinstance(block, dict):
+        header = block.get("header") or {}
+        kind = header.get("type", "")
+        block = header.get(kind) if isinstance(header.get(kind), dict) else {}
+    media_id = block.get("id") if isinstance(block, dict) else None
+    if media_id is None:
+        return None
+    upload = state.uploads.get(str(media_id))
+    if upload is None or upload["phone_number_id"] != phone_number_id:
+        return f"Unknown media id {media_id} for this phone number"
+    if not kind_accepts(kind, upload["mime"]):
+        return f"Media id {media_id} is a {upload['mime']} file; it cannot be sent as {kind}"
+    return None
 
 
 def _bearer(request: Request) -> str | None:

@@ -27,6 +27,8 @@ class SandboxState:
     calls: dict[str, int] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
+    # media id -> what was uploaded under it
+    uploads: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def count_call(self, phone_number_id: str) -> None:
         self.calls[phone_number_id] = self.calls.get(phone_number_id, 0) + 1

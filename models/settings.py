@@ -58,6 +58,35 @@ class Settings(BaseSettings):
     # While waiting, how often Postgres is read in case the Redis wake-up was missed.
     sync_poll_s: float = Field(default=1.0, gt=0)
 
+    # Media: where fetched files are kept, and how their signed URLs look.
+    media_backend: Literal["local", "s3"] = "local"
+    media_dir: str = "var/media"
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    public_base_url: str = "http://127.0.0.1:8000"
+    media_url_ttl_days: int = Field(default=365, ge=1)
+    # The same URL fetched again within this many seconds reuses the stored copy (one brochure, many leads).
+    media_url_cache_s: int = Field(default=600, ge=0)
+    # Meta keeps an uploaded media id for about 30 days; reuse one for a bit less.
+    media_id_ttl_days: int = Field(default=29, ge=1)
+
+    # The safe fetcher for users' media URLs.
+    media_allow_http: bool = False
+    media_connect_timeout_s: float = Field(default=5.0, gt=0)
+    media_download_timeout_s: float = Field(default=30.0, gt=0)
+    media_max_redirects: int = Field(default=3, ge=0)
+    # TESTS ONLY, never in production: host:port pairs the fetcher may reach although they are
+    # private or on another port (the loopback media server of the test suite).
+    media_test_allowed: list[str] = Field(default_factory=list)
+    # TESTS ONLY: hostname -> "http://127.0.0.1:PORT" (fetch it from that loopback origin) or -> an IP
+    # (a resolver stub). Lets tests use hostnames without any DNS query leaving the machine.
+    media_test_hosts: dict[str, str] = Field(default_factory=dict)
+    # TESTS ONLY: a last guard below the address check; the fetcher connects to loopback only.
+    media_egress_loopback_only: bool = False
+
     log_level: str = "INFO"
 
     @model_validator(mode="after")
@@ -69,10 +98,10 @@ class Settings(BaseSettings):
             unsafe.append("WADISPATCH_TOKEN_ENCRYPTION_KEY")
         if self.secret_key == DEV_SECRET_KEY:
             unsafe.append("WADISPATCH_SECRET_KEY")
+        if self.media_test_allowed or self.media_test_hosts or self.media_egress_loopback_only:
+            unsafe.append("no WADISPATCH_MEDIA_TEST_* / MEDIA_EGRESS_LOOPBACK_ONLY (test-only settings)")
         if unsafe:
-            raise ValueError(
-                "production refuses the development secrets; set " + ", ".join(unsafe) + " to your own values"
-            )
+            raise ValueError("production refuses unsafe settings; set " + ", ".join(unsafe))
         return self
 
     @model_validator(mode="after")

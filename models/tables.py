@@ -157,6 +157,12 @@ class Message(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # The user's media, once fetched and stored: content hash, our storage key and signed URL.
+    media_sha256: Mapped[str | None] = mapped_column(String(64))
+    media_key: Mapped[str | None] = mapped_column(String(80))
+    media_url: Mapped[str | None] = mapped_column(Text, comment="signed URL of our stored copy")
+    media_mime: Mapped[str | None] = mapped_column(String(127))
+    media_size: Mapped[int | None] = mapped_column(BigInteger)
     source_api: Mapped[str] = mapped_column(String(16))
     meta_response: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = _created_at()
@@ -187,3 +193,20 @@ class MessageAttempt(Base):
     duration_ms: Mapped[float | None] = mapped_column(Float)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _created_at()
+
+
+class MediaUpload(Base):
+    """A file uploaded to Meta for one sender account: reused while Meta still holds it."""
+
+    __tablename__ = "media_uploads"
+    __table_args__ = (UniqueConstraint("account_id", "sha256", name="uq_media_upload_account_sha256"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("whatsapp_accounts.id", ondelete="CASCADE"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    meta_media_id: Mapped[str] = mapped_column(String(128))
+    mime: Mapped[str] = mapped_column(String(127))
+    size: Mapped[int] = mapped_column(BigInteger)
+    uploaded_at: Mapped[datetime] = _created_at()
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

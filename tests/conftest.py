@@ -3,6 +3,7 @@ the API shim, a Celery worker and beat, all as real processes talking over loopb
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -36,6 +37,7 @@ TEST_ENV = {
 }
 os.environ.update(TEST_ENV)
 
+from tests.support.media_server import Canary, MediaServer  # noqa: E402
 from tests.support.processes import ManagedProcess, free_port, http_ok  # noqa: E402
 
 
@@ -55,6 +57,7 @@ class Stack:
     worker: ManagedProcess
     beat: ManagedProcess
     env: dict[str, str]
+    media_dir: Path
 
     def ensure_worker(self) -> None:
         if not self.worker.running:
@@ -98,12 +101,63 @@ def redis_client(database: str) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def stack(database: str, redis_client: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def media_server() -> Iterator[MediaServer]:
+    server = MediaServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def canary() -> Iterator[Canary]:
+    trap = Canary()
+    yield trap
+    trap.close()
+
+
+# Hostnames the worker's fetcher knows without DNS (test-only setting): the seed's example hosts
+# lead to the loopback media server; the others stand for addresses that must be refused.
+STUB_ADDRESSES = {
+    "metadata.test": "169.254.169.254",
+    "intranet.test": "10.1.2.3",
+    "private172.test": "172.16.5.4",
+    "private192.test": "192.168.1.1",
+    "cgnat.test": "100.64.0.1",
+    "multicast.test": "224.0.0.1",
+    "unspecified.test": "0.0.0.0",
+    "ula.test": "fd00::1",
+    "linklocal6.test": "fe80::1",
+    "mapped.test": "::ffff:10.0.0.1",
+    "loopback.test": "127.0.0.1",
+}
+MEDIA_HOSTS = ("example.com", "cdn.example.com", "media.test", "x.example")
+
+
+def media_env(media: MediaServer, media_dir: Path, api_url: str) -> dict[str, str]:
+    hosts = {**dict.fromkeys(MEDIA_HOSTS, media.origin), **STUB_ADDRESSES}
+    return {
+        "WADISPATCH_MEDIA_DIR": str(media_dir),
+        "WADISPATCH_PUBLIC_BASE_URL": api_url,
+        "WADISPATCH_MEDIA_ALLOW_HTTP": "true",
+        "WADISPATCH_MEDIA_TEST_ALLOWED": json.dumps([f"127.0.0.1:{media.port}"]),
+        "WADISPATCH_MEDIA_TEST_HOSTS": json.dumps(hosts),
+        "WADISPATCH_MEDIA_EGRESS_LOOPBACK_ONLY": "true",
+    }
+
+
+@pytest.fixture(scope="session")
+def stack(
+    database: str,
+    redis_client: object,
+    media_server: MediaServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
     log_dir = tmp_path_factory.mktemp("logs")
     sandbox_port, api_port = free_port(), free_port()
+    media_dir = tmp_path_factory.mktemp("media")
     env = {
         **os.environ,
         **TEST_ENV,
+        **media_env(media_server, media_dir, f"http://127.0.0.1:{api_port}"),
         "WADISPATCH_META_BASE_URL": f"http://127.0.0.1:{sandbox_port}",
         "WADISPATCH_API_PORT": str(api_port),
         "PYTHONUNBUFFERED": "1",
@@ -130,6 +184,7 @@ def stack(database: str, redis_client: object, tmp_path_factory: pytest.TempPath
         worker=worker,
         beat=beat,
         env=env,
+        media_dir=media_dir,
     )
     started: list[ManagedProcess] = []
     try:

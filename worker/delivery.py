@@ -18,6 +18,7 @@ from models.settings import Settings
 from worker import outcomes
 from worker.backoff import compute_backoff
 from worker.claim import Claim, claim_message, seconds_until_due
+from worker.media.pipeline import get_media_pipeline, media_ref
 from worker.meta_client import MetaClient
 from worker.meta_errors import (
     MARKETING_OPT_OUT_CODE,
@@ -26,6 +27,7 @@ from worker.meta_errors import (
     DeliveryUncertain,
     Final,
     Retryable,
+    Transient,
 )
 from worker.meta_payload import build_body
 from worker.notify import announce_outcome
@@ -107,7 +109,18 @@ def _deliver(
                 session, claim, code="INVALID_PAYLOAD", title="The stored message is not valid", detail=str(exc)[:500]
             )
         return claim, "refused"
-    body = build_body(message, to=claim.wa_id, callback_data=str(claim.message_id))
+    media_id = None
+    if (ref := media_ref(message)) is not None:
+        try:
+            media_id = get_media_pipeline(settings, meta).media_id_for(claim, ref, token)
+        except DeliveryError as error:
+            return claim, _handle_error(claim, error, settings=settings, schedule=schedule)
+        except Exception as exc:
+            # Nothing was sent yet, so whatever broke (Redis, storage, a bug) is safe to retry.
+            log.exception("message %s: media step failed", claim.message_id)
+            internal = Transient(f"internal error preparing media: {type(exc).__name__}", stored_code="INTERNAL_ERROR")
+            return claim, _handle_error(claim, internal, settings=settings, schedule=schedule)
+    body = build_body(message, to=claim.wa_id, callback_data=str(claim.message_id), media_id=media_id)
     try:
         result = meta.send_message(claim.phone_number_id, token, body)
     except DeliveryError as error:

@@ -10,7 +10,14 @@ from typing import Any
 import httpx
 
 from models.settings import Settings
-from worker.meta_errors import DeliveryUncertain, Transient, error_from_response
+from worker.meta_errors import (
+    AccountBroken,
+    DeliveryUncertain,
+    Permanent,
+    Retryable,
+    Transient,
+    error_from_response,
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,44 @@ class MetaClient:
             return SendResult(wamid, payload, response.status_code, duration_ms)
         error = error_from_response(response.status_code, payload, _retry_after(response))
         raise error
+
+    def upload_media(self, phone_number_id: str, token: str, data: bytes, mime: str, filename: str) -> str:
+        """Upload one file; returns Meta's media id. Failures carry the META_UPLOAD_FAILED code,
+        except account-level ones, which halt the account like any other call."""
+        url = f"{self._base}/{self._version}/{phone_number_id}/media"
+        try:
+            response = self._http.post(
+                url,
+                headers={"Authorization": f"Bearer {token}"},
+                data={"messaging_product": "whatsapp", "type": mime},
+                files={"file": (filename, data, mime)},
+            )
+        except httpx.TransportError as exc:
+            # Uploading twice costs nothing but bandwidth, so every transport failure is retryable.
+            raise Transient(f"media upload to Meta failed: {type(exc).__name__}", stored_code=UPLOAD_FAILED) from exc
+        try:
+            payload: Any = response.json()
+        except ValueError:
+            payload = None
+        if response.is_success and isinstance(payload, dict) and isinstance(payload.get("id"), str):
+            return payload["id"]
+        error = error_from_response(response.status_code, payload, _retry_after(response))
+        if isinstance(error, AccountBroken):
+            raise error
+        cls = Transient if isinstance(error, Retryable) else Permanent
+        raise cls(
+            error.title,
+            code=error.code,
+            http_status=error.http_status,
+            details=error.details,
+            retry_after_s=error.retry_after_s,
+            response=error.response,
+            stored_code=UPLOAD_FAILED,
+        )
+
+
+# The code stored on a message whose media could not be uploaded (the FlowIQ seed's "Meta upload failed").
+UPLOAD_FAILED = "META_UPLOAD_FAILED"
 
 
 def _wamid_of(payload: Any) -> str | None:

@@ -23,6 +23,7 @@ class DeliveryError(Exception):
         details: str | None = None,
         retry_after_s: float | None = None,
         response: dict[str, Any] | None = None,
+        stored_code: str | None = None,
     ) -> None:
         super().__init__(title)
         self.title = title
@@ -31,10 +32,13 @@ class DeliveryError(Exception):
         self.details = details
         self.retry_after_s = retry_after_s
         self.response = response
+        self.stored_code = stored_code
 
     @property
     def error_code(self) -> str:
-        """The code stored on the message: Meta's numeric code when there is one."""
+        """The code stored on the message: our own code for failures of ours (media), else Meta's."""
+        if self.stored_code is not None:
+            return self.stored_code
         if self.code is not None:
             return str(self.code)
         if self.http_status is not None:

@@ -26,14 +26,15 @@ def meta_type_of(message: AnyOutbound) -> str:
     return "interactive" if isinstance(message, ButtonMessage | ListMessage) else message.type
 
 
-def build_body(message: AnyOutbound, *, to: str, callback_data: str) -> dict[str, Any]:
+def build_body(message: AnyOutbound, *, to: str, callback_data: str, media_id: str | None = None) -> dict[str, Any]:
+    """``media_id``: Meta's id for the message's media once uploaded (else the media goes by link)."""
     kind = meta_type_of(message)
     body: dict[str, Any] = {
         "messaging_product": "whatsapp",
         "recipient_type": "individual",
         "to": to,
         "type": kind,
-        kind: _block(message),
+        kind: _block(message, media_id),
         "biz_opaque_callback_data": callback_data[:CALLBACK_DATA_MAX],
     }
     if message.context_message_id:
@@ -41,12 +42,12 @@ def build_body(message: AnyOutbound, *, to: str, callback_data: str) -> dict[str
     return body
 
 
-def _block(message: AnyOutbound) -> Any:
+def _block(message: AnyOutbound, media_id: str | None) -> Any:
     match message:
         case TextMessage():
             return {"body": message.body, "preview_url": message.preview_url}
         case MediaMessage():
-            return _media(message.type, message.url, message.caption, message.filename)
+            return _media(message.type, message.url, message.caption, message.filename, media_id)
         case LocationMessage():
             return _without_none(
                 {
@@ -62,7 +63,9 @@ def _block(message: AnyOutbound) -> Any:
             return _interactive(
                 message,
                 "button",
-                header=_header_media(message.header_media) if message.header_media else _text_header(message.header),
+                header=_header_media(message.header_media, media_id)
+                if message.header_media
+                else _text_header(message.header),
                 action={
                     "buttons": [{"type": "reply", "reply": {"id": b.id, "title": b.title}} for b in message.buttons]
                 },
@@ -92,8 +95,8 @@ def _block(message: AnyOutbound) -> Any:
             return {"message_id": message.message_id, "emoji": message.emoji}
 
 
-def _media(kind: str, url: str, caption: str | None, filename: str | None) -> dict[str, Any]:
-    block: dict[str, Any] = {"link": url}
+def _media(kind: str, url: str, caption: str | None, filename: str | None, media_id: str | None) -> dict[str, Any]:
+    block: dict[str, Any] = {"id": media_id} if media_id else {"link": url}
     # Only images, videos and documents take a caption; only documents a file name.
     if caption and kind in ("image", "video", "document"):
         block["caption"] = caption
@@ -119,8 +122,8 @@ def _text_header(text: str | None) -> dict[str, Any] | None:
     return {"type": "text", "text": text} if text else None
 
 
-def _header_media(media: HeaderMedia) -> dict[str, Any]:
-    return {"type": media.type, media.type: _media(media.type, media.url, None, media.filename)}
+def _header_media(media: HeaderMedia, media_id: str | None) -> dict[str, Any]:
+    return {"type": media.type, media.type: _media(media.type, media.url, None, media.filename, media_id)}
 
 
 def _without_none(block: dict[str, Any]) -> dict[str, Any]:

@@ -57,12 +57,16 @@ def test_seed_media_example_sends_document_with_caption_and_filename(live, api, 
     data = api.wait_for(tenant, response.json()["messageId"])
     assert data["status"] == "sent" and data["type"] == "document"
     (got,) = sandbox.received(tenant.account.phone_number_id)
+    (upload,) = sandbox.uploads(tenant.account.phone_number_id)
+    assert upload["mime"] == "application/pdf" and upload["filename"] == "brochure.pdf"
     assert got["body"]["type"] == "document"
+    # Fetched, stored and uploaded first; Meta gets the media id, not the user's link.
     assert got["body"]["document"] == {
-        "link": "https://cdn.example.com/brochure.pdf",
+        "id": upload["id"],
         "caption": "Hi! Here is the brochure you asked about.",
         "filename": "brochure.pdf",
     }
+    assert data["mediaUrl"].startswith(live.api_url + "/media/")
 
 
 def test_messages_to_one_lead_share_one_conversation(live, api, tenant):

@@ -137,6 +137,11 @@ class Sandbox:
         response.raise_for_status()
         return response.json()["data"]
 
+    def uploads(self, phone_number_id: str) -> list[dict[str, Any]]:
+        response = self.http.get("/_sandbox/media", params={"phone_number_id": phone_number_id})
+        response.raise_for_status()
+        return response.json()["data"]
+
     def calls(self, phone_number_id: str) -> int:
         response = self.http.get("/_sandbox/messages", params={"phone_number_id": phone_number_id})
         return int(response.json()["calls"])

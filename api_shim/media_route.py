@@ -1,0 +1,38 @@
+"""Serves stored media behind signed URLs (the inbox shows media through these)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from models.media_signing import signature_is_valid
+from models.media_store import get_media_store, is_valid_key
+from models.settings import get_settings
+
+router = APIRouter(tags=["media"])
+
+
+def _refused(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": "Forbidden" if status == 403 else "Not found", "message": message}, status)
+
+
+@router.get(
+    "/media/{key}",
+    responses={
+        200: {"description": "the file"},
+        403: {"description": "missing, invalid or expired signature"},
+        404: {"description": "no such file"},
+    },
+)
+async def get_media(key: str, expires: int | None = None, signature: str | None = None) -> Response:
+    """A stored media file, for a URL signed by wadispatch (valid a year by default)."""
+    if expires is None or signature is None or not is_valid_key(key):
+        return _refused(403, "a signed URL is required")
+    if not signature_is_valid(get_settings().secret_key, key, expires, signature):
+        return _refused(403, "invalid or expired signature")
+    found = await run_in_threadpool(get_media_store().get, key)
+    if found is None:
+        return _refused(404, "no such media")
+    data, mime = found
+    return Response(data, media_type=mime, headers={"Cache-Control": "private, max-age=86400"})

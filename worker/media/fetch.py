@@ -1,0 +1,196 @@
+"""Download a user's media URL safely.
+
+- only https (http when WADISPATCH_MEDIA_ALLOW_HTTP), default ports only;
+- the host is resolved once, every address is checked, and the connection goes to the checked
+  address (Host header and TLS SNI keep the name), so DNS rebinding cannot swap it afterwards;
+- redirects are followed by hand, at most WADISPATCH_MEDIA_MAX_REDIRECTS, each hop checked again;
+- the body is read in chunks and abandoned past the kind's size cap, whatever Content-Length says;
+- connect and whole-download time limits.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import httpx
+
+from models.settings import Settings
+from worker.media import errors
+from worker.media.address_policy import IPAddress, literal_address, refusal_reason
+from worker.meta_errors import DeliveryError, Permanent
+
+Resolver = Callable[[str, int], list[str]]
+
+DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def no_dns_resolver(host: str, port: int) -> list[str]:
+    """TESTS ONLY (with the egress guard): no DNS query leaves the machine; only localhost resolves."""
+    if host == "localhost":
+        return ["127.0.0.1", "::1"]
+    raise OSError(f"the test egress guard allows no DNS lookup of {host!r}")
+
+
+@dataclass(frozen=True)
+class Fetched:
+    data: bytes
+    final_url: str
+
+
+@dataclass(frozen=True)
+class _Hop:
+    connect_url: str
+    host_header: str
+    sni_hostname: str | None
+
+
+class EgressGuardTransport(httpx.HTTPTransport):
+    """TESTS ONLY: refuses to connect anywhere but loopback, whatever the address check decided."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            loopback = ipaddress.ip_address(request.url.host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise _EgressBlocked(request.url.host)
+        return super().handle_request(request)
+
+
+class _EgressBlocked(Exception):
+    pass
+
+
+class SafeFetcher:
+    def __init__(self, settings: Settings, resolver: Resolver | None = None) -> None:
+        self.settings = settings
+        self.resolver = resolver or (no_dns_resolver if settings.media_egress_loopback_only else system_resolver)
+        self.allowed_pairs = {pair.lower() for pair in settings.media_test_allowed}
+        self.test_hosts = {host.lower(): target for host, target in settings.media_test_hosts.items()}
+        transport = EgressGuardTransport() if settings.media_egress_loopback_only else httpx.HTTPTransport()
+        self.client = httpx.Client(
+            transport=transport,
+            timeout=httpx.Timeout(settings.media_download_timeout_s, connect=settings.media_connect_timeout_s),
+            follow_redirects=False,
+            trust_env=False,  # never through a proxy from the environment
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def fetch(self, url: str, *, max_bytes: int, kind: str) -> Fetched:
+        deadline = time.monotonic() + self.settings.media_download_timeout_s
+        current = url
+        for _ in range(self.settings.media_max_redirects + 1):
+            hop = self._plan(current)
+            try:
+                body, location = self._get(hop, max_bytes=max_bytes, kind=kind, deadline=deadline)
+            except _EgressBlocked as exc:
+                raise Permanent(f"egress guard blocked {exc}", stored_code=errors.MEDIA_EGRESS_BLOCKED) from exc
+            if location is None:
+                return Fetched(body, current)
+            current = urljoin(current, location)
+        raise errors.refused(f"more than {self.settings.media_max_redirects} redirects")
+
+    # -- one hop ---------------------------------------------------------------------------
+
+    def _plan(self, url: str) -> _Hop:
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise errors.refused(f"not a valid URL ({exc})") from exc
+        scheme = parsed.scheme
+        host = (parsed.host or "").lower()
+        if not host:
+            raise errors.refused("the URL has no host")
+        if parsed.userinfo:
+            raise errors.refused("credentials in the URL are not allowed")
+        if host in self.test_hosts and self.test_hosts[host].startswith("http://"):
+            origin = httpx.URL(self.test_hosts[host])
+            return _Hop(str(parsed.copy_with(scheme="http", host=origin.host, port=origin.port)), host, None)
+        allowed_schemes = ("https", "http") if self.settings.media_allow_http else ("https",)
+        if scheme not in allowed_schemes:
+            raise errors.refused(f"the scheme {scheme or '(none)'!r} is not allowed; use https")
+        port = parsed.port or DEFAULT_PORTS[scheme]
+        address = self._checked_address(host, port)
+        netloc = f"[{address}]" if address.version == 6 else str(address)
+        connect_url = str(parsed.copy_with(host=netloc.strip("[]"), port=parsed.port))
+        host_header = host if parsed.port is None else f"{host}:{parsed.port}"
+        return _Hop(connect_url, host_header, host if scheme == "https" and literal_address(host) is None else None)
+
+    def _checked_address(self, host: str, port: int) -> IPAddress:
+        pair_allowed = f"{host}:{port}" in self.allowed_pairs
+        try:
+            literal = literal_address(host)
+        except ValueError as exc:
+            raise errors.refused(str(exc)) from exc
+        if literal is not None:
+            addresses = [literal]
+        else:
+            try:
+                stub = self.test_hosts.get(host)
+                raw = [stub] if stub else self.resolver(host, port)
+                addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in raw]
+            except (OSError, ValueError) as exc:
+                raise errors.fetch_failed(f"cannot resolve {host}", retryable=True) from exc
+            if not addresses:
+                raise errors.fetch_failed(f"{host} has no address", retryable=True)
+        for address in addresses:
+            if pair_allowed or f"{address}:{port}" in self.allowed_pairs:
+                continue
+            if port not in DEFAULT_PORTS.values():
+                raise errors.refused(f"port {port} is not allowed (only 80 and 443)")
+            # One bad address refuses the host: the system might pick it on another lookup.
+            if reason := refusal_reason(address):
+                raise errors.refused(reason)
+        return addresses[0]
+
+    def _get(self, hop: _Hop, *, max_bytes: int, kind: str, deadline: float) -> tuple[bytes, str | None]:
+        """The body, or (b"", Location) for a redirect."""
+        extensions = {"sni_hostname": hop.sni_hostname} if hop.sni_hostname else {}
+        try:
+            with self.client.stream(
+                "GET", hop.connect_url, headers={"Host": hop.host_header, "Accept": "*/*"}, extensions=extensions
+            ) as response:
+                if response.is_redirect:
+                    location = response.headers.get("location")
+                    if not location:
+                        raise errors.fetch_failed("redirect without a Location", retryable=False)
+                    return b"", location
+                if response.status_code >= 400:
+                    raise errors.fetch_failed(
+                        f"the media host answered HTTP {response.status_code}",
+                        retryable=response.status_code >= 500 or response.status_code == 429,
+                        http_status=response.status_code,
+                    )
+                declared = response.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise errors.too_large(max_bytes, kind)
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes(65536):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise errors.too_large(max_bytes, kind)
+                    if time.monotonic() > deadline:
+                        raise errors.fetch_failed("the download took too long", retryable=True)
+                    chunks.append(chunk)
+                return b"".join(chunks), None
+        except DeliveryError:
+            raise
+        except _EgressBlocked:
+            raise
+        except httpx.TimeoutException as exc:
+            raise errors.fetch_failed(f"timed out ({type(exc).__name__})", retryable=True) from exc
+        except httpx.HTTPError as exc:
+            raise errors.fetch_failed(f"{type(exc).__name__}", retryable=True) from exc
