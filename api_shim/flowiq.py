@@ -27,7 +27,7 @@ from api_shim.sync_results import ResultWaiter
 from models.db import get_sessionmaker
 from models.enums import AccountStatus, AccountType, MessageStatus, SourceApi
 from models.settings import get_settings
-from models.tables import Contact, Message, Organization, WhatsappAccount
+from models.tables import Contact, Message, MessageAttempt, Organization, WhatsappAccount
 
 router = APIRouter(tags=["FlowIQ"])
 
@@ -216,6 +216,7 @@ class _Outcome:
     error_code: str | None
     error_title: str | None
     error_detail: str | None
+    meta_error_code: int | None
 
     @property
     def final(self) -> bool:
@@ -223,6 +224,13 @@ class _Outcome:
 
 
 def _load_outcome(message_id: uuid.UUID) -> _Outcome:
+    last_meta_code = (
+        select(MessageAttempt.meta_error_code)
+        .where(MessageAttempt.message_id == message_id)
+        .order_by(MessageAttempt.attempt_no.desc(), MessageAttempt.created_at.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
     with get_sessionmaker()() as session:
         row = session.execute(
             select(
@@ -232,6 +240,7 @@ def _load_outcome(message_id: uuid.UUID) -> _Outcome:
                 Message.error_code,
                 Message.error_title,
                 Message.error_detail,
+                last_meta_code,
             ).where(Message.id == message_id)
         ).one()
         return _Outcome(*row)
@@ -285,8 +294,8 @@ def _respond(accepted: _Accepted, outcome: _Outcome) -> JSONResponse:
         code = outcome.error_code or "UNKNOWN"
         status, error = _FAILURES.get(code, (500, "Meta API error"))
         extra: dict[str, Any] = {"message_id": str(accepted.message_id)}
-        if code.lstrip("-").isdigit():
-            extra["meta_error_code"] = int(code)
+        if outcome.meta_error_code is not None:
+            extra["meta_error_code"] = outcome.meta_error_code
         if outcome.error_detail:
             extra["details"] = outcome.error_detail
         message = outcome.error_title or code
