@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 
@@ -12,6 +13,8 @@ from cli import admin as admin_commands
 from models.settings import get_settings
 
 WORKER_QUEUES = "wadispatch.send,wadispatch.maintenance"
+# Hosts of the media URLs in the two API documents; `run` serves them from the sandbox.
+SEED_MEDIA_HOSTS = ("example.com", "cdn.example.com")
 
 
 @click.group()
@@ -139,11 +142,15 @@ def run(sandbox: bool) -> None:
     me = shlex.join([sys.executable, "-m", "cli"])
     settings = get_settings()
     manager = Manager()
+    env = dict(os.environ)
     if sandbox:
         manager.add_process("sandbox", f"{me} sandbox --port {settings.sandbox_port}")
-    manager.add_process("api", f"{me} api")
-    manager.add_process("worker", f"{me} worker")
-    manager.add_process("beat", f"{me} beat")
+        # The sandbox also plays the web: the seed's example media hosts are fetched from it.
+        origin = f"http://127.0.0.1:{settings.sandbox_port}"
+        env.setdefault("WADISPATCH_MEDIA_TEST_HOSTS", json.dumps(dict.fromkeys(SEED_MEDIA_HOSTS, origin)))
+    manager.add_process("api", f"{me} api", env=env)
+    manager.add_process("worker", f"{me} worker", env=env)
+    manager.add_process("beat", f"{me} beat", env=env)
     click.echo(
         f"API on http://{settings.api_host}:{settings.api_port} (docs at /docs), "
         f"Meta at {settings.meta_base_url}. In another terminal: `.venv/bin/wadispatch demo`"

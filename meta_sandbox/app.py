@@ -8,10 +8,11 @@ import secrets
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from meta_sandbox.media_rules import kind_accepts, upload_problem
+from meta_sandbox.sample_media import SAMPLES
 from meta_sandbox.state import Fault, SandboxState
 from meta_sandbox.validation import problem_with
 
@@ -163,6 +164,16 @@ def create_app(latency_ms: float = 0.0) -> FastAPI:
     async def configure(config: ConfigIn) -> dict[str, float]:
         state.latency_ms = config.latency_ms
         return {"latency_ms": state.latency_ms}
+
+    @app.get("/{filename}", include_in_schema=False)
+    async def sample_file(filename: str) -> Response:
+        # Plays the web for local runs: `make run` maps the seed's example hosts here, so
+        # https://cdn.example.com/brochure.pdf has something to fetch with no internet.
+        extension = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+        if extension not in SAMPLES:
+            return JSONResponse({"error": "no sample file of that type"}, status_code=404)
+        data, mime = SAMPLES[extension]
+        return Response(data, media_type=mime)
 
     @app.get("/_sandbox/health")
     async def health() -> dict[str, str]:

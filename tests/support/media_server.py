@@ -16,7 +16,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from tests.support.media_files import SAMPLES
+from meta_sandbox.sample_media import SAMPLES
 
 
 class MediaServer:

@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy import select
 
+from meta_sandbox.sample_media import SAMPLES
 from models.db import session_scope
 from models.enums import KeyKind
 from models.tables import Message
-from tests.support.media_files import SAMPLES
 
 PHONE = "+27123456789"
 

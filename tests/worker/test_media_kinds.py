@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.media_files import SAMPLES
+from meta_sandbox.sample_media import SAMPLES
 from worker.media.kinds import RULES, check_media
 from worker.meta_errors import Permanent
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from meta_sandbox.sample_media import SAMPLES
 from models.settings import Settings
-from tests.support.media_files import SAMPLES
 from tests.support.media_server import Canary, MediaServer
 from worker.media.fetch import SafeFetcher
 from worker.meta_errors import DeliveryError, Permanent, Transient

@@ -1,4 +1,6 @@
-"""Small files that sniff as each type Meta accepts (magic numbers plus padding)."""
+"""Small files that sniff as each type Meta accepts (magic numbers plus padding).
+
+The sandbox serves them so local runs and tests have media to fetch without the internet."""
 
 from __future__ import annotations
 
