@@ -45,6 +45,21 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=6, ge=1)
     lease_s: int = Field(default=120, ge=5, description="how long a claimed message may stay 'sending'")
 
+    # Pacing (Redis, shared by every worker): a GCRA per sender account at its mps, and one per
+    # (account, recipient) because Meta answers 131056 past about one message per 6 s to a user.
+    rate_burst: int = Field(default=5, ge=0, description="messages an account may send ahead of its rate")
+    pair_interval_s: float = Field(default=6.0, ge=0, description="0 turns pair pacing off")
+    pair_burst: int = Field(default=3, ge=0)
+    # A task waits in place for a slot this close; a later slot is reserved and the task re-scheduled.
+    rate_inline_wait_s: float = Field(default=1.0, ge=0)
+    # Slots are reserved at most this far ahead (kept well below the broker visibility timeout).
+    rate_horizon_s: float = Field(default=300.0, gt=0)
+    # How long an account (or pair) is paused after Meta says "too fast" without a Retry-After.
+    throttle_pause_s: float = Field(default=2.0, ge=0)
+    pair_pause_s: float = Field(default=6.0, ge=0)
+    # "Too fast" answers have their own budget, so throttling never burns the failure attempts.
+    max_throttled_attempts: int = Field(default=20, ge=0)
+
     # Sweeper (beat): re-enqueue messages the broker may have lost, recover expired leases.
     sweep_interval_s: float = Field(default=30.0, gt=0)
     requeue_after_s: int = Field(default=120, ge=1, description="a message queued this long is re-enqueued")
@@ -109,6 +124,8 @@ class Settings(BaseSettings):
         # A countdown longer than the visibility timeout would make Redis hand the task out twice.
         if self.retry_cap_s >= self.broker_visibility_timeout_s:
             raise ValueError("WADISPATCH_RETRY_CAP_S must stay below WADISPATCH_BROKER_VISIBILITY_TIMEOUT_S")
+        if self.rate_horizon_s >= self.broker_visibility_timeout_s:
+            raise ValueError("WADISPATCH_RATE_HORIZON_S must stay below WADISPATCH_BROKER_VISIBILITY_TIMEOUT_S")
         return self
 
 

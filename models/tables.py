@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     String,
@@ -137,6 +138,13 @@ class Message(Base):
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
         Index("ix_messages_wamid", "wamid"),
+        # The order rule's lookup: earlier unfinished messages of the same conversation.
+        Index(
+            "ix_messages_conversation_pending_seq",
+            "conversation_id",
+            "seq",
+            postgresql_where=text("status IN ('queued', 'retrying', 'sending')"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = _uuid_pk()
@@ -152,7 +160,11 @@ class Message(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_title: Mapped[str | None] = mapped_column(Text)
     error_detail: Mapped[str | None] = mapped_column(Text)
+    # Acceptance order: messages of one conversation go out in this order.
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=False))
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Attempts Meta answered "too fast": they have their own budget, not the failure one.
+    throttled_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -34,6 +34,11 @@ TEST_ENV = {
     "WADISPATCH_META_READ_TIMEOUT_S": "2",
     "WADISPATCH_LOG_LEVEL": "INFO",
     "WADISPATCH_SYNC_TIMEOUT_S": "4",
+    # Pair pacing (1 message per 6 s to a contact) would make multi-message tests slow; it has
+    # its own tests against Redis and the sandbox.
+    "WADISPATCH_PAIR_INTERVAL_S": "0",
+    "WADISPATCH_THROTTLE_PAUSE_S": "0.3",
+    "WADISPATCH_PAIR_PAUSE_S": "0.3",
 }
 os.environ.update(TEST_ENV)
 

@@ -56,6 +56,9 @@ def _fresh_connections_after_fork(**_: object) -> None:
     reset_engine()
 
 
-def enqueue_send(message_id: uuid.UUID, countdown: float | None = None) -> None:
-    """Hand one message to the broker. Call it only after the message row is committed."""
-    app.send_task(SEND_TASK, args=[str(message_id)], queue=SEND_QUEUE, countdown=countdown)
+def enqueue_send(message_id: uuid.UUID, countdown: float | None = None, slot: float | None = None) -> None:
+    """Hand one message to the broker. Call it only after the message row is committed.
+
+    ``slot``: a send slot already reserved for the message (see worker/rate_limit.py)."""
+    kwargs = {"slot": slot} if slot is not None else {}
+    app.send_task(SEND_TASK, args=[str(message_id)], kwargs=kwargs, queue=SEND_QUEUE, countdown=countdown or None)

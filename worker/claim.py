@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from models.enums import CLAIMABLE, MessageStatus
 from models.tables import Contact, Message, WhatsappAccount
@@ -27,21 +27,34 @@ class Claim:
     contact_id: uuid.UUID
     payload: dict[str, Any]
     source_api: str
+    seq: int
     attempt_no: int
+    throttled_attempts: int
     account_status: str
+    mps: int
     phone_number_id: str | None
     encrypted_token: str | None
     wa_id: str | None
     opted_out: bool
 
 
+PENDING = (MessageStatus.QUEUED, MessageStatus.RETRYING, MessageStatus.SENDING)
+
+
 def claim_message(session: Session, message_id: uuid.UUID, lease_s: int) -> Claim | None:
+    earlier = aliased(Message)
     claimed = (
         update(Message)
         .where(
             Message.id == message_id,
             Message.status.in_(CLAIMABLE),
             or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= func.now()),
+            # Order: an earlier message of the same conversation that is still pending goes first.
+            ~exists().where(
+                earlier.conversation_id == Message.conversation_id,
+                earlier.seq < Message.seq,
+                earlier.status.in_(PENDING),
+            ),
         )
         .values(
             status=MessageStatus.SENDING,
@@ -56,7 +69,9 @@ def claim_message(session: Session, message_id: uuid.UUID, lease_s: int) -> Clai
             Message.contact_id,
             Message.payload,
             Message.source_api,
+            Message.seq,
             Message.attempts,
+            Message.throttled_attempts,
         )
         .cte("claimed")
     )
@@ -64,6 +79,7 @@ def claim_message(session: Session, message_id: uuid.UUID, lease_s: int) -> Clai
         select(
             claimed,
             WhatsappAccount.status.label("account_status"),
+            WhatsappAccount.mps,
             WhatsappAccount.meta_phone_number_id,
             WhatsappAccount.access_token_encrypted,
             Contact.wa_id,
@@ -82,8 +98,11 @@ def claim_message(session: Session, message_id: uuid.UUID, lease_s: int) -> Clai
         contact_id=row.contact_id,
         payload=row.payload,
         source_api=row.source_api,
+        seq=row.seq,
         attempt_no=row.attempts,
+        throttled_attempts=row.throttled_attempts,
         account_status=row.account_status,
+        mps=row.mps,
         phone_number_id=row.meta_phone_number_id,
         encrypted_token=row.access_token_encrypted,
         wa_id=row.wa_id,
@@ -102,3 +121,17 @@ def seconds_until_due(session: Session, message_id: uuid.UUID) -> float | None:
     now: datetime = row[2]
     remaining = (row.next_attempt_at - now).total_seconds()
     return remaining if remaining > 0 else None
+
+
+def next_in_conversation(session: Session, claim: Claim) -> uuid.UUID | None:
+    """The earliest message after this one in its conversation that waits to be sent."""
+    return session.scalar(
+        select(Message.id)
+        .where(
+            Message.conversation_id == claim.conversation_id,
+            Message.seq > claim.seq,
+            Message.status.in_(CLAIMABLE),
+        )
+        .order_by(Message.seq)
+        .limit(1)
+    )

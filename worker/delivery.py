@@ -1,11 +1,13 @@
-"""Deliver one message: claim it, re-check, call Meta, write the outcome, schedule a retry if needed."""
+"""Deliver one message: claim it, re-check, prepare media, wait for a send slot, call Meta, write
+the outcome, and schedule whatever comes next (a retry, a later slot, the next message in order)."""
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.fernet import InvalidToken
 from pydantic import ValidationError
@@ -13,11 +15,11 @@ from pydantic import ValidationError
 from models.crypto import decrypt_token
 from models.db import session_scope
 from models.enums import AccountStatus, SourceApi
-from models.outbound import outbound_adapter
+from models.outbound import AnyOutbound, outbound_adapter
 from models.settings import Settings
 from worker import outcomes
 from worker.backoff import compute_backoff
-from worker.claim import Claim, claim_message, seconds_until_due
+from worker.claim import Claim, claim_message, next_in_conversation, seconds_until_due
 from worker.media.pipeline import get_media_pipeline, media_ref
 from worker.meta_client import MetaClient
 from worker.meta_errors import (
@@ -26,17 +28,23 @@ from worker.meta_errors import (
     DeliveryError,
     DeliveryUncertain,
     Final,
+    PairThrottled,
     Retryable,
+    Throttled,
     Transient,
 )
 from worker.meta_payload import build_body
 from worker.notify import announce_outcome
+from worker.rate_limit import Pacing, RateLimiter
 
 log = logging.getLogger(__name__)
 
-# Schedules ``send_message(message_id)`` after ``countdown`` seconds; injected by the task module so
-# this module does not import Celery.
-Scheduler = Callable[[uuid.UUID, float], None]
+
+class Scheduler(Protocol):
+    """Schedules ``send_message(message_id)`` after ``countdown`` seconds (the task module injects
+    it, so this module does not import Celery). ``slot``: a send slot already reserved for it."""
+
+    def __call__(self, message_id: uuid.UUID, countdown: float, slot: float | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -56,128 +64,216 @@ def _pre_send_refusal(claim: Claim) -> _Refusal | None:
     return None
 
 
-# Outcomes after which nothing more will happen to the message without an operator.
+# Outcomes after which nothing more happens to the message without an operator.
 _FINAL_WORDS = frozenset({"sent", "failed", "refused", "uncertain"})
 
 
-def deliver(message_id: uuid.UUID, *, settings: Settings, meta: MetaClient, schedule: Scheduler) -> str:
-    """Run one delivery step for the message. Returns a short word for the log."""
-    claim, word = _deliver(message_id, settings=settings, meta=meta, schedule=schedule)
-    if claim is not None and word in _FINAL_WORDS and claim.source_api == SourceApi.FLOWIQ:
-        announce_outcome(claim.message_id, word)
-    return word
+class Delivery:
+    def __init__(self, settings: Settings, *, meta: MetaClient, limiter: RateLimiter, schedule: Scheduler) -> None:
+        self.settings = settings
+        self.meta = meta
+        self.limiter = limiter
+        self.schedule = schedule
 
+    def run(self, message_id: uuid.UUID, slot: float | None = None) -> str:
+        """One delivery step for the message. Returns a short word for the log."""
+        claim, word = self._run(message_id, slot)
+        if claim is not None and word in _FINAL_WORDS:
+            self._after_final(claim, word)
+        return word
 
-def _deliver(
-    message_id: uuid.UUID, *, settings: Settings, meta: MetaClient, schedule: Scheduler
-) -> tuple[Claim | None, str]:
-    with session_scope() as session:
-        claim = claim_message(session, message_id, settings.lease_s)
+    def _after_final(self, claim: Claim, word: str) -> None:
+        if claim.source_api == SourceApi.FLOWIQ:
+            announce_outcome(claim.message_id, word)
+        # The next message to this contact was held back for this one: hand it over now.
+        with session_scope() as session:
+            successor = next_in_conversation(session, claim)
+        if successor is not None:
+            self.schedule(successor, 0)
+
+    # -- the steps ------------------------------------------------------------------------
+
+    def _run(self, message_id: uuid.UUID, slot: float | None) -> tuple[Claim | None, str]:
+        with session_scope() as session:
+            claim = claim_message(session, message_id, self.settings.lease_s)
+            if claim is None:
+                wait = seconds_until_due(session, message_id)
+            elif claim.account_status == AccountStatus.HALTED:
+                # A halted account's messages wait (they are not burned through); resume re-enqueues them.
+                outcomes.release_claim(session, claim)
+            elif refusal := _pre_send_refusal(claim):
+                outcomes.record_failed(session, claim, code=refusal.code, title=refusal.title)
         if claim is None:
-            wait = seconds_until_due(session, message_id)
-        elif claim.account_status == AccountStatus.HALTED:
-            # A halted account's messages wait (they are not burned through); resume re-enqueues them.
-            outcomes.release_claim(session, claim)
-        elif refusal := _pre_send_refusal(claim):
-            outcomes.record_failed(session, claim, code=refusal.code, title=refusal.title)
-    if claim is None:
-        if wait is not None:
-            schedule(message_id, wait)
-            return claim, "early"
-        return claim, "skipped"
-    if claim.account_status == AccountStatus.HALTED:
-        return claim, "account-halted"
-    if refusal is not None:
-        return claim, "refused"
+            # Already done, claimed elsewhere, waiting behind an earlier message, or not due yet.
+            if wait is not None:
+                self.schedule(message_id, wait)
+                return None, "early"
+            return None, "skipped"
+        if claim.account_status == AccountStatus.HALTED:
+            return claim, "account-halted"
+        if refusal is not None:
+            return claim, "refused"
 
-    assert claim.phone_number_id and claim.encrypted_token and claim.wa_id
-    # Anything that goes wrong before the call is settled here, so a 'sending' message whose lease
-    # expires really is one whose call may have gone out.
-    try:
-        token = decrypt_token(claim.encrypted_token)
-    except InvalidToken:
-        with session_scope() as session:
-            outcomes.halt_account_before_call(
-                session, claim, "the stored access token cannot be decrypted (was the encryption key changed?)"
-            )
-        return claim, "account-halted"
-    try:
-        message = outbound_adapter.validate_python(claim.payload)
-    except ValidationError as exc:
-        with session_scope() as session:
-            outcomes.record_failed(
-                session, claim, code="INVALID_PAYLOAD", title="The stored message is not valid", detail=str(exc)[:500]
-            )
-        return claim, "refused"
-    media_id = None
-    if (ref := media_ref(message)) is not None:
+        prepared = self._prepare(claim)
+        if isinstance(prepared, str):
+            return claim, prepared
+        token, message, media_id = prepared
+        if (deferred := self._wait_for_slot(claim, slot)) is not None:
+            return claim, deferred
+        assert claim.phone_number_id and claim.wa_id
+        body = build_body(message, to=claim.wa_id, callback_data=str(claim.message_id), media_id=media_id)
         try:
-            media_id = get_media_pipeline(settings, meta).media_id_for(claim, ref, token)
+            result = self.meta.send_message(claim.phone_number_id, token, body)
         except DeliveryError as error:
-            return claim, _handle_error(claim, error, settings=settings, schedule=schedule)
-        except Exception as exc:
-            # Nothing was sent yet, so whatever broke (Redis, storage, a bug) is safe to retry.
-            log.exception("message %s: media step failed", claim.message_id)
-            internal = Transient(f"internal error preparing media: {type(exc).__name__}", stored_code="INTERNAL_ERROR")
-            return claim, _handle_error(claim, internal, settings=settings, schedule=schedule)
-    body = build_body(message, to=claim.wa_id, callback_data=str(claim.message_id), media_id=media_id)
-    try:
-        result = meta.send_message(claim.phone_number_id, token, body)
-    except DeliveryError as error:
-        return claim, _handle_error(claim, error, settings=settings, schedule=schedule)
-    with session_scope() as session:
-        outcomes.record_sent(session, claim, result)
-    return claim, "sent"
+            return claim, self._handle_error(claim, error)
+        with session_scope() as session:
+            outcomes.record_sent(session, claim, result)
+        return claim, "sent"
 
+    def _prepare(self, claim: Claim) -> tuple[str, AnyOutbound, str | None] | str:
+        """Token, message and media id; or the outcome word when the message cannot go.
 
-def _handle_error(claim: Claim, error: DeliveryError, *, settings: Settings, schedule: Scheduler) -> str:
-    retry_in: float | None = None
-    with session_scope() as session:
-        if isinstance(error, AccountBroken):
-            outcomes.halt_account(session, claim, error, None)
-            word = "account-halted"
-        elif isinstance(error, DeliveryUncertain):
-            outcomes.record_failed(
-                session,
-                claim,
-                code=outcomes.DELIVERY_UNCERTAIN,
-                title="The send may or may not have reached Meta; not resent to avoid a duplicate",
-                detail=error.title,
-                error=error,
-            )
-            word = "uncertain"
-        elif isinstance(error, Retryable) and claim.attempt_no < settings.max_attempts:
-            retry_in = compute_backoff(
-                claim.attempt_no,
-                base_s=settings.retry_base_s,
-                cap_s=settings.retry_cap_s,
-                retry_after_s=error.retry_after_s,
-            )
-            outcomes.record_retry(session, claim, error, retry_in, None)
-            word = "retrying"
+        Everything that goes wrong before the call is settled here, so a 'sending' message whose
+        lease expires really is one whose call may have gone out."""
+        assert claim.encrypted_token
+        try:
+            token = decrypt_token(claim.encrypted_token)
+        except InvalidToken:
+            with session_scope() as session:
+                outcomes.halt_account_before_call(
+                    session, claim, "the stored access token cannot be decrypted (was the encryption key changed?)"
+                )
+            return "account-halted"
+        try:
+            message = outbound_adapter.validate_python(claim.payload)
+        except ValidationError as exc:
+            with session_scope() as session:
+                outcomes.record_failed(
+                    session,
+                    claim,
+                    code="INVALID_PAYLOAD",
+                    title="The stored message is not valid",
+                    detail=str(exc)[:500],
+                )
+            return "refused"
+        media_id = None
+        if (ref := media_ref(message)) is not None:
+            try:
+                media_id = get_media_pipeline(self.settings, self.meta).media_id_for(claim, ref, token)
+            except DeliveryError as error:
+                return self._handle_error(claim, error)
+            except Exception as exc:
+                # Nothing was sent yet, so whatever broke (Redis, storage, a bug) is safe to retry.
+                log.exception("message %s: media step failed", claim.message_id)
+                internal = Transient(
+                    f"internal error preparing media: {type(exc).__name__}", stored_code="INTERNAL_ERROR"
+                )
+                return self._handle_error(claim, internal)
+        return token, message, media_id
+
+    def _wait_for_slot(self, claim: Claim, slot: float | None) -> str | None:
+        """Wait here for a near send slot; hand the message back for a later one. None: send now."""
+        assert claim.wa_id
+        if slot is None:
+            reservation = self.limiter.reserve(claim.account_id, claim.wa_id, self._pacing(claim))
+            if not reservation.granted:
+                # Every slot up to the horizon is taken: come back later and try again.
+                self._release(claim, min(reservation.wait_s, self.settings.rate_horizon_s) / 2, None)
+                return "rate-limited"
+            wait, slot = reservation.wait_s, reservation.slot
         else:
-            # Final errors, and retryable ones that used up their attempts, keep Meta's code and title.
-            assert isinstance(error, Final | Retryable)
-            if error.code == MARKETING_OPT_OUT_CODE:
-                outcomes.mark_marketing_opt_out(session, claim)
-            outcomes.record_failed(
-                session,
-                claim,
-                code=error.error_code,
-                title=error.title,
-                detail=error.details,
-                error=error,
-                response=error.response,
-            )
-            word = "failed"
-    if retry_in is not None:
-        schedule(claim.message_id, retry_in)
-    log.info(
-        "message %s attempt %d: %s (%s %s)",
-        claim.message_id,
-        claim.attempt_no,
-        word,
-        error.error_class,
-        error.error_code,
-    )
-    return word
+            wait = self.limiter.seconds_until(slot)
+        if wait > self.settings.rate_inline_wait_s:
+            self._release(claim, wait, slot)
+            return "scheduled"
+        if wait > 0:
+            time.sleep(wait)
+        return None
+
+    def _pacing(self, claim: Claim) -> Pacing:
+        s = self.settings
+        return Pacing(
+            mps=claim.mps,
+            burst=s.rate_burst,
+            pair_interval_s=s.pair_interval_s,
+            pair_burst=s.pair_burst,
+            horizon_s=s.rate_horizon_s,
+        )
+
+    def _release(self, claim: Claim, countdown: float, slot: float | None) -> None:
+        # Waiting for a send slot is not an attempt: the failure budget is untouched.
+        with session_scope() as session:
+            outcomes.release_claim(session, claim, due_in_s=countdown)
+        self.schedule(claim.message_id, countdown, slot)
+
+    # -- Meta's answer --------------------------------------------------------------------
+
+    def _handle_error(self, claim: Claim, error: DeliveryError) -> str:
+        retry_in: float | None = None
+        throttled = isinstance(error, Throttled | PairThrottled)
+        with session_scope() as session:
+            if isinstance(error, AccountBroken):
+                outcomes.halt_account(session, claim, error, None)
+                word = "account-halted"
+            elif isinstance(error, DeliveryUncertain):
+                outcomes.record_failed(
+                    session,
+                    claim,
+                    code=outcomes.DELIVERY_UNCERTAIN,
+                    title="The send may or may not have reached Meta; not resent to avoid a duplicate",
+                    detail=error.title,
+                    error=error,
+                )
+                word = "uncertain"
+            elif isinstance(error, Retryable) and self._budget_left(claim, throttled):
+                retry_in = self._retry_delay(claim, error)
+                outcomes.record_retry(session, claim, error, retry_in, None, throttled=throttled)
+                word = "retrying"
+            else:
+                # Final errors, and retryable ones that used up their budget, keep Meta's code and title.
+                assert isinstance(error, Final | Retryable)
+                if error.code == MARKETING_OPT_OUT_CODE:
+                    outcomes.mark_marketing_opt_out(session, claim)
+                outcomes.record_failed(
+                    session,
+                    claim,
+                    code=error.error_code,
+                    title=error.title,
+                    detail=error.details,
+                    error=error,
+                    response=error.response,
+                )
+                word = "failed"
+        if retry_in is not None:
+            self.schedule(claim.message_id, retry_in)
+        log.info(
+            "message %s attempt %d: %s (%s %s)",
+            claim.message_id,
+            claim.attempt_no,
+            word,
+            error.error_class,
+            error.error_code,
+        )
+        return word
+
+    def _budget_left(self, claim: Claim, throttled: bool) -> bool:
+        if throttled:
+            return claim.throttled_attempts < self.settings.max_throttled_attempts
+        failures_so_far = claim.attempt_no - claim.throttled_attempts
+        return failures_so_far < self.settings.max_attempts
+
+    def _retry_delay(self, claim: Claim, error: DeliveryError) -> float:
+        s = self.settings
+        assert claim.wa_id
+        if isinstance(error, Throttled):
+            # Slow the whole account: no worker sends from it until the pause ends.
+            pause = error.retry_after_s if error.retry_after_s is not None else s.throttle_pause_s
+            self.limiter.pause_account(claim.account_id, pause)
+            return pause
+        if isinstance(error, PairThrottled):
+            # Only this recipient waits; the account's other conversations go on.
+            pause = error.retry_after_s if error.retry_after_s is not None else s.pair_pause_s
+            self.limiter.pause_pair(claim.account_id, claim.wa_id, pause)
+            return pause
+        failures = max(1, claim.attempt_no - claim.throttled_attempts)
+        return compute_backoff(failures, base_s=s.retry_base_s, cap_s=s.retry_cap_s, retry_after_s=error.retry_after_s)

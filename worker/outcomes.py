@@ -82,7 +82,13 @@ def record_sent(session: Session, claim: Claim, result: SendResult) -> None:
 
 
 def record_retry(
-    session: Session, claim: Claim, error: DeliveryError, delay_s: float, duration_ms: float | None
+    session: Session,
+    claim: Claim,
+    error: DeliveryError,
+    delay_s: float,
+    duration_ms: float | None,
+    *,
+    throttled: bool = False,
 ) -> None:
     due = func.now() + timedelta(seconds=delay_s)
     session.execute(
@@ -90,6 +96,7 @@ def record_retry(
         .where(Message.id == claim.message_id, Message.status == MessageStatus.SENDING)
         .values(
             status=MessageStatus.RETRYING,
+            throttled_attempts=Message.throttled_attempts + (1 if throttled else 0),
             next_attempt_at=due,
             enqueued_at=due,
             lease_expires_at=None,
@@ -135,12 +142,19 @@ def record_failed(
     _thread_status(session, claim, MessageStatus.FAILED)
 
 
-def release_claim(session: Session, claim: Claim) -> None:
-    """Give the message back unsent (its account is halted): it waits as ``queued``."""
+def release_claim(session: Session, claim: Claim, *, due_in_s: float = 0.0) -> None:
+    """Give the message back unsent, as it was before the claim (its account is halted, or its
+    send slot is later). ``due_in_s``: when its re-scheduled task is due, so the sweeper leaves it be."""
+    waited_before = claim.attempt_no > 1
     session.execute(
         update(Message)
         .where(Message.id == claim.message_id, Message.status == MessageStatus.SENDING)
-        .values(status=MessageStatus.QUEUED, attempts=Message.attempts - 1, lease_expires_at=None)
+        .values(
+            status=MessageStatus.RETRYING if waited_before else MessageStatus.QUEUED,
+            attempts=Message.attempts - 1,
+            lease_expires_at=None,
+            enqueued_at=func.now() + timedelta(seconds=due_in_s),
+        )
     )
 
 

@@ -3,28 +3,42 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
+
+import redis
 
 from models.db import session_scope
 from models.settings import get_settings
 from worker.celery_app import SEND_TASK, SWEEP_TASK, app, enqueue_send
-from worker.delivery import deliver
+from worker.delivery import Delivery
 from worker.meta_client import get_meta_client
+from worker.rate_limit import RateLimiter
 from worker.sweeper import fail_expired_leases, take_stale_messages
 
 log = logging.getLogger(__name__)
 
+_delivery: Delivery | None = None
+_delivery_lock = threading.Lock()
+
+
+def _get_delivery() -> Delivery:
+    """The process-wide delivery step (built lazily, so a forked child builds its own)."""
+    global _delivery
+    with _delivery_lock:
+        if _delivery is None:
+            settings = get_settings()
+            limiter = RateLimiter(redis.Redis.from_url(settings.redis_url))
+            _delivery = Delivery(settings, meta=get_meta_client(settings), limiter=limiter, schedule=enqueue_send)
+        return _delivery
+
 
 @app.task(name=SEND_TASK)
-def send_message(message_id: str) -> str:
-    settings = get_settings()
-    outcome = deliver(uuid.UUID(message_id), settings=settings, meta=get_meta_client(settings), schedule=_schedule)
+def send_message(message_id: str, slot: float | None = None) -> str:
+    """``slot``: a send slot reserved for this message earlier (Redis time), not a secret."""
+    outcome = _get_delivery().run(uuid.UUID(message_id), slot)
     log.info("message %s: %s", message_id, outcome)
     return outcome
-
-
-def _schedule(message_id: uuid.UUID, countdown: float) -> None:
-    enqueue_send(message_id, countdown=countdown)
 
 
 @app.task(name=SWEEP_TASK)

@@ -1,0 +1,120 @@
+"""Pacing sends to what Meta allows, shared by every worker process on every host.
+
+One Lua script reserves a send slot on two GCRA buckets at once: the sender account's (its mps,
+a small burst) and the (account, recipient) pair's (about one message per 6 s). Redis ``TIME`` is
+the only clock, so workers' clocks do not matter. A reservation is a promise: the caller sends at
+``now + wait`` and nobody else gets that slot, so tasks over the limit wait for their own turn
+instead of retrying in a crowd. Penalty keys pause an account (after 130429) or a pair (after
+131056) until a given time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+# KEYS: account TAT, pair TAT, account pause-until, pair pause-until
+# ARGV: account interval, account tolerance, pair interval, pair tolerance, horizon (seconds)
+# Returns {granted (1/0), wait seconds, slot time} as strings (Lua numbers would lose the fraction).
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tat_a = tonumber(redis.call('GET', KEYS[1]) or '0')
+local tat_p = tonumber(redis.call('GET', KEYS[2]) or '0')
+local pause_a = tonumber(redis.call('GET', KEYS[3]) or '0')
+local pause_p = tonumber(redis.call('GET', KEYS[4]) or '0')
+local interval_a, tol_a = tonumber(ARGV[1]), tonumber(ARGV[2])
+local interval_p, tol_p = tonumber(ARGV[3]), tonumber(ARGV[4])
+local horizon = tonumber(ARGV[5])
+
+local slot = math.max(now, tat_a - tol_a, pause_a, pause_p)
+if interval_p > 0 then slot = math.max(slot, tat_p - tol_p) end
+local wait = slot - now
+if wait > horizon then
+  return {'0', tostring(wait), tostring(slot)}
+end
+local new_a = math.max(tat_a, slot) + interval_a
+redis.call('SET', KEYS[1], tostring(new_a), 'PX', math.ceil((new_a - now + 60) * 1000))
+if interval_p > 0 then
+  local new_p = math.max(tat_p, slot) + interval_p
+  redis.call('SET', KEYS[2], tostring(new_p), 'PX', math.ceil((new_p - now + 60) * 1000))
+end
+return {'1', tostring(wait), tostring(slot)}
+"""
+
+# KEYS: pause-until key; ARGV: seconds. Extends a pause, never shortens it.
+_PAUSE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local until_ = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if until_ > current then
+  redis.call('SET', KEYS[1], tostring(until_), 'PX', math.ceil((until_ - now + 60) * 1000))
+end
+return tostring(math.max(until_, current))
+"""
+
+# Seconds from Redis's now until a slot time (negative when it has passed).
+_UNTIL = """
+local t = redis.call('TIME')
+return tostring(tonumber(ARGV[1]) - (tonumber(t[1]) + tonumber(t[2]) / 1000000))
+"""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    granted: bool  # False: the first free slot is beyond the horizon; nothing was reserved
+    wait_s: float
+    slot: float  # Redis time of the slot
+
+
+@dataclass(frozen=True)
+class Pacing:
+    mps: float
+    burst: int
+    pair_interval_s: float
+    pair_burst: int
+    horizon_s: float
+
+
+class RateLimiter:
+    def __init__(self, client: redis.Redis, prefix: str = "wadispatch:rl") -> None:
+        self.client = client
+        self.prefix = prefix
+        self._reserve = client.register_script(_RESERVE)
+        self._pause = client.register_script(_PAUSE)
+        self._until = client.register_script(_UNTIL)
+
+    def _keys(self, account_id: uuid.UUID, recipient: str) -> list[str]:
+        return [
+            f"{self.prefix}:acct:{account_id}",
+            f"{self.prefix}:pair:{account_id}:{recipient}",
+            f"{self.prefix}:pause:acct:{account_id}",
+            f"{self.prefix}:pause:pair:{account_id}:{recipient}",
+        ]
+
+    def reserve(self, account_id: uuid.UUID, recipient: str, pacing: Pacing) -> Reservation:
+        interval = 1.0 / pacing.mps
+        pair_interval = pacing.pair_interval_s
+        granted, wait, slot = self._reserve(
+            keys=self._keys(account_id, recipient),
+            args=[
+                interval,
+                interval * pacing.burst,
+                pair_interval,
+                pair_interval * pacing.pair_burst,
+                pacing.horizon_s,
+            ],
+        )
+        return Reservation(granted == b"1", max(0.0, float(wait)), float(slot))
+
+    def seconds_until(self, slot: float) -> float:
+        return float(self._until(keys=[], args=[slot]))
+
+    def pause_account(self, account_id: uuid.UUID, seconds: float) -> None:
+        self._pause(keys=[f"{self.prefix}:pause:acct:{account_id}"], args=[seconds])
+
+    def pause_pair(self, account_id: uuid.UUID, recipient: str, seconds: float) -> None:
+        self._pause(keys=[f"{self.prefix}:pause:pair:{account_id}:{recipient}"], args=[seconds])
