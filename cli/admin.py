@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -168,6 +169,21 @@ def _set_status(account_id: str, status: AccountStatus, as_json: bool) -> None:
     emit(data, as_json=as_json, human=f"account {account_id} is {status.value}; {len(waiting)} messages re-queued")
 
 
+@account.command("update")
+@click.option("--id", "account_id", required=True)
+@click.option("--mps", type=int, help="messages per second Meta allows this number (20, 80, 1000)")
+@json_option
+def account_update(account_id: str, mps: int | None, as_json: bool) -> None:
+    """Change an account's settings; workers pick them up at the next send, no restart."""
+    try:
+        with session_scope() as session:
+            row = admin.update_account(session, _uuid(account_id, "--id"), mps=mps)
+            data = {"id": str(row.id), "mps": row.mps, "status": row.status}
+    except admin.AdminError as exc:
+        fail(str(exc))
+    emit(data, as_json=as_json, human=f"account {account_id}: {data['mps']} mps")
+
+
 @account.command("resume")
 @click.option("--id", "account_id", required=True)
 @json_option
@@ -205,3 +221,30 @@ def contact_create(org_slug: str, phone: str | None, name: str | None, opted_out
     except admin.AdminError as exc:
         fail(str(exc))
     emit(data, as_json=as_json, human=f"contact {data['id']}")
+
+
+@click.group()
+def messages() -> None:
+    """Messages."""
+
+
+@messages.command("retry")
+@click.option("--status", default="failed", show_default=True, help="which messages (only failed)")
+@click.option("--since", type=click.DateTime(), help="failed at or after this time (UTC)")
+@click.option("--org", "org_slug", help="only this organization")
+@click.option("--limit", type=int, default=10000, show_default=True)
+@json_option
+def messages_retry(status: str, since: datetime | None, org_slug: str | None, limit: int, as_json: bool) -> None:
+    """Re-queue failed messages (they may reach Meta again: DELIVERY_UNCERTAIN ones included)."""
+    from worker.celery_app import enqueue_send
+
+    try:
+        with session_scope() as session:
+            org_row = admin.org_by_slug(session, org_slug) if org_slug else None
+            since_utc = since.replace(tzinfo=UTC) if since and since.tzinfo is None else since
+            ids = admin.requeue_messages(session, status=status, since=since_utc, org=org_row, limit=limit)
+    except admin.AdminError as exc:
+        fail(str(exc))
+    for message_id in ids:
+        enqueue_send(message_id)
+    emit({"requeued": len(ids)}, as_json=as_json, human=f"{len(ids)} messages re-queued")

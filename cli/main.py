@@ -103,14 +103,19 @@ def flower(address: str, port: int) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=None, help="default: WADISPATCH_SANDBOX_PORT (8090)")
 @click.option("--latency-ms", type=float, default=0.0, show_default=True, help="delay before each answer")
-def sandbox(host: str, port: int | None, latency_ms: float) -> None:
+@click.option("--mps", type=float, default=80.0, show_default=True, help="throughput per phone number (130429)")
+@click.option("--pair-interval-s", type=float, default=6.0, show_default=True, help="pace to one user (131056); 0=off")
+def sandbox(host: str, port: int | None, latency_ms: float, mps: float, pair_interval_s: float) -> None:
     """Run the Meta Graph API sandbox."""
     import uvicorn
 
     from meta_sandbox.app import create_app
 
+    app = create_app(latency_ms=latency_ms)
+    app.state.sandbox.limits.default_mps = mps
+    app.state.sandbox.limits.pair_interval_s = pair_interval_s
     uvicorn.run(
-        create_app(latency_ms=latency_ms),
+        app,
         host=host,
         port=port or get_settings().sandbox_port,
         log_level="warning",
@@ -163,6 +168,7 @@ cli.add_command(admin_commands.org)
 cli.add_command(admin_commands.key)
 cli.add_command(admin_commands.account)
 cli.add_command(admin_commands.contact)
+cli.add_command(admin_commands.messages)
 
 
 def main() -> None:

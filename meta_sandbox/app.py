@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+from collections import Counter
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,20 +34,26 @@ def meta_error(
 
 class AccountIn(BaseModel):
     phone_number_id: str
-    token: str
+    token: str | None = None
+    mps: float | None = Field(default=None, gt=0, description="this number's throughput limit")
 
 
 class FaultIn(BaseModel):
     http_status: int = Field(ge=400, le=599)
     code: int | None = None
     message: str = "Injected fault"
-    count: int = Field(default=1, ge=1)
+    count: int | None = Field(default=1, ge=1, description="null: until DELETE /_sandbox/faults")
+    fraction: float = Field(default=1.0, gt=0, le=1, description="share of matching calls that fail")
     phone_number_id: str | None = None
     retry_after_s: float | None = None
 
 
 class ConfigIn(BaseModel):
-    latency_ms: float = Field(ge=0)
+    latency_ms: float | None = Field(default=None, ge=0)
+    default_mps: float | None = Field(default=None, gt=0)
+    throughput_burst: float | None = Field(default=None, ge=0)
+    pair_interval_s: float | None = Field(default=None, ge=0, description="0 turns pair pacing off")
+    pair_burst: float | None = Field(default=None, ge=0)
 
 
 def create_app(latency_ms: float = 0.0) -> FastAPI:
@@ -69,9 +76,22 @@ def create_app(latency_ms: float = 0.0) -> FastAPI:
             return meta_error(400, 100, "(#100) Invalid parameter", details="The request body is not valid JSON")
         if fault := state.take_fault(phone_number_id):
             await _delay(state)
+            if fault.code is not None:
+                state.count_error(phone_number_id, fault.code)
             return _fault_response(fault)
         if problem := problem_with(body) or _media_id_problem(state, phone_number_id, body):
+            state.count_error(phone_number_id, 100)
             return meta_error(400, 100, "(#100) Invalid parameter", details=problem)
+        # Meta's limits: throughput per number, then the pace to one user.
+        if not state.limits.throughput_ok(phone_number_id):
+            state.count_error(phone_number_id, 130429)
+            return meta_error(400, 130429, "Rate limit hit", details="Cloud API message throughput has been reached")
+        if not state.limits.pair_ok(phone_number_id, body["to"]):
+            state.count_error(phone_number_id, 131056)
+            return meta_error(
+                400, 131056, "(Business Account, Consumer Account) pair rate limit hit",
+                details="Too many messages sent from this phone number to the same phone number in a short period",
+            )  # fmt: skip
         wamid = "wamid." + secrets.token_urlsafe(24)
         # Meta acts on a request when it arrives; the latency only delays the answer.
         state.record(phone_number_id, token, body, wamid)
@@ -127,19 +147,28 @@ def create_app(latency_ms: float = 0.0) -> FastAPI:
     async def list_messages(phone_number_id: str | None = None) -> dict[str, Any]:
         items = [m for m in state.received if phone_number_id in (None, m["phone_number_id"])]
         calls = state.calls.get(phone_number_id, 0) if phone_number_id else sum(state.calls.values())
-        return {"data": items, "count": len(items), "calls": calls}
+        errors: Counter[int] = Counter()
+        for number, counted in state.answered_errors.items():
+            if phone_number_id in (None, number):
+                errors.update(counted)
+        return {"data": items, "count": len(items), "calls": calls, "errors": {str(k): v for k, v in errors.items()}}
 
     @app.delete("/_sandbox/messages")
     async def clear_messages() -> dict[str, int]:
         cleared = len(state.received)
         state.received.clear()
         state.calls.clear()
+        state.answered_errors.clear()
+        state.limits.reset()
         return {"cleared": cleared}
 
     @app.post("/_sandbox/accounts")
-    async def register_account(account: AccountIn) -> dict[str, str]:
-        state.tokens[account.phone_number_id] = account.token
-        return {"phone_number_id": account.phone_number_id}
+    async def register_account(account: AccountIn) -> dict[str, Any]:
+        if account.token is not None:
+            state.tokens[account.phone_number_id] = account.token
+        if account.mps is not None:
+            state.limits.mps_by_number[account.phone_number_id] = account.mps
+        return {"phone_number_id": account.phone_number_id, "mps": account.mps}
 
     @app.post("/_sandbox/faults")
     async def add_fault(fault: FaultIn) -> dict[str, int]:
@@ -151,6 +180,7 @@ def create_app(latency_ms: float = 0.0) -> FastAPI:
                 remaining=fault.count,
                 phone_number_id=fault.phone_number_id,
                 retry_after_s=fault.retry_after_s,
+                fraction=fault.fraction,
             )
         )
         return {"pending_faults": len(state.faults)}
@@ -162,8 +192,20 @@ def create_app(latency_ms: float = 0.0) -> FastAPI:
 
     @app.put("/_sandbox/config")
     async def configure(config: ConfigIn) -> dict[str, float]:
-        state.latency_ms = config.latency_ms
-        return {"latency_ms": state.latency_ms}
+        if config.latency_ms is not None:
+            state.latency_ms = config.latency_ms
+        limits = state.limits
+        for name in ("default_mps", "throughput_burst", "pair_interval_s", "pair_burst"):
+            if (value := getattr(config, name)) is not None:
+                setattr(limits, name, value)
+        limits.reset()
+        return {
+            "latency_ms": state.latency_ms,
+            "default_mps": limits.default_mps,
+            "throughput_burst": limits.throughput_burst,
+            "pair_interval_s": limits.pair_interval_s,
+            "pair_burst": limits.pair_burst,
+        }
 
     @app.get("/{filename}", include_in_schema=False)
     async def sample_file(filename: str) -> Response:

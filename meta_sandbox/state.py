@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+from meta_sandbox.pacing import Limits
 
 
 @dataclass
@@ -15,9 +19,10 @@ class Fault:
     http_status: int
     code: int | None
     message: str
-    remaining: int
+    remaining: int | None  # None: until cleared
     phone_number_id: str | None = None
     retry_after_s: float | None = None
+    fraction: float = 1.0  # the share of matching calls that get the fault
 
 
 @dataclass
@@ -29,17 +34,27 @@ class SandboxState:
     faults: list[Fault] = field(default_factory=list)
     # media id -> what was uploaded under it
     uploads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    # How often each Meta error code was answered (injected or enforced), per phone number.
+    answered_errors: dict[str, Counter[int]] = field(default_factory=dict)
+
+    def count_error(self, phone_number_id: str, code: int) -> None:
+        self.answered_errors.setdefault(phone_number_id, Counter())[code] += 1
 
     def count_call(self, phone_number_id: str) -> None:
         self.calls[phone_number_id] = self.calls.get(phone_number_id, 0) + 1
 
     def take_fault(self, phone_number_id: str) -> Fault | None:
         for fault in self.faults:
-            if fault.remaining > 0 and fault.phone_number_id in (None, phone_number_id):
+            if fault.phone_number_id not in (None, phone_number_id):
+                continue
+            if fault.fraction < 1.0 and random.random() >= fault.fraction:
+                continue
+            if fault.remaining is not None:
                 fault.remaining -= 1
-                if fault.remaining == 0:
+                if fault.remaining <= 0:
                     self.faults.remove(fault)
-                return fault
+            return fault
         return None
 
     def record(self, phone_number_id: str, token: str, body: dict[str, Any], wamid: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -145,3 +146,45 @@ def _phone_or_error(raw: str, field: str) -> str:
         return normalize_e164(raw)
     except ValueError as exc:
         raise AdminError(f"{field}: {exc}") from exc
+
+
+def update_account(session: Session, account_id: uuid.UUID, *, mps: int | None) -> WhatsappAccount:
+    account = session.get(WhatsappAccount, account_id)
+    if account is None:
+        raise AdminError(f"--id: no WhatsApp account {account_id}")
+    if mps is not None:
+        if mps < 1:
+            raise AdminError("--mps: must be at least 1")
+        # Workers read the rate at every claim: the change applies to the next send.
+        account.mps = mps
+    session.flush()
+    return account
+
+
+def requeue_messages(
+    session: Session, *, status: str, since: datetime | None, org: Organization | None, limit: int
+) -> list[uuid.UUID]:
+    """Put finished messages back in the queue (an operator's retry). Their attempt history stays;
+    their budgets start again."""
+    if status != MessageStatus.FAILED:
+        raise AdminError("--status: only failed messages can be retried")
+    chosen = select(Message.id).where(Message.status == MessageStatus.FAILED)
+    if since is not None:
+        chosen = chosen.where(Message.failed_at >= since)
+    if org is not None:
+        chosen = chosen.where(Message.org_id == org.id)
+    chosen = chosen.order_by(Message.seq).limit(limit)
+    rows = session.execute(
+        update(Message)
+        .where(Message.id.in_(chosen.scalar_subquery()))
+        .values(
+            status=MessageStatus.QUEUED,
+            attempts=0,
+            throttled_attempts=0,
+            next_attempt_at=None,
+            failed_at=None,
+            enqueued_at=func.now(),
+        )
+        .returning(Message.id)
+    )
+    return [row.id for row in rows]

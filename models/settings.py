@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # How long an account (or pair) is paused after Meta says "too fast" without a Retry-After.
     throttle_pause_s: float = Field(default=2.0, ge=0)
     pair_pause_s: float = Field(default=6.0, ge=0)
+    # After a 130429 the account's rate is halved (again on each one) for this long, then restored.
+    throttle_recovery_s: float = Field(default=60.0, gt=0)
     # "Too fast" answers have their own budget, so throttling never burns the failure attempts.
     max_throttled_attempts: int = Field(default=20, ge=0)
 

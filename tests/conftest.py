@@ -39,6 +39,7 @@ TEST_ENV = {
     "WADISPATCH_PAIR_INTERVAL_S": "0",
     "WADISPATCH_THROTTLE_PAUSE_S": "0.3",
     "WADISPATCH_PAIR_PAUSE_S": "0.3",
+    "WADISPATCH_MAX_THROTTLED_ATTEMPTS": "3",
 }
 os.environ.update(TEST_ENV)
 
@@ -183,7 +184,11 @@ def stack(
         api_url=api_url,
         sandbox_url=sandbox_url,
         sandbox=ManagedProcess(
-            "sandbox", ["sandbox", "--port", str(sandbox_port)], env, log_dir, http_ok(f"{sandbox_url}/_sandbox/health")
+            "sandbox",
+            ["sandbox", "--port", str(sandbox_port), "--pair-interval-s", "0"],
+            env,
+            log_dir,
+            http_ok(f"{sandbox_url}/_sandbox/health"),
         ),
         api=ManagedProcess("api", ["api"], env, log_dir, http_ok(f"{api_url}/healthz")),
         worker=worker,

@@ -177,8 +177,8 @@ class Delivery:
         if slot is None:
             reservation = self.limiter.reserve(claim.account_id, claim.wa_id, self._pacing(claim))
             if not reservation.granted:
-                # Every slot up to the horizon is taken: come back later and try again.
-                self._release(claim, min(reservation.wait_s, self.settings.rate_horizon_s) / 2, None)
+                # The recipient is not ready, or every slot up to the horizon is taken: ask again later.
+                self._release(claim, min(reservation.wait_s, self.settings.rate_horizon_s / 2), None)
                 return "rate-limited"
             wait, slot = reservation.wait_s, reservation.slot
         else:
@@ -266,9 +266,16 @@ class Delivery:
         s = self.settings
         assert claim.wa_id
         if isinstance(error, Throttled):
-            # Slow the whole account: no worker sends from it until the pause ends.
+            # Slow the whole account: a pause for every worker, then half the rate until it recovers.
             pause = error.retry_after_s if error.retry_after_s is not None else s.throttle_pause_s
             self.limiter.pause_account(claim.account_id, pause)
+            ceiling = self.limiter.slow_account(claim.account_id, claim.mps, s.throttle_recovery_s)
+            log.warning(
+                "account %s throttled by Meta: held to %.1f mps for %ss",
+                claim.account_id,
+                ceiling,
+                s.throttle_recovery_s,
+            )
             return pause
         if isinstance(error, PairThrottled):
             # Only this recipient waits; the account's other conversations go on.

@@ -1,7 +1,9 @@
 """Pacing sends to what Meta allows, shared by every worker process on every host.
 
 One Lua script reserves a send slot on two GCRA buckets at once: the sender account's (its mps,
-a small burst) and the (account, recipient) pair's (about one message per 6 s). Redis ``TIME`` is
+a small burst) and the (account, recipient) pair's (about one message per 6 s). Only waits for
+the account are reserved ahead (first come, first served); a message whose pair is not ready
+reserves nothing and asks again when it will be. Redis ``TIME`` is
 the only clock, so workers' clocks do not matter. A reservation is a promise: the caller sends at
 ``now + wait`` and nobody else gets that slot, so tasks over the limit wait for their own turn
 instead of retrying in a crowd. Penalty keys pause an account (after 130429) or a pair (after
@@ -15,8 +17,8 @@ from dataclasses import dataclass
 
 import redis
 
-# KEYS: account TAT, pair TAT, account pause-until, pair pause-until
-# ARGV: account interval, account tolerance, pair interval, pair tolerance, horizon (seconds)
+# KEYS: account TAT, pair TAT, account pause-until, pair pause-until, account rate ceiling
+# ARGV: account interval, account burst, pair interval, pair tolerance, horizon (seconds)
 # Returns {granted (1/0), wait seconds, slot time} as strings (Lua numbers would lose the fraction).
 _RESERVE = """
 local t = redis.call('TIME')
@@ -25,12 +27,22 @@ local tat_a = tonumber(redis.call('GET', KEYS[1]) or '0')
 local tat_p = tonumber(redis.call('GET', KEYS[2]) or '0')
 local pause_a = tonumber(redis.call('GET', KEYS[3]) or '0')
 local pause_p = tonumber(redis.call('GET', KEYS[4]) or '0')
-local interval_a, tol_a = tonumber(ARGV[1]), tonumber(ARGV[2])
+local interval_a = tonumber(ARGV[1])
+-- After a 130429 the account runs below its configured rate for a while.
+local ceiling = tonumber(redis.call('GET', KEYS[5]) or '0')
+if ceiling > 0 then interval_a = math.max(interval_a, 1 / ceiling) end
+local tol_a = interval_a * tonumber(ARGV[2])
 local interval_p, tol_p = tonumber(ARGV[3]), tonumber(ARGV[4])
 local horizon = tonumber(ARGV[5])
 
-local slot = math.max(now, tat_a - tol_a, pause_a, pause_p)
-if interval_p > 0 then slot = math.max(slot, tat_p - tol_p) end
+-- The pair is not ready yet: reserve nothing (an account slot far ahead would hold back every
+-- other recipient of the account) and say when to ask again.
+local pair_ready = pause_p
+if interval_p > 0 then pair_ready = math.max(pair_ready, tat_p - tol_p) end
+if pair_ready > now then
+  return {'0', tostring(pair_ready - now), tostring(pair_ready)}
+end
+local slot = math.max(now, tat_a - tol_a, pause_a)
 local wait = slot - now
 if wait > horizon then
   return {'0', tostring(wait), tostring(slot)}
@@ -56,6 +68,15 @@ end
 return tostring(math.max(until_, current))
 """
 
+# KEYS: account rate ceiling; ARGV: configured mps, floor mps, seconds to keep it.
+# Halves the rate the account is held to (multiplicative decrease); the key expires to recover.
+_SLOW = """
+local current = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+local lowered = math.max(tonumber(ARGV[2]), math.min(current, tonumber(ARGV[1])) / 2)
+redis.call('SET', KEYS[1], tostring(lowered), 'PX', math.ceil(tonumber(ARGV[3]) * 1000))
+return tostring(lowered)
+"""
+
 # Seconds from Redis's now until a slot time (negative when it has passed).
 _UNTIL = """
 local t = redis.call('TIME')
@@ -65,7 +86,7 @@ return tostring(tonumber(ARGV[1]) - (tonumber(t[1]) + tonumber(t[2]) / 1000000))
 
 @dataclass(frozen=True)
 class Reservation:
-    granted: bool  # False: the first free slot is beyond the horizon; nothing was reserved
+    granted: bool  # False: nothing reserved (pair not ready, or beyond the horizon); ask again in wait_s
     wait_s: float
     slot: float  # Redis time of the slot
 
@@ -86,6 +107,7 @@ class RateLimiter:
         self._reserve = client.register_script(_RESERVE)
         self._pause = client.register_script(_PAUSE)
         self._until = client.register_script(_UNTIL)
+        self._slow = client.register_script(_SLOW)
 
     def _keys(self, account_id: uuid.UUID, recipient: str) -> list[str]:
         return [
@@ -93,6 +115,7 @@ class RateLimiter:
             f"{self.prefix}:pair:{account_id}:{recipient}",
             f"{self.prefix}:pause:acct:{account_id}",
             f"{self.prefix}:pause:pair:{account_id}:{recipient}",
+            f"{self.prefix}:ceiling:{account_id}",
         ]
 
     def reserve(self, account_id: uuid.UUID, recipient: str, pacing: Pacing) -> Reservation:
@@ -102,7 +125,7 @@ class RateLimiter:
             keys=self._keys(account_id, recipient),
             args=[
                 interval,
-                interval * pacing.burst,
+                pacing.burst,
                 pair_interval,
                 pair_interval * pacing.pair_burst,
                 pacing.horizon_s,
@@ -112,6 +135,12 @@ class RateLimiter:
 
     def seconds_until(self, slot: float) -> float:
         return float(self._until(keys=[], args=[slot]))
+
+    def slow_account(self, account_id: uuid.UUID, configured_mps: float, recover_after_s: float) -> float:
+        """Halve the rate the account is held to (not below 1 mps); returns the new ceiling."""
+        return float(
+            self._slow(keys=[f"{self.prefix}:ceiling:{account_id}"], args=[configured_mps, 1, recover_after_s])
+        )
 
     def pause_account(self, account_id: uuid.UUID, seconds: float) -> None:
         self._pause(keys=[f"{self.prefix}:pause:acct:{account_id}"], args=[seconds])
