@@ -12,7 +12,6 @@ import click
 from cli import admin as admin_commands
 from models.settings import get_settings
 
-WORKER_QUEUES = "wadispatch.send,wadispatch.maintenance"
 # Hosts of the media URLs in the two API documents; `run` serves them from the sandbox.
 SEED_MEDIA_HOSTS = ("example.com", "cdn.example.com")
 
@@ -66,15 +65,21 @@ def api(host: str | None, port: int | None, workers: int) -> None:
 @click.pass_context
 def worker(ctx: click.Context, pool: str | None, concurrency: int | None) -> None:
     """Run a Celery worker (extra arguments go to `celery worker`)."""
-    from worker.celery_app import app
-
     settings = get_settings()
+    threads = concurrency or settings.worker_concurrency
+    if "WADISPATCH_DATABASE_POOL_SIZE" not in os.environ:
+        # One connection per thread, plus the pacer and beat's sweeps: a smaller pool makes
+        # threads open and close overflow connections all the time.
+        os.environ["WADISPATCH_DATABASE_POOL_SIZE"] = str(threads + 4)
+        get_settings.cache_clear()
+    from worker.celery_app import WORKER_QUEUES, app
+
     app.worker_main(
         [
             "worker",
             f"--pool={pool or settings.worker_pool}",
-            f"--concurrency={concurrency or settings.worker_concurrency}",
-            f"--queues={WORKER_QUEUES}",
+            f"--concurrency={threads}",
+            f"--queues={','.join(WORKER_QUEUES)}",
             f"--loglevel={settings.log_level}",
             *ctx.args,
         ]

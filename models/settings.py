@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     pair_burst: int = Field(default=3, ge=0)
     # A task waits in place for a slot this close; a later slot is reserved and the task re-scheduled.
     rate_inline_wait_s: float = Field(default=1.0, ge=0)
+    # How often each worker's pacer hands due messages (rate slots, retries) to the broker.
+    pacer_interval_s: float = Field(default=0.1, gt=0)
     # Slots are reserved at most this far ahead (kept well below the broker visibility timeout).
     rate_horizon_s: float = Field(default=300.0, gt=0)
     # How long an account (or pair) is paused after Meta says "too fast" without a Retry-After.

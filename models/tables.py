@@ -138,6 +138,12 @@ class Message(Base):
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
         Index("ix_messages_wamid", "wamid"),
+        # The pacer's scan: messages waiting in Postgres (not in the broker) by when they are due.
+        Index(
+            "ix_messages_waiting_due",
+            "next_attempt_at",
+            postgresql_where=text("enqueued_at IS NULL AND status IN ('queued', 'retrying')"),
+        ),
         # The order rule's lookup: earlier unfinished messages of the same conversation.
         Index(
             "ix_messages_conversation_pending_seq",
@@ -166,7 +172,10 @@ class Message(Base):
     # Attempts Meta answered "too fast": they have their own budget, not the failure one.
     throttled_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A send slot reserved with the rate limiter (Redis time, seconds), kept while the message waits.
+    reserved_slot: Mapped[float | None] = mapped_column(Float)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the message was last handed to the broker; NULL while it waits in Postgres for the pacer.
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     # The user's media, once fetched and stored: content hash, our storage key and signed URL.

@@ -11,7 +11,12 @@ from models.db import reset_engine
 from models.settings import get_settings
 
 SEND_QUEUE = "wadispatch.send"
+# Messages handed over at their send slot (or after an earlier message in their conversation):
+# workers take from it first, so a slot is not missed behind a backlog of new messages. The
+# Redis transport's 'sorted' strategy polls queues in name order, and "due" sorts first.
+DUE_QUEUE = "wadispatch.due"
 MAINTENANCE_QUEUE = "wadispatch.maintenance"
+WORKER_QUEUES = (DUE_QUEUE, MAINTENANCE_QUEUE, SEND_QUEUE)
 SEND_TASK = "wadispatch.send_message"
 SWEEP_TASK = "wadispatch.sweep"
 
@@ -29,12 +34,17 @@ def create_celery() -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            "queue_order_strategy": "sorted",
+        },
         broker_connection_retry_on_startup=True,
         task_routes={SEND_TASK: {"queue": SEND_QUEUE}, SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}},
         task_default_queue=SEND_QUEUE,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Task events cost several Redis writes per task; Flower switches them on while it watches
+        # (its enable_events option), so workers do not pay for them unobserved.
+        worker_send_task_events=False,
+        task_send_sent_event=False,
         beat_schedule={
             "sweep": {
                 "task": SWEEP_TASK,
@@ -56,9 +66,14 @@ def _fresh_connections_after_fork(**_: object) -> None:
     reset_engine()
 
 
-def enqueue_send(message_id: uuid.UUID, countdown: float | None = None, slot: float | None = None) -> None:
+def enqueue_send(message_id: uuid.UUID) -> None:
     """Hand one message to the broker. Call it only after the message row is committed.
 
-    ``slot``: a send slot already reserved for the message (see worker/rate_limit.py)."""
-    kwargs = {"slot": slot} if slot is not None else {}
-    app.send_task(SEND_TASK, args=[str(message_id)], kwargs=kwargs, queue=SEND_QUEUE, countdown=countdown or None)
+    Nothing is ever sent with a countdown: a message that must wait (a retry, a send slot) waits
+    in Postgres and the pacer (worker/pacer.py) hands it over when it is due."""
+    app.send_task(SEND_TASK, args=[str(message_id)], queue=SEND_QUEUE)
+
+
+def enqueue_due(message_id: uuid.UUID) -> None:
+    """Hand over a message whose time has come (see DUE_QUEUE)."""
+    app.send_task(SEND_TASK, args=[str(message_id)], queue=DUE_QUEUE)

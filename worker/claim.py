@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import Interval, Select, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from models.enums import CLAIMABLE, MessageStatus
@@ -27,6 +27,10 @@ class Claim:
     contact_id: uuid.UUID
     payload: dict[str, Any]
     source_api: str
+    # When it is due (a retry's backoff or a reserved slot), and the slot itself (Redis time).
+    next_attempt_at: datetime | None
+    reserved_slot: float | None
+    db_now: datetime
     seq: int
     attempt_no: int
     throttled_attempts: int
@@ -41,14 +45,17 @@ class Claim:
 PENDING = (MessageStatus.QUEUED, MessageStatus.RETRYING, MessageStatus.SENDING)
 
 
-def claim_message(session: Session, message_id: uuid.UUID, lease_s: int) -> Claim | None:
+def _build_claim_statement() -> Select[Any]:
     earlier = aliased(Message)
     claimed = (
         update(Message)
         .where(
-            Message.id == message_id,
+            Message.id == bindparam("message_id"),
             Message.status.in_(CLAIMABLE),
-            or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= func.now()),
+            or_(
+                Message.next_attempt_at.is_(None),
+                Message.next_attempt_at <= func.now() + bindparam("early", type_=Interval),
+            ),
             # Order: an earlier message of the same conversation that is still pending goes first.
             ~exists().where(
                 earlier.conversation_id == Message.conversation_id,
@@ -59,7 +66,7 @@ def claim_message(session: Session, message_id: uuid.UUID, lease_s: int) -> Clai
         .values(
             status=MessageStatus.SENDING,
             attempts=Message.attempts + 1,
-            lease_expires_at=func.now() + timedelta(seconds=lease_s),
+            lease_expires_at=func.now() + bindparam("lease", type_=Interval),
         )
         .returning(
             Message.id,
@@ -69,13 +76,15 @@ def claim_message(session: Session, message_id: uuid.UUID, lease_s: int) -> Clai
             Message.contact_id,
             Message.payload,
             Message.source_api,
+            Message.next_attempt_at,
+            Message.reserved_slot,
             Message.seq,
             Message.attempts,
             Message.throttled_attempts,
         )
         .cte("claimed")
     )
-    row = session.execute(
+    return (
         select(
             claimed,
             WhatsappAccount.status.label("account_status"),
@@ -84,9 +93,22 @@ def claim_message(session: Session, message_id: uuid.UUID, lease_s: int) -> Clai
             WhatsappAccount.access_token_encrypted,
             Contact.wa_id,
             Contact.opted_out_at,
+            func.now().label("db_now"),
         )
         .join(WhatsappAccount, WhatsappAccount.id == claimed.c.account_id)
         .join(Contact, Contact.id == claimed.c.contact_id)
+    )
+
+
+# Built once: constructing this statement costs more than running it (it is on every send).
+CLAIM_STATEMENT = _build_claim_statement()
+
+
+def claim_message(session: Session, message_id: uuid.UUID, lease_s: int, early_s: float) -> Claim | None:
+    """Claim the message if it is due within ``early_s`` (the caller waits out the rest)."""
+    row = session.execute(
+        CLAIM_STATEMENT,
+        {"message_id": message_id, "lease": timedelta(seconds=lease_s), "early": timedelta(seconds=early_s)},
     ).one_or_none()
     if row is None:
         return None
@@ -98,6 +120,9 @@ def claim_message(session: Session, message_id: uuid.UUID, lease_s: int) -> Clai
         contact_id=row.contact_id,
         payload=row.payload,
         source_api=row.source_api,
+        next_attempt_at=row.next_attempt_at,
+        reserved_slot=row.reserved_slot,
+        db_now=row.db_now,
         seq=row.seq,
         attempt_no=row.attempts,
         throttled_attempts=row.throttled_attempts,
@@ -110,28 +135,18 @@ def claim_message(session: Session, message_id: uuid.UUID, lease_s: int) -> Clai
     )
 
 
-def seconds_until_due(session: Session, message_id: uuid.UUID) -> float | None:
-    """For a task that arrived before its retry time (clock skew, early redelivery): how long to wait.
-    None when the message is not waiting for a retry at all."""
-    row = session.execute(
-        select(Message.status, Message.next_attempt_at, func.now()).where(Message.id == message_id)
-    ).one_or_none()
-    if row is None or row.status != MessageStatus.RETRYING or row.next_attempt_at is None:
-        return None
-    now: datetime = row[2]
-    remaining = (row.next_attempt_at - now).total_seconds()
-    return remaining if remaining > 0 else None
+NEXT_IN_CONVERSATION = (
+    select(Message.id)
+    .where(
+        Message.conversation_id == bindparam("conversation_id"),
+        Message.seq > bindparam("seq"),
+        Message.status.in_(CLAIMABLE),
+    )
+    .order_by(Message.seq)
+    .limit(1)
+)
 
 
 def next_in_conversation(session: Session, claim: Claim) -> uuid.UUID | None:
     """The earliest message after this one in its conversation that waits to be sent."""
-    return session.scalar(
-        select(Message.id)
-        .where(
-            Message.conversation_id == claim.conversation_id,
-            Message.seq > claim.seq,
-            Message.status.in_(CLAIMABLE),
-        )
-        .order_by(Message.seq)
-        .limit(1)
-    )
+    return session.scalar(NEXT_IN_CONVERSATION, {"conversation_id": claim.conversation_id, "seq": claim.seq})

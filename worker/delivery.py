@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from cryptography.fernet import InvalidToken
 from pydantic import ValidationError
@@ -19,7 +19,7 @@ from models.outbound import AnyOutbound, outbound_adapter
 from models.settings import Settings
 from worker import outcomes
 from worker.backoff import compute_backoff
-from worker.claim import Claim, claim_message, next_in_conversation, seconds_until_due
+from worker.claim import Claim, claim_message, next_in_conversation
 from worker.media.pipeline import get_media_pipeline, media_ref
 from worker.meta_client import MetaClient
 from worker.meta_errors import (
@@ -40,11 +40,8 @@ from worker.rate_limit import Pacing, RateLimiter
 log = logging.getLogger(__name__)
 
 
-class Scheduler(Protocol):
-    """Schedules ``send_message(message_id)`` after ``countdown`` seconds (the task module injects
-    it, so this module does not import Celery). ``slot``: a send slot already reserved for it."""
-
-    def __call__(self, message_id: uuid.UUID, countdown: float, slot: float | None = None) -> None: ...
+# Hands one message to the broker now (the task module injects it, so this module has no Celery).
+Scheduler = Callable[[uuid.UUID], None]
 
 
 @dataclass(frozen=True)
@@ -64,6 +61,10 @@ def _pre_send_refusal(claim: Claim) -> _Refusal | None:
     return None
 
 
+def _carries_media(payload: dict[str, object]) -> bool:
+    return "url" in payload or "header_media" in payload
+
+
 # Outcomes after which nothing more happens to the message without an operator.
 _FINAL_WORDS = frozenset({"sent", "failed", "refused", "uncertain"})
 
@@ -75,9 +76,9 @@ class Delivery:
         self.limiter = limiter
         self.schedule = schedule
 
-    def run(self, message_id: uuid.UUID, slot: float | None = None) -> str:
+    def run(self, message_id: uuid.UUID) -> str:
         """One delivery step for the message. Returns a short word for the log."""
-        claim, word = self._run(message_id, slot)
+        claim, word = self._run(message_id)
         if claim is not None and word in _FINAL_WORDS:
             self._after_final(claim, word)
         return word
@@ -89,36 +90,38 @@ class Delivery:
         with session_scope() as session:
             successor = next_in_conversation(session, claim)
         if successor is not None:
-            self.schedule(successor, 0)
+            self.schedule(successor)
 
     # -- the steps ------------------------------------------------------------------------
 
-    def _run(self, message_id: uuid.UUID, slot: float | None) -> tuple[Claim | None, str]:
+    def _run(self, message_id: uuid.UUID) -> tuple[Claim | None, str]:
         with session_scope() as session:
-            claim = claim_message(session, message_id, self.settings.lease_s)
+            claim = claim_message(session, message_id, self.settings.lease_s, self.settings.rate_inline_wait_s)
             if claim is None:
-                wait = seconds_until_due(session, message_id)
+                pass
             elif claim.account_status == AccountStatus.HALTED:
                 # A halted account's messages wait (they are not burned through); resume re-enqueues them.
                 outcomes.release_claim(session, claim)
             elif refusal := _pre_send_refusal(claim):
                 outcomes.record_failed(session, claim, code=refusal.code, title=refusal.title)
         if claim is None:
-            # Already done, claimed elsewhere, waiting behind an earlier message, or not due yet.
-            if wait is not None:
-                self.schedule(message_id, wait)
-                return None, "early"
+            # Already done, claimed elsewhere, waiting behind an earlier message, or not due yet
+            # (the pacer hands it over when it is).
             return None, "skipped"
         if claim.account_status == AccountStatus.HALTED:
             return claim, "account-halted"
         if refusal is not None:
             return claim, "refused"
 
+        # Media is fetched and uploaded before taking a send slot (that can be slow); anything
+        # else takes its slot first, so a message that must wait costs no decryption or parsing.
+        if not _carries_media(claim.payload) and (deferred := self._wait_for_slot(claim)) is not None:
+            return claim, deferred
         prepared = self._prepare(claim)
         if isinstance(prepared, str):
             return claim, prepared
         token, message, media_id = prepared
-        if (deferred := self._wait_for_slot(claim, slot)) is not None:
+        if media_id is not None and (deferred := self._wait_for_slot(claim)) is not None:
             return claim, deferred
         assert claim.phone_number_id and claim.wa_id
         body = build_body(message, to=claim.wa_id, callback_data=str(claim.message_id), media_id=media_id)
@@ -171,24 +174,40 @@ class Delivery:
                 return self._handle_error(claim, internal)
         return token, message, media_id
 
-    def _wait_for_slot(self, claim: Claim, slot: float | None) -> str | None:
-        """Wait here for a near send slot; hand the message back for a later one. None: send now."""
+    def _wait_for_slot(self, claim: Claim) -> str | None:
+        """Wait here for a near send slot; give the message back for a later one. None: send now."""
         assert claim.wa_id
+        s = self.settings
+        slot = claim.reserved_slot
         if slot is None:
+            # A retry may be claimed a little before its time: wait that out, then take a slot.
+            if (
+                claim.next_attempt_at is not None
+                and (due := (claim.next_attempt_at - claim.db_now).total_seconds()) > 0
+            ):
+                time.sleep(due)
             reservation = self.limiter.reserve(claim.account_id, claim.wa_id, self._pacing(claim))
             if not reservation.granted:
                 # The recipient is not ready, or every slot up to the horizon is taken: ask again later.
-                self._release(claim, min(reservation.wait_s, self.settings.rate_horizon_s / 2), None)
+                self._wait_in_postgres(claim, min(reservation.wait_s, s.rate_horizon_s / 2), None)
                 return "rate-limited"
             wait, slot = reservation.wait_s, reservation.slot
         else:
             wait = self.limiter.seconds_until(slot)
-        if wait > self.settings.rate_inline_wait_s:
-            self._release(claim, wait, slot)
+        if wait > s.rate_inline_wait_s:
+            self._wait_in_postgres(claim, wait, slot)
             return "scheduled"
         if wait > 0:
             time.sleep(wait)
+        self._admit(claim)
         return None
+
+    def _admit(self, claim: Claim) -> None:
+        """The hard gate right before the call: late arrivals wait their turn here, so actual
+        send times never exceed the account's rate plus its burst."""
+        pacing = self._pacing(claim)
+        while (wait := self.limiter.admit(claim.account_id, pacing)) > 0:
+            time.sleep(wait)
 
     def _pacing(self, claim: Claim) -> Pacing:
         s = self.settings
@@ -200,16 +219,14 @@ class Delivery:
             horizon_s=s.rate_horizon_s,
         )
 
-    def _release(self, claim: Claim, countdown: float, slot: float | None) -> None:
+    def _wait_in_postgres(self, claim: Claim, wait_s: float, slot: float | None) -> None:
         # Waiting for a send slot is not an attempt: the failure budget is untouched.
         with session_scope() as session:
-            outcomes.release_claim(session, claim, due_in_s=countdown)
-        self.schedule(claim.message_id, countdown, slot)
+            outcomes.wait_for_slot(session, claim, wait_s=wait_s, slot=slot)
 
     # -- Meta's answer --------------------------------------------------------------------
 
     def _handle_error(self, claim: Claim, error: DeliveryError) -> str:
-        retry_in: float | None = None
         throttled = isinstance(error, Throttled | PairThrottled)
         with session_scope() as session:
             if isinstance(error, AccountBroken):
@@ -226,8 +243,8 @@ class Delivery:
                 )
                 word = "uncertain"
             elif isinstance(error, Retryable) and self._budget_left(claim, throttled):
-                retry_in = self._retry_delay(claim, error)
-                outcomes.record_retry(session, claim, error, retry_in, None, throttled=throttled)
+                # The message waits in Postgres; the pacer hands it back when the delay is over.
+                outcomes.record_retry(session, claim, error, self._retry_delay(claim, error), None, throttled=throttled)
                 word = "retrying"
             else:
                 # Final errors, and retryable ones that used up their budget, keep Meta's code and title.
@@ -244,8 +261,6 @@ class Delivery:
                     response=error.response,
                 )
                 word = "failed"
-        if retry_in is not None:
-            self.schedule(claim.message_id, retry_in)
         log.info(
             "message %s attempt %d: %s (%s %s)",
             claim.message_id,

@@ -71,6 +71,7 @@ def record_sent(session: Session, claim: Claim, result: SendResult) -> None:
             sent_at=func.now(),
             lease_expires_at=None,
             next_attempt_at=None,
+            reserved_slot=None,
             error_code=None,
             error_title=None,
             error_detail=None,
@@ -90,15 +91,16 @@ def record_retry(
     *,
     throttled: bool = False,
 ) -> None:
-    due = func.now() + timedelta(seconds=delay_s)
     session.execute(
         update(Message)
         .where(Message.id == claim.message_id, Message.status == MessageStatus.SENDING)
         .values(
             status=MessageStatus.RETRYING,
             throttled_attempts=Message.throttled_attempts + (1 if throttled else 0),
-            next_attempt_at=due,
-            enqueued_at=due,
+            # It waits here, not in the broker: the pacer hands it over when it is due.
+            next_attempt_at=func.now() + timedelta(seconds=delay_s),
+            reserved_slot=None,
+            enqueued_at=None,
             lease_expires_at=None,
             error_code=error.error_code,
             error_title=error.title,
@@ -130,6 +132,7 @@ def record_failed(
             failed_at=func.now(),
             lease_expires_at=None,
             next_attempt_at=None,
+            reserved_slot=None,
             error_code=code,
             error_title=title,
             error_detail=detail,
@@ -142,18 +145,32 @@ def record_failed(
     _thread_status(session, claim, MessageStatus.FAILED)
 
 
-def release_claim(session: Session, claim: Claim, *, due_in_s: float = 0.0) -> None:
-    """Give the message back unsent, as it was before the claim (its account is halted, or its
-    send slot is later). ``due_in_s``: when its re-scheduled task is due, so the sweeper leaves it be."""
-    waited_before = claim.attempt_no > 1
+def release_claim(session: Session, claim: Claim) -> None:
+    """Give the message back unsent (its account is halted): it waits for `account resume`."""
     session.execute(
         update(Message)
         .where(Message.id == claim.message_id, Message.status == MessageStatus.SENDING)
         .values(
-            status=MessageStatus.RETRYING if waited_before else MessageStatus.QUEUED,
+            status=MessageStatus.RETRYING if claim.attempt_no > 1 else MessageStatus.QUEUED,
             attempts=Message.attempts - 1,
             lease_expires_at=None,
-            enqueued_at=func.now() + timedelta(seconds=due_in_s),
+        )
+    )
+
+
+def wait_for_slot(session: Session, claim: Claim, *, wait_s: float, slot: float | None) -> None:
+    """Give the message back unsent until its send slot (``slot``, reserved) or until it may ask
+    again (``slot`` None). Waiting is not an attempt, and it waits in Postgres, not in the broker."""
+    session.execute(
+        update(Message)
+        .where(Message.id == claim.message_id, Message.status == MessageStatus.SENDING)
+        .values(
+            status=MessageStatus.RETRYING if claim.attempt_no > 1 else MessageStatus.QUEUED,
+            attempts=Message.attempts - 1,
+            lease_expires_at=None,
+            next_attempt_at=func.now() + timedelta(seconds=wait_s),
+            reserved_slot=slot,
+            enqueued_at=None,
         )
     )
 

@@ -8,6 +8,10 @@ the only clock, so workers' clocks do not matter. A reservation is a promise: th
 ``now + wait`` and nobody else gets that slot, so tasks over the limit wait for their own turn
 instead of retrying in a crowd. Penalty keys pause an account (after 130429) or a pair (after
 131056) until a given time.
+
+Reservations spread the work out; ``admit`` is the hard gate at the moment of sending (a plain
+GCRA on Redis time), so a task that reaches its slot late waits a moment instead of bunching up
+with the next ones, and no slot is thrown away.
 """
 
 from __future__ import annotations
@@ -77,6 +81,25 @@ redis.call('SET', KEYS[1], tostring(lowered), 'PX', math.ceil(tonumber(ARGV[3]) 
 return tostring(lowered)
 """
 
+# KEYS: account admission TAT, account rate ceiling; ARGV: interval, burst.
+# The last gate before a call: a plain GCRA on the moment of sending (nothing reserved ahead).
+# Returns 0 when admitted, else the seconds to wait before asking again.
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local interval = tonumber(ARGV[1])
+local ceiling = tonumber(redis.call('GET', KEYS[2]) or '0')
+if ceiling > 0 then interval = math.max(interval, 1 / ceiling) end
+local tol = interval * tonumber(ARGV[2])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+if tat - tol > now then
+  return tostring(tat - tol - now)
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now + 60) * 1000))
+return '0'
+"""
+
 # Seconds from Redis's now until a slot time (negative when it has passed).
 _UNTIL = """
 local t = redis.call('TIME')
@@ -108,6 +131,7 @@ class RateLimiter:
         self._pause = client.register_script(_PAUSE)
         self._until = client.register_script(_UNTIL)
         self._slow = client.register_script(_SLOW)
+        self._admit = client.register_script(_ADMIT)
 
     def _keys(self, account_id: uuid.UUID, recipient: str) -> list[str]:
         return [
@@ -132,6 +156,13 @@ class RateLimiter:
             ],
         )
         return Reservation(granted == b"1", max(0.0, float(wait)), float(slot))
+
+    def admit(self, account_id: uuid.UUID, pacing: Pacing) -> float:
+        """0 when the account may send this instant; else how long to wait before asking again."""
+        keys = [f"{self.prefix}:admit:{account_id}", f"{self.prefix}:ceiling:{account_id}"]
+        # Any 1-second window of admissions holds at most mps + burst; admitting one less than the
+        # burst leaves room for the network jitter between here and Meta's own clock.
+        return float(self._admit(keys=keys, args=[1.0 / pacing.mps, max(0, pacing.burst - 1)]))
 
     def seconds_until(self, slot: float) -> float:
         return float(self._until(keys=[], args=[slot]))

@@ -1,7 +1,8 @@
 """The safety net that makes Postgres, not Redis, the source of truth.
 
 - Messages left ``queued``/``retrying`` past their due time plus a grace period are handed to the
-  broker again (Redis may have lost the task: flushed, restarted, worker killed with it reserved).
+  broker again (Redis may have lost the task: flushed, restarted, worker killed with it reserved;
+  or no pacer ran to hand a waiting message over).
   A duplicate task is harmless: only one can claim.
 - Messages left ``sending`` past their lease belonged to a worker that died mid-call. Whether Meta
   got the request is unknown, so they fail as DELIVERY_UNCERTAIN instead of being sent again.
@@ -27,7 +28,9 @@ def take_stale_messages(session: Session, *, older_than_s: int, batch: int) -> l
         .join(WhatsappAccount, WhatsappAccount.id == Message.account_id)
         .where(
             Message.status.in_((MessageStatus.QUEUED, MessageStatus.RETRYING)),
-            func.coalesce(Message.enqueued_at, Message.created_at) < func.now() - timedelta(seconds=older_than_s),
+            # Handed to the broker long ago, or due long ago and never handed over (no pacer ran).
+            func.coalesce(Message.enqueued_at, Message.next_attempt_at, Message.created_at)
+            < func.now() - timedelta(seconds=older_than_s),
             # A halted account's messages wait for `account resume`, which enqueues them itself.
             WhatsappAccount.status != AccountStatus.HALTED,
         )

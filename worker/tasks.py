@@ -7,12 +7,14 @@ import threading
 import uuid
 
 import redis
+from celery.signals import worker_ready, worker_shutdown
 
 from models.db import session_scope
 from models.settings import get_settings
-from worker.celery_app import SEND_TASK, SWEEP_TASK, app, enqueue_send
+from worker.celery_app import SEND_TASK, SWEEP_TASK, app, enqueue_due, enqueue_send
 from worker.delivery import Delivery
 from worker.meta_client import get_meta_client
+from worker.pacer import Pacer
 from worker.rate_limit import RateLimiter
 from worker.sweeper import fail_expired_leases, take_stale_messages
 
@@ -29,14 +31,14 @@ def _get_delivery() -> Delivery:
         if _delivery is None:
             settings = get_settings()
             limiter = RateLimiter(redis.Redis.from_url(settings.redis_url))
-            _delivery = Delivery(settings, meta=get_meta_client(settings), limiter=limiter, schedule=enqueue_send)
+            _delivery = Delivery(settings, meta=get_meta_client(settings), limiter=limiter, schedule=enqueue_due)
         return _delivery
 
 
 @app.task(name=SEND_TASK)
-def send_message(message_id: str, slot: float | None = None) -> str:
-    """``slot``: a send slot reserved for this message earlier (Redis time), not a secret."""
-    outcome = _get_delivery().run(uuid.UUID(message_id), slot)
+def send_message(message_id: str, **_earlier_kwargs: object) -> str:
+    # Earlier versions passed a reserved slot as a keyword; it now lives on the message row.
+    outcome = _get_delivery().run(uuid.UUID(message_id))
     log.info("message %s: %s", message_id, outcome)
     return outcome
 
@@ -52,3 +54,20 @@ def sweep() -> dict[str, int]:
     if stale or uncertain:
         log.warning("sweep: re-enqueued %d overdue messages, %d lost mid-send", len(stale), len(uncertain))
     return {"requeued": len(stale), "uncertain": len(uncertain)}
+
+
+_pacer: Pacer | None = None
+
+
+@worker_ready.connect
+def _start_pacer(**_: object) -> None:
+    global _pacer
+    settings = get_settings()
+    _pacer = Pacer(enqueue_due, interval_s=settings.pacer_interval_s, lead_s=settings.rate_inline_wait_s / 2)
+    _pacer.start()
+
+
+@worker_shutdown.connect
+def _stop_pacer(**_: object) -> None:
+    if _pacer is not None:
+        _pacer.stop()

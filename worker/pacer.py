@@ -1,0 +1,86 @@
+"""The pacer: hands messages that wait in Postgres to the broker when they become due.
+
+Messages waiting for a send slot or a retry stay in Postgres (``enqueued_at IS NULL``) instead of
+sitting in the broker as countdown tasks, which crowd a Celery worker's prefetch and come back
+late. Every worker's main process runs this loop; ``FOR UPDATE SKIP LOCKED`` lets them share it.
+Each message is handed over a little before it is due and its task waits out the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from models.db import session_scope
+from models.enums import CLAIMABLE, AccountStatus
+from models.tables import Message, WhatsappAccount
+
+log = logging.getLogger(__name__)
+
+
+def take_due_messages(session: Session, *, lead_s: float, batch: int) -> list[uuid.UUID]:
+    due = (
+        select(Message.id)
+        .join(WhatsappAccount, WhatsappAccount.id == Message.account_id)
+        .where(
+            Message.enqueued_at.is_(None),
+            Message.status.in_(CLAIMABLE),
+            Message.next_attempt_at <= func.now() + timedelta(seconds=lead_s),
+            WhatsappAccount.status != AccountStatus.HALTED,
+        )
+        .order_by(Message.next_attempt_at)
+        .limit(batch)
+        .with_for_update(of=Message, skip_locked=True)
+    )
+    rows = session.execute(
+        update(Message)
+        .where(Message.id.in_(due.scalar_subquery()))
+        .values(enqueued_at=func.now())
+        .returning(Message.id, Message.next_attempt_at)
+    ).all()
+    return [row.id for row in sorted(rows, key=lambda r: r.next_attempt_at)]
+
+
+class Pacer:
+    def __init__(
+        self, enqueue: Callable[[uuid.UUID], None], *, interval_s: float, lead_s: float, batch: int = 1000
+    ) -> None:
+        self.enqueue = enqueue
+        self.interval_s = interval_s
+        self.lead_s = lead_s
+        self.batch = batch
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="wadispatch-pacer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def run_once(self) -> int:
+        with session_scope() as session:
+            due = take_due_messages(session, lead_s=self.lead_s, batch=self.batch)
+        for message_id in due:
+            self.enqueue(message_id)
+        return len(due)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                handed = self.run_once()
+            except Exception:
+                # A database or broker hiccup: the messages stay due and are taken next time.
+                log.exception("pacer pass failed")
+                handed = 0
+            if handed < self.batch:
+                self._stop.wait(self.interval_s)
