@@ -129,6 +129,10 @@ def test_mps_change_applies_without_restarting_workers(live, api, sandbox, tenan
     received = sorted(m["received_at"] for m in sandbox.received(number))
     # 14 messages at 4 mps with a burst of 5: the last 8 come one every 0.25 s.
     assert received[-1] - received[5] >= 8 * 0.25 - 0.1
+    # Waiting for a slot is not an attempt: each message was sent on its first and only one.
+    with session_scope() as s:
+        attempts = s.scalars(select(Message.attempts).where(Message.id.in_(ids))).all()
+    assert set(attempts) == {1}
 
 
 def test_operator_retry_requeues_failed_messages(live, api, sandbox, tenant):
