@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from api_shim import flowestate, flowiq, health, media_route
 from api_shim.errors import install_flowestate_handlers
 from api_shim.flowiq_errors import FlowIQError
+from api_shim.request_guard import RequestGuard
 from api_shim.sync_results import ResultWaiter
 from models.settings import get_settings
 
@@ -48,6 +49,7 @@ def create_app() -> FastAPI:
     async def _flowiq_error(_: Request, exc: FlowIQError) -> JSONResponse:
         return exc.response()
 
+    app.add_middleware(RequestGuard, max_body_bytes=get_settings().max_body_bytes)
     app.include_router(health.router)
     app.include_router(flowestate.router)
     app.include_router(flowiq.router)

@@ -12,8 +12,10 @@ from sqlalchemy.orm import Session
 
 from api_shim.errors import ApiError, ErrorCode
 from api_shim.flowiq_errors import FlowIQError
+from api_shim.usage import current_month, spend_unit, take_request, touch_key
 from models.enums import KeyKind, Scope
 from models.keys import hash_key
+from models.settings import get_settings
 from models.tables import ApiKey, Organization
 
 
@@ -59,6 +61,10 @@ def authenticate_flowestate(session: Session, request: Request, scope: Scope) ->
         raise ApiError(ErrorCode.UNAUTHORIZED, "API key has been revoked")
     if scope not in api_key.scopes:
         raise ApiError(ErrorCode.FORBIDDEN, f"This API key lacks the '{scope}' scope")
+    try:
+        charge(session, request, api_key, org)
+    except UsageRefused as refused:
+        raise ApiError(refused.code, refused.message) from None
     return Caller(
         org_id=org.id, org_slug=org.slug, org_name=org.name, key_id=api_key.id, scopes=frozenset(api_key.scopes)
     )
@@ -86,6 +92,37 @@ def authenticate_flowiq(session: Session, request: Request, tenant_id: str | Non
         raise FlowIQError(401, "Invalid API key", "API key does not belong to this organization (tenant mismatch)")
     if Scope.WRITE not in api_key.scopes:
         raise FlowIQError(403, "Forbidden", f"This API key lacks the '{Scope.WRITE}' scope")
+    try:
+        charge(session, request, api_key, org)
+    except UsageRefused as refused:
+        title = "Rate limit exceeded" if refused.code == ErrorCode.RATE_LIMITED else "Quota exceeded"
+        raise FlowIQError(429, title, refused.message, code=refused.code.value) from None
     return Caller(
         org_id=org.id, org_slug=org.slug, org_name=org.name, key_id=api_key.id, scopes=frozenset(api_key.scopes)
     )
+
+
+class UsageRefused(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def charge(session: Session, request: Request, api_key: ApiKey, org: Organization) -> None:
+    """Apply the key's request rate and the organization's monthly quota; commits the unit spent.
+
+    The X-RateLimit-* headers go on whatever answer this request gets."""
+    limit = org.rate_limit_per_minute or get_settings().rate_limit_per_minute
+    rate = take_request(api_key.id, limit)
+    request.state.rate_headers = rate.headers()
+    if not rate.allowed:
+        raise UsageRefused(ErrorCode.RATE_LIMITED, f"More than {limit} requests a minute with this key; slow down")
+    used = spend_unit(session, org.id, org.monthly_quota)
+    if used is None:
+        raise UsageRefused(
+            ErrorCode.QUOTA_EXCEEDED,
+            f"The organization used its {org.monthly_quota} units for {current_month()}; it resets next month (UTC)",
+        )
+    touch_key(session, api_key.id)
+    session.commit()

@@ -25,6 +25,12 @@ class ErrorCode(StrEnum):
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     OPTED_OUT = "OPTED_OUT"
     ACCOUNT_UNAVAILABLE = "ACCOUNT_UNAVAILABLE"
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+    IDEMPOTENCY_KEY_IN_PROGRESS = "IDEMPOTENCY_KEY_IN_PROGRESS"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    RATE_LIMITED = "RATE_LIMITED"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -37,6 +43,12 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.OPTED_OUT: 400,
     ErrorCode.ACCOUNT_UNAVAILABLE: 400,
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: 409,
+    ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS: 409,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.QUOTA_EXCEEDED: 429,
     ErrorCode.INTERNAL_ERROR: 500,
 }
 
@@ -63,12 +75,13 @@ class ApiError(Exception):
         self.message = message
         self.details = details
 
-    def response(self) -> JSONResponse:
+    def envelope(self) -> dict[str, Any]:
         body = ErrorEnvelope(error=ErrorBody(code=self.code, message=self.message, details=self.details))
+        return body.model_dump(mode="json", exclude_none=True)
+
+    def response(self) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if self.code is ErrorCode.UNAUTHORIZED else None
-        return JSONResponse(
-            body.model_dump(mode="json", exclude_none=True), status_code=STATUS_OF[self.code], headers=headers
-        )
+        return JSONResponse(self.envelope(), status_code=STATUS_OF[self.code], headers=headers)
 
 
 def error_responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
@@ -137,8 +150,13 @@ def install_flowestate_handlers(app: FastAPI, prefix: str) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if not _ours(request):
-            return JSONResponse({"error": str(exc.detail), "message": str(exc.detail)}, status_code=exc.status_code)
-        code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}.get(exc.status_code, ErrorCode.BAD_REQUEST)
+            title = {413: "Payload too large"}.get(exc.status_code, str(exc.detail))
+            return JSONResponse({"error": title, "message": str(exc.detail)}, status_code=exc.status_code)
+        code = {
+            404: ErrorCode.NOT_FOUND,
+            405: ErrorCode.METHOD_NOT_ALLOWED,
+            413: ErrorCode.PAYLOAD_TOO_LARGE,
+        }.get(exc.status_code, ErrorCode.BAD_REQUEST)
         return ApiError(code, str(exc.detail)).response()
 
     @app.exception_handler(Exception)

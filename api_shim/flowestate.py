@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api_shim import idempotency
 from api_shim.auth import Caller, authenticate_flowestate
-from api_shim.errors import ApiError, ErrorCode, error_responses
+from api_shim.errors import STATUS_OF, ApiError, ErrorCode, error_responses
 from api_shim.intake import hand_to_broker, persist_message
 from models.db import get_sessionmaker
 from models.enums import AccountStatus, Scope, SourceApi
 from models.outbound import CAPTION_MAX, TEXT_MAX, AnyOutbound, MediaMessage, TextMessage
 from models.phones import is_valid_e164
+from models.settings import get_settings
 from models.tables import Contact, Message, WhatsappAccount
 
 PREFIX = "/api/v1"
 router = APIRouter(prefix=PREFIX + "/whatsapp", tags=["FlowEstate WhatsApp"])
 
-AUTH_ERRORS = (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN)
+AUTH_ERRORS = (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN, ErrorCode.RATE_LIMITED, ErrorCode.QUOTA_EXCEEDED)
+REQUEST_ERRORS = (ErrorCode.PAYLOAD_TOO_LARGE, ErrorCode.UNSUPPORTED_MEDIA_TYPE)
 
 
 def db_session() -> Iterator[Session]:
@@ -167,6 +172,16 @@ def list_accounts(session: DbSession, caller: Annotated[Caller, Depends(caller_w
     )
 
 
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=idempotency.MAX_KEY_LENGTH,
+        description="Same key and body within 24 h: the first answer again, no second message",
+    ),
+]
+
+
 @router.post(
     "/send",
     response_model=SendOut,
@@ -176,14 +191,62 @@ def list_accounts(session: DbSession, caller: Annotated[Caller, Depends(caller_w
         ErrorCode.OPTED_OUT,
         ErrorCode.ACCOUNT_UNAVAILABLE,
         ErrorCode.NOT_FOUND,
+        ErrorCode.IDEMPOTENCY_KEY_REUSED,
+        ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS,
+        *REQUEST_ERRORS,
         *AUTH_ERRORS,
     ),
 )
-def send(body: SendIn, session: DbSession, caller: Annotated[Caller, Depends(caller_with(Scope.WRITE))]) -> SendOut:
+def send(
+    body: SendIn,
+    session: DbSession,
+    caller: Annotated[Caller, Depends(caller_with(Scope.WRITE))],
+    idempotency_key: IdempotencyHeader = None,
+) -> JSONResponse:
     """Scope `whatsapp:write`. Queue one message to a lead; it threads into the lead's conversation.
 
     Answers as soon as the message is stored and queued; follow it with GET /whatsapp/messages/{id}.
     """
+    if idempotency_key is None:
+        return _send(body, session, caller)
+    try:
+        claimed = idempotency.begin(
+            session,
+            org_id=caller.org_id,
+            surface="flowestate",
+            key=idempotency_key,
+            body=body.model_dump(mode="json"),
+            ttl_h=get_settings().idempotency_ttl_h,
+        )
+    except idempotency.KeyReused:
+        raise ApiError(
+            ErrorCode.IDEMPOTENCY_KEY_REUSED, "This Idempotency-Key was used with a different body"
+        ) from None
+    except idempotency.KeyInProgress:
+        raise ApiError(
+            ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS, "A request with this Idempotency-Key is still in progress"
+        ) from None
+    session.commit()
+    if isinstance(claimed, idempotency.Replay):
+        return JSONResponse(claimed.body, status_code=claimed.status)
+    try:
+        response = _send(body, session, caller)
+    except ApiError as error:
+        session.rollback()
+        idempotency.finish(session, claimed, STATUS_OF[error.code], error.envelope())
+        session.commit()
+        raise
+    except Exception:
+        session.rollback()
+        idempotency.finish(session, claimed, 500, {})
+        session.commit()
+        raise
+    idempotency.finish(session, claimed, response.status_code, json.loads(bytes(response.body)))
+    session.commit()
+    return response
+
+
+def _send(body: SendIn, session: Session, caller: Caller) -> JSONResponse:
     lead = session.scalars(
         select(Contact).where(Contact.id == body.leadId, Contact.org_id == caller.org_id)
     ).one_or_none()
@@ -210,7 +273,7 @@ def send(body: SendIn, session: DbSession, caller: Annotated[Caller, Depends(cal
     )
     session.commit()
     hand_to_broker(message_id)
-    return SendOut(messageId=message_id)
+    return JSONResponse({"messageId": str(message_id)})
 
 
 @router.get(

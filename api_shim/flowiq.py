@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import case, select
 
+from api_shim import idempotency
 from api_shim.auth import Caller, authenticate_flowiq
 from api_shim.flowiq_errors import FlowIQError, FlowIQErrorBody
 from api_shim.flowiq_request import FLOWIQ_TYPES, FlowIQSend, parse_send
@@ -106,6 +107,7 @@ class _Accepted:
     recipient: str
     message_type: str
     organization: str
+    idempotency_row: uuid.UUID | None = None
 
 
 @router.post(
@@ -126,9 +128,25 @@ class _Accepted:
     },
 )
 async def send_whatsapp(request: Request) -> JSONResponse:
-    """Send one WhatsApp message to an existing contact and answer with Meta's message id."""
+    """Send one WhatsApp message to an existing contact and answer with Meta's message id.
+
+    With an `Idempotency-Key` header, the same key and body within 24 h get the first answer again
+    and create no second message (409 when the body differs or the first is still running)."""
     raw = await request.body()
-    accepted = await run_in_threadpool(_accept, request, request.query_params.get("tenantId"), raw)
+    idempotency_key = request.headers.get("idempotency-key")
+    accepted = await run_in_threadpool(_accept, request, request.query_params.get("tenantId"), raw, idempotency_key)
+    if isinstance(accepted, idempotency.Replay):
+        return JSONResponse(accepted.body, status_code=accepted.status)
+    try:
+        response = await _deliver_and_wait(request, accepted)
+    except FlowIQError as error:
+        await run_in_threadpool(_finish_idempotency, accepted, error.status, error.body())
+        raise
+    await run_in_threadpool(_finish_idempotency, accepted, response.status_code, json.loads(bytes(response.body)))
+    return response
+
+
+async def _deliver_and_wait(request: Request, accepted: _Accepted) -> JSONResponse:
     settings = get_settings()
     waiter: ResultWaiter = request.app.state.result_waiter
     key = str(accepted.message_id)
@@ -141,31 +159,79 @@ async def send_whatsapp(request: Request) -> JSONResponse:
     return _respond(accepted, outcome)
 
 
-def _accept(request: Request, tenant_id: str | None, raw: bytes) -> _Accepted:
+def _finish_idempotency(accepted: _Accepted, status: int, body: dict[str, Any]) -> None:
+    if accepted.idempotency_row is None:
+        return
+    with get_sessionmaker()() as session:
+        idempotency.finish(session, accepted.idempotency_row, status, body)
+        session.commit()
+
+
+def _accept(
+    request: Request, tenant_id: str | None, raw: bytes, idempotency_key: str | None
+) -> _Accepted | idempotency.Replay:
     with get_sessionmaker()() as session:
         caller = authenticate_flowiq(session, request, tenant_id)
         try:
             body = json.loads(raw)
         except ValueError:
             raise FlowIQError(400, "Invalid JSON", "The request body is not valid JSON") from None
-        send = parse_send(body)
-        account = _sending_account(session, caller)
-        contact = session.scalars(
-            select(Contact).where(Contact.org_id == caller.org_id, Contact.wa_id == send.wa_id).limit(1)
-        ).first()
-        if contact is None:
-            raise FlowIQError(
-                404,
-                "Contact not found",
-                f"No contact exists with WhatsApp number {send.wa_id}. "
-                "Please create the contact first using the /api/contact endpoint.",
-                whatsapp_id=send.wa_id,
-            )
-        if contact.opted_out_at is not None:
-            raise FlowIQError(400, "Contact opted out", f"The contact {send.wa_id} opted out of WhatsApp messages")
-        message_id = _persist(session, caller, account, contact, send)
-        session.commit()
-        return _Accepted(message_id, send.wa_id, send.message_type, caller.org_name)
+        row_id = None
+        if idempotency_key is not None:
+            claimed = _claim_idempotency(session, caller, idempotency_key, body)
+            if isinstance(claimed, idempotency.Replay):
+                return claimed
+            row_id = claimed
+        try:
+            return _validate_and_persist(session, caller, body, row_id)
+        except FlowIQError as error:
+            if row_id is not None:
+                session.rollback()
+                idempotency.finish(session, row_id, error.status, error.body())
+                session.commit()
+            raise
+
+
+def _claim_idempotency(session: Any, caller: Caller, key: str, body: Any) -> uuid.UUID | idempotency.Replay:
+    if not key or len(key) > idempotency.MAX_KEY_LENGTH:
+        raise FlowIQError(400, "Invalid field", f"Idempotency-Key: 1 to {idempotency.MAX_KEY_LENGTH} characters")
+    try:
+        claimed = idempotency.begin(
+            session, org_id=caller.org_id, surface="flowiq", key=key, body=body, ttl_h=get_settings().idempotency_ttl_h
+        )
+    except idempotency.KeyReused:
+        raise FlowIQError(
+            409, "Idempotency key reused", "This Idempotency-Key was used with a different body",
+            code="IDEMPOTENCY_KEY_REUSED",
+        ) from None  # fmt: skip
+    except idempotency.KeyInProgress:
+        raise FlowIQError(
+            409, "Idempotency key in progress", "A request with this Idempotency-Key is still in progress",
+            code="IDEMPOTENCY_KEY_IN_PROGRESS",
+        ) from None  # fmt: skip
+    session.commit()
+    return claimed
+
+
+def _validate_and_persist(session: Any, caller: Caller, body: Any, row_id: uuid.UUID | None) -> _Accepted:
+    send = parse_send(body)
+    account = _sending_account(session, caller)
+    contact = session.scalars(
+        select(Contact).where(Contact.org_id == caller.org_id, Contact.wa_id == send.wa_id).limit(1)
+    ).first()
+    if contact is None:
+        raise FlowIQError(
+            404,
+            "Contact not found",
+            f"No contact exists with WhatsApp number {send.wa_id}. "
+            "Please create the contact first using the /api/contact endpoint.",
+            whatsapp_id=send.wa_id,
+        )
+    if contact.opted_out_at is not None:
+        raise FlowIQError(400, "Contact opted out", f"The contact {send.wa_id} opted out of WhatsApp messages")
+    message_id = _persist(session, caller, account, contact, send)
+    session.commit()
+    return _Accepted(message_id, send.wa_id, send.message_type, caller.org_name, row_id)
 
 
 def _sending_account(session: Any, caller: Caller) -> WhatsappAccount:

@@ -21,8 +21,11 @@ class FlowIQError(Exception):
         self.message = message
         self.extra = extra
 
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error, "message": self.message, **self.extra}
+
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": self.error, "message": self.message, **self.extra}, status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status)
 
 
 def missing(field: str, message_type: str | None = None) -> FlowIQError:

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     # Redis visibility timeout: an unacknowledged task is handed out again after this long.
     broker_visibility_timeout_s: int = Field(default=3600, ge=60)
 
+    # The API's own limits (per API key and per organization).
+    rate_limit_per_minute: int = Field(default=600, ge=1, description="requests per minute per key")
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    idempotency_ttl_h: int = Field(default=24, ge=1)
+
     # FlowIQ's /send-whatsapp answers with the wamid: how long it waits for the worker before a 202.
     sync_timeout_s: float = Field(default=15.0, ge=0)
     # While waiting, how often Postgres is read in case the Redis wake-up was missed.

@@ -45,6 +45,8 @@ class Organization(Base):
     name: Mapped[str] = mapped_column(String(200))
     whatsapp_provider: Mapped[str] = mapped_column(String(32), server_default="meta")
     monthly_quota: Mapped[int] = mapped_column(BigInteger, server_default="100000")
+    # Requests per minute per API key; NULL: WADISPATCH_RATE_LIMIT_PER_MINUTE.
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = _created_at()
 
 
@@ -231,3 +233,30 @@ class MediaUpload(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     uploaded_at: Mapped[datetime] = _created_at()
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OrgUsage(Base):
+    """Units used by an organization in one calendar month (UTC): one per authenticated request."""
+
+    __tablename__ = "org_usage"
+
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True, comment="YYYY-MM, UTC")
+    used: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class IdempotencyKey(Base):
+    """A send made with an Idempotency-Key header: its request fingerprint and, once done, its answer."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("org_id", "surface", "key", name="uq_idempotency_org_surface_key"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    surface: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(255))
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), server_default="in_progress")
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = _created_at()

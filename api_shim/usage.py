@@ -1,0 +1,103 @@
+"""What an authenticated request costs: the key's request rate, the organization's monthly units.
+
+- Rate: a GCRA per API key in Redis (one Lua call, Redis TIME), answering the X-RateLimit-* values.
+- Quota: one unit per request, counted in Postgres with an upsert that only increments while the
+  organization is under its quota, so 200 concurrent requests count exactly and never overshoot.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+
+import redis
+from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from models.settings import get_settings
+from models.tables import ApiKey, OrgUsage
+
+# KEYS: the key's TAT. ARGV: period (s), limit. Returns {allowed, remaining, reset_s, retry_after_s}.
+_REQUEST_GCRA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local period, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local interval = period / limit
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local new_tat = tat + interval
+local allow_at = new_tat - period
+if allow_at > now then
+  return {'0', '0', tostring(tat - now), tostring(allow_at - now)}
+end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now + 1) * 1000))
+local remaining = math.floor((now - allow_at) / interval)
+return {'1', tostring(remaining), tostring(new_tat - now), '0'}
+"""
+
+
+@dataclass(frozen=True)
+class RateState:
+    limit: int
+    remaining: int
+    reset_s: float
+    retry_after_s: float
+    allowed: bool
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(max(0, self.remaining)),
+            "X-RateLimit-Reset": str(math.ceil(self.reset_s)),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
+        return headers
+
+
+@lru_cache(maxsize=1)
+def _script() -> tuple[redis.Redis, object]:
+    client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=2, socket_connect_timeout=2)
+    return client, client.register_script(_REQUEST_GCRA)
+
+
+def take_request(key_id: uuid.UUID, limit_per_minute: int) -> RateState:
+    _, script = _script()
+    allowed, remaining, reset_s, retry_s = script(  # type: ignore[operator]
+        keys=[f"wadispatch:api-rate:{key_id}"], args=[60, limit_per_minute]
+    )
+    return RateState(limit_per_minute, int(remaining), float(reset_s), float(retry_s), allowed == b"1")
+
+
+def current_month(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).strftime("%Y-%m")
+
+
+def spend_unit(session: Session, org_id: uuid.UUID, quota: int) -> int | None:
+    """Count one unit; returns the units used this month, or None when the quota is used up."""
+    if quota <= 0:
+        return None
+    statement = (
+        pg_insert(OrgUsage)
+        .values(org_id=org_id, month=current_month(), used=1)
+        .on_conflict_do_update(
+            index_elements=[OrgUsage.org_id, OrgUsage.month],
+            set_={"used": OrgUsage.used + 1},
+            where=OrgUsage.used < quota,
+        )
+        .returning(OrgUsage.used)
+    )
+    return session.scalar(statement)
+
+
+def touch_key(session: Session, key_id: uuid.UUID) -> None:
+    """Record that the key was used, at most about once a minute (not a write per request)."""
+    session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id)
+        .where((ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at < datetime.now(UTC).replace(second=0)))
+        .values(last_used_at=datetime.now(UTC))
+    )
