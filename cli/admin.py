@@ -46,6 +46,27 @@ def org_create(slug: str, name: str, provider: str, as_json: bool) -> None:
     emit(data, as_json=as_json, human=f"organization {data['slug']} created: {data['id']}")
 
 
+@org.command("update")
+@click.option("--slug", required=True)
+@click.option("--quota", type=int, help="monthly units (one per authenticated request)")
+@click.option("--rate-limit", type=int, help="requests per minute per API key")
+@click.option("--provider", help="whatsapp provider (meta, wati, ...)")
+@json_option
+def org_update(slug: str, quota: int | None, rate_limit: int | None, provider: str | None, as_json: bool) -> None:
+    try:
+        with session_scope() as session:
+            row = admin.update_org(session, slug, quota=quota, rate_limit=rate_limit, provider=provider)
+            data = {
+                "slug": row.slug,
+                "monthly_quota": row.monthly_quota,
+                "rate_limit_per_minute": row.rate_limit_per_minute,
+                "provider": row.whatsapp_provider,
+            }
+    except admin.AdminError as exc:
+        fail(str(exc))
+    emit(data, as_json=as_json, human=f"organization {slug}: {data}")
+
+
 @click.group()
 def key() -> None:
     """API keys (shown once; stored as SHA-256)."""

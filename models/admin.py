@@ -188,3 +188,21 @@ def requeue_messages(
         .returning(Message.id)
     )
     return [row.id for row in rows]
+
+
+def update_org(
+    session: Session, slug: str, *, quota: int | None, rate_limit: int | None, provider: str | None = None
+) -> Organization:
+    org = org_by_slug(session, slug)
+    if quota is not None:
+        if quota < 0:
+            raise AdminError("--quota: must be 0 or more units a month")
+        org.monthly_quota = quota
+    if rate_limit is not None:
+        if rate_limit < 1:
+            raise AdminError("--rate-limit: must be at least 1 request a minute")
+        org.rate_limit_per_minute = rate_limit
+    if provider is not None:
+        org.whatsapp_provider = provider
+    session.flush()
+    return org
