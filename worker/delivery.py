@@ -199,15 +199,20 @@ class Delivery:
             return "scheduled"
         if wait > 0:
             time.sleep(wait)
-        self._admit(claim)
-        return None
+        return self._admit(claim)
 
-    def _admit(self, claim: Claim) -> None:
+    def _admit(self, claim: Claim) -> str | None:
         """The hard gate right before the call: late arrivals wait their turn here, so actual
-        send times never exceed the account's rate plus its burst."""
+        send times never exceed the account's rate plus its burst. The wait is bounded (a claimed
+        message must not outlive its lease): past the in-task window it waits in Postgres."""
         pacing = self._pacing(claim)
+        deadline = time.monotonic() + self.settings.rate_inline_wait_s
         while (wait := self.limiter.admit(claim.account_id, pacing)) > 0:
+            if time.monotonic() + wait > deadline:
+                self._wait_in_postgres(claim, wait, None)
+                return "rate-limited"
             time.sleep(wait)
+        return None
 
     def _pacing(self, claim: Claim) -> Pacing:
         s = self.settings

@@ -15,7 +15,8 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=12,
 )
-header_text = st.text(alphabet=string.ascii_letters + string.digits + "_-.:/ ", max_size=40)
+# Header values as a client library can send them (no leading or trailing blanks).
+header_text = st.text(alphabet=string.ascii_letters + string.digits + "_-.:/ ", max_size=40).map(str.strip)
 
 
 @pytest.fixture(scope="module")

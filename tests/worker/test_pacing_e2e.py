@@ -53,11 +53,11 @@ def test_throttled_retries_after_pausing_the_account_without_spending_the_failur
 
 
 def test_throttled_budget_is_bounded(live, api, sandbox, tenant):
-    sandbox.fault(tenant.account.phone_number_id, 400, 130429, count=10, message="Rate limit hit")
+    sandbox.fault(tenant.account.phone_number_id, 400, 130429, count=20, message="Rate limit hit")
     message_id = send(api, tenant)
-    data = api.wait_for(tenant, message_id, timeout=30)
-    # WADISPATCH_MAX_THROTTLED_ATTEMPTS=3: three throttled retries, the fourth answer fails it.
-    assert data["status"] == "failed" and data["error"]["code"] == "130429" and data["attempts"] == 4
+    data = api.wait_for(tenant, message_id, timeout=40)
+    # WADISPATCH_MAX_THROTTLED_ATTEMPTS=6 in tests: six throttled retries, the seventh answer fails it.
+    assert data["status"] == "failed" and data["error"]["code"] == "130429" and data["attempts"] == 7
 
 
 def test_pair_throttled_delays_only_that_recipient(live, api, sandbox, tenant):
@@ -105,7 +105,8 @@ def test_sandbox_limit_below_the_configured_rate_slows_the_account(live, api, sa
     sandbox.http.put("/_sandbox/config", json={"throughput_burst": 1}).raise_for_status()
     try:
         ids = [send(api, tenant) for _ in range(12)]
-        final = [api.wait_for(tenant, message_id, timeout=60)["status"] for message_id in ids]
+        datas = [api.wait_for(tenant, message_id, timeout=60) for message_id in ids]
+        final = [d["status"] for d in datas]
     finally:
         sandbox.http.put("/_sandbox/config", json={"throughput_burst": 20}).raise_for_status()
     assert final.count("sent") == 12
