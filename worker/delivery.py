@@ -222,6 +222,7 @@ class Delivery:
             pair_interval_s=s.pair_interval_s,
             pair_burst=s.pair_burst,
             horizon_s=s.rate_horizon_s,
+            jitter_s=s.rate_jitter_s,
         )
 
     def _wait_in_postgres(self, claim: Claim, wait_s: float, slot: float | None) -> None:

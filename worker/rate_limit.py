@@ -16,6 +16,7 @@ with the next ones, and no slot is thrown away.
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 
@@ -121,6 +122,7 @@ class Pacing:
     pair_interval_s: float
     pair_burst: int
     horizon_s: float
+    jitter_s: float = 0.025
 
 
 class RateLimiter:
@@ -160,9 +162,10 @@ class RateLimiter:
     def admit(self, account_id: uuid.UUID, pacing: Pacing) -> float:
         """0 when the account may send this instant; else how long to wait before asking again."""
         keys = [f"{self.prefix}:admit:{account_id}", f"{self.prefix}:ceiling:{account_id}"]
-        # Any 1-second window of admissions holds at most mps + burst; admitting one less than the
-        # burst leaves room for the network jitter between here and Meta's own clock.
-        return float(self._admit(keys=keys, args=[1.0 / pacing.mps, max(0, pacing.burst - 1)]))
+        # Admissions in any second stay below mps + burst by the messages that fit in the jitter
+        # allowance, so the time a request takes to reach Meta cannot push Meta's count over.
+        margin = 1 + math.ceil(pacing.mps * pacing.jitter_s)
+        return float(self._admit(keys=keys, args=[1.0 / pacing.mps, max(0, pacing.burst - margin)]))
 
     def seconds_until(self, slot: float) -> float:
         return float(self._until(keys=[], args=[slot]))
