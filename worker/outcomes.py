@@ -20,6 +20,9 @@ from worker.meta_errors import DeliveryError
 # Stored on messages whose send may or may not have reached Meta.
 DELIVERY_UNCERTAIN = "DELIVERY_UNCERTAIN"
 
+# A message that is sent or failed no longer waits for anything: lease, retry time, send slot.
+NOT_WAITING: dict[str, Any] = {"lease_expires_at": None, "next_attempt_at": None, "reserved_slot": None}
+
 
 def _attempt(
     session: Session,
@@ -69,9 +72,7 @@ def record_sent(session: Session, claim: Claim, result: SendResult) -> None:
             wamid=result.wamid,
             meta_response=result.response,
             sent_at=func.now(),
-            lease_expires_at=None,
-            next_attempt_at=None,
-            reserved_slot=None,
+            **NOT_WAITING,
             error_code=None,
             error_title=None,
             error_detail=None,
@@ -130,9 +131,7 @@ def record_failed(
         .values(
             status=MessageStatus.FAILED,
             failed_at=func.now(),
-            lease_expires_at=None,
-            next_attempt_at=None,
-            reserved_slot=None,
+            **NOT_WAITING,
             error_code=code,
             error_title=title,
             error_detail=detail,

@@ -14,37 +14,27 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func
 from sqlalchemy.orm import Session
 
 from models.db import session_scope
-from models.enums import CLAIMABLE, AccountStatus
-from models.tables import Message, WhatsappAccount
+from models.enums import CLAIMABLE
+from models.tables import Message
+from worker.sweeper import hand_over
 
 log = logging.getLogger(__name__)
 
 
 def take_due_messages(session: Session, *, lead_s: float, batch: int) -> list[uuid.UUID]:
-    due = (
-        select(Message.id)
-        .join(WhatsappAccount, WhatsappAccount.id == Message.account_id)
-        .where(
-            Message.enqueued_at.is_(None),
-            Message.status.in_(CLAIMABLE),
-            Message.next_attempt_at <= func.now() + timedelta(seconds=lead_s),
-            WhatsappAccount.status != AccountStatus.HALTED,
-        )
-        .order_by(Message.next_attempt_at)
-        .limit(batch)
-        .with_for_update(of=Message, skip_locked=True)
+    """Messages waiting in Postgres whose time comes within ``lead_s``, earliest first."""
+    return hand_over(
+        session,
+        Message.enqueued_at.is_(None),
+        Message.status.in_(CLAIMABLE),
+        Message.next_attempt_at <= func.now() + timedelta(seconds=lead_s),
+        order_by=Message.next_attempt_at,
+        batch=batch,
     )
-    rows = session.execute(
-        update(Message)
-        .where(Message.id.in_(due.scalar_subquery()))
-        .values(enqueued_at=func.now())
-        .returning(Message.id, Message.next_attempt_at)
-    ).all()
-    return [row.id for row in sorted(rows, key=lambda r: r.next_attempt_at)]
 
 
 class Pacer:
