@@ -10,9 +10,6 @@ from typing import Any
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api_shim.errors import ApiError, ErrorCode
-from api_shim.flowiq_errors import FlowIQError
-
 GUARDED_PREFIXES = ("/api/v1/", "/send-whatsapp")
 
 
@@ -96,6 +93,3 @@ async def _reply(send: Send | Callable[[Message], Awaitable[None]], status: int,
         }
     )
     await send({"type": "http.response.body", "body": data})
-
-
-__all__ = ["ApiError", "ErrorCode", "FlowIQError", "RequestGuard"]

@@ -5,9 +5,6 @@ from __future__ import annotations
 import bisect
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -72,13 +69,6 @@ class Services:
         )
         return self.sandbox_url
 
-    def start_api(self) -> str:
-        port = free_port()
-        self.env["WADISPATCH_API_PORT"] = str(port)
-        url = f"http://127.0.0.1:{port}"
-        self._start("api", ["api"], http_ok(f"{url}/healthz"))
-        return url
-
     def start_workers(self, count: int, concurrency: int, extra: list[str] | None = None) -> None:
         for n in range(count):
             args = ["worker", f"--concurrency={concurrency}", f"--hostname=bench{n}@%h", "--without-mingle",
@@ -93,21 +83,9 @@ class Services:
         self.processes.append(proc)
         return proc
 
-    def workers(self) -> list[ManagedProcess]:
-        return [p for p in self.processes if p.name.startswith("worker")]
-
     def sandbox_messages(self, phone_number_id: str | None = None) -> dict[str, Any]:
         params = {"phone_number_id": phone_number_id} if phone_number_id else {}
         return httpx.get(f"{self.sandbox_url}/_sandbox/messages", params=params, timeout=60).json()
 
     def sandbox_count(self) -> int:
         return int(httpx.get(f"{self.sandbox_url}/_sandbox/messages", timeout=60).json()["count"])
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children, in MB."""
-    out = subprocess.run(["ps", "-o", "rss=", "--ppid", str(pid), "-p", str(pid)], capture_output=True, text=True)
-    return sum(int(x) for x in out.stdout.split()) / 1024
-
-
-__all__ = ["Services", "reset_database", "rss_mb", "sliding_max", "sys", "time"]
