@@ -143,6 +143,13 @@ def create_app(latency_ms: float = 0.0) -> FastAPI:
         items = [u for u in state.uploads.values() if phone_number_id in (None, u["phone_number_id"])]
         return {"data": items, "count": len(items)}
 
+    @app.delete("/_sandbox/media")
+    async def forget_media() -> dict[str, int]:
+        # Like Meta dropping media ids: later sends by those ids are refused.
+        forgotten = len(state.uploads)
+        state.uploads.clear()
+        return {"forgotten": forgotten}
+
     @app.get("/_sandbox/messages")
     async def list_messages(phone_number_id: str | None = None) -> dict[str, Any]:
         items = [m for m in state.received if phone_number_id in (None, m["phone_number_id"])]

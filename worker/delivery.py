@@ -20,7 +20,7 @@ from models.settings import Settings
 from worker import outcomes
 from worker.backoff import compute_backoff
 from worker.claim import Claim, claim_message, next_in_conversation
-from worker.media.pipeline import get_media_pipeline, media_ref
+from worker.media.pipeline import MediaId, get_media_pipeline, media_ref
 from worker.meta_client import MetaClient
 from worker.meta_errors import (
     MARKETING_OPT_OUT_CODE,
@@ -120,21 +120,27 @@ class Delivery:
         prepared = self._prepare(claim)
         if isinstance(prepared, str):
             return claim, prepared
-        token, message, media_id = prepared
-        if media_id is not None and (deferred := self._wait_for_slot(claim)) is not None:
+        token, message, media = prepared
+        if media is not None and (deferred := self._wait_for_slot(claim)) is not None:
             return claim, deferred
         assert claim.phone_number_id and claim.wa_id
+        media_id = media.id if media else None
         body = build_body(message, to=claim.wa_id, callback_data=str(claim.message_id), media_id=media_id)
         try:
             result = self.meta.send_message(claim.phone_number_id, token, body)
         except DeliveryError as error:
+            if media is not None and media.reused and isinstance(error, Final):
+                # Meta may have dropped a media id we reused: forget it and try once more with a
+                # fresh upload (a refusal after that is final).
+                get_media_pipeline(self.settings, self.meta).forget_upload(claim.account_id, media.id)
+                error = Transient(error.title, code=error.code, http_status=error.http_status, details=error.details)
             return claim, self._handle_error(claim, error)
         with session_scope() as session:
             outcomes.record_sent(session, claim, result)
         return claim, "sent"
 
-    def _prepare(self, claim: Claim) -> tuple[str, AnyOutbound, str | None] | str:
-        """Token, message and media id; or the outcome word when the message cannot go.
+    def _prepare(self, claim: Claim) -> tuple[str, AnyOutbound, MediaId | None] | str:
+        """Token, message and Meta media id; or the outcome word when the message cannot go.
 
         Everything that goes wrong before the call is settled here, so a 'sending' message whose
         lease expires really is one whose call may have gone out."""

@@ -197,3 +197,20 @@ def test_meta_upload_outage_is_retried(live, api, sandbox, fiq):
     response = send(api, fiq, {"message_type": "image", "media_url": "https://media.test/retry-upload.png"})
     assert response.status_code == 200, response.text
     assert len(sandbox.uploads(tenant.account.phone_number_id)) == 1
+
+
+def test_a_media_id_meta_dropped_is_uploaded_again(live, api, sandbox, fiq):
+    tenant, _ = fiq
+    body = {"message_type": "image", "media_url": "https://media.test/reused.png"}
+    assert send(api, fiq, body).status_code == 200
+    sandbox.http.delete("/_sandbox/media").raise_for_status()  # Meta forgets the id we cached
+    again = send(api, fiq, body)
+    assert again.status_code == 200, again.text
+    (upload,) = sandbox.uploads(tenant.account.phone_number_id)
+    last = sandbox.received(tenant.account.phone_number_id)[-1]
+    assert last["body"]["image"]["id"] == upload["id"]
+    with session_scope() as s:
+        attempts = s.scalars(
+            select(Message.attempts).where(Message.org_id == tenant.org_id).order_by(Message.created_at)
+        ).all()
+    assert attempts == [1, 2]

@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import cast
 
 import redis
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from models.db import session_scope
@@ -46,6 +46,12 @@ class MediaRef:
     url: str
     declared_mime: str | None
     filename: str | None
+
+
+@dataclass(frozen=True)
+class MediaId:
+    id: str
+    reused: bool  # from an earlier upload (Meta may have dropped it since)
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ class MediaPipeline:
         self.store = store
         self.redis = _redis(settings.redis_url)
 
-    def media_id_for(self, claim: Claim, ref: MediaRef, token: str) -> str:
+    def media_id_for(self, claim: Claim, ref: MediaRef, token: str) -> MediaId:
         stored = self._stored_media(claim.message_id, ref)
         assert claim.phone_number_id
         lock = self.redis.lock(
@@ -89,11 +95,18 @@ class MediaPipeline:
         with lock:
             cached = self._cached_upload(claim.account_id, stored.sha256)
             if cached:
-                return cached
+                return MediaId(cached, reused=True)
             filename = ref.filename or stored.key
             media_id = self.meta.upload_media(claim.phone_number_id, token, stored.data, stored.mime, filename)
             self._remember_upload(claim, stored, media_id)
-            return media_id
+            return MediaId(media_id, reused=False)
+
+    def forget_upload(self, account_id: uuid.UUID, media_id: str) -> None:
+        """Meta refused a send by this reused media id: upload afresh next time."""
+        with session_scope() as session:
+            session.execute(
+                delete(MediaUpload).where(MediaUpload.account_id == account_id, MediaUpload.meta_media_id == media_id)
+            )
 
     # -- fetch and store -------------------------------------------------------------------
 
