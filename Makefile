@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install services run demo test lint typecheck bench-limits clean
+.PHONY: install services run demo test lint typecheck bench-limits bench-throughput clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wadispatch needs Python >= 3.11 (set PYTHON=python3.12, for example)")'
@@ -30,6 +30,9 @@ lint: install
 
 bench-limits: install services
 	$(BIN)/python bench/limits.py
+
+bench-throughput: install services
+	$(BIN)/python bench/throughput.py
 
 typecheck: install
 	$(BIN)/mypy --ignore-missing-imports models api_shim worker meta_sandbox cli

@@ -69,6 +69,13 @@ class Services:
         )
         return self.sandbox_url
 
+    def start_api(self) -> str:
+        port = free_port()
+        self.env["WADISPATCH_API_PORT"] = str(port)
+        url = f"http://127.0.0.1:{port}"
+        self._start("api", ["api"], http_ok(f"{url}/healthz"))
+        return url
+
     def start_workers(self, count: int, concurrency: int, extra: list[str] | None = None) -> None:
         for n in range(count):
             args = ["worker", f"--concurrency={concurrency}", f"--hostname=bench{n}@%h", "--without-mingle",
@@ -89,3 +96,12 @@ class Services:
 
     def sandbox_count(self) -> int:
         return int(httpx.get(f"{self.sandbox_url}/_sandbox/messages", timeout=60).json()["count"])
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from functools import lru_cache
 
 import redis
 from celery.signals import worker_ready, worker_shutdown
@@ -41,6 +42,17 @@ def send_message(message_id: str, **_earlier_kwargs: object) -> str:
     outcome = _get_delivery().run(uuid.UUID(message_id))
     log.info("message %s: %s", message_id, outcome)
     return outcome
+
+
+@app.task(name="wadispatch.noop")
+def noop(counter_key: str) -> None:
+    """For bench/throughput.py: the engine's ceiling (one Redis INCR so the bench can count)."""
+    _noop_redis().incr(counter_key)
+
+
+@lru_cache(maxsize=1)
+def _noop_redis() -> redis.Redis:
+    return redis.Redis.from_url(get_settings().redis_url)
 
 
 @app.task(name=SWEEP_TASK)
