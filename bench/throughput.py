@@ -152,7 +152,17 @@ async def post_many(base: str, requests: list, clients: int) -> tuple[float, lis
         nonlocal errors
         while not queue.empty():
             headers, body = queue.get_nowait()
-            response = await http.post("/api/v1/whatsapp/send", json=body, headers=headers)
+            # A dropped connection is retried; the Idempotency-Key makes that safe (no second message).
+            headers = {**headers, "Idempotency-Key": uuid.uuid4().hex}
+            for _ in range(3):
+                try:
+                    response = await http.post("/api/v1/whatsapp/send", json=body, headers=headers)
+                    break
+                except httpx.TransportError:
+                    continue
+            else:
+                errors += 1
+                continue
             if response.status_code == 200:
                 ids.append(response.json()["messageId"])
             else:
