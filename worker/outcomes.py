@@ -144,8 +144,10 @@ def record_failed(
     _thread_status(session, claim, MessageStatus.FAILED)
 
 
-def release_claim(session: Session, claim: Claim) -> None:
-    """Give the message back unsent (its account is halted): it waits for `account resume`."""
+def release_claim(session: Session, claim: Claim, **waiting: Any) -> None:
+    """Give the message back unsent, as it was before the claim (the claim was not an attempt).
+
+    Without ``waiting`` it simply waits (its account is halted: `account resume` re-enqueues it)."""
     session.execute(
         update(Message)
         .where(Message.id == claim.message_id, Message.status == MessageStatus.SENDING)
@@ -153,6 +155,7 @@ def release_claim(session: Session, claim: Claim) -> None:
             status=MessageStatus.RETRYING if claim.attempt_no > 1 else MessageStatus.QUEUED,
             attempts=Message.attempts - 1,
             lease_expires_at=None,
+            **waiting,
         )
     )
 
@@ -160,17 +163,12 @@ def release_claim(session: Session, claim: Claim) -> None:
 def wait_for_slot(session: Session, claim: Claim, *, wait_s: float, slot: float | None) -> None:
     """Give the message back unsent until its send slot (``slot``, reserved) or until it may ask
     again (``slot`` None). Waiting is not an attempt, and it waits in Postgres, not in the broker."""
-    session.execute(
-        update(Message)
-        .where(Message.id == claim.message_id, Message.status == MessageStatus.SENDING)
-        .values(
-            status=MessageStatus.RETRYING if claim.attempt_no > 1 else MessageStatus.QUEUED,
-            attempts=Message.attempts - 1,
-            lease_expires_at=None,
-            next_attempt_at=func.now() + timedelta(seconds=wait_s),
-            reserved_slot=slot,
-            enqueued_at=None,
-        )
+    release_claim(
+        session,
+        claim,
+        next_attempt_at=func.now() + timedelta(seconds=wait_s),
+        reserved_slot=slot,
+        enqueued_at=None,
     )
 
 
