@@ -8,3 +8,8 @@ app = FastAPI()
 @app.post("/api/v1/whatsapp/send")
 async def send() -> dict[str, str]:
     return {"messageId": "00000000-0000-0000-0000-000000000000"}
+
+
+@app.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}

@@ -69,18 +69,36 @@ class Services:
         )
         return self.sandbox_url
 
-    def start_api(self) -> str:
+    def start_api(self, workers: int | None = None) -> str:
         port = free_port()
         self.env["WADISPATCH_API_PORT"] = str(port)
         url = f"http://127.0.0.1:{port}"
-        self._start("api", ["api"], http_ok(f"{url}/healthz"))
+        self._start("api", ["api", *([f"--workers={workers}"] if workers else [])], http_ok(f"{url}/healthz"))
         return url
 
-    def start_workers(self, count: int, concurrency: int, extra: list[str] | None = None) -> None:
+    def start_workers(
+        self,
+        count: int,
+        concurrency: int | None = None,
+        extra: list[str] | None = None,
+        pool: str | None = None,
+    ) -> None:
+        """``count`` `wadispatch worker` processes; pool and concurrency default to the worker's own."""
         for n in range(count):
-            args = ["worker", f"--concurrency={concurrency}", f"--hostname=bench{n}@%h", "--without-mingle",
-                    "--without-gossip", *(extra or [])]  # fmt: skip
+            args = ["worker", f"--hostname=bench{n}@%h", "--without-mingle", "--without-gossip", *(extra or [])]
+            args += [f"--concurrency={concurrency}"] if concurrency else []
+            args += [f"--pool={pool}"] if pool else []
             self._start(f"worker{n}", args, None)
+
+    def pids(self, prefix: str) -> list[int]:
+        """Process ids of the running processes whose name starts with ``prefix``, with their children."""
+        found = []
+        for proc in self.processes:
+            if proc.name.startswith(prefix) and proc.running:
+                assert proc.proc is not None
+                found.append(proc.proc.pid)
+                found += _children(proc.proc.pid)
+        return found
 
     def _start(self, name: str, args: list[str], ready: Any) -> ManagedProcess:
         proc: ManagedProcess
@@ -96,6 +114,14 @@ class Services:
 
     def sandbox_count(self) -> int:
         return int(httpx.get(f"{self.sandbox_url}/_sandbox/messages", timeout=60).json()["count"])
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        direct = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return direct + [grandchild for child in direct for grandchild in _children(child)]
 
 
 def rss_mb(pid: int) -> float:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from sqlalchemy import ColumnElement, literal_column
+from sqlalchemy.orm import QueryableAttribute
+
 
 class MessageStatus(StrEnum):
     QUEUED = "queued"
@@ -64,3 +67,12 @@ class AttemptOutcome(StrEnum):
 class Scope(StrEnum):
     READ = "whatsapp:read"
     WRITE = "whatsapp:write"
+
+
+def status_in(
+    column: ColumnElement[str] | QueryableAttribute[str], statuses: tuple[StrEnum, ...]
+) -> ColumnElement[bool]:
+    """``column IN ('a', 'b')`` with our own enum values written into the SQL: the statement keeps
+    one fixed text (no expanding parameter to render on every execution, so psycopg can prepare
+    it), and Postgres can match the partial indexes whose predicate is on status."""
+    return column.in_([literal_column(f"'{status.value}'") for status in statuses])

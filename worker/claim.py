@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Interval, Select, bindparam, exists, func, or_, select, update
+from sqlalchemy import Connection, Interval, Select, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from models.enums import CLAIMABLE, MessageStatus
+from models.enums import CLAIMABLE, MessageStatus, status_in
 from models.tables import Contact, Message, WhatsappAccount
 
 
@@ -51,7 +51,7 @@ def _build_claim_statement() -> Select[Any]:
         update(Message)
         .where(
             Message.id == bindparam("message_id"),
-            Message.status.in_(CLAIMABLE),
+            status_in(Message.status, CLAIMABLE),
             or_(
                 Message.next_attempt_at.is_(None),
                 Message.next_attempt_at <= func.now() + bindparam("early", type_=Interval),
@@ -60,7 +60,7 @@ def _build_claim_statement() -> Select[Any]:
             ~exists().where(
                 earlier.conversation_id == Message.conversation_id,
                 earlier.seq < Message.seq,
-                earlier.status.in_(PENDING),
+                status_in(earlier.status, PENDING),
             ),
         )
         .values(
@@ -104,8 +104,11 @@ def _build_claim_statement() -> Select[Any]:
 CLAIM_STATEMENT = _build_claim_statement()
 
 
-def claim_message(session: Session, message_id: uuid.UUID, lease_s: int, early_s: float) -> Claim | None:
-    """Claim the message if it is due within ``early_s`` (the caller waits out the rest)."""
+def claim_message(session: Session | Connection, message_id: uuid.UUID, lease_s: int, early_s: float) -> Claim | None:
+    """Claim the message if it is due within ``early_s`` (the caller waits out the rest).
+
+    One statement: on an autocommit connection (models.db.single_statement) the claim is
+    committed by the same round trip that makes it."""
     row = session.execute(
         CLAIM_STATEMENT,
         {"message_id": message_id, "lease": timedelta(seconds=lease_s), "early": timedelta(seconds=early_s)},
@@ -140,7 +143,7 @@ NEXT_IN_CONVERSATION = (
     .where(
         Message.conversation_id == bindparam("conversation_id"),
         Message.seq > bindparam("seq"),
-        Message.status.in_(CLAIMABLE),
+        status_in(Message.status, CLAIMABLE),
     )
     .order_by(Message.seq)
     .limit(1)

@@ -13,7 +13,7 @@ from cryptography.fernet import InvalidToken
 from pydantic import ValidationError
 
 from models.crypto import decrypt_token
-from models.db import session_scope
+from models.db import session_scope, single_statement
 from models.enums import AccountStatus, SourceApi
 from models.outbound import AnyOutbound, outbound_adapter
 from models.settings import Settings
@@ -65,6 +65,12 @@ def _carries_media(payload: dict[str, object]) -> bool:
     return "url" in payload or "header_media" in payload
 
 
+class _Unknown:
+    """The next message of the conversation has not been looked up yet."""
+
+
+UNKNOWN = _Unknown()
+
 # Outcomes after which nothing more happens to the message without an operator.
 _FINAL_WORDS = frozenset({"sent", "failed", "refused", "uncertain"})
 
@@ -78,51 +84,57 @@ class Delivery:
 
     def run(self, message_id: uuid.UUID) -> str:
         """One delivery step for the message. Returns a short word for the log."""
-        claim, word = self._run(message_id)
+        claim, word, successor = self._run(message_id)
         if claim is not None and word in _FINAL_WORDS:
-            self._after_final(claim, word)
+            self._after_final(claim, word, successor)
         return word
 
-    def _after_final(self, claim: Claim, word: str) -> None:
+    def _after_final(self, claim: Claim, word: str, successor: uuid.UUID | _Unknown | None) -> None:
         if claim.source_api == SourceApi.FLOWIQ:
             announce_outcome(claim.message_id, word)
-        # The next message to this contact was held back for this one: hand it over now.
-        with session_scope() as session:
-            successor = next_in_conversation(session, claim)
+        if isinstance(successor, _Unknown):
+            with session_scope() as session:
+                successor = next_in_conversation(session, claim)
         if successor is not None:
+            # The next message to this contact was held back for this one: hand it over now.
             self.schedule(successor)
 
     # -- the steps ------------------------------------------------------------------------
 
-    def _run(self, message_id: uuid.UUID) -> tuple[Claim | None, str]:
-        with session_scope() as session:
-            claim = claim_message(session, message_id, self.settings.lease_s, self.settings.rate_inline_wait_s)
-            if claim is None:
-                pass
-            elif claim.account_status == AccountStatus.HALTED:
-                # A halted account's messages wait (they are not burned through); resume re-enqueues them.
-                outcomes.release_claim(session, claim)
-            elif refusal := _pre_send_refusal(claim):
-                outcomes.record_failed(session, claim, code=refusal.code, title=refusal.title)
+    def _run(self, message_id: uuid.UUID) -> tuple[Claim | None, str, uuid.UUID | _Unknown | None]:
+        with single_statement() as connection:
+            claim = claim_message(connection, message_id, self.settings.lease_s, self.settings.rate_inline_wait_s)
         if claim is None:
             # Already done, claimed elsewhere, waiting behind an earlier message, or not due yet
             # (the pacer hands it over when it is).
-            return None, "skipped"
+            return None, "skipped", UNKNOWN
+        word = self._deliver(claim)
+        if isinstance(word, tuple):
+            return claim, "sent", word[1]
+        return claim, word, UNKNOWN
+
+    def _deliver(self, claim: Claim) -> str | tuple[str, uuid.UUID | None]:
+        """Everything after the claim. A send returns ("sent", the conversation's next message)."""
         if claim.account_status == AccountStatus.HALTED:
-            return claim, "account-halted"
-        if refusal is not None:
-            return claim, "refused"
+            # A halted account's messages wait (they are not burned through); resume re-enqueues them.
+            with session_scope() as session:
+                outcomes.release_claim(session, claim)
+            return "account-halted"
+        if refusal := _pre_send_refusal(claim):
+            with session_scope() as session:
+                outcomes.record_failed(session, claim, code=refusal.code, title=refusal.title)
+            return "refused"
 
         # Media is fetched and uploaded before taking a send slot (that can be slow); anything
         # else takes its slot first, so a message that must wait costs no decryption or parsing.
         if not _carries_media(claim.payload) and (deferred := self._wait_for_slot(claim)) is not None:
-            return claim, deferred
+            return deferred
         prepared = self._prepare(claim)
         if isinstance(prepared, str):
-            return claim, prepared
+            return prepared
         token, message, media = prepared
         if media is not None and (deferred := self._wait_for_slot(claim)) is not None:
-            return claim, deferred
+            return deferred
         assert claim.phone_number_id and claim.wa_id
         media_id = media.id if media else None
         body = build_body(message, to=claim.wa_id, callback_data=str(claim.message_id), media_id=media_id)
@@ -134,10 +146,10 @@ class Delivery:
                 # fresh upload (a refusal after that is final).
                 get_media_pipeline(self.settings, self.meta).forget_upload(claim.account_id, media.id)
                 error = Transient(error.title, code=error.code, http_status=error.http_status, details=error.details)
-            return claim, self._handle_error(claim, error)
-        with session_scope() as session:
-            outcomes.record_sent(session, claim, result)
-        return claim, "sent"
+            return self._handle_error(claim, error)
+        with single_statement() as connection:
+            successor = outcomes.record_sent(connection, claim, result)
+        return "sent", successor
 
     def _prepare(self, claim: Claim) -> tuple[str, AnyOutbound, MediaId | None] | str:
         """Token, message and Meta media id; or the outcome word when the message cannot go.

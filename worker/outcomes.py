@@ -1,17 +1,19 @@
 """Writing what happened to a claimed message: status, error, one attempt row, the thread entry.
 
-Each function takes the caller's session and does not commit.
+Each function takes the caller's session and does not commit (``record_sent`` is one statement,
+so an autocommit connection commits it in the same round trip).
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, or_, update
+from sqlalchemy import Connection, Select, Table, Uuid, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from models.enums import AccountStatus, AttemptOutcome, MessageStatus
+from models.enums import CLAIMABLE, AccountStatus, AttemptOutcome, MessageStatus, status_in
 from models.tables import Contact, Conversation, Message, MessageAttempt, WhatsappAccount
 from worker.claim import Claim
 from worker.meta_client import SendResult
@@ -56,21 +58,25 @@ def _thread_status(session: Session, claim: Claim, status: MessageStatus) -> Non
     )
 
 
-def record_sent(session: Session, claim: Claim, result: SendResult) -> None:
-    session.execute(
-        update(Message)
+def _build_sent_statement() -> Select[Any]:
+    # Core tables, not ORM entities: the ORM's bulk-update machinery costs more than the statement.
+    messages, attempts, conversations = (cast(Table, m.__table__) for m in (Message, MessageAttempt, Conversation))
+    message_id = bindparam("p_message_id", type_=Uuid)
+    conversation_id = bindparam("p_conversation_id", type_=Uuid)
+    sent = (
+        update(messages)
         .where(
-            Message.id == claim.message_id,
+            messages.c.id == message_id,
             # A proven send also settles a message the sweeper had marked uncertain.
             or_(
-                Message.status == MessageStatus.SENDING,
-                (Message.status == MessageStatus.FAILED) & (Message.error_code == DELIVERY_UNCERTAIN),
+                messages.c.status == MessageStatus.SENDING,
+                (messages.c.status == MessageStatus.FAILED) & (messages.c.error_code == DELIVERY_UNCERTAIN),
             ),
         )
         .values(
             status=MessageStatus.SENT,
-            wamid=result.wamid,
-            meta_response=result.response,
+            wamid=bindparam("p_wamid"),
+            meta_response=bindparam("p_response", type_=messages.c.meta_response.type),
             sent_at=func.now(),
             **NOT_WAITING,
             error_code=None,
@@ -78,9 +84,65 @@ def record_sent(session: Session, claim: Claim, result: SendResult) -> None:
             error_detail=None,
             failed_at=None,
         )
+        .cte("sent")
     )
-    _attempt(session, claim, AttemptOutcome.SENT, http_status=result.http_status, duration_ms=result.duration_ms)
-    _thread_status(session, claim, MessageStatus.SENT)
+    attempt = (
+        insert(attempts)
+        .values(
+            id=func.gen_random_uuid(),
+            org_id=bindparam("p_org_id", type_=Uuid),
+            message_id=message_id,
+            attempt_no=bindparam("p_attempt_no"),
+            outcome=AttemptOutcome.SENT,
+            http_status=bindparam("p_http_status"),
+            duration_ms=bindparam("p_duration_ms"),
+        )
+        .cte("attempt")
+    )
+    thread = (
+        update(conversations)
+        .where(conversations.c.id == conversation_id, conversations.c.last_message_id == message_id)
+        .values(last_message_status=MessageStatus.SENT)
+        .cte("thread")
+    )
+    successor = (
+        select(messages.c.id)
+        .where(
+            messages.c.conversation_id == conversation_id,
+            messages.c.seq > bindparam("p_seq"),
+            status_in(messages.c.status, CLAIMABLE),
+        )
+        .order_by(messages.c.seq)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return select(successor.label("successor")).add_cte(sent, attempt, thread)
+
+
+# Parameters are named p_*: a parameter named like a column would also be SET by the UPDATEs.
+# Built once (it runs for every message sent): the status, the attempt row, the thread entry and
+# the next message of the conversation, in one round trip.
+SENT_STATEMENT = _build_sent_statement()
+
+
+def record_sent(connection: Connection | Session, claim: Claim, result: SendResult) -> uuid.UUID | None:
+    """Mark the message sent, with its attempt row and thread entry, in one statement.
+
+    Returns the next message of its conversation waiting to be sent, if any."""
+    return connection.execute(
+        SENT_STATEMENT,
+        {
+            "p_message_id": claim.message_id,
+            "p_conversation_id": claim.conversation_id,
+            "p_org_id": claim.org_id,
+            "p_attempt_no": claim.attempt_no,
+            "p_wamid": result.wamid,
+            "p_response": result.response,
+            "p_http_status": result.http_status,
+            "p_duration_ms": result.duration_ms,
+            "p_seq": claim.seq,
+        },
+    ).scalar()
 
 
 def record_retry(
