@@ -124,5 +124,5 @@ def charge(session: Session, request: Request, api_key: ApiKey, org: Organizatio
             ErrorCode.QUOTA_EXCEEDED,
             f"The organization used its {org.monthly_quota} units for {current_month()}; it resets next month (UTC)",
         )
-    touch_key(session, api_key.id)
+    touch_key(session, api_key.id, api_key.last_used_at)
     session.commit()

@@ -13,9 +13,9 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import DateTime, String, Table, Uuid, bindparam, delete, func, null, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -42,28 +42,50 @@ def fingerprint(body: Any) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
+_keys = cast(Table, IdempotencyKey.__table__)
+
+# One round trip for the common case: a new key is inserted, and a key whose answer is older than
+# the TTL (no longer binding) is taken over in place; a live key returns no row.
+_CLAIM_KEY = (
+    pg_insert(_keys)
+    .values(
+        org_id=bindparam("p_org_id", type_=Uuid),
+        surface=bindparam("p_surface", type_=String),
+        key=bindparam("p_key", type_=String),
+        request_sha256=bindparam("p_sha256", type_=String),
+    )
+    .on_conflict_do_update(
+        constraint="uq_idempotency_org_surface_key",
+        set_={
+            "request_sha256": bindparam("p_sha256", type_=String),
+            "state": "in_progress",
+            "response_status": null(),
+            "response_body": null(),
+            "created_at": func.now(),
+        },
+        where=_keys.c.created_at < bindparam("p_expired_before", type_=DateTime(timezone=True)),
+    )
+    .returning(_keys.c.id)
+)
+
+
 def begin(session: Session, *, org_id: uuid.UUID, surface: str, key: str, body: Any, ttl_h: int) -> uuid.UUID | Replay:
     """Claim the key for this request (returns the row id; the caller commits) or replay its answer.
 
     Raises KeyReused or KeyInProgress."""
     digest = fingerprint(body)
-    # An answer older than the TTL no longer binds the key.
-    session.execute(
-        delete(IdempotencyKey).where(
-            IdempotencyKey.org_id == org_id,
-            IdempotencyKey.surface == surface,
-            IdempotencyKey.key == key,
-            IdempotencyKey.created_at < datetime.now(UTC) - timedelta(hours=ttl_h),
-        )
+    claimed = session.scalar(
+        _CLAIM_KEY,
+        {
+            "p_org_id": org_id,
+            "p_surface": surface,
+            "p_key": key,
+            "p_sha256": digest,
+            "p_expired_before": datetime.now(UTC) - timedelta(hours=ttl_h),
+        },
     )
-    inserted = session.scalar(
-        pg_insert(IdempotencyKey)
-        .values(org_id=org_id, surface=surface, key=key, request_sha256=digest)
-        .on_conflict_do_nothing(constraint="uq_idempotency_org_surface_key")
-        .returning(IdempotencyKey.id)
-    )
-    if inserted is not None:
-        return inserted
+    if claimed is not None:
+        return claimed
     row = session.execute(
         select(IdempotencyKey).where(
             IdempotencyKey.org_id == org_id, IdempotencyKey.surface == surface, IdempotencyKey.key == key

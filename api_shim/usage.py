@@ -12,9 +12,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import cast
 
 import redis
-from sqlalchemy import update
+from sqlalchemy import BigInteger, DateTime, String, Table, Uuid, bindparam, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -76,28 +77,37 @@ def current_month(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).strftime("%Y-%m")
 
 
+_org_usage = cast(Table, OrgUsage.__table__)
+_api_keys = cast(Table, ApiKey.__table__)
+
+# Built once, on Core tables (they run on every request).
+_SPEND_UNIT = (
+    pg_insert(_org_usage)
+    .values(org_id=bindparam("p_org_id", type_=Uuid), month=bindparam("p_month", type_=String), used=1)
+    .on_conflict_do_update(
+        index_elements=[_org_usage.c.org_id, _org_usage.c.month],
+        set_={"used": _org_usage.c.used + 1},
+        where=_org_usage.c.used < bindparam("p_quota", type_=BigInteger),
+    )
+    .returning(_org_usage.c.used)
+)
+_TOUCH_KEY = (
+    update(_api_keys)
+    .where(_api_keys.c.id == bindparam("p_key_id", type_=Uuid))
+    .values(last_used_at=bindparam("p_now", type_=DateTime(timezone=True)))
+)
+
+
 def spend_unit(session: Session, org_id: uuid.UUID, quota: int) -> int | None:
     """Count one unit; returns the units used this month, or None when the quota is used up."""
     if quota <= 0:
         return None
-    statement = (
-        pg_insert(OrgUsage)
-        .values(org_id=org_id, month=current_month(), used=1)
-        .on_conflict_do_update(
-            index_elements=[OrgUsage.org_id, OrgUsage.month],
-            set_={"used": OrgUsage.used + 1},
-            where=OrgUsage.used < quota,
-        )
-        .returning(OrgUsage.used)
-    )
-    return session.scalar(statement)
+    return session.scalar(_SPEND_UNIT, {"p_org_id": org_id, "p_month": current_month(), "p_quota": quota})
 
 
-def touch_key(session: Session, key_id: uuid.UUID) -> None:
+def touch_key(session: Session, key_id: uuid.UUID, last_used_at: datetime | None) -> None:
     """Record that the key was used, at most about once a minute (not a write per request)."""
-    session.execute(
-        update(ApiKey)
-        .where(ApiKey.id == key_id)
-        .where((ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at < datetime.now(UTC).replace(second=0)))
-        .values(last_used_at=datetime.now(UTC))
-    )
+    now = datetime.now(UTC)
+    if last_used_at is not None and last_used_at >= now.replace(second=0, microsecond=0):
+        return
+    session.execute(_TOUCH_KEY, {"p_key_id": key_id, "p_now": now})

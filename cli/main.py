@@ -16,6 +16,10 @@ from models.settings import get_settings
 SEED_MEDIA_HOSTS = ("example.com", "cdn.example.com")
 
 
+# Connections per worker process by default (plus as many overflow).
+WORKER_DB_POOL_CAP = 16
+
+
 @click.group()
 def cli() -> None:
     """wadispatch: queue-backed WhatsApp message dispatch."""
@@ -68,9 +72,10 @@ def worker(ctx: click.Context, pool: str | None, concurrency: int | None) -> Non
     settings = get_settings()
     threads = concurrency or settings.worker_concurrency
     if "WADISPATCH_DATABASE_POOL_SIZE" not in os.environ:
-        # One connection per thread, plus the pacer and beat's sweeps: a smaller pool makes
-        # threads open and close overflow connections all the time.
-        os.environ["WADISPATCH_DATABASE_POOL_SIZE"] = str(threads + 4)
+        # A task holds a connection only for a statement at a time (claim, result), so a few
+        # connections serve many threads; the cap keeps two workers and the API well inside
+        # Postgres's default max_connections (100) even with every overflow connection open.
+        os.environ["WADISPATCH_DATABASE_POOL_SIZE"] = str(min(threads + 4, WORKER_DB_POOL_CAP))
         get_settings.cache_clear()
     from worker.celery_app import WORKER_QUEUES, app
 

@@ -2,25 +2,63 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.settings import get_settings
+
+T = TypeVar("T")
+
+
+# A pooled connection idle longer than this is checked with a round trip before use.
+PING_AFTER_IDLE_S = 10.0
 
 
 @lru_cache(maxsize=1)
 def get_engine() -> Engine:
     settings = get_settings()
-    return create_engine(
+    engine = create_engine(
         settings.database_url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
-        pool_pre_ping=True,
     )
+    _ping_idle_connections(engine)
+    return engine
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Like pool_pre_ping, but only for connections that sat idle: a busy worker checks out a
+    connection several times per message, and a ping each time was a fifth of its database work.
+    A connection in steady use has just proven itself; one idle past PING_AFTER_IDLE_S (or never
+    used) may have been cut by a restart or a proxy, and is replaced before the caller sees it."""
+
+    @event.listens_for(engine.pool, "checkin")
+    def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine.pool, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        checked_in_at = record.info.get("checked_in_at")
+        if checked_in_at is not None and time.monotonic() - checked_in_at < PING_AFTER_IDLE_S:
+            return
+        try:
+            _ping(dbapi_connection)
+        except Exception as error:
+            # The pool discards this connection and checks out (or opens) another one.
+            raise exc.DisconnectionError(f"stale pooled connection: {type(error).__name__}") from error
+
+
+def _ping(dbapi_connection: Any) -> None:
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    if not dbapi_connection.autocommit:
+        dbapi_connection.rollback()
 
 
 @lru_cache(maxsize=1)
@@ -34,12 +72,21 @@ def _autocommit_engine() -> Engine:
     return get_engine().execution_options(isolation_level="AUTOCOMMIT")
 
 
-@contextmanager
-def single_statement() -> Iterator[Connection]:
-    """A connection for work that is one statement (its own transaction): the send path's claim
-    and result writes, where BEGIN and COMMIT would double the round trips to Postgres."""
-    with _autocommit_engine().connect() as connection:
-        yield connection
+def run_single_statement(work: Callable[[Connection], T]) -> T:
+    """Run ``work`` (one statement: its own transaction) on an autocommit connection, which saves
+    the BEGIN and COMMIT round trips on the send path's claim and result writes.
+
+    If the connection turns out dead (the database restarted while it sat in the pool), SQLAlchemy
+    replaces the pool and ``work`` runs once more on a fresh connection: pass only statements that
+    are safe to repeat."""
+    for attempt in (1, 2):
+        try:
+            with _autocommit_engine().connect() as connection:
+                return work(connection)
+        except exc.DBAPIError as error:
+            if attempt == 2 or not error.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")
 
 
 @contextmanager

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import after_setup_logger, worker_process_init
 
 from models.db import reset_engine
 from models.settings import get_settings
@@ -64,6 +65,15 @@ app = create_celery()
 def _fresh_connections_after_fork(**_: object) -> None:
     # A forked child must not share the parent's database sockets.
     reset_engine()
+
+
+@after_setup_logger.connect
+def _one_line_per_message(loglevel: int, **_: object) -> None:
+    # Celery logs "received" and "succeeded" for every task at INFO, and the send task logs its own
+    # outcome line: above DEBUG, keep just ours (failures still show: they are logged as errors).
+    if loglevel > logging.DEBUG:
+        for name in ("celery.worker.strategy", "celery.app.trace"):
+            logging.getLogger(name).setLevel(max(loglevel, logging.WARNING))
 
 
 def enqueue_send(message_id: uuid.UUID) -> None:

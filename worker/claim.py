@@ -107,7 +107,7 @@ CLAIM_STATEMENT = _build_claim_statement()
 def claim_message(session: Session | Connection, message_id: uuid.UUID, lease_s: int, early_s: float) -> Claim | None:
     """Claim the message if it is due within ``early_s`` (the caller waits out the rest).
 
-    One statement: on an autocommit connection (models.db.single_statement) the claim is
+    One statement: on an autocommit connection (models.db.run_single_statement) the claim is
     committed by the same round trip that makes it."""
     row = session.execute(
         CLAIM_STATEMENT,

@@ -13,7 +13,7 @@ from cryptography.fernet import InvalidToken
 from pydantic import ValidationError
 
 from models.crypto import decrypt_token
-from models.db import session_scope, single_statement
+from models.db import run_single_statement, session_scope
 from models.enums import AccountStatus, SourceApi
 from models.outbound import AnyOutbound, outbound_adapter
 from models.settings import Settings
@@ -102,8 +102,8 @@ class Delivery:
     # -- the steps ------------------------------------------------------------------------
 
     def _run(self, message_id: uuid.UUID) -> tuple[Claim | None, str, uuid.UUID | _Unknown | None]:
-        with single_statement() as connection:
-            claim = claim_message(connection, message_id, self.settings.lease_s, self.settings.rate_inline_wait_s)
+        s = self.settings
+        claim = run_single_statement(lambda db: claim_message(db, message_id, s.lease_s, s.rate_inline_wait_s))
         if claim is None:
             # Already done, claimed elsewhere, waiting behind an earlier message, or not due yet
             # (the pacer hands it over when it is).
@@ -147,8 +147,7 @@ class Delivery:
                 get_media_pipeline(self.settings, self.meta).forget_upload(claim.account_id, media.id)
                 error = Transient(error.title, code=error.code, http_status=error.http_status, details=error.details)
             return self._handle_error(claim, error)
-        with single_statement() as connection:
-            successor = outcomes.record_sent(connection, claim, result)
+        successor = run_single_statement(lambda db: outcomes.record_sent(db, claim, result))
         return "sent", successor
 
     def _prepare(self, claim: Claim) -> tuple[str, AnyOutbound, MediaId | None] | str:

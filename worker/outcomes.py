@@ -10,7 +10,21 @@ import uuid
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Select, Table, Uuid, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Float,
+    Integer,
+    Select,
+    Table,
+    Uuid,
+    bindparam,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from models.enums import CLAIMABLE, AccountStatus, AttemptOutcome, MessageStatus, status_in
@@ -84,18 +98,24 @@ def _build_sent_statement() -> Select[Any]:
             error_detail=None,
             failed_at=None,
         )
+        .returning(messages.c.id, messages.c.org_id)
         .cte("sent")
     )
+    # Written only when the message row changed, so running the statement again (after a lost
+    # connection) adds no second attempt row.
     attempt = (
         insert(attempts)
-        .values(
-            id=func.gen_random_uuid(),
-            org_id=bindparam("p_org_id", type_=Uuid),
-            message_id=message_id,
-            attempt_no=bindparam("p_attempt_no"),
-            outcome=AttemptOutcome.SENT,
-            http_status=bindparam("p_http_status"),
-            duration_ms=bindparam("p_duration_ms"),
+        .from_select(
+            ["id", "org_id", "message_id", "attempt_no", "outcome", "http_status", "duration_ms"],
+            select(
+                func.gen_random_uuid(),
+                sent.c.org_id,
+                sent.c.id,
+                bindparam("p_attempt_no", type_=Integer),
+                literal(AttemptOutcome.SENT.value),
+                bindparam("p_http_status", type_=Integer),
+                bindparam("p_duration_ms", type_=Float),
+            ),
         )
         .cte("attempt")
     )
@@ -134,7 +154,6 @@ def record_sent(connection: Connection | Session, claim: Claim, result: SendResu
         {
             "p_message_id": claim.message_id,
             "p_conversation_id": claim.conversation_id,
-            "p_org_id": claim.org_id,
             "p_attempt_no": claim.attempt_no,
             "p_wamid": result.wamid,
             "p_response": result.response,

@@ -1,0 +1,25 @@
+"""The entry point decides on gevent monkey-patching before anything else is imported."""
+
+from __future__ import annotations
+
+from cli.entry import DEFAULT_WORKER_POOL, pool_requested
+from models.settings import Settings
+
+
+def test_default_pool_agrees_with_the_setting() -> None:
+    assert Settings.model_fields["worker_pool"].default == DEFAULT_WORKER_POOL
+
+
+def test_only_worker_commands_ask_for_a_pool() -> None:
+    assert pool_requested(["api"], {}) is None
+    assert pool_requested(["run"], {"WADISPATCH_WORKER_POOL": "gevent"}) is None
+    assert pool_requested([], {}) is None
+
+
+def test_command_line_wins_over_the_setting() -> None:
+    env = {"WADISPATCH_WORKER_POOL": "threads"}
+    assert pool_requested(["worker", "--pool=gevent"], env) == "gevent"
+    assert pool_requested(["worker", "--pool", "gevent"], env) == "gevent"
+    assert pool_requested(["worker", "-P", "gevent"], env) == "gevent"
+    assert pool_requested(["worker"], {"WADISPATCH_WORKER_POOL": "gevent"}) == "gevent"
+    assert pool_requested(["worker"], {}) == DEFAULT_WORKER_POOL

@@ -1,0 +1,61 @@
+"""Pooled connections that the database cut (a restart, an admin) are replaced, not failed on."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from models import db
+
+
+def _cut(pid: int) -> bool:
+    """Terminate one server process, as a restart would (only ours: the API and workers of the
+    running stack share the database)."""
+    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        cut = conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+    admin.dispose()
+    return bool(cut)
+
+
+@pytest.fixture
+def fresh_engine(database: str):
+    db.reset_engine()
+    yield db.get_engine()
+    db.reset_engine()
+
+
+def _backend_pid(connection) -> int:
+    return int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def test_single_statement_runs_again_on_a_fresh_connection_after_a_cut(fresh_engine) -> None:
+    before = db.run_single_statement(_backend_pid)
+    # Used a moment ago, so the checkout does not ping it: the statement itself finds it dead.
+    assert _cut(before)
+    after = db.run_single_statement(_backend_pid)
+    assert after != before
+
+
+def test_a_connection_idle_past_the_threshold_is_pinged_and_replaced(fresh_engine, monkeypatch) -> None:
+    with db.session_scope() as session:
+        before = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    assert _cut(before)
+    # Pretend it sat in the pool for longer than the threshold.
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", -1.0)
+    with db.session_scope() as session:
+        after = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    assert after != before
+
+
+def test_only_a_new_or_idle_connection_is_pinged(fresh_engine, monkeypatch) -> None:
+    pings: list[object] = []
+    real_ping = db._ping
+    monkeypatch.setattr(db, "_ping", lambda conn: (pings.append(conn), real_ping(conn)))
+    db.run_single_statement(_backend_pid)
+    assert len(pings) == 1  # a new connection is checked once
+    db.run_single_statement(_backend_pid)
+    assert len(pings) == 1  # back from the pool a moment later: no extra round trip
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", -1.0)
+    db.run_single_statement(_backend_pid)
+    assert len(pings) == 2
