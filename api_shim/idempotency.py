@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import DateTime, String, Table, Uuid, bindparam, delete, func, null, select, update
+from sqlalchemy import DateTime, Integer, String, Table, Uuid, bindparam, delete, func, null, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -98,12 +98,19 @@ def begin(session: Session, *, org_id: uuid.UUID, surface: str, key: str, body: 
     return Replay(row.response_status, row.response_body)
 
 
+_RECORD_ANSWER = (
+    update(_keys)
+    .where(_keys.c.id == bindparam("p_id", type_=Uuid))
+    .values(
+        state="done",
+        response_status=bindparam("p_status", type_=Integer),
+        response_body=bindparam("p_body", type_=_keys.c.response_body.type),
+    )
+)
+
+
 def finish(session: Session, row_id: uuid.UUID, status: int, body: dict[str, Any]) -> None:
     if status >= 500:
         session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == row_id))
         return
-    session.execute(
-        update(IdempotencyKey)
-        .where(IdempotencyKey.id == row_id)
-        .values(state="done", response_status=status, response_body=body)
-    )
+    session.execute(_RECORD_ANSWER, {"p_id": row_id, "p_status": status, "p_body": body})

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     worker_pool: Literal["threads", "prefork", "solo", "gevent"] = "threads"
     # Threads per worker process: enough Meta calls in flight to fill its share of the CPU at
     # 200 ms a call (bench/throughput.py measured the choice; see README "Throughput").
-    worker_concurrency: int = Field(default=64, ge=1)
+    worker_concurrency: int = Field(default=32, ge=1)
 
     # Delivery policy
     retry_base_s: float = Field(default=2.0, gt=0)
