@@ -113,7 +113,8 @@ class Services:
         return httpx.get(f"{self.sandbox_url}/_sandbox/messages", params=params, timeout=60).json()
 
     def sandbox_count(self) -> int:
-        return int(httpx.get(f"{self.sandbox_url}/_sandbox/messages", timeout=60).json()["count"])
+        answer = httpx.get(f"{self.sandbox_url}/_sandbox/messages", params={"include_data": "false"}, timeout=60)
+        return int(answer.json()["count"])
 
 
 def _children(pid: int) -> list[int]:

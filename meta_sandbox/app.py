@@ -151,14 +151,16 @@ def create_app(latency_ms: float = 0.0) -> FastAPI:
         return {"forgotten": forgotten}
 
     @app.get("/_sandbox/messages")
-    async def list_messages(phone_number_id: str | None = None) -> dict[str, Any]:
+    async def list_messages(phone_number_id: str | None = None, include_data: bool = True) -> dict[str, Any]:
+        """What was received (``include_data=false``: only the counts, cheap enough to poll)."""
         items = [m for m in state.received if phone_number_id in (None, m["phone_number_id"])]
         calls = state.calls.get(phone_number_id, 0) if phone_number_id else sum(state.calls.values())
         errors: Counter[int] = Counter()
         for number, counted in state.answered_errors.items():
             if phone_number_id in (None, number):
                 errors.update(counted)
-        return {"data": items, "count": len(items), "calls": calls, "errors": {str(k): v for k, v in errors.items()}}
+        answer = {"count": len(items), "calls": calls, "errors": {str(k): v for k, v in errors.items()}}
+        return {"data": items, **answer} if include_data else answer
 
     @app.delete("/_sandbox/messages")
     async def clear_messages() -> dict[str, int]:
