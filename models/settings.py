@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     rate_inline_wait_s: float = Field(default=1.0, ge=0)
     # Time a request may take to reach Meta: the send gate leaves this much of the burst unused,
     # so Meta's own count of any second stays within mps + burst.
-    rate_jitter_s: float = Field(default=0.025, ge=0)
+    rate_jitter_s: float = Field(default=0.03, ge=0)
     # How often each worker's pacer hands due messages (rate slots, retries) to the broker.
     pacer_interval_s: float = Field(default=0.1, gt=0)
     # Slots are reserved at most this far ahead (kept well below the broker visibility timeout).
