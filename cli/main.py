@@ -20,6 +20,11 @@ SEED_MEDIA_HOSTS = ("example.com", "cdn.example.com")
 WORKER_DB_POOL_CAP = 16
 
 
+def worker_db_pool_size(threads: int) -> int:
+    """One connection per thread plus the pacer's and the sweep's, up to WORKER_DB_POOL_CAP."""
+    return min(threads + 4, WORKER_DB_POOL_CAP)
+
+
 @click.group()
 def cli() -> None:
     """wadispatch: queue-backed WhatsApp message dispatch."""
@@ -75,7 +80,7 @@ def worker(ctx: click.Context, pool: str | None, concurrency: int | None) -> Non
         # A task holds a connection only for a statement at a time (claim, result), so a few
         # connections serve many threads; the cap keeps two workers and the API well inside
         # Postgres's default max_connections (100) even with every overflow connection open.
-        os.environ["WADISPATCH_DATABASE_POOL_SIZE"] = str(min(threads + 4, WORKER_DB_POOL_CAP))
+        os.environ["WADISPATCH_DATABASE_POOL_SIZE"] = str(worker_db_pool_size(threads))
         get_settings.cache_clear()
     from worker.celery_app import WORKER_QUEUES, app
 

@@ -23,3 +23,12 @@ def test_command_line_wins_over_the_setting() -> None:
     assert pool_requested(["worker", "-P", "gevent"], env) == "gevent"
     assert pool_requested(["worker"], {"WADISPATCH_WORKER_POOL": "gevent"}) == "gevent"
     assert pool_requested(["worker"], {}) == DEFAULT_WORKER_POOL
+
+
+def test_worker_database_pool_follows_threads_up_to_the_cap() -> None:
+    from cli.main import WORKER_DB_POOL_CAP, worker_db_pool_size
+
+    assert worker_db_pool_size(8) == 12
+    assert worker_db_pool_size(32) == WORKER_DB_POOL_CAP == 16
+    # Two default workers and the API, every overflow connection open, stay under Postgres's 100.
+    assert 2 * 2 * worker_db_pool_size(Settings().worker_concurrency) + 2 * Settings().database_pool_size < 100
