@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -25,6 +26,8 @@ from models.outbound import CAPTION_MAX, TEXT_MAX, AnyOutbound, MediaMessage, Te
 from models.phones import is_valid_e164
 from models.settings import get_settings
 from models.tables import Contact, Message, WhatsappAccount
+
+log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
 router = APIRouter(prefix=PREFIX + "/whatsapp", tags=["FlowEstate WhatsApp"])
@@ -272,8 +275,13 @@ def _send_once(body: SendIn, session: Session, caller: Caller, idempotency_key: 
         idempotency.finish(session, claimed, 500, {})
         session.commit()
         raise
-    idempotency.finish(session, claimed, response.status_code, json.loads(bytes(response.body)))
-    session.commit()
+    try:
+        idempotency.finish(session, claimed, response.status_code, json.loads(bytes(response.body)))
+        session.commit()
+    except Exception:
+        # The message is stored and queued: its answer stands. The key stays "in progress" (a
+        # retry is told so, and sends nothing twice) until its TTL ends.
+        log.exception("message accepted, but its Idempotency-Key answer could not be stored")
     return response
 
 

@@ -16,7 +16,7 @@ from models.settings import get_settings
 SEED_MEDIA_HOSTS = ("example.com", "cdn.example.com")
 
 
-# Connections per worker process by default (plus as many overflow).
+# Connections per worker process by default (a hard cap, see models/db.py).
 WORKER_DB_POOL_CAP = 16
 
 
@@ -79,7 +79,7 @@ def worker(ctx: click.Context, pool: str | None, concurrency: int | None) -> Non
     if "WADISPATCH_DATABASE_POOL_SIZE" not in os.environ:
         # A task holds a connection only for a statement at a time (claim, result), so a few
         # connections serve many threads; the cap keeps two workers and the API well inside
-        # Postgres's default max_connections (100) even with every overflow connection open.
+        # Postgres's default max_connections (100).
         os.environ["WADISPATCH_DATABASE_POOL_SIZE"] = str(worker_db_pool_size(threads))
         get_settings.cache_clear()
     from worker.celery_app import WORKER_QUEUES, app

@@ -25,8 +25,10 @@ def get_engine() -> Engine:
     settings = get_settings()
     engine = create_engine(
         settings.database_url,
+        # A hard cap per process: past it a thread waits (up to 30 s) for a free connection
+        # instead of opening one more, so the processes together stay within max_connections.
         pool_size=settings.database_pool_size,
-        max_overflow=settings.database_pool_size,
+        max_overflow=0,
     )
     _ping_idle_connections(engine)
     return engine
