@@ -29,6 +29,7 @@ def test_worker_database_pool_follows_threads_up_to_the_cap() -> None:
     from cli.main import WORKER_DB_POOL_CAP, worker_db_pool_size
 
     assert worker_db_pool_size(8) == 12
-    assert worker_db_pool_size(32) == WORKER_DB_POOL_CAP == 16
+    assert worker_db_pool_size(32) == WORKER_DB_POOL_CAP == 36
+    assert worker_db_pool_size(100) == WORKER_DB_POOL_CAP
     # Two default workers and two API processes, every connection open, stay under Postgres's 100.
     assert 2 * worker_db_pool_size(Settings().worker_concurrency) + 2 * Settings().database_pool_size < 100
