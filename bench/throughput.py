@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -50,8 +51,11 @@ def main() -> None:
     parser.add_argument("--api-workers", type=int, default=2, help="API processes (uvicorn --workers)")
     parser.add_argument("--clients", type=int, default=64, help="concurrent HTTP clients")
     parser.add_argument("--noop-tasks", type=int, default=5000)
+    parser.add_argument("--floor-tasks", type=int, default=5000, help="one-call tasks for the delivery floor")
     parser.add_argument("--latency-seconds", type=float, default=15.0, help="length of phase 5")
     args = parser.parse_args()
+    # A bench stopped from outside (timeout, Ctrl-C) still stops the processes it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     env = {
         "WADISPATCH_ENV": "test",
@@ -75,9 +79,12 @@ def main() -> None:
     worker_options = dict(pool=args.pool, concurrency=args.concurrency)
 
     with Services(env, log_dir) as services:
-        ceiling = engine_ceiling(services, args, worker_options)
+        services.start_sandbox(latency_ms=args.latency_ms, pair_interval_s=0)
+        ceiling, floor, floor_errors, engine_cpu = engine_ceiling(services, args, worker_options)
     redis.Redis.from_url(env["WADISPATCH_REDIS_URL"]).flushdb()
-    bare = bare_ingest(args, processes=args.api_workers or 1)
+    bare = reference_ingest(args, "bench.bare_app:app")
+    create_floor_table()
+    ingest_floor = reference_ingest(args, "bench.floor_app:app")
 
     with Services(env, log_dir) as services:
         services.start_sandbox(latency_ms=args.latency_ms, pair_interval_s=0)
@@ -113,16 +120,29 @@ def main() -> None:
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
 
     print(f"engine ceiling        : {ceiling:8.1f} no-op tasks/s")
+    print(
+        f"delivery floor        : {floor:8.1f} tasks/s making one Meta call each "
+        f"({floor / ceiling:.2f} of the ceiling, {floor_errors} errors)"
+    )
     print(f"bare FastAPI ingest   : {bare:8.1f} requests/s")
+    print(
+        f"ingest floor          : {ingest_floor:8.1f} requests/s doing one INSERT + one LPUSH "
+        f"({ingest_floor / bare:.2f} of bare)"
+    )
     print(f"ingest (shim)         : {ingest:8.1f} requests/s ({len(ids)} accepted, {errors} errors)")
-    print(f"ingest vs bare        : {ingest / bare:8.2f}")
-    print(f"delivery              : {delivery:8.1f} messages/s ({len(times)} reached the sandbox)")
+    print(f"ingest vs bare        : {ingest / bare:8.2f} (vs floor {ingest / ingest_floor:.2f})")
+    print(
+        f"delivery              : {delivery:8.1f} messages/s ({len(times)} reached the sandbox; "
+        f"{delivery / floor:.2f} of the floor)"
+    )
     print(f"worker RSS            : {' / '.join(f'{r:.0f}' for r in rss)} MB")
     print(
         f"latency at {offered:.0f}/s     : p50 {quantiles[49]:.2f} s, p95 {quantiles[94]:.2f} s, "
         f"p99 {quantiles[98]:.2f} s ({len(latencies)} sent of {len(live_ids)} accepted, {live_errors} errors)"
     )
     print(f"lost / duplicated     : {len(all_ids - set(by_id))} / {sum(1 for c in by_id.values() if c > 1)}")
+    print(f"CPU ms per task       : no-op {cpu_report(engine_cpu[0], args.noop_tasks)}")
+    print(f"                        floor {cpu_report(engine_cpu[1], args.floor_tasks)}")
     print(f"CPU ms per message    : ingest {cpu_report(ingest_cpu, len(ids))}")
     print(f"                        delivery {cpu_report(delivery_cpu, len(times))}")
     print(f"bench ran             : {time.monotonic() - started:.0f} s (client CPU {cpu_seconds(os.getpid()):.0f} s)")
@@ -134,28 +154,67 @@ def cpu_report(spent: dict[str, float], messages: int) -> str:
     return ", ".join(parts) + f" = {sum(spent.values()) * 1000 / max(1, messages):.2f}"
 
 
-def engine_ceiling(services: Any, args: argparse.Namespace, worker_options: dict[str, Any]) -> float:
+def engine_ceiling(
+    services: Any, args: argparse.Namespace, worker_options: dict[str, Any]
+) -> tuple[float, float, int, tuple[dict[str, float], dict[str, float]]]:
+    """The engine's ceiling (no-op tasks/s), then the delivery floor: tasks that each make one call
+    to the sandbox through the worker's Meta client and do nothing else — what a one-task-a-message
+    design could reach if everything but the call itself cost nothing. Returns (ceiling, floor,
+    floor errors, CPU seconds of each phase); both run on the same worker processes."""
     import redis
 
+    from bench.cpu import CpuMeter
     from worker.celery_app import app
 
-    counter = f"bench:noop:{uuid.uuid4().hex}"
+    client: Any = redis.Redis.from_url(os.environ["WADISPATCH_REDIS_URL"])  # its stubs mix sync and async
+    noop_counter, call_counter = f"bench:noop:{uuid.uuid4().hex}", f"bench:call:{uuid.uuid4().hex}"
     with app.producer_or_acquire() as producer:
         for _ in range(args.noop_tasks):
-            app.send_task("wadispatch.noop", args=[counter], queue="wadispatch.bench", producer=producer)
-    client = redis.Redis.from_url(os.environ["WADISPATCH_REDIS_URL"])
+            app.send_task("wadispatch.noop", args=[noop_counter], queue="wadispatch.bench", producer=producer)
     services.start_workers(args.workers, extra=["-Q", "wadispatch.bench"], **worker_options)
+    meter = CpuMeter({"workers": services.pids("worker"), "sandbox": services.pids("sandbox")})
+    meter.start()
+    ceiling = _drain_rate(client, noop_counter, args.noop_tasks)
+    ceiling_cpu = meter.since()
+
+    numbers = [f"9{n:03d}{uuid.uuid4().int % 10**8:08d}" for n in range(40)]
+    with app.producer_or_acquire() as producer:
+        for n in range(args.floor_tasks):
+            app.send_task(
+                "wadispatch.bench_call",
+                args=[call_counter, numbers[n % len(numbers)], n],
+                queue="wadispatch.bench",
+                producer=producer,
+            )
+    meter.start()
+    floor = _drain_rate(client, call_counter, args.floor_tasks)
+    floor_cpu = meter.since()
+    return ceiling, floor, int(client.get(f"{call_counter}:errors") or 0), (ceiling_cpu, floor_cpu)
+
+
+def _drain_rate(client: Any, counter: str, total: int) -> float:
+    """Tasks/s from the first counted task to the last (start-up is not counted)."""
     first = None
-    while (done := int(client.get(counter) or 0)) < args.noop_tasks:
+    while (done := int(client.get(counter) or 0)) < total:
         if first is None and done > 0:
             first = (time.monotonic(), done)
         time.sleep(0.02)
     assert first is not None
-    return (args.noop_tasks - first[1]) / (time.monotonic() - first[0])
+    return (total - first[1]) / (time.monotonic() - first[0])
 
 
-def bare_ingest(args: argparse.Namespace, processes: int) -> float:
-    """The same client against an endpoint that does nothing, served by as many processes."""
+def create_floor_table() -> None:
+    from sqlalchemy import text
+
+    from bench.floor_app import CREATE_TABLE
+    from models.db import session_scope
+
+    with session_scope() as session:
+        session.execute(text(CREATE_TABLE))
+
+
+def reference_ingest(args: argparse.Namespace, app_path: str) -> float:
+    """The same client against a reference endpoint, served by as many processes as the shim."""
     from tests.support.processes import free_port, http_ok
 
     port = free_port()
@@ -164,11 +223,11 @@ def bare_ingest(args: argparse.Namespace, processes: int) -> float:
             sys.executable,
             "-m",
             "uvicorn",
-            "bench.bare_app:app",
+            app_path,
             "--port",
             str(port),
             "--workers",
-            str(processes),
+            str(args.api_workers or 1),
             "--log-level",
             "warning",
         ],
@@ -179,7 +238,7 @@ def bare_ingest(args: argparse.Namespace, processes: int) -> float:
         deadline = time.monotonic() + 20
         while not ready() and time.monotonic() < deadline:
             time.sleep(0.1)
-        body = {"leadId": str(uuid.uuid4()), "whatsappAccountId": str(uuid.uuid4()), "message": "bare"}
+        body = {"leadId": str(uuid.uuid4()), "whatsappAccountId": str(uuid.uuid4()), "message": "reference"}
         rate, _, _ = asyncio.run(post_many(f"http://127.0.0.1:{port}", [({}, body)] * 5000, args.clients))
     finally:
         proc.terminate()
@@ -209,12 +268,13 @@ def create_tenant(accounts: int, leads: int) -> tuple[str, list[tuple[uuid.UUID,
             ).id
             for index in range(accounts)
         ]  # fmt: skip
+        lead_ids = [uuid.uuid4() for _ in range(leads)]
         rows = []
-        for n in range(leads):
+        for n, lead_id in enumerate(lead_ids):
             phone = f"+1809{3000000 + n}"
-            rows.append({"id": uuid.uuid4(), "org_id": org.id, "phone_e164": phone, "wa_id": wa_id_of(phone)})
+            rows.append({"id": lead_id, "org_id": org.id, "phone_e164": phone, "wa_id": wa_id_of(phone)})
         session.execute(insert(Contact), rows)
-    return key, [(account_ids[n % accounts], row["id"]) for n, row in enumerate(rows)]
+    return key, [(account_ids[n % accounts], lead_id) for n, lead_id in enumerate(lead_ids)]
 
 
 def send_requests(key: str, pairs: list[tuple[uuid.UUID, uuid.UUID]]) -> list[tuple[dict[str, str], dict[str, str]]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.settings import get_settings
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 # A pooled connection idle longer than this is checked with a round trip before use.
@@ -74,21 +77,44 @@ def _autocommit_engine() -> Engine:
     return get_engine().execution_options(isolation_level="AUTOCOMMIT")
 
 
-def run_single_statement(work: Callable[[Connection], T]) -> T:
+def run_single_statement(work: Callable[[Connection], T], *, patience_s: float = 0.0) -> T:
     """Run ``work`` (one statement: its own transaction) on an autocommit connection, which saves
     the BEGIN and COMMIT round trips on the send path's claim and result writes.
 
     If the connection turns out dead (the database restarted while it sat in the pool), SQLAlchemy
-    replaces the pool and ``work`` runs once more on a fresh connection: pass only statements that
-    are safe to repeat."""
-    for attempt in (1, 2):
+    replaces the pool and ``work`` runs once more on a fresh connection. With ``patience_s``, a
+    database that cannot be reached or refuses the statement for operational reasons (refused
+    connection, too many clients, a restart in progress, a deadlock) is tried again with doubling
+    pauses for up to that long. Pass only statements that are safe to repeat."""
+    deadline = time.monotonic() + patience_s
+    pause = FIRST_PAUSE_S
+    reran_after_cut = False
+    while True:
         try:
             with _autocommit_engine().connect() as connection:
                 return work(connection)
         except exc.DBAPIError as error:
-            if attempt == 2 or not error.connection_invalidated:
+            if error.connection_invalidated and not reran_after_cut:
+                reran_after_cut = True
+                continue
+            if not isinstance(error, exc.OperationalError) or time.monotonic() + pause > deadline:
                 raise
-    raise AssertionError("unreachable")
+            log.warning("database unavailable (%s); trying again in %.1f s", describe_database_error(error), pause)
+        time.sleep(pause)
+        pause = min(pause * 2, MAX_PAUSE_S)
+
+
+# Pauses between tries while the database is unavailable (run_single_statement's patience).
+FIRST_PAUSE_S = 0.1
+MAX_PAUSE_S = 2.0
+
+
+def describe_database_error(error: Exception) -> str:
+    """One line for the log: the driver's reason (it names the server and the cause, never the
+    statement's parameters), or the error's type."""
+    orig = getattr(error, "orig", None)
+    reason = str(orig).strip().splitlines()[0][:200] if orig is not None and str(orig).strip() else ""
+    return reason or type(error).__name__
 
 
 @contextmanager

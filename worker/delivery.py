@@ -21,7 +21,7 @@ from worker import outcomes
 from worker.backoff import compute_backoff
 from worker.claim import Claim, claim_message, next_in_conversation
 from worker.media.pipeline import MediaId, get_media_pipeline, media_ref
-from worker.meta_client import MetaClient
+from worker.meta_client import MetaClient, SendResult
 from worker.meta_errors import (
     MARKETING_OPT_OUT_CODE,
     AccountBroken,
@@ -151,8 +151,23 @@ class Delivery:
                 get_media_pipeline(self.settings, self.meta).forget_upload(claim.account_id, media.id)
                 error = Transient(error.title, code=error.code, http_status=error.http_status, details=error.details)
             return self._handle_error(claim, error)
-        successor = run_single_statement(lambda db: outcomes.record_sent(db, claim, result))
-        return "sent", successor
+        return "sent", self._record_sent(claim, result)
+
+    def _record_sent(self, claim: Claim, result: SendResult) -> uuid.UUID | None:
+        """Meta has the message: keep trying to say so for half the lease (the write is safe to
+        repeat), so a database blip does not turn a sent message into DELIVERY_UNCERTAIN."""
+        try:
+            return run_single_statement(
+                lambda db: outcomes.record_sent(db, claim, result), patience_s=self.settings.lease_s / 2
+            )
+        except Exception:
+            log.error(
+                "message %s reached Meta as %s but its result could not be written; "
+                "the sweeper will mark it DELIVERY_UNCERTAIN when its lease ends",
+                claim.message_id,
+                result.wamid,
+            )
+            raise
 
     def _prepare(self, claim: Claim) -> tuple[str, AnyOutbound, MediaId | None] | str:
         """Token, message and Meta media id; or the outcome word when the message cannot go.

@@ -8,10 +8,13 @@ import uuid
 from functools import lru_cache
 
 import redis
+from celery import Task
 from celery.signals import worker_ready, worker_shutdown
+from sqlalchemy import exc as sqlalchemy_exc
 
-from models.db import session_scope
+from models.db import describe_database_error, session_scope
 from models.settings import get_settings
+from worker.backoff import compute_backoff
 from worker.celery_app import SEND_TASK, SWEEP_TASK, app, enqueue_due, enqueue_send
 from worker.delivery import Delivery
 from worker.meta_client import get_meta_client
@@ -36,10 +39,34 @@ def _get_delivery() -> Delivery:
         return _delivery
 
 
-@app.task(name=SEND_TASK)
-def send_message(message_id: str, **_earlier_kwargs: object) -> str:
+# The database could not be reached, refused the connection (too many clients, a restart) or the
+# process's pool stayed full: nothing was claimed, or the claim's lease protects the message, so
+# running the task again shortly is safe — and far sooner than the sweeper would.
+DATABASE_UNAVAILABLE = (sqlalchemy_exc.OperationalError, sqlalchemy_exc.TimeoutError)
+# Tries of one task while the database is unavailable, and the pauses between them (full jitter):
+# up to about four minutes in all; past that the sweeper re-enqueues the message.
+DATABASE_RETRIES = 12
+DATABASE_RETRY_BASE_S = 1.0
+DATABASE_RETRY_CAP_S = 30.0
+
+
+@app.task(name=SEND_TASK, bind=True, max_retries=DATABASE_RETRIES)
+def send_message(self: Task, message_id: str, **_earlier_kwargs: object) -> str:
     # Earlier versions passed a reserved slot as a keyword; it now lives on the message row.
-    outcome = _get_delivery().run(uuid.UUID(message_id))
+    try:
+        outcome = _get_delivery().run(uuid.UUID(message_id))
+    except DATABASE_UNAVAILABLE as error:
+        tries = self.request.retries + 1
+        # A short countdown (capped far below the broker's visibility timeout).
+        delay = compute_backoff(tries, base_s=DATABASE_RETRY_BASE_S, cap_s=DATABASE_RETRY_CAP_S)
+        log.warning(
+            "message %s: database unavailable (%s), try %d; again in %.1f s",
+            message_id,
+            describe_database_error(error),
+            tries,
+            delay,
+        )
+        raise self.retry(exc=error, countdown=delay) from error
     log.info("message %s: %s", message_id, outcome)
     return outcome
 
@@ -48,6 +75,26 @@ def send_message(message_id: str, **_earlier_kwargs: object) -> str:
 def noop(counter_key: str) -> None:
     """For bench/throughput.py: the engine's ceiling (one Redis INCR so the bench can count)."""
     _noop_redis().incr(counter_key)
+
+
+@app.task(name="wadispatch.bench_call")
+def bench_call(counter_key: str, phone_number_id: str, serial: int) -> None:
+    """For bench/throughput.py: the floor of a delivery — the engine plus one call to Meta through
+    the worker's own client, and nothing else (no database, no rate limiter)."""
+    body = {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": f"1809{5000000 + serial % 1000000}",
+        "type": "text",
+        "text": {"body": "floor"},
+    }
+    try:
+        get_meta_client(get_settings()).send_message(phone_number_id, "bench", body)
+    except Exception:
+        _noop_redis().incr(f"{counter_key}:errors")
+        raise
+    finally:
+        _noop_redis().incr(counter_key)
 
 
 @lru_cache(maxsize=1)

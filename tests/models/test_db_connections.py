@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, exc, text
 
 from models import db
+from tests.support.database import refusing_new_connections, set_allow_connections
 
 
 def _cut(pid: int) -> bool:
@@ -59,3 +63,34 @@ def test_only_a_new_or_idle_connection_is_pinged(fresh_engine, monkeypatch) -> N
     monkeypatch.setattr(db, "PING_AFTER_IDLE_S", -1.0)
     db.run_single_statement(_backend_pid)
     assert len(pings) == 2
+
+
+def test_single_statement_waits_out_a_database_that_refuses_connections(fresh_engine, database) -> None:
+    with refusing_new_connections(database):
+        # No patience: the refusal reaches the caller at once.
+        with pytest.raises(exc.OperationalError):
+            db.run_single_statement(_backend_pid)
+        reopen = threading.Timer(0.6, set_allow_connections, args=(database, True))
+        reopen.start()
+        started = time.monotonic()
+        try:
+            pid = db.run_single_statement(_backend_pid, patience_s=10)
+        finally:
+            reopen.join()
+    assert pid > 0
+    assert time.monotonic() - started >= 0.5  # it really waited for the database to come back
+
+
+def test_patience_runs_out(fresh_engine, database) -> None:
+    with refusing_new_connections(database):
+        started = time.monotonic()
+        with pytest.raises(exc.OperationalError):
+            db.run_single_statement(_backend_pid, patience_s=0.5)
+    assert 0.3 <= time.monotonic() - started < 3
+
+
+def test_a_wrong_statement_is_not_retried(fresh_engine) -> None:
+    started = time.monotonic()
+    with pytest.raises(exc.ProgrammingError):
+        db.run_single_statement(lambda conn: conn.execute(text("SELECT no_such_column FROM messages")), patience_s=10)
+    assert time.monotonic() - started < 1

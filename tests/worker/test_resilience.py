@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from models.db import session_scope
 from models.tables import Message
+from tests.support.database import refusing_new_connections
 
 N = 24
 
@@ -112,6 +113,30 @@ def test_flushed_redis_is_refilled_by_the_sweeper(stack, api, sandbox, tenant, r
     stack.worker.start()
 
     final = wait_all_final(ids, timeout=30)
+    assert set(final.values()) == {"sent"}
+    counts = sent_counts(sandbox, tenant.account.phone_number_id)
+    assert {i: counts[i] for i in ids} == dict.fromkeys(ids, 1)
+
+
+def test_a_database_that_refuses_the_worker_for_a_while_delays_sends_without_losing_any(
+    stack, api, sandbox, tenant, database
+):
+    # The sweeper would re-enqueue messages whose tasks gave up; without it, only the send task's
+    # own retry can bring them through.
+    stack.beat.stop()
+    stack.worker.stop()
+    try:
+        ids = accept_batch(api, tenant, n=6)
+        with refusing_new_connections(database):
+            stack.worker.start()  # a new process: every claim needs a new connection, and is refused
+            deadline = time.monotonic() + 20
+            while "is not currently accepting connections" not in stack.worker.log_since_start():
+                assert time.monotonic() < deadline, "the worker never met the refusal"
+                time.sleep(0.1)
+            assert set(statuses(ids).values()) == {"queued"}
+        final = wait_all_final(ids, timeout=45)
+    finally:
+        stack.beat.start()
     assert set(final.values()) == {"sent"}
     counts = sent_counts(sandbox, tenant.account.phone_number_id)
     assert {i: counts[i] for i in ids} == dict.fromkeys(ids, 1)
