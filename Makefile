@@ -35,7 +35,7 @@ bench-throughput: install services
 	$(BIN)/python bench/throughput.py
 
 typecheck: install
-	$(BIN)/mypy --ignore-missing-imports models api_shim worker meta_sandbox cli
+	$(BIN)/mypy --ignore-missing-imports models api_shim worker meta_sandbox cli bench
 
 test: install services
 	$(BIN)/ruff check .

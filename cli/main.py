@@ -76,6 +76,9 @@ def worker(ctx: click.Context, pool: str | None, concurrency: int | None) -> Non
     """Run a Celery worker (extra arguments go to `celery worker`)."""
     settings = get_settings()
     threads = concurrency or settings.worker_concurrency
+    # The Celery app sizes its broker connections from the setting: make it the one in use.
+    os.environ["WADISPATCH_WORKER_CONCURRENCY"] = str(threads)
+    get_settings.cache_clear()
     if "WADISPATCH_DATABASE_POOL_SIZE" not in os.environ:
         # One connection per thread (sharing fewer cost 7 % of the delivery rate in
         # bench/throughput.py), plus the pacer's and the sweep's; the cap keeps two default

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,8 +24,26 @@ log = logging.getLogger(__name__)
 PING_AFTER_IDLE_S = 10.0
 
 
-@lru_cache(maxsize=1)
+# One engine per process, built once even when many threads ask for it at the same moment (the
+# API's thread pool and a worker's threads all start at once): functools.lru_cache does not hold
+# other callers back while it builds, and every engine built is one more pool, which broke the
+# connection cap (two API processes held 79 connections with pools of 10 in bench/throughput.py).
+_engine: Engine | None = None
+_engine_lock = threading.Lock()
+
+
 def get_engine() -> Engine:
+    global _engine
+    engine = _engine
+    if engine is None:
+        with _engine_lock:
+            if _engine is None:
+                _engine = _new_engine()
+            engine = _engine
+    return engine
+
+
+def _new_engine() -> Engine:
     settings = get_settings()
     engine = create_engine(
         settings.database_url,
@@ -133,8 +152,10 @@ def session_scope() -> Iterator[Session]:
 
 def reset_engine() -> None:
     """Forget the cached engine (after a fork, or when settings change in tests)."""
-    if get_engine.cache_info().currsize:
-        get_engine().dispose(close=False)
-    get_engine.cache_clear()
-    _autocommit_engine.cache_clear()
-    get_sessionmaker.cache_clear()
+    global _engine
+    with _engine_lock:
+        if _engine is not None:
+            _engine.dispose(close=False)
+        _engine = None
+        _autocommit_engine.cache_clear()
+        get_sessionmaker.cache_clear()

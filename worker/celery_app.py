@@ -22,6 +22,11 @@ SEND_TASK = "wadispatch.send_message"
 SWEEP_TASK = "wadispatch.sweep"
 
 
+def broker_connections_for(concurrency: int) -> int:
+    """Redis connections a worker process may open to the broker."""
+    return concurrency + 10
+
+
 def create_celery() -> Celery:
     settings = get_settings()
     app = Celery("wadispatch", broker=settings.redis_url, include=["worker.tasks"])
@@ -38,6 +43,11 @@ def create_celery() -> Celery:
         broker_transport_options={
             "visibility_timeout": settings.broker_visibility_timeout_s,
             "queue_order_strategy": "sorted",
+            # kombu keeps at most 10 Redis connections by default. Under gevent every greenlet
+            # acknowledges its own task, and past 10 at once an ack fails ("Couldn't ack": the
+            # task would come back after the visibility timeout): one for each task in flight,
+            # plus the consumer's own.
+            "max_connections": broker_connections_for(settings.worker_concurrency),
         },
         broker_connection_retry_on_startup=True,
         task_routes={SEND_TASK: {"queue": SEND_QUEUE}, SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}},

@@ -139,7 +139,9 @@ def get_meta_client(settings: Settings) -> MetaClient:
     global _client
     with _client_lock:
         if _client is None:
-            _client = MetaClient(settings, max_connections=max(10, settings.worker_concurrency * 2))
+            # A task makes one call at a time, so one connection per concurrent task is enough; more
+            # only costs CPU (httpcore scans its whole pool on every request).
+            _client = MetaClient(settings, max_connections=max(10, settings.worker_concurrency))
         return _client
 
 

@@ -94,3 +94,31 @@ def test_a_wrong_statement_is_not_retried(fresh_engine) -> None:
     with pytest.raises(exc.ProgrammingError):
         db.run_single_statement(lambda conn: conn.execute(text("SELECT no_such_column FROM messages")), patience_s=10)
     assert time.monotonic() - started < 1
+
+
+def test_threads_starting_together_share_one_engine_and_one_pool(fresh_engine, monkeypatch) -> None:
+    # Every engine built is a pool of its own: two would break the per-process connection cap.
+    # A process's first engine takes a while (it imports the driver, waiting on disk, letting
+    # other threads run); make every build take that while.
+    real_create_engine = db.create_engine
+
+    def slow_create_engine(*args, **kwargs):
+        time.sleep(0.05)
+        return real_create_engine(*args, **kwargs)
+
+    monkeypatch.setattr(db, "create_engine", slow_create_engine)
+    db.reset_engine()
+    start = threading.Barrier(32)
+    engines: list[object] = []
+
+    def first_use() -> None:
+        start.wait()
+        engines.append(db.get_engine())
+
+    threads = [threading.Thread(target=first_use) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(engines) == 32
+    assert len({id(engine) for engine in engines}) == 1
