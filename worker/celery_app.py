@@ -89,8 +89,10 @@ def _one_line_per_message(loglevel: int, **_: object) -> None:
 def enqueue_send(message_id: uuid.UUID) -> None:
     """Hand one message to the broker. Call it only after the message row is committed.
 
-    Nothing is ever sent with a countdown: a message that must wait (a retry, a send slot) waits
-    in Postgres and the pacer (worker/pacer.py) hands it over when it is due."""
+    Nothing is sent with a countdown: a message that must wait (a retry, a send slot) waits in
+    Postgres and the pacer (worker/pacer.py) hands it over when it is due. The one exception is a
+    send task that could not reach Postgres at all (worker/tasks.py): it retries itself within
+    seconds, since it cannot write down a wait."""
     app.send_task(SEND_TASK, args=[str(message_id)], queue=SEND_QUEUE)
 
 
