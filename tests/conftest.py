@@ -17,7 +17,8 @@ import pytest
 
 RUN_ID = secrets.token_hex(4)
 DB_NAME = f"wadispatch_test_{RUN_ID}"
-REDIS_DB = 13
+# Parallel runs on one machine (several checkouts) each pass their own database number.
+REDIS_DB = int(os.environ.get("WADISPATCH_TEST_REDIS_DB", "13"))
 
 # Settings are read from the environment; set them before any project module is imported.
 TEST_ENV = {
