@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from models import lifecycle
 from models.crypto import encrypt_token
 from models.enums import AccountStatus, AccountType, KeyKind, MessageStatus, Scope
 from models.keys import generate_key, hash_key
@@ -132,13 +133,18 @@ def set_account_status(session: Session, account_id: uuid.UUID, status: AccountS
     session.flush()
     if status != AccountStatus.CONNECTED:
         return []
+    # Everything that waited for the account — queued, and retrying (its backoff is forgiven: the
+    # operator says go) — is handed to the broker now; reserved slots were made for the old state.
     waiting = session.execute(
         update(Message)
-        .where(Message.account_id == account_id, Message.status == MessageStatus.QUEUED)
-        .values(enqueued_at=func.now())
-        .returning(Message.id)
+        .where(
+            Message.account_id == account_id,
+            Message.status.in_((MessageStatus.QUEUED, MessageStatus.RETRYING)),
+        )
+        .values(enqueued_at=func.now(), next_attempt_at=None, reserved_slot=None)
+        .returning(Message.id, Message.seq)
     )
-    return [row.id for row in waiting]
+    return [row.id for row in sorted(waiting, key=lambda r: r.seq)]
 
 
 def _phone_or_error(raw: str, field: str) -> str:
@@ -174,20 +180,7 @@ def requeue_messages(
     if org is not None:
         chosen = chosen.where(Message.org_id == org.id)
     chosen = chosen.order_by(Message.seq).limit(limit)
-    rows = session.execute(
-        update(Message)
-        .where(Message.id.in_(chosen.scalar_subquery()))
-        .values(
-            status=MessageStatus.QUEUED,
-            attempts=0,
-            throttled_attempts=0,
-            next_attempt_at=None,
-            failed_at=None,
-            enqueued_at=func.now(),
-        )
-        .returning(Message.id)
-    )
-    return [row.id for row in rows]
+    return lifecycle.operator_retry(session, chosen.scalar_subquery())
 
 
 def update_org(

@@ -123,6 +123,25 @@ def run_single_statement(work: Callable[[Connection], T], *, patience_s: float =
         pause = min(pause * 2, MAX_PAUSE_S)
 
 
+def run_in_transaction(work: Callable[[Session], T], *, patience_s: float = 0.0) -> T:
+    """Run ``work`` in one transaction (committed when it returns). With ``patience_s``, a
+    database that is unavailable is tried again like run_single_statement does; a failed try was
+    rolled back, so ``work`` sees the database as if it had not run. Pass only work whose writes
+    are conditional (a second run after a lost COMMIT answer must change nothing)."""
+    deadline = time.monotonic() + patience_s
+    pause = FIRST_PAUSE_S
+    while True:
+        try:
+            with session_scope() as session:
+                return work(session)
+        except exc.OperationalError as error:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("database unavailable (%s); trying again in %.1f s", describe_database_error(error), pause)
+        time.sleep(pause)
+        pause = min(pause * 2, MAX_PAUSE_S)
+
+
 # Pauses between tries while the database is unavailable (run_single_statement's patience).
 FIRST_PAUSE_S = 0.1
 MAX_PAUSE_S = 2.0

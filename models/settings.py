@@ -69,6 +69,18 @@ class Settings(BaseSettings):
     # "Too fast" answers have their own budget, so throttling never burns the failure attempts.
     max_throttled_attempts: int = Field(default=20, ge=0)
 
+    # The circuit breaker (worker/breaker.py): consecutive connection failures, timeouts or 5xx
+    # from Meta that pause an account (or, across accounts, every account), and for how long.
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_everyone_threshold: int = Field(default=20, ge=1)
+    breaker_base_s: float = Field(default=5.0, gt=0)
+    breaker_cap_s: float = Field(default=300.0, gt=0)
+    breaker_memory_s: float = Field(default=900.0, gt=0)
+    # A message whose claim hit a fault before its call (Redis, Postgres) waits this long at first
+    # (doubling with each such fault, full jitter, up to the cap) before it is tried again.
+    fault_retry_base_s: float = Field(default=2.0, gt=0)
+    fault_retry_cap_s: float = Field(default=60.0, gt=0)
+
     # Sweeper (beat): re-enqueue messages the broker may have lost, recover expired leases.
     sweep_interval_s: float = Field(default=30.0, gt=0)
     requeue_after_s: int = Field(default=120, ge=1, description="a message queued this long is re-enqueued")
@@ -131,6 +143,17 @@ class Settings(BaseSettings):
             unsafe.append("no WADISPATCH_MEDIA_TEST_* / MEDIA_EGRESS_LOOPBACK_ONLY (test-only settings)")
         if unsafe:
             raise ValueError("production refuses unsafe settings; set " + ", ".join(unsafe))
+        return self
+
+    @model_validator(mode="after")
+    def _lease_covers_a_call(self) -> Settings:
+        # The lease is renewed when the call starts; the call itself must fit in it, or the
+        # sweeper would judge a call still in flight.
+        if self.lease_s <= self.meta_connect_timeout_s + self.meta_read_timeout_s:
+            raise ValueError(
+                "WADISPATCH_LEASE_S must be longer than "
+                "WADISPATCH_META_CONNECT_TIMEOUT_S + WADISPATCH_META_READ_TIMEOUT_S"
+            )
         return self
 
     @model_validator(mode="after")

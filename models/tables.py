@@ -140,6 +140,7 @@ class Message(Base):
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
         Index("ix_messages_wamid", "wamid"),
+        Index("ix_messages_sending_lease", "lease_expires_at", postgresql_where=text("status = 'sending'")),
         # The pacer's scan: messages waiting in Postgres (not in the broker) by when they are due.
         Index(
             "ix_messages_waiting_due",
@@ -177,6 +178,12 @@ class Message(Base):
     # A send slot reserved with the rate limiter (Redis time, seconds), kept while the message waits.
     reserved_slot: Mapped[float | None] = mapped_column(Float)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The fencing token of the claim that holds the message (see models/lifecycle.py): every write
+    # a worker makes is conditioned on it, so a claim that lost its lease can change nothing.
+    claim_token: Mapped[uuid.UUID | None]
+    # Set, under the token and an unexpired lease, right before the call to Meta: a lease that
+    # ends with this set is a call whose answer was lost; one that ends without it never called.
+    call_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # When the message was last handed to the broker; NULL while it waits in Postgres for the pacer.
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
@@ -215,6 +222,26 @@ class MessageAttempt(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[float | None] = mapped_column(Float)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class MessageEvent(Base):
+    """Something that happened to a message outside its normal send path, kept for the record:
+    a reconciliation (a lost answer that turned up), an operator's retry, and Meta's statuses."""
+
+    __tablename__ = "message_events"
+    __table_args__ = (Index("ix_message_events_message_created", "message_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    message_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    meta_timestamp: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    errors: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    details: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = _created_at()
 
 

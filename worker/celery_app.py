@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from celery import Celery
@@ -86,6 +87,12 @@ def _one_line_per_message(loglevel: int, **_: object) -> None:
             logging.getLogger(name).setLevel(max(loglevel, logging.WARNING))
 
 
+def _stamped() -> dict[str, float]:
+    # When the task entered the broker: the sweeper compares it with the oldest task still waiting
+    # to tell a message that waits in a long queue from one whose task the broker lost.
+    return {"wadispatch_enqueued_at": time.time()}
+
+
 def enqueue_send(message_id: uuid.UUID) -> None:
     """Hand one message to the broker. Call it only after the message row is committed.
 
@@ -93,9 +100,9 @@ def enqueue_send(message_id: uuid.UUID) -> None:
     Postgres and the pacer (worker/pacer.py) hands it over when it is due. The one exception is a
     send task that could not reach Postgres at all (worker/tasks.py): it retries itself within
     seconds, since it cannot write down a wait."""
-    app.send_task(SEND_TASK, args=[str(message_id)], queue=SEND_QUEUE)
+    app.send_task(SEND_TASK, args=[str(message_id)], queue=SEND_QUEUE, headers=_stamped())
 
 
 def enqueue_due(message_id: uuid.UUID) -> None:
     """Hand over a message whose time has come (see DUE_QUEUE)."""
-    app.send_task(SEND_TASK, args=[str(message_id)], queue=DUE_QUEUE)
+    app.send_task(SEND_TASK, args=[str(message_id)], queue=DUE_QUEUE, headers=_stamped())

@@ -1,5 +1,11 @@
-"""Deliver one message: claim it, re-check, prepare media, wait for a send slot, call Meta, write
-the outcome, and schedule whatever comes next (a retry, a later slot, the next message in order)."""
+"""Deliver one message: claim it, re-check, prepare media, wait for a send slot, begin the call,
+call Meta, and settle the claim — every path ends in exactly one write of models/lifecycle.py.
+
+``Delivery.run`` reads as the protocol: claim → settle (the steps; one exit per outcome) → after
+a final outcome, tell the FlowIQ waiter and hand over the conversation's next message. Until the
+call begins, any fault gives the claim back (it was not an attempt); after it begins, only Meta's
+answer or the sweeper settles the message.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +13,26 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 
+import redis
 from cryptography.fernet import InvalidToken
 from pydantic import ValidationError
+from sqlalchemy import exc as sqlalchemy_exc
+from sqlalchemy import func
+from sqlalchemy.orm import Session
 
+from models import lifecycle
 from models.crypto import decrypt_token
-from models.db import run_single_statement, session_scope
+from models.db import describe_database_error, run_in_transaction, run_single_statement, session_scope
 from models.enums import AccountStatus, SourceApi
+from models.lifecycle import CallError, Claim
 from models.outbound import AnyOutbound, outbound_adapter
 from models.settings import Settings
-from worker import outcomes
+from worker import account_state
 from worker.backoff import compute_backoff
-from worker.claim import Claim, claim_message, next_in_conversation
+from worker.breaker import Breaker
 from worker.media.pipeline import MediaId, get_media_pipeline, media_ref
 from worker.meta_client import MetaClient, SendResult
 from worker.meta_errors import (
@@ -35,6 +48,7 @@ from worker.meta_errors import (
 )
 from worker.meta_payload import build_body
 from worker.notify import announce_outcome
+from worker.outcome import Outcome, Settled, Unknown
 from worker.rate_limit import Pacing, RateLimiter
 
 log = logging.getLogger(__name__)
@@ -42,6 +56,22 @@ log = logging.getLogger(__name__)
 
 # Hands one message to the broker now (the task module injects it, so this module has no Celery).
 Scheduler = Callable[[uuid.UUID], None]
+
+# Faults of the machinery around a send (not of the message): the claim is given back and the
+# message tried again later, without spending an attempt.
+INFRASTRUCTURE_FAULTS: tuple[type[BaseException], ...] = (
+    redis.RedisError,
+    sqlalchemy_exc.OperationalError,
+    sqlalchemy_exc.InterfaceError,
+    sqlalchemy_exc.TimeoutError,
+    OSError,
+)
+
+# Meta codes that mean "that media id is no good": only these make a reused id be forgotten.
+MEDIA_ID_REFUSED_CODES = frozenset({131053, 131052, 100})
+
+# Kept free at the end of a lease: a step that would run into it is not started.
+LEASE_MARGIN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -65,152 +95,221 @@ def _carries_media(payload: dict[str, object]) -> bool:
     return "url" in payload or "header_media" in payload
 
 
-class _Unknown:
-    """The next message of the conversation has not been looked up yet."""
+def call_error(error: DeliveryError) -> CallError:
+    return CallError(
+        code=error.error_code,
+        title=error.title,
+        detail=error.details,
+        meta_code=error.code,
+        http_status=error.http_status,
+        error_class=error.error_class,
+        response=error.response,
+    )
 
 
-UNKNOWN = _Unknown()
+@dataclass
+class _Attempt:
+    """One claim being worked on: the lease it has left, and whether its call began."""
 
-# Outcomes after which nothing more happens to the message without an operator.
-_FINAL_WORDS = frozenset({"sent", "failed", "refused", "uncertain"})
+    claim: Claim
+    started: float = field(default_factory=time.monotonic)
+    call_began: bool = False
+
+    def lease_left_s(self) -> float:
+        return self.claim.lease_s - (time.monotonic() - self.started) - LEASE_MARGIN_S
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    token: str
+    message: AnyOutbound
+    media: MediaId | None
 
 
 class Delivery:
-    def __init__(self, settings: Settings, *, meta: MetaClient, limiter: RateLimiter, schedule: Scheduler) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        meta: MetaClient,
+        limiter: RateLimiter,
+        breaker: Breaker,
+        schedule: Scheduler,
+    ) -> None:
         self.settings = settings
         self.meta = meta
         self.limiter = limiter
+        self.breaker = breaker
         self.schedule = schedule
 
-    def run(self, message_id: uuid.UUID) -> str:
-        """One delivery step for the message. Returns a short word for the log."""
-        claim, word, successor = self._run(message_id)
-        if claim is not None and word in _FINAL_WORDS:
-            self._after_final(claim, word, successor)
-        return word
+    def run(self, message_id: uuid.UUID) -> Settled:
+        """One delivery step for the message."""
+        s = self.settings
+        claim = run_single_statement(
+            lambda db: lifecycle.claim(db, message_id, lease_s=s.lease_s, early_s=s.rate_inline_wait_s)
+        )
+        if claim is None:
+            # Already done, claimed elsewhere, waiting behind an earlier message, or not due yet
+            # (the pacer hands it over when it is).
+            return Settled(Outcome.SKIPPED)
+        settled = self._settle(_Attempt(claim))
+        if settled.outcome.final:
+            self._after_final(claim, settled)
+        return settled
 
-    def _after_final(self, claim: Claim, word: str, successor: uuid.UUID | _Unknown | None) -> None:
+    def _settle(self, attempt: _Attempt) -> Settled:
+        """Run the steps; whatever breaks before the call began gives the claim back."""
+        try:
+            return self._deliver(attempt)
+        except INFRASTRUCTURE_FAULTS as fault:
+            if attempt.call_began:
+                # Only the result write can fail after the call: the lease rules decide (sweeper).
+                raise
+            return self._give_back_after_fault(attempt.claim, fault)
+
+    def _after_final(self, claim: Claim, settled: Settled) -> None:
         if claim.source_api == SourceApi.FLOWIQ:
-            announce_outcome(claim.message_id, word)
-        if isinstance(successor, _Unknown):
+            announce_outcome(claim.message_id, settled.outcome.value)
+        successor = settled.successor
+        if isinstance(successor, Unknown):
             with session_scope() as session:
-                successor = next_in_conversation(session, claim)
+                successor = lifecycle.next_in_conversation(session, claim.conversation_id, claim.seq)
         if successor is not None:
             # The next message to this contact was held back for this one: hand it over now.
             self.schedule(successor)
 
     # -- the steps ------------------------------------------------------------------------
 
-    def _run(self, message_id: uuid.UUID) -> tuple[Claim | None, str, uuid.UUID | _Unknown | None]:
-        s = self.settings
-        claim = run_single_statement(lambda db: claim_message(db, message_id, s.lease_s, s.rate_inline_wait_s))
-        if claim is None:
-            # Already done, claimed elsewhere, waiting behind an earlier message, or not due yet
-            # (the pacer hands it over when it is).
-            return None, "skipped", UNKNOWN
-        word = self._deliver(claim)
-        if isinstance(word, tuple):
-            return claim, "sent", word[1]
-        return claim, word, UNKNOWN
-
-    def _deliver(self, claim: Claim) -> str | tuple[str, uuid.UUID | None]:
-        """Everything after the claim. A send returns ("sent", the conversation's next message)."""
+    def _deliver(self, attempt: _Attempt) -> Settled:
+        claim = attempt.claim
         if claim.account_status == AccountStatus.HALTED:
             # A halted account's messages wait (they are not burned through); resume re-enqueues them.
-            with session_scope() as session:
-                outcomes.release_claim(session, claim)
-            return "account-halted"
+            return self._give_back(claim, Outcome.ACCOUNT_HALTED)
         if refusal := _pre_send_refusal(claim):
-            with session_scope() as session:
-                outcomes.record_failed(session, claim, code=refusal.code, title=refusal.title)
-            return "refused"
+            return self._fail(claim, CallError(refusal.code, refusal.title), called=False, outcome=Outcome.REFUSED)
 
         # Media is fetched and uploaded before taking a send slot (that can be slow); anything
         # else takes its slot first, so a message that must wait costs no decryption or parsing.
         if not _carries_media(claim.payload) and (deferred := self._wait_for_slot(claim)) is not None:
             return deferred
-        prepared = self._prepare(claim)
-        if isinstance(prepared, str):
+        prepared = self._prepare(attempt)
+        if isinstance(prepared, Settled):
             return prepared
-        token, message, media = prepared
-        if media is not None and (deferred := self._wait_for_slot(claim)) is not None:
+        if prepared.media is not None and (deferred := self._wait_for_slot(claim)) is not None:
             return deferred
         assert claim.phone_number_id and claim.wa_id
-        media_id = media.id if media else None
-        body = build_body(message, to=claim.wa_id, callback_data=str(claim.message_id), media_id=media_id)
+        body = build_body(
+            prepared.message,
+            to=claim.wa_id,
+            callback_data=str(claim.message_id),
+            media_id=prepared.media.id if prepared.media else None,
+        )
         # The gate goes last, right before the call: whatever runs between it and the request
         # reaching Meta bunches sends together and can overfill one of Meta's 1-second windows.
-        if (deferred := self._admit(claim)) is not None:
+        if (deferred := self._admit(attempt)) is not None:
             return deferred
+        if not self._begin_call(attempt):
+            return self._claim_lost(claim, "its lease ran out before the call")
         try:
-            result = self.meta.send_message(claim.phone_number_id, token, body)
+            result = self.meta.send_message(claim.phone_number_id, prepared.token, body)
         except DeliveryError as error:
-            if media is not None and media.reused and isinstance(error, Final):
+            self.breaker.record_failure(claim.account_id, error)
+            if prepared.media is not None and prepared.media.reused and _media_id_refused(error):
                 # Meta may have dropped a media id we reused: forget it and try once more with a
                 # fresh upload (a refusal after that is final).
-                get_media_pipeline(self.settings, self.meta).forget_upload(claim.account_id, media.id)
+                try:
+                    get_media_pipeline(self.settings, self.meta).forget_upload(claim.account_id, prepared.media.id)
+                except INFRASTRUCTURE_FAULTS as fault:
+                    log.warning("message %s: could not forget a refused media id (%s)", claim.message_id, fault)
                 error = Transient(error.title, code=error.code, http_status=error.http_status, details=error.details)
-            return self._handle_error(claim, error)
-        return "sent", self._record_sent(claim, result)
+            return self._handle_error(attempt, error, called=True)
+        self.breaker.record_success(claim.account_id)
+        return self._record_sent(attempt, result)
 
-    def _record_sent(self, claim: Claim, result: SendResult) -> uuid.UUID | None:
-        """Meta has the message: keep trying to say so for half the lease (the write is safe to
+    def _begin_call(self, attempt: _Attempt) -> bool:
+        """No token, no call: confirm the claim and an unexpired lease, and mark the call started."""
+        lease = self.settings.lease_s
+        began = run_single_statement(lambda db: lifecycle.begin_call(db, attempt.claim, call_lease_s=lease))
+        if began:
+            attempt.call_began = True
+            # The lease was renewed from this moment: the result write may use what the call leaves.
+            attempt.started = time.monotonic()
+        return began
+
+    def _record_sent(self, attempt: _Attempt, result: SendResult) -> Settled:
+        """Meta has the message: keep trying to say so while the lease lasts (the write is safe to
         repeat), so a database blip does not turn a sent message into DELIVERY_UNCERTAIN."""
+        claim = attempt.claim
         try:
-            return run_single_statement(
-                lambda db: outcomes.record_sent(db, claim, result), patience_s=self.settings.lease_s / 2
+            written = run_single_statement(
+                lambda db: lifecycle.record_sent(
+                    db,
+                    claim,
+                    wamid=result.wamid,
+                    response=result.response,
+                    http_status=result.http_status,
+                    duration_ms=result.duration_ms,
+                ),
+                patience_s=max(0.0, attempt.lease_left_s()),
             )
         except Exception:
             log.error(
-                "message %s reached Meta as %s but its result could not be written; "
-                "the sweeper will mark it DELIVERY_UNCERTAIN when its lease ends",
+                "message %s reached Meta but its result could not be written; the sweeper will mark it "
+                "DELIVERY_UNCERTAIN when its lease ends",
                 claim.message_id,
-                result.wamid,
             )
             raise
+        if written.written:
+            return Settled(Outcome.SENT, written.successor)
+        with session_scope() as session:
+            reconciled = lifecycle.reconcile_sent(session, claim, wamid=result.wamid, response=result.response)
+        if reconciled:
+            log.warning(
+                "message %s: answer arrived after its lease; reconciled from uncertain to sent", claim.message_id
+            )
+            # The sweeper handed the conversation's next message over when it gave up on this one.
+            return Settled(Outcome.SENT, None)
+        return self._claim_lost(claim, "Meta accepted it, but the claim had been taken over")
 
-    def _prepare(self, claim: Claim) -> tuple[str, AnyOutbound, MediaId | None] | str:
-        """Token, message and Meta media id; or the outcome word when the message cannot go.
-
-        Everything that goes wrong before the call is settled here, so a 'sending' message whose
-        lease expires really is one whose call may have gone out."""
+    def _prepare(self, attempt: _Attempt) -> _Prepared | Settled:
+        """Token, message and Meta media id; or how the claim ended when the message cannot go."""
+        claim = attempt.claim
         assert claim.encrypted_token
         try:
             token = decrypt_token(claim.encrypted_token)
         except InvalidToken:
             with session_scope() as session:
-                outcomes.halt_account_before_call(
-                    session, claim, "the stored access token cannot be decrypted (was the encryption key changed?)"
+                account_state.halt_account(
+                    session,
+                    claim.account_id,
+                    "the stored access token cannot be decrypted (was the encryption key changed?)",
                 )
-            return "account-halted"
+                lifecycle.give_back(session, claim)
+            return Settled(Outcome.ACCOUNT_HALTED)
         try:
             message = outbound_adapter.validate_python(claim.payload)
         except ValidationError as exc:
-            with session_scope() as session:
-                outcomes.record_failed(
-                    session,
-                    claim,
-                    code="INVALID_PAYLOAD",
-                    title="The stored message is not valid",
-                    detail=str(exc)[:500],
-                )
-            return "refused"
-        media_id = None
+            invalid = CallError("INVALID_PAYLOAD", "The stored message is not valid", detail=str(exc)[:500])
+            return self._fail(claim, invalid, called=False, outcome=Outcome.REFUSED)
+        media = None
         if (ref := media_ref(message)) is not None:
+            pipeline = get_media_pipeline(self.settings, self.meta)
             try:
-                media_id = get_media_pipeline(self.settings, self.meta).media_id_for(claim, ref, token)
+                media = pipeline.media_id_for(claim, ref, token, wait_s=attempt.lease_left_s())
             except DeliveryError as error:
-                return self._handle_error(claim, error)
+                return self._handle_error(attempt, error, called=False)
+            except INFRASTRUCTURE_FAULTS:
+                raise
             except Exception as exc:
-                # Nothing was sent yet, so whatever broke (Redis, storage, a bug) is safe to retry.
+                # A bug of ours, not of the message: retried on the failure budget, so it ends.
                 log.exception("message %s: media step failed", claim.message_id)
                 internal = Transient(
                     f"internal error preparing media: {type(exc).__name__}", stored_code="INTERNAL_ERROR"
                 )
-                return self._handle_error(claim, internal)
-        return token, message, media_id
+                return self._handle_error(attempt, internal, called=False)
+        return _Prepared(token, message, media)
 
-    def _wait_for_slot(self, claim: Claim) -> str | None:
+    def _wait_for_slot(self, claim: Claim) -> Settled | None:
         """Wait here for a near send slot; give the message back for a later one. None: go on (the
         send gate, `_admit`, still has the last word right before the call)."""
         assert claim.wa_id
@@ -226,28 +325,29 @@ class Delivery:
             reservation = self.limiter.reserve(claim.account_id, claim.wa_id, self._pacing(claim))
             if not reservation.granted:
                 # The recipient is not ready, or every slot up to the horizon is taken: ask again later.
-                self._wait_in_postgres(claim, min(reservation.wait_s, s.rate_horizon_s / 2), None)
-                return "rate-limited"
+                return self._wait_in_postgres(
+                    claim, min(reservation.wait_s, s.rate_horizon_s / 2), None, Outcome.RATE_LIMITED
+                )
             wait, slot = reservation.wait_s, reservation.slot
         else:
             wait = self.limiter.seconds_until(slot)
         if wait > s.rate_inline_wait_s:
-            self._wait_in_postgres(claim, wait, slot)
-            return "scheduled"
+            return self._wait_in_postgres(claim, wait, slot, Outcome.SCHEDULED)
         if wait > 0:
             time.sleep(wait)
         return None
 
-    def _admit(self, claim: Claim) -> str | None:
-        """The hard gate right before the call: late arrivals wait their turn here, so actual
-        send times never exceed the account's rate plus its burst. The wait is bounded (a claimed
-        message must not outlive its lease): past the in-task window it waits in Postgres."""
+    def _admit(self, attempt: _Attempt) -> Settled | None:
+        """The hard gate right before the call: late arrivals wait their turn here, so actual send
+        times never exceed the account's rate plus its burst, and nobody passes while the account
+        (or every account) is paused. The wait is bounded by the in-task window and by the lease:
+        past either, the message waits in Postgres."""
+        claim = attempt.claim
         pacing = self._pacing(claim)
-        deadline = time.monotonic() + self.settings.rate_inline_wait_s
+        deadline = time.monotonic() + min(self.settings.rate_inline_wait_s, max(0.0, attempt.lease_left_s()))
         while (wait := self.limiter.admit(claim.account_id, pacing)) > 0:
             if time.monotonic() + wait > deadline:
-                self._wait_in_postgres(claim, wait, None)
-                return "rate-limited"
+                return self._wait_in_postgres(claim, wait, None, Outcome.RATE_LIMITED)
             time.sleep(wait)
         return None
 
@@ -262,57 +362,111 @@ class Delivery:
             jitter_s=s.rate_jitter_s,
         )
 
-    def _wait_in_postgres(self, claim: Claim, wait_s: float, slot: float | None) -> None:
+    # -- settling the claim ---------------------------------------------------------------
+
+    def _wait_in_postgres(self, claim: Claim, wait_s: float, slot: float | None, outcome: Outcome) -> Settled:
         # Waiting for a send slot is not an attempt: the failure budget is untouched.
+        return self._give_back(claim, outcome, wait_s=wait_s, slot=slot)
+
+    def _give_back(
+        self, claim: Claim, outcome: Outcome, *, wait_s: float | None = None, slot: float | None = None
+    ) -> Settled:
+        waiting: dict[str, object] = {}
+        if wait_s is not None:
+            # It waits in Postgres, not in the broker: the pacer hands it over when it is due.
+            waiting = {
+                "next_attempt_at": func.now() + timedelta(seconds=wait_s),
+                "reserved_slot": slot,
+                "enqueued_at": None,
+            }
         with session_scope() as session:
-            outcomes.wait_for_slot(session, claim, wait_s=wait_s, slot=slot)
+            given = lifecycle.give_back(session, claim, **waiting)
+        return Settled(outcome) if given else self._claim_lost(claim, "its lease ran out before it could wait")
 
-    # -- Meta's answer --------------------------------------------------------------------
+    def _give_back_after_fault(self, claim: Claim, fault: BaseException) -> Settled:
+        """Redis, Postgres or storage broke before the call: nothing was sent, so the claim goes
+        back (not an attempt) and the message is tried again after a pause. If even that write
+        fails, the lease runs out and the sweeper re-queues it (no call started)."""
+        s = self.settings
+        delay = compute_backoff(claim.attempt_no, base_s=s.fault_retry_base_s, cap_s=s.fault_retry_cap_s)
+        reason = (
+            describe_database_error(fault) if isinstance(fault, sqlalchemy_exc.DBAPIError) else type(fault).__name__
+        )
+        log.warning("message %s: %s before the call; given back, again in %.1f s", claim.message_id, reason, delay)
+        try:
+            return self._give_back(claim, Outcome.GIVEN_BACK, wait_s=delay)
+        except INFRASTRUCTURE_FAULTS:
+            log.warning("message %s: could not give the claim back; the sweeper re-queues it", claim.message_id)
+            return Settled(Outcome.CLAIM_LOST)
 
-    def _handle_error(self, claim: Claim, error: DeliveryError) -> str:
+    def _claim_lost(self, claim: Claim, why: str) -> Settled:
+        log.warning("message %s: claim lost (%s); the sweeper settles it", claim.message_id, why)
+        return Settled(Outcome.CLAIM_LOST)
+
+    def _fail(self, claim: Claim, error: CallError, *, called: bool, outcome: Outcome) -> Settled:
+        with session_scope() as session:
+            written = lifecycle.record_failed(session, claim, error, called=called)
+        if not written:
+            return self._claim_lost(claim, "it was taken over before its failure was written")
+        return Settled(outcome, detail=error.code)
+
+    def _handle_error(self, attempt: _Attempt, error: DeliveryError, *, called: bool) -> Settled:
+        """Settle the claim by the class of what went wrong (worker/meta_errors.py). After a call,
+        the answer is known: its write keeps trying while the lease lasts."""
+        claim = attempt.claim
         throttled = isinstance(error, Throttled | PairThrottled)
-        with session_scope() as session:
-            if isinstance(error, AccountBroken):
-                outcomes.halt_account(session, claim, error, None)
-                word = "account-halted"
-            elif isinstance(error, DeliveryUncertain):
-                outcomes.record_failed(
-                    session,
-                    claim,
-                    code=outcomes.DELIVERY_UNCERTAIN,
-                    title="The send may or may not have reached Meta; not resent to avoid a duplicate",
-                    detail=error.title,
-                    error=error,
-                )
-                word = "uncertain"
-            elif isinstance(error, Retryable) and self._budget_left(claim, throttled):
-                # The message waits in Postgres; the pacer hands it back when the delay is over.
-                outcomes.record_retry(session, claim, error, self._retry_delay(claim, error), None, throttled=throttled)
-                word = "retrying"
-            else:
-                # Final errors, and retryable ones that used up their budget, keep Meta's code and title.
-                assert isinstance(error, Final | Retryable)
+        stored = call_error(error)
+        patience = max(0.0, attempt.lease_left_s()) if called else 0.0
+        if isinstance(error, AccountBroken):
+            outcome = Outcome.ACCOUNT_HALTED
+            reason = f"Meta error {error.error_code}: {error.title}"
+
+            def write(session: Session) -> bool:
+                account_state.halt_account(session, claim.account_id, reason)
+                return lifecycle.record_halted(session, claim, stored)
+
+        elif isinstance(error, DeliveryUncertain):
+            outcome = Outcome.UNCERTAIN
+            uncertain = CallError(
+                lifecycle.DELIVERY_UNCERTAIN,
+                "The call to Meta started but no answer came back; not resent to avoid a duplicate",
+                detail=error.title,
+                http_status=error.http_status,
+                error_class=error.error_class,
+            )
+
+            def write(session: Session) -> bool:
+                return lifecycle.record_failed(session, claim, uncertain, called=True)
+
+        elif isinstance(error, Retryable) and self._budget_left(claim, throttled):
+            outcome = Outcome.RETRYING
+            delay = self._retry_delay(claim, error)
+
+            def write(session: Session) -> bool:
+                return lifecycle.record_retry(session, claim, stored, delay_s=delay, throttled=throttled)
+
+        else:
+            # Final errors, and retryable ones that used up their budget, keep Meta's code and title.
+            assert isinstance(error, Final | Retryable)
+            outcome = Outcome.FAILED
+
+            def write(session: Session) -> bool:
                 if error.code == MARKETING_OPT_OUT_CODE:
-                    outcomes.mark_marketing_opt_out(session, claim)
-                outcomes.record_failed(
-                    session,
-                    claim,
-                    code=error.error_code,
-                    title=error.title,
-                    detail=error.details,
-                    error=error,
-                    response=error.response,
-                )
-                word = "failed"
+                    account_state.mark_marketing_opt_out(session, claim.contact_id)
+                return lifecycle.record_failed(session, claim, stored, called=True)
+
+        written = run_in_transaction(write, patience_s=patience)
         log.info(
             "message %s attempt %d: %s (%s %s)",
             claim.message_id,
             claim.attempt_no,
-            word,
+            outcome,
             error.error_class,
             error.error_code,
         )
-        return word
+        if not written:
+            return self._claim_lost(claim, f"it was taken over before its {outcome} could be written")
+        return Settled(outcome, detail=error.error_code)
 
     def _budget_left(self, claim: Claim, throttled: bool) -> bool:
         if throttled:
@@ -326,8 +480,13 @@ class Delivery:
         if isinstance(error, Throttled):
             # Slow the whole account: a pause for every worker, then half the rate until it recovers.
             pause = error.retry_after_s if error.retry_after_s is not None else s.throttle_pause_s
-            self.limiter.pause_account(claim.account_id, pause)
-            ceiling = self.limiter.slow_account(claim.account_id, claim.mps, s.throttle_recovery_s)
+            try:
+                self.limiter.pause_account(claim.account_id, pause)
+                ceiling = self.limiter.slow_account(claim.account_id, claim.mps, s.throttle_recovery_s)
+            except redis.RedisError as fault:
+                # The answer is known and must be written; only the shared slow-down is missed.
+                log.warning("account %s throttled by Meta; could not slow it down (%s)", claim.account_id, fault)
+                return pause
             log.warning(
                 "account %s throttled by Meta: held to %.1f mps for %ss",
                 claim.account_id,
@@ -338,7 +497,15 @@ class Delivery:
         if isinstance(error, PairThrottled):
             # Only this recipient waits; the account's other conversations go on.
             pause = error.retry_after_s if error.retry_after_s is not None else s.pair_pause_s
-            self.limiter.pause_pair(claim.account_id, claim.wa_id, pause)
+            try:
+                self.limiter.pause_pair(claim.account_id, claim.wa_id, pause)
+            except redis.RedisError as fault:
+                log.warning("could not pause a pair of account %s (%s)", claim.account_id, fault)
             return pause
         failures = max(1, claim.attempt_no - claim.throttled_attempts)
         return compute_backoff(failures, base_s=s.retry_base_s, cap_s=s.retry_cap_s, retry_after_s=error.retry_after_s)
+
+
+def _media_id_refused(error: DeliveryError) -> bool:
+    """Meta refused the send because of its media (only then may a reused id be the cause)."""
+    return isinstance(error, Final) and error.code in MEDIA_ID_REFUSED_CODES

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
@@ -82,12 +83,18 @@ redis.call('SET', KEYS[1], tostring(lowered), 'PX', math.ceil(tonumber(ARGV[3]) 
 return tostring(lowered)
 """
 
-# KEYS: account admission TAT, account rate ceiling; ARGV: interval, burst.
-# The last gate before a call: a plain GCRA on the moment of sending (nothing reserved ahead).
+# KEYS: account admission TAT, account rate ceiling, account pause-until, everyone's pause-until;
+# ARGV: interval, burst.
+# The last gate before a call: a plain GCRA on the moment of sending (nothing reserved ahead),
+# closed while the account or every account is paused (Meta throttled us, or a breaker is open).
 # Returns 0 when admitted, else the seconds to wait before asking again.
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local paused = math.max(tonumber(redis.call('GET', KEYS[3]) or '0'), tonumber(redis.call('GET', KEYS[4]) or '0'))
+if paused > now then
+  return tostring(paused - now)
+end
 local interval = tonumber(ARGV[1])
 local ceiling = tonumber(redis.call('GET', KEYS[2]) or '0')
 if ceiling > 0 then interval = math.max(interval, 1 / ceiling) end
@@ -161,7 +168,12 @@ class RateLimiter:
 
     def admit(self, account_id: uuid.UUID, pacing: Pacing) -> float:
         """0 when the account may send this instant; else how long to wait before asking again."""
-        keys = [f"{self.prefix}:admit:{account_id}", f"{self.prefix}:ceiling:{account_id}"]
+        keys = [
+            f"{self.prefix}:admit:{account_id}",
+            f"{self.prefix}:ceiling:{account_id}",
+            f"{self.prefix}:pause:acct:{account_id}",
+            self._everyone_pause_key,
+        ]
         # Admissions in any second stay below mps + burst by the messages that fit in the jitter
         # allowance, so the time a request takes to reach Meta cannot push Meta's count over.
         margin = 1 + math.ceil(pacing.mps * pacing.jitter_s)
@@ -178,6 +190,22 @@ class RateLimiter:
 
     def pause_account(self, account_id: uuid.UUID, seconds: float) -> None:
         self._pause(keys=[f"{self.prefix}:pause:acct:{account_id}"], args=[seconds])
+
+    def pause_everyone(self, seconds: float) -> None:
+        """Pause every account (Meta as a whole is failing): the send gate admits nobody."""
+        self._pause(keys=[self._everyone_pause_key], args=[seconds])
+
+    def paused_for(self, account_id: uuid.UUID | None) -> float:
+        """Seconds the account (None: every account) stays paused; 0 when it is not."""
+        key = self._everyone_pause_key if account_id is None else f"{self.prefix}:pause:acct:{account_id}"
+        until = cast(bytes | None, self.client.get(key))
+        if until is None:
+            return 0.0
+        return max(0.0, self.seconds_until(float(until)))
+
+    @property
+    def _everyone_pause_key(self) -> str:
+        return f"{self.prefix}:pause:everyone"
 
     def pause_pair(self, account_id: uuid.UUID, recipient: str, seconds: float) -> None:
         self._pause(keys=[f"{self.prefix}:pause:pair:{account_id}:{recipient}"], args=[seconds])

@@ -1,35 +1,92 @@
 """The safety net that makes Postgres, not Redis, the source of truth.
 
-- Messages left ``queued``/``retrying`` past their due time plus a grace period are handed to the
-  broker again (Redis may have lost the task: flushed, restarted, worker killed with it reserved;
-  or no pacer ran to hand a waiting message over).
-  A duplicate task is harmless: only one can claim.
-- Messages left ``sending`` past their lease belonged to a worker that died mid-call. Whether Meta
-  got the request is unknown, so they fail as DELIVERY_UNCERTAIN instead of being sent again.
+- Claims whose lease ran out are judged by models/lifecycle.py: no call started → re-queued (not
+  an attempt); call started → DELIVERY_UNCERTAIN, and the conversation's next message is handed over.
+- Messages whose task the broker really lost are handed to it again. "Really lost" is decided
+  against the broker itself, not against a fixed age: every task carries the time it was enqueued
+  (a header, see worker/celery_app.py), the queues are first-in first-out, so a message whose last
+  enqueue is older than the oldest task still waiting in any queue has left the queue — its task
+  ran (and did not claim it), or Redis lost it (flushed, restarted, a worker killed with it
+  reserved). Only those, once older than WADISPATCH_REQUEUE_AFTER_S past that point, are
+  re-enqueued; a message that merely waits behind a long backlog is left alone.
+- Messages waiting in Postgres (a retry or a slot) that are long overdue are handed over too (no
+  pacer ran to do it).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 import uuid
+from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, func, insert, select, update
-from sqlalchemy.orm import InstrumentedAttribute, Session
+import redis
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
-from models.enums import AccountStatus, AttemptOutcome, MessageStatus
-from models.tables import Conversation, Message, MessageAttempt, WhatsappAccount
-from worker.outcomes import DELIVERY_UNCERTAIN, NOT_WAITING
+from models.enums import AccountStatus, MessageStatus, status_in
+from models.lifecycle import PENDING
+from models.tables import Message, WhatsappAccount
+
+log = logging.getLogger(__name__)
+
+# The header every send task carries: when it was handed to the broker (epoch seconds).
+ENQUEUED_AT_HEADER = "wadispatch_enqueued_at"
 
 
-def take_stale_messages(session: Session, *, older_than_s: int, batch: int) -> list[uuid.UUID]:
-    """Mark and return messages whose task is overdue; the caller enqueues them after commit."""
+def oldest_waiting_enqueue(client: redis.Redis, queues: Iterable[str]) -> float | None:
+    """When the oldest task still waiting in any of ``queues`` was enqueued (None: all empty).
+
+    kombu's Redis transport pushes on the left and pops on the right, so index -1 is the oldest.
+    A task without our header (from older code) counts as enqueued just now: nothing is judged
+    lost against it."""
+    oldest: float | None = None
+    for queue in queues:
+        raw = cast(bytes | None, client.lindex(queue, -1))
+        if raw is None:
+            continue
+        enqueued = _enqueued_at(raw) or time.time()
+        oldest = enqueued if oldest is None else min(oldest, enqueued)
+    return oldest
+
+
+def _enqueued_at(raw: bytes | str) -> float | None:
+    try:
+        headers = json.loads(raw).get("headers") or {}
+        value = headers.get(ENQUEUED_AT_HEADER)
+        return float(value) if value is not None else None
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+def take_lost_by_broker(session: Session, *, oldest_waiting: float | None, grace_s: int, batch: int) -> list[uuid.UUID]:
+    """Mark and return messages whose task the broker lost (see the module's docstring); the
+    caller enqueues them after commit."""
+    # The queue's head, or now when every queue is empty (by the sweeper's clock: enqueue times
+    # are written by the enqueuing host; hosts' clocks must agree to well within the grace).
+    horizon = min(time.time(), oldest_waiting) if oldest_waiting is not None else time.time()
+    earlier = aliased(Message)
+    handed_over_and_gone = and_(
+        Message.enqueued_at.is_not(None),
+        Message.enqueued_at < func.to_timestamp(horizon - grace_s),
+    )
+    overdue_in_postgres = and_(
+        Message.enqueued_at.is_(None),
+        func.coalesce(Message.next_attempt_at, Message.created_at) < func.now() - timedelta(seconds=grace_s),
+    )
     return hand_over(
         session,
-        Message.status.in_((MessageStatus.QUEUED, MessageStatus.RETRYING)),
-        # Handed to the broker long ago, or due long ago and never handed over (no pacer ran).
-        func.coalesce(Message.enqueued_at, Message.next_attempt_at, Message.created_at)
-        < func.now() - timedelta(seconds=older_than_s),
+        status_in(Message.status, (MessageStatus.QUEUED, MessageStatus.RETRYING)),
+        or_(handed_over_and_gone, overdue_in_postgres),
+        # One held back for an earlier message of its conversation is handed over by that one.
+        ~exists().where(
+            earlier.conversation_id == Message.conversation_id,
+            earlier.seq < Message.seq,
+            status_in(earlier.status, PENDING),
+        ),
         order_by=Message.enqueued_at,
         batch=batch,
     )
@@ -61,44 +118,3 @@ def hand_over(
         .returning(Message.id, order_by.label("sort_key"))
     ).all()
     return [row.id for row in sorted(rows, key=lambda r: (r.sort_key is None, r.sort_key))]
-
-
-def fail_expired_leases(session: Session, *, batch: int) -> list[uuid.UUID]:
-    rows = session.execute(
-        update(Message)
-        .where(
-            Message.id.in_(
-                select(Message.id)
-                .where(Message.status == MessageStatus.SENDING, Message.lease_expires_at < func.now())
-                .limit(batch)
-                .with_for_update(skip_locked=True)
-                .scalar_subquery()
-            )
-        )
-        .values(
-            status=MessageStatus.FAILED,
-            failed_at=func.now(),
-            **NOT_WAITING,
-            error_code=DELIVERY_UNCERTAIN,
-            error_title="The worker sending this message was lost; it may or may not have reached Meta",
-            error_detail="lease expired while sending; not resent to avoid a duplicate",
-        )
-        .returning(Message.id, Message.org_id, Message.attempts, Message.conversation_id)
-    ).all()
-    for row in rows:
-        session.execute(
-            insert(MessageAttempt).values(
-                org_id=row.org_id,
-                message_id=row.id,
-                attempt_no=row.attempts,
-                outcome=AttemptOutcome.UNCERTAIN,
-                error_class="worker_lost",
-                error_message="lease expired while sending",
-            )
-        )
-        session.execute(
-            update(Conversation)
-            .where(Conversation.id == row.conversation_id, Conversation.last_message_id == row.id)
-            .values(last_message_status=MessageStatus.FAILED)
-        )
-    return [row.id for row in rows]

@@ -12,15 +12,17 @@ from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy import exc as sqlalchemy_exc
 
+from models import lifecycle
 from models.db import describe_database_error, session_scope
 from models.settings import get_settings
 from worker.backoff import compute_backoff
-from worker.celery_app import SEND_TASK, SWEEP_TASK, app, enqueue_due, enqueue_send
+from worker.breaker import Breaker, BreakerPolicy
+from worker.celery_app import SEND_TASK, SWEEP_TASK, WORKER_QUEUES, app, enqueue_due, enqueue_send
 from worker.delivery import Delivery
 from worker.meta_client import get_meta_client
 from worker.pacer import Pacer
 from worker.rate_limit import RateLimiter
-from worker.sweeper import fail_expired_leases, take_stale_messages
+from worker.sweeper import oldest_waiting_enqueue, take_lost_by_broker
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,22 @@ def _get_delivery() -> Delivery:
     with _delivery_lock:
         if _delivery is None:
             settings = get_settings()
-            limiter = RateLimiter(redis.Redis.from_url(settings.redis_url))
-            _delivery = Delivery(settings, meta=get_meta_client(settings), limiter=limiter, schedule=enqueue_due)
+            client = redis.Redis.from_url(settings.redis_url)
+            limiter = RateLimiter(client)
+            policy = BreakerPolicy(
+                threshold=settings.breaker_threshold,
+                everyone_threshold=settings.breaker_everyone_threshold,
+                base_s=settings.breaker_base_s,
+                cap_s=settings.breaker_cap_s,
+                memory_s=settings.breaker_memory_s,
+            )
+            _delivery = Delivery(
+                settings,
+                meta=get_meta_client(settings),
+                limiter=limiter,
+                breaker=Breaker(client, limiter, policy),
+                schedule=enqueue_due,
+            )
         return _delivery
 
 
@@ -54,7 +70,7 @@ DATABASE_RETRY_CAP_S = 30.0
 def send_message(self: Task, message_id: str, **_earlier_kwargs: object) -> str:
     # Earlier versions passed a reserved slot as a keyword; it now lives on the message row.
     try:
-        outcome = _get_delivery().run(uuid.UUID(message_id))
+        settled = _get_delivery().run(uuid.UUID(message_id))
     except DATABASE_UNAVAILABLE as error:
         tries = self.request.retries + 1
         # A short countdown (capped far below the broker's visibility timeout).
@@ -67,6 +83,7 @@ def send_message(self: Task, message_id: str, **_earlier_kwargs: object) -> str:
             delay,
         )
         raise self.retry(exc=error, countdown=delay) from error
+    outcome = f"{settled.outcome}:{settled.detail}" if settled.detail else str(settled.outcome)
     log.info("message %s: %s", message_id, outcome)
     return outcome
 
@@ -105,14 +122,38 @@ def _noop_redis() -> redis.Redis:
 @app.task(name=SWEEP_TASK)
 def sweep() -> dict[str, int]:
     settings = get_settings()
+    # Read the broker's head before the database: a task enqueued after this read is newer than
+    # any point the sweep judges against.
+    try:
+        oldest_waiting = oldest_waiting_enqueue(_noop_redis(), WORKER_QUEUES)
+        broker_reachable = True
+    except redis.RedisError as fault:
+        log.warning("sweep: the broker cannot be read (%s); lost tasks are looked for next time", fault)
+        oldest_waiting, broker_reachable = None, False
     with session_scope() as session:
-        uncertain = fail_expired_leases(session, batch=settings.sweep_batch)
-        stale = take_stale_messages(session, older_than_s=settings.requeue_after_s, batch=settings.sweep_batch)
-    for message_id in stale:
+        requeued = lifecycle.requeue_lost_claims(session, batch=settings.sweep_batch)
+        uncertain = lifecycle.fail_uncertain_calls(session, batch=settings.sweep_batch)
+        lost = (
+            take_lost_by_broker(
+                session, oldest_waiting=oldest_waiting, grace_s=settings.requeue_after_s, batch=settings.sweep_batch
+            )
+            if broker_reachable
+            else []
+        )
+    for message_id in (*requeued, *lost):
         enqueue_send(message_id)
-    if stale or uncertain:
-        log.warning("sweep: re-enqueued %d overdue messages, %d lost mid-send", len(stale), len(uncertain))
-    return {"requeued": len(stale), "uncertain": len(uncertain)}
+    for message_id in uncertain.successors:
+        enqueue_due(message_id)
+    if requeued or lost or uncertain.failed:
+        log.warning(
+            "sweep: re-queued %d claims that expired before their call, failed %d uncertain (their "
+            "conversations' next messages handed over: %d), re-enqueued %d tasks the broker lost",
+            len(requeued),
+            len(uncertain.failed),
+            len(uncertain.successors),
+            len(lost),
+        )
+    return {"requeued_claims": len(requeued), "uncertain": len(uncertain.failed), "lost_by_broker": len(lost)}
 
 
 _pacer: Pacer | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -33,6 +34,9 @@ class MediaServer:
                 query = {k: v[0] for k, v in parse_qs(parts.query).items()}
                 server.hits[parts.path] += 1
                 path = parts.path
+                if "delay" in query:
+                    # A slow host: answers only after this many seconds.
+                    time.sleep(float(query["delay"]))
                 if path.startswith("/redirect/"):
                     _, _, n, rest = path.split("/", 3)
                     target = f"/redirect/{int(n) - 1}/{rest}" if int(n) > 1 else f"/{rest}"

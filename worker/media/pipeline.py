@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,12 +26,12 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from models.db import session_scope
+from models.lifecycle import Claim
 from models.media_signing import sign_url
 from models.media_store import MediaStore, key_for
 from models.outbound import AnyOutbound, ButtonMessage, MediaMessage
 from models.settings import Settings
 from models.tables import MediaUpload, Message
-from worker.claim import Claim
 from worker.media.fetch import SafeFetcher
 from worker.media.kinds import RULES, check_media
 from worker.meta_client import MetaClient
@@ -84,13 +85,16 @@ class MediaPipeline:
         self.store = store
         self.redis = _redis(settings.redis_url)
 
-    def media_id_for(self, claim: Claim, ref: MediaRef, token: str) -> MediaId:
-        stored = self._stored_media(claim.message_id, ref)
+    def media_id_for(self, claim: Claim, ref: MediaRef, token: str, *, wait_s: float = LOCK_WAIT_S) -> MediaId:
+        """``wait_s`` bounds each wait for another message's fetch or upload (the lease that is
+        left): past it, redis-py raises LockError and the claim is given back, not held on."""
+        started = time.monotonic()
+        stored = self._stored_media(claim.message_id, ref, wait_s=wait_s)
         assert claim.phone_number_id
         lock = self.redis.lock(
             f"wadispatch:lock:upload:{claim.account_id}:{stored.sha256}",
             timeout=LOCK_WAIT_S,
-            blocking_timeout=LOCK_WAIT_S,
+            blocking_timeout=_bounded(wait_s - (time.monotonic() - started)),
         )
         with lock:
             cached = self._cached_upload(claim.account_id, stored.sha256)
@@ -110,14 +114,14 @@ class MediaPipeline:
 
     # -- fetch and store -------------------------------------------------------------------
 
-    def _stored_media(self, message_id: uuid.UUID, ref: MediaRef) -> StoredMedia:
+    def _stored_media(self, message_id: uuid.UUID, ref: MediaRef, *, wait_s: float) -> StoredMedia:
         with session_scope() as session:
             row = session.execute(
                 select(Message.media_sha256, Message.media_key, Message.media_mime).where(Message.id == message_id)
             ).one()
         if row.media_key and (found := self.store.get(row.media_key)):
             return StoredMedia(row.media_sha256, row.media_key, row.media_mime, found[0])
-        stored = self._fetch_or_reuse(ref)
+        stored = self._fetch_or_reuse(ref, wait_s=wait_s)
         signed = sign_url(
             self.settings.public_base_url,
             self.settings.secret_key,
@@ -138,10 +142,12 @@ class MediaPipeline:
             )
         return stored
 
-    def _fetch_or_reuse(self, ref: MediaRef) -> StoredMedia:
+    def _fetch_or_reuse(self, ref: MediaRef, *, wait_s: float) -> StoredMedia:
         url_hash = hashlib.sha256(f"{ref.kind}\n{ref.url}".encode()).hexdigest()
         cache_key = f"wadispatch:media:url:{url_hash}"
-        lock = self.redis.lock(f"wadispatch:lock:fetch:{url_hash}", timeout=LOCK_WAIT_S, blocking_timeout=LOCK_WAIT_S)
+        lock = self.redis.lock(
+            f"wadispatch:lock:fetch:{url_hash}", timeout=LOCK_WAIT_S, blocking_timeout=_bounded(wait_s)
+        )
         with lock:
             recent = cast(bytes | None, self.redis.get(cache_key)) if self.settings.media_url_cache_s else None
             if recent:
@@ -190,6 +196,11 @@ class MediaPipeline:
                     set_={"meta_media_id": media_id, "uploaded_at": func.now(), "expires_at": expires},
                 )
             )
+
+
+def _bounded(wait_s: float) -> float:
+    # A lock wait never outlasts the claim's lease (nor LOCK_WAIT_S); redis-py needs a positive wait.
+    return max(0.01, min(LOCK_WAIT_S, wait_s))
 
 
 _pipeline: MediaPipeline | None = None
