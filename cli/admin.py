@@ -190,6 +190,71 @@ def _set_status(account_id: str, status: AccountStatus, as_json: bool) -> None:
     emit(data, as_json=as_json, human=f"account {account_id} is {status.value}; {len(waiting)} messages re-queued")
 
 
+@account.command("list")
+@click.option("--org", "org_slug", required=True)
+@json_option
+def account_list(org_slug: str, as_json: bool) -> None:
+    """The organization's sender accounts: status, halt reason, rate, and whether sends are paused
+    (Meta throttled it, or the circuit breaker opened after repeated failures)."""
+    from models.tables import WhatsappAccount
+
+    try:
+        with session_scope() as session:
+            org_row = admin.org_by_slug(session, org_slug)
+            rows = session.scalars(
+                select(WhatsappAccount).where(WhatsappAccount.org_id == org_row.id).order_by(WhatsappAccount.created_at)
+            ).all()
+    except admin.AdminError as exc:
+        fail(str(exc))
+    pauses = _pauses([r.id for r in rows])
+    accounts: list[dict[str, Any]] = [
+        {
+            "id": str(r.id),
+            "type": r.account_type,
+            "phone_number": r.phone_number,
+            "phone_number_id": r.meta_phone_number_id,
+            "status": r.status,
+            "halted_reason": r.halted_reason,
+            "mps": r.mps,
+            **pauses.get(r.id, {"paused_for_s": None, "breaker_openings": None}),
+        }
+        for r in rows
+    ]
+    human = "\n".join(
+        f"{a['id']}  {a['phone_number'] or '-'}  {a['status']}  {a['mps']} mps"
+        + (f"  halted: {a['halted_reason']}" if a["halted_reason"] else "")
+        + (f"  paused {a['paused_for_s']:.1f} s" if a["paused_for_s"] else "")
+        + (f"  breaker opened {a['breaker_openings']}x recently" if a["breaker_openings"] else "")
+        for a in accounts
+    )
+    emit({"data": accounts}, as_json=as_json, human=human or "no accounts")
+
+
+def _pauses(account_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+    """Pause and breaker state from Redis; empty when Redis cannot be read (shown as unknown)."""
+    import redis
+
+    from models.settings import get_settings
+    from worker.breaker import read_state
+    from worker.rate_limit import RateLimiter
+
+    client = redis.Redis.from_url(get_settings().redis_url, socket_connect_timeout=2, socket_timeout=2)
+    limiter = RateLimiter(client)
+    try:
+        states = {account_id: read_state(client, limiter, account_id) for account_id in account_ids}
+    except redis.RedisError:
+        return {}
+    finally:
+        client.close()
+    return {
+        account_id: {
+            "paused_for_s": round(max(state.account_paused_s, state.everyone_paused_s), 1),
+            "breaker_openings": state.openings,
+        }
+        for account_id, state in states.items()
+    }
+
+
 @account.command("update")
 @click.option("--id", "account_id", required=True)
 @click.option("--mps", type=int, help="messages per second Meta allows this number (20, 80, 1000)")

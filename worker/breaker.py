@@ -100,17 +100,18 @@ class Breaker:
             openings,
         )
 
-    def state(self, account_id: uuid.UUID) -> BreakerState:
-        """For operators: is the account (or everyone) paused, and for how much longer."""
-        return BreakerState(
-            account_paused_s=self.limiter.paused_for(account_id),
-            everyone_paused_s=self.limiter.paused_for(None),
-            openings=int(cast(bytes | None, self.client.get(f"wadispatch:breaker:openings:{account_id}")) or 0),
-        )
-
 
 @dataclass(frozen=True)
 class BreakerState:
-    account_paused_s: float
-    everyone_paused_s: float
-    openings: int
+    account_paused_s: float  # a pause for this account (its breaker, or Meta's 130429)
+    everyone_paused_s: float  # a pause for every account (the breaker for Meta as a whole)
+    openings: int  # times its breaker opened within the memory window
+
+
+def read_state(client: redis.Redis, limiter: RateLimiter, account_id: uuid.UUID) -> BreakerState:
+    """For operators (`wadispatch account list`): is the account paused, and for how much longer."""
+    return BreakerState(
+        account_paused_s=limiter.paused_for(account_id),
+        everyone_paused_s=limiter.paused_for(None),
+        openings=int(cast(bytes | None, client.get(f"wadispatch:breaker:openings:{account_id}")) or 0),
+    )

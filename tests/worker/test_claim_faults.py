@@ -4,6 +4,7 @@ queue, an account resumed, a reused media id. Real worker, beat, Postgres, Redis
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections import Counter
@@ -127,6 +128,10 @@ def test_a_hanging_meta_opens_the_breaker_so_the_backlog_waits_instead_of_burnin
     assert uncertain <= concurrency + threshold, (uncertain, by_status)
     assert by_status["sent"] == 40 - uncertain
     assert "breaker open for account" in live.worker.log_since_start()
+    # Operators see it in `account list`.
+    listed = cli("account", "list", "--org", tenant.slug, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["data"][0]["breaker_openings"] >= 1
 
 
 @pytest.fixture
