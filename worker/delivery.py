@@ -166,6 +166,14 @@ class Delivery:
                 # Only the result write can fail after the call: the lease rules decide (sweeper).
                 raise
             return self._give_back_after_fault(attempt.claim, fault)
+        except Exception as exc:
+            if attempt.call_began:
+                raise
+            # A bug of ours, not of the message: retried on the failure budget, so it ends (as
+            # INTERNAL_ERROR) instead of coming back forever.
+            log.exception("message %s: internal error before the call", attempt.claim.message_id)
+            internal = Transient(f"internal error before the call: {type(exc).__name__}", stored_code="INTERNAL_ERROR")
+            return self._handle_error(attempt, internal, called=False)
 
     def _after_final(self, claim: Claim, settled: Settled) -> None:
         if claim.source_api == SourceApi.FLOWIQ:
@@ -298,15 +306,6 @@ class Delivery:
                 media = pipeline.media_id_for(claim, ref, token, wait_s=attempt.lease_left_s())
             except DeliveryError as error:
                 return self._handle_error(attempt, error, called=False)
-            except INFRASTRUCTURE_FAULTS:
-                raise
-            except Exception as exc:
-                # A bug of ours, not of the message: retried on the failure budget, so it ends.
-                log.exception("message %s: media step failed", claim.message_id)
-                internal = Transient(
-                    f"internal error preparing media: {type(exc).__name__}", stored_code="INTERNAL_ERROR"
-                )
-                return self._handle_error(attempt, internal, called=False)
         return _Prepared(token, message, media)
 
     def _wait_for_slot(self, claim: Claim) -> Settled | None:
