@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -25,8 +24,6 @@ from models.outbound import CAPTION_MAX, TEXT_MAX, AnyOutbound, MediaMessage, Te
 from models.phones import is_valid_e164
 from models.settings import get_settings
 from models.tables import Contact, Message, WhatsappAccount
-
-log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
 router = APIRouter(prefix=PREFIX + "/whatsapp", tags=["FlowEstate WhatsApp"])
