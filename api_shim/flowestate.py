@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -26,8 +24,6 @@ from models.outbound import CAPTION_MAX, TEXT_MAX, AnyOutbound, MediaMessage, Te
 from models.phones import is_valid_e164
 from models.settings import get_settings
 from models.tables import Contact, Message, WhatsappAccount
-
-log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
 router = APIRouter(prefix=PREFIX + "/whatsapp", tags=["FlowEstate WhatsApp"])
@@ -242,12 +238,13 @@ def _send_and_close(body: SendIn, session: Session, caller: Caller, idempotency_
 
 
 def _send_once(body: SendIn, session: Session, caller: Caller, idempotency_key: str) -> JSONResponse:
-    """The send under an Idempotency-Key: the first answer is kept and replayed."""
+    """The send under an Idempotency-Key: the key and the message are committed together, so the
+    key answers with that message for its whole TTL (or with the refusal it got)."""
     try:
-        claimed = idempotency.begin(
+        taken = idempotency.take(
             session,
             org_id=caller.org_id,
-            surface="flowestate",
+            surface=SourceApi.FLOWESTATE,
             key=idempotency_key,
             body=body.model_dump(mode="json"),
             ttl_h=get_settings().idempotency_ttl_h,
@@ -260,32 +257,34 @@ def _send_once(body: SendIn, session: Session, caller: Caller, idempotency_key: 
         raise ApiError(
             ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS, "A request with this Idempotency-Key is still in progress"
         ) from None
-    session.commit()
-    if isinstance(claimed, idempotency.Replay):
-        return JSONResponse(claimed.body, status_code=claimed.status)
+    if isinstance(taken, idempotency.Replay):
+        return JSONResponse(taken.body, status_code=taken.status)
+    if isinstance(taken, idempotency.KeyOfMessage):
+        return _accepted(taken.message_id)
     try:
-        response = _send(body, session, caller)
+        message_id = _check_and_persist(body, session, caller, idempotency_key)
     except ApiError as error:
-        session.rollback()
-        idempotency.finish(session, claimed, STATUS_OF[error.code], error.envelope())
-        session.commit()
+        idempotency.keep_refusal(session, taken, STATUS_OF[error.code], error.envelope())
         raise
-    except Exception:
-        session.rollback()
-        idempotency.finish(session, claimed, 500, {})
-        session.commit()
-        raise
-    try:
-        idempotency.finish(session, claimed, response.status_code, json.loads(bytes(response.body)))
-        session.commit()
-    except Exception:
-        # The message is stored and queued: its answer stands. The key stays "in progress" (a
-        # retry is told so, and sends nothing twice) until its TTL ends.
-        log.exception("message accepted, but its Idempotency-Key answer could not be stored")
-    return response
+    idempotency.record_message(session, taken, message_id)
+    session.commit()
+    hand_to_broker(message_id)
+    return _accepted(message_id)
 
 
 def _send(body: SendIn, session: Session, caller: Caller) -> JSONResponse:
+    message_id = _check_and_persist(body, session, caller, None)
+    session.commit()
+    hand_to_broker(message_id)
+    return _accepted(message_id)
+
+
+def _accepted(message_id: uuid.UUID) -> JSONResponse:
+    return JSONResponse({"messageId": str(message_id)})
+
+
+def _check_and_persist(body: SendIn, session: Session, caller: Caller, idempotency_key: str | None) -> uuid.UUID:
+    """The pre-checks (each a clear 4xx), then the message in the session's transaction (not committed)."""
     lead = session.scalars(
         select(Contact).where(Contact.id == body.leadId, Contact.org_id == caller.org_id)
     ).one_or_none()
@@ -302,17 +301,15 @@ def _send(body: SendIn, session: Session, caller: Caller) -> JSONResponse:
         raise ApiError(ErrorCode.ACCOUNT_UNAVAILABLE, "The WhatsApp account was not found or is not connected")
     if not is_valid_e164(lead.phone_e164) or not lead.wa_id:
         raise ApiError(ErrorCode.BAD_REQUEST, "The lead has no valid phone number")
-    message_id = persist_message(
+    return persist_message(
         session,
         org_id=caller.org_id,
         account_id=account.id,
         contact_id=lead.id,
         message=body.to_outbound(),
         source=SourceApi.FLOWESTATE,
+        idempotency_key=idempotency_key,
     )
-    session.commit()
-    hand_to_broker(message_id)
-    return JSONResponse({"messageId": str(message_id)})
 
 
 @router.get(

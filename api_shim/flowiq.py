@@ -107,7 +107,8 @@ class _Accepted:
     recipient: str
     message_type: str
     organization: str
-    idempotency_row: uuid.UUID | None = None
+    # False when an earlier request with the same Idempotency-Key created the message (and queued it).
+    created: bool = True
 
 
 @router.post(
@@ -130,20 +131,15 @@ class _Accepted:
 async def send_whatsapp(request: Request) -> JSONResponse:
     """Send one WhatsApp message to an existing contact and answer with Meta's message id.
 
-    With an `Idempotency-Key` header, the same key and body within 24 h get the first answer again
-    and create no second message (409 when the body differs or the first is still running)."""
+    With an `Idempotency-Key` header, the same key and body within 24 h create no second message:
+    they get that message's answer as it stands now (a refusal before any message: the same
+    refusal); 409 when the body differs or the first request still holds the key."""
     raw = await request.body()
     idempotency_key = request.headers.get("idempotency-key")
     accepted = await run_in_threadpool(_accept, request, request.query_params.get("tenantId"), raw, idempotency_key)
     if isinstance(accepted, idempotency.Replay):
         return JSONResponse(accepted.body, status_code=accepted.status)
-    try:
-        response = await _deliver_and_wait(request, accepted)
-    except FlowIQError as error:
-        await run_in_threadpool(_finish_idempotency, accepted, error.status, error.body())
-        raise
-    await run_in_threadpool(_finish_idempotency, accepted, response.status_code, json.loads(bytes(response.body)))
-    return response
+    return await _deliver_and_wait(request, accepted)
 
 
 async def _deliver_and_wait(request: Request, accepted: _Accepted) -> JSONResponse:
@@ -152,19 +148,17 @@ async def _deliver_and_wait(request: Request, accepted: _Accepted) -> JSONRespon
     key = str(accepted.message_id)
     future = waiter.expect(key)
     try:
-        await run_in_threadpool(hand_to_broker, accepted.message_id)
+        if accepted.created:
+            await run_in_threadpool(hand_to_broker, accepted.message_id)
+        else:
+            # A retry: the message may have finished long ago; then there is nothing to wait for.
+            outcome = await run_in_threadpool(_load_outcome, accepted.message_id)
+            if outcome.final:
+                return _respond(accepted, outcome)
         outcome = await _wait_for_outcome(future, accepted.message_id, settings.sync_timeout_s, settings.sync_poll_s)
     finally:
         waiter.forget(key, future)
     return _respond(accepted, outcome)
-
-
-def _finish_idempotency(accepted: _Accepted, status: int, body: dict[str, Any]) -> None:
-    if accepted.idempotency_row is None:
-        return
-    with get_sessionmaker()() as session:
-        idempotency.finish(session, accepted.idempotency_row, status, body)
-        session.commit()
 
 
 def _accept(
@@ -176,28 +170,41 @@ def _accept(
             body = json.loads(raw)
         except ValueError:
             raise FlowIQError(400, "Invalid JSON", "The request body is not valid JSON") from None
-        row_id = None
-        if idempotency_key is not None:
-            claimed = _claim_idempotency(session, caller, idempotency_key, body)
-            if isinstance(claimed, idempotency.Replay):
-                return claimed
-            row_id = claimed
+        if idempotency_key is None:
+            accepted = _validate_and_persist(session, caller, body, None)
+            session.commit()
+            return accepted
+        # The key and the message commit together (see api_shim/idempotency.py).
+        taken = _claim_idempotency(session, caller, idempotency_key, body)
+        if isinstance(taken, idempotency.Replay):
+            return taken
+        if isinstance(taken, idempotency.KeyOfMessage):
+            # Same key, same body: the recipient and type are those of the first request.
+            send = parse_send(body)
+            return _Accepted(taken.message_id, send.wa_id, send.message_type, caller.org_name, created=False)
         try:
-            return _validate_and_persist(session, caller, body, row_id)
+            accepted = _validate_and_persist(session, caller, body, idempotency_key)
         except FlowIQError as error:
-            if row_id is not None:
-                session.rollback()
-                idempotency.finish(session, row_id, error.status, error.body())
-                session.commit()
+            idempotency.keep_refusal(session, taken, error.status, error.body())
             raise
+        idempotency.record_message(session, taken, accepted.message_id)
+        session.commit()
+        return accepted
 
 
-def _claim_idempotency(session: Any, caller: Caller, key: str, body: Any) -> uuid.UUID | idempotency.Replay:
+def _claim_idempotency(
+    session: Any, caller: Caller, key: str, body: Any
+) -> idempotency.Claim | idempotency.KeyOfMessage | idempotency.Replay:
     if not key or len(key) > idempotency.MAX_KEY_LENGTH:
         raise FlowIQError(400, "Invalid field", f"Idempotency-Key: 1 to {idempotency.MAX_KEY_LENGTH} characters")
     try:
-        claimed = idempotency.begin(
-            session, org_id=caller.org_id, surface="flowiq", key=key, body=body, ttl_h=get_settings().idempotency_ttl_h
+        return idempotency.take(
+            session,
+            org_id=caller.org_id,
+            surface=SourceApi.FLOWIQ,
+            key=key,
+            body=body,
+            ttl_h=get_settings().idempotency_ttl_h,
         )
     except idempotency.KeyReused:
         raise FlowIQError(
@@ -209,11 +216,10 @@ def _claim_idempotency(session: Any, caller: Caller, key: str, body: Any) -> uui
             409, "Idempotency key in progress", "A request with this Idempotency-Key is still in progress",
             code="IDEMPOTENCY_KEY_IN_PROGRESS",
         ) from None  # fmt: skip
-    session.commit()
-    return claimed
 
 
-def _validate_and_persist(session: Any, caller: Caller, body: Any, row_id: uuid.UUID | None) -> _Accepted:
+def _validate_and_persist(session: Any, caller: Caller, body: Any, idempotency_key: str | None) -> _Accepted:
+    """The checks, then the message in the session's transaction; the caller commits."""
     send = parse_send(body)
     account = _sending_account(session, caller)
     contact = session.scalars(
@@ -229,9 +235,8 @@ def _validate_and_persist(session: Any, caller: Caller, body: Any, row_id: uuid.
         )
     if contact.opted_out_at is not None:
         raise FlowIQError(400, "Contact opted out", f"The contact {send.wa_id} opted out of WhatsApp messages")
-    message_id = _persist(session, caller, account, contact, send)
-    session.commit()
-    return _Accepted(message_id, send.wa_id, send.message_type, caller.org_name, row_id)
+    message_id = _persist(session, caller, account, contact, send, idempotency_key)
+    return _Accepted(message_id, send.wa_id, send.message_type, caller.org_name)
 
 
 def _sending_account(session: Any, caller: Caller) -> WhatsappAccount:
@@ -263,7 +268,14 @@ def _sending_account(session: Any, caller: Caller) -> WhatsappAccount:
     return account
 
 
-def _persist(session: Any, caller: Caller, account: WhatsappAccount, contact: Contact, send: FlowIQSend) -> uuid.UUID:
+def _persist(
+    session: Any,
+    caller: Caller,
+    account: WhatsappAccount,
+    contact: Contact,
+    send: FlowIQSend,
+    idempotency_key: str | None,
+) -> uuid.UUID:
     return persist_message(
         session,
         org_id=caller.org_id,
@@ -271,6 +283,7 @@ def _persist(session: Any, caller: Caller, account: WhatsappAccount, contact: Co
         contact_id=contact.id,
         message=send.message,
         source=SourceApi.FLOWIQ,
+        idempotency_key=idempotency_key,
     )
 
 

@@ -132,9 +132,11 @@ class Message(Base):
             postgresql_where=text("status IN ('queued', 'retrying', 'sending')"),
         ),
         Index("ix_messages_conversation_created", "conversation_id", "created_at"),
+        # An Idempotency-Key names at most one message per organization and surface (source_api).
         Index(
-            "uq_messages_org_idempotency",
+            "uq_messages_org_source_idempotency",
             "org_id",
+            "source_api",
             "idempotency_key",
             unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
@@ -186,6 +188,8 @@ class Message(Base):
     call_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # When the message was last handed to the broker; NULL while it waits in Postgres for the pacer.
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The Idempotency-Key of the request that created it (written with its idempotency_keys row);
+    # cleared when the key, past its TTL, is taken over by a new message.
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     # The user's media, once fetched and stored: content hash, our storage key and signed URL.
     media_sha256: Mapped[str | None] = mapped_column(String(64))
@@ -273,7 +277,8 @@ class OrgUsage(Base):
 
 
 class IdempotencyKey(Base):
-    """A send made with an Idempotency-Key header: its request fingerprint and, once done, its answer."""
+    """A send made with an Idempotency-Key header: its request fingerprint and either the message it
+    created (written in the same transaction) or the refusal it got before any message existed."""
 
     __tablename__ = "idempotency_keys"
     __table_args__ = (UniqueConstraint("org_id", "surface", "key", name="uq_idempotency_org_surface_key"),)
@@ -286,4 +291,8 @@ class IdempotencyKey(Base):
     state: Mapped[str] = mapped_column(String(16), server_default="in_progress")
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_body: Mapped[dict[str, Any] | None]
+    # The key's message; its answer is read from the message. Deleting the message frees the key.
+    message_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE", name="fk_idempotency_keys_message_id"), index=True
+    )
     created_at: Mapped[datetime] = _created_at()
