@@ -1,8 +1,8 @@
 """an Idempotency-Key belongs to the message it created
 
-Revision ID: 0006
-Revises: 0005
-Create Date: 2026-11-24 10:00:00.000000
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-11-23 22:40:00
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
