@@ -90,6 +90,8 @@ def create_account(
         raise AdminError("--status: must be connected, disconnected or halted")
     if mps < 1:
         raise AdminError("--mps: must be at least 1")
+    if token is not None and not (token.isascii() and token.isprintable() and " " not in token and token):
+        raise AdminError("--token: must be printable ASCII with no spaces (check for a pasted newline)")
     if account_type == AccountType.MEMBER and member_id is None:
         member_id = uuid.uuid4()
     account = WhatsappAccount(

@@ -86,9 +86,9 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition("claim", CLAIMABLE, (S.SENDING,), Actor.CLAIM_HOLDER,
                "due; no earlier message of its conversation pending; a new token and lease"),
     Transition("begin call", (S.SENDING,), (S.SENDING,), Actor.CLAIM_HOLDER,
-               "token matches, lease unexpired, no call yet under this claim; marks the call started"),
+               "token matches and the lease has not run out; marks the call started, renews the lease"),
     Transition("give back", (S.SENDING,), (S.QUEUED, S.RETRYING), Actor.CLAIM_HOLDER,
-               "token matches and no call started; not an attempt (it may wait for a slot in Postgres)"),
+               "token matches and its holder made no call; not an attempt (it may wait in Postgres)"),
     Transition("sent", (S.SENDING,), (S.SENT,), Actor.CLAIM_HOLDER, "token matches; Meta answered with a wamid"),
     Transition("retry", (S.SENDING,), (S.RETRYING,), Actor.CLAIM_HOLDER,
                "token matches; a retryable answer with budget left"),
@@ -341,7 +341,8 @@ _BEGIN_CALL = (
         _messages.c.id == bindparam("p_message_id", type_=Uuid),
         _messages.c.claim_token == bindparam("p_token", type_=Uuid),
         _messages.c.status == MessageStatus.SENDING.value,
-        _messages.c.call_started_at.is_(None),
+        # No "call_started_at IS NULL": a repeat of this statement after its answer was lost must
+        # find the same yes (the holder calls once either way).
         _messages.c.lease_expires_at > func.now(),
     )
     .values(call_started_at=func.now(), lease_expires_at=func.now() + bindparam("p_lease", type_=Interval))
@@ -363,14 +364,16 @@ def give_back(session: Session | Connection, claim: Claim, **waiting: Any) -> bo
 
     ``waiting`` says when it may be tried again (``next_attempt_at``, ``reserved_slot``,
     ``enqueued_at``); without it, it simply waits (its account is halted: resume re-enqueues it).
-    Refused once the call started: then only the call's answer (or the sweeper) may settle it."""
+    Only a holder that made no call gives back (worker/delivery.py never does after calling); it
+    clears the call marker, which a begin_call whose answer was lost may have left."""
     row = session.execute(
         update(Message)
-        .where(_held(claim), Message.call_started_at.is_(None))
+        .where(_held(claim))
         .values(
             status=MessageStatus.RETRYING if claim.attempt_no > 1 else MessageStatus.QUEUED,
             attempts=Message.attempts - 1,
             lease_expires_at=None,
+            call_started_at=None,
             **waiting,
         )
         .returning(Message.id)
@@ -529,6 +532,20 @@ def record_sent(
         },
     ).one()
     return SentWrite(bool(row.written), row.successor if row.written else None)
+
+
+def already_sent(connection: Session | Connection, claim: Claim, *, wamid: str) -> bool:
+    """Whether this very claim's ``sent`` write landed (its answer may have been lost with the
+    connection, so a repeat found nothing to change)."""
+    row = connection.execute(
+        select(Message.id).where(
+            Message.id == claim.message_id,
+            Message.claim_token == claim.token,
+            Message.wamid == wamid,
+            status_in(Message.status, (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ)),
+        )
+    ).first()
+    return row is not None
 
 
 def reconcile_sent(session: Session, claim: Claim, *, wamid: str, response: dict[str, Any]) -> bool:

@@ -20,7 +20,7 @@ from typing import cast
 
 import redis
 
-from worker.meta_errors import DeliveryError, DeliveryUncertain, Transient
+from worker.meta_errors import DeliveryError, DeliveryUncertain, NotSent, Transient
 from worker.rate_limit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ def signals_outage(error: DeliveryError) -> bool:
     """Failures that say Meta (or the way to it) is unwell, not that this message is wrong."""
     if isinstance(error, DeliveryUncertain):
         return True
+    if isinstance(error, NotSent):
+        return False  # our own request was at fault, Meta never saw it
     return isinstance(error, Transient) and (error.http_status is None or error.http_status >= 500)
 
 

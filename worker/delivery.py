@@ -269,6 +269,10 @@ class Delivery:
             raise
         if written.written:
             return Settled(Outcome.SENT, written.successor)
+        if run_single_statement(lambda db: lifecycle.already_sent(db, claim, wamid=result.wamid)):
+            # The first try landed and its answer was lost with the connection; the repeat found
+            # nothing left to change. The conversation's next message is looked up afresh.
+            return Settled(Outcome.SENT)
         with session_scope() as session:
             reconciled = lifecycle.reconcile_sent(session, claim, wamid=result.wamid, response=result.response)
         if reconciled:
@@ -286,14 +290,13 @@ class Delivery:
         try:
             token = decrypt_token(claim.encrypted_token)
         except InvalidToken:
-            with session_scope() as session:
-                account_state.halt_account(
-                    session,
-                    claim.account_id,
-                    "the stored access token cannot be decrypted (was the encryption key changed?)",
-                )
-                lifecycle.give_back(session, claim)
-            return Settled(Outcome.ACCOUNT_HALTED)
+            return self._halt_before_call(
+                claim, "the stored access token cannot be decrypted (was the encryption key changed?)"
+            )
+        if not is_header_safe(token):
+            return self._halt_before_call(
+                claim, "the stored access token is not a valid HTTP header value (a pasted space or newline?)"
+            )
         try:
             message = outbound_adapter.validate_python(claim.payload)
         except ValidationError as exc:
@@ -307,6 +310,13 @@ class Delivery:
             except DeliveryError as error:
                 return self._handle_error(attempt, error, called=False)
         return _Prepared(token, message, media)
+
+    def _halt_before_call(self, claim: Claim, reason: str) -> Settled:
+        """The account cannot be used (no call was made): halt it; the message waits unsent."""
+        with session_scope() as session:
+            account_state.halt_account(session, claim.account_id, reason)
+            lifecycle.give_back(session, claim)
+        return Settled(Outcome.ACCOUNT_HALTED)
 
     def _wait_for_slot(self, claim: Claim) -> Settled | None:
         """Wait here for a near send slot; give the message back for a later one. None: go on (the
@@ -503,6 +513,11 @@ class Delivery:
             return pause
         failures = max(1, claim.attempt_no - claim.throttled_attempts)
         return compute_backoff(failures, base_s=s.retry_base_s, cap_s=s.retry_cap_s, retry_after_s=error.retry_after_s)
+
+
+def is_header_safe(token: str) -> bool:
+    """A bearer token must be printable ASCII with no spaces to be sent in a header at all."""
+    return bool(token) and token.isascii() and token.isprintable() and " " not in token
 
 
 def _media_id_refused(error: DeliveryError) -> bool:

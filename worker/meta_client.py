@@ -13,6 +13,7 @@ from models.settings import Settings
 from worker.meta_errors import (
     AccountBroken,
     DeliveryUncertain,
+    NotSent,
     Permanent,
     Retryable,
     Transient,
@@ -59,7 +60,16 @@ class MetaClient:
         url = f"{self._base}/{self._version}/{phone_number_id}/messages"
         started = time.monotonic()
         try:
-            response = self._http.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
+            request = self._http.build_request("POST", url, json=body, headers={"Authorization": f"Bearer {token}"})
+        except (httpx.HTTPError, ValueError) as exc:
+            # The request could not even be built (a token that is no valid header value, a body
+            # that cannot be encoded): not a byte left this process.
+            raise NotSent(f"the request to Meta could not be built: {type(exc).__name__}") from exc
+        try:
+            response = self._http.send(request)
+        except httpx.LocalProtocolError as exc:
+            # h11 refused to write the request (an invalid header, for one): nothing was sent.
+            raise NotSent(f"the request to Meta could not be written: {type(exc).__name__}") from exc
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # Nothing was sent: safe to try again.
             raise Transient(f"could not reach Meta: {type(exc).__name__}") from exc

@@ -62,6 +62,13 @@ class Transient(Retryable):
     error_class = "transient"
 
 
+class NotSent(Transient):
+    """The request never left this process (it could not be built or written). Retried on the
+    failure budget, so a request that can never be built ends as a clear failure."""
+
+    error_class = "not_sent"
+
+
 class Final(DeliveryError):
     """The message fails now with this error; it is never retried automatically."""
 

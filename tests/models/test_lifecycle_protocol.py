@@ -254,3 +254,14 @@ def test_the_table_allows_exactly_the_moves_the_protocol_describes():
     assert not lifecycle.allowed(S.SENT, S.QUEUED, A.OPERATOR)
     assert not lifecycle.allowed(S.QUEUED, S.SENT, A.CLAIM_HOLDER)  # never without a claim
     assert not lifecycle.allowed(S.SENDING, S.SENT, A.SWEEPER)
+
+
+def test_a_holder_that_made_no_call_clears_a_call_marker_it_left(world: World):
+    # begin_call landed but its reply was lost and the holder did not call: giving back clears the
+    # marker, so the sweeper can never fail this message as uncertain.
+    message_id = world.accept()
+    claim = world.claim(message_id)
+    assert world.run(lambda s: lifecycle.begin_call(s, claim, call_lease_s=60))
+    assert world.run(lambda s: lifecycle.give_back(s, claim))
+    row = world.row(message_id)
+    assert (row.status, row.call_started_at, row.attempts) == ("queued", None, 0)
