@@ -19,7 +19,7 @@ from api_shim.auth import Caller, authenticate_flowestate
 from api_shim.errors import STATUS_OF, ApiError, ErrorCode, error_responses
 from api_shim.intake import hand_to_broker, persist_message
 from models.db import get_sessionmaker
-from models.enums import AccountStatus, Scope, SourceApi
+from models.enums import AccountStatus, MessageStatus, Scope, SourceApi
 from models.outbound import CAPTION_MAX, TEXT_MAX, AnyOutbound, MediaMessage, TextMessage
 from models.phones import is_valid_e164
 from models.settings import get_settings
@@ -260,6 +260,11 @@ def _send_once(body: SendIn, session: Session, caller: Caller, idempotency_key: 
     if isinstance(taken, idempotency.Replay):
         return JSONResponse(taken.body, status_code=taken.status)
     if isinstance(taken, idempotency.KeyOfMessage):
+        if session.scalar(select(Message.status).where(Message.id == taken.message_id)) == MessageStatus.QUEUED:
+            # The first request may have died between its commit and its enqueue: one more task
+            # is harmless (only one claim can win) and saves waiting for the sweeper.
+            session.rollback()
+            hand_to_broker(taken.message_id)
         return _accepted(taken.message_id)
     try:
         message_id = _check_and_persist(body, session, caller, idempotency_key)

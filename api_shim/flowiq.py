@@ -155,6 +155,10 @@ async def _deliver_and_wait(request: Request, accepted: _Accepted) -> JSONRespon
             outcome = await run_in_threadpool(_load_outcome, accepted.message_id)
             if outcome.final:
                 return _respond(accepted, outcome)
+            if outcome.status == MessageStatus.QUEUED:
+                # The first request may have died between its commit and its enqueue: one more
+                # task is harmless (only one claim can win) and saves waiting for the sweeper.
+                await run_in_threadpool(hand_to_broker, accepted.message_id)
         outcome = await _wait_for_outcome(future, accepted.message_id, settings.sync_timeout_s, settings.sync_poll_s)
     finally:
         waiter.forget(key, future)

@@ -145,14 +145,20 @@ class Settings(BaseSettings):
             raise ValueError("production refuses unsafe settings; set " + ", ".join(unsafe))
         return self
 
+    @property
+    def call_budget_s(self) -> float:
+        """The longest one call to Meta can take: waiting for a pooled connection, connecting and
+        writing the body (each bounded by the connect timeout), then reading the answer."""
+        return 3 * self.meta_connect_timeout_s + self.meta_read_timeout_s
+
     @model_validator(mode="after")
     def _lease_covers_a_call(self) -> Settings:
         # The lease is renewed when the call starts; the call itself must fit in it, or the
         # sweeper would judge a call still in flight.
-        if self.lease_s <= self.meta_connect_timeout_s + self.meta_read_timeout_s:
+        if self.lease_s <= self.call_budget_s:
             raise ValueError(
-                "WADISPATCH_LEASE_S must be longer than "
-                "WADISPATCH_META_CONNECT_TIMEOUT_S + WADISPATCH_META_READ_TIMEOUT_S"
+                "WADISPATCH_LEASE_S must be longer than a call to Meta can take "
+                "(3 x WADISPATCH_META_CONNECT_TIMEOUT_S + WADISPATCH_META_READ_TIMEOUT_S)"
             )
         return self
 

@@ -33,7 +33,7 @@ TEST_ENV = {
     "WADISPATCH_REQUEUE_AFTER_S": "3",
     "WADISPATCH_WORKER_CONCURRENCY": "8",
     "WADISPATCH_META_READ_TIMEOUT_S": "2",
-    "WADISPATCH_META_CONNECT_TIMEOUT_S": "2",
+    "WADISPATCH_META_CONNECT_TIMEOUT_S": "1",
     "WADISPATCH_LOG_LEVEL": "INFO",
     "WADISPATCH_SYNC_TIMEOUT_S": "4",
     # Pair pacing (1 message per 6 s to a contact) would make multi-message tests slow; it has

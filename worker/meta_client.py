@@ -44,7 +44,15 @@ class MetaClient:
         self._base = settings.meta_base_url.rstrip("/")
         self._version = settings.meta_api_version
         self._http = httpx.Client(
-            timeout=httpx.Timeout(settings.meta_read_timeout_s, connect=settings.meta_connect_timeout_s),
+            # Every phase has its own bound (a body is small, so writing it and waiting for a
+            # pooled connection get the connect timeout): a call lasts at most call_budget_s,
+            # which the settings keep inside the lease.
+            timeout=httpx.Timeout(
+                connect=settings.meta_connect_timeout_s,
+                read=settings.meta_read_timeout_s,
+                write=settings.meta_connect_timeout_s,
+                pool=settings.meta_connect_timeout_s,
+            ),
             limits=httpx.Limits(
                 max_connections=max_connections,
                 max_keepalive_connections=max_connections,

@@ -314,3 +314,31 @@ def test_no_key_row_is_committed_before_its_message(stack, tenant, monkeypatch, 
             flowiq._accept(request, tenant.slug, raw, "unit-key")
     assert seen_at_failure == [0]
     assert key_rows(tenant) == [] and messages_of(tenant) == []
+
+
+def test_a_retry_finding_its_message_never_enqueued_hands_it_over(stack, api, sandbox, tenant, redis_client):
+    # The first request committed its message and died before the enqueue (here: its task is
+    # removed from the queue). The client's retry with the same key hands it to the broker again
+    # instead of leaving it to the sweeper's grace.
+    from worker.celery_app import SEND_QUEUE
+
+    stack.worker.stop()
+    try:
+        redis_client.delete(SEND_QUEUE)
+        lead = tenant.new_lead()
+        first = fe_send(api.http, tenant, lead, "never-enqueued")
+        assert first.status_code == 200, first.text
+        redis_client.delete(SEND_QUEUE)  # the enqueue that never happened
+        again = fe_send(api.http, tenant, lead, "never-enqueued")
+        assert again.json() == first.json()
+        assert redis_client.llen(SEND_QUEUE) == 1
+    finally:
+        stack.worker.start()
+    message_id = first.json()["messageId"]
+    assert api.wait_for(tenant, message_id)["status"] == "sent"
+    sent = [
+        m
+        for m in sandbox.received(tenant.account.phone_number_id)
+        if m["body"]["biz_opaque_callback_data"] == message_id
+    ]
+    assert len(sent) == 1
