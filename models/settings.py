@@ -21,7 +21,14 @@ class Settings(BaseSettings):
 
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/wadispatch"
     database_pool_size: int = Field(default=10, ge=1)
+    # Server-side limits on every connection of the service (not migrations': they may run long).
+    database_statement_timeout_ms: int = Field(default=30_000, ge=0, description="0 turns it off")
+    database_lock_timeout_ms: int = Field(default=10_000, ge=0, description="0 turns it off")
+    database_idle_in_transaction_timeout_ms: int = Field(default=60_000, ge=0, description="0 turns it off")
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Every Redis client (broker included): connecting, and waiting for an answer to a command.
+    redis_connect_timeout_s: float = Field(default=2.0, gt=0)
+    redis_socket_timeout_s: float = Field(default=3.0, gt=0)
 
     meta_base_url: str = "http://127.0.0.1:8090"
     meta_api_version: str = "v21.0"

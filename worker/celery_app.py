@@ -48,6 +48,13 @@ def create_celery() -> Celery:
             # task would come back after the visibility timeout): one for each task in flight,
             # plus the consumer's own.
             "max_connections": broker_connections_for(settings.worker_concurrency),
+            # A broker that stops answering without closing the connection must not hold a
+            # publish (an API request) or an ack forever. The consumer's BRPOP is unaffected:
+            # kombu reads its reply only once the socket is readable, and the server answers
+            # every BRPOP within a second anyway (kombu's brpop_timeout).
+            "socket_timeout": settings.redis_socket_timeout_s,
+            "socket_connect_timeout": settings.redis_connect_timeout_s,
+            "socket_keepalive": True,
         },
         broker_connection_retry_on_startup=True,
         task_routes={SEND_TASK: {"queue": SEND_QUEUE}, SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}},

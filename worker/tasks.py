@@ -13,6 +13,7 @@ from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy import exc as sqlalchemy_exc
 
 from models.db import describe_database_error, session_scope
+from models.redis_client import redis_from_url
 from models.settings import get_settings
 from worker.backoff import compute_backoff
 from worker.celery_app import SEND_TASK, SWEEP_TASK, app, enqueue_due, enqueue_send
@@ -34,7 +35,7 @@ def _get_delivery() -> Delivery:
     with _delivery_lock:
         if _delivery is None:
             settings = get_settings()
-            limiter = RateLimiter(redis.Redis.from_url(settings.redis_url))
+            limiter = RateLimiter(redis_from_url(settings.redis_url, purpose="rate-limit"))
             _delivery = Delivery(settings, meta=get_meta_client(settings), limiter=limiter, schedule=enqueue_due)
         return _delivery
 
@@ -99,7 +100,7 @@ def bench_call(counter_key: str, phone_number_id: str, serial: int) -> None:
 
 @lru_cache(maxsize=1)
 def _noop_redis() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().redis_url)
+    return redis_from_url(get_settings().redis_url, purpose="bench")
 
 
 @app.task(name=SWEEP_TASK)
