@@ -8,6 +8,7 @@ import uuid
 from celery import Celery
 from celery.signals import after_setup_logger, worker_process_init
 
+from models import log_hygiene
 from models.db import reset_engine
 from models.settings import get_settings
 
@@ -91,6 +92,8 @@ def _one_line_per_message(loglevel: int, **_: object) -> None:
     if loglevel > logging.DEBUG:
         for name in ("celery.worker.strategy", "celery.app.trace"):
             logging.getLogger(name).setLevel(max(loglevel, logging.WARNING))
+    # Calls to Meta and media downloads go through httpx, which logs every URL at INFO.
+    log_hygiene.install()
 
 
 def enqueue_send(message_id: uuid.UUID) -> None:
