@@ -51,13 +51,31 @@ def _new_engine() -> Engine:
         # instead of opening one more, so the processes together stay within max_connections.
         pool_size=settings.database_pool_size,
         max_overflow=0,
-        connect_args={"options": session_limits(settings)},
+        connect_args=connect_args(settings),
         # Error messages and logs name the statement but never its values (message text,
         # phone numbers, tokens).
         hide_parameters=True,
     )
     _ping_idle_connections(engine)
     return engine
+
+
+# A server or network that went silent: libpq's keepalives end the connection after about
+# KEEPALIVES_IDLE_S + KEEPALIVES_COUNT * KEEPALIVES_INTERVAL_S (60 s) instead of the kernel's hours.
+KEEPALIVES_IDLE_S = 30
+KEEPALIVES_INTERVAL_S = 10
+KEEPALIVES_COUNT = 3
+
+
+def connect_args(settings: Settings) -> dict[str, object]:
+    return {
+        "options": session_limits(settings),
+        "connect_timeout": settings.database_connect_timeout_s,
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVES_IDLE_S,
+        "keepalives_interval": KEEPALIVES_INTERVAL_S,
+        "keepalives_count": KEEPALIVES_COUNT,
+    }
 
 
 def session_limits(settings: Settings) -> str:

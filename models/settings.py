@@ -25,6 +25,8 @@ class Settings(BaseSettings):
 
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/wadispatch"
     database_pool_size: int = Field(default=10, ge=1)
+    # Opening a connection (libpq counts whole seconds, at least 2).
+    database_connect_timeout_s: int = Field(default=5, ge=2)
     # Server-side limits on every connection of the service (not migrations': they may run long).
     database_statement_timeout_ms: int = Field(default=30_000, ge=0, description="0 turns it off")
     database_lock_timeout_ms: int = Field(default=10_000, ge=0, description="0 turns it off")

@@ -100,3 +100,35 @@ def test_migrations_run_without_the_service_limits(database, monkeypatch):
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_connecting_to_a_server_that_never_answers_gives_up(monkeypatch):
+    from tests.support.silent_server import SilentServer
+
+    with SilentServer() as silent:
+        monkeypatch.setenv("WADISPATCH_DATABASE_URL", silent.url("postgresql+psycopg", "/wadispatch"))
+        monkeypatch.setenv("WADISPATCH_DATABASE_CONNECT_TIMEOUT_S", "2")
+        get_settings.cache_clear()
+        db.reset_engine()
+        errors: list[Exception] = []
+
+        def connect() -> None:
+            try:
+                with db.get_engine().connect():
+                    pass
+            except Exception as error:
+                errors.append(error)
+
+        try:
+            started = time.monotonic()
+            attempt = threading.Thread(target=connect, daemon=True)
+            attempt.start()
+            attempt.join(20)
+            took = time.monotonic() - started
+        finally:
+            monkeypatch.undo()
+            get_settings.cache_clear()
+            db.reset_engine()
+    assert not attempt.is_alive(), "still connecting to a server that never answers"
+    assert errors and isinstance(errors[0], exc.OperationalError)
+    assert took < 10, took
