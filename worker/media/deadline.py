@@ -103,14 +103,15 @@ class DeadlineBackend(httpcore.NetworkBackend):
 
 
 class DeadlineTransport(httpx.HTTPTransport):
-    """httpx's transport on the deadline backend (no proxy, no environment: trust_env=False)."""
+    """httpx's default transport on the deadline backend (proxies are the client's business: the
+    fetcher's client ignores the environment's)."""
 
     def __init__(self) -> None:
-        super().__init__(trust_env=False)
+        super().__init__()
         # httpx builds its connection pool with no way to pass a network backend: build the same
-        # pool (httpx's default limits) on ours.
+        # pool (httpx's default limits and TLS context) on ours.
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=httpx.create_ssl_context(),
             max_connections=100,
             max_keepalive_connections=20,
             keepalive_expiry=5.0,
