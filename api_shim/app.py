@@ -13,6 +13,7 @@ from api_shim.errors import install_flowestate_handlers
 from api_shim.flowiq_errors import FlowIQError
 from api_shim.request_guard import RequestGuard
 from api_shim.sync_results import ResultWaiter
+from models import log_hygiene
 from models.settings import get_settings
 
 DESCRIPTION = """
@@ -42,6 +43,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
+    # Also when uvicorn runs this factory itself, after it set up logging (and in each of its workers).
+    log_hygiene.install()
     app = FastAPI(title="wadispatch", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan)
     install_flowestate_handlers(app, flowestate.PREFIX)
 

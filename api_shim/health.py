@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from models.db import get_engine
+from models.redis_client import redis_from_url
 from models.settings import get_settings
 
 router = APIRouter(tags=["health"])
@@ -17,7 +18,7 @@ router = APIRouter(tags=["health"])
 
 @lru_cache(maxsize=1)
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().redis_url, socket_connect_timeout=2, socket_timeout=2)
+    return redis_from_url(get_settings().redis_url, purpose="health")
 
 
 @router.get("/healthz")

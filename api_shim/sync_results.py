@@ -11,16 +11,19 @@ import asyncio
 import contextlib
 import logging
 
-import redis.asyncio as aioredis
-
+from models.redis_client import SUBSCRIBER_HEALTH_CHECK_S, async_subscriber_from_url
 from models.results_channel import CHANNEL_PATTERN, message_id_from
+from models.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 class ResultWaiter:
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, settings: Settings | None = None) -> None:
         self._redis_url = redis_url
+        self._settings = settings
+        # Times the subscription was lost (tests watch it stay at 0 through idle spells).
+        self.losses = 0
         self._waiting: dict[str, set[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
@@ -53,19 +56,22 @@ class ResultWaiter:
 
     async def _listen(self) -> None:
         while True:
-            client = aioredis.Redis.from_url(self._redis_url)
+            client = async_subscriber_from_url(self._redis_url, purpose="api-results", settings=self._settings)
             try:
                 async with client.pubsub() as pubsub:
                     await pubsub.psubscribe(CHANNEL_PATTERN)
                     self.subscribed.set()
-                    async for event in pubsub.listen():
-                        if event.get("type") == "pmessage":
+                    while True:
+                        # Waking up now and then while idle lets the client ping the server.
+                        event = await pubsub.get_message(timeout=SUBSCRIBER_HEALTH_CHECK_S)
+                        if event is not None and event.get("type") == "pmessage":
                             channel = event["channel"]
                             self._wake(message_id_from(channel.decode() if isinstance(channel, bytes) else channel))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.subscribed.clear()
+                self.losses += 1
                 log.warning("result subscription lost (%s); reconnecting", type(exc).__name__)
                 await asyncio.sleep(1)
             finally:

@@ -19,6 +19,7 @@ from sqlalchemy import BigInteger, DateTime, String, Table, Uuid, bindparam, upd
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from models.redis_client import redis_from_url
 from models.settings import get_settings
 from models.tables import ApiKey, OrgUsage
 
@@ -61,7 +62,7 @@ class RateState:
 
 @lru_cache(maxsize=1)
 def _script() -> tuple[redis.Redis, object]:
-    client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=2, socket_connect_timeout=2)
+    client = redis_from_url(get_settings().redis_url, purpose="api-rate")
     return client, client.register_script(_REQUEST_GCRA)
 
 

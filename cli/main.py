@@ -10,6 +10,7 @@ import sys
 import click
 
 from cli import admin as admin_commands
+from models import log_hygiene
 from models.settings import get_settings
 
 # Hosts of the media URLs in the two API documents; `run` serves them from the sandbox.
@@ -28,6 +29,8 @@ def worker_db_pool_size(threads: int) -> int:
 @click.group()
 def cli() -> None:
     """wadispatch: queue-backed WhatsApp message dispatch."""
+    # Every process started from here (api, worker, beat, sandbox, flower) logs no URL query strings.
+    log_hygiene.install()
 
 
 @cli.command()

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.settings import get_settings
+from models.settings import Settings, get_settings
 
 T = TypeVar("T")
 
@@ -51,9 +51,43 @@ def _new_engine() -> Engine:
         # instead of opening one more, so the processes together stay within max_connections.
         pool_size=settings.database_pool_size,
         max_overflow=0,
+        connect_args=connect_args(settings),
+        # Error messages and logs name the statement but never its values (message text,
+        # phone numbers, tokens).
+        hide_parameters=True,
     )
     _ping_idle_connections(engine)
     return engine
+
+
+# A server or network that went silent: libpq's keepalives end the connection after about
+# KEEPALIVES_IDLE_S + KEEPALIVES_COUNT * KEEPALIVES_INTERVAL_S (60 s) instead of the kernel's hours.
+KEEPALIVES_IDLE_S = 30
+KEEPALIVES_INTERVAL_S = 10
+KEEPALIVES_COUNT = 3
+
+
+def connect_args(settings: Settings) -> dict[str, object]:
+    return {
+        "options": session_limits(settings),
+        "connect_timeout": settings.database_connect_timeout_s,
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVES_IDLE_S,
+        "keepalives_interval": KEEPALIVES_INTERVAL_S,
+        "keepalives_count": KEEPALIVES_COUNT,
+    }
+
+
+def session_limits(settings: Settings) -> str:
+    """Postgres settings for every connection of the service, so no statement, lock wait or
+    forgotten open transaction can hold a connection (and a thread) for long. Migrations use their
+    own engine without them: they may run long, and must."""
+    limits = {
+        "statement_timeout": settings.database_statement_timeout_ms,
+        "lock_timeout": settings.database_lock_timeout_ms,
+        "idle_in_transaction_session_timeout": settings.database_idle_in_transaction_timeout_ms,
+    }
+    return " ".join(f"-c {name}={value}" for name, value in limits.items())
 
 
 def _ping_idle_connections(engine: Engine) -> None:

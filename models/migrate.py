@@ -31,7 +31,7 @@ def ensure_database(database_url: str) -> bool:
     name = url.database
     if not name:
         raise ValueError("WADISPATCH_DATABASE_URL names no database")
-    server = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    server = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT", hide_parameters=True)
     try:
         with server.connect() as conn:
             exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Pure address classification (no Celery, no I/O): the same rules the media fetcher applies.
+from worker.media.address_policy import literal_address, refusal_reason
 
 # Development-only secrets: they make `make run` work with no configuration, and production
 # refuses to start while any of them is still in use.
@@ -21,7 +25,16 @@ class Settings(BaseSettings):
 
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/wadispatch"
     database_pool_size: int = Field(default=10, ge=1)
+    # Opening a connection (libpq counts whole seconds, at least 2).
+    database_connect_timeout_s: int = Field(default=5, ge=2)
+    # Server-side limits on every connection of the service (not migrations': they may run long).
+    database_statement_timeout_ms: int = Field(default=30_000, ge=0, description="0 turns it off")
+    database_lock_timeout_ms: int = Field(default=10_000, ge=0, description="0 turns it off")
+    database_idle_in_transaction_timeout_ms: int = Field(default=60_000, ge=0, description="0 turns it off")
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Every Redis client (broker included): connecting, and waiting for an answer to a command.
+    redis_connect_timeout_s: float = Field(default=2.0, gt=0)
+    redis_socket_timeout_s: float = Field(default=3.0, gt=0)
 
     meta_base_url: str = "http://127.0.0.1:8090"
     meta_api_version: str = "v21.0"
@@ -141,6 +154,8 @@ class Settings(BaseSettings):
             unsafe.append("WADISPATCH_SECRET_KEY")
         if self.media_test_allowed or self.media_test_hosts or self.media_egress_loopback_only:
             unsafe.append("no WADISPATCH_MEDIA_TEST_* / MEDIA_EGRESS_LOOPBACK_ONLY (test-only settings)")
+        if problem := not_a_public_https_url(self.meta_base_url):
+            unsafe.append(f"WADISPATCH_META_BASE_URL to Meta's https address ({problem})")
         if unsafe:
             raise ValueError("production refuses unsafe settings; set " + ", ".join(unsafe))
         return self
@@ -170,6 +185,33 @@ class Settings(BaseSettings):
         if self.rate_horizon_s >= self.broker_visibility_timeout_s:
             raise ValueError("WADISPATCH_RATE_HORIZON_S must stay below WADISPATCH_BROKER_VISIBILITY_TIMEOUT_S")
         return self
+
+
+# Names that never lead to a public host: RFC 6761 special-use names, mDNS, and the suffixes kept
+# for private networks. A single-label name (no dot) resolves only through local search domains.
+_PRIVATE_NAME_SUFFIXES = ("localhost", "local", "localdomain", "internal", "home.arpa", "test", "invalid", "example")
+
+
+def not_a_public_https_url(url: str) -> str | None:
+    """Why ``url`` cannot be a public service's https address, or None. Judged from the URL
+    alone (a literal address is classified; names are not resolved)."""
+    parts = urlsplit(url)
+    if parts.scheme != "https":
+        return f"{parts.scheme or 'no scheme'} is not https"
+    host = (parts.hostname or "").lower().rstrip(".")
+    if not host:
+        return "no host"
+    try:
+        address = literal_address(host)
+    except ValueError as exc:
+        return str(exc)
+    if address is not None:
+        return refusal_reason(address)
+    if "." not in host:
+        return f"{host} is not a public name"
+    if any(host == suffix or host.endswith("." + suffix) for suffix in _PRIVATE_NAME_SUFFIXES):
+        return f"{host} is not a public name"
+    return None
 
 
 @lru_cache(maxsize=1)

@@ -9,6 +9,7 @@ import uuid
 from celery import Celery
 from celery.signals import after_setup_logger, worker_process_init
 
+from models import log_hygiene
 from models.db import reset_engine
 from models.settings import get_settings
 
@@ -49,6 +50,13 @@ def create_celery() -> Celery:
             # task would come back after the visibility timeout): one for each task in flight,
             # plus the consumer's own.
             "max_connections": broker_connections_for(settings.worker_concurrency),
+            # A broker that stops answering without closing the connection must not hold a
+            # publish (an API request) or an ack forever. The consumer's BRPOP is unaffected:
+            # kombu reads its reply only once the socket is readable, and the server answers
+            # every BRPOP within a second anyway (kombu's brpop_timeout).
+            "socket_timeout": settings.redis_socket_timeout_s,
+            "socket_connect_timeout": settings.redis_connect_timeout_s,
+            "socket_keepalive": True,
         },
         broker_connection_retry_on_startup=True,
         task_routes={SEND_TASK: {"queue": SEND_QUEUE}, SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}},
@@ -85,6 +93,8 @@ def _one_line_per_message(loglevel: int, **_: object) -> None:
     if loglevel > logging.DEBUG:
         for name in ("celery.worker.strategy", "celery.app.trace"):
             logging.getLogger(name).setLevel(max(loglevel, logging.WARNING))
+    # Calls to Meta and media downloads go through httpx, which logs every URL at INFO.
+    log_hygiene.install()
 
 
 def _stamped() -> dict[str, float]:

@@ -8,6 +8,7 @@ from functools import lru_cache
 
 import redis
 
+from models.redis_client import redis_from_url
 from models.results_channel import channel_for
 from models.settings import get_settings
 
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 
 @lru_cache(maxsize=1)
 def _client() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().redis_url, socket_connect_timeout=2, socket_timeout=2)
+    return redis_from_url(get_settings().redis_url, purpose="notify")
 
 
 def announce_outcome(message_id: uuid.UUID, outcome: str) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import exc as sqlalchemy_exc
 
 from models import lifecycle
 from models.db import describe_database_error, session_scope
+from models.redis_client import redis_from_url
 from models.settings import get_settings
 from worker.backoff import compute_backoff
 from worker.breaker import Breaker, BreakerPolicy
@@ -36,7 +37,7 @@ def _get_delivery() -> Delivery:
     with _delivery_lock:
         if _delivery is None:
             settings = get_settings()
-            client = redis.Redis.from_url(settings.redis_url)
+            client = redis_from_url(settings.redis_url, purpose="rate-limit")
             limiter = RateLimiter(client)
             policy = BreakerPolicy(
                 threshold=settings.breaker_threshold,
@@ -116,7 +117,7 @@ def bench_call(counter_key: str, phone_number_id: str, serial: int) -> None:
 
 @lru_cache(maxsize=1)
 def _noop_redis() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().redis_url)
+    return redis_from_url(get_settings().redis_url, purpose="bench")
 
 
 @app.task(name=SWEEP_TASK)

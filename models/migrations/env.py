@@ -13,7 +13,8 @@ target_metadata = Base.metadata
 
 def run_migrations() -> None:
     url = context.config.attributes.get("database_url") or get_settings().database_url
-    engine = create_engine(url, poolclass=pool.NullPool)
+    # Not models.db's engine: a migration may run longer than the service's statement timeout.
+    engine = create_engine(url, poolclass=pool.NullPool, hide_parameters=True)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
         with context.begin_transaction():

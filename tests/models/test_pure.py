@@ -18,7 +18,12 @@ def test_production_refuses_the_development_secrets():
 def test_production_starts_with_real_secrets():
     from cryptography.fernet import Fernet
 
-    settings = Settings(env="production", token_encryption_key=Fernet.generate_key().decode(), secret_key="s" * 40)
+    settings = Settings(
+        env="production",
+        token_encryption_key=Fernet.generate_key().decode(),
+        secret_key="s" * 40,
+        meta_base_url="https://graph.facebook.com",
+    )
     assert settings.env == "production"
 
 

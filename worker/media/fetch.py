@@ -4,8 +4,11 @@
 - the host is resolved once, every address is checked, and the connection goes to the checked
   address (Host header and TLS SNI keep the name), so DNS rebinding cannot swap it afterwards;
 - redirects are followed by hand, at most WADISPATCH_MEDIA_MAX_REDIRECTS, each hop checked again;
-- the body is read in chunks and abandoned past the kind's size cap, whatever Content-Length says;
-- connect and whole-download time limits.
+- the body is read as it arrives and abandoned past the kind's size cap, whatever Content-Length
+  says; the cap holds on the decoded bytes when a server compresses anyway (bounded_body.py);
+- one wall-clock deadline for the whole download (name lookups, connects, headers and body, across
+  redirects) that every blocking socket operation respects (deadline.py), so no server can hold a
+  worker thread past it by pacing its bytes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import httpx
 from models.settings import Settings
 from worker.media import errors
 from worker.media.address_policy import IPAddress, literal_address, refusal_reason
+from worker.media.bounded_body import BodyTooLarge, BoundedBody, CorruptEncoding, UnsupportedEncoding
+from worker.media.deadline import DeadlineTransport, call_within, download_deadline, remaining_s
 from worker.meta_errors import DeliveryError, Permanent
 
 Resolver = Callable[[str, int], list[str]]
@@ -54,7 +59,7 @@ class _Hop:
     sni_hostname: str | None
 
 
-class EgressGuardTransport(httpx.HTTPTransport):
+class EgressGuardTransport(DeadlineTransport):
     """TESTS ONLY: refuses to connect anywhere but loopback, whatever the address check decided."""
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -77,7 +82,8 @@ class SafeFetcher:
         self.resolver = resolver or (no_dns_resolver if settings.media_egress_loopback_only else system_resolver)
         self.allowed_pairs = {pair.lower() for pair in settings.media_test_allowed}
         self.test_hosts = {host.lower(): target for host, target in settings.media_test_hosts.items()}
-        transport = EgressGuardTransport() if settings.media_egress_loopback_only else httpx.HTTPTransport()
+        transport = EgressGuardTransport() if settings.media_egress_loopback_only else DeadlineTransport()
+        # Each hop narrows these to what remains of the download's deadline (see _get).
         self.client = httpx.Client(
             transport=transport,
             timeout=httpx.Timeout(settings.media_download_timeout_s, connect=settings.media_connect_timeout_s),
@@ -91,15 +97,16 @@ class SafeFetcher:
     def fetch(self, url: str, *, max_bytes: int, kind: str) -> Fetched:
         deadline = time.monotonic() + self.settings.media_download_timeout_s
         current = url
-        for _ in range(self.settings.media_max_redirects + 1):
-            hop = self._plan(current)
-            try:
-                body, location = self._get(hop, max_bytes=max_bytes, kind=kind, deadline=deadline)
-            except _EgressBlocked as exc:
-                raise Permanent(f"egress guard blocked {exc}", stored_code=errors.MEDIA_EGRESS_BLOCKED) from exc
-            if location is None:
-                return Fetched(body, current)
-            current = urljoin(current, location)
+        with download_deadline(deadline):
+            for _ in range(self.settings.media_max_redirects + 1):
+                hop = self._plan(current)
+                try:
+                    body, location = self._get(hop, max_bytes=max_bytes, kind=kind)
+                except _EgressBlocked as exc:
+                    raise Permanent(f"egress guard blocked {exc}", stored_code=errors.MEDIA_EGRESS_BLOCKED) from exc
+                if location is None:
+                    return Fetched(body, current)
+                current = urljoin(current, location)
         raise errors.refused(f"more than {self.settings.media_max_redirects} redirects")
 
     # -- one hop ---------------------------------------------------------------------------
@@ -139,9 +146,9 @@ class SafeFetcher:
         else:
             try:
                 stub = self.test_hosts.get(host)
-                raw = [stub] if stub else self.resolver(host, port)
+                raw = [stub] if stub else self._resolve(host, port)
                 addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in raw]
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError) as exc:  # TimeoutError is an OSError
                 raise errors.fetch_failed(f"cannot resolve {host}", retryable=True) from exc
             if not addresses:
                 raise errors.fetch_failed(f"{host} has no address", retryable=True)
@@ -155,12 +162,27 @@ class SafeFetcher:
                 raise errors.refused(reason)
         return addresses[0]
 
-    def _get(self, hop: _Hop, *, max_bytes: int, kind: str, deadline: float) -> tuple[bytes, str | None]:
+    def _resolve(self, host: str, port: int) -> list[str]:
+        # The system resolver takes no timeout of its own.
+        return call_within(lambda: self.resolver(host, port), self._seconds_left())
+
+    def _seconds_left(self) -> float:
+        left = remaining_s()
+        if left is None or left <= 0:
+            raise errors.fetch_failed("the download took too long", retryable=True)
+        return left
+
+    def _get(self, hop: _Hop, *, max_bytes: int, kind: str) -> tuple[bytes, str | None]:
         """The body, or (b"", Location) for a redirect."""
-        extensions = {"sni_hostname": hop.sni_hostname} if hop.sni_hostname else {}
+        extensions: dict[str, object] = {"sni_hostname": hop.sni_hostname} if hop.sni_hostname else {}
+        left = self._seconds_left()
+        # The pool wait and each operation get at most what is left (the network backend clamps
+        # every later read and write to the deadline as it goes).
+        timeout = httpx.Timeout(left, connect=min(self.settings.media_connect_timeout_s, left))
+        headers = {"Host": hop.host_header, "Accept": "*/*", "Accept-Encoding": "identity"}
         try:
             with self.client.stream(
-                "GET", hop.connect_url, headers={"Host": hop.host_header, "Accept": "*/*"}, extensions=extensions
+                "GET", hop.connect_url, headers=headers, extensions=extensions, timeout=timeout
             ) as response:
                 if response.is_redirect:
                     location = response.headers.get("location")
@@ -176,16 +198,7 @@ class SafeFetcher:
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > max_bytes:
                     raise errors.too_large(max_bytes, kind)
-                chunks: list[bytes] = []
-                size = 0
-                for chunk in response.iter_bytes(65536):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise errors.too_large(max_bytes, kind)
-                    if time.monotonic() > deadline:
-                        raise errors.fetch_failed("the download took too long", retryable=True)
-                    chunks.append(chunk)
-                return b"".join(chunks), None
+                return self._read_body(response, max_bytes=max_bytes, kind=kind), None
         except DeliveryError:
             raise
         except _EgressBlocked:
@@ -194,3 +207,21 @@ class SafeFetcher:
             raise errors.fetch_failed(f"timed out ({type(exc).__name__})", retryable=True) from exc
         except httpx.HTTPError as exc:
             raise errors.fetch_failed(f"{type(exc).__name__}", retryable=True) from exc
+
+    def _read_body(self, response: httpx.Response, *, max_bytes: int, kind: str) -> bytes:
+        encoding = response.headers.get("content-encoding")
+        try:
+            body = BoundedBody(encoding, max_bytes)
+        except UnsupportedEncoding as exc:
+            reason = f"the media host sent Content-Encoding {exc} (identity was asked for)"
+            raise errors.fetch_failed(reason, retryable=False) from exc
+        try:
+            # Raw reads, each handed over as it arrives (no re-chunking that waits for more).
+            for raw in response.iter_raw():
+                body.feed(raw)
+                self._seconds_left()
+            return body.finish()
+        except BodyTooLarge as exc:
+            raise errors.too_large(max_bytes, kind) from exc
+        except CorruptEncoding as exc:
+            raise errors.fetch_failed(f"the body is not valid {encoding}", retryable=False) from exc

@@ -74,7 +74,9 @@ def media_ref(message: AnyOutbound) -> MediaRef | None:
 
 @lru_cache(maxsize=1)
 def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
+    from models.redis_client import redis_from_url
+
+    return redis_from_url(url, purpose="media")
 
 
 class MediaPipeline:
