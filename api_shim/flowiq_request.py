@@ -70,7 +70,9 @@ def recipient_digits(raw: Any) -> str:
         raise FlowIQError(400, "Invalid phone number", f"phone_number: {problem}") from None
     if not phonenumbers.is_valid_number(number):
         raise FlowIQError(400, "Invalid phone number", f"phone_number: {problem}")
-    return digits
+    # The normalised number, not the digits as written: "+44 (0)20 7946 0958" is 442079460958
+    # (the national trunk 0 dropped), which is how contacts are stored and how Meta wants it.
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164).removeprefix("+")
 
 
 def _object(body: dict[str, Any], key: str, message_type: str) -> dict[str, Any]:

@@ -141,6 +141,9 @@ class Delivery:
         self.limiter = limiter
         self.breaker = breaker
         self.schedule = schedule
+        # Faults before the call in a row, in this process: while Redis or Postgres stays down,
+        # each message given back waits longer, so an outage is not hammered by every message.
+        self._faults_in_a_row = 0
 
     def run(self, message_id: uuid.UUID) -> Settled:
         """One delivery step for the message."""
@@ -238,6 +241,7 @@ class Delivery:
         """No token, no call: confirm the claim and an unexpired lease, and mark the call started."""
         lease = self.settings.lease_s
         began = run_single_statement(lambda db: lifecycle.begin_call(db, attempt.claim, call_lease_s=lease))
+        self._faults_in_a_row = 0  # Redis and Postgres answered all the way here
         if began:
             attempt.call_began = True
             # The lease was renewed from this moment: the result write may use what the call leaves.
@@ -397,7 +401,8 @@ class Delivery:
         back (not an attempt) and the message is tried again after a pause. If even that write
         fails, the lease runs out and the sweeper re-queues it (no call started)."""
         s = self.settings
-        delay = compute_backoff(claim.attempt_no, base_s=s.fault_retry_base_s, cap_s=s.fault_retry_cap_s)
+        self._faults_in_a_row += 1
+        delay = compute_backoff(min(self._faults_in_a_row, 30), base_s=s.fault_retry_base_s, cap_s=s.fault_retry_cap_s)
         reason = (
             describe_database_error(fault) if isinstance(fault, sqlalchemy_exc.DBAPIError) else type(fault).__name__
         )

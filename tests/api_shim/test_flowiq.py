@@ -102,6 +102,17 @@ def test_phone_number_noise_is_stripped(live, api, fiq):
     assert response.json()["data"]["recipient"] == "27123456789"
 
 
+def test_a_number_written_with_its_national_trunk_prefix_finds_the_contact(live, api, sandbox, fiq):
+    # libphonenumber reads "+44 (0)20 7946 0958" as +442079460958: the contact stored under that
+    # number is found (not a false 404), and the message goes to the normalised number.
+    fiq.tenant.new_lead(phone="+442079460958")
+    response = post(api, fiq, {**SEED["text"], "phone_number": "+44 (0)20 7946 0958"})
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["recipient"] == "442079460958"
+    received = sandbox.received(fiq.tenant.account.phone_number_id)
+    assert [m["body"]["to"] for m in received] == ["442079460958"]
+
+
 def test_invalid_provider(stack, api, fiq):
     with session_scope() as s:
         s.execute(update(Organization).where(Organization.id == fiq.tenant.org_id).values(whatsapp_provider="wati"))

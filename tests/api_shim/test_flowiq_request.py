@@ -143,6 +143,11 @@ def test_phone_noise_is_removed(raw):
     assert parse_send({"phone_number": raw, **text(1)}).wa_id == "27123456789"
 
 
+@pytest.mark.parametrize("raw", ["+44 (0)20 7946 0958", "+44 20 7946 0958", "44 (0) 20-7946-0958", "+4402079460958"])
+def test_a_national_trunk_zero_is_normalised_away(raw):
+    assert parse_send({"phone_number": raw, **text(1)}).wa_id == "442079460958"
+
+
 @pytest.mark.parametrize("raw", ["+27 12", "0123456789", "+1 (000) 000-0000", "phone", "+27123456789x"])
 def test_invalid_phone_numbers(raw):
     with pytest.raises(FlowIQError) as refused:
