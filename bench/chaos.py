@@ -320,6 +320,9 @@ def collect(args: argparse.Namespace, stack: Stack, url: str, load: LoadResult) 
                 "SELECT key, state, response_body ->> 'messageId' FROM idempotency_keys WHERE surface = 'flowestate'"
             ).fetchall()
         ]
+        expired = conn.execute(
+            "SELECT count(DISTINCT message_id) FROM message_attempts WHERE error_class = 'worker_lost'"
+        ).fetchone()
     sandbox = httpx.get(f"{stack.sandbox_url}/_sandbox/messages", timeout=120).json()
     received = Counter(str(m["body"].get("biz_opaque_callback_data")) for m in sandbox["data"])
     assert stack.proxy is not None
@@ -334,6 +337,7 @@ def collect(args: argparse.Namespace, stack: Stack, url: str, load: LoadResult) 
         keys=keys,
         received=received,
         dropped_ids=set(proxy["dropped_ids"]),
+        expired_leases=int(expired[0]) if expired else 0,
         logs=count_logs(stack.worker_logs()),
     )
     counts.extra["sandbox"] = (

@@ -81,6 +81,7 @@ class ChaosCounts:
     orphaned: int
     orphaned_by_link: Counter[str]
     keys_in_progress: int
+    expired_leases: int  # messages the sweeper failed as uncertain (their "worker_lost" attempt rows)
     logs: LogCounts
     # A few message ids (or keys) of each anomaly, to look up in the logs and the database.
     examples: dict[str, list[str]] = field(default_factory=dict)
@@ -119,6 +120,7 @@ def compute(
     keys: list[KeyRow],
     received: Counter[str],
     dropped_ids: set[str],
+    expired_leases: int,
     logs: LogCounts,
 ) -> ChaosCounts:
     by_id = {row.id: row for row in rows}
@@ -173,6 +175,7 @@ def compute(
         orphaned=sum(orphaned_by_link.values()),
         orphaned_by_link=orphaned_by_link,
         keys_in_progress=sum(1 for k in keys if k.state != "done"),
+        expired_leases=expired_leases,
         logs=logs,
         examples={name: sorted(ids)[:5] for name, ids in anomalies.items() if ids},
     )
@@ -201,8 +204,9 @@ def render(c: ChaosCounts) -> str:
         ("orphaned messages", c.orphaned, _detail(c.orphaned_by_link)),
         ("keys left in progress", c.keys_in_progress, "idempotency_keys rows never answered"),
         ("tasks skipped", c.logs.skipped, f"limit {MAX_SKIPPED_PER_SEND * c.sends:.0f}"),
-        ("sweeper re-enqueued", c.logs.requeued, "overdue queued/retrying messages"),
-        ("sweeper lost mid-send", c.logs.lost_mid_send, "expired leases failed as uncertain"),
+        ("sweeper re-enqueued", c.logs.requeued, "overdue queued/retrying messages, as logged (*)"),
+        ("uncertain by expired lease", c.expired_leases, "the sweeper failed them (worker_lost attempts)"),
+        ("sweeper lost mid-send", c.logs.lost_mid_send, "as logged (*: not a sweep whose worker died first)"),
         ("database unavailable", c.logs.database_unavailable, "send tasks that ran again later"),
     ]
     width = max(len(name) for name, _, _ in lines)
