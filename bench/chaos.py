@@ -1,0 +1,352 @@
+"""Fault injection: every accepted message is sent exactly once, or fails with a clear reason.
+
+One run, all on loopback, against a private Postgres and a private Redis (never the shared ones):
+1. Starts Postgres (initdb + pg_ctl in a temp folder) and redis-server on free ports, migrates.
+2. Starts the sandbox (latency, and a share of transient faults: 500/131000 and 503/2), the lossy
+   proxy in front of it (bench/lossy_proxy.py: a share of accepted sends lose their answer after
+   the sandbox recorded them), API processes, workers (calling Meta through the proxy) and beat.
+3. Sends N messages through FlowEstate POST /send over the load window, each with its own
+   Idempotency-Key; a request that gets no answer is repeated with the same key until it does
+   (or its deadline passes).
+4. Meanwhile: SIGKILL a worker every few seconds (a replacement starts at once), FLUSHALL Redis,
+   restart Postgres, SIGKILL an API process (and start it again).
+5. Stops the faults, waits until no message is queued, sending or retrying, and counts.
+
+Prints a table of counts (see README, "Benchmarks") and a last line with the goals; the exit code
+is 0 when every goal is met, 1 otherwise. `make chaos`, or `.venv/bin/python bench/chaos.py --help`.
+Every process it started is stopped and the private data removed on exit, also on Ctrl-C/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.chaos_client import LoadResult, build_requests, run_load  # noqa: E402
+from bench.chaos_report import KeyRow, MessageRow, compute, count_logs, goal_line, render  # noqa: E402
+from bench.chaos_stack import Stack  # noqa: E402
+from bench.private_services import PrivatePostgres, PrivateRedis  # noqa: E402
+
+# Settings for every process of the run: short lease and sweep so a killed worker's messages are
+# settled within the run, and retries that resolve transient faults within it.
+RUN_SETTINGS = {
+    "WADISPATCH_ENV": "test",
+    "WADISPATCH_LOG_LEVEL": "INFO",  # workers log one line per task: the skipped ones are counted
+    "WADISPATCH_LEASE_S": "20",
+    "WADISPATCH_SWEEP_INTERVAL_S": "2",
+    "WADISPATCH_REQUEUE_AFTER_S": "15",
+    "WADISPATCH_META_CONNECT_TIMEOUT_S": "2",
+    "WADISPATCH_META_READ_TIMEOUT_S": "5",
+    "WADISPATCH_RETRY_BASE_S": "1",
+    "WADISPATCH_RETRY_CAP_S": "8",
+    "WADISPATCH_MAX_ATTEMPTS": "6",
+    "WADISPATCH_PAIR_INTERVAL_S": "0",
+    "WADISPATCH_RATE_LIMIT_PER_MINUTE": "1000000",
+}
+
+
+@dataclass(frozen=True)
+class RunSize:
+    sends: int
+    seconds: float
+    answer_deadline_s: float
+
+
+QUICK = RunSize(sends=800, seconds=15.0, answer_deadline_s=60.0)
+FULL = RunSize(sends=5000, seconds=50.0, answer_deadline_s=120.0)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="800 sends, 15 s of load and faults, 60 s deadline")
+    parser.add_argument("--sends", type=int, default=None, help="messages to send (default 5000; quick 800)")
+    parser.add_argument("--seconds", type=float, default=None, help="load window (default 50; quick 15)")
+    parser.add_argument("--fault-seconds", type=float, default=None, help="fault window (default: the load window)")
+    parser.add_argument("--accounts", type=int, default=10, help="sender accounts (80 mps each)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes")
+    parser.add_argument("--api-processes", type=int, default=2)
+    parser.add_argument("--kill-every", type=float, default=5.0, help="seconds between worker SIGKILLs (0: none)")
+    parser.add_argument("--flushes", type=int, default=2, help="Redis FLUSHALLs in the fault window")
+    parser.add_argument("--pg-restarts", type=int, default=1, help="Postgres restarts in the fault window")
+    parser.add_argument("--pg-restart-mode", default="immediate", choices=["fast", "immediate"])
+    parser.add_argument("--api-kills", type=int, default=1, help="API process SIGKILLs (each restarted)")
+    parser.add_argument("--transient-fraction", type=float, default=0.05, help="sandbox calls answered 500/503")
+    parser.add_argument("--drop-fraction", type=float, default=0.01, help="accepted sends whose answer is lost")
+    parser.add_argument("--latency-ms", type=float, default=100.0, help="the sandbox's answer time")
+    parser.add_argument(
+        "--answer-deadline-s", type=float, default=None, help="how long a client insists (default 120; quick 60)"
+    )
+    parser.add_argument("--settle-timeout-s", type=float, default=240.0, help="wait for the last messages")
+    parser.add_argument("--pg-max-connections", type=int, default=100)
+    parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs even when all goals are met")
+    args = parser.parse_args()
+    size = QUICK if args.quick else FULL
+    args.sends = args.sends if args.sends is not None else size.sends
+    args.seconds = args.seconds if args.seconds is not None else size.seconds
+    if args.answer_deadline_s is None:
+        args.answer_deadline_s = size.answer_deadline_s
+    args.fault_seconds = args.fault_seconds if args.fault_seconds is not None else args.seconds
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    # Stopped from outside (timeout, SIGTERM) it still stops what it started and removes its data.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.monotonic()
+    log_dir = Path(tempfile.mkdtemp(prefix="wadispatch-chaos-logs-"))
+    passed = False
+    with ExitStack() as cleanup:
+        # The logs stay for a look when a goal was missed (or the run broke off), or when asked.
+        cleanup.callback(lambda: _remove_tree(log_dir) if passed and not args.keep_logs else None)
+        postgres = cleanup.enter_context(PrivatePostgres(max_connections=args.pg_max_connections))
+        redis_server = cleanup.enter_context(PrivateRedis())
+        env = {**RUN_SETTINGS, "WADISPATCH_DATABASE_URL": postgres.url, "WADISPATCH_REDIS_URL": redis_server.url}
+        os.environ.update(env)
+        subprocess.run([sys.executable, "-m", "cli", "migrate"], env=os.environ, cwd=ROOT, check=True,
+                       capture_output=True)  # fmt: skip
+        say(started, f"private Postgres :{postgres.port}, Redis :{redis_server.port}, logs in {log_dir}")
+
+        stack = cleanup.enter_context(Stack(env, log_dir))
+        stack.start_sandbox(args.latency_ms)
+        stack.start_proxy(drop_fraction=0.0)
+        stack.start_apis(args.api_processes)
+        stack.start_workers(args.workers)
+        stack.start_beat()
+        api_key, pairs = create_tenant(args.accounts, args.sends)
+        requests = build_requests(api_key, pairs)
+        say(started, f"{args.api_processes} API, {args.workers} workers, beat, sandbox and proxy running")
+
+        set_transient_faults(stack.sandbox_url, args.transient_fraction)
+        assert stack.proxy is not None
+        stack.proxy.set_drop_fraction(args.drop_fraction)
+        load, applied = asyncio.run(load_under_faults(args, stack, postgres, redis_server, requests, started))
+        say(started, f"load done in {load.seconds:.0f} s; waiting for the last messages")
+        pending = settle(postgres.libpq_url, args.settle_timeout_s)
+        say(started, f"settled ({pending} still unfinished)" if pending else "settled")
+
+        counts = collect(args, stack, postgres.libpq_url, load)
+        counts.extra["faults applied"] = ", ".join(f"{name} {n}" for name, n in applied.items())
+        counts.extra["client tries without answer"] = (
+            ", ".join(f"{reason} {n}" for reason, n in load.problems.most_common()) or "-"
+        )
+        counts.extra["bench ran"] = f"{time.monotonic() - started:.0f} s"
+        passed = all(counts.goals().values())
+        print(render(counts))
+        print(goal_line(counts))
+        if not passed or args.keep_logs:
+            print(f"logs: {log_dir}")
+        return 0 if passed else 1
+
+
+def say(started: float, text: str) -> None:
+    print(f"[{time.monotonic() - started:6.1f} s] {text}", flush=True)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def create_tenant(accounts: int, sends: int) -> tuple[str, list[Any]]:
+    """An organization, its FlowEstate key, ``accounts`` senders and one lead per send."""
+    from bench.throughput import create_tenant as create
+    from models.db import reset_engine
+
+    try:
+        return create(accounts, sends)
+    finally:
+        # The bench's own pool would not survive the Postgres restart: later reads use fresh connections.
+        reset_engine()
+
+
+def set_transient_faults(sandbox_url: str, fraction: float) -> None:
+    """Half of the faulty calls answer 500 with 131000, half 503 with code 2 (both transient)."""
+    import httpx
+
+    if fraction <= 0:
+        return
+    half = fraction / 2
+    for fault in (
+        {"http_status": 500, "code": 131000, "message": "Something went wrong", "fraction": half},
+        # The sandbox tries its faults in order: the second sees only calls the first let through.
+        {"http_status": 503, "code": 2, "message": "Service temporarily unavailable", "fraction": half / (1 - half)},
+    ):
+        body = {**fault, "count": None}
+        httpx.post(f"{sandbox_url}/_sandbox/faults", json=body, timeout=10).raise_for_status()
+
+
+def clear_faults(stack: Stack) -> None:
+    import httpx
+
+    httpx.delete(f"{stack.sandbox_url}/_sandbox/faults", timeout=10).raise_for_status()
+    assert stack.proxy is not None
+    stack.proxy.set_drop_fraction(0.0)
+
+
+@dataclass(frozen=True)
+class FaultEvent:
+    at_s: float
+    kind: str  # "kill-worker", "flush-redis", "restart-postgres", "kill-api"
+    slot: int = 0
+
+
+def fault_schedule(args: argparse.Namespace) -> list[FaultEvent]:
+    """Worker kills every few seconds (alternating workers); the rest spread over the window."""
+    window = args.fault_seconds
+    events = []
+    if args.kill_every > 0:
+        n = 1
+        while n * args.kill_every < window:
+            events.append(FaultEvent(n * args.kill_every, "kill-worker", (n - 1) % args.workers))
+            n += 1
+    for k in range(args.flushes):
+        events.append(FaultEvent(window * (k + 1) / (args.flushes + 1) + 0.3, "flush-redis"))
+    for k in range(args.pg_restarts):
+        events.append(FaultEvent(window * (k + 1) / (args.pg_restarts + 1) + 0.7, "restart-postgres"))
+    for k in range(args.api_kills):
+        events.append(FaultEvent(window * (k + 1) / (2 * args.api_kills + 2), "kill-api", k % args.api_processes))
+    return sorted(events, key=lambda e: e.at_s)
+
+
+async def load_under_faults(
+    args: argparse.Namespace,
+    stack: Stack,
+    postgres: PrivatePostgres,
+    redis_server: PrivateRedis,
+    requests: list[Any],
+    started: float,
+) -> tuple[LoadResult, Counter[str]]:
+    applied: Counter[str] = Counter()
+    restarts: list[asyncio.Task[Any]] = []
+
+    async def apply(event: FaultEvent) -> None:
+        if event.kind == "kill-worker":
+            # The scheduled worker, or another one if that one's replacement is still booting.
+            ready = stack.ready_workers()
+            if not ready:
+                applied["worker SIGKILLs skipped (none ready)"] += 1
+                say(started, "no worker ready: this kill is skipped")
+                return
+            slot = event.slot if event.slot in ready else ready[0]
+            # The replacement starts in the background: the schedule goes on meanwhile.
+            restarts.append(asyncio.create_task(asyncio.to_thread(stack.kill_and_restart_worker, slot)))
+            applied["worker SIGKILLs"] += 1
+            say(started, f"SIGKILL worker{slot}")
+        elif event.kind == "flush-redis":
+            keys = await asyncio.to_thread(redis_server.flushall)
+            applied["Redis FLUSHALLs"] += 1
+            say(started, f"FLUSHALL Redis ({keys} keys)")
+        elif event.kind == "restart-postgres":
+            took = await asyncio.to_thread(postgres.restart, args.pg_restart_mode)
+            applied["Postgres restarts"] += 1
+            say(started, f"Postgres restarted ({args.pg_restart_mode}, {took:.1f} s)")
+        elif event.kind == "kill-api":
+            restarts.append(asyncio.create_task(asyncio.to_thread(stack.kill_and_restart_api, event.slot)))
+            applied["API SIGKILLs"] += 1
+            say(started, f"SIGKILL api{event.slot}")
+
+    async def faults() -> None:
+        begin = time.monotonic()
+        for event in fault_schedule(args):
+            await asyncio.sleep(max(0.0, begin + event.at_s - time.monotonic()))
+            await apply(event)
+        await asyncio.sleep(max(0.0, begin + args.fault_seconds - time.monotonic()))
+        await asyncio.to_thread(clear_faults, stack)
+        say(started, "faults stopped")
+
+    fault_task = asyncio.create_task(faults())
+    load = await run_load(stack.api_urls, requests, seconds=args.seconds, deadline_s=args.answer_deadline_s)
+    await fault_task
+    # Failed replacements are reported; the run goes on with the processes that are up.
+    for outcome in await asyncio.gather(*restarts, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            say(started, f"a replacement process did not start: {outcome}")
+    return load, applied
+
+
+def _connect(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, connect_timeout=5, autocommit=True)
+
+
+def settle(url: str, timeout_s: float) -> int:
+    """Wait until no message is queued, sending or retrying; how many still are at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    pending = -1
+    while time.monotonic() < deadline:
+        try:
+            with _connect(url) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM messages WHERE status IN ('queued', 'sending', 'retrying')"
+                ).fetchone()
+            pending = int(row[0]) if row else 0
+        except Exception:
+            pending = -1  # the database is still coming back
+        if pending == 0:
+            return 0
+        time.sleep(1)
+    return pending
+
+
+def collect(args: argparse.Namespace, stack: Stack, url: str, load: LoadResult) -> Any:
+    import httpx
+
+    with _connect(url) as conn:
+        rows = [
+            MessageRow(str(r[0]), r[1], r[2], r[3])
+            for r in conn.execute("SELECT id, status, error_code, idempotency_key FROM messages").fetchall()
+        ]
+        keys = [
+            KeyRow(r[0], r[1], r[2])
+            for r in conn.execute(
+                "SELECT key, state, response_body ->> 'messageId' FROM idempotency_keys WHERE surface = 'flowestate'"
+            ).fetchall()
+        ]
+        expired = conn.execute(
+            "SELECT count(DISTINCT message_id) FROM message_attempts WHERE error_class = 'worker_lost'"
+        ).fetchone()
+    sandbox = httpx.get(f"{stack.sandbox_url}/_sandbox/messages", timeout=120).json()
+    received = Counter(str(m["body"].get("biz_opaque_callback_data")) for m in sandbox["data"])
+    assert stack.proxy is not None
+    proxy = stack.proxy.stats()
+    counts = compute(
+        sends=args.sends,
+        accepted_ids=load.accepted_ids,
+        refused=load.refused,
+        answered_keys={r.key for r in load.records if r.answered},
+        unanswered_reasons=Counter(r.last_problem or "?" for r in load.unanswered),
+        rows=rows,
+        keys=keys,
+        received=received,
+        dropped_ids=set(proxy["dropped_ids"]),
+        expired_leases=int(expired[0]) if expired else 0,
+        logs=count_logs(stack.worker_logs()),
+    )
+    counts.extra["sandbox"] = (
+        f"{sandbox['calls']} calls, {sandbox['count']} received, errors answered "
+        f"{json.dumps(sandbox['errors'], sort_keys=True)}"
+    )
+    counts.extra["proxy"] = f"{proxy['forwarded']} calls forwarded, {proxy['dropped']} answers dropped"
+    return counts
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The chaos bench's processes: the sandbox, the lossy proxy in front of it, API processes, workers
+and beat, each a real subprocess on loopback that can be killed and started again in place."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from tests.support.processes import ManagedProcess, free_port, http_ok
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ProxyProcess:
+    """bench/lossy_proxy.py as a subprocess (it is not a `wadispatch` command)."""
+
+    def __init__(self, upstream: str, drop_fraction: float, log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / "proxy.log"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, str(ROOT / "bench" / "lossy_proxy.py"), "--port", str(self.port),
+                "--upstream", upstream, "--drop-fraction", str(drop_fraction),
+            ],
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT,
+        )  # fmt: skip
+        ready = http_ok(f"{self.url}/_proxy/stats")
+        deadline = time.monotonic() + 30
+        while not ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"lossy proxy did not start:\n{self.log_path.read_text(errors='replace')}")
+            time.sleep(0.1)
+
+    def set_drop_fraction(self, fraction: float) -> None:
+        httpx.put(f"{self.url}/_proxy/config", json={"drop_fraction": fraction}, timeout=10).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.url}/_proxy/stats", timeout=30).json())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+class Stack:
+    """Starts the processes, kills and replaces them on demand, stops them all on exit."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.log_dir = log_dir
+        self.sandbox_url = ""
+        self.proxy: ProxyProcess | None = None
+        self.apis: list[ManagedProcess] = []
+        self.api_urls: list[str] = []
+        self.workers: list[ManagedProcess] = []
+        self.others: list[ManagedProcess] = []
+        self._lock = threading.Lock()
+        self._starting: set[int] = set()  # worker slots whose replacement is booting
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        for proc in [*self.workers, *self.others, *self.apis]:
+            with contextlib.suppress(Exception):  # a stop that fails must not keep the rest running
+                proc.stop(signal.SIGTERM, timeout=10)
+        if self.proxy is not None:
+            self.proxy.stop()
+
+    def start_sandbox(self, latency_ms: float) -> None:
+        port = free_port()
+        self.sandbox_url = f"http://127.0.0.1:{port}"
+        args = ["sandbox", "--port", str(port), "--latency-ms", str(latency_ms), "--pair-interval-s", "0"]
+        self.others.append(self._start("sandbox", args, http_ok(f"{self.sandbox_url}/_sandbox/health")))
+
+    def start_proxy(self, drop_fraction: float) -> None:
+        """The lossy proxy in front of the sandbox; workers started after this call Meta through it."""
+        self.proxy = ProxyProcess(self.sandbox_url, drop_fraction, self.log_dir)
+        self.env["WADISPATCH_META_BASE_URL"] = self.proxy.url
+
+    def start_apis(self, count: int) -> None:
+        for n in range(count):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            self.apis.append(self._start(f"api{n}", ["api", "--port", str(port)], http_ok(f"{url}/healthz")))
+            self.api_urls.append(url)
+
+    def start_workers(self, count: int) -> None:
+        for n in range(count):
+            self.workers.append(self._start(f"worker{n}", self._worker_args(n), None))
+
+    def start_beat(self) -> None:
+        self.others.append(self._start("beat", ["beat"], None, ready_line="beat: Starting"))
+
+    def ready_workers(self) -> list[int]:
+        """Slots whose worker is running and finished starting (not a replacement still booting)."""
+        with self._lock:
+            return [n for n, w in enumerate(self.workers) if w.running and n not in self._starting]
+
+    def kill_and_restart_worker(self, slot: int) -> int | None:
+        """SIGKILL one worker and start its replacement (returns once it is ready); the killed pid,
+        or None if that worker was still starting (a replacement is never killed while it boots)."""
+        worker = self.workers[slot]
+        with self._lock:
+            if not worker.running or slot in self._starting:
+                return None
+            assert worker.proc is not None
+            pid = worker.proc.pid
+            worker.kill()
+            self._starting.add(slot)
+        try:
+            worker.start(timeout=90)
+        finally:
+            with self._lock:
+                self._starting.discard(slot)
+        return pid
+
+    def kill_and_restart_api(self, slot: int) -> int:
+        api = self.apis[slot]
+        assert api.proc is not None
+        pid = api.proc.pid
+        api.kill()
+        api.start(timeout=60)
+        return pid
+
+    def worker_logs(self) -> list[Path]:
+        return [p.log_path for p in [*self.workers, *self.others] if p.log_path.exists()]
+
+    def _worker_args(self, slot: int) -> list[str]:
+        return ["worker", f"--hostname=chaos{slot}@%h", "--without-mingle", "--without-gossip"]
+
+    def _start(self, name: str, args: list[str], ready: Any, ready_line: str = " ready.") -> ManagedProcess:
+        proc = ManagedProcess(name, args, self.env, self.log_dir, ready=lambda: True)
+        proc._ready = ready or (lambda: ready_line in proc.log_since_start())  # type: ignore[method-assign]
+        proc.start(timeout=90)
+        return proc
