@@ -317,7 +317,8 @@ def collect(args: argparse.Namespace, stack: Stack, url: str, load: LoadResult) 
         keys = [
             KeyRow(r[0], r[1], r[2])
             for r in conn.execute(
-                "SELECT key, state, response_body ->> 'messageId' FROM idempotency_keys WHERE surface = 'flowestate'"
+                "SELECT key, state, coalesce(message_id::text, response_body ->> 'messageId') "
+                "FROM idempotency_keys WHERE surface = 'flowestate'"
             ).fetchall()
         ]
         expired = conn.execute(

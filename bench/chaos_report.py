@@ -18,7 +18,13 @@ MAX_UNCERTAIN_NEVER_RECEIVED = 0.001
 MAX_SKIPPED_PER_SEND = 0.2
 
 _SKIPPED_LINE = re.compile(r"message [0-9a-f-]{36}: skipped\b")
-_SWEEP_LINE = re.compile(r"sweep: re-enqueued (\d+) overdue messages, (\d+) lost mid-send")
+_GIVEN_BACK_LINE = re.compile(r"message [0-9a-f-]{36}: given-back\b")
+_CLAIM_LOST_LINE = re.compile(r"message [0-9a-f-]{36}: claim-lost\b")
+# worker/tasks.py sweep(): claims re-queued (no call), uncertain failed, next messages, broker-lost tasks.
+_SWEEP_LINE = re.compile(
+    r"sweep: re-queued (\d+) claims that expired before their call, failed (\d+) uncertain "
+    r"\(their conversations' next messages handed over: \d+\), re-enqueued (\d+) tasks the broker lost"
+)
 _DATABASE_UNAVAILABLE_LINE = re.compile(r"message [0-9a-f-]{36}: database unavailable")
 
 
@@ -42,21 +48,27 @@ class KeyRow:
 @dataclass(frozen=True)
 class LogCounts:
     skipped: int = 0
-    requeued: int = 0  # by the sweeper: queued/retrying messages whose task was overdue
-    lost_mid_send: int = 0  # by the sweeper: leases expired, failed as DELIVERY_UNCERTAIN
+    requeued: int = 0  # by the sweeper: tasks the broker lost, re-enqueued
+    lost_mid_send: int = 0  # by the sweeper: leases expired after the call began, failed as DELIVERY_UNCERTAIN
     database_unavailable: int = 0  # send tasks that found the database away and ran again later
+    claims_requeued: int = 0  # by the sweeper: leases expired before any call, back to the queue
+    given_back: int = 0  # claims a worker gave back after a fault before its call
+    claim_lost: int = 0  # claims whose lease ran out under their worker (no call made)
 
 
 def count_logs(paths: Iterable[Path]) -> LogCounts:
-    skipped = requeued = lost = unavailable = 0
+    skipped = requeued = lost = unavailable = claims = given = claim_lost = 0
     for path in paths:
         text = path.read_text(errors="replace")
         skipped += len(_SKIPPED_LINE.findall(text))
+        given += len(_GIVEN_BACK_LINE.findall(text))
+        claim_lost += len(_CLAIM_LOST_LINE.findall(text))
         unavailable += len(_DATABASE_UNAVAILABLE_LINE.findall(text))
         for match in _SWEEP_LINE.finditer(text):
-            requeued += int(match.group(1))
+            claims += int(match.group(1))
             lost += int(match.group(2))
-    return LogCounts(skipped, requeued, lost, unavailable)
+            requeued += int(match.group(3))
+    return LogCounts(skipped, requeued, lost, unavailable, claims, given, claim_lost)
 
 
 @dataclass
@@ -204,7 +216,10 @@ def render(c: ChaosCounts) -> str:
         ("orphaned messages", c.orphaned, _detail(c.orphaned_by_link)),
         ("keys left in progress", c.keys_in_progress, "idempotency_keys rows never answered"),
         ("tasks skipped", c.logs.skipped, f"limit {MAX_SKIPPED_PER_SEND * c.sends:.0f}"),
-        ("sweeper re-enqueued", c.logs.requeued, "overdue queued/retrying messages, as logged (*)"),
+        ("sweeper re-enqueued", c.logs.requeued, "tasks the broker lost, as logged (*)"),
+        ("claims re-queued", c.logs.claims_requeued, "leases that ran out before any call, as logged (*)"),
+        ("claims given back", c.logs.given_back, "a fault before the call (Redis, Postgres): not an attempt"),
+        ("claims lost", c.logs.claim_lost, "the lease ran out under the worker; no call made"),
         ("uncertain by expired lease", c.expired_leases, "the sweeper failed them (worker_lost attempts)"),
         ("sweeper lost mid-send", c.logs.lost_mid_send, "as logged (*: not a sweep whose worker died first)"),
         ("database unavailable", c.logs.database_unavailable, "send tasks that ran again later"),
