@@ -41,6 +41,7 @@ from worker.meta_errors import (
     DeliveryError,
     DeliveryUncertain,
     Final,
+    NotSent,
     PairThrottled,
     Retryable,
     Throttled,
@@ -168,7 +169,7 @@ class Delivery:
             if attempt.call_began:
                 # Only the result write can fail after the call: the lease rules decide (sweeper).
                 raise
-            return self._give_back_after_fault(attempt.claim, fault)
+            return self._give_back_after_fault(attempt.claim, fault, attempt.lease_left_s())
         except Exception as exc:
             if attempt.call_began:
                 raise
@@ -215,6 +216,10 @@ class Delivery:
             callback_data=str(claim.message_id),
             media_id=prepared.media.id if prepared.media else None,
         )
+        try:
+            request = self.meta.build_send(claim.phone_number_id, prepared.token, body)
+        except NotSent as error:
+            return self._handle_error(attempt, error, called=False)
         # The gate goes last, right before the call: whatever runs between it and the request
         # reaching Meta bunches sends together and can overfill one of Meta's 1-second windows.
         if (deferred := self._admit(attempt)) is not None:
@@ -222,7 +227,7 @@ class Delivery:
         if not self._begin_call(attempt):
             return self._claim_lost(claim, "its lease ran out before the call")
         try:
-            result = self.meta.send_message(claim.phone_number_id, prepared.token, body)
+            result = self.meta.send(request)
         except DeliveryError as error:
             self.breaker.record_failure(claim.account_id, error)
             if prepared.media is not None and prepared.media.reused and _media_id_refused(error):
@@ -382,7 +387,13 @@ class Delivery:
         return self._give_back(claim, outcome, wait_s=wait_s, slot=slot)
 
     def _give_back(
-        self, claim: Claim, outcome: Outcome, *, wait_s: float | None = None, slot: float | None = None
+        self,
+        claim: Claim,
+        outcome: Outcome,
+        *,
+        wait_s: float | None = None,
+        slot: float | None = None,
+        patience_s: float = 0.0,
     ) -> Settled:
         waiting: dict[str, object] = {}
         if wait_s is not None:
@@ -392,11 +403,12 @@ class Delivery:
                 "reserved_slot": slot,
                 "enqueued_at": None,
             }
-        with session_scope() as session:
-            given = lifecycle.give_back(session, claim, **waiting)
+        given = run_in_transaction(
+            lambda session: lifecycle.give_back(session, claim, **waiting), patience_s=patience_s
+        )
         return Settled(outcome) if given else self._claim_lost(claim, "its lease ran out before it could wait")
 
-    def _give_back_after_fault(self, claim: Claim, fault: BaseException) -> Settled:
+    def _give_back_after_fault(self, claim: Claim, fault: BaseException, lease_left_s: float) -> Settled:
         """Redis, Postgres or storage broke before the call: nothing was sent, so the claim goes
         back (not an attempt) and the message is tried again after a pause. If even that write
         fails, the lease runs out and the sweeper re-queues it (no call started)."""
@@ -408,7 +420,10 @@ class Delivery:
         )
         log.warning("message %s: %s before the call; given back, again in %.1f s", claim.message_id, reason, delay)
         try:
-            return self._give_back(claim, Outcome.GIVEN_BACK, wait_s=delay)
+            # Keep trying while the lease lasts (a Postgres restart takes a second or two): a claim
+            # left to run out may carry a call marker its begin_call wrote before the connection
+            # died, and the sweeper would have to call it uncertain.
+            return self._give_back(claim, Outcome.GIVEN_BACK, wait_s=delay, patience_s=max(0.0, lease_left_s))
         except INFRASTRUCTURE_FAULTS:
             log.warning("message %s: could not give the claim back; the sweeper re-queues it", claim.message_id)
             return Settled(Outcome.CLAIM_LOST)

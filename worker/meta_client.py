@@ -65,14 +65,21 @@ class MetaClient:
 
     def send_message(self, phone_number_id: str, token: str, body: dict[str, Any]) -> SendResult:
         """POST one message. Returns on success; raises a DeliveryError subclass otherwise."""
+        return self.send(self.build_send(phone_number_id, token, body))
+
+    def build_send(self, phone_number_id: str, token: str, body: dict[str, Any]) -> httpx.Request:
+        """The request, ready to go: built before the call begins, so one that cannot be built
+        (a token that is no valid header value, a body that cannot be encoded) never has a call
+        marker. Raises NotSent."""
         url = f"{self._base}/{self._version}/{phone_number_id}/messages"
-        started = time.monotonic()
         try:
-            request = self._http.build_request("POST", url, json=body, headers={"Authorization": f"Bearer {token}"})
+            return self._http.build_request("POST", url, json=body, headers={"Authorization": f"Bearer {token}"})
         except (httpx.HTTPError, ValueError) as exc:
-            # The request could not even be built (a token that is no valid header value, a body
-            # that cannot be encoded): not a byte left this process.
             raise NotSent(f"the request to Meta could not be built: {type(exc).__name__}") from exc
+
+    def send(self, request: httpx.Request) -> SendResult:
+        """Send a request from build_send. Returns on success; raises a DeliveryError subclass otherwise."""
+        started = time.monotonic()
         try:
             response = self._http.send(request)
         except httpx.LocalProtocolError as exc:
