@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import subprocess
@@ -152,6 +153,13 @@ def main() -> int:
         if not passed or args.keep_logs:
             print(f"logs: {log_dir}")
         return 0 if passed else 1
+
+
+def marker_to_kill_ms(call_started: list[float], kills: list[float]) -> list[float]:
+    """For each call marker, milliseconds until the next worker kill (inf when none followed)."""
+    return [
+        min((k - t) * 1000 for k in kills if k >= t) if any(k >= t for k in kills) else math.inf for t in call_started
+    ]
 
 
 def say(started: float, text: str) -> None:
@@ -346,6 +354,21 @@ def collect(args: argparse.Namespace, stack: Stack, url: str, load: LoadResult) 
         f"{json.dumps(sandbox['errors'], sort_keys=True)}"
     )
     counts.extra["proxy"] = f"{proxy['forwarded']} calls forwarded, {proxy['dropped']} answers dropped"
+    never_reached = [r.id for r in rows if r.error_code == "DELIVERY_UNCERTAIN" and received[r.id] == 0]
+    if never_reached:
+        with _connect(url) as conn:
+            markers = [
+                float(r[0])
+                for r in conn.execute(
+                    "SELECT extract(epoch FROM call_started_at) FROM messages WHERE id = ANY(%s::uuid[])",
+                    (never_reached,),
+                ).fetchall()
+                if r[0] is not None
+            ]
+        gaps = sorted(marker_to_kill_ms(markers, stack.worker_kills))
+        close = sum(1 for g in gaps if g <= 100)
+        shown = ", ".join("-" if math.isinf(g) else f"{g:.0f}" for g in gaps)
+        counts.extra["never reached: call marker → next kill"] = f"{close} of {len(gaps)} within 100 ms (ms: {shown})"
     return counts
 
 

@@ -76,6 +76,7 @@ class Stack:
         self.others: list[ManagedProcess] = []
         self._lock = threading.Lock()
         self._starting: set[int] = set()  # worker slots whose replacement is booting
+        self.worker_kills: list[float] = []  # wall-clock time of each worker SIGKILL
 
     def __enter__(self) -> Stack:
         return self
@@ -127,6 +128,7 @@ class Stack:
             assert worker.proc is not None
             pid = worker.proc.pid
             worker.kill()
+            self.worker_kills.append(time.time())
             self._starting.add(slot)
         try:
             worker.start(timeout=90)
