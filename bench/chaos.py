@@ -80,6 +80,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--fault-seconds", type=float, default=None, help="fault window (default: the load window)")
     parser.add_argument("--accounts", type=int, default=10, help="sender accounts (80 mps each)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
+    parser.add_argument("--concurrency", type=int, default=None, help="threads per worker (default: the product's, 32)")
     parser.add_argument("--api-processes", type=int, default=2)
     parser.add_argument("--kill-every", type=float, default=5.0, help="seconds between worker SIGKILLs (0: none)")
     parser.add_argument("--flushes", type=int, default=2, help="Redis FLUSHALLs in the fault window")
@@ -118,6 +119,8 @@ def main() -> int:
         postgres = cleanup.enter_context(PrivatePostgres(max_connections=args.pg_max_connections))
         redis_server = cleanup.enter_context(PrivateRedis())
         env = {**RUN_SETTINGS, "WADISPATCH_DATABASE_URL": postgres.url, "WADISPATCH_REDIS_URL": redis_server.url}
+        if args.concurrency is not None:
+            env["WADISPATCH_WORKER_CONCURRENCY"] = str(args.concurrency)
         os.environ.update(env)
         subprocess.run([sys.executable, "-m", "cli", "migrate"], env=os.environ, cwd=ROOT, check=True,
                        capture_output=True)  # fmt: skip
