@@ -11,7 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api_shim.errors import ApiError, ErrorCode
-from api_shim.flowiq_errors import FlowIQError
+from api_shim.flowiq_errors import FlowIQError, invalid
+from api_shim.storable_text import text_rule
 from api_shim.usage import current_month, spend_unit, take_request, touch_key
 from models.enums import KeyKind, Scope
 from models.keys import hash_key
@@ -85,6 +86,8 @@ def authenticate_flowiq(session: Session, request: Request, tenant_id: str | Non
         raise FlowIQError(401, "Invalid API key", "API key has been revoked")
     if not tenant_id:
         raise FlowIQError(400, "Missing required field", "tenantId query parameter is required")
+    if rule := text_rule(tenant_id):
+        raise invalid("tenantId", rule)
     org = session.scalars(select(Organization).where(Organization.slug == tenant_id)).one_or_none()
     if org is None:
         raise FlowIQError(404, "Organization not found", f"No organization with tenantId {tenant_id!r}")

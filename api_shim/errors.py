@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -95,16 +96,28 @@ def error_responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
     }
 
 
+# A rule a whole-model validator finds about one of its fields (pydantic would name the model).
+FIELD_RULE = "field_rule"
+
+
+def field_rule_error(field: str, rule: str) -> PydanticCustomError:
+    return PydanticCustomError(FIELD_RULE, "{field}: {rule}", {"field": field, "rule": rule})
+
+
 def _field_name(error: dict[str, Any]) -> str:
     if error.get("type") == "json_invalid":
         return "body"
     parts = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    if error.get("type") == FIELD_RULE:
+        parts.append(str((error.get("ctx") or {}).get("field", "body")))
     return ".".join(parts) or "body"
 
 
 def rule_of(error: dict[str, Any]) -> str:
     kind = error.get("type", "")
     ctx = error.get("ctx") or {}
+    if kind == FIELD_RULE:
+        return str(ctx.get("rule"))
     if kind == "missing":
         return "is required"
     if kind == "json_invalid":

@@ -5,19 +5,20 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api_shim import idempotency
 from api_shim.auth import Caller, authenticate_flowestate
-from api_shim.errors import STATUS_OF, ApiError, ErrorCode, error_responses
+from api_shim.errors import STATUS_OF, ApiError, ErrorCode, error_responses, field_rule_error
 from api_shim.intake import hand_to_broker, persist_message
+from api_shim.storable_text import first_unstorable, text_rule
 from models.db import get_sessionmaker
 from models.enums import AccountStatus, MessageStatus, Scope, SourceApi
 from models.outbound import CAPTION_MAX, TEXT_MAX, AnyOutbound, MediaMessage, TextMessage
@@ -105,6 +106,14 @@ class SendIn(BaseModel):
     message: str = Field(min_length=1, max_length=TEXT_MAX, description="1..4096 chars; the caption when media is set.")
     media: MediaIn | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        # Every string of the body, before any field rule: what Postgres cannot store is a 400.
+        if problem := first_unstorable(data):
+            raise field_rule_error(problem.field, problem.rule)
+        return data
+
     @model_validator(mode="after")
     def _caption_fits(self) -> SendIn:
         if self.media is not None and len(self.message) > CAPTION_MAX:
@@ -190,8 +199,15 @@ def list_accounts(session: DbSession, caller: Annotated[Caller, Depends(caller_w
     )
 
 
+def _storable_key(value: str | None) -> str | None:
+    if value is not None and (rule := text_rule(value)):
+        raise ValueError(rule)
+    return value
+
+
 IdempotencyHeader = Annotated[
     str | None,
+    AfterValidator(_storable_key),
     Header(
         alias="Idempotency-Key",
         max_length=idempotency.MAX_KEY_LENGTH,

@@ -21,9 +21,10 @@ from sqlalchemy import case, select
 
 from api_shim import idempotency
 from api_shim.auth import Caller, authenticate_flowiq
-from api_shim.flowiq_errors import FlowIQError, FlowIQErrorBody
+from api_shim.flowiq_errors import FlowIQError, FlowIQErrorBody, invalid
 from api_shim.flowiq_request import FLOWIQ_TYPES, FlowIQSend, parse_send
 from api_shim.intake import hand_to_broker, persist_message
+from api_shim.storable_text import text_rule
 from api_shim.sync_results import ResultWaiter
 from models.db import get_sessionmaker
 from models.enums import AccountStatus, AccountType, MessageStatus, SourceApi
@@ -201,6 +202,8 @@ def _claim_idempotency(
 ) -> idempotency.Claim | idempotency.KeyOfMessage | idempotency.Replay:
     if not key or len(key) > idempotency.MAX_KEY_LENGTH:
         raise FlowIQError(400, "Invalid field", f"Idempotency-Key: 1 to {idempotency.MAX_KEY_LENGTH} characters")
+    if rule := text_rule(key):
+        raise invalid("Idempotency-Key", rule)
     try:
         return idempotency.take(
             session,

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from api_shim.errors import rule_of
 from api_shim.flowiq_errors import FlowIQError, invalid, missing
+from api_shim.storable_text import first_unstorable
 from models.outbound import DEFAULT_REACTION, AnyOutbound, outbound_adapter
 
 FLOWIQ_TYPES = ("text", "image", "video", "audio", "document", "location", "contacts", "interactive", "reaction")
@@ -31,6 +32,9 @@ class FlowIQSend:
 def parse_send(body: Any) -> FlowIQSend:
     if not isinstance(body, dict):
         raise FlowIQError(400, "Invalid JSON", "The request body must be a JSON object")
+    # Every string of the body, pass-through fields included: what Postgres cannot store is a 400.
+    if problem := first_unstorable(body):
+        raise invalid(problem.field, problem.rule)
     wa_id = recipient_digits(body.get("phone_number"))
     message_type = body.get("message_type")
     if message_type in (None, ""):

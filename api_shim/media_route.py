@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
@@ -25,8 +27,14 @@ def _refused(status: int, message: str) -> JSONResponse:
         404: {"description": "no such file"},
     },
 )
-async def get_media(key: str, expires: int | None = None, signature: str | None = None) -> Response:
-    """A stored media file, for a URL signed by wadispatch (valid a year by default)."""
+async def get_media(
+    key: str,
+    expires: Annotated[str | None, Query(description="Unix time the URL expires at, as signed")] = None,
+    signature: Annotated[str | None, Query(description="HMAC-SHA256 of the key and expiry (hex)")] = None,
+) -> Response:
+    """A stored media file, for a URL signed by wadispatch (valid a year by default).
+
+    Anything wrong with the signing values (missing, malformed, expired, not ours) is a 403."""
     if expires is None or signature is None or not is_valid_key(key):
         return _refused(403, "a signed URL is required")
     if not signature_is_valid(get_settings().secret_key, key, expires, signature):

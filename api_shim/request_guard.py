@@ -4,32 +4,37 @@ added to every answer of an authenticated request."""
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api_shim.errors import STATUS_OF, ApiError, ErrorCode, FieldProblem
+from api_shim.flowiq_errors import FlowIQError
+from api_shim.json_nesting import MAX_JSON_DEPTH, nests_deeper_than
+
 GUARDED_PREFIXES = ("/api/v1/", "/send-whatsapp")
+_FLOWIQ_TITLES = {413: "Payload too large", 415: "Unsupported media type"}
+_TOO_DEEP = f"must not nest arrays and objects more than {MAX_JSON_DEPTH} levels deep"
 
 
-class BodyTooLarge(StarletteHTTPException):
-    """Raised while the body streams in; an HTTPException so FastAPI passes it on as a 413."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the body is larger than {limit} bytes")
-
-
-def _error(path: str, status: int, code: str, message: str) -> tuple[int, dict[str, Any]]:
+def _refusal(path: str, code: ErrorCode, message: str) -> tuple[int, dict[str, Any]]:
+    """A 413 or 415 in the envelope of the surface ``path`` belongs to."""
+    status = STATUS_OF[code]
     if path.startswith("/api/v1/"):
-        return status, {"error": {"code": code, "message": message}}
-    return status, {"error": {"413": "Payload too large", "415": "Unsupported media type"}[str(status)],
-                    "message": message, "code": code}  # fmt: skip
+        return status, ApiError(code, message).envelope()
+    return status, FlowIQError(status, _FLOWIQ_TITLES[status], message, code=code.value).body()
+
+
+def _too_deep(path: str) -> tuple[int, dict[str, Any]]:
+    if path.startswith("/api/v1/"):
+        problem = FieldProblem(field="body", rule=_TOO_DEEP)
+        return 400, ApiError(ErrorCode.VALIDATION_ERROR, f"body: {_TOO_DEEP}", [problem]).envelope()
+    return 400, FlowIQError(400, "Invalid JSON", f"The request body {_TOO_DEEP}").body()
 
 
 class RequestGuard:
     """ASGI middleware: body size cap (also for bodies without Content-Length), JSON content type,
-    and rate-limit headers from ``scope["state"]["rate_headers"]``."""
+    JSON nesting depth, and rate-limit headers from ``scope["state"]["rate_headers"]``."""
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
         self.app = app
@@ -45,14 +50,25 @@ class RequestGuard:
         if method in ("POST", "PUT", "PATCH") and path.startswith(GUARDED_PREFIXES):
             length = headers.get("content-length", "")
             if length.isdigit() and int(length) > self.max_body_bytes:
-                await _reply(send, *_error(path, 413, "PAYLOAD_TOO_LARGE", self._too_large()))
+                await _reply(send, *_refusal(path, ErrorCode.PAYLOAD_TOO_LARGE, self._too_large()))
                 return
             content_type = headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type != "application/json":
                 message = f"send the body as application/json (got {content_type or 'no Content-Type'})"
-                await _reply(send, *_error(path, 415, "UNSUPPORTED_MEDIA_TYPE", message))
+                await _reply(send, *_refusal(path, ErrorCode.UNSUPPORTED_MEDIA_TYPE, message))
                 return
-            receive = self._counting(receive)
+            # The whole (capped) body first: its nesting is checked before any parser sees it.
+            try:
+                body = await self._read_capped(receive)
+            except _ClientLeft:
+                return  # nobody to answer, and a partial body must not be acted on
+            if body is None:
+                await _reply(send, *_refusal(path, ErrorCode.PAYLOAD_TOO_LARGE, self._too_large()))
+                return
+            if nests_deeper_than(body):
+                await _reply(send, *_too_deep(path))
+                return
+            receive = _replaying(body, receive)
 
         state = scope.setdefault("state", {})
 
@@ -67,23 +83,43 @@ class RequestGuard:
     def _too_large(self) -> str:
         return f"the body is larger than {self.max_body_bytes} bytes"
 
-    def _counting(self, receive: Receive) -> Receive:
+    async def _read_capped(self, receive: Receive) -> bytes | None:
+        """The request body, or None once it passes the cap (also without a Content-Length)."""
+        chunks: list[bytes] = []
         seen = 0
-        limit = self.max_body_bytes
-
-        async def counted() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge(limit)
-            return message
+            if message["type"] != "http.request":
+                raise _ClientLeft
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
 
-        return counted
+
+class _ClientLeft(Exception):
+    """The client disconnected before its body was complete."""
 
 
-async def _reply(send: Send | Callable[[Message], Awaitable[None]], status: int, body: dict[str, Any]) -> None:
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the buffered body over once, then waits on the client as before."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if delivered:
+            return await receive()
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _reply(send: Send, status: int, body: dict[str, Any]) -> None:
     data = json.dumps(body).encode()
     await send(
         {

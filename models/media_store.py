@@ -18,7 +18,8 @@ KEY_RE = re.compile(r"^[0-9a-f]{64}\.[a-z0-9]{1,5}$")
 
 
 def is_valid_key(key: str) -> bool:
-    return bool(KEY_RE.match(key))
+    # fullmatch: "$" alone would also accept a trailing newline.
+    return KEY_RE.fullmatch(key) is not None
 
 
 def key_for(sha256: str, extension: str) -> str:
