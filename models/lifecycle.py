@@ -366,19 +366,15 @@ def give_back(session: Session | Connection, claim: Claim, **waiting: Any) -> bo
     ``enqueued_at``); without it, it simply waits (its account is halted: resume re-enqueues it).
     Only a holder that made no call gives back (worker/delivery.py never does after calling); it
     clears the call marker, which a begin_call whose answer was lost may have left."""
-    row = session.execute(
-        update(Message)
-        .where(_held(claim))
-        .values(
-            status=MessageStatus.RETRYING if claim.attempt_no > 1 else MessageStatus.QUEUED,
-            attempts=Message.attempts - 1,
-            lease_expires_at=None,
-            call_started_at=None,
-            **waiting,
-        )
-        .returning(Message.id)
-    ).first()
-    return row is not None
+    return _update_held(
+        session,
+        claim,
+        status=MessageStatus.RETRYING if claim.attempt_no > 1 else MessageStatus.QUEUED,
+        attempts=Message.attempts - 1,
+        lease_expires_at=None,
+        call_started_at=None,
+        **waiting,
+    )
 
 
 # ---- outcomes of the call -----------------------------------------------------------------
@@ -395,6 +391,16 @@ class CallError:
     http_status: int | None = None
     error_class: str | None = None
     response: dict[str, Any] | None = None
+
+
+def _update_held(session: Session | Connection, claim: Claim, **values: Any) -> bool:
+    """One write under the claim holder's guard; False when the claim no longer holds the message."""
+    statement = update(Message).where(_held(claim)).values(**values).returning(Message.id)
+    return session.execute(statement).first() is not None
+
+
+def _stored_error(error: CallError) -> dict[str, Any]:
+    return {"error_code": error.code, "error_title": error.title, "error_detail": error.detail}
 
 
 def _attempt(
@@ -598,24 +604,18 @@ def record_retry(
     duration_ms: float | None = None,
 ) -> bool:
     """A retryable answer: the message waits in Postgres until ``delay_s`` passed (the pacer hands it over)."""
-    row = session.execute(
-        update(Message)
-        .where(_held(claim))
-        .values(
-            status=MessageStatus.RETRYING,
-            throttled_attempts=Message.throttled_attempts + (1 if throttled else 0),
-            next_attempt_at=func.now() + timedelta(seconds=delay_s),
-            reserved_slot=None,
-            enqueued_at=None,
-            lease_expires_at=None,
-            error_code=error.code,
-            error_title=error.title,
-            error_detail=error.detail,
-            meta_response=error.response,
-        )
-        .returning(Message.id)
-    ).first()
-    if row is None:
+    if not _update_held(
+        session,
+        claim,
+        status=MessageStatus.RETRYING,
+        throttled_attempts=Message.throttled_attempts + (1 if throttled else 0),
+        next_attempt_at=func.now() + timedelta(seconds=delay_s),
+        reserved_slot=None,
+        enqueued_at=None,
+        lease_expires_at=None,
+        meta_response=error.response,
+        **_stored_error(error),
+    ):
         return False
     _attempt(session, claim, AttemptOutcome.RETRY, error, duration_ms)
     _thread_status(session, claim.conversation_id, claim.message_id, MessageStatus.RETRYING)
@@ -626,21 +626,15 @@ def record_failed(
     session: Session, claim: Claim, error: CallError, *, called: bool, duration_ms: float | None = None
 ) -> bool:
     """Fail the message. An attempt row is written only when a call to Meta was made (``called``)."""
-    row = session.execute(
-        update(Message)
-        .where(_held(claim))
-        .values(
-            status=MessageStatus.FAILED,
-            failed_at=func.now(),
-            **NOT_WAITING,
-            error_code=error.code,
-            error_title=error.title,
-            error_detail=error.detail,
-            meta_response=error.response,
-        )
-        .returning(Message.id)
-    ).first()
-    if row is None:
+    if not _update_held(
+        session,
+        claim,
+        status=MessageStatus.FAILED,
+        failed_at=func.now(),
+        **NOT_WAITING,
+        meta_response=error.response,
+        **_stored_error(error),
+    ):
         return False
     if called:
         outcome = AttemptOutcome.UNCERTAIN if error.code == DELIVERY_UNCERTAIN else AttemptOutcome.FAILED
@@ -651,19 +645,7 @@ def record_failed(
 
 def record_halted(session: Session, claim: Claim, error: CallError, duration_ms: float | None = None) -> bool:
     """Meta says the sender cannot send: this message waits (queued) for `account resume`."""
-    row = session.execute(
-        update(Message)
-        .where(_held(claim))
-        .values(
-            status=MessageStatus.QUEUED,
-            lease_expires_at=None,
-            error_code=error.code,
-            error_title=error.title,
-            error_detail=error.detail,
-        )
-        .returning(Message.id)
-    ).first()
-    if row is None:
+    if not _update_held(session, claim, status=MessageStatus.QUEUED, lease_expires_at=None, **_stored_error(error)):
         return False
     _attempt(session, claim, AttemptOutcome.HALTED, error, duration_ms)
     return True
