@@ -16,6 +16,8 @@ class MessageStatus(StrEnum):
     DELIVERED = "delivered"
     READ = "read"
     FAILED = "failed"
+    # An inbound message (direction 'inbound'): it has no send lifecycle.
+    RECEIVED = "received"
 
 
 # Statuses a worker may claim a message from.
@@ -53,6 +55,15 @@ class SourceApi(StrEnum):
     FLOWESTATE = "flowestate"
     FLOWIQ = "flowiq"
     OPERATOR = "operator"
+    # Inbound messages: written by Meta's webhook.
+    META = "meta"
+
+
+class WindowPolicy(StrEnum):
+    """What intake does with a free-form message to a contact outside the 24-hour window."""
+
+    SEND = "send"  # hand it to Meta, which answers 131047 (usually by webhook)
+    REFUSE = "refuse"  # refuse it at intake, naming when the window closed
 
 
 class AttemptOutcome(StrEnum):

@@ -104,6 +104,18 @@ TRANSITIONS: tuple[Transition, ...] = (
                "lease expired after the call started: DELIVERY_UNCERTAIN"),
     Transition("operator retry", (S.FAILED,), (S.QUEUED,), Actor.OPERATOR,
                "failed; clears the token, so the old claim can change nothing; an event"),
+    # Meta's status webhooks (worker/webhooks/statuses.py): every one is kept as an event first.
+    Transition("delivery report", (S.SENT, S.DELIVERED), (S.DELIVERED, S.READ), Actor.WEBHOOK,
+               "forward only (sent < delivered < read); a duplicate or an older status changes no status"),
+    Transition("failed after send", (S.SENT, S.DELIVERED), (S.FAILED,), Actor.WEBHOOK,
+               "Meta reports `failed` with errors[]: Meta's code and title are kept"),
+    Transition("settle uncertain", (S.FAILED,), (S.SENT, S.DELIVERED, S.READ, S.FAILED), Actor.WEBHOOK,
+               "DELIVERY_UNCERTAIN and Meta reports a status for it: it becomes what Meta says; an event"),
+    Transition("went out after all", (S.QUEUED, S.RETRYING), (S.SENT, S.DELIVERED, S.READ, S.FAILED), Actor.WEBHOOK,
+               "not claimed, and Meta reports a status for it: a call we counted as lost reached Meta; "
+               "it is not sent again; an event"),
+    Transition("receive", (), (S.RECEIVED,), Actor.WEBHOOK,
+               "an inbound message, stored once by its wamid, joins its contact's conversation"),
 )  # fmt: skip
 
 

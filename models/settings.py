@@ -16,6 +16,8 @@ from worker.media.address_policy import literal_address, refusal_reason
 # refuses to start while any of them is still in use.
 DEV_TOKEN_ENCRYPTION_KEY = "ZGV2LW9ubHktdG9rZW4ta2V5LWRvLW5vdC11c2UtISE="
 DEV_SECRET_KEY = "dev-only-secret-key-do-not-use-in-production"
+DEV_META_APP_SECRET = "dev-only-meta-app-secret"
+DEV_META_VERIFY_TOKEN = "dev-only-verify-token"
 
 
 class Settings(BaseSettings):
@@ -44,6 +46,20 @@ class Settings(BaseSettings):
     # Fernet key for Meta access tokens at rest, and the key for signing (media URLs, later).
     token_encryption_key: str = DEV_TOKEN_ENCRYPTION_KEY
     secret_key: str = DEV_SECRET_KEY
+
+    # Meta's webhooks (POST /webhooks/whatsapp): the app secret that signs them, and the token
+    # Meta's subscription handshake must present. An account may carry its own app's secret.
+    webhooks_enabled: bool = True
+    meta_app_secret: str = DEV_META_APP_SECRET
+    meta_verify_token: str = DEV_META_VERIFY_TOKEN
+    # Meta sends up to 1,000 updates in one POST, bodies up to 3 MB.
+    webhook_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    # A delivery whose updates had to wait (their message was still being sent) is tried again
+    # after this long, doubling each time up to the cap; the sweeper takes up any left behind.
+    webhook_retry_base_s: float = Field(default=1.0, gt=0)
+    webhook_retry_cap_s: float = Field(default=60.0, gt=0)
+    # Meta's customer service window: free-form messages within this long of the contact's last message.
+    service_window_h: float = Field(default=24.0, gt=0)
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -154,6 +170,10 @@ class Settings(BaseSettings):
             unsafe.append("WADISPATCH_SECRET_KEY")
         if self.media_test_allowed or self.media_test_hosts or self.media_egress_loopback_only:
             unsafe.append("no WADISPATCH_MEDIA_TEST_* / MEDIA_EGRESS_LOOPBACK_ONLY (test-only settings)")
+        if self.webhooks_enabled and self.meta_app_secret in ("", DEV_META_APP_SECRET):
+            unsafe.append("WADISPATCH_META_APP_SECRET (or WADISPATCH_WEBHOOKS_ENABLED=false)")
+        if self.webhooks_enabled and self.meta_verify_token in ("", DEV_META_VERIFY_TOKEN):
+            unsafe.append("WADISPATCH_META_VERIFY_TOKEN (or WADISPATCH_WEBHOOKS_ENABLED=false)")
         if problem := not_a_public_https_url(self.meta_base_url):
             unsafe.append(f"WADISPATCH_META_BASE_URL to Meta's https address ({problem})")
         if unsafe:

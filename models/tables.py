@@ -15,6 +15,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -47,6 +48,9 @@ class Organization(Base):
     monthly_quota: Mapped[int] = mapped_column(BigInteger, server_default="100000")
     # Requests per minute per API key; NULL: WADISPATCH_RATE_LIMIT_PER_MINUTE.
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
+    # The 24-hour window: 'send' lets Meta judge a free-form message (131047 arrives by webhook);
+    # 'refuse' refuses one at intake when the contact's window is known to be closed.
+    window_policy: Mapped[str] = mapped_column(String(8), server_default="send")
     created_at: Mapped[datetime] = _created_at()
 
 
@@ -82,17 +86,24 @@ class WhatsappAccount(Base):
     status: Mapped[str] = mapped_column(String(16), server_default="connected")
     halted_reason: Mapped[str | None] = mapped_column(Text)
     mps: Mapped[int] = mapped_column(Integer, server_default="80")
+    # A tenant with its own Meta app: the secret its webhooks are signed with (Fernet, never plain).
+    app_secret_encrypted: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created_at()
 
 
 class Contact(Base):
     __tablename__ = "contacts"
-    __table_args__ = (Index("ix_contacts_org_wa_id", "org_id", "wa_id"),)
+    __table_args__ = (
+        Index("ix_contacts_org_wa_id", "org_id", "wa_id"),
+        Index("ix_contacts_org_user_id", "org_id", "user_id"),
+    )
 
     id: Mapped[uuid.UUID] = _uuid_pk()
     org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
     phone_e164: Mapped[str | None] = mapped_column(String(20))
     wa_id: Mapped[str | None] = mapped_column(String(20), comment="digits, country code first")
+    # Meta's business-scoped user id (2026+), sent with or instead of the phone number.
+    user_id: Mapped[str | None] = mapped_column(String(128))
     name: Mapped[str | None] = mapped_column(String(200))
     opted_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     marketing_opted_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -121,7 +132,7 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         CheckConstraint(
-            "status IN ('queued', 'sending', 'retrying', 'sent', 'delivered', 'read', 'failed')",
+            "status IN ('queued', 'sending', 'retrying', 'sent', 'delivered', 'read', 'failed', 'received')",
             name="message_status_known",
         ),
         # The sweeper's scan: unfinished messages by when they were last handed to the broker.
@@ -142,6 +153,16 @@ class Message(Base):
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
         Index("ix_messages_wamid", "wamid"),
+        # An inbound message is stored once, however often Meta delivers it.
+        Index(
+            "uq_messages_inbound_wamid",
+            "account_id",
+            "wamid",
+            unique=True,
+            postgresql_where=text("direction = 'inbound'"),
+        ),
+        # A contact's thread, newest first (the lead's inbox view).
+        Index("ix_messages_contact_created", "contact_id", "created_at", "id"),
         Index("ix_messages_sending_lease", "lease_expires_at", postgresql_where=text("status = 'sending'")),
         # The pacer's scan: messages waiting in Postgres (not in the broker) by when they are due.
         Index(
@@ -168,6 +189,10 @@ class Message(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(comment="canonical OutboundMessage as JSON")
     status: Mapped[str] = mapped_column(String(16), server_default="queued")
     wamid: Mapped[str | None] = mapped_column(String(128))
+    # Inbound: the wamid the contact replied to. Outbound: unused.
+    context_wamid: Mapped[str | None] = mapped_column(String(128))
+    # The contact's current reaction to this message (an inbound reaction with no emoji clears it).
+    reaction: Mapped[str | None] = mapped_column(String(32))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_title: Mapped[str | None] = mapped_column(Text)
     error_detail: Mapped[str | None] = mapped_column(Text)
@@ -231,10 +256,21 @@ class MessageAttempt(Base):
 
 class MessageEvent(Base):
     """Something that happened to a message outside its normal send path, kept for the record:
-    a reconciliation (a lost answer that turned up), an operator's retry, and Meta's statuses."""
+    a reconciliation (a lost answer that turned up), an operator's retry, and Meta's statuses
+    (source 'meta': one row per status Meta reported, however often it was delivered)."""
 
     __tablename__ = "message_events"
-    __table_args__ = (Index("ix_message_events_message_created", "message_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_message_events_message_created", "message_id", "created_at"),
+        Index(
+            "uq_message_events_meta_status",
+            "message_id",
+            "status",
+            "meta_timestamp",
+            unique=True,
+            postgresql_where=text("source = 'meta'"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = _uuid_pk()
     org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
@@ -246,7 +282,36 @@ class MessageEvent(Base):
     meta_timestamp: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     errors: Mapped[Any] = mapped_column(JSONB, nullable=True)
     details: Mapped[dict[str, Any] | None]
+    wamid: Mapped[str | None] = mapped_column(String(128))
+    webhook_event_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("webhook_events.id", ondelete="SET NULL", name="fk_message_events_webhook_event_id")
+    )
     created_at: Mapped[datetime] = _created_at()
+
+
+class WebhookEvent(Base):
+    """One signed delivery from Meta, exactly as received (stored before it is answered 200), until
+    a task has applied every update in it. Not a tenant's row: one delivery may carry updates for
+    several accounts; ``signed_by_org_id`` limits it to one organization when that organization's
+    own app secret signed it (NULL: the service's app secret)."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        UniqueConstraint("body_sha256", name="uq_webhook_events_body_sha256"),
+        Index("ix_webhook_events_unprocessed", "received_at", postgresql_where=text("processed_at IS NULL")),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    signed_by_org_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    tries: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Some of its updates had to wait (their message was still being sent): try again then.
+    next_try_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(comment="counts of what its updates did")
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class MediaUpload(Base):

@@ -18,6 +18,8 @@ def production(**overrides: object) -> Settings:
         "token_encryption_key": Fernet.generate_key().decode(),
         "secret_key": "s" * 40,
         "meta_base_url": META,
+        "meta_app_secret": "a" * 32,
+        "meta_verify_token": "v" * 24,
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]
@@ -83,3 +85,14 @@ def test_test_only_media_settings_are_refused(test_only):
 
 def test_development_keeps_the_sandbox():
     assert Settings(env="development").meta_base_url.startswith("http://127.0.0.1")
+
+
+@pytest.mark.parametrize("missing", ["meta_app_secret", "meta_verify_token"])
+def test_webhooks_need_a_real_app_secret_and_verify_token(missing):
+    setting = f"WADISPATCH_{missing.upper()}"
+    with pytest.raises(ValidationError, match=setting):
+        production(**{missing: ""})
+    with pytest.raises(ValidationError, match=setting):
+        production(**{missing: getattr(Settings(), missing)})  # the development default
+    # Without webhooks, neither is needed.
+    assert production(**{missing: "", "webhooks_enabled": False}).webhooks_enabled is False

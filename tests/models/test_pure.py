@@ -23,6 +23,8 @@ def test_production_starts_with_real_secrets():
         token_encryption_key=Fernet.generate_key().decode(),
         secret_key="s" * 40,
         meta_base_url="https://graph.facebook.com",
+        meta_app_secret="a" * 32,
+        meta_verify_token="v" * 24,
     )
     assert settings.env == "production"
 
