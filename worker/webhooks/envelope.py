@@ -1,0 +1,87 @@
+"""Meta's webhook envelope, read into typed pieces (no database, no I/O).
+
+A delivery is ``{"object": "whatsapp_business_account", "entry": [{"id": <WABA id>, "changes":
+[{"field": "messages", "value": {...}}]}]}``; each ``value`` belongs to one business phone number
+(``metadata.phone_number_id``) and holds ``contacts``, ``statuses`` and/or ``messages``. Anything
+else Meta may send on the same subscription (template status updates, account updates) is counted
+and left alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class MalformedDelivery(ValueError):
+    """The body is not a WhatsApp webhook delivery at all (its signature was good: it is kept)."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One ``changes[].value`` of field ``messages``: updates for one business phone number."""
+
+    phone_number_id: str
+    display_phone_number: str | None
+    waba_id: str | None
+    contacts: list[dict[str, Any]] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def update_count(self) -> int:
+        return len(self.statuses) + len(self.messages)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    changes: list[Change]
+    # changes of other fields, or without a phone number id: kept in the raw row, not applied
+    ignored: int
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def read_delivery(body: bytes) -> Delivery:
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise MalformedDelivery(f"not JSON: {exc}") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("entry"), list):
+        raise MalformedDelivery("no entry[] list")
+    changes: list[Change] = []
+    ignored = 0
+    for entry in _dicts(document["entry"]):
+        waba_id = entry.get("id")
+        for change in _dicts(entry.get("changes")):
+            value = change.get("value")
+            metadata = value.get("metadata") if isinstance(value, dict) else None
+            number = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
+            if change.get("field") != "messages" or not isinstance(value, dict) or number in (None, ""):
+                ignored += 1
+                continue
+            assert isinstance(metadata, dict)
+            display = metadata.get("display_phone_number")
+            changes.append(
+                Change(
+                    phone_number_id=str(number),
+                    display_phone_number=str(display) if display is not None else None,
+                    waba_id=str(waba_id) if waba_id is not None else None,
+                    contacts=_dicts(value.get("contacts")),
+                    statuses=_dicts(value.get("statuses")),
+                    messages=_dicts(value.get("messages")),
+                )
+            )
+    return Delivery(changes, ignored)
+
+
+def phone_number_ids(body: bytes) -> set[str]:
+    """The business numbers a delivery speaks for (to find an account's own app secret); empty
+    when the body cannot be read."""
+    try:
+        return {change.phone_number_id for change in read_delivery(body).changes}
+    except MalformedDelivery:
+        return set()
