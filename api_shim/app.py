@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api_shim import flowestate, flowiq, health, media_route
+from api_shim import flowestate, flowiq, health, media_route, meta_webhooks
 from api_shim.errors import install_flowestate_handlers
 from api_shim.flowiq_errors import FlowIQError
 from api_shim.request_guard import RequestGuard
@@ -57,4 +57,5 @@ def create_app() -> FastAPI:
     app.include_router(flowestate.router)
     app.include_router(flowiq.router)
     app.include_router(media_route.router)
+    app.include_router(meta_webhooks.router)
     return app

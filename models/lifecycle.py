@@ -45,16 +45,17 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, aliased
 
-from models.enums import CLAIMABLE, AttemptOutcome, MessageStatus, status_in
+from models.enums import CLAIMABLE, AttemptOutcome, Direction, MessageStatus, status_in
+from models.meta_status import DELIVERY_UNCERTAIN, Effect, MessageState, StatusReport, Step, fold
 from models.tables import Contact, Conversation, Message, MessageAttempt, MessageEvent, WhatsappAccount
 
-# Stored on messages whose call to Meta started and whose answer was lost.
-DELIVERY_UNCERTAIN = "DELIVERY_UNCERTAIN"
+__all__ = ["DELIVERY_UNCERTAIN"]  # also re-exported: the claim holder and the sweeper store it
 
 # The status a message is accepted in (intake inserts it; there is no status before).
 ACCEPTED = MessageStatus.QUEUED
@@ -780,3 +781,156 @@ def operator_retry(session: Session, chosen: Any) -> list[uuid.UUID]:
             ],
         )
     return [row.id for row in rows]
+
+
+# ---- Meta's status webhooks ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatusApplication:
+    """What one account's reports of one delivery did."""
+
+    effects: dict[Effect, int]
+    duplicates: int  # reports already recorded (Meta re-sent them): no-ops
+    unknown: list[StatusReport]  # no message of this account has that wamid or id: kept in the raw row only
+    deferred: list[StatusReport]  # their message is being sent right now: to apply once it is written
+    successors: list[uuid.UUID]  # next messages of conversations that a settled message no longer holds back
+
+
+# The columns a report may change (MessageState's fields) and the ones a "went out" clears.
+_STATE_COLUMNS = ("status", "wamid", "error_code", "error_title", "error_detail", "sent_at", "delivered_at",
+                  "read_at", "failed_at")  # fmt: skip
+_LEFT_WAITING = (MessageStatus.QUEUED, MessageStatus.RETRYING)
+
+_APPLY_STATE = (
+    update(_messages)
+    .where(
+        _messages.c.id == bindparam("p_id", type_=Uuid),
+        # The row is locked; the guard still says what the fold assumed.
+        _messages.c.status == bindparam("p_from", type_=String),
+    )
+    .values(
+        **{column: bindparam(f"p_{column}", type_=_messages.c[column].type) for column in _STATE_COLUMNS},
+        # A message that went out after all no longer waits, and no claim may write to it.
+        **{
+            column: case((bindparam("p_left_waiting", type_=Integer) == 1, None), else_=_messages.c[column])
+            for column in ("claim_token", "lease_expires_at", "next_attempt_at", "reserved_slot")
+        },
+    )
+)
+
+
+def apply_meta_statuses(
+    session: Session,
+    *,
+    org_id: uuid.UUID,
+    account_id: uuid.UUID,
+    reports: list[StatusReport],
+    webhook_event_id: uuid.UUID | None,
+) -> StatusApplication:
+    """Apply one account's status reports (models/meta_status.py decides; this writes), in a few
+    statements whatever their number: lock the messages, record every report once as an event
+    (a re-sent report is a no-op), write each message's new state under a status guard."""
+    wamids = sorted({r.wamid for r in reports})
+    refs = sorted({r.message_ref for r in reports if r.message_ref is not None})
+    rows = session.execute(
+        select(Message.id, Message.conversation_id, Message.seq, *(getattr(Message, c) for c in _STATE_COLUMNS))
+        .where(
+            Message.org_id == org_id,
+            Message.account_id == account_id,
+            Message.direction == Direction.OUTBOUND,
+            or_(Message.wamid.in_(wamids), Message.id.in_(refs)),
+        )
+        .order_by(Message.id)  # one lock order for every delivery: no deadlocks between them
+        .with_for_update()
+    ).all()
+    by_wamid = {row.wamid: row for row in rows if row.wamid is not None}
+    by_id = {row.id: row for row in rows}
+    reports_of: dict[uuid.UUID, list[StatusReport]] = {}
+    unknown: list[StatusReport] = []
+    for report in reports:
+        row = by_wamid.get(report.wamid) or (by_id.get(report.message_ref) if report.message_ref else None)
+        if row is None:
+            unknown.append(report)
+        else:
+            reports_of.setdefault(row.id, []).append(report)
+
+    effects: dict[Effect, int] = {}
+    deferred: list[StatusReport] = []
+    events: dict[tuple[uuid.UUID, str, datetime], dict[str, Any]] = {}
+    changes: list[dict[str, Any]] = []
+    thread: list[dict[str, Any]] = []
+    left_waiting: list[Any] = []
+    for message_id, its_reports in reports_of.items():
+        row = by_id[message_id]
+        before = MessageState(**{c: getattr(row, c) for c in _STATE_COLUMNS} | {"status": MessageStatus(row.status)})
+        after, steps = fold(before, its_reports)
+        for taken in steps:
+            effects[taken.effect] = effects.get(taken.effect, 0) + 1
+            if taken.effect == Effect.DEFERRED:
+                deferred.append(taken.report)
+            else:
+                events.setdefault(
+                    (message_id, taken.report.status.value, taken.report.at),
+                    _event_row(org_id, message_id, taken) | {"webhook_event_id": webhook_event_id},
+                )
+        if after != before:
+            went_out = before.status in _LEFT_WAITING
+            changes.append(
+                {"p_id": message_id, "p_from": before.status.value, "p_left_waiting": int(went_out)}
+                | {f"p_{column}": getattr(after, column) for column in _STATE_COLUMNS}
+            )
+            if after.status != before.status:
+                thread.append(
+                    {"p_conversation": row.conversation_id, "p_message": message_id, "p_status": after.status}
+                )
+            if went_out:
+                left_waiting.append(row)
+
+    duplicates = 0
+    if events:
+        inserted = session.execute(
+            pg_insert(MessageEvent)
+            .values(list(events.values()))
+            .on_conflict_do_nothing(
+                index_elements=["message_id", "status", "meta_timestamp"], index_where=text("source = 'meta'")
+            )
+            .returning(MessageEvent.id)
+        ).all()
+        duplicates = len(events) - len(inserted)
+    if changes:
+        session.execute(_APPLY_STATE, changes)
+    if thread:
+        session.execute(_THREAD_STATUS, thread)
+    successors = [
+        successor
+        for row in left_waiting
+        if (successor := next_in_conversation(session, row.conversation_id, row.seq)) is not None
+    ]
+    return StatusApplication(effects, duplicates, unknown, deferred, successors)
+
+
+_THREAD_STATUS = (
+    update(_conversations)
+    .where(
+        _conversations.c.id == bindparam("p_conversation", type_=Uuid),
+        _conversations.c.last_message_id == bindparam("p_message", type_=Uuid),
+    )
+    .values(last_message_status=bindparam("p_status", type_=String))
+)
+
+
+def _event_row(org_id: uuid.UUID, message_id: uuid.UUID, taken: Step) -> dict[str, Any]:
+    report = taken.report
+    return {
+        "org_id": org_id,
+        "message_id": message_id,
+        "status": report.status.value,
+        "source": "meta",
+        "from_status": taken.from_status.value,
+        "reason": taken.reason,
+        "meta_timestamp": report.at,
+        "errors": report.errors,
+        "details": report.details,
+        "wamid": report.wamid,
+    }

@@ -311,6 +311,8 @@ class WebhookEvent(Base):
     # Some of its updates had to wait (their message was still being sent): try again then.
     next_try_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     outcome: Mapped[dict[str, Any] | None] = mapped_column(comment="counts of what its updates did")
+    # The statuses that had to wait, as {"phone_number_id", "status"} items: a later try applies only these.
+    deferred: Mapped[Any] = mapped_column(JSONB, nullable=True)
     error: Mapped[str | None] = mapped_column(Text)
 
 

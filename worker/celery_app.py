@@ -19,9 +19,15 @@ SEND_QUEUE = "wadispatch.send"
 # Redis transport's 'sorted' strategy polls queues in name order, and "due" sorts first.
 DUE_QUEUE = "wadispatch.due"
 MAINTENANCE_QUEUE = "wadispatch.maintenance"
-WORKER_QUEUES = (DUE_QUEUE, MAINTENANCE_QUEUE, SEND_QUEUE)
+# Meta's webhook deliveries (statuses, inbound): ahead of new sends in the sorted order, so what
+# happened to sent messages shows promptly even behind a backlog of sends.
+INCOMING_QUEUE = "wadispatch.incoming"
+WORKER_QUEUES = (DUE_QUEUE, INCOMING_QUEUE, MAINTENANCE_QUEUE, SEND_QUEUE)
+# The queues that carry send tasks (each stamped with when it was enqueued; see worker/sweeper.py).
+SEND_QUEUES = (DUE_QUEUE, SEND_QUEUE)
 SEND_TASK = "wadispatch.send_message"
 SWEEP_TASK = "wadispatch.sweep"
+WEBHOOK_TASK = "wadispatch.process_webhook"
 
 
 def broker_connections_for(concurrency: int) -> int:
@@ -59,7 +65,11 @@ def create_celery() -> Celery:
             "socket_keepalive": True,
         },
         broker_connection_retry_on_startup=True,
-        task_routes={SEND_TASK: {"queue": SEND_QUEUE}, SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}},
+        task_routes={
+            SEND_TASK: {"queue": SEND_QUEUE},
+            SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
+            WEBHOOK_TASK: {"queue": INCOMING_QUEUE},
+        },
         task_default_queue=SEND_QUEUE,
         # Task events cost several Redis writes per task; Flower switches them on while it watches
         # (its enable_events option), so workers do not pay for them unobserved.
@@ -116,3 +126,8 @@ def enqueue_send(message_id: uuid.UUID) -> None:
 def enqueue_due(message_id: uuid.UUID) -> None:
     """Hand over a message whose time has come (see DUE_QUEUE)."""
     app.send_task(SEND_TASK, args=[str(message_id)], queue=DUE_QUEUE, headers=_stamped())
+
+
+def enqueue_webhook(event_id: uuid.UUID, *, countdown_s: float | None = None) -> None:
+    """Hand a stored webhook delivery to a worker (after its row is committed)."""
+    app.send_task(WEBHOOK_TASK, args=[str(event_id)], queue=INCOMING_QUEUE, countdown=countdown_s)

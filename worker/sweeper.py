@@ -11,6 +11,7 @@
   re-enqueued; a message that merely waits behind a long backlog is left alone.
 - Messages waiting in Postgres (a retry or a slot) that are long overdue are handed over too (no
   pacer ran to do it).
+- Webhook deliveries stored but not applied (their task was lost, or failed) are handed over again.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from models.enums import AccountStatus, MessageStatus, status_in
 from models.lifecycle import PENDING
-from models.tables import Message, WhatsappAccount
+from models.tables import Message, WebhookEvent, WhatsappAccount
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +119,18 @@ def hand_over(
         .returning(Message.id, order_by.label("sort_key"))
     ).all()
     return [row.id for row in sorted(rows, key=lambda r: (r.sort_key is None, r.sort_key))]
+
+
+def webhooks_left_behind(session: Session, *, grace_s: int, batch: int) -> list[uuid.UUID]:
+    """Stored webhook deliveries still unapplied this long after they were due (stored, or due for
+    another try): their task was lost or failed. A delivery being applied right now is skipped."""
+    due = func.coalesce(WebhookEvent.next_try_at, WebhookEvent.received_at)
+    return list(
+        session.scalars(
+            select(WebhookEvent.id)
+            .where(WebhookEvent.processed_at.is_(None), due < func.now() - timedelta(seconds=grace_s))
+            .order_by(WebhookEvent.received_at)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        )
+    )

@@ -18,12 +18,22 @@ from models.redis_client import redis_from_url
 from models.settings import get_settings
 from worker.backoff import compute_backoff
 from worker.breaker import Breaker, BreakerPolicy
-from worker.celery_app import SEND_TASK, SWEEP_TASK, WORKER_QUEUES, app, enqueue_due, enqueue_send
+from worker.celery_app import (
+    SEND_QUEUES,
+    SEND_TASK,
+    SWEEP_TASK,
+    WEBHOOK_TASK,
+    app,
+    enqueue_due,
+    enqueue_send,
+    enqueue_webhook,
+)
 from worker.delivery import Delivery
 from worker.meta_client import get_meta_client
 from worker.pacer import Pacer
 from worker.rate_limit import RateLimiter
-from worker.sweeper import oldest_waiting_enqueue, take_lost_by_broker
+from worker.sweeper import oldest_waiting_enqueue, take_lost_by_broker, webhooks_left_behind
+from worker.webhooks.process import process_event
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +99,35 @@ def send_message(self: Task, message_id: str, **_earlier_kwargs: object) -> str:
     return outcome
 
 
+@app.task(name=WEBHOOK_TASK, bind=True, max_retries=DATABASE_RETRIES)
+def process_webhook(self: Task, event_id: str) -> str:
+    """Apply one stored webhook delivery (api_shim/meta_webhooks.py stored it)."""
+    settings = get_settings()
+    try:
+        with session_scope() as session:
+            processed = process_event(
+                session,
+                uuid.UUID(event_id),
+                retry_base_s=settings.webhook_retry_base_s,
+                retry_cap_s=settings.webhook_retry_cap_s,
+            )
+    except DATABASE_UNAVAILABLE as error:
+        delay = compute_backoff(self.request.retries + 1, base_s=DATABASE_RETRY_BASE_S, cap_s=DATABASE_RETRY_CAP_S)
+        log.warning(
+            "webhook %s: database unavailable (%s); again in %.1f s", event_id, describe_database_error(error), delay
+        )
+        raise self.retry(exc=error, countdown=delay) from error
+    if processed is None:
+        return "skipped: done or being applied"
+    for message_id in processed.successors:
+        enqueue_due(message_id)
+    if processed.retry_in_s is not None:
+        enqueue_webhook(uuid.UUID(event_id), countdown_s=processed.retry_in_s)
+    summary = ", ".join(f"{name} {count}" for name, count in sorted(processed.counts.items()))
+    log.info("webhook %s: %s", event_id, summary or "nothing to apply")
+    return summary
+
+
 @app.task(name="wadispatch.noop")
 def noop(counter_key: str) -> None:
     """For bench/throughput.py: the engine's ceiling (one Redis INCR so the bench can count)."""
@@ -126,7 +165,7 @@ def sweep() -> dict[str, int]:
     # Read the broker's head before the database: a task enqueued after this read is newer than
     # any point the sweep judges against.
     try:
-        oldest_waiting = oldest_waiting_enqueue(_noop_redis(), WORKER_QUEUES)
+        oldest_waiting = oldest_waiting_enqueue(_noop_redis(), SEND_QUEUES)
         broker_reachable = True
     except redis.RedisError as fault:
         log.warning("sweep: the broker cannot be read (%s); lost tasks are looked for next time", fault)
@@ -134,6 +173,7 @@ def sweep() -> dict[str, int]:
     with session_scope() as session:
         requeued = lifecycle.requeue_lost_claims(session, batch=settings.sweep_batch)
         uncertain = lifecycle.fail_uncertain_calls(session, batch=settings.sweep_batch)
+        webhooks = webhooks_left_behind(session, grace_s=settings.requeue_after_s, batch=settings.sweep_batch)
         lost = (
             take_lost_by_broker(
                 session, oldest_waiting=oldest_waiting, grace_s=settings.requeue_after_s, batch=settings.sweep_batch
@@ -145,6 +185,10 @@ def sweep() -> dict[str, int]:
         enqueue_send(message_id)
     for message_id in uncertain.successors:
         enqueue_due(message_id)
+    for event_id in webhooks:
+        enqueue_webhook(event_id)
+    if webhooks:
+        log.warning("sweep: handed over %d webhook deliveries left unapplied", len(webhooks))
     if requeued or lost or uncertain.failed:
         log.warning(
             "sweep: re-queued %d claims that expired before their call, failed %d uncertain (their "
@@ -154,7 +198,12 @@ def sweep() -> dict[str, int]:
             len(uncertain.successors),
             len(lost),
         )
-    return {"requeued_claims": len(requeued), "uncertain": len(uncertain.failed), "lost_by_broker": len(lost)}
+    return {
+        "requeued_claims": len(requeued),
+        "uncertain": len(uncertain.failed),
+        "lost_by_broker": len(lost),
+        "webhooks": len(webhooks),
+    }
 
 
 _pacer: Pacer | None = None

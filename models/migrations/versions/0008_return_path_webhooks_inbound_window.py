@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("tries", sa.Integer(), server_default="0", nullable=False),
         sa.Column("next_try_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("outcome", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("deferred", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(["signed_by_org_id"], ["organizations.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),

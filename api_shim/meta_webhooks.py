@@ -1,0 +1,155 @@
+"""Meta's webhook endpoint: the subscription handshake, and signed deliveries stored as they came.
+
+A delivery is answered 200 as soon as its raw row is committed; a Celery task applies it
+(worker/webhooks/). Meta retries anything that is not a 200 for days and sends every update to
+every subscribed app, so storing is idempotent (one row per distinct body) and so is applying.
+Nothing is stored from a request whose signature does not verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from api_shim.meta_signature import signed_with
+from models.crypto import decrypt_token
+from models.db import session_scope
+from models.settings import get_settings
+from models.tables import WebhookEvent, WhatsappAccount
+from worker.celery_app import enqueue_webhook
+from worker.webhooks.envelope import phone_number_ids
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/webhooks", tags=["Meta webhooks"])
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+
+
+def _not_enabled() -> Response:
+    return JSONResponse({"error": "webhooks are not enabled (WADISPATCH_WEBHOOKS_ENABLED)"}, status_code=404)
+
+
+@router.get("/whatsapp", response_class=PlainTextResponse, summary="Meta's subscription handshake")
+def handshake(
+    mode: str | None = Query(None, alias="hub.mode"),
+    verify_token: str | None = Query(None, alias="hub.verify_token"),
+    challenge: str | None = Query(None, alias="hub.challenge"),
+) -> Response:
+    """Answers the challenge when Meta presents our verify token (WADISPATCH_META_VERIFY_TOKEN); 403 otherwise."""
+    settings = get_settings()
+    if not settings.webhooks_enabled:
+        return _not_enabled()
+    token_ok = verify_token is not None and secrets.compare_digest(
+        verify_token.encode(errors="replace"), settings.meta_verify_token.encode()
+    )
+    if mode != "subscribe" or not token_ok or challenge is None:
+        return PlainTextResponse("verification failed", status_code=403)
+    return PlainTextResponse(challenge)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _raw_body(request: Request, limit: int) -> bytes:
+    # The whole body, as sent: the signature covers these exact bytes. Capped while it streams in.
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass(frozen=True)
+class _Signer:
+    org_id: uuid.UUID | None  # None: the service's own app secret (Meta, for every account)
+
+
+def _signer(body: bytes, header: str | None) -> _Signer | None:
+    """Who signed the delivery: the service's app secret, or the own app secret of an account the
+    delivery speaks for (that organization's updates only). None: nobody we know."""
+    if signed_with(body, header, get_settings().meta_app_secret):
+        return _Signer(None)
+    if not header:
+        return None
+    numbers = phone_number_ids(body)
+    if not numbers:
+        return None
+    with session_scope() as session:
+        accounts = session.execute(
+            select(WhatsappAccount.org_id, WhatsappAccount.app_secret_encrypted).where(
+                WhatsappAccount.meta_phone_number_id.in_(sorted(numbers)),
+                WhatsappAccount.app_secret_encrypted.is_not(None),
+            )
+        ).all()
+    for org_id, encrypted in accounts:
+        if encrypted and signed_with(body, header, decrypt_token(encrypted)):
+            return _Signer(org_id)
+    return None
+
+
+def _store(body: bytes, signer: _Signer) -> uuid.UUID | None:
+    """The delivery's raw row (committed); the id of a row still to be processed, or None when this
+    very body was stored and processed before."""
+    digest = hashlib.sha256(body).hexdigest()
+    with session_scope() as session:
+        new_id = session.execute(
+            pg_insert(WebhookEvent)
+            .values(body=body, body_sha256=digest, signed_by_org_id=signer.org_id)
+            .on_conflict_do_nothing(index_elements=["body_sha256"])
+            .returning(WebhookEvent.id)
+        ).scalar()
+        if new_id is not None:
+            return new_id
+        # Meta sent it again (it retries, and re-sends to every subscribed app): processing it once is enough.
+        pending = session.execute(
+            select(WebhookEvent.id).where(WebhookEvent.body_sha256 == digest, WebhookEvent.processed_at.is_(None))
+        ).scalar()
+        return pending
+
+
+@router.post(
+    "/whatsapp",
+    summary="Meta's webhook deliveries (statuses and inbound messages)",
+    responses={
+        200: {"description": "stored; applied shortly by a worker"},
+        401: {"description": "missing or wrong X-Hub-Signature-256: nothing stored"},
+        413: {"description": "body larger than WADISPATCH_WEBHOOK_MAX_BODY_BYTES"},
+    },
+)
+async def receive(request: Request) -> Response:
+    settings = get_settings()
+    if not settings.webhooks_enabled:
+        return _not_enabled()
+    try:
+        body = await _raw_body(request, settings.webhook_max_body_bytes)
+    except _BodyTooLarge:
+        return JSONResponse({"error": "body too large"}, status_code=413)
+    header = request.headers.get(SIGNATURE_HEADER)
+    signer = await run_in_threadpool(_signer, body, header)
+    if signer is None:
+        log.warning("webhook refused: %s signature", "bad" if header else "missing")
+        return JSONResponse({"error": f"missing or invalid {SIGNATURE_HEADER}"}, status_code=401)
+    # A failure to store answers 500: Meta retries, and nothing was acknowledged that is not kept.
+    event_id = await run_in_threadpool(_store, body, signer)
+    if event_id is not None:
+        try:
+            enqueue_webhook(event_id)
+        except Exception as fault:  # the row is committed: the sweeper hands it over
+            log.warning("webhook %s stored but not enqueued (%s); the sweeper will", event_id, type(fault).__name__)
+    return JSONResponse({"received": True})

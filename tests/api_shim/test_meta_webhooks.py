@@ -1,0 +1,116 @@
+"""Meta's webhook endpoint over real HTTP: the handshake, the signature (nothing stored without a
+good one), one raw row per distinct body, the size cap, and per-account app secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+
+import httpx
+from sqlalchemy import func, select
+
+from models.crypto import encrypt_token
+from models.db import session_scope
+from models.tables import WebhookEvent, WhatsappAccount
+from tests.support import meta_webhooks as meta
+
+
+def _stored(body: bytes) -> list[WebhookEvent]:
+    digest = hashlib.sha256(body).hexdigest()
+    with session_scope() as s:
+        rows = list(s.scalars(select(WebhookEvent).where(WebhookEvent.body_sha256 == digest)))
+        s.expunge_all()
+        return rows
+
+
+def _body(phone_number_id: str = "555000111") -> bytes:
+    # Unique per test: a wamid nobody has.
+    statuses = [meta.status(f"wamid.test-{uuid.uuid4().hex}", "delivered")]
+    return json.dumps(meta.envelope(phone_number_id, statuses=statuses)).encode()
+
+
+def test_handshake_answers_the_challenge_only_for_our_verify_token(stack):
+    url = f"{stack.api_url}/webhooks/whatsapp"
+    good = {"hub.mode": "subscribe", "hub.verify_token": meta.VERIFY_TOKEN, "hub.challenge": "1158201444"}
+    answer = httpx.get(url, params=good)
+    assert answer.status_code == 200 and answer.text == "1158201444"
+    assert answer.headers["content-type"].startswith("text/plain")
+    assert httpx.get(url, params=good | {"hub.verify_token": "guess"}).status_code == 403
+    assert httpx.get(url, params=good | {"hub.mode": "unsubscribe"}).status_code == 403
+    assert httpx.get(url, params={"hub.mode": "subscribe", "hub.challenge": "1"}).status_code == 403
+
+
+def test_a_missing_or_bad_signature_is_refused_and_nothing_is_stored(stack):
+    body = _body()
+    assert meta.post(stack.api_url, body, secret=None).status_code == 401
+    assert meta.post(stack.api_url, body, secret="not-the-app-secret").status_code == 401
+    assert meta.post(stack.api_url, body, signature="sha256=" + "0" * 64).status_code == 401
+    assert meta.post(stack.api_url, body, signature="sha1=abc").status_code == 401
+    assert meta.post(stack.api_url, body, signature="sha256=ünïcode".encode("latin-1")).status_code == 401
+    # Signed, then changed by one byte on the way: refused.
+    tampered = body.replace(b"delivered", b"read     ")
+    assert meta.post(stack.api_url, tampered, signature=meta.sign(body)).status_code == 401
+    assert _stored(body) == [] and _stored(tampered) == []
+
+
+def test_a_signed_delivery_is_stored_once_however_often_meta_sends_it(live):
+    body = _body()
+    for _ in range(3):
+        answer = meta.post(live.api_url, body)
+        assert answer.status_code == 200, answer.text
+    rows = _stored(body)
+    assert len(rows) == 1 and rows[0].body == body and rows[0].signed_by_org_id is None
+    deadline = time.monotonic() + 10
+    while _stored(body)[0].processed_at is None:
+        assert time.monotonic() < deadline, "the delivery was not applied"
+        time.sleep(0.1)
+    (row,) = _stored(body)
+    assert row.outcome == {"unrouted": 1}  # nobody has that number: kept, not applied
+
+
+def test_a_body_over_the_cap_is_refused(stack):
+    huge = b'{"entry": [], "pad": "' + b"x" * (4 * 1024 * 1024) + b'"}'
+    assert meta.post(stack.api_url, huge).status_code == 413
+    assert _stored(huge) == []
+
+
+def test_a_tenants_own_app_secret_signs_for_that_tenants_numbers_only(live, tenant):
+    own_secret = "tenant-app-secret-" + uuid.uuid4().hex
+    with session_scope() as s:
+        account = s.get(WhatsappAccount, tenant.account.id)
+        assert account is not None
+        account.app_secret_encrypted = encrypt_token(own_secret)
+    from tests.support.tenants import make_tenant
+
+    other = make_tenant()
+    mine = _body(tenant.account.phone_number_id)
+    assert meta.post(live.api_url, mine, secret=own_secret).status_code == 200
+    (row,) = _stored(mine)
+    assert row.signed_by_org_id == tenant.org_id
+    # The tenant's secret cannot speak for another tenant's number...
+    theirs = _body(other.account.phone_number_id)
+    assert meta.post(live.api_url, theirs, secret=own_secret).status_code == 401
+    assert _stored(theirs) == []
+    # ...not even inside a delivery that also names its own: stored, but the other number's update is not applied.
+    document = meta.envelope(tenant.account.phone_number_id, statuses=[meta.status("wamid.a", "read")])
+    document["entry"].append(
+        meta.envelope(other.account.phone_number_id, statuses=[meta.status("wamid.b", "read")])["entry"][0]
+    )
+    both = json.dumps(document).encode()
+    assert meta.post(live.api_url, both, secret=own_secret).status_code == 200
+    deadline = time.monotonic() + 10
+    while (rows := _stored(both))[0].processed_at is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert rows[0].outcome == {"unrouted": 1, "status_unknown": 1}
+    # The service's own secret still speaks for every number.
+    assert meta.post(live.api_url, _body(tenant.account.phone_number_id)).status_code == 200
+    with session_scope() as s:
+        assert (
+            s.scalar(
+                select(func.count()).select_from(WebhookEvent).where(WebhookEvent.signed_by_org_id == other.org_id)
+            )
+            == 0
+        )

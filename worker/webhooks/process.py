@@ -1,0 +1,131 @@
+"""Apply one stored webhook delivery: route each change to its account, apply the statuses,
+record the inbound messages. One transaction per delivery; the caller commits and, after the
+commit, hands over what the delivery released (see ``Processed``)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models import lifecycle
+from models.meta_status import StatusReport, read_status
+from models.tables import WebhookEvent
+from worker.webhooks.envelope import Change, MalformedDelivery, read_delivery
+from worker.webhooks.routing import RouteRefusal, route
+
+log = logging.getLogger(__name__)
+
+# A delivery whose statuses keep waiting for their message to leave 'sending' is given up after
+# this many tries (about a quarter of an hour with the default backoff): a lease ends long before.
+MAX_TRIES = 20
+
+
+@dataclass
+class Processed:
+    counts: Counter[str] = field(default_factory=Counter)
+    # Next messages of conversations a settled message no longer holds back: enqueue after commit.
+    successors: list[uuid.UUID] = field(default_factory=list)
+    # Some statuses wait for their message's claim holder: process the delivery again after this long.
+    retry_in_s: float | None = None
+
+
+def process_event(
+    session: Session, event_id: uuid.UUID, *, retry_base_s: float, retry_cap_s: float
+) -> Processed | None:
+    """Apply the delivery; None when it is already done or another worker is applying it now."""
+    event = session.execute(
+        select(WebhookEvent)
+        .where(WebhookEvent.id == event_id, WebhookEvent.processed_at.is_(None))
+        .with_for_update(skip_locked=True)
+    ).scalar_one_or_none()
+    if event is None:
+        return None
+    processed = Processed()
+    event.tries += 1
+    try:
+        changes = _deferred_changes(event.deferred) if event.deferred is not None else read_delivery(event.body).changes
+    except MalformedDelivery as exc:
+        log.warning("webhook %s: not a WhatsApp delivery (%s); kept, not applied", event.id, exc)
+        processed.counts["malformed_delivery"] += 1
+        changes = []
+    deferred: list[dict[str, Any]] = []
+    for change in changes:
+        deferred.extend(_apply_change(session, event, change, processed))
+    if deferred and event.tries < MAX_TRIES:
+        event.deferred = deferred
+        # Doubling, without jitter: these wait for one lease to end, not for a crowd to disperse.
+        processed.retry_in_s = min(retry_cap_s, retry_base_s * 2 ** (event.tries - 1))
+        event.next_try_at = func.now() + timedelta(seconds=processed.retry_in_s)
+    else:
+        if deferred:
+            log.warning(
+                "webhook %s: %d statuses still waited after %d tries; given up", event.id, len(deferred), event.tries
+            )
+            processed.counts["deferred_given_up"] += len(deferred)
+        event.deferred = None
+        event.processed_at = func.now()
+    # Across tries: a later try adds what it applied to what the earlier ones did.
+    event.outcome = dict(sorted((Counter(event.outcome or {}) + processed.counts).items()))
+    return processed
+
+
+def _deferred_changes(items: list[dict[str, Any]]) -> list[Change]:
+    by_number: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        by_number.setdefault(str(item["phone_number_id"]), []).append(item["status"])
+    return [Change(number, None, None, statuses=statuses) for number, statuses in by_number.items()]
+
+
+def _apply_change(session: Session, event: WebhookEvent, change: Change, processed: Processed) -> list[dict[str, Any]]:
+    """Apply one change; returns the raw statuses that must wait (as stored in ``deferred``)."""
+    counts = processed.counts
+    try:
+        account = route(session, change.phone_number_id, signed_by_org_id=event.signed_by_org_id)
+    except RouteRefusal as refusal:
+        # Kept in the raw row; the number itself is an id of Meta's, not a person's.
+        log.info("webhook %s: %d updates not applied: %s", event.id, change.update_count, refusal)
+        counts["unrouted"] += change.update_count
+        return []
+    # Inbound messages are recorded by worker/webhooks/inbound.py (being merged); counted until then.
+    counts["inbound_not_applied"] += len(change.messages)
+    reports: list[StatusReport] = []
+    raw_of: dict[int, dict[str, Any]] = {}
+    for raw in change.statuses:
+        report = read_status(raw)
+        if isinstance(report, str):
+            counts["status_malformed"] += 1
+            continue
+        reports.append(report)
+        raw_of[id(report)] = raw
+    if not reports:
+        return []
+    applied = lifecycle.apply_meta_statuses(
+        session, org_id=account.org_id, account_id=account.id, reports=reports, webhook_event_id=event.id
+    )
+    for effect, count in applied.effects.items():
+        counts[f"status_{effect.value.replace(' ', '_')}"] += count
+    counts["status_duplicate"] += applied.duplicates
+    counts["status_unknown"] += len(applied.unknown)
+    processed.successors.extend(applied.successors)
+    return [{"phone_number_id": change.phone_number_id, "status": raw_of[id(r)]} for r in applied.deferred]
+
+
+def note_webhook_failure(session: Session, event_id: uuid.UUID, error: Exception, *, retry_cap_s: float) -> None:
+    """A delivery that failed to apply (a bug, data we cannot store): counted, described, tried again
+    by the sweeper after a pause, and set aside after MAX_TRIES (its raw row stays for a look)."""
+    event = session.get(WebhookEvent, event_id, with_for_update=True)
+    if event is None or event.processed_at is not None:
+        return
+    event.tries += 1
+    event.error = f"{type(error).__name__}: {str(error)[:500]}"
+    if event.tries >= MAX_TRIES:
+        event.processed_at = func.now()
+    else:
+        event.next_try_at = func.now() + timedelta(seconds=min(retry_cap_s * 10, 2.0**event.tries))
