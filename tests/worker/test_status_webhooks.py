@@ -1,0 +1,276 @@
+"""Meta's status webhooks applied on the real stack: signed POSTs to the API, a worker applies them.
+
+Each test sends a real message through the sandbox, then plays Meta's later reports about it."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from models.db import session_scope
+from models.tables import Message, MessageEvent, WebhookEvent
+from tests.conftest import RUN_ID
+from tests.support import meta_webhooks as meta
+from tests.support.processes import ManagedProcess
+
+NOW = int(time.time())
+
+
+def _sent(api, tenant, lead=None) -> dict[str, Any]:
+    response = api.send(tenant, lead or tenant.new_lead(), "Hello from the return path")
+    assert response.status_code == 200, response.text
+    data = api.wait_for(tenant, response.json()["messageId"])
+    assert data["status"] == "sent", data
+    return data
+
+
+def _deliver(stack, phone_number_id: str, statuses: list[dict[str, Any]]) -> dict[str, int]:
+    """POST the statuses as one signed delivery; wait until a worker applied it; its outcome counts."""
+    body = json.dumps(meta.envelope(phone_number_id, statuses=statuses)).encode()
+    answer = meta.post(stack.api_url, body)
+    assert answer.status_code == 200, answer.text
+    deadline = time.monotonic() + 20
+    while True:
+        with session_scope() as s:
+            row = s.scalars(select(WebhookEvent).where(WebhookEvent.body == body)).one()
+            if row.processed_at is not None:
+                return dict(row.outcome or {})
+        assert time.monotonic() < deadline, f"delivery not applied: {row.outcome}, deferred {row.deferred}"
+        time.sleep(0.05)
+
+
+def _message(message_id: str) -> Message:
+    with session_scope() as s:
+        m = s.get(Message, uuid.UUID(message_id))
+        assert m is not None
+        s.expunge(m)
+        return m
+
+
+def _events(message_id: str) -> list[MessageEvent]:
+    with session_scope() as s:
+        rows = list(
+            s.scalars(
+                select(MessageEvent)
+                .where(MessageEvent.message_id == uuid.UUID(message_id))
+                .order_by(MessageEvent.created_at, MessageEvent.meta_timestamp)
+            )
+        )
+        s.expunge_all()
+        return rows
+
+
+def test_delivered_then_read_moves_the_message_forward_and_keeps_every_event(live, api, tenant):
+    data = _sent(api, tenant)
+    wamid, number = data["wamid"], tenant.account.phone_number_id
+    pricing = {"billable": True, "pricing_model": "PMP", "category": "utility", "type": "regular"}
+    outcome = _deliver(
+        live,
+        number,
+        [
+            meta.status(wamid, "sent", at=NOW, callback=data["id"], pricing=pricing),
+            meta.status(wamid, "delivered", at=NOW + 2),
+        ],
+    )
+    assert outcome == {"status_advanced": 1, "status_recorded": 1}
+    assert api.message(tenant, data["id"])["status"] == "delivered"
+    _deliver(live, number, [meta.status(wamid, "read", at=NOW + 5)])
+    shown = api.message(tenant, data["id"])
+    assert shown["status"] == "read"
+    assert shown["deliveredAt"].startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(NOW + 2)))
+    assert shown["readAt"].startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(NOW + 5)))
+    events = _events(data["id"])
+    assert [(e.status, e.source, e.from_status) for e in events] == [
+        ("sent", "meta", "sent"),
+        ("delivered", "meta", "sent"),
+        ("read", "meta", "delivered"),
+    ]
+    assert events[0].details == {"pricing": pricing, "recipient_id": "18095550000"}
+    assert all(e.wamid == wamid and e.webhook_event_id is not None for e in events)
+
+
+def test_read_before_delivered_keeps_both_times_and_ends_read(live, api, tenant):
+    data = _sent(api, tenant)
+    wamid, number = data["wamid"], tenant.account.phone_number_id
+    _deliver(live, number, [meta.status(wamid, "read", at=NOW + 9)])
+    assert _message(data["id"]).status == "read"
+    outcome = _deliver(live, number, [meta.status(wamid, "delivered", at=NOW + 8), meta.status(wamid, "sent", at=NOW)])
+    assert outcome == {"status_recorded": 2}
+    m = _message(data["id"])
+    assert m.status == "read" and m.delivered_at is not None and m.read_at is not None
+    assert m.delivered_at < m.read_at
+
+
+def test_a_status_meta_sends_again_is_a_no_op(live, api, tenant):
+    data = _sent(api, tenant)
+    wamid, number = data["wamid"], tenant.account.phone_number_id
+    delivered = meta.status(wamid, "delivered", at=NOW + 1)
+    _deliver(live, number, [delivered])
+    # The same status again, in a delivery of its own and inside a larger one: recorded once.
+    again = _deliver(live, number, [delivered, meta.status(f"wamid.other-{uuid.uuid4().hex}", "read")])
+    assert again == {"status_duplicate": 1, "status_recorded": 1, "status_unknown": 1}
+    assert [e.status for e in _events(data["id"])] == ["delivered"]
+    assert _message(data["id"]).status == "delivered"
+
+
+def test_failed_after_sent_ends_the_message_with_metas_code_and_title(live, api, tenant):
+    data = _sent(api, tenant)
+    wamid, number = data["wamid"], tenant.account.phone_number_id
+    window = meta.meta_error(131047, "Re-engagement message", "More than 24 hours have passed")
+    _deliver(
+        live, number, [meta.status(wamid, "sent", at=NOW), meta.status(wamid, "failed", at=NOW + 1, errors=[window])]
+    )
+    shown = api.message(tenant, data["id"])
+    assert shown["status"] == "failed" and shown["failedAt"] is not None
+    assert shown["error"] == {
+        "code": "131047",
+        "title": "Re-engagement message",
+        "detail": "More than 24 hours have passed",
+    }
+    failed = _events(data["id"])[-1]
+    assert (failed.status, failed.from_status, failed.errors) == ("failed", "sent", [window])
+    # A late "delivered" does not bring it back.
+    _deliver(live, number, [meta.status(wamid, "delivered", at=NOW + 2)])
+    assert _message(data["id"]).status == "failed"
+
+
+def test_a_read_message_stays_read_when_a_failure_arrives_late(live, api, tenant):
+    data = _sent(api, tenant)
+    wamid, number = data["wamid"], tenant.account.phone_number_id
+    _deliver(live, number, [meta.status(wamid, "read", at=NOW + 3)])
+    _deliver(
+        live, number, [meta.status(wamid, "failed", at=NOW + 4, errors=[meta.meta_error(131026, "Undeliverable")])]
+    )
+    assert _message(data["id"]).status == "read"
+
+
+def test_an_uncertain_message_is_settled_by_its_status(live, api, sandbox, tenant):
+    sandbox.set_latency(3000)  # longer than WADISPATCH_META_READ_TIMEOUT_S=2: the answer is lost
+    try:
+        response = api.send(tenant, tenant.new_lead(), "Did this go out?")
+        message_id = response.json()["messageId"]
+        data = api.wait_for(tenant, message_id, timeout=15)
+    finally:
+        sandbox.set_latency(0)
+    assert data["error"]["code"] == "DELIVERY_UNCERTAIN" and data["wamid"] is None
+    # Meta did get it: the sandbox knows its wamid, and the status carries our id.
+    (got,) = sandbox.received(tenant.account.phone_number_id)
+    outcome = _deliver(
+        live, tenant.account.phone_number_id, [meta.status(got["wamid"], "delivered", callback=message_id)]
+    )
+    assert outcome == {"status_settled": 1}
+    shown = api.message(tenant, message_id)
+    assert shown["status"] == "delivered" and shown["wamid"] == got["wamid"] and shown["error"] is None
+    (event,) = _events(message_id)
+    assert (event.from_status, event.status) == ("failed", "delivered") and "DELIVERY_UNCERTAIN" in event.reason
+
+
+def test_a_status_for_a_message_being_sent_waits_for_its_answer(live, api, sandbox, tenant):
+    sandbox.set_latency(1200)  # within the read timeout: the answer arrives, late
+    try:
+        message_id = api.send(tenant, tenant.new_lead(), "Racing my own status").json()["messageId"]
+        deadline = time.monotonic() + 10
+        while not (got := sandbox.received(tenant.account.phone_number_id)):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert _message(message_id).status == "sending"
+        # Meta's "delivered" arrives before its answer to the call: kept until the worker wrote "sent".
+        body = json.dumps(
+            meta.envelope(
+                tenant.account.phone_number_id,
+                statuses=[meta.status(got[0]["wamid"], "delivered", callback=message_id)],
+            )
+        ).encode()
+        assert meta.post(live.api_url, body).status_code == 200
+        api.wait_for(tenant, message_id, statuses=("delivered",), timeout=15)
+    finally:
+        sandbox.set_latency(0)
+    with session_scope() as s:
+        row = s.scalars(select(WebhookEvent).where(WebhookEvent.body == body)).one()
+        assert row.tries >= 2 and row.outcome["status_deferred"] >= 1 and row.outcome["status_advanced"] == 1
+    assert [e.status for e in _events(message_id)] == ["delivered"]
+
+
+@pytest.fixture
+def webhooks_only(stack, tmp_path):
+    """A worker that applies webhooks only (the incoming queue): no message is sent meanwhile."""
+    proc: ManagedProcess
+    proc = ManagedProcess(
+        "webhooks-only",
+        ["worker", "--queues=wadispatch.incoming", f"--hostname=hooks-{RUN_ID}@%h", "--without-mingle",
+         "--without-gossip"],
+        stack.env,
+        tmp_path,
+        ready=lambda: " ready." in proc.log_since_start(),
+    )  # fmt: skip
+    yield proc
+    proc.stop()
+
+
+def test_a_queued_message_meta_reports_on_is_not_sent_again(live, api, sandbox, tenant, webhooks_only):
+    # Nobody sends: the message waits queued, as after a lost answer and an operator's retry, or a
+    # 5xx whose request Meta had in fact accepted.
+    live.worker.stop()
+    try:
+        message_id = api.send(tenant, tenant.new_lead(), "Went out after all").json()["messageId"]
+        webhooks_only.start()
+        wamid = f"wamid.after-all-{uuid.uuid4().hex}"
+        outcome = _deliver(live, tenant.account.phone_number_id, [meta.status(wamid, "sent", callback=message_id)])
+        assert outcome == {"status_went_out_after_all": 1}
+        webhooks_only.stop()
+    finally:
+        live.worker.start()
+    time.sleep(1.5)  # its send task ran now, and found nothing to send
+    m = _message(message_id)
+    assert (m.status, m.wamid, m.claim_token, m.sent_at is not None) == ("sent", wamid, None, True)
+    assert sandbox.calls(tenant.account.phone_number_id) == 0
+    (event,) = _events(message_id)
+    assert event.from_status == "queued" and "not sent again" in event.reason
+
+
+def test_unknown_wamid_and_unknown_number_are_kept_and_ignored(live, api, tenant):
+    data = _sent(api, tenant)
+    stranger = meta.status(f"wamid.unknown-{uuid.uuid4().hex}", "delivered", callback=str(uuid.uuid4()))
+    assert _deliver(live, tenant.account.phone_number_id, [stranger]) == {"status_unknown": 1}
+    assert _deliver(live, "999000999000", [meta.status(data["wamid"], "read")]) == {"unrouted": 1}
+    assert _message(data["id"]).status == "sent"
+
+
+def test_an_update_for_one_org_never_touches_another_orgs_message_with_the_same_wamid(live, api, tenant):
+    from tests.support.tenants import make_tenant
+
+    other = make_tenant(live.sandbox_url)
+    mine, theirs = _sent(api, tenant), _sent(api, other)
+    # Meta's wamids are unique, but ours must not depend on it: give the other org's message the same one.
+    with session_scope() as s:
+        s.execute(update(Message).where(Message.id == uuid.UUID(theirs["id"])).values(wamid=mine["wamid"]))
+    _deliver(live, tenant.account.phone_number_id, [meta.status(mine["wamid"], "read", callback=theirs["id"])])
+    assert _message(mine["id"]).status == "read"
+    assert _message(theirs["id"]).status == "sent" and _events(theirs["id"]) == []
+    # Our id in the callback data of another org's number does not reach our message either.
+    _deliver(live, other.account.phone_number_id, [meta.status("wamid.x", "failed", callback=mine["id"])])
+    assert _message(mine["id"]).status == "read"
+
+
+def test_a_batch_of_a_thousand_updates(live, api, tenant):
+    sent = [api.send(tenant, tenant.new_lead(), f"batch {n}").json()["messageId"] for n in range(250)]
+    messages = [api.wait_for(tenant, message_id) for message_id in sent]
+    updates = []
+    for data in messages:
+        updates += [
+            meta.status(data["wamid"], "sent", at=NOW),
+            meta.status(data["wamid"], "read", at=NOW + 4),  # out of order on purpose
+            meta.status(data["wamid"], "delivered", at=NOW + 2),
+        ]
+    updates += [meta.status(f"wamid.none-{n}", "delivered") for n in range(250)]
+    assert len(updates) == 1000
+    outcome = _deliver(live, tenant.account.phone_number_id, updates)
+    assert outcome == {"status_advanced": 500, "status_recorded": 250, "status_unknown": 250}
+    with session_scope() as s:
+        statuses = s.scalars(select(Message.status).where(Message.id.in_([uuid.UUID(m) for m in sent]))).all()
+        assert set(statuses) == {"read"}
