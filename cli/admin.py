@@ -258,13 +258,33 @@ def _pauses(account_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
 @account.command("update")
 @click.option("--id", "account_id", required=True)
 @click.option("--mps", type=int, help="messages per second Meta allows this number (20, 80, 1000)")
+@click.option(
+    "--app-secret",
+    envvar="WADISPATCH_ACCOUNT_APP_SECRET",
+    help="the secret of the tenant's own Meta app, which signs this number's webhooks (or the env variable)",
+)
+@click.option("--clear-app-secret", is_flag=True, help="webhooks for this number are signed with the service's secret")
 @json_option
-def account_update(account_id: str, mps: int | None, as_json: bool) -> None:
+def account_update(
+    account_id: str, mps: int | None, app_secret: str | None, clear_app_secret: bool, as_json: bool
+) -> None:
     """Change an account's settings; workers pick them up at the next send, no restart."""
+    if app_secret is not None and clear_app_secret:
+        fail("--app-secret and --clear-app-secret: choose one")
     try:
         with session_scope() as session:
-            row = admin.update_account(session, _uuid(account_id, "--id"), mps=mps)
-            data = {"id": str(row.id), "mps": row.mps, "status": row.status}
+            row = admin.update_account(
+                session,
+                _uuid(account_id, "--id"),
+                mps=mps,
+                app_secret=admin.CLEAR if clear_app_secret else app_secret,
+            )
+            data = {
+                "id": str(row.id),
+                "mps": row.mps,
+                "status": row.status,
+                "own_app_secret": row.app_secret_encrypted is not None,
+            }
     except admin.AdminError as exc:
         fail(str(exc))
     emit(data, as_json=as_json, human=f"account {account_id}: {data['mps']} mps")

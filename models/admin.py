@@ -156,7 +156,13 @@ def _phone_or_error(raw: str, field: str) -> str:
         raise AdminError(f"{field}: {exc}") from exc
 
 
-def update_account(session: Session, account_id: uuid.UUID, *, mps: int | None) -> WhatsappAccount:
+# A value that clears the account's own app secret (its webhooks are then signed with the service's).
+CLEAR = ""
+
+
+def update_account(
+    session: Session, account_id: uuid.UUID, *, mps: int | None, app_secret: str | None = None
+) -> WhatsappAccount:
     account = session.get(WhatsappAccount, account_id)
     if account is None:
         raise AdminError(f"--id: no WhatsApp account {account_id}")
@@ -165,6 +171,10 @@ def update_account(session: Session, account_id: uuid.UUID, *, mps: int | None) 
             raise AdminError("--mps: must be at least 1")
         # Workers read the rate at every claim: the change applies to the next send.
         account.mps = mps
+    if app_secret is not None:
+        if app_secret != CLEAR and (len(app_secret) < 16 or any(c.isspace() for c in app_secret)):
+            raise AdminError("--app-secret: Meta app secrets are at least 16 characters, without spaces")
+        account.app_secret_encrypted = encrypt_token(app_secret) if app_secret else None
     session.flush()
     return account
 

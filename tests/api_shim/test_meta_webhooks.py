@@ -114,3 +114,29 @@ def test_a_tenants_own_app_secret_signs_for_that_tenants_numbers_only(live, tena
             )
             == 0
         )
+
+
+def test_an_operator_sets_and_clears_an_accounts_own_app_secret(live, tenant):
+    from tests.cli.test_cli import wadispatch
+
+    own_secret = "s3cret-of-the-tenants-app-" + uuid.uuid4().hex[:8]
+    body = _body(tenant.account.phone_number_id)
+    assert meta.post(live.api_url, body, secret=own_secret).status_code == 401  # not known yet
+    done = wadispatch(
+        "account",
+        "update",
+        "--id",
+        str(tenant.account.id),
+        "--json",
+        env=live.env | {"WADISPATCH_ACCOUNT_APP_SECRET": own_secret},
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["own_app_secret"] is True and own_secret not in done.stdout
+    assert meta.post(live.api_url, body, secret=own_secret).status_code == 200
+    weak = wadispatch("account", "update", "--id", str(tenant.account.id), "--app-secret", "short", env=live.env)
+    assert weak.returncode != 0 and "--app-secret" in weak.stderr
+    cleared = wadispatch(
+        "account", "update", "--id", str(tenant.account.id), "--clear-app-secret", "--json", env=live.env
+    )
+    assert json.loads(cleared.stdout)["own_app_secret"] is False
+    assert meta.post(live.api_url, _body(tenant.account.phone_number_id), secret=own_secret).status_code == 401
