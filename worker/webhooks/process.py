@@ -70,7 +70,7 @@ def process_event(
             )
             processed.counts["deferred_given_up"] += len(deferred)
         event.deferred = None
-        event.processed_at = func.now()
+        event.processed_at = func.clock_timestamp()  # when it became visible, not when the transaction began
     # Across tries: a later try adds what it applied to what the earlier ones did.
     event.outcome = dict(sorted((Counter(event.outcome or {}) + processed.counts).items()))
     return processed
@@ -126,6 +126,6 @@ def note_webhook_failure(session: Session, event_id: uuid.UUID, error: Exception
     event.tries += 1
     event.error = f"{type(error).__name__}: {str(error)[:500]}"
     if event.tries >= MAX_TRIES:
-        event.processed_at = func.now()
+        event.processed_at = func.clock_timestamp()  # when it became visible, not when the transaction began
     else:
         event.next_try_at = func.now() + timedelta(seconds=min(retry_cap_s * 10, 2.0**event.tries))
