@@ -126,6 +126,6 @@ def note_webhook_failure(session: Session, event_id: uuid.UUID, error: Exception
     event.tries += 1
     event.error = f"{type(error).__name__}: {str(error)[:500]}"
     if event.tries >= MAX_TRIES:
-        event.processed_at = func.clock_timestamp()  # when it became visible, not when the transaction began
+        event.processed_at = func.now()
     else:
         event.next_try_at = func.now() + timedelta(seconds=min(retry_cap_s * 10, 2.0**event.tries))
