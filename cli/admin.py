@@ -12,7 +12,7 @@ from sqlalchemy import select
 from cli.output import emit, fail
 from models import admin
 from models.db import session_scope
-from models.enums import AccountStatus, KeyKind, Scope
+from models.enums import AccountStatus, KeyKind, MessageStatus, Scope
 from models.tables import ApiKey
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -354,3 +354,25 @@ def messages_retry(status: str, since: datetime | None, org_slug: str | None, li
     for message_id in ids:
         enqueue_send(message_id)
     emit({"requeued": len(ids)}, as_json=as_json, human=f"{len(ids)} messages re-queued")
+
+
+@messages.command("list")
+@click.option("--org", "org_slug", required=True)
+@click.option("--status", type=click.Choice([s.value for s in MessageStatus]), help="only this status")
+@click.option("--error-code", help="only this error code, e.g. DELIVERY_UNCERTAIN or 131047")
+@click.option("--limit", type=int, default=50, show_default=True)
+@json_option
+def messages_list(org_slug: str, status: str | None, error_code: str | None, limit: int, as_json: bool) -> None:
+    """The organization's latest messages (ids, status, error, times; never their text or phone)."""
+    try:
+        with session_scope() as session:
+            rows = admin.list_messages(
+                session, org=admin.org_by_slug(session, org_slug), status=status, error_code=error_code, limit=limit
+            )
+    except admin.AdminError as exc:
+        fail(str(exc))
+    lines = [
+        f"{row['id']}  {row['status']:<9} {row['error_code'] or '-':<20} created {row['created_at']:%Y-%m-%d %H:%M:%S}"
+        for row in rows
+    ]
+    emit({"data": rows}, as_json=as_json, human="\n".join(lines) or "no messages")

@@ -211,3 +211,31 @@ def update_org(
         org.whatsapp_provider = provider
     session.flush()
     return org
+
+
+def list_messages(
+    session: Session, *, org: Organization, status: str | None, error_code: str | None, limit: int
+) -> list[dict[str, object]]:
+    """An operator's view of recent messages: ids, status, error and times (no text, no phone)."""
+    if limit < 1:
+        raise AdminError("--limit: must be at least 1")
+    query = select(Message).where(Message.org_id == org.id)
+    if status is not None:
+        query = query.where(Message.status == status)
+    if error_code is not None:
+        query = query.where(Message.error_code == error_code)
+    rows = session.scalars(query.order_by(Message.created_at.desc()).limit(limit))
+    return [
+        {
+            "id": str(m.id),
+            "direction": m.direction,
+            "status": m.status,
+            "error_code": m.error_code,
+            "error_title": m.error_title,
+            "wamid": m.wamid,
+            "created_at": m.created_at,
+            "sent_at": m.sent_at,
+            "failed_at": m.failed_at,
+        }
+        for m in rows
+    ]

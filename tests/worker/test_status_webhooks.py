@@ -170,6 +170,24 @@ def test_an_uncertain_message_is_settled_by_its_status(live, api, sandbox, tenan
     assert (event.from_status, event.status) == ("failed", "delivered") and "DELIVERY_UNCERTAIN" in event.reason
 
 
+def test_operators_list_uncertain_messages(live, api, sandbox, tenant):
+    from tests.cli.test_cli import wadispatch
+
+    sandbox.set_latency(3000)
+    try:
+        message_id = api.send(tenant, tenant.new_lead(), "Lost answer").json()["messageId"]
+        api.wait_for(tenant, message_id, timeout=15)
+    finally:
+        sandbox.set_latency(0)
+    listed = wadispatch(
+        "messages", "list", "--org", tenant.slug, "--error-code", "DELIVERY_UNCERTAIN", "--json", env=live.env
+    )
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)["data"]
+    assert [(r["id"], r["status"]) for r in rows] == [(message_id, "failed")]
+    assert "Lost answer" not in listed.stdout
+
+
 def test_a_status_for_a_message_being_sent_waits_for_its_answer(live, api, sandbox, tenant):
     sandbox.set_latency(1200)  # within the read timeout: the answer arrives, late
     try:
