@@ -153,7 +153,7 @@ class MessageErrorOut(BaseModel):
 
 class MessageOut(BaseModel):
     id: uuid.UUID
-    status: Literal["queued", "sending", "retrying", "sent", "delivered", "read", "failed"]
+    status: Literal["queued", "sending", "retrying", "sent", "delivered", "read", "failed", "received"]
     type: str
     leadId: uuid.UUID
     whatsappAccountId: uuid.UUID

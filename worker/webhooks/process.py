@@ -18,6 +18,7 @@ from models import lifecycle
 from models.meta_status import StatusReport, read_status
 from models.tables import WebhookEvent
 from worker.webhooks.envelope import Change, MalformedDelivery, read_delivery
+from worker.webhooks.inbound import record_inbound
 from worker.webhooks.routing import RouteRefusal, route
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,9 @@ def _apply_change(session: Session, event: WebhookEvent, change: Change, process
         log.info("webhook %s: %d updates not applied: %s", event.id, change.update_count, refusal)
         counts["unrouted"] += change.update_count
         return []
-    # Inbound messages are recorded by worker/webhooks/inbound.py (being merged); counted until then.
-    counts["inbound_not_applied"] += len(change.messages)
+    for message in change.messages:
+        result = record_inbound(session, account, message, change.contacts, webhook_event_id=event.id)
+        counts[f"inbound_{result.value}"] += 1
     reports: list[StatusReport] = []
     raw_of: dict[int, dict[str, Any]] = {}
     for raw in change.statuses:
