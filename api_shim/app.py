@@ -24,7 +24,7 @@ WhatsApp Cloud API by workers.
 **FlowEstate surface** (`/api/v1/whatsapp/...`): `Authorization: Bearer fe_k_...`, scopes
 `whatsapp:read` / `whatsapp:write`. Errors: `{"error": {"code": "...", "message": "..."}}` with
 `code` one of VALIDATION_ERROR, BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, OPTED_OUT,
-ACCOUNT_UNAVAILABLE, METHOD_NOT_ALLOWED, INTERNAL_ERROR.
+ACCOUNT_UNAVAILABLE, OUTSIDE_SERVICE_WINDOW, METHOD_NOT_ALLOWED, INTERNAL_ERROR.
 
 **FlowIQ surface** (`POST /send-whatsapp?tenantId=<slug>`): `Authorization: Bearer fiq_...`; nine
 message types; answers with Meta's wamid once the worker sent the message, or 202 if it is still

@@ -11,20 +11,21 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api_shim import idempotency
 from api_shim.auth import Caller, authenticate_flowestate
 from api_shim.errors import STATUS_OF, ApiError, ErrorCode, error_responses, field_rule_error
 from api_shim.intake import hand_to_broker, persist_message
+from api_shim.service_window import window_refusal
 from api_shim.storable_text import first_unstorable, text_rule
 from models.db import get_sessionmaker
 from models.enums import AccountStatus, MessageStatus, Scope, SourceApi
 from models.outbound import CAPTION_MAX, TEXT_MAX, AnyOutbound, MediaMessage, TextMessage
 from models.phones import is_valid_e164
 from models.settings import get_settings
-from models.tables import Contact, Message, WhatsappAccount
+from models.tables import Contact, Message, Organization, WhatsappAccount
 
 PREFIX = "/api/v1"
 router = APIRouter(prefix=PREFIX + "/whatsapp", tags=["FlowEstate WhatsApp"])
@@ -224,6 +225,7 @@ IdempotencyHeader = Annotated[
         ErrorCode.BAD_REQUEST,
         ErrorCode.OPTED_OUT,
         ErrorCode.ACCOUNT_UNAVAILABLE,
+        ErrorCode.OUTSIDE_SERVICE_WINDOW,
         ErrorCode.NOT_FOUND,
         ErrorCode.IDEMPOTENCY_KEY_REUSED,
         ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS,
@@ -306,11 +308,14 @@ def _accepted(message_id: uuid.UUID) -> JSONResponse:
 
 def _check_and_persist(body: SendIn, session: Session, caller: Caller, idempotency_key: str | None) -> uuid.UUID:
     """The pre-checks (each a clear 4xx), then the message in the session's transaction (not committed)."""
-    lead = session.scalars(
-        select(Contact).where(Contact.id == body.leadId, Contact.org_id == caller.org_id)
+    found = session.execute(
+        select(Contact, Organization.window_policy, func.now())
+        .join(Organization, Organization.id == Contact.org_id)
+        .where(Contact.id == body.leadId, Contact.org_id == caller.org_id)
     ).one_or_none()
-    if lead is None:
+    if found is None:
         raise ApiError(ErrorCode.NOT_FOUND, "Lead not found")
+    lead, window_policy, db_now = found
     if lead.opted_out_at is not None:
         raise ApiError(ErrorCode.OPTED_OUT, "The lead opted out of WhatsApp and cannot be messaged")
     account = session.scalars(
@@ -322,12 +327,22 @@ def _check_and_persist(body: SendIn, session: Session, caller: Caller, idempoten
         raise ApiError(ErrorCode.ACCOUNT_UNAVAILABLE, "The WhatsApp account was not found or is not connected")
     if not is_valid_e164(lead.phone_e164) or not lead.wa_id:
         raise ApiError(ErrorCode.BAD_REQUEST, "The lead has no valid phone number")
+    message = body.to_outbound()
+    closed = window_refusal(
+        window_policy,
+        message,
+        last_inbound_at=lead.last_inbound_at,
+        now=db_now,
+        window_h=get_settings().service_window_h,
+    )
+    if closed is not None:
+        raise ApiError(ErrorCode.OUTSIDE_SERVICE_WINDOW, closed.describe())
     return persist_message(
         session,
         org_id=caller.org_id,
         account_id=account.id,
         contact_id=lead.id,
-        message=body.to_outbound(),
+        message=message,
         source=SourceApi.FLOWESTATE,
         idempotency_key=idempotency_key,
     )

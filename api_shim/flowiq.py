@@ -11,6 +11,7 @@ import contextlib
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -24,6 +25,7 @@ from api_shim.auth import Caller, authenticate_flowiq
 from api_shim.flowiq_errors import FlowIQError, FlowIQErrorBody, invalid
 from api_shim.flowiq_request import FLOWIQ_TYPES, FlowIQSend, parse_send
 from api_shim.intake import hand_to_broker, persist_message
+from api_shim.service_window import window_refusal
 from api_shim.storable_text import text_rule
 from api_shim.sync_results import ResultWaiter
 from models.db import get_sessionmaker
@@ -242,6 +244,16 @@ def _validate_and_persist(session: Any, caller: Caller, body: Any, idempotency_k
         )
     if contact.opted_out_at is not None:
         raise FlowIQError(400, "Contact opted out", f"The contact {send.wa_id} opted out of WhatsApp messages")
+    org = session.get(Organization, caller.org_id)  # loaded by _sending_account: no round trip
+    closed = window_refusal(
+        org.window_policy,
+        send.message,
+        last_inbound_at=contact.last_inbound_at,
+        now=datetime.now(UTC),
+        window_h=get_settings().service_window_h,
+    )
+    if closed is not None:
+        raise FlowIQError(400, "Outside service window", closed.describe(), code="OUTSIDE_SERVICE_WINDOW")
     message_id = _persist(session, caller, account, contact, send, idempotency_key)
     return _Accepted(message_id, send.wa_id, send.message_type, caller.org_name)
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from cli.output import emit, fail
 from models import admin
 from models.db import session_scope
-from models.enums import AccountStatus, KeyKind, MessageStatus, Scope
+from models.enums import AccountStatus, KeyKind, MessageStatus, Scope, WindowPolicy
 from models.tables import ApiKey
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -51,16 +51,26 @@ def org_create(slug: str, name: str, provider: str, as_json: bool) -> None:
 @click.option("--quota", type=int, help="monthly units (one per authenticated request)")
 @click.option("--rate-limit", type=int, help="requests per minute per API key")
 @click.option("--provider", help="whatsapp provider (meta, wati, ...)")
+@click.option(
+    "--window-policy",
+    type=click.Choice([p.value for p in WindowPolicy]),
+    help="free-form messages outside the 24-hour window: send (Meta decides) or refuse at intake",
+)
 @json_option
-def org_update(slug: str, quota: int | None, rate_limit: int | None, provider: str | None, as_json: bool) -> None:
+def org_update(
+    slug: str, quota: int | None, rate_limit: int | None, provider: str | None, window_policy: str | None, as_json: bool
+) -> None:
     try:
         with session_scope() as session:
-            row = admin.update_org(session, slug, quota=quota, rate_limit=rate_limit, provider=provider)
+            row = admin.update_org(
+                session, slug, quota=quota, rate_limit=rate_limit, provider=provider, window_policy=window_policy
+            )
             data = {
                 "slug": row.slug,
                 "monthly_quota": row.monthly_quota,
                 "rate_limit_per_minute": row.rate_limit_per_minute,
                 "provider": row.whatsapp_provider,
+                "window_policy": row.window_policy,
             }
     except admin.AdminError as exc:
         fail(str(exc))

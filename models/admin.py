@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from models import lifecycle
 from models.crypto import encrypt_token
-from models.enums import AccountStatus, AccountType, KeyKind, MessageStatus, Scope
+from models.enums import AccountStatus, AccountType, KeyKind, MessageStatus, Scope, WindowPolicy
 from models.keys import generate_key, hash_key
 from models.phones import normalize_e164, wa_id_of
 from models.tables import ApiKey, Contact, Message, Organization, WhatsappAccount
@@ -196,7 +196,13 @@ def requeue_messages(
 
 
 def update_org(
-    session: Session, slug: str, *, quota: int | None, rate_limit: int | None, provider: str | None = None
+    session: Session,
+    slug: str,
+    *,
+    quota: int | None,
+    rate_limit: int | None,
+    provider: str | None = None,
+    window_policy: str | None = None,
 ) -> Organization:
     org = org_by_slug(session, slug)
     if quota is not None:
@@ -209,6 +215,10 @@ def update_org(
         org.rate_limit_per_minute = rate_limit
     if provider is not None:
         org.whatsapp_provider = provider
+    if window_policy is not None:
+        if window_policy not in {p.value for p in WindowPolicy}:
+            raise AdminError("--window-policy: must be send or refuse")
+        org.window_policy = window_policy
     session.flush()
     return org
 

@@ -7,7 +7,7 @@ once, for both surfaces. The worker turns it into Meta's Graph API body
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import emoji
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
@@ -47,6 +47,9 @@ class _Strict(BaseModel):
 
 
 class _Message(_Strict):
+    # Meta delivers a free-form message only inside the contact's 24-hour window; a template
+    # (a kind of its own) is the one message allowed outside it.
+    free_form: ClassVar[bool] = True
     # Meta's context.message_id: the wamid this message replies to.
     context_message_id: str | None = Field(default=None, min_length=1, max_length=WAMID_MAX)
 
