@@ -71,7 +71,9 @@ def authenticate_flowestate(session: Session, request: Request, scope: Scope) ->
     )
 
 
-def authenticate_flowiq(session: Session, request: Request, tenant_id: str | None) -> Caller:
+def authenticate_flowiq(
+    session: Session, request: Request, tenant_id: str | None, scope: Scope = Scope.WRITE
+) -> Caller:
     """The seed's rules: only ``fiq_`` keys, and the key must belong to the ``tenantId`` organization."""
     key = bearer_token(request)
     if key is None:
@@ -93,8 +95,8 @@ def authenticate_flowiq(session: Session, request: Request, tenant_id: str | Non
         raise FlowIQError(404, "Organization not found", f"No organization with tenantId {tenant_id!r}")
     if org.id != key_org.id:
         raise FlowIQError(401, "Invalid API key", "API key does not belong to this organization (tenant mismatch)")
-    if Scope.WRITE not in api_key.scopes:
-        raise FlowIQError(403, "Forbidden", f"This API key lacks the '{Scope.WRITE}' scope")
+    if scope not in api_key.scopes:
+        raise FlowIQError(403, "Forbidden", f"This API key lacks the '{scope}' scope")
     try:
         charge(session, request, api_key, org)
     except UsageRefused as refused:

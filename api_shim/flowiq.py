@@ -96,7 +96,7 @@ class QueuedResponse(BaseModel):
 
 _ERRORS = {
     400: "Missing required field, invalid field, invalid message type, invalid phone number, invalid provider, "
-    "WhatsApp not configured, contact opted out",
+    "WhatsApp not configured, contact opted out, outside service window (window policy refuse)",
     401: "Missing or invalid API key, revoked key, non-fiq_ key, or tenant mismatch",
     403: "The key lacks the whatsapp:write scope",
     404: "Organization or contact not found (the contact answer also carries whatsapp_id)",

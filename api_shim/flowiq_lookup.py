@@ -1,0 +1,125 @@
+"""FlowIQ: what happened to a message. A caller that got a 202 (or lost its answer) asks by our
+message id or by Meta's wamid; the answer is in FlowIQ's envelope, with the status history."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api_shim.auth import authenticate_flowiq
+from api_shim.flowiq import router
+from api_shim.flowiq_errors import FlowIQError, FlowIQErrorBody
+from models.db import get_sessionmaker
+from models.enums import Direction, Scope
+from models.tables import Contact, Message, MessageEvent
+
+WAMID_MAX = 128
+
+
+class FlowIQEventOut(BaseModel):
+    status: str
+    source: str = Field(description="meta (a status webhook), reconciliation or operator")
+    timestamp: datetime
+    error: dict[str, Any] | None = None
+
+
+class FlowIQMessageData(BaseModel):
+    message_id: uuid.UUID
+    wamid: str | None
+    status: str = Field(description="queued, sending, retrying, sent, delivered, read or failed")
+    phone_number: str | None
+    message_type: str
+    error: dict[str, Any] | None = Field(description="{code, title} when the message failed")
+    queued_at: datetime | None
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    read_at: datetime | None
+    failed_at: datetime | None
+    events: list[FlowIQEventOut]
+
+
+class FlowIQMessageResponse(BaseModel):
+    success: bool = True
+    data: FlowIQMessageData
+
+
+def _find(session: Session, org_id: uuid.UUID, ref: str) -> Message | None:
+    """Our id, or Meta's wamid, within the caller's organization (outbound messages only)."""
+    query = select(Message).where(Message.org_id == org_id, Message.direction == Direction.OUTBOUND)
+    try:
+        by_id = uuid.UUID(ref)
+    except ValueError:
+        return session.scalars(query.where(Message.wamid == ref).limit(1)).first()
+    return session.scalars(query.where(Message.id == by_id)).first()
+
+
+def _lookup(request: Request, tenant_id: str | None, ref: str) -> dict[str, Any]:
+    with get_sessionmaker()() as session:
+        caller = authenticate_flowiq(session, request, tenant_id, Scope.READ)
+        message = _find(session, caller.org_id, ref) if 0 < len(ref) <= WAMID_MAX else None
+        if message is None:
+            raise FlowIQError(404, "Message not found", f"No message {ref[:WAMID_MAX]!r} in this organization")
+        phone = session.scalar(select(Contact.phone_e164).where(Contact.id == message.contact_id))
+        events = session.scalars(
+            select(MessageEvent)
+            .where(MessageEvent.message_id == message.id, MessageEvent.org_id == caller.org_id)
+            .order_by(MessageEvent.meta_timestamp.asc().nulls_last(), MessageEvent.created_at)
+        ).all()
+        error = {"code": message.error_code, "title": message.error_title} if message.error_code else None
+        data = FlowIQMessageData(
+            message_id=message.id,
+            wamid=message.wamid,
+            status=message.status,
+            phone_number=phone,
+            # FlowIQ calls buttons and lists "interactive".
+            message_type="interactive" if message.message_type in ("button", "list") else message.message_type,
+            error=error,
+            queued_at=message.queued_at,
+            sent_at=message.sent_at,
+            delivered_at=message.delivered_at,
+            read_at=message.read_at,
+            failed_at=message.failed_at,
+            events=[
+                FlowIQEventOut(
+                    status=e.status,
+                    source=e.source,
+                    timestamp=e.meta_timestamp or e.created_at,
+                    error=_first_error(e.errors),
+                )
+                for e in events
+            ],
+        )
+        return FlowIQMessageResponse(data=data).model_dump(mode="json")
+
+
+def _first_error(errors: Any) -> dict[str, Any] | None:
+    if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
+        return None
+    first = errors[0]
+    return {"code": first.get("code"), "title": first.get("title") or first.get("message")}
+
+
+@router.get(
+    "/send-whatsapp/messages/{message_ref}",
+    response_model=FlowIQMessageResponse,
+    responses={
+        401: {"model": FlowIQErrorBody, "description": "Missing or invalid key, or tenant mismatch"},
+        403: {"model": FlowIQErrorBody, "description": "The key lacks the whatsapp:read scope"},
+        404: {"model": FlowIQErrorBody, "description": "No such message (or organization) for this tenant"},
+    },
+    openapi_extra={"parameters": [{"name": "tenantId", "in": "query", "required": True, "schema": {"type": "string"}}]},
+)
+async def message_status(message_ref: str, request: Request) -> JSONResponse:
+    """Where a message stands — by our id (`data.id` of a 202 answer) or by Meta's wamid
+    (`data.message_id` of a 200 answer) — with its delivery times, its error, and every status
+    Meta reported. Scope `whatsapp:read`."""
+    body = await run_in_threadpool(_lookup, request, request.query_params.get("tenantId"), message_ref)
+    return JSONResponse(body)
