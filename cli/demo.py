@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
 from sqlalchemy import select
 
 from models import admin
@@ -77,6 +82,81 @@ FlowIQ: send a text by phone number and get Meta's wamid back (key shown once: {
 Follow a message (use the messageId from the answer):
   curl {base}/whatsapp/messages/<messageId> -H "Authorization: Bearer {key}"
 
+Follow its status history (under `wadispatch run` the sandbox reports sent, delivered, read):
+  curl {base}/whatsapp/messages/<messageId>/events -H "Authorization: Bearer {key}"
+
+Make the first lead write to you (the sandbox plays the user; this opens its 24-hour window,
+which `wadispatch run` enforces like Meta: a free-form message to a lead who never wrote fails 131047):
+  curl -X POST http://127.0.0.1:{settings.sandbox_port}/_sandbox/inbound -H "Content-Type: application/json" \\
+    -d '{{"phone_number_id": "{DEMO_PHONE_NUMBER_ID}", "from": "{str(phones[0]).lstrip("+")}", "name": "Ana Demo",
+         "type": "text", "text": {{"body": "Hi! Is the flat still available?"}}}}'
+
+The first lead's thread, both directions, newest first:
+  curl {base}/whatsapp/leads/{lead_ids[0]}/messages -H "Authorization: Bearer {key}"
+
 See what the Meta sandbox received:
   curl http://127.0.0.1:{settings.sandbox_port}/_sandbox/messages
+
+Or watch a conversation happen: .venv/bin/wadispatch demo --walkthrough
 """
+
+
+def walk_through(
+    demo: dict[str, object], settings: Settings, say: Callable[[str], None], timeout_s: float = 60.0
+) -> None:
+    """A lead writes, we answer through the API, and the answer goes sent → delivered → read while
+    the lead replies: what `wadispatch run` (sandbox webhooks on) shows end to end."""
+    api_host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
+    api = httpx.Client(base_url=f"http://{api_host}:{settings.api_port}/api/v1/whatsapp", timeout=10)
+    sandbox = httpx.Client(base_url=f"http://127.0.0.1:{settings.sandbox_port}", timeout=10)
+    api.headers["Authorization"] = f"Bearer {demo['key']}"
+    lead_ids, phones = demo["lead_ids"], demo["lead_phones"]
+    assert isinstance(lead_ids, list) and isinstance(phones, list)
+    lead, wa_id = lead_ids[0], str(phones[0]).lstrip("+")
+    deadline = time.monotonic() + timeout_s
+
+    def user_writes(text: str, context: str | None = None) -> None:
+        body: dict[str, Any] = {
+            "phone_number_id": DEMO_PHONE_NUMBER_ID,
+            "from": wa_id,
+            "name": "Ana Demo",
+            "type": "text",
+            "text": {"body": text},
+        }
+        if context:
+            body["context"] = {"id": context}
+        sandbox.post("/_sandbox/inbound", json=body).raise_for_status()
+        while not any(m.get("text") == text for m in api.get(f"/leads/{lead}/messages").json()["data"]):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the lead's message did not reach the thread (are webhooks wired?)")
+            time.sleep(0.2)
+        say(f"  <- Ana writes: {text!r} (it joins the thread; her 24-hour window is open)")
+
+    say("1. The lead writes to your number")
+    user_writes("Hi! Is the flat on Calle 5 still available?")
+    say("2. You answer through the API")
+    answer = api.post(
+        "/send",
+        json={"leadId": lead, "whatsappAccountId": demo["account_id"], "message": "Yes! Would you like to visit?"},
+    )
+    answer.raise_for_status()
+    message_id = answer.json()["messageId"]
+    say(f"  -> POST /whatsapp/send: messageId {message_id}")
+    say("3. Meta reports what happens to it (status webhooks)")
+    seen, started, wamid = "", time.monotonic(), None
+    while seen not in ("read", "failed"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the message is still {seen}")
+        data = api.get(f"/messages/{message_id}").json()["data"]
+        if data["status"] != seen:
+            seen, wamid = data["status"], data["wamid"]
+            error = f" ({data['error']['code']}: {data['error']['title']})" if data["error"] else ""
+            say(f"  {time.monotonic() - started:5.1f} s  {seen}{error}")
+        time.sleep(0.2)
+    say("4. The lead replies to it")
+    user_writes("Great, Saturday at 10?", context=wamid)
+    say("5. The thread, oldest first (GET /whatsapp/leads/{leadId}/messages)")
+    for item in reversed(api.get(f"/leads/{lead}/messages").json()["data"]):
+        arrow = "-> you" if item["direction"] == "outbound" else "<- Ana"
+        reply = " (a reply to your message)" if item["contextWamid"] else ""
+        say(f"  {arrow}: {item['text']!r} [{item['status']}]{reply}")

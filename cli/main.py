@@ -126,13 +126,53 @@ def flower(address: str, port: int) -> None:
 @click.option("--latency-ms", type=float, default=0.0, show_default=True, help="delay before each answer")
 @click.option("--mps", type=float, default=80.0, show_default=True, help="throughput per phone number (130429)")
 @click.option("--pair-interval-s", type=float, default=6.0, show_default=True, help="pace to one user (131056); 0=off")
-def sandbox(host: str, port: int | None, latency_ms: float, mps: float, pair_interval_s: float) -> None:
-    """Run the Meta Graph API sandbox."""
+@click.option("--webhook-url", default=None, help="where Meta's webhooks go (statuses, inbound); none by default")
+@click.option("--app-secret", default=None, help="signs the webhooks (default: WADISPATCH_META_APP_SECRET)")
+@click.option("--sent-delay-s", type=float, default=0.05, show_default=True, help="send → `sent` status")
+@click.option("--delivered-delay-s", type=float, default=0.2, show_default=True, help="send → `delivered`; -1: never")
+@click.option("--read-delay-s", type=float, default=-1, show_default=True, help="send → `read`; -1: never")
+@click.option("--enforce-window/--no-enforce-window", default=False, show_default=True,
+              help="free-form messages outside the recipient's 24-hour window fail with 131047")  # fmt: skip
+@click.option("--duplicate-fraction", type=float, default=0.0, show_default=True, help="deliveries sent twice")
+@click.option("--reorder", is_flag=True, help="deliver each batch's updates in reverse order")
+@click.option("--batch-window-ms", type=float, default=0.0, show_default=True, help="collect updates into one POST")
+def sandbox(
+    host: str,
+    port: int | None,
+    latency_ms: float,
+    mps: float,
+    pair_interval_s: float,
+    webhook_url: str | None,
+    app_secret: str | None,
+    sent_delay_s: float,
+    delivered_delay_s: float,
+    read_delay_s: float,
+    enforce_window: bool,
+    duplicate_fraction: float,
+    reorder: bool,
+    batch_window_ms: float,
+) -> None:
+    """Run the Meta Graph API sandbox (and, with --webhook-url, Meta's webhooks)."""
     import uvicorn
 
     from meta_sandbox.app import create_app
+    from meta_sandbox.webhooks import WebhookConfig
 
-    app = create_app(latency_ms=latency_ms)
+    def delay(value: float) -> float | None:
+        return None if value < 0 else value
+
+    hooks = WebhookConfig(
+        url=webhook_url or None,
+        app_secret=app_secret or get_settings().meta_app_secret,
+        sent_delay_s=delay(sent_delay_s),
+        delivered_delay_s=delay(delivered_delay_s),
+        read_delay_s=delay(read_delay_s),
+        enforce_window=enforce_window,
+        duplicate_fraction=duplicate_fraction,
+        reorder=reorder,
+        batch_window_ms=batch_window_ms,
+    )
+    app = create_app(latency_ms=latency_ms, webhooks=hooks)
     app.state.sandbox.limits.default_mps = mps
     app.state.sandbox.limits.pair_interval_s = pair_interval_s
     uvicorn.run(
@@ -146,14 +186,25 @@ def sandbox(host: str, port: int | None, latency_ms: float, mps: float, pair_int
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
-def demo(as_json: bool) -> None:
+@click.option(
+    "--walkthrough",
+    is_flag=True,
+    help="with `wadispatch run` going: a lead writes, you answer, watch sent → delivered → read and the thread",
+)
+def demo(as_json: bool, walkthrough: bool) -> None:
     """Create a demo organization, key, connected account and two leads; print curl commands."""
-    from cli.demo import create_demo, curl_examples
+    from cli.demo import create_demo, curl_examples, walk_through
 
     try:
         data = create_demo()
     except Exception as exc:
         raise click.ClickException(f"demo failed ({type(exc).__name__}: {exc}); did `wadispatch migrate` run?") from exc
+    if walkthrough:
+        try:
+            walk_through(data, get_settings(), click.echo)
+        except Exception as exc:
+            raise click.ClickException(f"walkthrough stopped: {exc} (is `wadispatch run` going?)") from exc
+        return
     click.echo(json.dumps(data, indent=2) if as_json else curl_examples(data, get_settings()))
 
 
@@ -170,7 +221,16 @@ def run(sandbox: bool) -> None:
     manager = Manager()
     env = dict(os.environ)
     if sandbox:
-        manager.add_process("sandbox", f"{me} sandbox --port {settings.sandbox_port}")
+        # It plays Meta's webhooks too: statuses a second or a few apart (visible in the API), the
+        # 24-hour window enforced (a contact must write first: `wadispatch demo` shows how).
+        api_host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
+        webhook_url = f"http://{api_host}:{settings.api_port}/webhooks/whatsapp"
+        manager.add_process(
+            "sandbox",
+            f"{me} sandbox --port {settings.sandbox_port} --webhook-url {shlex.quote(webhook_url)} "
+            "--sent-delay-s 1 --delivered-delay-s 3 --read-delay-s 6 --enforce-window",
+            env=env | {"WADISPATCH_META_APP_SECRET": settings.meta_app_secret},
+        )
         # The sandbox also plays the web: the seed's example media hosts are fetched from it.
         origin = f"http://127.0.0.1:{settings.sandbox_port}"
         env.setdefault("WADISPATCH_MEDIA_TEST_HOSTS", json.dumps(dict.fromkeys(SEED_MEDIA_HOSTS, origin)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import time
 from collections import Counter
 from typing import Any
 
@@ -16,6 +17,7 @@ from meta_sandbox.media_rules import kind_accepts, upload_problem
 from meta_sandbox.sample_media import SAMPLES
 from meta_sandbox.state import Fault, SandboxState
 from meta_sandbox.validation import problem_with
+from meta_sandbox.webhooks import NumberInfo, WebhookConfig, WebhookEmitter
 
 
 def meta_error(
@@ -36,6 +38,32 @@ class AccountIn(BaseModel):
     phone_number_id: str
     token: str | None = None
     mps: float | None = Field(default=None, gt=0, description="this number's throughput limit")
+    display_phone_number: str | None = Field(default=None, description="digits, as in webhooks' metadata")
+    waba_id: str | None = Field(default=None, description="the WhatsApp Business Account id of webhooks' entry")
+
+
+MEDIA_KINDS = ("image", "video", "audio", "document", "sticker")
+_MEDIA_DEFAULTS = {
+    "image": "image/jpeg",
+    "video": "video/mp4",
+    "audio": "audio/ogg; codecs=opus",
+    "document": "application/pdf",
+    "sticker": "image/webp",
+}
+
+
+class InboundIn(BaseModel):
+    """A user writes to a business number. The block of the message's type goes under its name
+    (``"text": {"body": "hi"}``), as in Meta's webhooks."""
+
+    model_config = {"extra": "allow", "populate_by_name": True}
+
+    phone_number_id: str
+    sender: str | None = Field(default=None, alias="from", pattern=r"^\d{6,20}$", description="the user's wa_id")
+    user_id: str | None = Field(default=None, max_length=128, description="a business-scoped user id (2026+)")
+    name: str | None = Field(default=None, max_length=200)
+    type: str = Field(min_length=1, max_length=16)
+    context: dict[str, Any] | None = Field(default=None, description='{"id": <wamid replied to>}')
 
 
 class FaultIn(BaseModel):
@@ -50,16 +78,31 @@ class FaultIn(BaseModel):
 
 class ConfigIn(BaseModel):
     latency_ms: float | None = Field(default=None, ge=0)
+    # Webhooks (null turns a status delay off; leave a field out to keep it as it is).
+    webhook_url: str | None = Field(default=None, description="where deliveries go; empty string: none")
+    app_secret: str | None = None
+    sent_delay_s: float | None = Field(default=None, ge=0)
+    delivered_delay_s: float | None = Field(default=None, ge=0)
+    read_delay_s: float | None = Field(default=None, ge=0)
+    enforce_window: bool | None = None
+    window_s: float | None = Field(default=None, gt=0)
+    duplicate_fraction: float | None = Field(default=None, ge=0, le=1)
+    reorder: bool | None = None
+    batch_window_ms: float | None = Field(default=None, ge=0)
+    batch_max: int | None = Field(default=None, ge=1, le=1000)
     default_mps: float | None = Field(default=None, gt=0)
     throughput_burst: float | None = Field(default=None, ge=0)
     pair_interval_s: float | None = Field(default=None, ge=0, description="0 turns pair pacing off")
     pair_burst: float | None = Field(default=None, ge=0)
 
 
-def create_app(latency_ms: float = 0.0) -> FastAPI:
+def create_app(latency_ms: float = 0.0, webhooks: WebhookConfig | None = None) -> FastAPI:
     app = FastAPI(title="wadispatch Meta sandbox", description="A Graph API stand-in for tests and local runs")
     state = SandboxState(latency_ms=latency_ms)
     app.state.sandbox = state
+    emitter = WebhookEmitter()
+    emitter.config = webhooks or WebhookConfig()
+    app.state.webhooks = emitter
 
     @app.post("/{version}/{phone_number_id}/messages")
     async def send(version: str, phone_number_id: str, request: Request) -> JSONResponse:
@@ -95,6 +138,7 @@ def create_app(latency_ms: float = 0.0) -> FastAPI:
         wamid = "wamid." + secrets.token_urlsafe(24)
         # Meta acts on a request when it arrives; the latency only delays the answer.
         state.record(phone_number_id, token, body, wamid)
+        emitter.after_send(phone_number_id, body, wamid)
         await _delay(state)
         return JSONResponse(
             {
@@ -165,6 +209,7 @@ def create_app(latency_ms: float = 0.0) -> FastAPI:
     @app.delete("/_sandbox/messages")
     async def clear_messages() -> dict[str, int]:
         cleared = len(state.received)
+        emitter.clear()
         state.received.clear()
         state.calls.clear()
         state.answered_errors.clear()
@@ -177,7 +222,61 @@ def create_app(latency_ms: float = 0.0) -> FastAPI:
             state.tokens[account.phone_number_id] = account.token
         if account.mps is not None:
             state.limits.mps_by_number[account.phone_number_id] = account.mps
+        info = emitter.number(account.phone_number_id)
+        emitter.numbers[account.phone_number_id] = NumberInfo(
+            account.display_phone_number or info.display_phone_number, account.waba_id or info.waba_id
+        )
         return {"phone_number_id": account.phone_number_id, "mps": account.mps}
+
+    @app.post("/_sandbox/inbound")
+    async def inbound(message: InboundIn) -> JSONResponse:
+        """A user writes to ``phone_number_id``: the window opens, and the message is delivered as a webhook."""
+        if message.sender is None and message.user_id is None:
+            return JSONResponse({"error": "from or user_id is required"}, status_code=422)
+        extra = message.model_extra or {}
+        item: dict[str, Any] = {
+            "id": "wamid." + secrets.token_urlsafe(24),
+            "timestamp": str(int(time.time())),
+            "type": message.type,
+        }
+        if message.sender is not None:
+            item["from"] = message.sender
+        if message.user_id is not None:
+            item["from_user_id"] = message.user_id
+        block = extra.get(message.type)
+        if message.type in MEDIA_KINDS:
+            block = {
+                "id": str(secrets.randbelow(10**15) + 10**15),
+                "mime_type": _MEDIA_DEFAULTS[message.type],
+                "sha256": secrets.token_hex(32),
+                **(block if isinstance(block, dict) else {}),
+            }
+        if message.type == "contacts":
+            item["contacts"] = extra.get("contacts", [])
+        elif block is not None:
+            item[message.type] = block
+        if message.context and message.context.get("id"):
+            item["context"] = {
+                "from": emitter.number(message.phone_number_id).display_phone_number,
+                "id": message.context["id"],
+            }
+        contact: dict[str, Any] = {"profile": {"name": message.name or "WhatsApp User"}}
+        if message.sender is not None:
+            contact["wa_id"] = message.sender
+        if message.user_id is not None:
+            contact["user_id"] = message.user_id
+        emitter.inbound(message.phone_number_id, item, contact)
+        return JSONResponse({"wamid": item["id"], "message": item})
+
+    @app.get("/_sandbox/webhooks")
+    async def webhook_deliveries() -> dict[str, Any]:
+        """Deliveries made to the webhook URL: updates in each, tries, the last answer."""
+        items = [
+            {"id": d.id, "updates": d.updates, "tries": d.tries, "status_code": d.status_code, "error": d.error,
+             "copies": d.copies}
+            for d in emitter.deliveries
+        ]  # fmt: skip
+        return {"data": items, "count": len(items), "updates": sum(d.updates for d in emitter.deliveries)}
 
     @app.post("/_sandbox/faults")
     async def add_fault(fault: FaultIn) -> dict[str, int]:
@@ -200,9 +299,16 @@ def create_app(latency_ms: float = 0.0) -> FastAPI:
         return {"pending_faults": 0}
 
     @app.put("/_sandbox/config")
-    async def configure(config: ConfigIn) -> dict[str, float]:
+    async def configure(config: ConfigIn) -> dict[str, Any]:
         if config.latency_ms is not None:
             state.latency_ms = config.latency_ms
+        hooks = emitter.config
+        for name in config.model_fields_set & set(WebhookConfig.__dataclass_fields__) - {"url"}:
+            value = getattr(config, name)
+            if value is not None or name.endswith("_delay_s"):
+                setattr(hooks, name, value)
+        if "webhook_url" in config.model_fields_set:
+            hooks.url = config.webhook_url or None
         limits = state.limits
         for name in ("default_mps", "throughput_burst", "pair_interval_s", "pair_burst"):
             if (value := getattr(config, name)) is not None:
@@ -214,6 +320,7 @@ def create_app(latency_ms: float = 0.0) -> FastAPI:
             "throughput_burst": limits.throughput_burst,
             "pair_interval_s": limits.pair_interval_s,
             "pair_burst": limits.pair_burst,
+            "webhooks": {**hooks.__dict__, "app_secret": "***" if hooks.app_secret else ""},
         }
 
     @app.get("/{filename}", include_in_schema=False)
