@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install services run demo test lint typecheck bench-limits bench-throughput chaos clean
+.PHONY: install services run demo test lint typecheck bench-limits bench-throughput bench-webhooks chaos clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wadispatch needs Python >= 3.11 (set PYTHON=python3.12, for example)")'
@@ -33,6 +33,9 @@ bench-limits: install services
 
 bench-throughput: install services
 	$(BIN)/python bench/throughput.py
+
+bench-webhooks: install services
+	$(BIN)/python bench/webhooks.py
 
 # Its own Postgres and Redis (it restarts and flushes them): the shared services are not needed.
 chaos: install

@@ -21,6 +21,7 @@ The claim protocol in a few lines:
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,6 +38,7 @@ from sqlalchemy import (
     String,
     Table,
     Uuid,
+    any_,
     bindparam,
     case,
     exists,
@@ -48,6 +50,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, aliased
 
@@ -787,13 +790,22 @@ def operator_retry(session: Session, chosen: Any) -> list[uuid.UUID]:
 
 
 @dataclass(frozen=True)
+class Addressed:
+    """A status report and the account it was routed to (by Meta's phone-number id)."""
+
+    org_id: uuid.UUID
+    account_id: uuid.UUID
+    report: StatusReport
+
+
+@dataclass(frozen=True)
 class StatusApplication:
-    """What one account's reports of one delivery did."""
+    """What the reports of one delivery did."""
 
     effects: dict[Effect, int]
     duplicates: int  # reports already recorded (Meta re-sent them): no-ops
-    unknown: list[StatusReport]  # no message of this account has that wamid or id: kept in the raw row only
-    deferred: list[StatusReport]  # their message is being sent right now: to apply once it is written
+    unknown: list[Addressed]  # no message of that account has that wamid or id: kept in the raw row only
+    deferred: list[Addressed]  # their message is being sent right now: to apply once it is written
     successors: list[uuid.UUID]  # next messages of conversations that a settled message no longer holds back
 
 
@@ -821,58 +833,67 @@ _APPLY_STATE = (
 
 
 def apply_meta_statuses(
-    session: Session,
-    *,
-    org_id: uuid.UUID,
-    account_id: uuid.UUID,
-    reports: list[StatusReport],
-    webhook_event_id: uuid.UUID | None,
+    session: Session, reports: list[Addressed], *, webhook_event_id: uuid.UUID | None
 ) -> StatusApplication:
-    """Apply one account's status reports (models/meta_status.py decides; this writes), in a few
+    """Apply a delivery's status reports (models/meta_status.py decides; this writes), in a few
     statements whatever their number: lock the messages, record every report once as an event
-    (a re-sent report is a no-op), write each message's new state under a status guard."""
-    wamids = sorted({r.wamid for r in reports})
-    refs = sorted({r.message_ref for r in reports if r.message_ref is not None})
+    (a re-sent report is a no-op), write each message's new state under a status guard. A report
+    only ever matches a message of the account it was routed to (and that account's organization)."""
+    accounts = sorted({a.account_id for a in reports})
+    wamids = sorted({a.report.wamid for a in reports})
+    refs = sorted({a.report.message_ref for a in reports if a.report.message_ref is not None})
     rows = session.execute(
-        select(Message.id, Message.conversation_id, Message.seq, *(getattr(Message, c) for c in _STATE_COLUMNS))
+        select(
+            Message.id,
+            Message.org_id,
+            Message.account_id,
+            Message.conversation_id,
+            Message.seq,
+            *(getattr(Message, c) for c in _STATE_COLUMNS),
+        )
         .where(
-            Message.org_id == org_id,
-            Message.account_id == account_id,
+            Message.account_id.in_(accounts),
             Message.direction == Direction.OUTBOUND,
-            or_(Message.wamid.in_(wamids), Message.id.in_(refs)),
+            # = ANY(array): one parameter each, however many reports (not a thousand placeholders).
+            or_(
+                Message.wamid == any_(literal(wamids, type_=ARRAY(String))),
+                Message.id == any_(literal(refs, type_=ARRAY(Uuid))),
+            ),
         )
         .order_by(Message.id)  # one lock order for every delivery: no deadlocks between them
         .with_for_update()
     ).all()
-    by_wamid = {row.wamid: row for row in rows if row.wamid is not None}
-    by_id = {row.id: row for row in rows}
-    reports_of: dict[uuid.UUID, list[StatusReport]] = {}
-    unknown: list[StatusReport] = []
-    for report in reports:
-        row = by_wamid.get(report.wamid) or (by_id.get(report.message_ref) if report.message_ref else None)
-        if row is None:
-            unknown.append(report)
+    by_wamid = {(row.account_id, row.wamid): row for row in rows if row.wamid is not None}
+    by_id = {(row.account_id, row.id): row for row in rows}
+    reports_of: dict[uuid.UUID, list[Addressed]] = {}
+    unknown: list[Addressed] = []
+    for addressed in reports:
+        report, account = addressed.report, addressed.account_id
+        row = by_wamid.get((account, report.wamid)) or by_id.get((account, report.message_ref))
+        if row is None or row.org_id != addressed.org_id:
+            unknown.append(addressed)
         else:
-            reports_of.setdefault(row.id, []).append(report)
+            reports_of.setdefault(row.id, []).append(addressed)
 
     effects: dict[Effect, int] = {}
-    deferred: list[StatusReport] = []
+    deferred: list[Addressed] = []
     events: dict[tuple[uuid.UUID, str, datetime], dict[str, Any]] = {}
     changes: list[dict[str, Any]] = []
     thread: list[dict[str, Any]] = []
     left_waiting: list[Any] = []
     for message_id, its_reports in reports_of.items():
-        row = by_id[message_id]
+        row = by_id[(its_reports[0].account_id, message_id)]
+        addressed_of = {id(a.report): a for a in its_reports}
         before = MessageState(**{c: getattr(row, c) for c in _STATE_COLUMNS} | {"status": MessageStatus(row.status)})
-        after, steps = fold(before, its_reports)
+        after, steps = fold(before, [a.report for a in its_reports])
         for taken in steps:
             effects[taken.effect] = effects.get(taken.effect, 0) + 1
             if taken.effect == Effect.DEFERRED:
-                deferred.append(taken.report)
+                deferred.append(addressed_of[id(taken.report)])
             else:
                 events.setdefault(
                     (message_id, taken.report.status.value, taken.report.at),
-                    _event_row(org_id, message_id, taken) | {"webhook_event_id": webhook_event_id},
+                    _event_row(row.org_id, message_id, taken) | {"webhook_event_id": webhook_event_id},
                 )
         if after != before:
             went_out = before.status in _LEFT_WAITING
@@ -889,14 +910,7 @@ def apply_meta_statuses(
 
     duplicates = 0
     if events:
-        inserted = session.execute(
-            pg_insert(MessageEvent)
-            .values(list(events.values()))
-            .on_conflict_do_nothing(
-                index_elements=["message_id", "status", "meta_timestamp"], index_where=text("source = 'meta'")
-            )
-            .returning(MessageEvent.id)
-        ).all()
+        inserted = session.execute(_RECORD_META_EVENTS, _as_columns(list(events.values()))).all()
         duplicates = len(events) - len(inserted)
     if changes:
         session.execute(_APPLY_STATE, changes)
@@ -908,6 +922,45 @@ def apply_meta_statuses(
         if (successor := next_in_conversation(session, row.conversation_id, row.seq)) is not None
     ]
     return StatusApplication(effects, duplicates, unknown, deferred, successors)
+
+
+# Every report of a delivery in one statement: one array per column, unnested into rows (a
+# thousand rows of parameters would cost more to send and parse than the insert itself). A
+# status Meta re-sent (same message, status and timestamp) is recorded once.
+_RECORD_META_EVENTS = text(
+    """
+    INSERT INTO message_events (id, org_id, message_id, status, source, from_status, reason, meta_timestamp,
+                                errors, details, wamid, webhook_event_id)
+    SELECT gen_random_uuid(), org_id, message_id, status, 'meta', from_status, reason, meta_timestamp,
+           errors::jsonb, details::jsonb, wamid, webhook_event_id
+    FROM unnest(CAST(:org_ids AS uuid[]), CAST(:message_ids AS uuid[]), CAST(:statuses AS text[]),
+                CAST(:from_statuses AS text[]), CAST(:reasons AS text[]), CAST(:meta_timestamps AS timestamptz[]),
+                CAST(:errors AS text[]), CAST(:details AS text[]), CAST(:wamids AS text[]),
+                CAST(:webhook_event_ids AS uuid[]))
+         AS e(org_id, message_id, status, from_status, reason, meta_timestamp, errors, details, wamid,
+              webhook_event_id)
+    ON CONFLICT (message_id, status, meta_timestamp) WHERE source = 'meta' DO NOTHING
+    RETURNING id
+    """
+)
+
+
+def _as_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    def json_or_null(value: Any) -> str | None:
+        return None if value is None else json.dumps(value)
+
+    return {
+        "org_ids": [r["org_id"] for r in rows],
+        "message_ids": [r["message_id"] for r in rows],
+        "statuses": [r["status"] for r in rows],
+        "from_statuses": [r["from_status"] for r in rows],
+        "reasons": [r["reason"] for r in rows],
+        "meta_timestamps": [r["meta_timestamp"] for r in rows],
+        "errors": [json_or_null(r["errors"]) for r in rows],
+        "details": [json_or_null(r["details"]) for r in rows],
+        "wamids": [r["wamid"] for r in rows],
+        "webhook_event_ids": [r["webhook_event_id"] for r in rows],
+    }
 
 
 _THREAD_STATUS = (

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import lifecycle
-from models.meta_status import StatusReport, read_status
+from models.meta_status import read_status
 from models.tables import WebhookEvent
 from worker.webhooks.envelope import Change, MalformedDelivery, read_delivery
 from worker.webhooks.inbound import record_inbound
@@ -56,9 +56,11 @@ def process_event(
         log.warning("webhook %s: not a WhatsApp delivery (%s); kept, not applied", event.id, exc)
         processed.counts["malformed_delivery"] += 1
         changes = []
-    deferred: list[dict[str, Any]] = []
+    # Every change's statuses are applied together: a few statements for the whole delivery.
+    statuses: list[tuple[lifecycle.Addressed, dict[str, Any]]] = []
     for change in changes:
-        deferred.extend(_apply_change(session, event, change, processed))
+        statuses.extend(_route_change(session, event, change, processed))
+    deferred = _apply_statuses(session, event, statuses, processed)
     if deferred and event.tries < MAX_TRIES:
         event.deferred = deferred
         # Doubling, without jitter: these wait for one lease to end, not for a crowd to disperse.
@@ -84,8 +86,11 @@ def _deferred_changes(items: list[dict[str, Any]]) -> list[Change]:
     return [Change(number, None, None, statuses=statuses) for number, statuses in by_number.items()]
 
 
-def _apply_change(session: Session, event: WebhookEvent, change: Change, processed: Processed) -> list[dict[str, Any]]:
-    """Apply one change; returns the raw statuses that must wait (as stored in ``deferred``)."""
+def _route_change(
+    session: Session, event: WebhookEvent, change: Change, processed: Processed
+) -> list[tuple[lifecycle.Addressed, dict[str, Any]]]:
+    """Route one change to its account, record its inbound messages, and return its statuses
+    (addressed to that account, with the raw item kept in case they must wait)."""
     counts = processed.counts
     try:
         account = route(session, change.phone_number_id, signed_by_org_id=event.signed_by_org_id)
@@ -97,26 +102,39 @@ def _apply_change(session: Session, event: WebhookEvent, change: Change, process
     for message in change.messages:
         result = record_inbound(session, account, message, change.contacts, webhook_event_id=event.id)
         counts[f"inbound_{result.value}"] += 1
-    reports: list[StatusReport] = []
-    raw_of: dict[int, dict[str, Any]] = {}
+    statuses = []
     for raw in change.statuses:
         report = read_status(raw)
         if isinstance(report, str):
             counts["status_malformed"] += 1
             continue
-        reports.append(report)
-        raw_of[id(report)] = raw
-    if not reports:
+        kept = raw | {"_phone_number_id": change.phone_number_id}
+        statuses.append((lifecycle.Addressed(account.org_id, account.id, report), kept))
+    return statuses
+
+
+def _apply_statuses(
+    session: Session,
+    event: WebhookEvent,
+    statuses: list[tuple[lifecycle.Addressed, dict[str, Any]]],
+    processed: Processed,
+) -> list[dict[str, Any]]:
+    """Apply the delivery's statuses; returns those that must wait (as stored in ``deferred``)."""
+    if not statuses:
         return []
-    applied = lifecycle.apply_meta_statuses(
-        session, org_id=account.org_id, account_id=account.id, reports=reports, webhook_event_id=event.id
-    )
+    raw_of = {id(addressed.report): raw for addressed, raw in statuses}
+    applied = lifecycle.apply_meta_statuses(session, [a for a, _ in statuses], webhook_event_id=event.id)
+    counts = processed.counts
     for effect, count in applied.effects.items():
         counts[f"status_{effect.value.replace(' ', '_')}"] += count
     counts["status_duplicate"] += applied.duplicates
     counts["status_unknown"] += len(applied.unknown)
     processed.successors.extend(applied.successors)
-    return [{"phone_number_id": change.phone_number_id, "status": raw_of[id(r)]} for r in applied.deferred]
+    deferred = []
+    for addressed in applied.deferred:
+        raw = dict(raw_of[id(addressed.report)])
+        deferred.append({"phone_number_id": raw.pop("_phone_number_id"), "status": raw})
+    return deferred
 
 
 def note_webhook_failure(session: Session, event_id: uuid.UUID, error: Exception, *, retry_cap_s: float) -> None:
