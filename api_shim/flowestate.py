@@ -152,6 +152,13 @@ class MessageErrorOut(BaseModel):
     detail: str | None
 
 
+def error_of(message: Message) -> MessageErrorOut | None:
+    """The message's last error as the API shows it (None while it has none)."""
+    if not message.error_code:
+        return None
+    return MessageErrorOut(code=message.error_code, title=message.error_title, detail=message.error_detail)
+
+
 class MessageOut(BaseModel):
     id: uuid.UUID
     status: Literal["queued", "sending", "retrying", "sent", "delivered", "read", "failed", "received"]
@@ -370,9 +377,7 @@ def get_message(
             wamid=m.wamid,
             mediaUrl=m.media_url,
             attempts=m.attempts,
-            error=MessageErrorOut(code=m.error_code, title=m.error_title, detail=m.error_detail)
-            if m.error_code
-            else None,
+            error=error_of(m),
             createdAt=m.created_at,
             queuedAt=m.queued_at,
             sentAt=m.sent_at,

@@ -17,7 +17,7 @@ from sqlalchemy import select, tuple_
 
 from api_shim.auth import Caller
 from api_shim.errors import ApiError, ErrorCode, FieldProblem, error_responses
-from api_shim.flowestate import AUTH_ERRORS, DbSession, MessageErrorOut, caller_with, router
+from api_shim.flowestate import AUTH_ERRORS, DbSession, MessageErrorOut, caller_with, error_of, router
 from models.enums import Scope
 from models.tables import Contact, Message, MessageEvent
 
@@ -217,9 +217,7 @@ def lead_thread(
                 deliveredAt=m.delivered_at,
                 readAt=m.read_at,
                 failedAt=m.failed_at,
-                error=MessageErrorOut(code=m.error_code, title=m.error_title, detail=m.error_detail)
-                if m.error_code
-                else None,
+                error=error_of(m),
             )
             for m in page
         ],

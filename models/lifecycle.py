@@ -915,7 +915,8 @@ def apply_meta_statuses(
     if changes:
         session.execute(_APPLY_STATE, changes)
     if thread:
-        session.execute(_THREAD_STATUS, thread)
+        # In one order (conversation id), like the messages: two deliveries never wait on each other in a circle.
+        session.execute(_THREAD_STATUS, sorted(thread, key=lambda t: (t["p_conversation"], t["p_message"])))
     successors = [
         successor
         for row in left_waiting

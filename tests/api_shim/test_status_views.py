@@ -3,16 +3,12 @@ FlowIQ's lookup by id or wamid — with the statuses a signed webhook brought.""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 
 import httpx
-from sqlalchemy import select
 
-from models.db import session_scope
 from models.enums import KeyKind, Scope
-from models.tables import WebhookEvent
 from tests.support import meta_webhooks as meta
 from tests.support.tenants import make_tenant
 
@@ -20,15 +16,7 @@ NOW = int(time.time())
 
 
 def _deliver(stack, number: str, statuses: list) -> None:
-    body = json.dumps(meta.envelope(number, statuses=statuses)).encode()
-    assert meta.post(stack.api_url, body).status_code == 200
-    deadline = time.monotonic() + 15
-    while True:
-        with session_scope() as s:
-            if s.scalars(select(WebhookEvent.processed_at).where(WebhookEvent.body == body)).one() is not None:
-                return
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    meta.deliver(stack.api_url, meta.envelope(number, statuses=statuses))
 
 
 def _sent_then_failed(live, api, tenant) -> dict:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from models.db import session_scope
 from models.enums import KeyKind
-from models.tables import Message, WebhookEvent
+from models.tables import Message
 from tests.cli.test_cli import wadispatch
 from tests.support import meta_webhooks as meta
 from tests.support.tenants import random_phone
@@ -29,15 +29,7 @@ def _wrote(stack, tenant, phone: str, seconds_ago: int) -> None:
         "type": "text",
         "text": {"body": "hello"},
     }
-    body = json.dumps(meta.envelope(tenant.account.phone_number_id, messages=[item])).encode()
-    assert meta.post(stack.api_url, body).status_code == 200
-    deadline = time.monotonic() + 15
-    while True:
-        with session_scope() as s:
-            if s.scalars(select(WebhookEvent.processed_at).where(WebhookEvent.body == body)).one() is not None:
-                return
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    meta.deliver(stack.api_url, meta.envelope(tenant.account.phone_number_id, messages=[item]))
 
 
 def _policy(stack, tenant, policy: str) -> None:

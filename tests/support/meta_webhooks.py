@@ -76,3 +76,25 @@ def post(
     elif secret is not None:
         headers["X-Hub-Signature-256"] = sign(body, secret)
     return httpx.post(f"{api_url}/webhooks/whatsapp", content=body, headers=headers, timeout=30)
+
+
+def deliver(api_url: str, document: dict[str, Any] | bytes, timeout: float = 20) -> dict[str, int]:
+    """POST one signed delivery and wait until a worker applied it; what its updates did (outcome counts)."""
+    import time
+
+    from sqlalchemy import select
+
+    from models.db import session_scope
+    from models.tables import WebhookEvent
+
+    body = document if isinstance(document, bytes) else json.dumps(document).encode()
+    answer = post(api_url, body)
+    assert answer.status_code == 200, answer.text
+    deadline = time.monotonic() + timeout
+    while True:
+        with session_scope() as s:
+            row = s.scalars(select(WebhookEvent).where(WebhookEvent.body == body)).one()
+            if row.processed_at is not None:
+                return dict(row.outcome or {})
+        assert time.monotonic() < deadline, f"delivery not applied: {row.outcome}, deferred {row.deferred}"
+        time.sleep(0.05)

@@ -89,3 +89,16 @@ def http_ok(url: str) -> Callable[[], bool]:
 
 def log_contains(process: Callable[[], ManagedProcess], needle: str) -> Callable[[], bool]:
     return lambda: needle in process().log_since_start()
+
+
+def queue_worker(name: str, queue: str, env: dict[str, str], log_dir: Path, run_id: str) -> ManagedProcess:
+    """A `wadispatch worker` that consumes only ``queue`` (not started yet)."""
+    proc: ManagedProcess
+    proc = ManagedProcess(
+        name,
+        ["worker", f"--queues={queue}", f"--hostname={name}-{run_id}@%h", "--without-mingle", "--without-gossip"],
+        env,
+        log_dir,
+        ready=lambda: " ready." in proc.log_since_start(),
+    )
+    return proc

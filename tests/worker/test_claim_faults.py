@@ -18,7 +18,7 @@ from models.db import run_single_statement, session_scope
 from models.settings import Settings
 from models.tables import MediaUpload, Message, MessageAttempt
 from tests.conftest import RUN_ID
-from tests.support.processes import ManagedProcess, free_port
+from tests.support.processes import free_port, queue_worker
 from tests.worker.test_delivery import cli
 from tests.worker.test_resilience import accept_batch, sent_counts, statuses, wait_all_final
 from worker.breaker import Breaker, BreakerPolicy
@@ -138,15 +138,7 @@ def test_a_hanging_meta_opens_the_breaker_so_the_backlog_waits_instead_of_burnin
 def sweeper_only(stack, tmp_path):
     """A worker that runs only the sweep (the maintenance queue): the send queue is left alone,
     as when every sending worker is busy with a long backlog."""
-    proc: ManagedProcess
-    proc = ManagedProcess(
-        "sweeper-only",
-        ["worker", "--queues=wadispatch.maintenance", f"--hostname=sweep-{RUN_ID}@%h", "--without-mingle",
-         "--without-gossip"],
-        stack.env,
-        tmp_path,
-        ready=lambda: " ready." in proc.log_since_start(),
-    )  # fmt: skip
+    proc = queue_worker("sweep", "wadispatch.maintenance", stack.env, tmp_path, RUN_ID)
     proc.start()
     yield proc
     proc.stop()

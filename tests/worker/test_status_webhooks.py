@@ -16,7 +16,7 @@ from models.db import session_scope
 from models.tables import Message, MessageEvent, WebhookEvent
 from tests.conftest import RUN_ID
 from tests.support import meta_webhooks as meta
-from tests.support.processes import ManagedProcess
+from tests.support.processes import queue_worker
 
 NOW = int(time.time())
 
@@ -31,17 +31,7 @@ def _sent(api, tenant, lead=None) -> dict[str, Any]:
 
 def _deliver(stack, phone_number_id: str, statuses: list[dict[str, Any]]) -> dict[str, int]:
     """POST the statuses as one signed delivery; wait until a worker applied it; its outcome counts."""
-    body = json.dumps(meta.envelope(phone_number_id, statuses=statuses)).encode()
-    answer = meta.post(stack.api_url, body)
-    assert answer.status_code == 200, answer.text
-    deadline = time.monotonic() + 20
-    while True:
-        with session_scope() as s:
-            row = s.scalars(select(WebhookEvent).where(WebhookEvent.body == body)).one()
-            if row.processed_at is not None:
-                return dict(row.outcome or {})
-        assert time.monotonic() < deadline, f"delivery not applied: {row.outcome}, deferred {row.deferred}"
-        time.sleep(0.05)
+    return meta.deliver(stack.api_url, meta.envelope(phone_number_id, statuses=statuses))
 
 
 def _message(message_id: str) -> Message:
@@ -217,15 +207,7 @@ def test_a_status_for_a_message_being_sent_waits_for_its_answer(live, api, sandb
 @pytest.fixture
 def webhooks_only(stack, tmp_path):
     """A worker that applies webhooks only (the incoming queue): no message is sent meanwhile."""
-    proc: ManagedProcess
-    proc = ManagedProcess(
-        "webhooks-only",
-        ["worker", "--queues=wadispatch.incoming", f"--hostname=hooks-{RUN_ID}@%h", "--without-mingle",
-         "--without-gossip"],
-        stack.env,
-        tmp_path,
-        ready=lambda: " ready." in proc.log_since_start(),
-    )  # fmt: skip
+    proc = queue_worker("hooks", "wadispatch.incoming", stack.env, tmp_path, RUN_ID)
     yield proc
     proc.stop()
 
