@@ -140,3 +140,16 @@ def test_an_operator_sets_and_clears_an_accounts_own_app_secret(live, tenant):
     )
     assert json.loads(cleared.stdout)["own_app_secret"] is False
     assert meta.post(live.api_url, _body(tenant.account.phone_number_id), secret=own_secret).status_code == 401
+
+
+def test_junk_with_a_signature_header_is_refused_not_a_server_error(stack):
+    deep = b"[" * 200_000 + b"]" * 200_000
+    for junk in (deep, b"\xff\xfe not json", b'{"entry": "not a list"}', b""):
+        answer = meta.post(stack.api_url, junk, signature="sha256=" + "a" * 64)
+        assert answer.status_code == 401, junk[:20]
+        assert _stored(junk) == []
+
+
+def test_a_signed_delivery_that_is_not_whatsapps_is_kept_and_set_aside(live):
+    for body in (b"[" * 100_000 + b"]" * 100_000, b"not json " + uuid.uuid4().hex.encode()):
+        assert meta.deliver(live.api_url, body) == {"malformed_delivery": 1}

@@ -48,8 +48,8 @@ def _dicts(value: Any) -> list[dict[str, Any]]:
 def read_delivery(body: bytes) -> Delivery:
     try:
         document = json.loads(body)
-    except ValueError as exc:
-        raise MalformedDelivery(f"not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python parses
+        raise MalformedDelivery(f"not JSON: {type(exc).__name__}") from exc
     if not isinstance(document, dict) or not isinstance(document.get("entry"), list):
         raise MalformedDelivery("no entry[] list")
     changes: list[Change] = []
