@@ -127,7 +127,7 @@ def test_a_business_scoped_user_id_without_a_phone_finds_or_makes_its_contact(li
     lead = tenant.new_lead(phone=phone)
     user_id = f"US.{uuid.uuid4().int % 10**19}"
     # First seen with both: the contact learns its user id.
-    first = _item(phone.lstrip("+"), "text", {"body": "with phone"}, from_user_id=user_id)
+    first = _item(phone.lstrip("+"), "text", {"body": "with phone"}, at=NOW - 10, from_user_id=user_id)
     _apply(live, _inbound(tenant.account.phone_number_id, [first], [_who(phone.lstrip("+"), "Ana", user_id)]))
     # Then with the user id alone: the same contact.
     alone = _item(None, "text", {"body": "no phone now"}, from_user_id=user_id)
