@@ -214,3 +214,19 @@ def test_the_thread_pages_newest_first_and_refuses_what_it_cannot_read(live, ten
     other = make_tenant()
     assert _thread(live, other, lead).json()["error"]["code"] == "NOT_FOUND"
     assert _thread(live, tenant, uuid.uuid4()).status_code == 404
+
+
+def test_text_postgres_cannot_store_does_not_poison_the_delivery(live, tenant):
+    phone = random_phone()
+    lead = tenant.new_lead(phone=phone)
+    wa_id = phone.lstrip("+")
+    bad = _item(wa_id, "text", {"body": "nul\u0000 and a lone \ud800 surrogate"}, at=NOW - 5)
+    good = _item(wa_id, "text", {"body": "a normal one"}, at=NOW)
+    # Written the way Meta's JSON would carry them: as \\u escapes.
+    body = json.dumps(
+        meta.envelope(tenant.account.phone_number_id, messages=[bad, good], contacts=[_who(wa_id, "A\u0000na")])
+    )
+    assert "\\u0000" in body and "\\ud800" in body
+    assert _apply(live, body.encode()) == {"inbound_stored": 2}
+    texts = [d["text"] for d in _thread(live, tenant, lead).json()["data"]]
+    assert texts == ["a normal one", "nul and a lone \ufffd surrogate"]

@@ -10,8 +10,32 @@ and left alone.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _storable_text(value: str) -> str:
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    if not value.isascii() and _SURROGATE.search(value):
+        value = _SURROGATE.sub("\ufffd", value)
+    return value
+
+
+def storable(document: Any) -> Any:
+    """The document with every string made storable by Postgres: NUL characters dropped, unpaired
+    surrogates replaced by U+FFFD. A contact may type anything; one such string must not make a
+    whole delivery (a thousand other updates) fail to apply."""
+    if isinstance(document, str):
+        return _storable_text(document)
+    if isinstance(document, list):
+        return [storable(item) for item in document]
+    if isinstance(document, dict):
+        return {_storable_text(key): storable(value) for key, value in document.items()}
+    return document
 
 
 class MalformedDelivery(ValueError):
@@ -47,7 +71,8 @@ def _dicts(value: Any) -> list[dict[str, Any]]:
 
 def read_delivery(body: bytes) -> Delivery:
     try:
-        document = json.loads(body)
+        # NaN and Infinity (which Python's json reads) become null: JSONB has no such numbers.
+        document = storable(json.loads(body, parse_constant=lambda _: None))
     except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python parses
         raise MalformedDelivery(f"not JSON: {type(exc).__name__}") from exc
     if not isinstance(document, dict) or not isinstance(document.get("entry"), list):
