@@ -81,6 +81,21 @@ class Permanent(Final):
     error_class = "permanent"
 
 
+class TemplateRefused(Permanent):
+    """Meta refused the template send itself: wrong parameter count (132000), no such template or
+    language (132001), parameters too long (132005) or against policy (132007), wrong parameter
+    format (132012), and the rest of the 132xxx range. Meta's title is kept on the message."""
+
+    error_class = "template"
+
+
+class TemplateUnusable(TemplateRefused):
+    """The template is paused (132015) or disabled (132016): every send of it for that account
+    will fail the same way for a while, so later sends can fail fast without a call."""
+
+    error_class = "template_unusable"
+
+
 class AccountBroken(DeliveryError):
     """The sender account cannot send at all: halt it and keep its messages waiting."""
 
@@ -114,8 +129,10 @@ FAMILIES: tuple[_Family, ...] = (
     _Family(LongPause, _codes(131048, 131049, 131064)),
     _Family(
         Permanent,
-        _codes(100, 131008, 131009, 131021, 131026, 131030, 131047, 131050, 131051, 131052, range(132000, 132017)),
+        _codes(100, 131008, 131009, 131021, 131026, 131030, 131047, 131050, 131051, 131052),
     ),
+    _Family(TemplateRefused, _codes(range(132000, 132015))),
+    _Family(TemplateUnusable, _codes(132015, 132016)),
     _Family(AccountBroken, _codes(0, 3, 10, 190, range(200, 300), 368, 131031, 131042, 131045, 133010, 130497)),
 )
 

@@ -5,6 +5,8 @@ from worker.meta_errors import (
     LongPause,
     PairThrottled,
     Permanent,
+    TemplateRefused,
+    TemplateUnusable,
     Throttled,
     Transient,
     class_for,
@@ -33,8 +35,13 @@ from worker.meta_errors import (
         (131047, Permanent),
         (131050, Permanent),
         (131051, Permanent),
-        (132000, Permanent),
-        (132016, Permanent),
+        (132000, TemplateRefused),
+        (132001, TemplateRefused),
+        (132005, TemplateRefused),
+        (132007, TemplateRefused),
+        (132012, TemplateRefused),
+        (132015, TemplateUnusable),
+        (132016, TemplateUnusable),
         (0, AccountBroken),
         (3, AccountBroken),
         (10, AccountBroken),
@@ -87,3 +94,14 @@ def test_error_from_meta_json_keeps_code_title_and_details():
 def test_non_json_answer_is_classified_by_status():
     error = error_from_response(502, "<html>bad gateway</html>", retry_after_s=3)
     assert isinstance(error, Transient) and error.error_code == "HTTP_502" and error.retry_after_s == 3
+
+
+def test_template_errors_are_permanent_failures_with_metas_title():
+    error = error_from_response(
+        400, {"error": {"code": 132015, "message": "Template is Paused", "error_data": {"details": "paused"}}}
+    )
+    # Callers that handle permanent failures handle these unchanged; the class says more.
+    assert isinstance(error, TemplateUnusable) and isinstance(error, TemplateRefused) and isinstance(error, Permanent)
+    assert (error.error_code, error.title, error.error_class) == ("132015", "Template is Paused", "template_unusable")
+    refused = error_from_response(400, {"error": {"code": 132000, "message": "Number of parameters does not match"}})
+    assert type(refused) is TemplateRefused and refused.error_class == "template"
