@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from meta_sandbox.media_rules import kind_accepts, upload_problem
 from meta_sandbox.sample_media import SAMPLES
 from meta_sandbox.state import Fault, SandboxState
+from meta_sandbox.templates import TemplateIn, TemplateRegistry
 from meta_sandbox.validation import problem_with
 from meta_sandbox.webhooks import NumberInfo, WebhookConfig, WebhookEmitter
 
@@ -100,6 +101,8 @@ def create_app(latency_ms: float = 0.0, webhooks: WebhookConfig | None = None) -
     app = FastAPI(title="wadispatch Meta sandbox", description="A Graph API stand-in for tests and local runs")
     state = SandboxState(latency_ms=latency_ms)
     app.state.sandbox = state
+    templates = TemplateRegistry()
+    app.state.templates = templates
     emitter = WebhookEmitter()
     emitter.config = webhooks or WebhookConfig()
     app.state.webhooks = emitter
@@ -125,6 +128,9 @@ def create_app(latency_ms: float = 0.0, webhooks: WebhookConfig | None = None) -
         if problem := problem_with(body) or _media_id_problem(state, phone_number_id, body):
             state.count_error(phone_number_id, 100)
             return meta_error(400, 100, "(#100) Invalid parameter", details=problem)
+        if body.get("type") == "template" and (refusal := templates.check(phone_number_id, body.get("template"))):
+            state.count_error(phone_number_id, refusal.code)
+            return meta_error(400, refusal.code, refusal.title, details=refusal.details)
         # Meta's limits: throughput per number, then the pace to one user.
         if not state.limits.throughput_ok(phone_number_id):
             state.count_error(phone_number_id, 130429)
@@ -267,6 +273,17 @@ def create_app(latency_ms: float = 0.0, webhooks: WebhookConfig | None = None) -
             contact["user_id"] = message.user_id
         emitter.inbound(message.phone_number_id, item, contact)
         return JSONResponse({"wamid": item["id"], "message": item})
+
+    @app.post("/_sandbox/templates")
+    async def register_template(template: TemplateIn) -> dict[str, Any]:
+        """Register (or change: pause, disable) a template of one phone number, as Meta would hold it."""
+        templates.register(template)
+        return template.model_dump()
+
+    @app.get("/_sandbox/templates")
+    async def list_templates(phone_number_id: str | None = None) -> dict[str, Any]:
+        items = [t.model_dump() for t in templates.listed(phone_number_id)]
+        return {"data": items, "count": len(items)}
 
     @app.get("/_sandbox/webhooks")
     async def webhook_deliveries() -> dict[str, Any]:
