@@ -18,8 +18,9 @@ from sqlalchemy import select, tuple_
 from api_shim.auth import Caller
 from api_shim.errors import ApiError, ErrorCode, FieldProblem, error_responses
 from api_shim.flowestate import AUTH_ERRORS, DbSession, MessageErrorOut, caller_with, error_of, router
+from api_shim.status_history import status_history
 from models.enums import Scope
-from models.tables import Contact, Message, MessageEvent
+from models.tables import Contact, Message
 
 THREAD_PAGE_DEFAULT = 50
 THREAD_PAGE_MAX = 100
@@ -89,11 +90,7 @@ def message_events(
     owned = session.scalar(select(Message.id).where(Message.id == message_id, Message.org_id == caller.org_id))
     if owned is None:
         raise ApiError(ErrorCode.NOT_FOUND, "Message not found")
-    rows = session.scalars(
-        select(MessageEvent)
-        .where(MessageEvent.message_id == message_id, MessageEvent.org_id == caller.org_id)
-        .order_by(MessageEvent.meta_timestamp.asc().nulls_last(), MessageEvent.created_at, MessageEvent.id)
-    )
+    rows = status_history(session, caller.org_id, message_id)
     return MessageEventsEnvelope(
         data=[
             MessageEventOut(

@@ -17,9 +17,10 @@ from sqlalchemy.orm import Session
 from api_shim.auth import authenticate_flowiq
 from api_shim.flowiq import router
 from api_shim.flowiq_errors import FlowIQError, FlowIQErrorBody
+from api_shim.status_history import status_history
 from models.db import get_sessionmaker
-from models.enums import Direction, Scope
-from models.tables import Contact, Message, MessageEvent
+from models.enums import Direction, MessageStatus, Scope
+from models.tables import Contact, Message
 
 WAMID_MAX = 128
 
@@ -27,8 +28,8 @@ WAMID_MAX = 128
 class FlowIQEventOut(BaseModel):
     status: str
     source: str = Field(description="meta (a status webhook), reconciliation or operator")
-    timestamp: datetime
-    error: dict[str, Any] | None = None
+    timestamp: datetime = Field(description="Meta's time of the status, else when it was recorded")
+    error: dict[str, Any] | None = Field(None, description="{code, title}: Meta's first error of a failed status")
 
 
 class FlowIQMessageData(BaseModel):
@@ -37,7 +38,7 @@ class FlowIQMessageData(BaseModel):
     status: str = Field(description="queued, sending, retrying, sent, delivered, read or failed")
     phone_number: str | None
     message_type: str
-    error: dict[str, Any] | None = Field(description="{code, title} when the message failed")
+    error: dict[str, Any] | None = Field(description="{code, title} once the message failed, else null")
     queued_at: datetime | None
     sent_at: datetime | None
     delivered_at: datetime | None
@@ -57,7 +58,8 @@ def _find(session: Session, org_id: uuid.UUID, ref: str) -> Message | None:
     try:
         by_id = uuid.UUID(ref)
     except ValueError:
-        return session.scalars(query.where(Message.wamid == ref).limit(1)).first()
+        # A wamid is Meta's and unique per number; the newest wins should an org ever hold two.
+        return session.scalars(query.where(Message.wamid == ref).order_by(Message.created_at.desc()).limit(1)).first()
     return session.scalars(query.where(Message.id == by_id)).first()
 
 
@@ -68,12 +70,11 @@ def _lookup(request: Request, tenant_id: str | None, ref: str) -> dict[str, Any]
         if message is None:
             raise FlowIQError(404, "Message not found", f"No message {ref[:WAMID_MAX]!r} in this organization")
         phone = session.scalar(select(Contact.phone_e164).where(Contact.id == message.contact_id))
-        events = session.scalars(
-            select(MessageEvent)
-            .where(MessageEvent.message_id == message.id, MessageEvent.org_id == caller.org_id)
-            .order_by(MessageEvent.meta_timestamp.asc().nulls_last(), MessageEvent.created_at)
-        ).all()
-        error = {"code": message.error_code, "title": message.error_title} if message.error_code else None
+        events = status_history(session, caller.org_id, message.id)
+        # A retrying message keeps its last transient error for the record; FlowIQ callers are
+        # told about an error only once it decided the message's fate.
+        failed = message.status == MessageStatus.FAILED and message.error_code
+        error = {"code": message.error_code, "title": message.error_title} if failed else None
         data = FlowIQMessageData(
             message_id=message.id,
             wamid=message.wamid,
@@ -101,10 +102,13 @@ def _lookup(request: Request, tenant_id: str | None, ref: str) -> dict[str, Any]
 
 
 def _first_error(errors: Any) -> dict[str, Any] | None:
+    """Meta's first error of a status, shaped like the message's own ``error`` (the code a string,
+    as on the message and in FlowEstate's events: Meta sends a number, our own codes are words)."""
     if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
         return None
     first = errors[0]
-    return {"code": first.get("code"), "title": first.get("title") or first.get("message")}
+    code = first.get("code")
+    return {"code": None if code is None else str(code), "title": first.get("title") or first.get("message")}
 
 
 @router.get(

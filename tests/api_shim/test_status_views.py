@@ -7,8 +7,12 @@ import time
 import uuid
 
 import httpx
+from sqlalchemy import update
 
+from models.db import session_scope
 from models.enums import KeyKind, Scope
+from models.tables import Message
+from tests.cli.test_cli import wadispatch
 from tests.support import meta_webhooks as meta
 from tests.support.tenants import make_tenant
 
@@ -77,7 +81,8 @@ def test_flowiq_finds_a_message_by_id_or_wamid(live, api, tenant):
         assert got["error"] == {"code": "131026", "title": "Message undeliverable"}
         assert got["message_type"] == "text" and got["phone_number"].startswith("+1809")
         assert [e["status"] for e in got["events"]] == ["sent", "failed"]
-        assert got["events"][1]["error"] == {"code": 131026, "title": "Message undeliverable"}
+        assert got["events"][1]["error"] == {"code": "131026", "title": "Message undeliverable"}
+        assert got["failed_at"] is not None and got["delivered_at"] is None and got["read_at"] is None
 
 
 def test_flowiq_lookup_stays_within_the_tenant(live, api, tenant):
@@ -97,3 +102,63 @@ def test_flowiq_lookup_stays_within_the_tenant(live, api, tenant):
     denied = api.http.get(f"/send-whatsapp/messages/{data['id']}", params={"tenantId": tenant.slug}, headers=no_read)
     assert denied.status_code == 403
     assert httpx.get(f"{live.api_url}/send-whatsapp/messages/{data['id']}").status_code == 401
+
+
+def test_the_history_is_in_the_order_things_happened(live, api, tenant):
+    """An operator's retry (no Meta timestamp) sits between the statuses before and after it."""
+    first = api.wait_for(tenant, api.send(tenant, tenant.new_lead(), "Retried").json()["messageId"])
+    error = meta.meta_error(131026, "Message undeliverable")
+    _deliver(live, tenant.account.phone_number_id, [meta.status(first["wamid"], "failed", errors=[error])])
+    assert api.message(tenant, first["id"])["status"] == "failed"
+    retried = wadispatch("messages", "retry", "--org", tenant.slug, "--json", env=live.env)
+    assert retried.returncode == 0 and '"requeued": 1' in retried.stdout, retried.stderr
+    again = api.wait_for(tenant, first["id"], statuses=("sent",))
+    assert again["wamid"] != first["wamid"] and again["error"] is None
+    delivered_at = int(time.time()) + 1
+    _deliver(live, tenant.account.phone_number_id, [meta.status(again["wamid"], "delivered", at=delivered_at)])
+    shown = api.message(tenant, first["id"])
+    assert (shown["status"], shown["failedAt"]) == ("delivered", None)
+    assert shown["deliveredAt"].startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(delivered_at)))
+
+    events = api.http.get(f"/api/v1/whatsapp/messages/{first['id']}/events", headers=tenant.auth).json()["data"]
+    assert [(e["status"], e["source"], e["fromStatus"]) for e in events] == [
+        ("failed", "meta", "sent"),
+        ("queued", "operator", "failed"),
+        ("delivered", "meta", "sent"),
+    ]
+    operator = events[1]
+    assert "131026" in operator["reason"] and operator["occurredAt"] == operator["recordedAt"]
+    assert operator["errors"] is None and operator["pricing"] is None
+    assert [e["occurredAt"] for e in events] == sorted(e["occurredAt"] for e in events)
+
+    fiq = {"Authorization": f"Bearer {tenant.new_key(kind=KeyKind.FLOWIQ)}"}
+    got = api.http.get(f"/send-whatsapp/messages/{first['id']}", params={"tenantId": tenant.slug}, headers=fiq)
+    body = got.json()["data"]
+    assert [(e["status"], e["source"]) for e in body["events"]] == [
+        ("failed", "meta"),
+        ("queued", "operator"),
+        ("delivered", "meta"),
+    ]
+    # Delivered after all: no error, though the message once failed.
+    assert (body["status"], body["error"], body["failed_at"]) == ("delivered", None, None)
+    # The old wamid is still this message's no longer: it is found by the new one.
+    by_new = api.http.get(f"/send-whatsapp/messages/{again['wamid']}", params={"tenantId": tenant.slug}, headers=fiq)
+    assert by_new.json()["data"]["message_id"] == first["id"]
+
+
+def test_flowiq_wamid_lookup_never_crosses_tenants_even_when_wamids_collide(live, api, tenant):
+    """Two organizations holding one wamid (a colliding id, written here with SQL) each find their own."""
+    other = make_tenant(live.sandbox_url)
+    mine = api.wait_for(tenant, api.send(tenant, tenant.new_lead(), "Mine").json()["messageId"])
+    theirs = api.wait_for(other, api.send(other, other.new_lead(), "Theirs").json()["messageId"])
+    with session_scope() as s:
+        s.execute(update(Message).where(Message.id == uuid.UUID(theirs["id"])).values(wamid=mine["wamid"]))
+    for owner, expected in ((tenant, mine["id"]), (other, theirs["id"])):
+        key = {"Authorization": f"Bearer {owner.new_key(kind=KeyKind.FLOWIQ)}"}
+        got = api.http.get(f"/send-whatsapp/messages/{mine['wamid']}", params={"tenantId": owner.slug}, headers=key)
+        assert got.status_code == 200, got.text
+        data = got.json()["data"]
+        assert (data["message_id"], data["wamid"], data["status"]) == (expected, mine["wamid"], "sent")
+        # Sent and nothing reported yet: no error, no events, only the first times.
+        assert data["error"] is None and data["events"] == []
+        assert data["queued_at"] and data["sent_at"] and data["delivered_at"] is None
