@@ -13,7 +13,7 @@ from cli.output import emit, fail
 from models import admin
 from models.db import session_scope
 from models.enums import AccountStatus, KeyKind, MessageStatus, Scope, WindowPolicy
-from models.tables import ApiKey
+from models.tables import ApiKey, Organization
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -39,8 +39,7 @@ def org() -> None:
 def org_create(slug: str, name: str, provider: str, as_json: bool) -> None:
     try:
         with session_scope() as session:
-            row = admin.create_org(session, slug=slug, name=name, provider=provider)
-            data = {"id": str(row.id), "slug": row.slug, "name": row.name, "provider": row.whatsapp_provider}
+            data = _org_data(admin.create_org(session, slug=slug, name=name, provider=provider))
     except admin.AdminError as exc:
         fail(str(exc))
     emit(data, as_json=as_json, human=f"organization {data['slug']} created: {data['id']}")
@@ -65,16 +64,35 @@ def org_update(
             row = admin.update_org(
                 session, slug, quota=quota, rate_limit=rate_limit, provider=provider, window_policy=window_policy
             )
-            data = {
-                "slug": row.slug,
-                "monthly_quota": row.monthly_quota,
-                "rate_limit_per_minute": row.rate_limit_per_minute,
-                "provider": row.whatsapp_provider,
-                "window_policy": row.window_policy,
-            }
+            data = _org_data(row)
     except admin.AdminError as exc:
         fail(str(exc))
     emit(data, as_json=as_json, human=f"organization {slug}: {data}")
+
+
+@org.command("show")
+@click.option("--slug", required=True)
+@json_option
+def org_show(slug: str, as_json: bool) -> None:
+    """An organization's settings (quota, rate limit, provider, window policy)."""
+    try:
+        with session_scope() as session:
+            data = _org_data(admin.org_by_slug(session, slug))
+    except admin.AdminError as exc:
+        fail(str(exc))
+    emit(data, as_json=as_json, human=f"organization {slug}: {data}")
+
+
+def _org_data(row: Organization) -> dict[str, Any]:
+    return {
+        "id": str(row.id),
+        "slug": row.slug,
+        "name": row.name,
+        "provider": row.whatsapp_provider,
+        "monthly_quota": row.monthly_quota,
+        "rate_limit_per_minute": row.rate_limit_per_minute,
+        "window_policy": row.window_policy,
+    }
 
 
 @click.group()

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from models.db import session_scope
-from models.enums import KeyKind
+from models.enums import Direction, KeyKind
 from models.tables import Message
 from tests.cli.test_cli import wadispatch
 from tests.support import meta_webhooks as meta
@@ -38,13 +38,15 @@ def _policy(stack, tenant, policy: str) -> None:
     assert json.loads(done.stdout)["window_policy"] == policy
 
 
-def _flowiq(api, tenant, phone: str):
-    key = tenant.new_key(kind=KeyKind.FLOWIQ)
+def _flowiq(api, tenant, phone: str, idempotency_key: str | None = None):
+    headers = {"Authorization": f"Bearer {tenant.new_key(kind=KeyKind.FLOWIQ)}"}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
     return api.http.post(
         "/send-whatsapp",
         params={"tenantId": tenant.slug},
         json={"phone_number": phone, "message_type": "text", "text": "Following up"},
-        headers={"Authorization": f"Bearer {key}"},
+        headers=headers,
     )
 
 
@@ -95,11 +97,44 @@ def test_refuse_accepts_a_contact_inside_the_window(live, api, refusing):
 
 
 def test_send_is_the_default_and_lets_meta_decide(live, api, tenant):
+    shown = wadispatch("org", "show", "--slug", tenant.slug, "--json", env=live.env)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["window_policy"] == "send", shown.stderr
+    never, lapsed = random_phone(), random_phone()
+    leads = [tenant.new_lead(phone=never), tenant.new_lead(phone=lapsed)]
+    _wrote(live, tenant, lapsed, seconds_ago=25 * 3600)
+    for lead, phone in zip(leads, (never, lapsed), strict=True):
+        assert api.send(tenant, lead, "Cold message").status_code == 200
+        assert _flowiq(api, tenant, phone).status_code in (200, 202)
+    # Back from refuse to send: the same contacts are accepted again.
+    _policy(live, tenant, "refuse")
+    assert api.send(tenant, leads[1], "Refused").status_code == 400
+    _policy(live, tenant, "send")
+    assert api.send(tenant, leads[1], "Accepted").status_code == 200
+    shown = wadispatch("org", "show", "--slug", tenant.slug, env=live.env)
+    assert shown.returncode == 0 and "'window_policy': 'send'" in shown.stdout
+
+
+def test_flowiq_refusal_names_when_the_window_closed_and_a_retry_gets_it_again(live, api, refusing):
     phone = random_phone()
-    lead = tenant.new_lead(phone=phone)  # never wrote
-    assert api.send(tenant, lead, "Cold message").status_code == 200
-    assert _flowiq(api, tenant, phone).status_code in (200, 202)
-    _policy(live, tenant, "send")  # and setting it back works
+    lead = refusing.new_lead(phone=phone)
+    wrote_at = int(time.time()) - 25 * 3600
+    _wrote(live, refusing, phone, seconds_ago=int(time.time()) - wrote_at)
+    key = "fiq-window-" + uuid.uuid4().hex
+    first = _flowiq(api, refusing, phone, idempotency_key=key)
+    assert first.status_code == 400, first.text
+    body = first.json()
+    assert (body["error"], body["code"]) == ("Outside service window", "OUTSIDE_SERVICE_WINDOW")
+    closed = datetime.fromtimestamp(wrote_at + 24 * 3600, tz=UTC).isoformat(timespec="seconds")
+    assert f"closed at {closed}" in body["message"]
+    # The key answers with its first answer for its whole TTL — even once the contact has written
+    # since; a new key is a new request.
+    _wrote(live, refusing, phone, seconds_ago=60)
+    again = _flowiq(api, refusing, phone, idempotency_key=key)
+    assert (again.status_code, again.json()) == (400, body)
+    assert _flowiq(api, refusing, phone, idempotency_key=key + "-new").status_code in (200, 202)
+    with session_scope() as s:
+        sent = s.scalars(select(Message).where(Message.contact_id == lead, Message.direction == Direction.OUTBOUND))
+        assert len(sent.all()) == 1
 
 
 def test_the_cli_refuses_an_unknown_policy(stack, tenant):

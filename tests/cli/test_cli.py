@@ -24,7 +24,8 @@ def org_slug(stack) -> str:
     slug = "cli-" + str(time.monotonic_ns())[-9:]
     result = wadispatch("org", "create", "--slug", slug, "--name", "CLI Org", "--json", env=stack.env)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["slug"] == slug
+    created = json.loads(result.stdout)
+    assert (created["slug"], created["window_policy"]) == (slug, "send")  # the default policy
     return slug
 
 
