@@ -10,7 +10,16 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -20,12 +29,14 @@ from api_shim.errors import STATUS_OF, ApiError, ErrorCode, error_responses, fie
 from api_shim.intake import hand_to_broker, persist_message
 from api_shim.service_window import window_refusal
 from api_shim.storable_text import first_unstorable, text_rule
+from api_shim.template_input import TemplateInputError, flowestate_template_schema, template_from_flowestate
 from models.db import get_sessionmaker
 from models.enums import AccountStatus, MessageStatus, Scope, SourceApi
-from models.outbound import CAPTION_MAX, TEXT_MAX, AnyOutbound, MediaMessage, TextMessage
+from models.outbound import CAPTION_MAX, TEXT_MAX, AnyOutbound, MediaMessage, TemplateMessage, TextMessage
 from models.phones import is_valid_e164
 from models.settings import get_settings
 from models.tables import Contact, Message, Organization, WhatsappAccount
+from models.templates import Template
 
 PREFIX = "/api/v1"
 router = APIRouter(prefix=PREFIX + "/whatsapp", tags=["FlowEstate WhatsApp"])
@@ -142,6 +153,64 @@ class SendIn(BaseModel):
         )
 
 
+class SendTemplateIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "description": "One approved template to one lead (Meta delivers it outside the 24-hour window).",
+            "example": {
+                "leadId": "0b6a2c4e-8f1d-4a57-9c3e-2d5f7a9b1c0e",
+                "whatsappAccountId": "5e8d1f3a-7c2b-4e69-a0d4-9b8c7f6e5d4a",
+                "template": {
+                    "name": "viewing_reminder",
+                    "language": "en_US",
+                    "components": [
+                        {"type": "body", "parameters": [{"type": "text", "text": "Thandi"}]},
+                        {
+                            "type": "button",
+                            "subType": "quick_reply",
+                            "index": 0,
+                            "parameters": [{"type": "payload", "payload": "CONFIRM"}],
+                        },
+                    ],
+                },
+            },
+        }
+    )
+
+    leadId: uuid.UUID = Field(description="The lead to message; must belong to your organization.")
+    whatsappAccountId: uuid.UUID = Field(description="The sending account id, from GET /whatsapp/accounts.")
+    template: Annotated[Template, WithJsonSchema(flowestate_template_schema())] = Field(
+        description=(
+            "name, language (e.g. en_US) and components in Meta's shape with camelCase field names: header "
+            "(one text parameter <=60 chars, or image/video/document {link, fileName?}), body (text <=1024 chars "
+            "without new lines, tabs or 4+ spaces; currency {fallbackValue, code, amount1000}; date_time "
+            "{fallbackValue}; all named with parameterName or none), button (subType quick_reply + payload <=128, "
+            "url + text suffix <=2000, copy_code + couponCode <=15; index 0-9; at most 10)"
+        )
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        if problem := first_unstorable(data):
+            raise field_rule_error(problem.field, problem.rule)
+        return data
+
+    @field_validator("template", mode="before")
+    @classmethod
+    def _canonical_template(cls, value: Any) -> Any:
+        try:
+            return template_from_flowestate(value)
+        except TemplateInputError as error:
+            raise field_rule_error(error.problem.field or "template", error.problem.rule) from None
+
+    def to_outbound(self) -> AnyOutbound:
+        return TemplateMessage(template=self.template)
+
+
+SendBody = SendIn | SendTemplateIn
+
+
 class SendOut(BaseModel):
     messageId: uuid.UUID
 
@@ -224,22 +293,21 @@ IdempotencyHeader = Annotated[
 ]
 
 
-@router.post(
-    "/send",
-    response_model=SendOut,
-    responses=error_responses(
-        ErrorCode.VALIDATION_ERROR,
-        ErrorCode.BAD_REQUEST,
-        ErrorCode.OPTED_OUT,
-        ErrorCode.ACCOUNT_UNAVAILABLE,
-        ErrorCode.OUTSIDE_SERVICE_WINDOW,
-        ErrorCode.NOT_FOUND,
-        ErrorCode.IDEMPOTENCY_KEY_REUSED,
-        ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS,
-        *REQUEST_ERRORS,
-        *AUTH_ERRORS,
-    ),
+SEND_ERRORS = error_responses(
+    ErrorCode.VALIDATION_ERROR,
+    ErrorCode.BAD_REQUEST,
+    ErrorCode.OPTED_OUT,
+    ErrorCode.ACCOUNT_UNAVAILABLE,
+    ErrorCode.OUTSIDE_SERVICE_WINDOW,
+    ErrorCode.NOT_FOUND,
+    ErrorCode.IDEMPOTENCY_KEY_REUSED,
+    ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS,
+    *REQUEST_ERRORS,
+    *AUTH_ERRORS,
 )
+
+
+@router.post("/send", response_model=SendOut, responses=SEND_ERRORS)
 async def send(
     body: SendIn,
     writer: Annotated[tuple[Session, Caller], Depends(_authenticated_writer)],
@@ -253,7 +321,21 @@ async def send(
     return await run_in_threadpool(_send_and_close, body, session, caller, idempotency_key)
 
 
-def _send_and_close(body: SendIn, session: Session, caller: Caller, idempotency_key: str | None) -> JSONResponse:
+@router.post("/send-template", response_model=SendOut, responses=SEND_ERRORS)
+async def send_template(
+    body: SendTemplateIn,
+    writer: Annotated[tuple[Session, Caller], Depends(_authenticated_writer)],
+    idempotency_key: IdempotencyHeader = None,
+) -> JSONResponse:
+    """Scope `whatsapp:write`. Queue one approved template to a lead: the same checks, quota unit,
+    Idempotency-Key and answer as /whatsapp/send. How many parameters the template takes is Meta's
+    to judge: a wrong count fails the message with Meta's 132000 (see GET /whatsapp/messages/{id}).
+    """
+    session, caller = writer
+    return await run_in_threadpool(_send_and_close, body, session, caller, idempotency_key)
+
+
+def _send_and_close(body: SendBody, session: Session, caller: Caller, idempotency_key: str | None) -> JSONResponse:
     try:
         if idempotency_key is None:
             return _send(body, session, caller)
@@ -262,7 +344,7 @@ def _send_and_close(body: SendIn, session: Session, caller: Caller, idempotency_
         session.close()
 
 
-def _send_once(body: SendIn, session: Session, caller: Caller, idempotency_key: str) -> JSONResponse:
+def _send_once(body: SendBody, session: Session, caller: Caller, idempotency_key: str) -> JSONResponse:
     """The send under an Idempotency-Key: the key and the message are committed together, so the
     key answers with that message for its whole TTL (or with the refusal it got)."""
     try:
@@ -302,7 +384,7 @@ def _send_once(body: SendIn, session: Session, caller: Caller, idempotency_key: 
     return _accepted(message_id)
 
 
-def _send(body: SendIn, session: Session, caller: Caller) -> JSONResponse:
+def _send(body: SendBody, session: Session, caller: Caller) -> JSONResponse:
     message_id = _check_and_persist(body, session, caller, None)
     session.commit()
     hand_to_broker(message_id)
@@ -313,7 +395,7 @@ def _accepted(message_id: uuid.UUID) -> JSONResponse:
     return JSONResponse({"messageId": str(message_id)})
 
 
-def _check_and_persist(body: SendIn, session: Session, caller: Caller, idempotency_key: str | None) -> uuid.UUID:
+def _check_and_persist(body: SendBody, session: Session, caller: Caller, idempotency_key: str | None) -> uuid.UUID:
     """The pre-checks (each a clear 4xx), then the message in the session's transaction (not committed)."""
     found = session.execute(
         select(Contact, Organization.window_policy, func.now())

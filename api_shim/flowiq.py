@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass
@@ -63,6 +64,17 @@ class FlowIQSendDoc(BaseModel):
     )
     reaction: dict[str, Any] | None = Field(
         None, description="reaction: {message_id (wamid, required), emoji (one emoji, default 👍)}"
+    )
+    template: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "template: {name, language (e.g. en_US), components? [...]} in Meta's shape: header (one text "
+            "parameter <=60 chars, or image/video/document {link (https), filename?}), body (text <=1024 chars "
+            "without new lines, tabs or 4+ spaces; currency {fallback_value, code, amount_1000}; date_time "
+            "{fallback_value}; all named with parameter_name or none), button {sub_type quick_reply|url|copy_code, "
+            "index 0-9, parameters [payload <=128 | text (url suffix) <=2000 | coupon_code <=15]}, at most 10. "
+            "Allowed outside the 24-hour window"
+        ),
     )
 
 
@@ -341,7 +353,12 @@ def _load_outcome(message_id: uuid.UUID) -> _Outcome:
                 last_meta_code,
             ).where(Message.id == message_id)
         ).one()
-        return _Outcome(*row)
+    outcome = _Outcome(*row)
+    if outcome.meta_error_code is None and outcome.error_code and outcome.error_code.isdigit():
+        # Failed with Meta's code but without a call of its own (a template Meta had just called
+        # paused or disabled fails fast): the code is Meta's all the same.
+        outcome = dataclasses.replace(outcome, meta_error_code=int(outcome.error_code))
+    return outcome
 
 
 async def _wait_for_outcome(

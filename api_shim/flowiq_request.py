@@ -15,9 +15,12 @@ from pydantic import ValidationError
 from api_shim.errors import rule_of
 from api_shim.flowiq_errors import FlowIQError, invalid, missing
 from api_shim.storable_text import first_unstorable
+from api_shim.template_input import problem_of
 from models.outbound import DEFAULT_REACTION, AnyOutbound, outbound_adapter
 
-FLOWIQ_TYPES = ("text", "image", "video", "audio", "document", "location", "contacts", "interactive", "reaction")
+FLOWIQ_TYPES = (
+    "text", "image", "video", "audio", "document", "location", "contacts", "interactive", "reaction", "template",
+)  # fmt: skip
 MEDIA_TYPES = ("image", "video", "audio", "document")
 _PHONE_NOISE = str.maketrans("", "", " -()\t.")
 
@@ -108,6 +111,9 @@ def _canonical_input(body: dict[str, Any], message_type: str) -> tuple[dict[str,
         reaction = _object(body, "reaction", message_type)
         emoji = reaction.get("emoji")
         return {**reaction, "type": "reaction", "emoji": DEFAULT_REACTION if emoji is None else emoji}, "reaction."
+    if message_type == "template":
+        # Meta's own template block: name, language and components in Meta's shape.
+        return {"type": "template", "template": _object(body, "template", message_type)}, ""
     interactive = _object(body, "interactive", message_type)
     kind = interactive.get("type")
     if kind is None:
@@ -125,6 +131,12 @@ def _translate(exc: ValidationError, message_type: str, prefix: str) -> FlowIQEr
     error = exc.errors()[0]
     # Drop the union tag pydantic puts first in the location.
     loc = list(error.get("loc", ())[1:])
+    if loc[:1] == ["template"]:
+        problem = problem_of({**error, "loc": tuple(loc[1:])})
+        field = f"template.{problem.field}" if problem.field else "template"
+        if error.get("type") == "missing":
+            return missing(field, message_type)
+        return invalid(field, problem.rule)
     if len(loc) == 1 and not prefix and loc[0] in _RENAMED:
         loc[0] = _RENAMED[loc[0]]
     field = prefix + _dotted(loc) if loc else prefix.rstrip(".")

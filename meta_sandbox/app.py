@@ -372,6 +372,8 @@ def _media_id_problem(state: SandboxState, phone_number_id: str, body: dict[str,
         header = block.get("header") or {}
         kind = header.get("type", "")
         block = header.get(kind) if isinstance(header.get(kind), dict) else {}
+    if kind == "template" and isinstance(block, dict):
+        kind, block = _template_header_media(block)
     media_id = block.get("id") if isinstance(block, dict) else None
     if media_id is None:
         return None
@@ -381,6 +383,18 @@ def _media_id_problem(state: SandboxState, phone_number_id: str, body: dict[str,
     if not kind_accepts(kind, upload["mime"]):
         return f"Media id {media_id} is a {upload['mime']} file; it cannot be sent as {kind}"
     return None
+
+
+def _template_header_media(template: dict[str, Any]) -> tuple[str, Any]:
+    """The kind and block of a template's header image, video or document ("", {} if none)."""
+    for component in template.get("components") or []:
+        if not isinstance(component, dict) or component.get("type") != "header":
+            continue
+        for parameter in component.get("parameters") or []:
+            kind = parameter.get("type", "") if isinstance(parameter, dict) else ""
+            if kind in ("image", "video", "document") and isinstance(parameter.get(kind), dict):
+                return kind, parameter[kind]
+    return "", {}
 
 
 def _bearer(request: Request) -> str | None:

@@ -12,6 +12,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import emoji
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
+from models.templates import Template
+
 TEXT_MAX = 4096
 CAPTION_MAX = 1024
 FILENAME_MAX = 240
@@ -184,8 +186,24 @@ class ReactionMessage(_Message):
         return value
 
 
+class TemplateMessage(_Message):
+    """An approved template by name and language, with its variables (models/templates.py)."""
+
+    # The one kind Meta delivers outside the 24-hour window.
+    free_form: ClassVar[bool] = False
+    type: Literal["template"] = "template"
+    template: Template
+
+
 AnyOutbound = (
-    TextMessage | MediaMessage | LocationMessage | ContactsMessage | ButtonMessage | ListMessage | ReactionMessage
+    TextMessage
+    | MediaMessage
+    | LocationMessage
+    | ContactsMessage
+    | ButtonMessage
+    | ListMessage
+    | ReactionMessage
+    | TemplateMessage
 )
 OutboundMessage = Annotated[AnyOutbound, Field(discriminator="type")]
 outbound_adapter: TypeAdapter[AnyOutbound] = TypeAdapter(OutboundMessage)
@@ -193,6 +211,7 @@ outbound_adapter: TypeAdapter[AnyOutbound] = TypeAdapter(OutboundMessage)
 # The canonical kinds, as stored in messages.message_type.
 MESSAGE_KINDS = (
     "text", "image", "video", "audio", "document", "sticker", "location", "contacts", "button", "list", "reaction",
+    "template",
 )  # fmt: skip
 
 
@@ -202,6 +221,8 @@ def media_url_of(message: AnyOutbound) -> str | None:
         return message.url
     if isinstance(message, ButtonMessage) and message.header_media is not None:
         return message.header_media.url
+    if isinstance(message, TemplateMessage) and (header := message.template.header_media) is not None:
+        return header.media.link
     return None
 
 
@@ -220,6 +241,8 @@ def preview_of(message: AnyOutbound, limit: int = 200) -> str:
             text = message.body
         case ReactionMessage():
             text = f"[reaction] {message.emoji}"
+        case TemplateMessage():
+            text = f"[template] {message.template.name} ({message.template.language})"
     text = text.strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     media_url_cache_s: int = Field(default=600, ge=0)
     # Meta keeps an uploaded media id for about 30 days; reuse one for a bit less.
     media_id_ttl_days: int = Field(default=29, ge=1)
+    # A template Meta answered paused (132015) or disabled (132016) fails its later sends from the
+    # same account at once, without calling Meta, for this long (0: ask Meta every time).
+    template_unusable_cache_s: int = Field(default=600, ge=0)
 
     # The safe fetcher for users' media URLs.
     media_allow_http: bool = False

@@ -7,7 +7,7 @@ named), and ``button`` components (quick reply payloads, a URL's variable suffix
 each at an index 0 to 9. How many parameters a template takes is the template's own business: Meta
 answers 132000 when the count is wrong, so it is not guessed here.
 
-Pure: no database, no I/O. Not yet one of the kinds the API surfaces accept (that is the next step).
+Pure: no database, no I/O. ``models/outbound.py`` makes it a message kind (``TemplateMessage``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 TEMPLATE_NAME_MAX = 512
 HEADER_TEXT_MAX = 60
@@ -89,7 +89,7 @@ class MediaParameter(_Strict):
         if blocks != {self.type}:
             raise ValueError(f"a {self.type} parameter carries exactly one `{self.type}` block with its link")
         if self.type != "document" and self.media.filename is not None:
-            raise ValueError("filename: only a document takes one")
+            raise ValueError(f"{self.type}.filename: only a document takes one")
         return self
 
     @property
@@ -102,11 +102,22 @@ class MediaParameter(_Strict):
 BodyParameter = Annotated[TextParameter | CurrencyParameter | DateTimeParameter, Field(discriminator="type")]
 
 
+def _header_parameter_kind(value: Any) -> str:
+    # Text, or else a media parameter (whose own `type` says which and is checked there), so an
+    # error names the one shape the parameter was meant to have.
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "text" if kind == "text" else "media"
+
+
+HeaderParameter = Annotated[
+    Annotated[TextParameter, Tag("text")] | Annotated[MediaParameter, Tag("media")],
+    Discriminator(_header_parameter_kind),
+]
+
+
 class HeaderComponent(_Strict):
     type: Literal["header"] = "header"
-    parameters: list[Annotated[TextParameter | MediaParameter, Field(union_mode="left_to_right")]] = Field(
-        min_length=1, max_length=1
-    )
+    parameters: list[HeaderParameter] = Field(min_length=1, max_length=1)
 
     @model_validator(mode="after")
     def _header_text_limit(self) -> HeaderComponent:
@@ -158,9 +169,7 @@ class ButtonComponent(_Strict):
     type: Literal["button"] = "button"
     sub_type: Literal["quick_reply", "url", "copy_code"]
     index: int = Field(ge=0, le=BUTTONS_MAX - 1)
-    parameters: list[
-        Annotated[PayloadParameter | UrlSuffixParameter | CouponParameter, Field(discriminator="type")]
-    ] = Field(min_length=1, max_length=1)
+    parameters: list[ButtonParameter] = Field(min_length=1, max_length=1)
 
     _EXPECTED: ClassVar[dict[str, str]] = {"quick_reply": "payload", "url": "text", "copy_code": "coupon_code"}
 
@@ -185,6 +194,14 @@ class Template(_Strict):
     def _template_name(cls, value: str) -> str:
         if not _NAME.match(value):
             raise ValueError("must be lowercase letters, digits and underscores, as Meta names templates")
+        return value
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _code_of_metas_shape(cls, value: Any) -> Any:
+        # Meta's own body writes {"code": "en_US"}: take that as well as the bare code.
+        if isinstance(value, dict) and set(value) == {"code"}:
+            return value["code"]
         return value
 
     @field_validator("language")

@@ -44,6 +44,7 @@ from worker.meta_errors import (
     NotSent,
     PairThrottled,
     Retryable,
+    TemplateUnusable,
     Throttled,
     Transient,
 )
@@ -51,6 +52,7 @@ from worker.meta_payload import build_body
 from worker.notify import announce_outcome
 from worker.outcome import Outcome, Settled, Unknown
 from worker.rate_limit import Pacing, RateLimiter
+from worker.unusable_templates import TemplateRef, UnusableTemplates
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,16 @@ def _pre_send_refusal(claim: Claim) -> _Refusal | None:
 
 
 def _carries_media(payload: dict[str, object]) -> bool:
-    return "url" in payload or "header_media" in payload
+    if "url" in payload or "header_media" in payload:
+        return True
+    template = payload.get("template")
+    components = template.get("components") if isinstance(template, dict) else None
+    return any(
+        isinstance(component, dict)
+        and component.get("type") == "header"
+        and any(isinstance(p, dict) and p.get("type") != "text" for p in component.get("parameters") or ())
+        for component in components or ()
+    )
 
 
 def call_error(error: DeliveryError) -> CallError:
@@ -142,6 +153,7 @@ class Delivery:
         self.limiter = limiter
         self.breaker = breaker
         self.schedule = schedule
+        self.unusable_templates = UnusableTemplates(limiter.client, settings.template_unusable_cache_s)
         # Faults before the call in a row, in this process: while Redis or Postgres stays down,
         # each message given back waits longer, so an outage is not hammered by every message.
         self._faults_in_a_row = 0
@@ -199,6 +211,10 @@ class Delivery:
             return self._give_back(claim, Outcome.ACCOUNT_HALTED)
         if refusal := _pre_send_refusal(claim):
             return self._fail(claim, CallError(refusal.code, refusal.title), called=False, outcome=Outcome.REFUSED)
+        template = TemplateRef.of_payload(claim.account_id, claim.payload)
+        if template is not None and (unusable := self.unusable_templates.refusal(template)) is not None:
+            # Meta said moments ago that this template is paused or disabled for this account.
+            return self._fail(claim, unusable, called=False, outcome=Outcome.FAILED)
 
         # Media is fetched and uploaded before taking a send slot (that can be slow); anything
         # else takes its slot first, so a message that must wait costs no decryption or parsing.
@@ -479,6 +495,9 @@ class Delivery:
             assert isinstance(error, Final | Retryable)
             outcome = Outcome.FAILED
 
+            if isinstance(error, TemplateUnusable):
+                self._remember_unusable(claim, stored)
+
             def write(session: Session) -> bool:
                 if error.code == MARKETING_OPT_OUT_CODE:
                     account_state.mark_marketing_opt_out(session, claim.contact_id)
@@ -496,6 +515,16 @@ class Delivery:
         if not written:
             return self._claim_lost(claim, f"it was taken over before its {outcome} could be written")
         return Settled(outcome, detail=error.error_code)
+
+    def _remember_unusable(self, claim: Claim, refused: CallError) -> None:
+        template = TemplateRef.of_payload(claim.account_id, claim.payload)
+        if template is None:
+            return
+        try:
+            self.unusable_templates.remember(template, refused)
+        except redis.RedisError as fault:
+            # Meta's answer still gets written; only the fast failure of the next sends is missed.
+            log.warning("account %s: could not remember an unusable template (%s)", claim.account_id, fault)
 
     def _budget_left(self, claim: Claim, throttled: bool) -> bool:
         if throttled:

@@ -14,8 +14,10 @@ from models.outbound import (
     LocationMessage,
     MediaMessage,
     ReactionMessage,
+    TemplateMessage,
     TextMessage,
 )
+from models.templates import graph_template
 
 # Meta echoes this back in status webhooks: our message id tells an uncertain send apart later.
 CALLBACK_DATA_MAX = 512
@@ -93,6 +95,8 @@ def _block(message: AnyOutbound, media_id: str | None) -> Any:
             )
         case ReactionMessage():
             return {"message_id": message.message_id, "emoji": message.emoji}
+        case TemplateMessage():
+            return graph_template(message.template, header_media_id=media_id)
 
 
 def _media(kind: str, url: str, caption: str | None, filename: str | None, media_id: str | None) -> dict[str, Any]:

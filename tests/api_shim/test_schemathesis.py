@@ -30,6 +30,10 @@ from tests.support.tenants import make_tenant
 SEED_PHONE = "+27123456789"
 # Media URLs the test web serves on loopback (anything else is refused or not found quickly).
 MEDIA_URLS = ["https://example.com/photo.jpg", "https://example.com/invoice.pdf"]
+# Template names and languages that pass the intake rules (the sandbox knows hello_world/en_US).
+TEMPLATE_NAME = {"type": "string", "enum": ["hello_world", "spring_offer"]}
+TEMPLATE_LANGUAGE = {"type": "string", "enum": ["en_US", "pt_BR"]}
+SEND_TEMPLATE = "POST /api/v1/whatsapp/send-template"
 EXAMPLES = 500
 TIME_LIMIT_S = 45
 
@@ -40,6 +44,11 @@ def narrowed(document: dict[str, Any], lead_id: str, account_id: str, slug: str)
     send_in = doc["components"]["schemas"]["SendIn"]["properties"]
     send_in["leadId"] = {"type": "string", "format": "uuid", "enum": [lead_id]}
     send_in["whatsappAccountId"] = {"type": "string", "format": "uuid", "enum": [account_id]}
+    send_template = doc["components"]["schemas"]["SendTemplateIn"]["properties"]
+    send_template["leadId"] = send_in["leadId"]
+    send_template["whatsappAccountId"] = send_in["whatsappAccountId"]
+    template = send_template["template"]["properties"]
+    template["name"], template["language"] = TEMPLATE_NAME, TEMPLATE_LANGUAGE
     media_in = doc["components"]["schemas"]["MediaIn"]["properties"]
     media_in["url"] = {"type": "string", "enum": MEDIA_URLS}
     flowiq = doc["paths"]["/send-whatsapp"]["post"]
@@ -88,6 +97,28 @@ def _flowiq_shapes() -> list[dict[str, Any]]:
             "sections": {"type": "array", "items": section, "maxItems": 3},
         },
     }
+    parameter = {"type": "object", "properties": {"type": {"enum": ["text", "payload", "image"]}, "text": text}}
+    template = {
+        "type": "object",
+        "required": ["name", "language"],
+        "properties": {
+            "name": TEMPLATE_NAME,
+            "language": TEMPLATE_LANGUAGE,
+            "components": {
+                "type": "array",
+                "maxItems": 3,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"enum": ["header", "body", "button"]},
+                        "sub_type": {"enum": ["quick_reply", "url"]},
+                        "index": {"type": "integer"},
+                        "parameters": {"type": "array", "items": parameter, "maxItems": 2},
+                    },
+                },
+            },
+        },
+    }
     location = {
         "type": "object",
         "required": ["latitude", "longitude"],
@@ -100,6 +131,7 @@ def _flowiq_shapes() -> list[dict[str, Any]]:
         "contacts": ({"contacts": {"type": "array", "items": card, "minItems": 1, "maxItems": 3}}, ["contacts"]),
         "interactive": ({"interactive": interactive}, ["interactive"]),
         "reaction": ({"reaction": {"type": "object", "properties": {"message_id": text, "emoji": text}}}, ["reaction"]),
+        "template": ({"template": template}, ["template"]),
     }
     assert set(per_type) == set(FLOWIQ_TYPES)
     return [
@@ -125,9 +157,9 @@ def test_no_generated_request_gets_a_5xx(live, api):
     operations = [op.ok() for op in schema.get_all_operations()]
     labels = {op.label for op in operations}
     # The send paths must be among what is generated, or the test proves little.
-    assert {"POST /api/v1/whatsapp/send", "POST /send-whatsapp", "GET /media/{key}"} <= labels, labels
+    assert {"POST /api/v1/whatsapp/send", "POST /send-whatsapp", SEND_TEMPLATE, "GET /media/{key}"} <= labels, labels
     # Weighted towards the send paths: valid bodies thrice, invalid ones once; other routes once each.
-    weights = {"POST /send-whatsapp": (3, 1), "POST /api/v1/whatsapp/send": (3, 1)}
+    weights = {"POST /send-whatsapp": (3, 1), "POST /api/v1/whatsapp/send": (3, 1), SEND_TEMPLATE: (2, 1)}
     branches = []
     for op in operations:
         positive, negative = weights.get(op.label, (1, 1))
@@ -159,5 +191,6 @@ def test_no_generated_request_gets_a_5xx(live, api):
     assert elapsed < TIME_LIMIT_S
     # Both send paths were reached with bodies they accepted, and refused others.
     assert 200 in statuses.get("POST /api/v1/whatsapp/send", []), statuses
+    assert 200 in statuses.get(SEND_TEMPLATE, []), statuses
     assert any(code in (200, 202) for code in statuses.get("POST /send-whatsapp", [])), statuses
     assert created > 0

@@ -70,6 +70,23 @@ def test_refuse_turns_away_a_contact_who_never_wrote(live, api, refusing):
         assert s.scalars(select(Message).where(Message.contact_id == lead)).all() == []
 
 
+def test_refuse_lets_a_template_through_on_both_surfaces(live, api, refusing):
+    phone = random_phone()
+    lead = refusing.new_lead(phone=phone)
+    _wrote(live, refusing, phone, seconds_ago=25 * 3600)
+    hello = {"name": "hello_world", "language": "en_US"}
+    answer = api.send_template(refusing, lead, hello)
+    assert answer.status_code == 200, answer.text
+    assert api.wait_for(refusing, answer.json()["messageId"])["status"] == "sent"
+    fiq = api.http.post(
+        "/send-whatsapp",
+        params={"tenantId": refusing.slug},
+        json={"phone_number": phone, "message_type": "template", "template": hello},
+        headers={"Authorization": f"Bearer {refusing.new_key(kind=KeyKind.FLOWIQ)}"},
+    )
+    assert fiq.status_code == 200, fiq.text
+
+
 def test_refuse_names_when_the_window_closed(live, api, refusing):
     phone = random_phone()
     lead = refusing.new_lead(phone=phone)

@@ -110,6 +110,12 @@ class Api:
         body = {"leadId": str(lead_id), "whatsappAccountId": str(tenant.account.id), "message": message, **extra}
         return self.http.post("/api/v1/whatsapp/send", json=body, headers=tenant.auth)
 
+    def send_template(
+        self, tenant: Tenant, lead_id: uuid.UUID, template: dict[str, Any], **headers: str
+    ) -> httpx.Response:
+        body = {"leadId": str(lead_id), "whatsappAccountId": str(tenant.account.id), "template": template}
+        return self.http.post("/api/v1/whatsapp/send-template", json=body, headers={**tenant.auth, **headers})
+
     def message(self, tenant: Tenant, message_id: str) -> dict[str, Any]:
         response = self.http.get(f"/api/v1/whatsapp/messages/{message_id}", headers=tenant.auth)
         assert response.status_code == 200, response.text
@@ -149,6 +155,11 @@ class Sandbox:
     def fault(self, phone_number_id: str, http_status: int, code: int | None, count: int = 1, **extra: Any) -> None:
         body = {"phone_number_id": phone_number_id, "http_status": http_status, "code": code, "count": count, **extra}
         self.http.post("/_sandbox/faults", json=body).raise_for_status()
+
+    def register_template(self, phone_number_id: str, name: str, **template: Any) -> None:
+        """Make Meta (the sandbox) hold a template for this number: language en_US, approved, unless told."""
+        body = {"phone_number_id": phone_number_id, "name": name, "language": "en_US", **template}
+        self.http.post("/_sandbox/templates", json=body).raise_for_status()
 
     def set_latency(self, latency_ms: float) -> None:
         self.http.put("/_sandbox/config", json={"latency_ms": latency_ms}).raise_for_status()

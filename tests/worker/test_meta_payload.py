@@ -143,3 +143,45 @@ def test_payload_round_trips_through_storage_json():
 def test_callback_data_is_capped_at_metas_limit():
     body = build_body(TextMessage(body="x"), to="1234567", callback_data="z" * 600)
     assert len(body["biz_opaque_callback_data"]) == 512
+
+
+TEMPLATE_SEND = {
+    "phone_number": "+27123456789",
+    "message_type": "template",
+    "context_message_id": "wamid.in-1",
+    "template": {
+        "name": "new_listing",
+        "language": "en_US",
+        "components": [
+            {"type": "header", "parameters": [{"type": "video", "video": {"link": "https://x.example/tour.mp4"}}]},
+            {"type": "body", "parameters": [{"type": "text", "text": "12 Oak Lane"}]},
+            {"type": "button", "sub_type": "url", "index": 2, "parameters": [{"type": "text", "text": "l/12"}]},
+        ],
+    },
+}
+
+
+def test_template_body_by_link_and_by_uploaded_id():
+    message = parse_send(TEMPLATE_SEND).message
+    by_link = build_body(message, to="27123456789", callback_data="m")
+    assert by_link == {
+        **ENVELOPE,
+        "type": "template",
+        "template": {
+            "name": "new_listing",
+            "language": {"code": "en_US"},
+            "components": [
+                {"type": "header", "parameters": [{"type": "video", "video": {"link": "https://x.example/tour.mp4"}}]},
+                {"type": "body", "parameters": [{"type": "text", "text": "12 Oak Lane"}]},
+                {"type": "button", "sub_type": "url", "index": "2", "parameters": [{"type": "text", "text": "l/12"}]},
+            ],
+        },
+        "context": {"message_id": "wamid.in-1"},
+        "biz_opaque_callback_data": "m",
+    }
+    by_id = build_body(message, to="27123456789", callback_data="m", media_id="9001")
+    header = by_id["template"]["components"][0]
+    assert header == {"type": "header", "parameters": [{"type": "video", "video": {"id": "9001"}}]}
+    assert problem_with(by_link) is None and problem_with(by_id) is None
+    stored = json.loads(json.dumps(message.model_dump(mode="json", exclude_none=True)))
+    assert outbound_adapter.validate_python(stored) == message

@@ -29,7 +29,7 @@ from models.db import session_scope
 from models.lifecycle import Claim
 from models.media_signing import sign_url
 from models.media_store import MediaStore, key_for
-from models.outbound import AnyOutbound, ButtonMessage, MediaMessage
+from models.outbound import AnyOutbound, ButtonMessage, MediaMessage, TemplateMessage
 from models.settings import Settings
 from models.tables import MediaUpload, Message
 from worker.media.fetch import SafeFetcher
@@ -69,6 +69,8 @@ def media_ref(message: AnyOutbound) -> MediaRef | None:
     if isinstance(message, ButtonMessage) and message.header_media is not None:
         media = message.header_media
         return MediaRef(media.type, media.url, None, media.filename)
+    if isinstance(message, TemplateMessage) and (header := message.template.header_media) is not None:
+        return MediaRef(header.type, header.media.link, None, header.media.filename)
     return None
 
 
