@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,14 @@ DEMO_PHONE_NUMBER_ID = "100000000000001"
 # The sandbox accepts any token; this one is stored encrypted like a real one.
 DEMO_TOKEN = "demo-sandbox-token"
 DEMO_LEADS = (("+18095550101", "Ana Demo"), ("+18095550102", "Luis Demo"))
+# The sample template the demo registers with the sandbox (with real Meta: create it in WhatsApp Manager).
+DEMO_TEMPLATE = {
+    "name": "viewing_reminder",
+    "language": "en_US",
+    "category": "UTILITY",
+    "body_params": 2,
+    "buttons": [{"sub_type": "quick_reply", "params": 1}],
+}
 
 
 def create_demo() -> dict[str, object]:
@@ -53,7 +62,42 @@ def create_demo() -> dict[str, object]:
         }
 
 
-def curl_examples(demo: dict[str, object], settings: Settings) -> str:
+def register_demo_template(settings: Settings) -> str:
+    """Make the sandbox hold the sample template for the demo number; a line saying how it went."""
+    sandbox = settings.meta_base_url.rstrip("/")
+    is_sandbox = False
+    try:
+        # Only the sandbox answers this (under `make run` and in compose, Meta is the sandbox).
+        if settings.env != "production":
+            is_sandbox = httpx.get(f"{sandbox}/_sandbox/health", timeout=5).status_code == 200
+        if is_sandbox:
+            body = {"phone_number_id": DEMO_PHONE_NUMBER_ID, **DEMO_TEMPLATE}
+            httpx.post(f"{sandbox}/_sandbox/templates", json=body, timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        return (
+            f"Could not register the sample template with the sandbox at {sandbox} ({type(exc).__name__}); "
+            "start `wadispatch run` and run `wadispatch demo` again to try the template sends."
+        )
+    if not is_sandbox:
+        return (
+            f"Meta is {sandbox}, not the sandbox: create template {DEMO_TEMPLATE['name']} "
+            "(body {{1}} and {{2}}, one quick-reply button) in WhatsApp Manager to try the template sends."
+        )
+    return f"The sandbox now holds template {DEMO_TEMPLATE['name']} (en_US: two body variables, a quick reply)."
+
+
+def _template_components(sub_type_key: str) -> str:
+    """The sample template's components as one line of JSON (FlowEstate spells sub_type subType)."""
+    variables = [{"type": "text", "text": "Ana"}, {"type": "text", "text": "Saturday 10:00"}]
+    confirm = [{"type": "payload", "payload": "CONFIRM"}]
+    components = [
+        {"type": "body", "parameters": variables},
+        {"type": "button", sub_type_key: "quick_reply", "index": 0, "parameters": confirm},
+    ]
+    return json.dumps(components)
+
+
+def curl_examples(demo: dict[str, object], settings: Settings, template_note: str = "") -> str:
     base = f"http://{settings.api_host}:{settings.api_port}/api/v1"
     key, account_id = demo["key"], demo["account_id"]
     lead_ids, phones = demo["lead_ids"], demo["lead_phones"]
@@ -78,6 +122,20 @@ FlowIQ: send a text by phone number and get Meta's wamid back (key shown once: {
   curl -X POST "http://{settings.api_host}:{settings.api_port}/send-whatsapp?tenantId={demo["org"]}" \\
     -H "Authorization: Bearer {demo["fiq_key"]}" -H "Content-Type: application/json" \\
     -d '{{"phone_number": "{phones[0]}", "message_type": "text", "text": "Hello from the FlowIQ API!"}}'
+
+{template_note}
+Send that template to the first lead (templates also reach leads whose 24-hour window is closed):
+  curl -X POST {base}/whatsapp/send-template -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \
+    -d '{{"leadId": "{lead_ids[0]}", "whatsappAccountId": "{account_id}",
+         "template": {{"name": "{DEMO_TEMPLATE["name"]}", "language": "en_US",
+                      "components": {_template_components("subType")}}}}}'
+
+FlowIQ: the same template by phone number (Meta's own component names):
+  curl -X POST "http://{settings.api_host}:{settings.api_port}/send-whatsapp?tenantId={demo["org"]}" \
+    -H "Authorization: Bearer {demo["fiq_key"]}" -H "Content-Type: application/json" \
+    -d '{{"phone_number": "{phones[1]}", "message_type": "template",
+         "template": {{"name": "{DEMO_TEMPLATE["name"]}", "language": "en_US",
+                      "components": {_template_components("sub_type")}}}}}'
 
 Follow a message (use the messageId from the answer):
   curl {base}/whatsapp/messages/<messageId> -H "Authorization: Bearer {key}"

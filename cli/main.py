@@ -193,7 +193,7 @@ def sandbox(
 )
 def demo(as_json: bool, walkthrough: bool) -> None:
     """Create a demo organization, key, connected account and two leads; print curl commands."""
-    from cli.demo import create_demo, curl_examples, walk_through
+    from cli.demo import create_demo, curl_examples, register_demo_template, walk_through
 
     try:
         data = create_demo()
@@ -205,7 +205,8 @@ def demo(as_json: bool, walkthrough: bool) -> None:
         except Exception as exc:
             raise click.ClickException(f"walkthrough stopped: {exc} (is `wadispatch run` going?)") from exc
         return
-    click.echo(json.dumps(data, indent=2) if as_json else curl_examples(data, get_settings()))
+    note = register_demo_template(get_settings())
+    click.echo(json.dumps(data, indent=2) if as_json else curl_examples(data, get_settings(), note))
 
 
 @cli.command()

@@ -88,9 +88,11 @@ def test_admin_commands_build_a_sendable_tenant(stack, org_slug):
 def test_demo_prints_curl_commands_that_work(live, sandbox):
     result = wadispatch("demo", env=live.env)
     assert result.returncode == 0, result.stderr
+    assert "The sandbox now holds template viewing_reminder" in result.stdout
     commands = re.findall(r"^  (curl .*?)(?=\n\n|\n[A-Z]|\Z)", result.stdout, flags=re.S | re.M)
     send_commands = [c for c in commands if "/whatsapp/send" in c]
-    assert len(send_commands) == 2 and any("/whatsapp/accounts" in c for c in commands)
+    assert len(send_commands) == 3 and any("/whatsapp/accounts" in c for c in commands)
+    assert "/whatsapp/send-template" in send_commands[2]
     account_list = subprocess.run(["bash", "-c", commands[0]], capture_output=True, text=True, timeout=30)
     assert json.loads(account_list.stdout)["data"][0]["status"] == "connected"
     message_ids = []
@@ -111,10 +113,13 @@ def test_demo_prints_curl_commands_that_work(live, sandbox):
             assert time.monotonic() < deadline, data
             time.sleep(0.2)
     assert key.startswith("fe_k_")
-    flowiq = next(c for c in commands if "/send-whatsapp" in c)
-    answer = json.loads(subprocess.run(["bash", "-c", flowiq], capture_output=True, text=True, timeout=30).stdout)
-    assert answer["success"] is True and answer["data"]["message_id"].startswith("wamid.")
-    message_ids.append(answer["data"]["message_id"])
+    flowiq_commands = [c for c in commands if "/send-whatsapp" in c]
+    assert len(flowiq_commands) == 2 and '"message_type": "template"' in flowiq_commands[1]
+    for flowiq in flowiq_commands:
+        out = subprocess.run(["bash", "-c", flowiq], capture_output=True, text=True, timeout=30).stdout
+        answer = json.loads(out)
+        assert answer["success"] is True and answer["data"]["message_id"].startswith("wamid."), answer
+        message_ids.append(answer["data"]["message_id"])
     received = sandbox.received("100000000000001")
     ours = {m["body"]["biz_opaque_callback_data"] for m in received} | {m["wamid"] for m in received}
     assert set(message_ids) <= ours
