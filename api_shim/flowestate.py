@@ -202,7 +202,9 @@ class SendTemplateIn(BaseModel):
         try:
             return template_from_flowestate(value)
         except TemplateInputError as error:
-            raise field_rule_error(error.problem.field or "template", error.problem.rule) from None
+            if not error.problem.field:
+                raise ValueError(error.problem.rule) from None  # about `template` itself
+            raise field_rule_error(error.problem.field, error.problem.rule) from None
 
     def to_outbound(self) -> AnyOutbound:
         return TemplateMessage(template=self.template)

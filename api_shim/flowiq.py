@@ -354,9 +354,9 @@ def _load_outcome(message_id: uuid.UUID) -> _Outcome:
             ).where(Message.id == message_id)
         ).one()
     outcome = _Outcome(*row)
-    if outcome.meta_error_code is None and outcome.error_code and outcome.error_code.isdigit():
-        # Failed with Meta's code but without a call of its own (a template Meta had just called
-        # paused or disabled fails fast): the code is Meta's all the same.
+    if outcome.error_code and outcome.error_code.isdigit():
+        # The message's own code is Meta's: it wins over the last attempt's, which may be an earlier
+        # try's (a throttled attempt, then a fast failure of a template Meta had just called paused).
         outcome = dataclasses.replace(outcome, meta_error_code=int(outcome.error_code))
     return outcome
 

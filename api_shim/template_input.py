@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from api_shim.errors import rule_of
-from models.templates import Template
+from models.templates import HEADER_PARAMETER_TYPE, Template
 
 # Canonical (Meta's) field name → FlowEstate's, where they differ.
 FLOWESTATE_NAMES: Mapping[str, str] = {
@@ -61,6 +61,9 @@ def problem_of(error: ErrorDetails, names: Mapping[str, str] | None = None) -> T
         rule = found["rule"]
     if error["type"] == "extra_forbidden":
         rule = "is not a field here"
+    elif error["type"] == HEADER_PARAMETER_TYPE:
+        path = f"{path}.type" if path else "type"
+        rule = "a header parameter is text, image, video or document"
     elif error["type"] in ("union_tag_invalid", "union_tag_not_found"):
         # The `type` that picks a component's or parameter's shape is missing or unknown.
         expected = str(error.get("ctx", {}).get("expected_tags", ""))

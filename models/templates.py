@@ -27,8 +27,8 @@ BUTTONS_MAX = 10
 MEDIA_LINK_MAX = 2048
 # Meta refuses a body parameter with a new line, a tab, or more than three spaces in a row.
 _BODY_FORBIDDEN = re.compile(r"[\n\t]| {4,}")
-_LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?$")
-_NAME = re.compile(r"^[a-z0-9_]+$")
+_LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
+_NAME = re.compile(r"[a-z0-9_]+")
 
 
 class _Strict(BaseModel):
@@ -51,7 +51,7 @@ class TextParameter(_Strict):
 class Currency(_Strict):
     fallback_value: str = Field(min_length=1, max_length=BODY_PARAMETER_MAX)
     code: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217")
-    amount_1000: int = Field(description="the amount times 1000")
+    amount_1000: int = Field(strict=True, description="the amount times 1000")
 
 
 class CurrencyParameter(_Strict):
@@ -102,16 +102,25 @@ class MediaParameter(_Strict):
 BodyParameter = Annotated[TextParameter | CurrencyParameter | DateTimeParameter, Field(discriminator="type")]
 
 
-def _header_parameter_kind(value: Any) -> str:
-    # Text, or else a media parameter (whose own `type` says which and is checked there), so an
-    # error names the one shape the parameter was meant to have.
+HEADER_PARAMETER_TYPE = "header_parameter_type"
+
+
+def _header_parameter_kind(value: Any) -> str | None:
+    # Text or media (whose own `type` says which, checked there); anything else is refused with
+    # one error naming every kind a header takes.
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return "text" if kind == "text" else "media"
+    if kind == "text":
+        return "text"
+    return "media" if kind in ("image", "video", "document") else None
 
 
 HeaderParameter = Annotated[
     Annotated[TextParameter, Tag("text")] | Annotated[MediaParameter, Tag("media")],
-    Discriminator(_header_parameter_kind),
+    Discriminator(
+        _header_parameter_kind,
+        custom_error_type=HEADER_PARAMETER_TYPE,
+        custom_error_message="type: a header parameter is text, image, video or document",
+    ),
 ]
 
 
@@ -168,7 +177,7 @@ ButtonParameter = Annotated[PayloadParameter | UrlSuffixParameter | CouponParame
 class ButtonComponent(_Strict):
     type: Literal["button"] = "button"
     sub_type: Literal["quick_reply", "url", "copy_code"]
-    index: int = Field(ge=0, le=BUTTONS_MAX - 1)
+    index: int = Field(strict=True, ge=0, le=BUTTONS_MAX - 1)
     parameters: list[ButtonParameter] = Field(min_length=1, max_length=1)
 
     _EXPECTED: ClassVar[dict[str, str]] = {"quick_reply": "payload", "url": "text", "copy_code": "coupon_code"}
@@ -192,22 +201,25 @@ class Template(_Strict):
     @field_validator("name")
     @classmethod
     def _template_name(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not _NAME.fullmatch(value):
             raise ValueError("must be lowercase letters, digits and underscores, as Meta names templates")
         return value
 
     @field_validator("language", mode="before")
     @classmethod
     def _code_of_metas_shape(cls, value: Any) -> Any:
-        # Meta's own body writes {"code": "en_US"}: take that as well as the bare code.
-        if isinstance(value, dict) and set(value) == {"code"}:
+        # Meta's own body writes {"code": "en_US"} (with "policy": "deterministic" in older examples):
+        # take that as well as the bare code.
+        if isinstance(value, dict) and "code" in value and value.keys() <= {"code", "policy"}:
+            if value.get("policy", "deterministic") != "deterministic":
+                raise ValueError('policy: Meta knows only "deterministic"')
             return value["code"]
         return value
 
     @field_validator("language")
     @classmethod
     def _language_code(cls, value: str) -> str:
-        if not _LANGUAGE.match(value):
+        if not _LANGUAGE.fullmatch(value):
             raise ValueError('must be a language code such as "en_US", "pt_BR" or "es"')
         return value
 

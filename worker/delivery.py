@@ -495,15 +495,15 @@ class Delivery:
             assert isinstance(error, Final | Retryable)
             outcome = Outcome.FAILED
 
-            if isinstance(error, TemplateUnusable):
-                self._remember_unusable(claim, stored)
-
             def write(session: Session) -> bool:
                 if error.code == MARKETING_OPT_OUT_CODE:
                     account_state.mark_marketing_opt_out(session, claim.contact_id)
                 return lifecycle.record_failed(session, claim, stored, called=True)
 
         written = run_in_transaction(write, patience_s=patience)
+        if written and isinstance(error, TemplateUnusable):
+            # After the write: a slow Redis here must not eat the lease the answer's write needs.
+            self._remember_unusable(claim, stored)
         log.info(
             "message %s attempt %d: %s (%s %s)",
             claim.message_id,

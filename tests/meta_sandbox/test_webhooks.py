@@ -136,10 +136,7 @@ def test_outside_the_window_free_form_fails_131047_and_a_template_does_not(stack
     hooks(webhook_url=receiver.url, enforce_window=True, sent_delay_s=0, delivered_delay_s=None)
     number = str(uuid.uuid4().int % 10**15)
     _send(stack, number, {})
-    template = {"type": "template", "template": {"name": "hello_world", "language": {"code": "en_US"}}}
-    _send(
-        stack, number, {"text": None, **template} if False else {"type": "template", "template": template["template"]}
-    )
+    _send(stack, number, {"type": "template", "template": {"name": "hello_world", "language": {"code": "en_US"}}})
     receiver.wait(2)
     by_status = {s["status"]: s for s in receiver.statuses()}
     assert by_status["failed"]["errors"][0]["code"] == 131047 and "sent" in by_status
