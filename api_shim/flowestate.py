@@ -110,13 +110,11 @@ class MediaIn(BaseModel):
         return value
 
 
-class SendIn(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"description": "One ad-hoc WhatsApp message to one lead."})
+class _LeadSend(BaseModel):
+    """What every send to a lead has: the lead, the sending account, and only storable strings."""
 
     leadId: uuid.UUID = Field(description="The lead to message; must belong to your organization.")
     whatsappAccountId: uuid.UUID = Field(description="The sending account id, from GET /whatsapp/accounts.")
-    message: str = Field(min_length=1, max_length=TEXT_MAX, description="1..4096 chars; the caption when media is set.")
-    media: MediaIn | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -125,6 +123,13 @@ class SendIn(BaseModel):
         if problem := first_unstorable(data):
             raise field_rule_error(problem.field, problem.rule)
         return data
+
+
+class SendIn(_LeadSend):
+    model_config = ConfigDict(json_schema_extra={"description": "One ad-hoc WhatsApp message to one lead."})
+
+    message: str = Field(min_length=1, max_length=TEXT_MAX, description="1..4096 chars; the caption when media is set.")
+    media: MediaIn | None = None
 
     @model_validator(mode="after")
     def _caption_fits(self) -> SendIn:
@@ -153,7 +158,7 @@ class SendIn(BaseModel):
         )
 
 
-class SendTemplateIn(BaseModel):
+class SendTemplateIn(_LeadSend):
     model_config = ConfigDict(
         json_schema_extra={
             "description": "One approved template to one lead (Meta delivers it outside the 24-hour window).",
@@ -177,8 +182,6 @@ class SendTemplateIn(BaseModel):
         }
     )
 
-    leadId: uuid.UUID = Field(description="The lead to message; must belong to your organization.")
-    whatsappAccountId: uuid.UUID = Field(description="The sending account id, from GET /whatsapp/accounts.")
     template: Annotated[Template, WithJsonSchema(flowestate_template_schema())] = Field(
         description=(
             "name, language (e.g. en_US) and components in Meta's shape with camelCase field names: header "
@@ -188,13 +191,6 @@ class SendTemplateIn(BaseModel):
             "url + text suffix <=2000, copy_code + couponCode <=15; index 0-9; at most 10)"
         )
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _storable(cls, data: Any) -> Any:
-        if problem := first_unstorable(data):
-            raise field_rule_error(problem.field, problem.rule)
-        return data
 
     @field_validator("template", mode="before")
     @classmethod
