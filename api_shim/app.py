@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from api_shim import flowestate, flowiq, health, media_route, meta_webhooks
+from api_shim import flowestate_batch as _flowestate_batch  # noqa: F401  (its route joins flowestate.router)
 from api_shim import flowestate_history as _flowestate_history  # noqa: F401  (its routes join flowestate.router)
 from api_shim import flowiq_lookup as _flowiq_lookup  # noqa: F401  (its route joins flowiq.router)
 from api_shim.errors import install_flowestate_handlers
@@ -54,7 +55,10 @@ def create_app() -> FastAPI:
     async def _flowiq_error(_: Request, exc: FlowIQError) -> JSONResponse:
         return exc.response()
 
-    app.add_middleware(RequestGuard, max_body_bytes=get_settings().max_body_bytes)
+    settings = get_settings()
+    app.add_middleware(
+        RequestGuard, max_body_bytes=settings.max_body_bytes, max_batch_body_bytes=settings.max_batch_body_bytes
+    )
     app.include_router(health.router)
     app.include_router(flowestate.router)
     app.include_router(flowiq.router)

@@ -48,7 +48,8 @@ def lookup_key(session: Session, key: str) -> tuple[ApiKey, Organization] | None
     return row[0], row[1]
 
 
-def authenticate_flowestate(session: Session, request: Request, scope: Scope) -> Caller:
+def authenticate_flowestate(session: Session, request: Request, scope: Scope, *, spends_unit: bool = True) -> Caller:
+    """``spends_unit``: the request costs one monthly unit (a batch pays per accepted message instead)."""
     key = bearer_token(request)
     if key is None:
         raise ApiError(ErrorCode.UNAUTHORIZED, "Missing API key: send 'Authorization: Bearer fe_k_...'")
@@ -63,7 +64,7 @@ def authenticate_flowestate(session: Session, request: Request, scope: Scope) ->
     if scope not in api_key.scopes:
         raise ApiError(ErrorCode.FORBIDDEN, f"This API key lacks the '{scope}' scope")
     try:
-        charge(session, request, api_key, org)
+        charge(session, request, api_key, org, spends_unit=spends_unit)
     except UsageRefused as refused:
         raise ApiError(refused.code, refused.message) from None
     return Caller(
@@ -72,7 +73,12 @@ def authenticate_flowestate(session: Session, request: Request, scope: Scope) ->
 
 
 def authenticate_flowiq(
-    session: Session, request: Request, tenant_id: str | None, scope: Scope = Scope.WRITE
+    session: Session,
+    request: Request,
+    tenant_id: str | None,
+    scope: Scope = Scope.WRITE,
+    *,
+    spends_unit: bool = True,
 ) -> Caller:
     """The seed's rules: only ``fiq_`` keys, and the key must belong to the ``tenantId`` organization."""
     key = bearer_token(request)
@@ -98,7 +104,7 @@ def authenticate_flowiq(
     if scope not in api_key.scopes:
         raise FlowIQError(403, "Forbidden", f"This API key lacks the '{scope}' scope")
     try:
-        charge(session, request, api_key, org)
+        charge(session, request, api_key, org, spends_unit=spends_unit)
     except UsageRefused as refused:
         title = "Rate limit exceeded" if refused.code == ErrorCode.RATE_LIMITED else "Quota exceeded"
         raise FlowIQError(429, title, refused.message, code=refused.code.value) from None
@@ -114,7 +120,7 @@ class UsageRefused(Exception):
         self.message = message
 
 
-def charge(session: Session, request: Request, api_key: ApiKey, org: Organization) -> None:
+def charge(session: Session, request: Request, api_key: ApiKey, org: Organization, *, spends_unit: bool = True) -> None:
     """Apply the key's request rate and the organization's monthly quota; commits the unit spent.
 
     The X-RateLimit-* headers go on whatever answer this request gets."""
@@ -123,7 +129,7 @@ def charge(session: Session, request: Request, api_key: ApiKey, org: Organizatio
     request.state.rate_headers = rate.headers()
     if not rate.allowed:
         raise UsageRefused(ErrorCode.RATE_LIMITED, f"More than {limit} requests a minute with this key; slow down")
-    used = spend_unit(session, org.id, org.monthly_quota)
+    used = spend_unit(session, org.id, org.monthly_quota) if spends_unit else 0
     if used is None:
         raise UsageRefused(
             ErrorCode.QUOTA_EXCEEDED,

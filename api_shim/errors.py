@@ -4,6 +4,7 @@ one envelope ``{"error": {"code": ..., "message": ...}}``."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -141,7 +142,12 @@ def rule_of(error: dict[str, Any]) -> str:
 
 
 def validation_problems(exc: RequestValidationError) -> list[FieldProblem]:
-    return [FieldProblem(field=_field_name(e), rule=rule_of(e)) for e in exc.errors()]
+    return problems_of(exc.errors())
+
+
+def problems_of(errors: Sequence[Any]) -> list[FieldProblem]:
+    """pydantic's errors as the surface names them: one field and its rule each."""
+    return [FieldProblem(field=_field_name(dict(e)), rule=rule_of(dict(e))) for e in errors]
 
 
 def install_flowestate_handlers(app: FastAPI, prefix: str) -> None:

@@ -400,30 +400,18 @@ def _check_and_persist(body: SendBody, session: Session, caller: Caller, idempot
         .join(Organization, Organization.id == Contact.org_id)
         .where(Contact.id == body.leadId, Contact.org_id == caller.org_id)
     ).one_or_none()
-    if found is None:
-        raise ApiError(ErrorCode.NOT_FOUND, "Lead not found")
-    lead, window_policy, db_now = found
-    if lead.opted_out_at is not None:
-        raise ApiError(ErrorCode.OPTED_OUT, "The lead opted out of WhatsApp and cannot be messaged")
     account = session.scalars(
         select(WhatsappAccount).where(
             WhatsappAccount.id == body.whatsappAccountId, WhatsappAccount.org_id == caller.org_id
         )
     ).one_or_none()
-    if account is None or account.status != AccountStatus.CONNECTED or not account.meta_phone_number_id:
-        raise ApiError(ErrorCode.ACCOUNT_UNAVAILABLE, "The WhatsApp account was not found or is not connected")
-    if not is_valid_e164(lead.phone_e164) or not lead.wa_id:
-        raise ApiError(ErrorCode.BAD_REQUEST, "The lead has no valid phone number")
     message = body.to_outbound()
-    closed = window_refusal(
-        window_policy,
-        message,
-        last_inbound_at=lead.last_inbound_at,
-        now=db_now,
-        window_h=get_settings().service_window_h,
-    )
-    if closed is not None:
-        raise ApiError(ErrorCode.OUTSIDE_SERVICE_WINDOW, closed.describe())
+    if found is None:
+        raise ApiError(ErrorCode.NOT_FOUND, "Lead not found")
+    lead, window_policy, db_now = found
+    if refusal := send_refusal(lead, account, message, window_policy=window_policy, now=db_now):
+        raise refusal
+    assert account is not None
     return persist_message(
         session,
         org_id=caller.org_id,
@@ -433,6 +421,24 @@ def _check_and_persist(body: SendBody, session: Session, caller: Caller, idempot
         source=SourceApi.FLOWESTATE,
         idempotency_key=idempotency_key,
     )
+
+
+def send_refusal(
+    lead: Contact | None, account: WhatsappAccount | None, message: AnyOutbound, *, window_policy: str, now: datetime
+) -> ApiError | None:
+    """Why a send to ``lead`` from ``account`` is refused, in the order the checks are documented."""
+    if lead is None:
+        return ApiError(ErrorCode.NOT_FOUND, "Lead not found")
+    if lead.opted_out_at is not None:
+        return ApiError(ErrorCode.OPTED_OUT, "The lead opted out of WhatsApp and cannot be messaged")
+    if account is None or account.status != AccountStatus.CONNECTED or not account.meta_phone_number_id:
+        return ApiError(ErrorCode.ACCOUNT_UNAVAILABLE, "The WhatsApp account was not found or is not connected")
+    if not is_valid_e164(lead.phone_e164) or not lead.wa_id:
+        return ApiError(ErrorCode.BAD_REQUEST, "The lead has no valid phone number")
+    closed = window_refusal(
+        window_policy, message, last_inbound_at=lead.last_inbound_at, now=now, window_h=get_settings().service_window_h
+    )
+    return ApiError(ErrorCode.OUTSIDE_SERVICE_WINDOW, closed.describe()) if closed is not None else None
 
 
 @router.get(

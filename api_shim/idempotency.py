@@ -190,6 +190,12 @@ def record_message(session: Session, claim: Claim, message_id: uuid.UUID) -> Non
     session.execute(_RECORD, {"p_id": claim.row_id, "p_message_id": message_id, "p_status": None, "p_body": None})
 
 
+def record_answer(session: Session, claim: Claim, status: int, body: dict[str, Any]) -> None:
+    """The key now answers with this body (a batch's results), committed by the caller together
+    with the messages it lists; replayed for the same key and body."""
+    session.execute(_RECORD, {"p_id": claim.row_id, "p_message_id": None, "p_status": status, "p_body": body})
+
+
 def keep_refusal(session: Session, claim: Claim, status: int, body: dict[str, Any]) -> None:
     """End the transaction of a request refused before any message existed.
 

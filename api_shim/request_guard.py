@@ -36,9 +36,11 @@ class RequestGuard:
     """ASGI middleware: body size cap (also for bodies without Content-Length), JSON content type,
     JSON nesting depth, and rate-limit headers from ``scope["state"]["rate_headers"]``."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_batch_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # A batch of up to 1,000 messages needs room a single send does not.
+        self.max_batch_body_bytes = max_batch_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,9 +50,10 @@ class RequestGuard:
         method: str = scope["method"]
         headers = {k.decode().lower(): v.decode(errors="replace") for k, v in scope["headers"]}
         if method in ("POST", "PUT", "PATCH") and path.startswith(GUARDED_PREFIXES):
+            limit = self.max_batch_body_bytes if path.endswith("/batch") else self.max_body_bytes
             length = headers.get("content-length", "")
-            if length.isdigit() and int(length) > self.max_body_bytes:
-                await _reply(send, *_refusal(path, ErrorCode.PAYLOAD_TOO_LARGE, self._too_large()))
+            if length.isdigit() and int(length) > limit:
+                await _reply(send, *_refusal(path, ErrorCode.PAYLOAD_TOO_LARGE, _too_large(limit)))
                 return
             content_type = headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type != "application/json":
@@ -59,11 +62,11 @@ class RequestGuard:
                 return
             # The whole (capped) body first: its nesting is checked before any parser sees it.
             try:
-                body = await self._read_capped(receive)
+                body = await _read_capped(receive, limit)
             except _ClientLeft:
                 return  # nobody to answer, and a partial body must not be acted on
             if body is None:
-                await _reply(send, *_refusal(path, ErrorCode.PAYLOAD_TOO_LARGE, self._too_large()))
+                await _reply(send, *_refusal(path, ErrorCode.PAYLOAD_TOO_LARGE, _too_large(limit)))
                 return
             if nests_deeper_than(body):
                 await _reply(send, *_too_deep(path))
@@ -80,25 +83,27 @@ class RequestGuard:
 
         await self.app(scope, receive, send_with_headers)
 
-    def _too_large(self) -> str:
-        return f"the body is larger than {self.max_body_bytes} bytes"
 
-    async def _read_capped(self, receive: Receive) -> bytes | None:
-        """The request body, or None once it passes the cap (also without a Content-Length)."""
-        chunks: list[bytes] = []
-        seen = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                raise _ClientLeft
-            chunk = message.get("body", b"")
-            seen += len(chunk)
-            if seen > self.max_body_bytes:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
+def _too_large(limit: int) -> str:
+    return f"the body is larger than {limit} bytes"
+
+
+async def _read_capped(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None once it passes ``limit`` (also without a Content-Length)."""
+    chunks: list[bytes] = []
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _ClientLeft
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
 
 
 class _ClientLeft(Exception):

@@ -1,8 +1,9 @@
 """What an authenticated request costs: the key's request rate, the organization's monthly units.
 
 - Rate: a GCRA per API key in Redis (one Lua call, Redis TIME), answering the X-RateLimit-* values.
-- Quota: one unit per request, counted in Postgres with an upsert that only increments while the
-  organization is under its quota, so 200 concurrent requests count exactly and never overshoot.
+- Quota: one unit per request (a batch: one per accepted message), counted in Postgres with an
+  upsert that only increments while the organization is under its quota, so 200 concurrent
+  requests count exactly and never overshoot.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from functools import lru_cache
 from typing import cast
 
 import redis
-from sqlalchemy import BigInteger, DateTime, String, Table, Uuid, bindparam, update
+from sqlalchemy import BigInteger, DateTime, String, Table, Uuid, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -104,6 +105,22 @@ def spend_unit(session: Session, org_id: uuid.UUID, quota: int) -> int | None:
     if quota <= 0:
         return None
     return session.scalar(_SPEND_UNIT, {"p_org_id": org_id, "p_month": current_month(), "p_quota": quota})
+
+
+def spend_units(session: Session, org_id: uuid.UUID, quota: int, wanted: int) -> int:
+    """Count up to ``wanted`` units of a batch (one per accepted message); returns how many the
+    quota allowed. The month's row stays locked until the caller's transaction ends, so
+    concurrent batches and single sends count exactly."""
+    if quota <= 0 or wanted <= 0:
+        return 0
+    key = {"org_id": org_id, "month": current_month()}
+    session.execute(pg_insert(_org_usage).values(**key, used=0).on_conflict_do_nothing())
+    where = (_org_usage.c.org_id == org_id, _org_usage.c.month == key["month"])
+    used = session.scalar(select(_org_usage.c.used).where(*where).with_for_update()) or 0
+    granted = max(0, min(wanted, quota - used))
+    if granted:
+        session.execute(update(_org_usage).where(*where).values(used=used + granted))
+    return granted
 
 
 def touch_key(session: Session, key_id: uuid.UUID, last_used_at: datetime | None) -> None:

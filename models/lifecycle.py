@@ -202,6 +202,68 @@ def accept(session: Session, params: dict[str, Any]) -> None:
     session.execute(_ACCEPT, params)
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """One message of a batch, checked and ready to be stored as ``queued``."""
+
+    message_id: uuid.UUID
+    account_id: uuid.UUID
+    contact_id: uuid.UUID
+    message_type: str
+    payload: dict[str, Any]
+    preview: str
+
+
+def accept_many(session: Session, org_id: uuid.UUID, source: str, batch: list[Accepted]) -> None:
+    """Intake of a batch in two statements: each conversation's latest entry (the batch's last
+    message to it), then every message as ``queued``, in batch order (so ``seq`` keeps the order
+    of a conversation's messages). The caller commits, then enqueues."""
+    if not batch:
+        return
+    latest = {(m.account_id, m.contact_id): m for m in batch}
+    upsert = pg_insert(_conversations).values(
+        [
+            {
+                "org_id": org_id,
+                "account_id": m.account_id,
+                "contact_id": m.contact_id,
+                "last_message_id": m.message_id,
+                "last_message_at": func.now(),
+                "last_message_preview": m.preview,
+                "last_message_status": ACCEPTED.value,
+            }
+            for m in latest.values()
+        ]
+    )
+    latest_entry = upsert.on_conflict_do_update(
+        constraint="uq_conversation_account_contact",
+        set_={
+            name: upsert.excluded[name]
+            for name in ("last_message_id", "last_message_at", "last_message_preview", "last_message_status")
+        },
+    ).returning(_conversations.c.id, _conversations.c.account_id, _conversations.c.contact_id)
+    conversation_of = {(row.account_id, row.contact_id): row.id for row in session.execute(latest_entry)}
+    session.execute(
+        insert(_messages).values(
+            [
+                {
+                    "id": m.message_id,
+                    "org_id": org_id,
+                    "conversation_id": conversation_of[(m.account_id, m.contact_id)],
+                    "account_id": m.account_id,
+                    "contact_id": m.contact_id,
+                    "message_type": m.message_type,
+                    "payload": m.payload,
+                    "status": ACCEPTED.value,
+                    "source_api": source,
+                    "enqueued_at": func.now(),
+                }
+                for m in batch
+            ]
+        )
+    )
+
+
 # ---- claim --------------------------------------------------------------------------------
 
 

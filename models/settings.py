@@ -121,6 +121,8 @@ class Settings(BaseSettings):
     # The API's own limits (per API key and per organization).
     rate_limit_per_minute: int = Field(default=600, ge=1, description="requests per minute per key")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # A batch request (up to 1,000 messages) may be this large.
+    max_batch_body_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     idempotency_ttl_h: int = Field(default=24, ge=1)
 
     # FlowIQ's /send-whatsapp answers with the wamid: how long it waits for the worker before a 202.

@@ -1,0 +1,214 @@
+"""FlowEstate ``POST /api/v1/whatsapp/send/batch``: up to 1,000 sends in one request.
+
+Each item is the body of ``/whatsapp/send`` and is checked exactly like one (the same validation,
+the same pre-checks, the same errors); the answer lists, in request order, each item's messageId
+or its error. One monthly unit per accepted message. The accepted ones are stored in a few
+statements (the leads and accounts looked up once, the quota counted once, the messages written
+by ``lifecycle.accept_many``), committed together, then handed to the broker in one pipeline.
+An Idempotency-Key covers the whole batch: the same key and body get the same answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated, Any, TypeVar, cast
+
+from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError, WithJsonSchema
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api_shim import idempotency
+from api_shim.auth import Caller, authenticate_flowestate
+from api_shim.errors import ApiError, ErrorBody, ErrorCode, error_responses, problems_of
+from api_shim.flowestate import (
+    AUTH_ERRORS,
+    REQUEST_ERRORS,
+    IdempotencyHeader,
+    SendIn,
+    SendOut,
+    router,
+    send_refusal,
+)
+from api_shim.usage import current_month, spend_units
+from models import lifecycle
+from models.db import get_sessionmaker
+from models.enums import Scope, SourceApi
+from models.outbound import as_json, preview_of
+from models.settings import get_settings
+from models.tables import Contact, Organization, WhatsappAccount
+from worker.celery_app import enqueue_sends
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 1000
+KEY_REUSED = "This Idempotency-Key was used with a different body"
+
+
+class BatchIn(BaseModel):
+    # Items are checked one by one (a bad item is that item's error, not the whole batch's).
+    messages: list[Annotated[Any, WithJsonSchema({"$ref": "#/components/schemas/SendIn"})]] = Field(
+        min_length=1, max_length=BATCH_MAX, description=f"1..{BATCH_MAX} bodies of POST /whatsapp/send"
+    )
+
+
+class ItemError(BaseModel):
+    error: ErrorBody
+
+
+class BatchOut(BaseModel):
+    results: list[SendOut | ItemError] = Field(description="One per item, in request order")
+
+
+def _authenticated_batch_writer(request: Request) -> tuple[Session, Caller]:
+    session = get_sessionmaker()()
+    try:
+        # The request itself costs no unit: each accepted message does.
+        return session, authenticate_flowestate(session, request, Scope.WRITE, spends_unit=False)
+    except BaseException:
+        session.close()
+        raise
+
+
+@router.post(
+    "/send/batch",
+    response_model=BatchOut,
+    responses=error_responses(
+        ErrorCode.VALIDATION_ERROR,
+        ErrorCode.IDEMPOTENCY_KEY_REUSED,
+        ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS,
+        *REQUEST_ERRORS,
+        *AUTH_ERRORS,
+    ),
+)
+async def send_batch(
+    body: BatchIn,
+    writer: Annotated[tuple[Session, Caller], Depends(_authenticated_batch_writer)],
+    idempotency_key: IdempotencyHeader = None,
+) -> JSONResponse:
+    """Scope `whatsapp:write`. Queue up to 1,000 messages; each item is a /whatsapp/send body and is
+    checked like one. 200 with one result per item, in order: `{"messageId"}` or `{"error": {"code",
+    "message"}}` (the codes of /whatsapp/send, and QUOTA_EXCEEDED for items past the monthly quota).
+    """
+    session, caller = writer
+    try:
+        answer, accepted = await run_in_threadpool(_check_and_persist, session, caller, body, idempotency_key)
+    finally:
+        session.close()
+    if accepted:
+        await run_in_threadpool(_hand_over, accepted)
+    return answer
+
+
+def _check_and_persist(
+    session: Session, caller: Caller, body: BatchIn, idempotency_key: str | None
+) -> tuple[JSONResponse, list[uuid.UUID]]:
+    taken: idempotency.Claim | None = None
+    if idempotency_key is not None:
+        claimed = _take_key(session, caller, body, idempotency_key)
+        if isinstance(claimed, idempotency.Replay):
+            return JSONResponse(claimed.body, status_code=claimed.status), []
+        taken = claimed
+    results, accepted = _check_items(session, caller, body.messages)
+    answer = {"results": results}
+    if taken is not None:
+        idempotency.record_answer(session, taken, 200, answer)
+    session.commit()
+    return JSONResponse(answer), [item.message_id for item in accepted]
+
+
+def _take_key(session: Session, caller: Caller, body: BatchIn, key: str) -> idempotency.Claim | idempotency.Replay:
+    try:
+        taken = idempotency.take(
+            session,
+            org_id=caller.org_id,
+            surface=SourceApi.FLOWESTATE,
+            key=key,
+            body={"batch": body.messages},
+            ttl_h=get_settings().idempotency_ttl_h,
+        )
+    except idempotency.KeyReused:
+        raise ApiError(ErrorCode.IDEMPOTENCY_KEY_REUSED, KEY_REUSED) from None
+    except idempotency.KeyInProgress:
+        raise ApiError(
+            ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS, "A request with this Idempotency-Key is still in progress"
+        ) from None
+    if isinstance(taken, idempotency.KeyOfMessage):
+        # The key answers for one message of a single send: not this batch.
+        raise ApiError(ErrorCode.IDEMPOTENCY_KEY_REUSED, KEY_REUSED)
+    return taken
+
+
+def _check_items(
+    session: Session, caller: Caller, items: list[Any]
+) -> tuple[list[dict[str, Any]], list[lifecycle.Accepted]]:
+    """Every item's answer, in order, and the accepted messages (written, not committed)."""
+    answers: list[dict[str, Any] | None] = [None] * len(items)
+    sends: dict[int, SendIn] = {}
+    for n, item in enumerate(items):
+        try:
+            sends[n] = SendIn.model_validate(item)
+        except ValidationError as exc:
+            problems = problems_of(exc.errors())
+            summary = "; ".join(f"{p.field}: {p.rule}" for p in problems)
+            answers[n] = _error(ApiError(ErrorCode.VALIDATION_ERROR, summary, problems))
+    leads = _by_id(session, Contact, caller.org_id, {s.leadId for s in sends.values()})
+    accounts = _by_id(session, WhatsappAccount, caller.org_id, {s.whatsappAccountId for s in sends.values()})
+    org = session.execute(
+        select(Organization.window_policy, Organization.monthly_quota, func.now().label("now")).where(
+            Organization.id == caller.org_id
+        )
+    ).one()
+    ready: list[tuple[int, lifecycle.Accepted]] = []
+    for n, send in sends.items():
+        lead, account, message = leads.get(send.leadId), accounts.get(send.whatsappAccountId), send.to_outbound()
+        if refusal := send_refusal(lead, account, message, window_policy=org.window_policy, now=org.now):
+            answers[n] = _error(refusal)
+            continue
+        assert lead is not None and account is not None
+        accepted = lifecycle.Accepted(
+            message_id=uuid.uuid4(),
+            account_id=account.id,
+            contact_id=lead.id,
+            message_type=message.type,
+            payload=as_json(message),
+            preview=preview_of(message),
+        )
+        ready.append((n, accepted))
+    granted = spend_units(session, caller.org_id, org.monthly_quota, len(ready))
+    over = f"The organization used its {org.monthly_quota} units for {current_month()}; it resets next month (UTC)"
+    for n, _ in ready[granted:]:
+        answers[n] = _error(ApiError(ErrorCode.QUOTA_EXCEEDED, over))
+    stored = [accepted for _, accepted in ready[:granted]]
+    lifecycle.accept_many(session, caller.org_id, SourceApi.FLOWESTATE.value, stored)
+    for n, accepted in ready[:granted]:
+        answers[n] = {"messageId": str(accepted.message_id)}
+    assert all(answer is not None for answer in answers)
+    return cast(list[dict[str, Any]], answers), stored
+
+
+Row = TypeVar("Row", Contact, WhatsappAccount)
+
+
+def _by_id(session: Session, table: type[Row], org_id: uuid.UUID, ids: set[uuid.UUID]) -> dict[uuid.UUID, Row]:
+    """The organization's rows among ``ids``, in one query (another tenant's id is simply absent)."""
+    if not ids:
+        return {}
+    rows = session.scalars(select(table).where(table.id.in_(ids), table.org_id == org_id))
+    return {row.id: row for row in rows}
+
+
+def _error(error: ApiError) -> dict[str, Any]:
+    return error.envelope()
+
+
+def _hand_over(message_ids: list[uuid.UUID]) -> None:
+    """Enqueue a committed batch. If the broker is unreachable the messages stay accepted: they
+    are in Postgres as ``queued``, and the sweeper enqueues them once the broker is back."""
+    try:
+        enqueue_sends(message_ids)
+    except Exception:
+        log.warning("%d messages accepted but not enqueued (broker unreachable); the sweeper will", len(message_ids))
