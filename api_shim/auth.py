@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from api_shim.errors import ApiError, ErrorCode
 from api_shim.flowiq_errors import FlowIQError, invalid
 from api_shim.storable_text import text_rule
-from api_shim.usage import current_month, spend_unit, take_request, touch_key
+from api_shim.usage import quota_used_up, spend_unit, take_request, touch_key
 from models.enums import KeyKind, Scope
 from models.keys import hash_key
 from models.settings import get_settings
@@ -131,9 +131,6 @@ def charge(session: Session, request: Request, api_key: ApiKey, org: Organizatio
         raise UsageRefused(ErrorCode.RATE_LIMITED, f"More than {limit} requests a minute with this key; slow down")
     used = spend_unit(session, org.id, org.monthly_quota) if spends_unit else 0
     if used is None:
-        raise UsageRefused(
-            ErrorCode.QUOTA_EXCEEDED,
-            f"The organization used its {org.monthly_quota} units for {current_month()}; it resets next month (UTC)",
-        )
+        raise UsageRefused(ErrorCode.QUOTA_EXCEEDED, quota_used_up(org.monthly_quota))
     touch_key(session, api_key.id, api_key.last_used_at)
     session.commit()

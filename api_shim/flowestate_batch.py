@@ -33,14 +33,14 @@ from api_shim.flowestate import (
     router,
     send_refusal,
 )
-from api_shim.usage import current_month, spend_units
+from api_shim.intake import hand_batch_to_broker
+from api_shim.usage import quota_used_up, spend_units
 from models import lifecycle
 from models.db import get_sessionmaker
 from models.enums import Scope, SourceApi
 from models.outbound import as_json, preview_of
 from models.settings import get_settings
 from models.tables import Contact, Organization, WhatsappAccount
-from worker.celery_app import enqueue_sends
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ async def send_batch(
     finally:
         session.close()
     if accepted:
-        await run_in_threadpool(_hand_over, accepted)
+        await run_in_threadpool(hand_batch_to_broker, accepted)
     return answer
 
 
@@ -179,7 +179,7 @@ def _check_items(
         )
         ready.append((n, accepted))
     granted = spend_units(session, caller.org_id, org.monthly_quota, len(ready))
-    over = f"The organization used its {org.monthly_quota} units for {current_month()}; it resets next month (UTC)"
+    over = quota_used_up(org.monthly_quota)
     for n, _ in ready[granted:]:
         answers[n] = _error(ApiError(ErrorCode.QUOTA_EXCEEDED, over))
     stored = [accepted for _, accepted in ready[:granted]]
@@ -203,12 +203,3 @@ def _by_id(session: Session, table: type[Row], org_id: uuid.UUID, ids: set[uuid.
 
 def _error(error: ApiError) -> dict[str, Any]:
     return error.envelope()
-
-
-def _hand_over(message_ids: list[uuid.UUID]) -> None:
-    """Enqueue a committed batch. If the broker is unreachable the messages stay accepted: they
-    are in Postgres as ``queued``, and the sweeper enqueues them once the broker is back."""
-    try:
-        enqueue_sends(message_ids)
-    except Exception:
-        log.warning("%d messages accepted but not enqueued (broker unreachable); the sweeper will", len(message_ids))

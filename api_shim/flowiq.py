@@ -194,7 +194,7 @@ def _accept(
             session.commit()
             return accepted
         # The key and the message commit together (see api_shim/idempotency.py).
-        taken = _claim_idempotency(session, caller, idempotency_key, body)
+        taken = claim_idempotency(session, caller, idempotency_key, body)
         if isinstance(taken, idempotency.Replay):
             return taken
         if isinstance(taken, idempotency.KeyOfMessage):
@@ -211,7 +211,7 @@ def _accept(
         return accepted
 
 
-def _claim_idempotency(
+def claim_idempotency(
     session: Any, caller: Caller, key: str, body: Any
 ) -> idempotency.Claim | idempotency.KeyOfMessage | idempotency.Replay:
     if not key or len(key) > idempotency.MAX_KEY_LENGTH:
@@ -242,12 +242,27 @@ def _claim_idempotency(
 def _validate_and_persist(session: Any, caller: Caller, body: Any, idempotency_key: str | None) -> _Accepted:
     """The checks, then the message in the session's transaction; the caller commits."""
     send = parse_send(body)
-    account = _sending_account(session, caller)
+    account = sending_account(session, caller)
     contact = session.scalars(
-        select(Contact).where(Contact.org_id == caller.org_id, Contact.wa_id == send.wa_id).limit(1)
+        select(Contact)
+        .where(Contact.org_id == caller.org_id, Contact.wa_id == send.wa_id)
+        .order_by(Contact.created_at)  # the oldest where two share a number (as a batch picks)
+        .limit(1)
     ).first()
+    org = session.get(Organization, caller.org_id)  # loaded by sending_account: no round trip
+    if refusal := contact_refusal(contact, send, window_policy=org.window_policy, now=datetime.now(UTC)):
+        raise refusal
+    assert contact is not None
+    message_id = _persist(session, caller, account, contact, send, idempotency_key)
+    return _Accepted(message_id, send.wa_id, send.message_type, caller.org_name)
+
+
+def contact_refusal(
+    contact: Contact | None, send: FlowIQSend, *, window_policy: str, now: datetime
+) -> FlowIQError | None:
+    """Why ``send`` may not go to ``contact`` (the one found by its number), in the documented order."""
     if contact is None:
-        raise FlowIQError(
+        return FlowIQError(
             404,
             "Contact not found",
             f"No contact exists with WhatsApp number {send.wa_id}. "
@@ -255,22 +270,20 @@ def _validate_and_persist(session: Any, caller: Caller, body: Any, idempotency_k
             whatsapp_id=send.wa_id,
         )
     if contact.opted_out_at is not None:
-        raise FlowIQError(400, "Contact opted out", f"The contact {send.wa_id} opted out of WhatsApp messages")
-    org = session.get(Organization, caller.org_id)  # loaded by _sending_account: no round trip
+        return FlowIQError(400, "Contact opted out", f"The contact {send.wa_id} opted out of WhatsApp messages")
     closed = window_refusal(
-        org.window_policy,
+        window_policy,
         send.message,
         last_inbound_at=contact.last_inbound_at,
-        now=datetime.now(UTC),
+        now=now,
         window_h=get_settings().service_window_h,
     )
     if closed is not None:
-        raise FlowIQError(400, "Outside service window", closed.describe(), code="OUTSIDE_SERVICE_WINDOW")
-    message_id = _persist(session, caller, account, contact, send, idempotency_key)
-    return _Accepted(message_id, send.wa_id, send.message_type, caller.org_name)
+        return FlowIQError(400, "Outside service window", closed.describe(), code="OUTSIDE_SERVICE_WINDOW")
+    return None
 
 
-def _sending_account(session: Any, caller: Caller) -> WhatsappAccount:
+def sending_account(session: Any, caller: Caller) -> WhatsappAccount:
     org = session.get(Organization, caller.org_id)
     if org.whatsapp_provider != "meta":
         raise FlowIQError(

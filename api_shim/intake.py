@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from models import lifecycle
 from models.enums import SourceApi
 from models.outbound import AnyOutbound, as_json, preview_of
-from worker.celery_app import enqueue_send
+from worker.celery_app import enqueue_send, enqueue_sends
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,15 @@ def persist_message(
         },
     )
     return message_id
+
+
+def hand_batch_to_broker(message_ids: list[uuid.UUID]) -> None:
+    """Enqueue a committed batch in one pipeline; if the broker is unreachable the messages stay
+    accepted (``queued`` in Postgres) and the sweeper enqueues them once it is back."""
+    try:
+        enqueue_sends(message_ids)
+    except Exception:
+        log.warning("%d messages accepted but not enqueued (broker unreachable); the sweeper will", len(message_ids))
 
 
 def hand_to_broker(message_id: uuid.UUID) -> None:

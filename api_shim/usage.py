@@ -107,6 +107,10 @@ def spend_unit(session: Session, org_id: uuid.UUID, quota: int) -> int | None:
     return session.scalar(_SPEND_UNIT, {"p_org_id": org_id, "p_month": current_month(), "p_quota": quota})
 
 
+def quota_used_up(quota: int) -> str:
+    return f"The organization used its {quota} units for {current_month()}; it resets next month (UTC)"
+
+
 def spend_units(session: Session, org_id: uuid.UUID, quota: int, wanted: int) -> int:
     """Count up to ``wanted`` units of a batch (one per accepted message); returns how many the
     quota allowed. The month's row stays locked until the caller's transaction ends, so

@@ -3,14 +3,16 @@ single send, stored together, delivered by the real worker to the sandbox."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 from sqlalchemy import func, select, update
 
 from models.db import session_scope
+from models.enums import KeyKind
 from models.tables import Message, Organization, OrgUsage, WhatsappAccount
-from tests.support.tenants import make_tenant
+from tests.support.tenants import make_tenant, random_phone
 
 BATCH = "/api/v1/whatsapp/send/batch"
 
@@ -117,3 +119,82 @@ def test_an_idempotency_key_covers_the_batch(live, api, tenant):
 def test_the_key_is_checked_before_the_body(stack, api):
     answer = api.http.post(BATCH, json={"messages": "nope"})
     assert answer.status_code == 401 and answer.json()["error"]["code"] == "UNAUTHORIZED"
+
+
+FLOWIQ_BATCH = "/send-whatsapp/batch"
+
+
+def _flowiq_batch(api, tenant, body: Any, **headers: str):
+    auth = {"Authorization": f"Bearer {tenant.new_key(kind=KeyKind.FLOWIQ)}", **headers}
+    return api.http.post(FLOWIQ_BATCH, params={"tenantId": tenant.slug}, json=body, headers=auth)
+
+
+def test_flowiq_batch_answers_202_per_item_in_flowiqs_shapes(live, api, sandbox, tenant):
+    phone, unknown, opted = random_phone(), random_phone(), random_phone()
+    tenant.new_lead(phone=phone)
+    tenant.new_lead(phone=opted, opted_out=True)
+    items = [
+        {"phone_number": phone, "message_type": "text", "text": "one"},
+        {"phone_number": phone, "message_type": "text"},
+        {"phone_number": unknown, "message_type": "text", "text": "x"},
+        {"phone_number": opted, "message_type": "text", "text": "x"},
+        {"phone_number": "12", "message_type": "text", "text": "x"},
+        {"phone_number": phone, "message_type": "template", "template": {"name": "hello_world", "language": "en_US"}},
+    ]
+    answer = _flowiq_batch(api, tenant, {"messages": items})
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert body["success"] is True and body["message"] == "2 of 6 messages queued"
+    results = body["results"]
+    assert results[0]["status"] == "queued" and results[5]["status"] == "queued"
+    assert results[1] == {"error": "Missing required field", "message": "text is required for text messages"}
+    assert results[2]["error"] == "Contact not found" and results[2]["whatsapp_id"] == unknown.lstrip("+")
+    assert results[3]["error"] == "Contact opted out"
+    assert results[4]["error"] == "Invalid phone number"
+    # Each item's error is what a single send answers for it.
+    headers = {"Authorization": f"Bearer {tenant.new_key(kind=KeyKind.FLOWIQ)}"}
+    for n in (1, 2, 3, 4):
+        single = api.http.post("/send-whatsapp", params={"tenantId": tenant.slug}, json=items[n], headers=headers)
+        assert single.json() == results[n]
+    lookup = f"/send-whatsapp/messages/{results[0]['message_id']}"
+    for _ in range(100):
+        state = api.http.get(lookup, params={"tenantId": tenant.slug}, headers=headers).json()["data"]["status"]
+        if state == "sent":
+            break
+        time.sleep(0.1)
+    assert state == "sent"
+    assert api.wait_for(tenant, results[5]["message_id"])["status"] == "sent"
+
+
+def test_flowiq_batch_request_level_errors(stack, api, tenant):
+    assert (
+        _flowiq_batch(api, tenant, {"messages": []})
+        .json()["message"]
+        .startswith("messages: must be a list of 1 to 1000")
+    )
+    assert _flowiq_batch(api, tenant, {}).json() == {
+        "error": "Missing required field",
+        "message": "messages is required",
+    }
+    assert _flowiq_batch(api, tenant, [1]).status_code == 400
+    no_key = api.http.post(FLOWIQ_BATCH, params={"tenantId": tenant.slug}, json={"messages": [{}]})
+    assert no_key.status_code == 401
+    with session_scope() as s:
+        s.execute(update(WhatsappAccount).where(WhatsappAccount.org_id == tenant.org_id).values(status="disconnected"))
+    unconfigured = _flowiq_batch(api, tenant, {"messages": [{"phone_number": random_phone()}]})
+    assert unconfigured.status_code == 400 and unconfigured.json()["error"] == "WhatsApp not configured"
+
+
+def test_flowiq_batch_idempotency_and_quota(live, api, tenant):
+    with session_scope() as s:
+        s.execute(update(Organization).where(Organization.id == tenant.org_id).values(monthly_quota=2))
+    phone = random_phone()
+    tenant.new_lead(phone=phone)
+    items = [{"phone_number": phone, "message_type": "text", "text": f"m{n}"} for n in range(3)]
+    key = f"fiq-batch-{uuid.uuid4().hex}"
+    first = _flowiq_batch(api, tenant, {"messages": items}, **{"Idempotency-Key": key})
+    again = _flowiq_batch(api, tenant, {"messages": items}, **{"Idempotency-Key": key})
+    assert first.status_code == again.status_code == 202 and first.json() == again.json()
+    assert [r.get("status") for r in first.json()["results"]] == ["queued", "queued", None]
+    assert first.json()["results"][2]["code"] == "QUOTA_EXCEEDED"
+    assert _rows(tenant) == 2
