@@ -58,8 +58,19 @@ class BatchQueued(BaseModel):
     results: list[QueuedItem | FlowIQErrorBody] = Field(description="one per item, in request order")
 
 
-class FlowIQBatchDoc(BaseModel):
-    messages: list[FlowIQSendDoc] = Field(min_length=1, max_length=BATCH_MAX)
+BATCH_SCHEMA = {
+    "type": "object",
+    "required": ["messages"],
+    "properties": {
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": BATCH_MAX,
+            "items": FlowIQSendDoc.model_json_schema(),
+            "description": f"1..{BATCH_MAX} bodies of POST /send-whatsapp",
+        }
+    },
+}
 
 
 @router.post(
@@ -81,7 +92,7 @@ class FlowIQBatchDoc(BaseModel):
         "parameters": [{"name": "tenantId", "in": "query", "required": True, "schema": {"type": "string"}}],
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": FlowIQBatchDoc.model_json_schema()}},
+            "content": {"application/json": {"schema": BATCH_SCHEMA}},
         },
     },
 )

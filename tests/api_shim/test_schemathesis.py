@@ -56,6 +56,14 @@ def narrowed(document: dict[str, Any], lead_id: str, account_id: str, slug: str)
         if parameter["name"] == "tenantId":
             parameter["schema"] = {"type": "string", "enum": [slug]}
     flowiq["requestBody"]["content"]["application/json"]["schema"] = {"oneOf": _flowiq_shapes()}
+    batch = doc["paths"]["/send-whatsapp/batch"]["post"]
+    batch["parameters"] = flowiq["parameters"]
+    items = {"type": "array", "minItems": 1, "maxItems": 5, "items": {"oneOf": _flowiq_shapes()}}
+    batch["requestBody"]["content"]["application/json"]["schema"] = {
+        "type": "object",
+        "required": ["messages"],
+        "properties": {"messages": items},
+    }
     return doc
 
 
@@ -172,7 +180,7 @@ def test_no_generated_request_gets_a_5xx(live, api):
     @given(case=cases)
     def check(case):
         path = case.operation.path
-        key = fiq_key if path == "/send-whatsapp" else fe_key if path.startswith("/api/") else None
+        key = fiq_key if path.startswith("/send-whatsapp") else fe_key if path.startswith("/api/") else None
         headers = {"Authorization": f"Bearer {key}"} if key else None
         response = case.call(base_url=live.api_url, headers=headers, timeout=20)
         statuses.setdefault(case.operation.label, []).append(response.status_code)
@@ -192,5 +200,7 @@ def test_no_generated_request_gets_a_5xx(live, api):
     # Both send paths were reached with bodies they accepted, and refused others.
     assert 200 in statuses.get("POST /api/v1/whatsapp/send", []), statuses
     assert 200 in statuses.get(SEND_TEMPLATE, []), statuses
+    assert 200 in statuses.get("POST /api/v1/whatsapp/send/batch", []), statuses
+    assert 202 in statuses.get("POST /send-whatsapp/batch", []), statuses
     assert any(code in (200, 202) for code in statuses.get("POST /send-whatsapp", [])), statuses
     assert created > 0
