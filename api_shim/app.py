@@ -13,6 +13,7 @@ from api_shim import flowestate_batch as _flowestate_batch  # noqa: F401  (its r
 from api_shim import flowestate_history as _flowestate_history  # noqa: F401  (its routes join flowestate.router)
 from api_shim import flowiq_batch as _flowiq_batch  # noqa: F401  (its route joins flowiq.router)
 from api_shim import flowiq_lookup as _flowiq_lookup  # noqa: F401  (its route joins flowiq.router)
+from api_shim import submissions as _submissions  # noqa: F401  (its routes join both routers)
 from api_shim.errors import install_flowestate_handlers
 from api_shim.flowiq_errors import FlowIQError
 from api_shim.request_guard import RequestGuard

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 from api_shim.errors import ApiError, ErrorCode
 from api_shim.flowiq_errors import FlowIQError, invalid
 from api_shim.storable_text import text_rule
-from api_shim.usage import quota_used_up, spend_unit, take_request, touch_key
+from api_shim.usage import RateState, quota_used_up, spend_unit, take_request, touch_key
 from models.enums import KeyKind, Scope
 from models.keys import hash_key
 from models.settings import get_settings
@@ -49,10 +50,18 @@ def lookup_key(session: Session, key: str) -> tuple[ApiKey, Organization] | None
 
 
 def authenticate_flowestate(session: Session, request: Request, scope: Scope, *, spends_unit: bool = True) -> Caller:
-    """``spends_unit``: the request costs one monthly unit (a batch pays per accepted message instead)."""
+    """``spends_unit``: the request costs one monthly unit (a batch pays per accepted message instead).
+    The X-RateLimit-* headers go on whatever answer this request gets."""
     key = bearer_token(request)
     if key is None:
         raise ApiError(ErrorCode.UNAUTHORIZED, "Missing API key: send 'Authorization: Bearer fe_k_...'")
+    return flowestate_caller(session, key, scope, spends_unit=spends_unit, on_rate=_rate_headers_for(request))
+
+
+def flowestate_caller(
+    session: Session, key: str, scope: Scope, *, spends_unit: bool = True, on_rate: RateSink | None = None
+) -> Caller:
+    """Who a FlowEstate key speaks for, after its scope, request rate and quota (HTTP or broker)."""
     if not key.startswith(KeyKind.FLOWESTATE.prefix):
         raise ApiError(ErrorCode.UNAUTHORIZED, "Invalid API key: FlowEstate keys start with 'fe_k_'")
     found = lookup_key(session, key)
@@ -64,12 +73,10 @@ def authenticate_flowestate(session: Session, request: Request, scope: Scope, *,
     if scope not in api_key.scopes:
         raise ApiError(ErrorCode.FORBIDDEN, f"This API key lacks the '{scope}' scope")
     try:
-        charge(session, request, api_key, org, spends_unit=spends_unit)
+        charge(session, api_key, org, spends_unit=spends_unit, on_rate=on_rate)
     except UsageRefused as refused:
         raise ApiError(refused.code, refused.message) from None
-    return Caller(
-        org_id=org.id, org_slug=org.slug, org_name=org.name, key_id=api_key.id, scopes=frozenset(api_key.scopes)
-    )
+    return _caller(api_key, org)
 
 
 def authenticate_flowiq(
@@ -84,6 +91,19 @@ def authenticate_flowiq(
     key = bearer_token(request)
     if key is None:
         raise FlowIQError(401, "Missing API key", "Send 'Authorization: Bearer fiq_...'")
+    return flowiq_caller(session, key, tenant_id, scope, spends_unit=spends_unit, on_rate=_rate_headers_for(request))
+
+
+def flowiq_caller(
+    session: Session,
+    key: str,
+    tenant_id: str | None,
+    scope: Scope = Scope.WRITE,
+    *,
+    spends_unit: bool = True,
+    on_rate: RateSink | None = None,
+) -> Caller:
+    """Who a FlowIQ key speaks for in ``tenant_id``, after scope, request rate and quota (HTTP or broker)."""
     if not key.startswith(KeyKind.FLOWIQ.prefix):
         raise FlowIQError(401, "Invalid API key", "Only API keys with the fiq_ prefix are accepted")
     found = lookup_key(session, key)
@@ -104,13 +124,27 @@ def authenticate_flowiq(
     if scope not in api_key.scopes:
         raise FlowIQError(403, "Forbidden", f"This API key lacks the '{scope}' scope")
     try:
-        charge(session, request, api_key, org, spends_unit=spends_unit)
+        charge(session, api_key, org, spends_unit=spends_unit, on_rate=on_rate)
     except UsageRefused as refused:
         title = "Rate limit exceeded" if refused.code == ErrorCode.RATE_LIMITED else "Quota exceeded"
         raise FlowIQError(429, title, refused.message, code=refused.code.value) from None
+    return _caller(api_key, org)
+
+
+def _caller(api_key: ApiKey, org: Organization) -> Caller:
     return Caller(
         org_id=org.id, org_slug=org.slug, org_name=org.name, key_id=api_key.id, scopes=frozenset(api_key.scopes)
     )
+
+
+RateSink = Callable[[RateState], None]
+
+
+def _rate_headers_for(request: Request) -> RateSink:
+    def keep(rate: RateState) -> None:
+        request.state.rate_headers = rate.headers()
+
+    return keep
 
 
 class UsageRefused(Exception):
@@ -120,13 +154,20 @@ class UsageRefused(Exception):
         self.message = message
 
 
-def charge(session: Session, request: Request, api_key: ApiKey, org: Organization, *, spends_unit: bool = True) -> None:
+def charge(
+    session: Session,
+    api_key: ApiKey,
+    org: Organization,
+    *,
+    spends_unit: bool = True,
+    on_rate: RateSink | None = None,
+) -> None:
     """Apply the key's request rate and the organization's monthly quota; commits the unit spent.
-
-    The X-RateLimit-* headers go on whatever answer this request gets."""
+    ``on_rate`` hears the rate state (HTTP puts it in the X-RateLimit-* headers)."""
     limit = org.rate_limit_per_minute or get_settings().rate_limit_per_minute
     rate = take_request(api_key.id, limit)
-    request.state.rate_headers = rate.headers()
+    if on_rate is not None:
+        on_rate(rate)
     if not rate.allowed:
         raise UsageRefused(ErrorCode.RATE_LIMITED, f"More than {limit} requests a minute with this key; slow down")
     used = spend_unit(session, org.id, org.monthly_quota) if spends_unit else 0

@@ -337,31 +337,40 @@ def _send_and_close(body: SendBody, session: Session, caller: Caller, idempotenc
     try:
         if idempotency_key is None:
             return _send(body, session, caller)
-        return _send_once(body, session, caller, idempotency_key)
+        return send_once(body, session, caller, idempotency_key)
     finally:
         session.close()
 
 
-def _send_once(body: SendBody, session: Session, caller: Caller, idempotency_key: str) -> JSONResponse:
-    """The send under an Idempotency-Key: the key and the message are committed together, so the
-    key answers with that message for its whole TTL (or with the refusal it got)."""
+def take_key(
+    session: Session, caller: Caller, key: str, body: Any
+) -> idempotency.Claim | idempotency.KeyOfMessage | idempotency.Replay:
+    """Take ``key`` for this body in the session's transaction (api_shim/idempotency.py), or say
+    what it already belongs to; 409 in FlowEstate's envelope when it cannot be taken."""
     try:
-        taken = idempotency.take(
+        return idempotency.take(
             session,
             org_id=caller.org_id,
             surface=SourceApi.FLOWESTATE,
-            key=idempotency_key,
-            body=body.model_dump(mode="json"),
+            key=key,
+            body=body,
             ttl_h=get_settings().idempotency_ttl_h,
         )
     except idempotency.KeyReused:
-        raise ApiError(
-            ErrorCode.IDEMPOTENCY_KEY_REUSED, "This Idempotency-Key was used with a different body"
-        ) from None
+        raise ApiError(ErrorCode.IDEMPOTENCY_KEY_REUSED, KEY_REUSED) from None
     except idempotency.KeyInProgress:
         raise ApiError(
             ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS, "A request with this Idempotency-Key is still in progress"
         ) from None
+
+
+KEY_REUSED = "This Idempotency-Key was used with a different body"
+
+
+def send_once(body: SendBody, session: Session, caller: Caller, idempotency_key: str) -> JSONResponse:
+    """The send under an Idempotency-Key: the key and the message are committed together, so the
+    key answers with that message for its whole TTL (or with the refusal it got). HTTP and broker."""
+    taken = take_key(session, caller, idempotency_key, body.model_dump(mode="json"))
     if isinstance(taken, idempotency.Replay):
         return JSONResponse(taken.body, status_code=taken.status)
     if isinstance(taken, idempotency.KeyOfMessage):

@@ -26,12 +26,14 @@ from api_shim.auth import Caller, authenticate_flowestate
 from api_shim.errors import ApiError, ErrorBody, ErrorCode, error_responses, problems_of
 from api_shim.flowestate import (
     AUTH_ERRORS,
+    KEY_REUSED,
     REQUEST_ERRORS,
     IdempotencyHeader,
     SendIn,
     SendOut,
     router,
     send_refusal,
+    take_key,
 )
 from api_shim.intake import hand_batch_to_broker
 from api_shim.usage import quota_used_up, spend_units
@@ -39,13 +41,11 @@ from models import lifecycle
 from models.db import get_sessionmaker
 from models.enums import Scope, SourceApi
 from models.outbound import as_json, preview_of
-from models.settings import get_settings
 from models.tables import Contact, Organization, WhatsappAccount
 
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 1000
-KEY_REUSED = "This Idempotency-Key was used with a different body"
 
 
 class BatchIn(BaseModel):
@@ -95,7 +95,7 @@ async def send_batch(
     """
     session, caller = writer
     try:
-        answer, accepted = await run_in_threadpool(_check_and_persist, session, caller, body, idempotency_key)
+        answer, accepted = await run_in_threadpool(check_and_persist, session, caller, body, idempotency_key)
     finally:
         session.close()
     if accepted:
@@ -103,14 +103,17 @@ async def send_batch(
     return answer
 
 
-def _check_and_persist(
+def check_and_persist(
     session: Session, caller: Caller, body: BatchIn, idempotency_key: str | None
 ) -> tuple[JSONResponse, list[uuid.UUID]]:
     taken: idempotency.Claim | None = None
     if idempotency_key is not None:
-        claimed = _take_key(session, caller, body, idempotency_key)
+        claimed = take_key(session, caller, idempotency_key, {"batch": body.messages})
         if isinstance(claimed, idempotency.Replay):
             return JSONResponse(claimed.body, status_code=claimed.status), []
+        if isinstance(claimed, idempotency.KeyOfMessage):
+            # The key answers for one message of a single send: not this batch.
+            raise ApiError(ErrorCode.IDEMPOTENCY_KEY_REUSED, KEY_REUSED)
         taken = claimed
     results, accepted = _check_items(session, caller, body.messages)
     answer = {"results": results}
@@ -118,28 +121,6 @@ def _check_and_persist(
         idempotency.record_answer(session, taken, 200, answer)
     session.commit()
     return JSONResponse(answer), [item.message_id for item in accepted]
-
-
-def _take_key(session: Session, caller: Caller, body: BatchIn, key: str) -> idempotency.Claim | idempotency.Replay:
-    try:
-        taken = idempotency.take(
-            session,
-            org_id=caller.org_id,
-            surface=SourceApi.FLOWESTATE,
-            key=key,
-            body={"batch": body.messages},
-            ttl_h=get_settings().idempotency_ttl_h,
-        )
-    except idempotency.KeyReused:
-        raise ApiError(ErrorCode.IDEMPOTENCY_KEY_REUSED, KEY_REUSED) from None
-    except idempotency.KeyInProgress:
-        raise ApiError(
-            ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS, "A request with this Idempotency-Key is still in progress"
-        ) from None
-    if isinstance(taken, idempotency.KeyOfMessage):
-        # The key answers for one message of a single send: not this batch.
-        raise ApiError(ErrorCode.IDEMPOTENCY_KEY_REUSED, KEY_REUSED)
-    return taken
 
 
 def _check_items(

@@ -20,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import case, select
+from sqlalchemy.orm import Session
 
 from api_shim import idempotency
 from api_shim.auth import Caller, authenticate_flowiq
@@ -117,7 +118,7 @@ _ERRORS = {
 
 
 @dataclass(frozen=True)
-class _Accepted:
+class AcceptedSend:
     message_id: uuid.UUID
     recipient: str
     message_type: str
@@ -157,7 +158,7 @@ async def send_whatsapp(request: Request) -> JSONResponse:
     return await _deliver_and_wait(request, accepted)
 
 
-async def _deliver_and_wait(request: Request, accepted: _Accepted) -> JSONResponse:
+async def _deliver_and_wait(request: Request, accepted: AcceptedSend) -> JSONResponse:
     settings = get_settings()
     waiter: ResultWaiter = request.app.state.result_waiter
     key = str(accepted.message_id)
@@ -182,33 +183,40 @@ async def _deliver_and_wait(request: Request, accepted: _Accepted) -> JSONRespon
 
 def _accept(
     request: Request, tenant_id: str | None, raw: bytes, idempotency_key: str | None
-) -> _Accepted | idempotency.Replay:
+) -> AcceptedSend | idempotency.Replay:
     with get_sessionmaker()() as session:
         caller = authenticate_flowiq(session, request, tenant_id)
         try:
             body = json.loads(raw)
         except ValueError:
             raise FlowIQError(400, "Invalid JSON", "The request body is not valid JSON") from None
-        if idempotency_key is None:
-            accepted = _validate_and_persist(session, caller, body, None)
-            session.commit()
-            return accepted
-        # The key and the message commit together (see api_shim/idempotency.py).
-        taken = claim_idempotency(session, caller, idempotency_key, body)
-        if isinstance(taken, idempotency.Replay):
-            return taken
-        if isinstance(taken, idempotency.KeyOfMessage):
-            # Same key, same body: the recipient and type are those of the first request.
-            send = parse_send(body)
-            return _Accepted(taken.message_id, send.wa_id, send.message_type, caller.org_name, created=False)
-        try:
-            accepted = _validate_and_persist(session, caller, body, idempotency_key)
-        except FlowIQError as error:
-            idempotency.keep_refusal(session, taken, error.status, error.body())
-            raise
-        idempotency.record_message(session, taken, accepted.message_id)
+        return accept_send(session, caller, body, idempotency_key)
+
+
+def accept_send(
+    session: Session, caller: Caller, body: Any, idempotency_key: str | None
+) -> AcceptedSend | idempotency.Replay:
+    """Check and store one FlowIQ send for an authenticated caller (HTTP or broker); commits."""
+    if idempotency_key is None:
+        accepted = _validate_and_persist(session, caller, body, None)
         session.commit()
         return accepted
+    # The key and the message commit together (see api_shim/idempotency.py).
+    taken = claim_idempotency(session, caller, idempotency_key, body)
+    if isinstance(taken, idempotency.Replay):
+        return taken
+    if isinstance(taken, idempotency.KeyOfMessage):
+        # Same key, same body: the recipient and type are those of the first request.
+        send = parse_send(body)
+        return AcceptedSend(taken.message_id, send.wa_id, send.message_type, caller.org_name, created=False)
+    try:
+        accepted = _validate_and_persist(session, caller, body, idempotency_key)
+    except FlowIQError as error:
+        idempotency.keep_refusal(session, taken, error.status, error.body())
+        raise
+    idempotency.record_message(session, taken, accepted.message_id)
+    session.commit()
+    return accepted
 
 
 def claim_idempotency(
@@ -239,7 +247,7 @@ def claim_idempotency(
         ) from None  # fmt: skip
 
 
-def _validate_and_persist(session: Any, caller: Caller, body: Any, idempotency_key: str | None) -> _Accepted:
+def _validate_and_persist(session: Any, caller: Caller, body: Any, idempotency_key: str | None) -> AcceptedSend:
     """The checks, then the message in the session's transaction; the caller commits."""
     send = parse_send(body)
     account = sending_account(session, caller)
@@ -254,7 +262,7 @@ def _validate_and_persist(session: Any, caller: Caller, body: Any, idempotency_k
         raise refusal
     assert contact is not None
     message_id = _persist(session, caller, account, contact, send, idempotency_key)
-    return _Accepted(message_id, send.wa_id, send.message_type, caller.org_name)
+    return AcceptedSend(message_id, send.wa_id, send.message_type, caller.org_name)
 
 
 def contact_refusal(
@@ -403,7 +411,7 @@ _FAILURES: dict[str, tuple[int, str]] = {
 }
 
 
-def _respond(accepted: _Accepted, outcome: _Outcome) -> JSONResponse:
+def _respond(accepted: AcceptedSend, outcome: _Outcome) -> JSONResponse:
     if outcome.status in (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ):
         return JSONResponse(
             {

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api_shim import idempotency
-from api_shim.auth import authenticate_flowiq
+from api_shim.auth import Caller, authenticate_flowiq
 from api_shim.flowiq import (
     FlowIQSendDoc,
     claim_idempotency,
@@ -118,31 +118,39 @@ def _accept(
             body = json.loads(raw)
         except ValueError:
             raise FlowIQError(400, "Invalid JSON", "The request body is not valid JSON") from None
-        items = _items_of(body)
-        taken: idempotency.Claim | None = None
-        if key is not None:
-            claimed = claim_idempotency(session, caller, key, body)
-            if isinstance(claimed, idempotency.Replay):
-                return claimed, []
-            if isinstance(claimed, idempotency.KeyOfMessage):
-                raise FlowIQError(
-                    409, "Idempotency key reused", "This Idempotency-Key was used with a different body",
-                    code="IDEMPOTENCY_KEY_REUSED",
-                )  # fmt: skip
-            taken = claimed
-        try:
-            account = sending_account(session, caller)
-        except FlowIQError as error:
-            if taken is not None:
-                idempotency.keep_refusal(session, taken, error.status, error.body())
-            raise
-        results, stored = _check_items(session, caller.org_id, account.id, items)
-        queued = len(stored)
-        answer = {"success": queued > 0, "message": f"{queued} of {len(items)} messages queued", "results": results}
+        return accept_batch(session, caller, body, key)
+
+
+def accept_batch(
+    session: Session, caller: Caller, body: Any, key: str | None
+) -> tuple[idempotency.Replay, list[uuid.UUID]]:
+    """Check and store a FlowIQ batch for an authenticated caller (HTTP or broker); commits. The
+    answer (status and body), and the ids to hand to the broker."""
+    items = _items_of(body)
+    taken: idempotency.Claim | None = None
+    if key is not None:
+        claimed = claim_idempotency(session, caller, key, body)
+        if isinstance(claimed, idempotency.Replay):
+            return claimed, []
+        if isinstance(claimed, idempotency.KeyOfMessage):
+            raise FlowIQError(
+                409, "Idempotency key reused", "This Idempotency-Key was used with a different body",
+                code="IDEMPOTENCY_KEY_REUSED",
+            )  # fmt: skip
+        taken = claimed
+    try:
+        account = sending_account(session, caller)
+    except FlowIQError as error:
         if taken is not None:
-            idempotency.record_answer(session, taken, 202, answer)
-        session.commit()
-        return idempotency.Replay(202, answer), [m.message_id for m in stored]
+            idempotency.keep_refusal(session, taken, error.status, error.body())
+        raise
+    results, stored = _check_items(session, caller.org_id, account.id, items)
+    queued = len(stored)
+    answer = {"success": queued > 0, "message": f"{queued} of {len(items)} messages queued", "results": results}
+    if taken is not None:
+        idempotency.record_answer(session, taken, 202, answer)
+    session.commit()
+    return idempotency.Replay(202, answer), [m.message_id for m in stored]
 
 
 def _items_of(body: Any) -> list[Any]:

@@ -74,8 +74,13 @@ def api(host: str | None, port: int | None, workers: int) -> None:
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--pool", default=None, help="threads|prefork|gevent|solo (default: WADISPATCH_WORKER_POOL)")
 @click.option("--concurrency", type=int, default=None, help="default: WADISPATCH_WORKER_CONCURRENCY")
+@click.option(
+    "--queues",
+    default=None,
+    help="comma-separated queues to consume (default: all of them; e.g. wadispatch.intake to run intake apart)",
+)
 @click.pass_context
-def worker(ctx: click.Context, pool: str | None, concurrency: int | None) -> None:
+def worker(ctx: click.Context, pool: str | None, concurrency: int | None, queues: str | None) -> None:
     """Run a Celery worker (extra arguments go to `celery worker`)."""
     settings = get_settings()
     threads = concurrency or settings.worker_concurrency
@@ -95,7 +100,7 @@ def worker(ctx: click.Context, pool: str | None, concurrency: int | None) -> Non
             "worker",
             f"--pool={pool or settings.worker_pool}",
             f"--concurrency={threads}",
-            f"--queues={','.join(WORKER_QUEUES)}",
+            f"--queues={queues or ','.join(WORKER_QUEUES)}",
             f"--loglevel={settings.log_level}",
             *ctx.args,
         ]

@@ -22,12 +22,16 @@ MAINTENANCE_QUEUE = "wadispatch.maintenance"
 # Meta's webhook deliveries (statuses, inbound): ahead of new sends in the sorted order, so what
 # happened to sent messages shows promptly even behind a backlog of sends.
 INCOMING_QUEUE = "wadispatch.incoming"
-WORKER_QUEUES = (DUE_QUEUE, INCOMING_QUEUE, MAINTENANCE_QUEUE, SEND_QUEUE)
+# Submissions from upstream services over the broker (wadispatch/client.py): checked and stored
+# like HTTP requests. Its own queue, so operators can run intake and delivery on separate workers.
+INTAKE_QUEUE = "wadispatch.intake"
+WORKER_QUEUES = (DUE_QUEUE, INCOMING_QUEUE, INTAKE_QUEUE, MAINTENANCE_QUEUE, SEND_QUEUE)
 # The queues that carry send tasks (each stamped with when it was enqueued; see worker/sweeper.py).
 SEND_QUEUES = (DUE_QUEUE, SEND_QUEUE)
 SEND_TASK = "wadispatch.send_message"
 SWEEP_TASK = "wadispatch.sweep"
 WEBHOOK_TASK = "wadispatch.process_webhook"
+SUBMIT_TASK = "wadispatch.submit"
 
 
 def broker_connections_for(concurrency: int) -> int:
@@ -69,6 +73,7 @@ def create_celery() -> Celery:
             SEND_TASK: {"queue": SEND_QUEUE},
             SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
             WEBHOOK_TASK: {"queue": INCOMING_QUEUE},
+            SUBMIT_TASK: {"queue": INTAKE_QUEUE},
         },
         task_default_queue=SEND_QUEUE,
         # Task events cost several Redis writes per task; Flower switches them on while it watches

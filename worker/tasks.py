@@ -16,11 +16,13 @@ from models import lifecycle
 from models.db import describe_database_error, session_scope
 from models.redis_client import redis_from_url
 from models.settings import get_settings
+from wadispatch.client import masked_kwargs_repr
 from worker.backoff import compute_backoff
 from worker.breaker import Breaker, BreakerPolicy
 from worker.celery_app import (
     SEND_QUEUES,
     SEND_TASK,
+    SUBMIT_TASK,
     SWEEP_TASK,
     WEBHOOK_TASK,
     app,
@@ -32,6 +34,7 @@ from worker.delivery import Delivery
 from worker.meta_client import get_meta_client
 from worker.pacer import Pacer
 from worker.rate_limit import RateLimiter
+from worker.submission_request import SubmissionRequest
 from worker.sweeper import oldest_waiting_enqueue, take_lost_by_broker, webhooks_left_behind
 from worker.webhooks.process import process_event
 
@@ -126,6 +129,36 @@ def process_webhook(self: Task, event_id: str) -> str:
     summary = ", ".join(f"{name} {count}" for name, count in sorted(processed.counts.items()))
     log.info("webhook %s: %s", event_id, summary or "nothing to apply")
     return summary
+
+
+# A submission whose key ran out of request rate waits and runs again (at most this many times;
+# then it is refused RATE_LIMITED).
+SUBMIT_RATE_RETRIES = 30
+
+
+@app.task(name=SUBMIT_TASK, bind=True, max_retries=SUBMIT_RATE_RETRIES, Request=SubmissionRequest)
+def submit(self: Task, *args: object, **kwargs: object) -> str:
+    """An upstream service's submission over the broker (api_shim/broker_intake.py does the work)."""
+    from api_shim.broker_intake import RetryLater
+    from api_shim.broker_intake import submit as check_and_store
+
+    masked = masked_kwargs_repr(kwargs)
+    if args:
+        log.warning("submission refused: keyword arguments only (got %d positional)", len(args))
+        return "refused:BAD_SUBMISSION"
+    try:
+        submitted = check_and_store(**kwargs)
+    except RetryLater as wait:
+        if self.request.retries >= SUBMIT_RATE_RETRIES:
+            log.warning("submission %s refused: request rate still exceeded (%s)", kwargs.get("idempotency_key"), wait)
+            return "refused:RATE_LIMITED"
+        raise self.retry(countdown=wait.after_s, kwargsrepr=masked) from None
+    except DATABASE_UNAVAILABLE as error:
+        delay = compute_backoff(self.request.retries + 1, base_s=DATABASE_RETRY_BASE_S, cap_s=DATABASE_RETRY_CAP_S)
+        log.warning("submission: database unavailable (%s); again in %.1f s", describe_database_error(error), delay)
+        raise self.retry(exc=error, countdown=delay, kwargsrepr=masked, max_retries=DATABASE_RETRIES) from error
+    log.info("submission %s: %s", kwargs.get("idempotency_key"), submitted)
+    return str(submitted)
 
 
 @app.task(name="wadispatch.noop")

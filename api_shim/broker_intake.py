@@ -1,0 +1,190 @@
+"""Submissions over the broker: the ``wadispatch.submit`` task's work.
+
+An upstream service that already runs Celery enqueues a send the way it enqueues anything else:
+task ``wadispatch.submit`` on queue ``wadispatch.intake``, keyword arguments only —
+``api`` ("flowestate" or "flowiq"), ``api_key`` (the same key as over HTTP: its scope, quota and
+request rate apply), ``tenant_id`` (FlowIQ), ``request`` (exactly the HTTP body of that surface;
+FlowEstate: a /whatsapp/send or /whatsapp/send-template body) or ``messages`` (up to 1,000 of
+them, as a batch), and ``idempotency_key`` (required).
+
+The same code as HTTP checks and stores it, and the outcome is kept under the Idempotency-Key
+exactly as an HTTP request with that key would keep it (the message, a refusal, or a batch's
+results), so a redelivered or re-sent submission never makes a second message, and
+``GET .../submissions/{key}`` tells the sender what happened. What HTTP answers before it takes a
+key (an unknown or revoked key, a missing scope, the quota used up) is not kept: the submission
+is refused and logged by id. A request rate exceeded makes the task wait and try again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api_shim import flowestate, flowestate_batch, flowiq, flowiq_batch, idempotency
+from api_shim.auth import Caller, flowestate_caller, flowiq_caller
+from api_shim.errors import ApiError, ErrorCode, problems_of
+from api_shim.flowiq_errors import FlowIQError
+from api_shim.intake import hand_batch_to_broker, hand_to_broker
+from api_shim.storable_text import text_rule
+from api_shim.usage import RateState
+from models.db import get_sessionmaker
+from models.enums import MessageStatus, Scope
+from models.tables import Message
+
+log = logging.getLogger(__name__)
+
+APIS = ("flowestate", "flowiq")
+
+
+class RetryLater(Exception):
+    """The key's request rate is used up: run the submission again after ``after_s``."""
+
+    def __init__(self, after_s: float) -> None:
+        super().__init__(f"request rate exceeded; again in {after_s:.1f} s")
+        self.after_s = after_s
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What became of a submission: the task's result (ids and codes only, never the key)."""
+
+    accepted: int
+    refused: int
+    code: str | None = None  # the refusal of the whole submission
+
+    def __str__(self) -> str:
+        if self.code is not None:
+            return f"refused:{self.code}"
+        return f"accepted:{self.accepted}" + (f" refused:{self.refused}" if self.refused else "")
+
+
+def submit(
+    *,
+    api: Any = None,
+    api_key: Any = None,
+    idempotency_key: Any = None,
+    tenant_id: Any = None,
+    request: Any = None,
+    messages: Any = None,
+    **unknown: Any,
+) -> Submitted:
+    """Check and store one submission (raises RetryLater, or the database's errors to retry)."""
+    if problem := _malformed(api, api_key, idempotency_key, request, messages, unknown):
+        log.warning("submission %s refused: %s", _printable(idempotency_key), problem)
+        return Submitted(0, 0, "BAD_SUBMISSION")
+    rate: list[RateState] = []
+    with get_sessionmaker()() as session:
+        try:
+            if api == "flowestate":
+                return _flowestate(session, api_key, idempotency_key, request, messages, rate.append)
+            return _flowiq(session, api_key, tenant_id, idempotency_key, request, messages, rate.append)
+        except (ApiError, FlowIQError) as error:
+            code = error.code if isinstance(error, ApiError) else str(error.body().get("code") or error.error)
+            if code == ErrorCode.RATE_LIMITED and rate:
+                raise RetryLater(max(0.1, rate[-1].retry_after_s)) from None
+            log.info("submission %s refused: %s", idempotency_key, code)
+            return Submitted(0, 0, str(code))
+
+
+def _malformed(
+    api: Any, api_key: Any, idempotency_key: Any, request: Any, messages: Any, unknown: dict[str, Any]
+) -> str | None:
+    if unknown:
+        return f"unknown arguments: {', '.join(sorted(unknown))}"
+    if api not in APIS:
+        return f"api must be one of {', '.join(APIS)}"
+    if not isinstance(api_key, str) or not api_key:
+        return "api_key is required"
+    if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= idempotency.MAX_KEY_LENGTH:
+        return f"idempotency_key is required: 1 to {idempotency.MAX_KEY_LENGTH} characters"
+    if rule := text_rule(idempotency_key):
+        return f"idempotency_key: {rule}"
+    if (request is None) == (messages is None):
+        return "give either request or messages"
+    return None
+
+
+def _printable(key: Any) -> str:
+    return key if isinstance(key, str) and len(key) <= idempotency.MAX_KEY_LENGTH and not text_rule(key) else "?"
+
+
+def _flowestate(session: Session, api_key: str, key: str, request: Any, messages: Any, on_rate: Any) -> Submitted:
+    caller = flowestate_caller(session, api_key, Scope.WRITE, spends_unit=messages is None, on_rate=on_rate)
+    if messages is not None:
+        try:
+            batch = flowestate_batch.BatchIn.model_validate({"messages": messages})
+        except ValidationError as exc:
+            return _refuse_flowestate(session, caller, key, {"batch": messages}, exc)
+        response, ids = flowestate_batch.check_and_persist(session, caller, batch, key)
+        hand_batch_to_broker(ids)
+        return _counted(_body_of(response))
+    body_type = flowestate.SendTemplateIn if isinstance(request, dict) and "template" in request else flowestate.SendIn
+    try:
+        body = body_type.model_validate(request)
+    except ValidationError as exc:
+        return _refuse_flowestate(session, caller, key, request, exc)
+    try:
+        # The HTTP send under an Idempotency-Key: it commits and enqueues (or replays).
+        response = flowestate.send_once(body, session, caller, key)
+    except ApiError as error:
+        return Submitted(0, 1, error.code.value)
+    answer = _body_of(response)
+    if response.status_code != 200:
+        return Submitted(0, 1, str(answer.get("error", {}).get("code")))
+    return Submitted(1, 0)
+
+
+def _refuse_flowestate(session: Session, caller: Caller, key: str, raw: Any, exc: ValidationError) -> Submitted:
+    """A body that fails validation: kept under the key like any refusal, so the sender can read it."""
+    problems = problems_of(exc.errors())
+    error = ApiError(ErrorCode.VALIDATION_ERROR, "; ".join(f"{p.field}: {p.rule}" for p in problems), problems)
+    taken = flowestate.take_key(session, caller, key, raw)
+    if isinstance(taken, idempotency.Claim):
+        idempotency.keep_refusal(session, taken, 400, error.envelope())
+    return Submitted(0, 1, ErrorCode.VALIDATION_ERROR.value)
+
+
+def _flowiq(
+    session: Session, api_key: str, tenant_id: Any, key: str, request: Any, messages: Any, on_rate: Any
+) -> Submitted:
+    tenant = tenant_id if isinstance(tenant_id, str) else None
+    caller = flowiq_caller(session, api_key, tenant, spends_unit=messages is None, on_rate=on_rate)
+    if messages is not None:
+        answer, ids = flowiq_batch.accept_batch(session, caller, {"messages": messages}, key)
+        hand_batch_to_broker(ids)
+        return _counted(answer.body)
+    try:
+        accepted = flowiq.accept_send(session, caller, request, key)
+    except FlowIQError as error:
+        return Submitted(0, 1, str(error.body().get("code") or error.error))
+    if isinstance(accepted, idempotency.Replay):
+        code = accepted.body.get("code") or accepted.body.get("error")
+        return Submitted(0, 1, str(code)) if accepted.status >= 400 else Submitted(1, 0)
+    if accepted.created or _still_queued(session, accepted.message_id):
+        # A repeat finds its message queued when the first try died before its enqueue.
+        hand_to_broker(accepted.message_id)
+    return Submitted(1, 0)
+
+
+def _still_queued(session: Session, message_id: Any) -> bool:
+    status = session.scalar(select(Message.status).where(Message.id == message_id))
+    session.rollback()
+    return status == MessageStatus.QUEUED
+
+
+def _counted(answer: dict[str, Any]) -> Submitted:
+    results = answer.get("results") or []
+    accepted = sum(1 for r in results if "messageId" in r or "message_id" in r)
+    return Submitted(accepted, len(results) - accepted)
+
+
+def _body_of(response: JSONResponse) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(bytes(response.body))
+    return body

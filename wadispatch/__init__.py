@@ -1,0 +1,1 @@
+"""wadispatch's client side: what an upstream service imports to hand messages over."""
