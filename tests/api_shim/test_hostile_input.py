@@ -314,10 +314,10 @@ def test_flowiq_tenant_id_with_nul(stack, api, ids):
 
 
 def test_flowiq_idempotency_key_is_checked_like_a_field(stack, api, ids):
-    from api_shim.flowiq import _claim_idempotency
+    from api_shim.flowiq import claim_idempotency
 
     with pytest.raises(Exception, match=NUL_RULE):
-        _claim_idempotency(None, None, "key\x00", {})  # type: ignore[arg-type]
+        claim_idempotency(None, None, "key\x00", {})  # type: ignore[arg-type]
     status = raw_request(api, "POST", f"/send-whatsapp?tenantId={ids.tenant.slug}", {"Idempotency-Key": "k\x00"}, b"{}")
     assert status is None or 400 <= status < 500  # uvicorn itself answers 400
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import datetime
 
 import httpx
 from sqlalchemy import update
@@ -129,7 +130,9 @@ def test_the_history_is_in_the_order_things_happened(live, api, tenant):
     operator = events[1]
     assert "131026" in operator["reason"] and operator["occurredAt"] == operator["recordedAt"]
     assert operator["errors"] is None and operator["pricing"] is None
-    assert [e["occurredAt"] for e in events] == sorted(e["occurredAt"] for e in events)
+    # By time, not as strings ("…52Z" is before "…52.98Z", but sorts after it as text).
+    times = [datetime.fromisoformat(e["occurredAt"].replace("Z", "+00:00")) for e in events]
+    assert times == sorted(times)
 
     fiq = {"Authorization": f"Bearer {tenant.new_key(kind=KeyKind.FLOWIQ)}"}
     got = api.http.get(f"/send-whatsapp/messages/{first['id']}", params={"tenantId": tenant.slug}, headers=fiq)
