@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api_shim import flowestate, flowiq, health, media_route, meta_webhooks
+from api_shim import event_endpoints, flowestate, flowiq, health, media_route, meta_webhooks
 from api_shim import flowestate_batch as _flowestate_batch  # noqa: F401  (its route joins flowestate.router)
 from api_shim import flowestate_history as _flowestate_history  # noqa: F401  (its routes join flowestate.router)
 from api_shim import flowiq_batch as _flowiq_batch  # noqa: F401  (its route joins flowiq.router)
@@ -66,4 +66,5 @@ def create_app() -> FastAPI:
     app.include_router(flowiq.router)
     app.include_router(media_route.router)
     app.include_router(meta_webhooks.router)
+    app.include_router(event_endpoints.router)
     return app

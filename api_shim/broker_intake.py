@@ -28,13 +28,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api_shim import flowestate, flowestate_batch, flowiq, flowiq_batch, idempotency
-from api_shim.auth import Caller, flowestate_caller, flowiq_caller
+from api_shim.auth import Caller, flowestate_caller, flowiq_caller, lookup_key
 from api_shim.errors import ApiError, ErrorCode, problems_of
 from api_shim.flowiq_errors import FlowIQError
 from api_shim.intake import hand_batch_to_broker, hand_to_broker
 from api_shim.storable_text import text_rule
 from api_shim.usage import RateState
 from models.db import get_sessionmaker
+from models.endpoints import emit_event
 from models.enums import MessageStatus, Scope
 from models.tables import Message
 
@@ -85,12 +86,42 @@ def submit(
             if api == "flowestate":
                 return _flowestate(session, api_key, idempotency_key, request, messages, rate.append)
             return _flowiq(session, api_key, tenant_id, idempotency_key, request, messages, rate.append)
-        except (ApiError, FlowIQError) as error:
-            code = error.code if isinstance(error, ApiError) else str(error.body().get("code") or error.error)
+        except (ApiError, FlowIQError, _Rejected) as error:
+            code, message = _code_and_message(error)
             if code == ErrorCode.RATE_LIMITED and rate:
                 raise RetryLater(max(0.1, rate[-1].retry_after_s)) from None
             log.info("submission %s refused: %s", idempotency_key, code)
-            return Submitted(0, 0, str(code))
+            _tell_upstream(session, api_key, api, idempotency_key, code, message)
+            return Submitted(0, 1, code)
+
+
+class _Rejected(Exception):
+    """A submission refused after its key was taken (the refusal is kept under it)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _code_and_message(error: ApiError | FlowIQError | _Rejected) -> tuple[str, str]:
+    if isinstance(error, ApiError):
+        return error.code.value, error.message
+    if isinstance(error, FlowIQError):
+        return str(error.body().get("code") or error.error), error.message
+    return error.code, error.message
+
+
+def _tell_upstream(session: Session, api_key: str, api: str, key: str, code: str, message: str) -> None:
+    """The organization's endpoints hear of the refusal (event submission.rejected), when the key
+    is one of its keys at all (an unknown key speaks for nobody)."""
+    session.rollback()
+    found = lookup_key(session, api_key)
+    if found is None:
+        return
+    data = {"idempotencyKey": key, "api": api, "code": code, "message": message}
+    emit_event(session, found[1].id, "submission.rejected", data)
+    session.commit()
 
 
 def _malformed(
@@ -130,14 +161,11 @@ def _flowestate(session: Session, api_key: str, key: str, request: Any, messages
         body = body_type.model_validate(request)
     except ValidationError as exc:
         return _refuse_flowestate(session, caller, key, request, exc)
-    try:
-        # The HTTP send under an Idempotency-Key: it commits and enqueues (or replays).
-        response = flowestate.send_once(body, session, caller, key)
-    except ApiError as error:
-        return Submitted(0, 1, error.code.value)
-    answer = _body_of(response)
+    # The HTTP send under an Idempotency-Key: it commits and enqueues (or replays), or raises.
+    response = flowestate.send_once(body, session, caller, key)
     if response.status_code != 200:
-        return Submitted(0, 1, str(answer.get("error", {}).get("code")))
+        # The refusal a first submission with this key got (upstream heard of it then).
+        return Submitted(0, 1, str(_body_of(response).get("error", {}).get("code")))
     return Submitted(1, 0)
 
 
@@ -146,9 +174,10 @@ def _refuse_flowestate(session: Session, caller: Caller, key: str, raw: Any, exc
     problems = problems_of(exc.errors())
     error = ApiError(ErrorCode.VALIDATION_ERROR, "; ".join(f"{p.field}: {p.rule}" for p in problems), problems)
     taken = flowestate.take_key(session, caller, key, raw)
-    if isinstance(taken, idempotency.Claim):
-        idempotency.keep_refusal(session, taken, 400, error.envelope())
-    return Submitted(0, 1, ErrorCode.VALIDATION_ERROR.value)
+    if not isinstance(taken, idempotency.Claim):
+        return Submitted(0, 1, ErrorCode.VALIDATION_ERROR.value)  # kept, and told, the first time
+    idempotency.keep_refusal(session, taken, 400, error.envelope())
+    raise _Rejected(ErrorCode.VALIDATION_ERROR.value, error.message)
 
 
 def _flowiq(
@@ -160,10 +189,7 @@ def _flowiq(
         answer, ids = flowiq_batch.accept_batch(session, caller, {"messages": messages}, key)
         hand_batch_to_broker(ids)
         return _counted(answer.body)
-    try:
-        accepted = flowiq.accept_send(session, caller, request, key)
-    except FlowIQError as error:
-        return Submitted(0, 1, str(error.body().get("code") or error.error))
+    accepted = flowiq.accept_send(session, caller, request, key)
     if isinstance(accepted, idempotency.Replay):
         code = accepted.body.get("code") or accepted.body.get("error")
         return Submitted(0, 1, str(code)) if accepted.status >= 400 else Submitted(1, 0)

@@ -10,6 +10,7 @@ import sys
 import click
 
 from cli import admin as admin_commands
+from cli import endpoints as endpoint_commands
 from models import log_hygiene
 from models.settings import get_settings
 
@@ -256,6 +257,7 @@ cli.add_command(admin_commands.key)
 cli.add_command(admin_commands.account)
 cli.add_command(admin_commands.contact)
 cli.add_command(admin_commands.messages)
+cli.add_command(endpoint_commands.endpoint)
 
 
 def main() -> None:

@@ -78,6 +78,8 @@ class AttemptOutcome(StrEnum):
 class Scope(StrEnum):
     READ = "whatsapp:read"
     WRITE = "whatsapp:write"
+    # Managing the organization's event callback endpoints.
+    WEBHOOKS_WRITE = "webhooks:write"
 
 
 def status_in(

@@ -121,6 +121,15 @@ class Settings(BaseSettings):
     # The API's own limits (per API key and per organization).
     rate_limit_per_minute: int = Field(default=600, ge=1, description="requests per minute per key")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Event callbacks to upstream endpoints (worker/callbacks/): the wait after each failed try
+    # (Standard Webhooks' schedule, about a day in all), the time a try may take, the threads per
+    # worker process that deliver them (apart from the send threads), how often the outbox is
+    # read, and how long an endpoint may fail every try before it is disabled.
+    callback_retry_schedule_s: list[float] = Field(default=[5, 300, 1800, 7200, 18000, 36000, 36000], min_length=1)
+    callback_timeout_s: float = Field(default=15.0, gt=0)
+    callback_concurrency: int = Field(default=8, ge=1, le=64)
+    callback_poll_s: float = Field(default=0.5, gt=0)
+    callback_disable_after_h: float = Field(default=120.0, gt=0)
     # A batch request (up to 1,000 messages) may be this large.
     max_batch_body_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     idempotency_ttl_h: int = Field(default=24, ge=1)

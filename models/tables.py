@@ -363,3 +363,48 @@ class IdempotencyKey(Base):
         ForeignKey("messages.id", ondelete="CASCADE", name="fk_idempotency_keys_message_id"), index=True
     )
     created_at: Mapped[datetime] = _created_at()
+
+
+class EventEndpoint(Base):
+    """An organization's URL for event callbacks (Standard Webhooks), with its signing secret."""
+
+    __tablename__ = "event_endpoints"
+    __table_args__ = (CheckConstraint("status IN ('active', 'disabled')", name="event_endpoint_status_known"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    # The whsec_ secret, encrypted like Meta tokens (models/crypto.py); shown once, at creation.
+    secret_encrypted: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str] | None] = mapped_column(ARRAY(Text), comment="NULL: every event type")
+    status: Mapped[str] = mapped_column(String(16), server_default="active")
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    # Since when every delivery failed (NULL after a success): past a few days the endpoint is disabled.
+    failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class EventDelivery(Base):
+    """One event for one endpoint: the outbox row the callback dispatcher delivers (written by the
+    database's triggers in the transaction of the change it reports; see migration 0009)."""
+
+    __tablename__ = "event_deliveries"
+    __table_args__ = (
+        CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="event_delivery_state_known"),
+        Index("ix_event_deliveries_due", "next_attempt_at", postgresql_where=text("state = 'pending'")),
+        Index("ix_event_deliveries_endpoint_created", "endpoint_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("event_endpoints.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]]
+    state: Mapped[str] = mapped_column(String(12), server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created_at()

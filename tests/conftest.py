@@ -42,9 +42,15 @@ TEST_ENV = {
     "WADISPATCH_THROTTLE_PAUSE_S": "0.3",
     "WADISPATCH_PAIR_PAUSE_S": "0.3",
     "WADISPATCH_MAX_THROTTLED_ATTEMPTS": "6",
+    # Event callbacks: retried within a second or two, and an endpoint failing for 3 s is disabled.
+    "WADISPATCH_CALLBACK_RETRY_SCHEDULE_S": "[0.3, 0.3, 0.3]",
+    "WADISPATCH_CALLBACK_POLL_S": "0.1",
+    "WADISPATCH_CALLBACK_TIMEOUT_S": "2",
+    "WADISPATCH_CALLBACK_DISABLE_AFTER_H": "0.0008",
 }
 os.environ.update(TEST_ENV)
 
+from tests.support.hook_receiver import HookReceiver  # noqa: E402
 from tests.support.media_server import Canary, MediaServer  # noqa: E402
 from tests.support.processes import ManagedProcess, free_port, http_ok  # noqa: E402
 
@@ -116,6 +122,14 @@ def media_server() -> Iterator[MediaServer]:
 
 
 @pytest.fixture(scope="session")
+def hook_receiver() -> Iterator[HookReceiver]:
+    """The loopback receiver behind https://hooks.test/... (event callbacks)."""
+    receiver = HookReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
 def canary() -> Iterator[Canary]:
     trap = Canary()
     yield trap
@@ -140,8 +154,12 @@ STUB_ADDRESSES = {
 MEDIA_HOSTS = ("example.com", "cdn.example.com", "media.test", "x.example")
 
 
-def media_env(media: MediaServer, media_dir: Path, api_url: str) -> dict[str, str]:
-    hosts = {**dict.fromkeys(MEDIA_HOSTS, media.origin), **STUB_ADDRESSES}
+# Event callback URLs under this name reach the test's loopback receiver (tests/support/hook_receiver.py).
+HOOKS_HOST = "hooks.test"
+
+
+def media_env(media: MediaServer, media_dir: Path, api_url: str, hooks: HookReceiver) -> dict[str, str]:
+    hosts = {**dict.fromkeys(MEDIA_HOSTS, media.origin), **STUB_ADDRESSES, HOOKS_HOST: hooks.origin}
     return {
         "WADISPATCH_MEDIA_DIR": str(media_dir),
         "WADISPATCH_PUBLIC_BASE_URL": api_url,
@@ -157,6 +175,7 @@ def stack(
     database: str,
     redis_client: object,
     media_server: MediaServer,
+    hook_receiver: HookReceiver,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     log_dir = tmp_path_factory.mktemp("logs")
@@ -165,7 +184,7 @@ def stack(
     env = {
         **os.environ,
         **TEST_ENV,
-        **media_env(media_server, media_dir, f"http://127.0.0.1:{api_port}"),
+        **media_env(media_server, media_dir, f"http://127.0.0.1:{api_port}", hook_receiver),
         "WADISPATCH_META_BASE_URL": f"http://127.0.0.1:{sandbox_port}",
         "WADISPATCH_API_PORT": str(api_port),
         "PYTHONUNBUFFERED": "1",

@@ -19,6 +19,7 @@ from models.settings import get_settings
 from wadispatch.client import masked_kwargs_repr
 from worker.backoff import compute_backoff
 from worker.breaker import Breaker, BreakerPolicy
+from worker.callbacks import Dispatcher
 from worker.celery_app import (
     SEND_QUEUES,
     SEND_TASK,
@@ -240,17 +241,23 @@ def sweep() -> dict[str, int]:
 
 
 _pacer: Pacer | None = None
+_callbacks: Dispatcher | None = None
 
 
 @worker_ready.connect
 def _start_pacer(**_: object) -> None:
-    global _pacer
+    global _pacer, _callbacks
     settings = get_settings()
     _pacer = Pacer(enqueue_due, interval_s=settings.pacer_interval_s, lead_s=settings.rate_inline_wait_s / 2)
     _pacer.start()
+    # Event callbacks: their own thread and pool, apart from the send threads.
+    _callbacks = Dispatcher(settings)
+    _callbacks.start()
 
 
 @worker_shutdown.connect
 def _stop_pacer(**_: object) -> None:
     if _pacer is not None:
         _pacer.stop()
+    if _callbacks is not None:
+        _callbacks.stop()

@@ -302,7 +302,7 @@ def test_no_key_row_is_committed_before_its_message(stack, tenant, monkeypatch, 
         session = get_sessionmaker()()
         with pytest.raises(RuntimeError, match="injected"):
             try:
-                flowestate._send_once(body, session, caller, "unit-key")
+                flowestate.send_once(body, session, caller, "unit-key")
             finally:
                 session.close()
     else:

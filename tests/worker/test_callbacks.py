@@ -1,0 +1,238 @@
+"""Event callbacks to upstream endpoints: written by the database with the change they report,
+delivered by the worker's dispatcher to a loopback receiver (https://hooks.test/... through the
+test-only host mapping), signed the Standard Webhooks way and verified with its own package."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from standardwebhooks.webhooks import Webhook
+
+from models.db import session_scope
+from models.enums import KeyKind
+from models.tables import EventDelivery
+from tests.cli.test_cli import wadispatch
+from tests.support import meta_webhooks as meta
+from tests.support.tenants import random_phone
+from wadispatch.client import Submitter
+
+
+def _endpoint(live, tenant, url: str, events: str | None = None) -> dict[str, Any]:
+    args = ["endpoint", "add", "--org", tenant.slug, "--url", url, "--json"]
+    if events:
+        args += ["--events", events]
+    done = wadispatch(*args, env=live.env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _events(received, secret: str) -> list[dict[str, Any]]:
+    """Each callback verified with the endpoint's secret (raises on a bad signature)."""
+    return [Webhook(secret).verify(r.body, r.headers) for r in received]
+
+
+def _path() -> str:
+    return uuid.uuid4().hex
+
+
+def test_message_events_reach_the_endpoint_signed(live, api, sandbox, tenant, hook_receiver):
+    path = _path()
+    endpoint = _endpoint(live, tenant, f"https://hooks.test/ok/{path}")
+    assert endpoint["secret"].startswith("whsec_") and endpoint["status"] == "active"
+    message_id = api.send(tenant, tenant.new_lead(), "Hello").json()["messageId"]
+    sent = api.wait_for(tenant, message_id)
+    meta.deliver(
+        live.api_url,
+        meta.envelope(tenant.account.phone_number_id, statuses=[meta.status(sent["wamid"], "delivered")]),
+    )
+    received = hook_receiver.wait_for(f"/ok/{path}", 2)
+    events = _events(received, endpoint["secret"])
+    assert [e["type"] for e in events] == ["message.sent", "message.delivered"]
+    data = events[0]["data"]
+    assert data["messageId"] == message_id and data["wamid"] == sent["wamid"] and data["status"] == "sent"
+    assert data["whatsappAccountId"] == str(tenant.account.id) and "Hello" not in json.dumps(events)
+    first = received[0].headers
+    assert first["webhook-id"].startswith("msg_") and first["webhook-signature"].startswith("v1,")
+    assert abs(int(first["webhook-timestamp"]) - time.time()) < 30
+    # A signature made with another secret is refused by the verifier.
+    other = Webhook("whsec_" + "A" * 43 + "=")
+    try:
+        other.verify(received[0].body, received[0].headers)
+        raise AssertionError("verified with the wrong secret")
+    except Exception as error:
+        assert "signature" in str(error).lower()
+    listed = json.loads(wadispatch("endpoint", "list", "--org", tenant.slug, "--json", env=live.env).stdout)
+    (shown,) = listed["data"]
+    assert shown["deliveries"]["delivered"] == 2 and "secret" not in shown and shown["lastSuccessAt"]
+
+
+def test_failed_received_and_account_events_and_the_event_filter(live, api, sandbox, tenant, hook_receiver):
+    everything, failures = _path(), _path()
+    all_events = _endpoint(live, tenant, f"https://hooks.test/ok/{everything}")
+    only_failed = _endpoint(live, tenant, f"https://hooks.test/ok/{failures}", events="message.failed")
+    sandbox.fault(tenant.account.phone_number_id, 400, 131026, count=1)
+    failed = api.wait_for(tenant, api.send(tenant, tenant.new_lead(), "x").json()["messageId"])
+    assert failed["status"] == "failed"
+    phone = random_phone()
+    tenant.new_lead(phone=phone)
+    inbound = {"from": phone.lstrip("+"), "id": f"wamid.in-{uuid.uuid4().hex}", "timestamp": str(int(time.time())),
+               "type": "text", "text": {"body": "Is it still available?"}}  # fmt: skip
+    meta.deliver(live.api_url, meta.envelope(tenant.account.phone_number_id, messages=[inbound]))
+    assert wadispatch("account", "halt", "--id", str(tenant.account.id), env=live.env).returncode == 0
+    assert wadispatch("account", "resume", "--id", str(tenant.account.id), env=live.env).returncode == 0
+
+    events = _events(hook_receiver.wait_for(f"/ok/{everything}", 4), all_events["secret"])
+    by_type = {e["type"]: e["data"] for e in events}
+    assert set(by_type) == {"message.failed", "message.received", "account.halted", "account.resumed"}
+    assert by_type["message.failed"]["error"] == {"code": "131026", "title": failed["error"]["title"]}
+    assert by_type["message.received"]["message"]["text"] == {"body": "Is it still available?"}
+    assert by_type["account.halted"]["whatsappAccountId"] == str(tenant.account.id)
+    filtered = _events(hook_receiver.wait_for(f"/ok/{failures}", 1), only_failed["secret"])
+    time.sleep(0.5)
+    assert [e["type"] for e in filtered] == ["message.failed"] and len(hook_receiver.to(f"/ok/{failures}")) == 1
+
+
+def test_retries_keep_the_webhook_id_until_a_2xx(live, api, tenant, hook_receiver):
+    path = _path()
+    endpoint = _endpoint(live, tenant, f"https://hooks.test/flaky/2/{path}", events="message.sent")
+    api.wait_for(tenant, api.send(tenant, tenant.new_lead(), "x").json()["messageId"])
+    tries = hook_receiver.wait_for(f"/flaky/2/{path}", 3)
+    assert len({t.headers["webhook-id"] for t in tries}) == 1
+    _events(tries, endpoint["secret"])  # every try is signed afresh, and verifies
+    deadline = time.monotonic() + 10
+    while (state := _delivery(endpoint["id"]))["state"] != "delivered":
+        assert time.monotonic() < deadline, state
+        time.sleep(0.1)
+    assert state["attempts"] == 3 and state["last_status"] == 200
+
+
+def test_an_endpoint_failing_every_try_gives_up_and_is_disabled(live, api, tenant, hook_receiver):
+    # Tests retry 3 times 0.3 s apart and disable an endpoint failing for about 3 s (conftest).
+    path = _path()
+    endpoint = _endpoint(live, tenant, f"https://hooks.test/fail/{path}", events="message.sent")
+    api.wait_for(tenant, api.send(tenant, tenant.new_lead(), "x").json()["messageId"])
+    _until(lambda: _delivery(endpoint["id"])["state"] == "failed")
+    gave_up = _delivery(endpoint["id"])
+    assert gave_up["attempts"] == 4 and "HTTP 500" in gave_up["last_error"]
+    assert _listed(live, tenant, endpoint["id"])["status"] == "active"  # failing, not for long yet
+    time.sleep(3.2)
+    api.wait_for(tenant, api.send(tenant, tenant.new_lead(), "x").json()["messageId"])
+    _until(lambda: _listed(live, tenant, endpoint["id"])["status"] == "disabled")
+    shown = _listed(live, tenant, endpoint["id"])
+    assert "HTTP 500" in shown["disabledReason"] and shown["failingSince"]
+    tries = len(hook_receiver.to(f"/fail/{path}"))
+    time.sleep(1.0)
+    assert len(hook_receiver.to(f"/fail/{path}")) == tries  # nothing more once disabled
+    enabled = wadispatch("endpoint", "enable", "--org", tenant.slug, "--id", endpoint["id"], "--json", env=live.env)
+    assert json.loads(enabled.stdout)["status"] == "active"
+    hook_receiver.wait_for(f"/fail/{path}", tries + 1)  # what was pending is tried again
+
+
+def _until(condition, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_private_addresses_and_redirects_are_refused(live, api, tenant, hook_receiver):
+    refused = wadispatch("endpoint", "add", "--org", tenant.slug, "--url", "https://10.0.0.7/hook", env=live.env)
+    assert refused.returncode != 0 and "private" in refused.stderr
+    plain = wadispatch("endpoint", "add", "--org", tenant.slug, "--url", "ftp://hooks.test/x", env=live.env)
+    assert plain.returncode != 0 and "https" in plain.stderr
+    # A name that resolves to a private address is refused when connecting, not only when added.
+    private = _endpoint(live, tenant, "https://intranet.test/hook", events="message.sent")
+    path = _path()
+    redirect = _endpoint(live, tenant, f"https://hooks.test/redirect/{path}", events="message.sent")
+    api.wait_for(tenant, api.send(tenant, tenant.new_lead(), "x").json()["messageId"])
+    deadline = time.monotonic() + 10
+    while (state := _delivery(private["id"]))["last_error"] is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert "private address" in state["last_error"]
+    hook_receiver.wait_for(f"/redirect/{path}", 1)
+    while (state := _delivery(redirect["id"]))["last_error"] is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert "HTTP 302" in state["last_error"]
+    assert hook_receiver.to(f"/ok/{path}") == []  # the redirect was not followed
+
+
+def test_a_dead_endpoint_does_not_slow_sends(live, api, tenant, hook_receiver):
+    # Every callback hangs until its 2 s timeout, more of them than the dispatcher has threads.
+    _endpoint(live, tenant, f"https://hooks.test/slow/30/{_path()}")
+    lead = tenant.new_lead()
+    started = time.monotonic()
+    ids = [api.send(tenant, lead, f"m{n}").json()["messageId"] for n in range(20)]
+    for message_id in ids:
+        assert api.wait_for(tenant, message_id, timeout=15)["status"] == "sent"
+    assert time.monotonic() - started < 15
+
+
+def test_replay_delivers_past_events_again(live, api, tenant, hook_receiver):
+    path = _path()
+    endpoint = _endpoint(live, tenant, f"https://hooks.test/ok/{path}", events="message.sent")
+    api.wait_for(tenant, api.send(tenant, tenant.new_lead(), "x").json()["messageId"])
+    (first,) = hook_receiver.wait_for(f"/ok/{path}", 1)
+    since = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() - 120))
+    args = ["endpoint", "replay", "--org", tenant.slug, "--id", endpoint["id"], "--since", since, "--json"]
+    replayed = wadispatch(*args, env=live.env)
+    assert json.loads(replayed.stdout) == {"replayed": 1}, replayed.stderr
+    again = hook_receiver.wait_for(f"/ok/{path}", 2)[1]
+    assert again.headers["webhook-id"] == first.headers["webhook-id"] and again.body == first.body
+
+
+def test_the_api_manages_endpoints_with_the_webhooks_scope(live, api, tenant):
+    writer = {"Authorization": f"Bearer {tenant.new_key(scopes=['webhooks:write'])}"}
+    created = api.http.post("/api/v1/webhooks/endpoints", json={"url": "https://hooks.test/ok/api"}, headers=writer)
+    assert created.status_code == 201, created.text
+    data = created.json()["data"]
+    assert data["secret"].startswith("whsec_") and "message.received" in data["events"]
+    listed = api.http.get("/api/v1/webhooks/endpoints", headers=writer).json()["data"]
+    assert [e["id"] for e in listed] == [data["id"]] and "secret" not in listed[0]
+    assert api.http.get("/api/v1/webhooks/endpoints", headers=tenant.auth).status_code == 403
+    bad = api.http.post(
+        "/api/v1/webhooks/endpoints", json={"url": "https://hooks.test/x", "events": ["message.lost"]}, headers=writer
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["details"][0]["field"] == "events"
+    local = api.http.post("/api/v1/webhooks/endpoints", json={"url": "https://127.0.0.1/x"}, headers=writer)
+    assert local.status_code == 400 and "loopback" in local.json()["error"]["message"]
+    replay = api.http.post(
+        f"/api/v1/webhooks/endpoints/{data['id']}/replay", json={"since": "2026-01-01T00:00:00"}, headers=writer
+    )
+    assert replay.json() == {"data": {"replayed": 0}}
+    assert api.http.delete(f"/api/v1/webhooks/endpoints/{data['id']}", headers=writer).status_code == 204
+    assert api.http.delete(f"/api/v1/webhooks/endpoints/{data['id']}", headers=writer).status_code == 404
+
+
+def test_a_rejected_submission_is_an_event(live, api, tenant, hook_receiver):
+    path = _path()
+    endpoint = _endpoint(live, tenant, f"https://hooks.test/ok/{path}", events="submission.rejected")
+    submitter = Submitter(live.env["WADISPATCH_REDIS_URL"], api_key=tenant.new_key(kind=KeyKind.FLOWIQ))
+    key = f"helpdesk-{uuid.uuid4().hex}"
+    submitter.flowiq_send(tenant.slug, {"phone_number": random_phone(), "message_type": "text", "text": "x"},
+                          idempotency_key=key)  # fmt: skip
+    (event,) = _events(hook_receiver.wait_for(f"/ok/{path}", 1), endpoint["secret"])
+    assert event["type"] == "submission.rejected"
+    assert event["data"] == {"idempotencyKey": key, "api": "flowiq", "code": "Contact not found",
+                             "message": event["data"]["message"]}  # fmt: skip
+
+
+def _delivery(endpoint_id: str) -> dict[str, Any]:
+    with session_scope() as s:
+        row = s.execute(
+            select(EventDelivery.state, EventDelivery.attempts, EventDelivery.last_status, EventDelivery.last_error)
+            .where(EventDelivery.endpoint_id == uuid.UUID(endpoint_id))
+            .order_by(EventDelivery.created_at)
+            .limit(1)
+        ).one()
+    return dict(row._mapping)
+
+
+def _listed(live, tenant, endpoint_id: str) -> dict[str, Any]:
+    done = wadispatch("endpoint", "list", "--org", tenant.slug, "--json", env=live.env)
+    return next(e for e in json.loads(done.stdout)["data"] if e["id"] == endpoint_id)

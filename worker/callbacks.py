@@ -1,0 +1,219 @@
+"""Deliver event callbacks: the outbox rows the database writes (migration 0009) to the
+organizations' endpoints, signed the Standard Webhooks way, at least once.
+
+Every worker's main process runs one dispatcher thread and its own small thread pool
+(``WADISPATCH_CALLBACK_CONCURRENCY``) with its own HTTP client: a slow or dead endpoint holds
+only those threads, never a send thread, so it cannot slow delivery to Meta. Dispatchers share
+the outbox with ``FOR UPDATE SKIP LOCKED``; a taken row is leased (its next try pushed past the
+call's timeout), so a dispatcher that dies mid-call leaves the row to be tried again.
+
+A try: the endpoint's URL through the same address policy as media fetches (public addresses
+only, checked when connecting, no redirects followed), a 15 s budget, and a 2xx means delivered.
+Anything else waits for the next step of the retry schedule (about a day in all), then the row
+is ``failed``. An endpoint that has failed every try for ``WADISPATCH_CALLBACK_DISABLE_AFTER_H``
+is disabled, with the reason, until an operator enables it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, func, select, update
+
+from models.crypto import decrypt_token
+from models.db import session_scope
+from models.events import signed_call
+from models.settings import Settings
+from models.tables import EventDelivery, EventEndpoint
+from worker.media.fetch import SafeFetcher
+from worker.meta_errors import DeliveryError
+
+log = logging.getLogger(__name__)
+
+# A taken row's next try is pushed this far past the call's own budget (its lease).
+LEASE_MARGIN_S = 30.0
+
+
+@dataclass(frozen=True)
+class Due:
+    delivery_id: uuid.UUID
+    endpoint_id: uuid.UUID
+    url: str
+    secret_encrypted: str
+    payload: dict[str, Any]
+    attempts: int  # including this one
+
+
+@dataclass(frozen=True)
+class Tried:
+    delivered: bool
+    status: int | None
+    error: str | None
+
+
+def take_due(settings: Settings, batch: int) -> list[Due]:
+    """Lease up to ``batch`` due deliveries of active endpoints, oldest first."""
+    lease = timedelta(seconds=settings.callback_timeout_s + LEASE_MARGIN_S)
+    due = (
+        select(EventDelivery.id)
+        .join(EventEndpoint, EventEndpoint.id == EventDelivery.endpoint_id)
+        .where(
+            EventDelivery.state == "pending",
+            EventDelivery.next_attempt_at <= func.now(),
+            EventEndpoint.status == "active",
+        )
+        .order_by(EventDelivery.next_attempt_at)
+        .limit(batch)
+        .with_for_update(of=EventDelivery, skip_locked=True)
+        .scalar_subquery()
+    )
+    with session_scope() as session:
+        taken = session.execute(
+            update(EventDelivery)
+            .where(EventDelivery.id.in_(due))
+            .values(attempts=EventDelivery.attempts + 1, next_attempt_at=func.now() + lease)
+            .returning(EventDelivery.id, EventDelivery.endpoint_id, EventDelivery.payload, EventDelivery.attempts)
+        ).all()
+        if not taken:
+            return []
+        endpoints = {
+            row.id: row
+            for row in session.execute(
+                select(EventEndpoint.id, EventEndpoint.url, EventEndpoint.secret_encrypted).where(
+                    EventEndpoint.id.in_({t.endpoint_id for t in taken})
+                )
+            )
+        }
+    return [
+        Due(t.id, t.endpoint_id, endpoints[t.endpoint_id].url, endpoints[t.endpoint_id].secret_encrypted,
+            t.payload, t.attempts)
+        for t in taken
+        if t.endpoint_id in endpoints
+    ]  # fmt: skip
+
+
+def attempt(fetcher: SafeFetcher, settings: Settings, due: Due) -> Tried:
+    """One signed POST of the event to its endpoint."""
+    try:
+        call = signed_call(decrypt_token(due.secret_encrypted), due.delivery_id, due.payload, datetime.now(UTC))
+        status = fetcher.post(due.url, call.body, call.headers, timeout_s=settings.callback_timeout_s)
+    except DeliveryError as error:
+        # The fetcher's titles speak of media; the reason after the colon is what applies.
+        return Tried(False, error.http_status, error.title.split(": ", 1)[-1])
+    except Exception as error:  # a secret that cannot be decrypted, a bug: kept on the row
+        log.exception("event delivery %s: could not be tried", due.delivery_id)
+        return Tried(False, None, type(error).__name__)
+    if 200 <= status < 300:
+        return Tried(True, status, None)
+    return Tried(False, status, f"the endpoint answered HTTP {status}")
+
+
+def record(settings: Settings, due: Due, tried: Tried) -> None:
+    """Write the try's result on the row and the endpoint's health."""
+    schedule = settings.callback_retry_schedule_s
+    with session_scope() as session:
+        if tried.delivered:
+            session.execute(
+                update(EventDelivery)
+                .where(EventDelivery.id == due.delivery_id)
+                .values(state="delivered", delivered_at=func.now(), next_attempt_at=None,
+                        last_status=tried.status, last_error=None)
+            )  # fmt: skip
+            session.execute(
+                update(EventEndpoint)
+                .where(EventEndpoint.id == due.endpoint_id)
+                .values(last_success_at=func.now(), failing_since=None)
+            )
+            return
+        gave_up = due.attempts > len(schedule)
+        wait = timedelta(seconds=schedule[min(due.attempts, len(schedule)) - 1])
+        session.execute(
+            update(EventDelivery)
+            .where(EventDelivery.id == due.delivery_id)
+            .values(
+                state="failed" if gave_up else "pending",
+                next_attempt_at=None if gave_up else func.now() + wait,
+                last_status=tried.status,
+                last_error=(tried.error or "")[:500],
+            )
+        )
+        failing_for = timedelta(hours=settings.callback_disable_after_h)
+        # Failing every try since longer than that (the old failing_since: SET reads the old row).
+        too_long = and_(
+            EventEndpoint.failing_since.is_not(None), EventEndpoint.failing_since < func.now() - failing_for
+        )
+        reason = f"every delivery failed for {settings.callback_disable_after_h:g} h; last: {tried.error}"
+        session.execute(
+            update(EventEndpoint)
+            .where(EventEndpoint.id == due.endpoint_id)
+            .values(
+                failing_since=func.coalesce(EventEndpoint.failing_since, func.now()),
+                status=case((too_long, "disabled"), else_=EventEndpoint.status),
+                disabled_reason=case((too_long, reason), else_=EventEndpoint.disabled_reason),
+            )
+        )
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, fetcher: SafeFetcher | None = None) -> None:
+        self.settings = settings
+        self.fetcher = fetcher or SafeFetcher(settings)
+        self.pool = ThreadPoolExecutor(settings.callback_concurrency, thread_name_prefix="wadispatch-callback")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._in_flight = threading.Semaphore(settings.callback_concurrency)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="wadispatch-callbacks", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def run_once(self) -> int:
+        """Take what the free threads can carry now and hand each to one."""
+        free = 0
+        while self._in_flight.acquire(blocking=False):
+            free += 1
+        try:
+            taken = take_due(self.settings, free) if free else []
+        except Exception:
+            for _ in range(free):
+                self._in_flight.release()
+            raise
+        for _ in range(free - len(taken)):
+            self._in_flight.release()
+        for due in taken:
+            self.pool.submit(self._deliver, due)
+        return len(taken)
+
+    def _deliver(self, due: Due) -> None:
+        try:
+            tried = attempt(self.fetcher, self.settings, due)
+            record(self.settings, due, tried)
+            if not tried.delivered:
+                log.info("event delivery %s try %d: %s", due.delivery_id, due.attempts, tried.error)
+        except Exception:
+            # The row's lease runs out and it is tried again.
+            log.exception("event delivery %s: result not recorded", due.delivery_id)
+        finally:
+            self._in_flight.release()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                taken = self.run_once()
+            except Exception:
+                log.exception("callback dispatcher pass failed")
+                taken = 0
+            if not taken:
+                self._stop.wait(self.settings.callback_poll_s)
