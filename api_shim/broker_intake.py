@@ -90,6 +90,10 @@ def submit(
             code, message = _code_and_message(error)
             if code == ErrorCode.RATE_LIMITED and rate:
                 raise RetryLater(max(0.1, rate[-1].retry_after_s)) from None
+            if code == ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS:
+                # Another delivery of this very submission is being stored right now: its outcome
+                # will be the answer, so this one looks again shortly instead of calling it refused.
+                raise RetryLater(1.0) from None
             log.info("submission %s refused: %s", idempotency_key, code)
             _tell_upstream(session, api_key, api, idempotency_key, code, message)
             return Submitted(0, 1, code)
@@ -133,6 +137,9 @@ def _malformed(
         return f"api must be one of {', '.join(APIS)}"
     if not isinstance(api_key, str) or not api_key:
         return "api_key is required"
+    if text_rule(api_key) or not api_key.isascii():
+        # Never echoed: a key with a stray byte is still most of a real key.
+        return "api_key: is not a valid API key"
     if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= idempotency.MAX_KEY_LENGTH:
         return f"idempotency_key is required: 1 to {idempotency.MAX_KEY_LENGTH} characters"
     if rule := text_rule(idempotency_key):

@@ -10,23 +10,26 @@ an invalid key, a missing scope, the quota used up — or older than the key's T
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api_shim.auth import Caller, authenticate_flowiq
-from api_shim.errors import ApiError, ErrorBody, ErrorCode, error_responses
+from api_shim.errors import ApiError, ErrorBody, ErrorCode, FieldProblem, error_responses
 from api_shim.flowestate import AUTH_ERRORS, DbSession, SendOut, caller_with
 from api_shim.flowestate import router as flowestate_router
 from api_shim.flowiq import router as flowiq_router
-from api_shim.flowiq_errors import FlowIQError, FlowIQErrorBody
+from api_shim.flowiq_errors import FlowIQError, FlowIQErrorBody, invalid
+from api_shim.storable_text import text_rule
 from models.db import get_sessionmaker
 from models.enums import Scope, SourceApi
+from models.settings import get_settings
 from models.tables import IdempotencyKey
 
 
@@ -42,7 +45,11 @@ class Kept:
 def kept_under(session: Session, caller: Caller, surface: SourceApi, key: str) -> Kept | None:
     row = session.execute(
         select(IdempotencyKey.message_id, IdempotencyKey.response_status, IdempotencyKey.response_body).where(
-            IdempotencyKey.org_id == caller.org_id, IdempotencyKey.surface == surface, IdempotencyKey.key == key
+            IdempotencyKey.org_id == caller.org_id,
+            IdempotencyKey.surface == surface,
+            IdempotencyKey.key == key,
+            # Past its TTL a key answers for nothing (a new send may take it over).
+            IdempotencyKey.created_at > func.now() - timedelta(hours=get_settings().idempotency_ttl_h),
         )
     ).one_or_none()
     if row is None or (row.message_id is None and row.response_status is None):
@@ -76,6 +83,10 @@ def flowestate_submission(
 ) -> SubmissionEnvelope:
     """Scope `whatsapp:read`. What a FlowEstate submission (broker or HTTP) with this key produced:
     its messageId, a batch's results, or the refusal in FlowEstate's error envelope."""
+    if rule := text_rule(idempotency_key):
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR, f"idempotencyKey: {rule}", [FieldProblem(field="idempotencyKey", rule=rule)]
+        )
     kept = kept_under(session, caller, SourceApi.FLOWESTATE, idempotency_key)
     if kept is None:
         raise ApiError(ErrorCode.NOT_FOUND, "No submission with this Idempotency-Key (yet)")
@@ -112,6 +123,8 @@ async def flowiq_submission(idempotency_key: str, request: Request) -> JSONRespo
 def _flowiq_submission(request: Request, tenant_id: str | None, key: str) -> JSONResponse:
     with get_sessionmaker()() as session:
         caller = authenticate_flowiq(session, request, tenant_id, Scope.READ)
+        if rule := text_rule(key):
+            raise invalid("idempotency_key", rule)
         kept = kept_under(session, caller, SourceApi.FLOWIQ, key)
     if kept is None:
         raise FlowIQError(404, "Submission not found", "No submission with this Idempotency-Key (yet)")

@@ -43,13 +43,13 @@ def get_engine() -> Engine:
     return engine
 
 
-def _new_engine() -> Engine:
+def _new_engine(pool_size: int | None = None) -> Engine:
     settings = get_settings()
     engine = create_engine(
         settings.database_url,
         # A hard cap per process: past it a thread waits (up to 30 s) for a free connection
         # instead of opening one more, so the processes together stay within max_connections.
-        pool_size=settings.database_pool_size,
+        pool_size=pool_size or settings.database_pool_size,
         max_overflow=0,
         connect_args=connect_args(settings),
         # Error messages and logs name the statement but never its values (message text,
@@ -201,6 +201,12 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def side_engine(pool_size: int) -> Engine:
+    """An engine with a small pool of its own, for background work that must never take the
+    connections the send path counts on (the event callback dispatcher)."""
+    return _new_engine(pool_size)
 
 
 def reset_engine() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ EVENT_TYPES = (
     "account.resumed",
 )
 SECRET_PREFIX = "whsec_"
+_HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*|[0-9a-f:.]+")
 
 
 def new_secret() -> str:
@@ -70,9 +72,13 @@ def url_problem(url: str, *, allow_http: bool, test_hosts: dict[str, str]) -> st
         port = parsed.port
     except ValueError as exc:
         return f"not a valid URL ({exc})"
-    host = (parsed.hostname or "").lower()
+    if "\x00" in url or any("\ud800" <= c <= "\udfff" for c in url) or not url.isprintable():
+        return "must not contain NUL, control or unpaired surrogate characters"
+    host = (parsed.hostname or "").lower().rstrip(".")
     if not host:
         return "the URL has no host"
+    if not _HOSTNAME.fullmatch(host) and not host.startswith("["):
+        return f"{host!r} is not a valid host name"
     if parsed.username or parsed.password:
         return "credentials in the URL are not allowed"
     if parsed.scheme not in (("https", "http") if allow_http else ("https",)):

@@ -2,8 +2,10 @@
 organizations' endpoints, signed the Standard Webhooks way, at least once.
 
 Every worker's main process runs one dispatcher thread and its own small thread pool
-(``WADISPATCH_CALLBACK_CONCURRENCY``) with its own HTTP client: a slow or dead endpoint holds
-only those threads, never a send thread, so it cannot slow delivery to Meta. Dispatchers share
+(``WADISPATCH_CALLBACK_CONCURRENCY``), its own HTTP client and its own two database connections:
+a slow or dead endpoint holds only those threads, never a send thread or a send connection, so it
+cannot slow delivery to Meta; and at most a quarter of the threads may be busy with one endpoint,
+so it cannot hold up the other organizations' events either. Dispatchers share
 the outbox with ``FOR UPDATE SKIP LOCKED``; a taken row is leased (its next try pushed past the
 call's timeout), so a dispatcher that dies mid-call leaves the row to be tried again.
 
@@ -19,15 +21,18 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, select, update
+from sqlalchemy import Engine, and_, case, func, select, update
+from sqlalchemy.orm import Session
 
 from models.crypto import decrypt_token
-from models.db import session_scope
+from models.db import side_engine
 from models.events import signed_call
 from models.settings import Settings
 from models.tables import EventDelivery, EventEndpoint
@@ -57,26 +62,66 @@ class Tried:
     error: str | None
 
 
-def take_due(settings: Settings, batch: int) -> list[Due]:
-    """Lease up to ``batch`` due deliveries of active endpoints, oldest first."""
+# Connections of the dispatcher's own pool (its DB work is short: the threads share them).
+DB_CONNECTIONS = 2
+
+
+def per_endpoint(settings: Settings) -> int:
+    """Tries one endpoint may have in flight in one process: a slow or dead endpoint holds at most
+    these threads, and the others go on serving every other endpoint."""
+    return max(1, settings.callback_concurrency // 4)
+
+
+def take_due(engine: Engine, settings: Settings, batch: int, busy: Mapping[uuid.UUID, int]) -> list[Due]:
+    """Lease up to ``batch`` due deliveries of active endpoints, oldest first, at most
+    ``per_endpoint`` in flight per endpoint (``busy``: what this process has in flight now)."""
+    cap = per_endpoint(settings)
     lease = timedelta(seconds=settings.callback_timeout_s + LEASE_MARGIN_S)
-    due = (
-        select(EventDelivery.id)
+    ranked = (
+        select(
+            EventDelivery.id,
+            EventDelivery.endpoint_id,
+            EventDelivery.next_attempt_at,
+            func.row_number()
+            .over(partition_by=EventDelivery.endpoint_id, order_by=EventDelivery.next_attempt_at)
+            .label("n"),
+        )
         .join(EventEndpoint, EventEndpoint.id == EventDelivery.endpoint_id)
         .where(
             EventDelivery.state == "pending",
             EventDelivery.next_attempt_at <= func.now(),
             EventEndpoint.status == "active",
         )
-        .order_by(EventDelivery.next_attempt_at)
-        .limit(batch)
-        .with_for_update(of=EventDelivery, skip_locked=True)
-        .scalar_subquery()
+        .subquery()
     )
-    with session_scope() as session:
+    with Session(engine) as session, session.begin():
+        candidates = session.execute(
+            select(ranked.c.id, ranked.c.endpoint_id)
+            .where(ranked.c.n <= cap)
+            .order_by(ranked.c.next_attempt_at)
+            .limit(batch * cap)
+        ).all()
+        chosen: list[uuid.UUID] = []
+        planned: Counter[uuid.UUID] = Counter()
+        for candidate in candidates:
+            if busy.get(candidate.endpoint_id, 0) + planned[candidate.endpoint_id] < cap and len(chosen) < batch:
+                chosen.append(candidate.id)
+                planned[candidate.endpoint_id] += 1
+        if not chosen:
+            return []
+        still_due = (
+            select(EventDelivery.id)
+            .where(
+                EventDelivery.id.in_(chosen),
+                EventDelivery.state == "pending",
+                EventDelivery.next_attempt_at <= func.now(),
+            )
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
         taken = session.execute(
             update(EventDelivery)
-            .where(EventDelivery.id.in_(due))
+            .where(EventDelivery.id.in_(still_due))
             .values(attempts=EventDelivery.attempts + 1, next_attempt_at=func.now() + lease)
             .returning(EventDelivery.id, EventDelivery.endpoint_id, EventDelivery.payload, EventDelivery.attempts)
         ).all()
@@ -114,10 +159,10 @@ def attempt(fetcher: SafeFetcher, settings: Settings, due: Due) -> Tried:
     return Tried(False, status, f"the endpoint answered HTTP {status}")
 
 
-def record(settings: Settings, due: Due, tried: Tried) -> None:
+def record(engine: Engine, settings: Settings, due: Due, tried: Tried) -> None:
     """Write the try's result on the row and the endpoint's health."""
     schedule = settings.callback_retry_schedule_s
-    with session_scope() as session:
+    with Session(engine) as session, session.begin():
         if tried.delivered:
             session.execute(
                 update(EventDelivery)
@@ -163,11 +208,14 @@ def record(settings: Settings, due: Due, tried: Tried) -> None:
 class Dispatcher:
     def __init__(self, settings: Settings, fetcher: SafeFetcher | None = None) -> None:
         self.settings = settings
+        self.engine = side_engine(DB_CONNECTIONS)
         self.fetcher = fetcher or SafeFetcher(settings)
         self.pool = ThreadPoolExecutor(settings.callback_concurrency, thread_name_prefix="wadispatch-callback")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._in_flight = threading.Semaphore(settings.callback_concurrency)
+        self._busy: Counter[uuid.UUID] = Counter()  # tries in flight per endpoint
+        self._busy_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="wadispatch-callbacks", daemon=True)
@@ -185,7 +233,9 @@ class Dispatcher:
         while self._in_flight.acquire(blocking=False):
             free += 1
         try:
-            taken = take_due(self.settings, free) if free else []
+            with self._busy_lock:
+                busy = dict(self._busy)
+            taken = take_due(self.engine, self.settings, free, busy) if free else []
         except Exception:
             for _ in range(free):
                 self._in_flight.release()
@@ -193,19 +243,25 @@ class Dispatcher:
         for _ in range(free - len(taken)):
             self._in_flight.release()
         for due in taken:
+            with self._busy_lock:
+                self._busy[due.endpoint_id] += 1
             self.pool.submit(self._deliver, due)
         return len(taken)
 
     def _deliver(self, due: Due) -> None:
         try:
             tried = attempt(self.fetcher, self.settings, due)
-            record(self.settings, due, tried)
+            record(self.engine, self.settings, due, tried)
             if not tried.delivered:
                 log.info("event delivery %s try %d: %s", due.delivery_id, due.attempts, tried.error)
         except Exception:
             # The row's lease runs out and it is tried again.
             log.exception("event delivery %s: result not recorded", due.delivery_id)
         finally:
+            with self._busy_lock:
+                self._busy[due.endpoint_id] -= 1
+                if self._busy[due.endpoint_id] <= 0:
+                    del self._busy[due.endpoint_id]
             self._in_flight.release()
 
     def _loop(self) -> None:

@@ -158,6 +158,10 @@ def submit(self: Task, *args: object, **kwargs: object) -> str:
         delay = compute_backoff(self.request.retries + 1, base_s=DATABASE_RETRY_BASE_S, cap_s=DATABASE_RETRY_CAP_S)
         log.warning("submission: database unavailable (%s); again in %.1f s", describe_database_error(error), delay)
         raise self.retry(exc=error, countdown=delay, kwargsrepr=masked, max_retries=DATABASE_RETRIES) from error
+    except Exception as error:
+        # A bug of ours: its text could quote the arguments (the key), so only its kind is logged.
+        log.error("submission %s: internal error (%s)", kwargs.get("idempotency_key"), type(error).__name__)
+        return "refused:INTERNAL_ERROR"
     log.info("submission %s: %s", kwargs.get("idempotency_key"), submitted)
     return str(submitted)
 

@@ -4,7 +4,9 @@
 - ``/fail/...``: 500;
 - ``/flaky/<n>/...``: 503 for the first ``n`` requests to that path, then 200;
 - ``/slow/<s>/...``: waits ``s`` seconds, then 200;
-- ``/redirect/...``: 302 to ``/ok/...`` (a callback must not follow it).
+- ``/redirect/...``: 302 to ``/ok/...`` (a callback must not follow it);
+- ``/stall-body/...``: 200 with a gzip Content-Encoding and a 1 GB Content-Length, then a trickle
+  of bytes for 30 s (a callback reads the status, never the body).
 """
 
 from __future__ import annotations
@@ -48,6 +50,19 @@ class HookReceiver:
                     status = 503
                 elif parts[0] == "slow":
                     time.sleep(float(parts[1]))
+                elif parts[0] == "stall-body":
+                    self.send_response(200)
+                    self.send_header("Content-Encoding", "gzip")
+                    self.send_header("Content-Length", str(10**9))
+                    self.end_headers()
+                    try:
+                        for _ in range(300):
+                            self.wfile.write(b"\x00" * 1024)
+                            self.wfile.flush()
+                            time.sleep(0.1)
+                    except OSError:
+                        pass  # the caller hung up: as it should
+                    return
                 elif parts[0] == "redirect":
                     self.send_response(302)
                     self.send_header("Location", "/ok/" + "/".join(parts[1:]))

@@ -249,3 +249,56 @@ def _task_events(broker_url: str) -> Iterator[list[dict[str, Any]]]:
         for receiver in receivers:
             receiver.should_stop = True
         listener.join(timeout=5)
+
+
+def test_a_key_with_a_stray_byte_is_refused_without_showing_it(live, tenant):
+    from api_shim.broker_intake import submit
+
+    body = {"leadId": str(tenant.new_lead()), "whatsappAccountId": str(tenant.account.id), "message": "x"}
+    refused = submit(api="flowestate", api_key=tenant.key + "\udcff", idempotency_key="k-1", request=body)
+    assert str(refused) == "refused:BAD_SUBMISSION"
+    assert _messages(tenant) == 0
+
+
+def test_a_submission_whose_key_is_being_stored_waits_instead_of_being_refused(live, tenant):
+    from api_shim import flowestate
+    from api_shim.auth import flowestate_caller
+    from api_shim.broker_intake import RetryLater, submit
+    from models.db import get_sessionmaker
+    from models.enums import Scope
+
+    body = {"leadId": str(tenant.new_lead()), "whatsappAccountId": str(tenant.account.id), "message": "x"}
+    key = f"held-{uuid.uuid4().hex}"
+    holder = get_sessionmaker()()
+    try:
+        caller = flowestate_caller(holder, tenant.key, Scope.WRITE)
+        taken = flowestate.take_key(holder, caller, key, flowestate.SendIn.model_validate(body).model_dump(mode="json"))
+        assert not isinstance(taken, dict)  # held, uncommitted: another delivery is storing it
+        with pytest.raises(RetryLater):
+            submit(api="flowestate", api_key=tenant.key, idempotency_key=key, request=body)
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_the_submission_lookup_refuses_a_nul_and_forgets_expired_keys(live, api, tenant):
+    from sqlalchemy import update
+
+    from models.tables import IdempotencyKey
+
+    bad = api.http.get("/api/v1/whatsapp/submissions/a%00b", headers=tenant.auth)
+    assert bad.status_code == 400 and bad.json()["error"]["details"][0]["field"] == "idempotencyKey"
+    fiq = {"Authorization": f"Bearer {tenant.new_key(kind=KeyKind.FLOWIQ)}"}
+    bad = api.http.get("/send-whatsapp/submissions/a%00b", params={"tenantId": tenant.slug}, headers=fiq)
+    assert bad.status_code == 400 and bad.json()["error"] == "Invalid field"
+    key = f"old-{uuid.uuid4().hex}"
+    body = {"leadId": str(tenant.new_lead()), "whatsappAccountId": str(tenant.account.id), "message": "x"}
+    assert api.http.post("/api/v1/whatsapp/send", json=body, headers={**tenant.auth, "Idempotency-Key": key}).is_success
+    assert _submission(api, tenant, key)["status"] == "accepted"
+    with session_scope() as s:
+        s.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.key == key)
+            .values(created_at=func.now() - func.make_interval(0, 0, 0, 2))
+        )
+    assert api.http.get(f"/api/v1/whatsapp/submissions/{key}", headers=tenant.auth).status_code == 404

@@ -9,12 +9,12 @@ import time
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from standardwebhooks.webhooks import Webhook
 
 from models.db import session_scope
 from models.enums import KeyKind
-from models.tables import EventDelivery
+from models.tables import EventDelivery, EventEndpoint
 from tests.cli.test_cli import wadispatch
 from tests.support import meta_webhooks as meta
 from tests.support.tenants import random_phone
@@ -173,6 +173,48 @@ def test_a_dead_endpoint_does_not_slow_sends(live, api, tenant, hook_receiver):
     assert time.monotonic() - started < 15
 
 
+def test_only_the_status_of_the_answer_is_read(live, api, tenant, hook_receiver):
+    # The endpoint says 200, then trickles a "1 GB gzip" body for 30 s: delivered at the status line.
+    path = _path()
+    endpoint = _endpoint(live, tenant, f"https://hooks.test/stall-body/{path}", events="message.sent")
+    api.wait_for(tenant, api.send(tenant, tenant.new_lead(), "x").json()["messageId"])
+    hook_receiver.wait_for(f"/stall-body/{path}", 1)
+    _until(lambda: _delivery(endpoint["id"])["state"] == "delivered", timeout=5)
+    assert _delivery(endpoint["id"])["attempts"] == 1
+
+
+def test_a_dead_endpoint_does_not_hold_up_another_organizations_events(live, api, tenant, hook_receiver):
+    from models.endpoints import emit_event
+    from tests.support.tenants import make_tenant
+
+    _endpoint(live, tenant, f"https://hooks.test/slow/30/{_path()}", events="message.sent")
+    with session_scope() as s:
+        for n in range(40):  # far more than all dispatchers' threads, each try hanging 2 s
+            emit_event(s, tenant.org_id, "message.sent", {"n": n})
+    time.sleep(0.5)
+    other = make_tenant(live.sandbox_url)
+    path = _path()
+    _endpoint(live, other, f"https://hooks.test/ok/{path}", events="message.sent")
+    api.wait_for(other, api.send(other, other.new_lead(), "x").json()["messageId"])
+    started = time.monotonic()
+    hook_receiver.wait_for(f"/ok/{path}", 1, timeout=10)
+    assert time.monotonic() - started < 1.5
+
+
+def test_events_wait_for_a_disabled_endpoint(live, api, tenant, hook_receiver):
+    path = _path()
+    endpoint = _endpoint(live, tenant, f"https://hooks.test/ok/{path}", events="account.halted,account.resumed")
+    with session_scope() as s:
+        s.execute(update(EventEndpoint).where(EventEndpoint.id == uuid.UUID(endpoint["id"])).values(status="disabled"))
+    assert wadispatch("account", "halt", "--id", str(tenant.account.id), env=live.env).returncode == 0
+    time.sleep(0.5)
+    assert hook_receiver.to(f"/ok/{path}") == []
+    wadispatch("endpoint", "enable", "--org", tenant.slug, "--id", endpoint["id"], env=live.env)
+    assert wadispatch("account", "resume", "--id", str(tenant.account.id), env=live.env).returncode == 0
+    events = _events(hook_receiver.wait_for(f"/ok/{path}", 2), endpoint["secret"])
+    assert sorted(e["type"] for e in events) == ["account.halted", "account.resumed"]
+
+
 def test_replay_delivers_past_events_again(live, api, tenant, hook_receiver):
     path = _path()
     endpoint = _endpoint(live, tenant, f"https://hooks.test/ok/{path}", events="message.sent")
@@ -201,6 +243,9 @@ def test_the_api_manages_endpoints_with_the_webhooks_scope(live, api, tenant):
     assert bad.status_code == 400 and bad.json()["error"]["details"][0]["field"] == "events"
     local = api.http.post("/api/v1/webhooks/endpoints", json={"url": "https://127.0.0.1/x"}, headers=writer)
     assert local.status_code == 400 and "loopback" in local.json()["error"]["message"]
+    for url in ("https://example.com/a\u0000b", "https://exa mple.com/", "https://localhost./x"):
+        refused = api.http.post("/api/v1/webhooks/endpoints", json={"url": url}, headers=writer)
+        assert refused.status_code == 400 and refused.json()["error"]["details"][0]["field"] == "url", url
     replay = api.http.post(
         f"/api/v1/webhooks/endpoints/{data['id']}/replay", json={"since": "2026-01-01T00:00:00"}, headers=writer
     )

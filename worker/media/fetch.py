@@ -111,28 +111,32 @@ class SafeFetcher:
 
     def post(self, url: str, body: bytes, headers: dict[str, str], *, timeout_s: float) -> int:
         """POST ``body`` to a user's URL (an event callback) under the same address policy as a
-        media fetch; redirects are not followed. The HTTP status, or a DeliveryError."""
+        media fetch; redirects are not followed. The HTTP status, or a DeliveryError. The answer's
+        body is never read (only its status counts), so no endpoint can make us hold a large or
+        compressed body, or wait for a slow one."""
         deadline = time.monotonic() + timeout_s
         with download_deadline(deadline):
             hop = self._plan(url)
             extensions: dict[str, object] = {"sni_hostname": hop.sni_hostname} if hop.sni_hostname else {}
             left = self._seconds_left()
             timeout = httpx.Timeout(left, connect=min(self.settings.media_connect_timeout_s, left))
+            request_headers = {**headers, "Host": hop.host_header, "Accept-Encoding": "identity"}
             try:
-                response = self.client.post(
+                with self.client.stream(
+                    "POST",
                     hop.connect_url,
                     content=body,
-                    headers={**headers, "Host": hop.host_header},
+                    headers=request_headers,
                     extensions=extensions,
                     timeout=timeout,
-                )
+                ) as response:
+                    return response.status_code
             except _EgressBlocked as exc:
                 raise Permanent(f"egress guard blocked {exc}", stored_code=errors.MEDIA_EGRESS_BLOCKED) from exc
             except httpx.TimeoutException as exc:
                 raise errors.fetch_failed(f"timed out ({type(exc).__name__})", retryable=True) from exc
             except httpx.HTTPError as exc:
                 raise errors.fetch_failed(f"{type(exc).__name__}", retryable=True) from exc
-            return response.status_code
 
     # -- one hop ---------------------------------------------------------------------------
 

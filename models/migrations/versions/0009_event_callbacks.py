@@ -6,8 +6,9 @@ Create Date: 2026-12-03 00:40:00
 
 Events are written by the database itself, in the transaction of the change they report: a
 trigger on messages (a status change of an outbound message, a new inbound message) and one on
-whatsapp_accounts (halted, resumed) call wadispatch_emit_event, which adds one row per active
-endpoint of the organization that takes that event type. So an event exists exactly when its
+whatsapp_accounts (halted, resumed) call wadispatch_emit_event, which adds one row per endpoint
+of the organization that takes that event type (a disabled one too: its events wait for it to be
+enabled again). So an event exists exactly when its
 change was committed, whichever code path made it, and nothing is lost if a process dies after
 the commit. An organization without endpoints pays one index lookup per change.
 """
@@ -33,7 +34,7 @@ LANGUAGE sql AS $$
                'timestamp', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
                'data', p_data)
     FROM event_endpoints e
-    WHERE e.org_id = p_org AND e.status = 'active' AND (e.events IS NULL OR p_type = ANY (e.events))
+    WHERE e.org_id = p_org AND (e.events IS NULL OR p_type = ANY (e.events))
 $$;
 """
 
