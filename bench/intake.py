@@ -30,6 +30,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.env import bench_env  # noqa: E402  (no project import: settings are read later)
+
 DB_NAME = "wadispatch_bench_intake"
 REDIS_DB = 14
 BATCH_PATH = "/api/v1/whatsapp/send/batch"
@@ -47,15 +49,7 @@ def main() -> None:
     parser.add_argument("--floor-tasks", type=int, default=2000)
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    env = {
-        "WADISPATCH_ENV": "test",
-        "WADISPATCH_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB_NAME}",
-        "WADISPATCH_REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
-        "WADISPATCH_LOG_LEVEL": "INFO",
-        "WADISPATCH_PAIR_INTERVAL_S": "0",
-        "WADISPATCH_RATE_LIMIT_PER_MINUTE": "1000000",
-        "WADISPATCH_REQUEUE_AFTER_S": "900",
-    }
+    env = bench_env(DB_NAME, REDIS_DB)
     os.environ.update(env)
     import redis
 

@@ -36,6 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.env import bench_env  # noqa: E402  (no project import: settings are read later)
+
 DB_NAME = "wadispatch_bench_webhooks"
 REDIS_DB = 14
 APP_SECRET = "bench-app-secret-0123456789"
@@ -155,16 +157,7 @@ def quantiles(values: list[float]) -> str:
 def main() -> None:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    env = {
-        "WADISPATCH_ENV": "test",
-        "WADISPATCH_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB_NAME}",
-        "WADISPATCH_REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
-        "WADISPATCH_LOG_LEVEL": "INFO",
-        "WADISPATCH_PAIR_INTERVAL_S": "0",
-        "WADISPATCH_RATE_LIMIT_PER_MINUTE": "1000000",
-        "WADISPATCH_REQUEUE_AFTER_S": "900",
-        "WADISPATCH_META_APP_SECRET": APP_SECRET,
-    }
+    env = {**bench_env(DB_NAME, REDIS_DB), "WADISPATCH_META_APP_SECRET": APP_SECRET}
     os.environ.update(env)
     import redis
     from sqlalchemy import func, select
