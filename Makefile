@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install services run demo test lint typecheck bench-limits bench-throughput bench-webhooks chaos clean
+.PHONY: install services run demo test lint typecheck bench-limits bench-throughput bench-webhooks bench-intake chaos clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wadispatch needs Python >= 3.11 (set PYTHON=python3.12, for example)")'
@@ -36,6 +36,9 @@ bench-throughput: install services
 
 bench-webhooks: install services
 	$(BIN)/python bench/webhooks.py
+
+bench-intake: install services
+	$(BIN)/python bench/intake.py
 
 # Its own Postgres and Redis (it restarts and flushes them): the shared services are not needed.
 chaos: install
