@@ -215,6 +215,29 @@ def test_events_wait_for_a_disabled_endpoint(live, api, tenant, hook_receiver):
     assert sorted(e["type"] for e in events) == ["account.halted", "account.resumed"]
 
 
+def test_a_settled_uncertain_message_is_reported_sent_then_delivered(live, api, sandbox, tenant, hook_receiver):
+    path = _path()
+    endpoint = _endpoint(live, tenant, f"https://hooks.test/ok/{path}")
+    sandbox.set_latency(3000)  # longer than the read timeout: the answer is lost, the call uncertain
+    try:
+        message_id = api.send(tenant, tenant.new_lead(), "Did this go out?").json()["messageId"]
+        data = api.wait_for(tenant, message_id, timeout=15)
+    finally:
+        sandbox.set_latency(0)
+    assert data["error"]["code"] == "DELIVERY_UNCERTAIN"
+    (got,) = sandbox.received(tenant.account.phone_number_id)
+    status = meta.status(got["wamid"], "delivered", callback=message_id)
+    meta.deliver(live.api_url, meta.envelope(tenant.account.phone_number_id, statuses=[status]))
+    events = _events(hook_receiver.wait_for(f"/ok/{path}", 3), endpoint["secret"])
+    # Events are not ordered among themselves (tries run in parallel); each says what it reports.
+    assert sorted((e["type"], (e["data"]["error"] or {}).get("code") or "") for e in events) == [
+        ("message.delivered", ""),
+        ("message.failed", "DELIVERY_UNCERTAIN"),
+        ("message.sent", ""),
+    ]
+    assert {e["data"]["wamid"] for e in events if e["type"] != "message.failed"} == {got["wamid"]}
+
+
 def test_replay_delivers_past_events_again(live, api, tenant, hook_receiver):
     path = _path()
     endpoint = _endpoint(live, tenant, f"https://hooks.test/ok/{path}", events="message.sent")

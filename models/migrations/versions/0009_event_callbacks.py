@@ -51,8 +51,18 @@ BEGIN
         END IF;
         RETURN NULL;
     END IF;
+    IF TG_OP = 'UPDATE' AND NEW.status IN ('delivered', 'read')
+       AND OLD.status NOT IN ('sent', 'delivered', 'read') THEN
+        -- Meta's status settled a message we had not seen go out (an uncertain call, or one that
+        -- went out after all): upstream hears it was sent before it hears what came next.
+        PERFORM wadispatch_emit_event(NEW.org_id, 'message.sent', jsonb_build_object(
+            'messageId', NEW.id, 'wamid', NEW.wamid, 'status', 'sent', 'leadId', NEW.contact_id,
+            'whatsappAccountId', NEW.account_id, 'type', NEW.message_type, 'error', NULL));
+    END IF;
     IF NEW.status IN ('sent', 'delivered', 'read', 'failed')
-       AND (TG_OP = 'INSERT' OR OLD.status IS DISTINCT FROM NEW.status) THEN
+       AND (TG_OP = 'INSERT' OR OLD.status IS DISTINCT FROM NEW.status
+            -- failed again for another reason (DELIVERY_UNCERTAIN settled by Meta's failed status)
+            OR (NEW.status = 'failed' AND OLD.error_code IS DISTINCT FROM NEW.error_code)) THEN
         PERFORM wadispatch_emit_event(NEW.org_id, 'message.' || NEW.status, jsonb_build_object(
             'messageId', NEW.id, 'wamid', NEW.wamid, 'status', NEW.status, 'leadId', NEW.contact_id,
             'whatsappAccountId', NEW.account_id, 'type', NEW.message_type,
@@ -129,7 +139,7 @@ def upgrade() -> None:
     op.execute(MESSAGE_EVENTS)
     op.execute(ACCOUNT_EVENTS)
     op.execute(
-        "CREATE TRIGGER messages_events AFTER INSERT OR UPDATE OF status ON messages "
+        "CREATE TRIGGER messages_events AFTER INSERT OR UPDATE OF status, error_code ON messages "
         "FOR EACH ROW EXECUTE FUNCTION wadispatch_message_event()"
     )
     op.execute(
