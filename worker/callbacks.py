@@ -77,28 +77,20 @@ def take_due(engine: Engine, settings: Settings, batch: int, busy: Mapping[uuid.
     ``per_endpoint`` in flight per endpoint (``busy``: what this process has in flight now)."""
     cap = per_endpoint(settings)
     lease = timedelta(seconds=settings.callback_timeout_s + LEASE_MARGIN_S)
-    ranked = (
-        select(
-            EventDelivery.id,
-            EventDelivery.endpoint_id,
-            EventDelivery.next_attempt_at,
-            func.row_number()
-            .over(partition_by=EventDelivery.endpoint_id, order_by=EventDelivery.next_attempt_at)
-            .label("n"),
-        )
-        .join(EventEndpoint, EventEndpoint.id == EventDelivery.endpoint_id)
-        .where(
-            EventDelivery.state == "pending",
-            EventDelivery.next_attempt_at <= func.now(),
-            EventEndpoint.status == "active",
-        )
-        .subquery()
-    )
+    full = [endpoint_id for endpoint_id, count in busy.items() if count >= cap]
     with Session(engine) as session, session.begin():
+        # The oldest due events (by the partial index) of endpoints with room; the per-endpoint
+        # share is applied below.
         candidates = session.execute(
-            select(ranked.c.id, ranked.c.endpoint_id)
-            .where(ranked.c.n <= cap)
-            .order_by(ranked.c.next_attempt_at)
+            select(EventDelivery.id, EventDelivery.endpoint_id)
+            .join(EventEndpoint, EventEndpoint.id == EventDelivery.endpoint_id)
+            .where(
+                EventDelivery.state == "pending",
+                EventDelivery.next_attempt_at <= func.now(),
+                EventEndpoint.status == "active",
+                EventDelivery.endpoint_id.not_in(full),
+            )
+            .order_by(EventDelivery.next_attempt_at)
             .limit(batch * cap)
         ).all()
         chosen: list[uuid.UUID] = []
@@ -216,6 +208,8 @@ class Dispatcher:
         self._in_flight = threading.Semaphore(settings.callback_concurrency)
         self._busy: Counter[uuid.UUID] = Counter()  # tries in flight per endpoint
         self._busy_lock = threading.Lock()
+        # Set when a try ends: the loop takes the next due event at once instead of at the next poll.
+        self._wake = threading.Event()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="wadispatch-callbacks", daemon=True)
@@ -223,6 +217,7 @@ class Dispatcher:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -263,13 +258,16 @@ class Dispatcher:
                 if self._busy[due.endpoint_id] <= 0:
                     del self._busy[due.endpoint_id]
             self._in_flight.release()
+            self._wake.set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()
             try:
                 taken = self.run_once()
             except Exception:
                 log.exception("callback dispatcher pass failed")
                 taken = 0
             if not taken:
-                self._stop.wait(self.settings.callback_poll_s)
+                # Until a try ends (a thread or an endpoint's share is free again) or the next poll.
+                self._wake.wait(self.settings.callback_poll_s)

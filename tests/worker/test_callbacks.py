@@ -174,7 +174,7 @@ def test_a_dead_endpoint_does_not_slow_sends(live, api, tenant, hook_receiver):
 
 
 def test_only_the_status_of_the_answer_is_read(live, api, tenant, hook_receiver):
-    # The endpoint says 200, then trickles a "1 GB gzip" body for 30 s: delivered at the status line.
+    # The endpoint says 200, then trickles a "1 GB gzip" body for 30 s: delivered on its status.
     path = _path()
     endpoint = _endpoint(live, tenant, f"https://hooks.test/stall-body/{path}", events="message.sent")
     api.wait_for(tenant, api.send(tenant, tenant.new_lead(), "x").json()["messageId"])

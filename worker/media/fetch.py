@@ -32,6 +32,8 @@ from worker.meta_errors import DeliveryError, Permanent
 Resolver = Callable[[str, int], list[str]]
 
 DEFAULT_PORTS = {"https": 443, "http": 80}
+# What a callback reads of its answer at most (see SafeFetcher.post).
+ANSWER_READ_MAX = 4096
 
 
 def system_resolver(host: str, port: int) -> list[str]:
@@ -111,9 +113,10 @@ class SafeFetcher:
 
     def post(self, url: str, body: bytes, headers: dict[str, str], *, timeout_s: float) -> int:
         """POST ``body`` to a user's URL (an event callback) under the same address policy as a
-        media fetch; redirects are not followed. The HTTP status, or a DeliveryError. The answer's
-        body is never read (only its status counts), so no endpoint can make us hold a large or
-        compressed body, or wait for a slow one."""
+        media fetch; redirects are not followed. The HTTP status, or a DeliveryError. Only the
+        status counts: at most ANSWER_READ_MAX bytes of the answer are read (and never decoded),
+        enough for the connection to be reused after the usual short answer, too little for a
+        large, compressed or slow one to hold a thread or memory."""
         deadline = time.monotonic() + timeout_s
         with download_deadline(deadline):
             hop = self._plan(url)
@@ -130,6 +133,11 @@ class SafeFetcher:
                     extensions=extensions,
                     timeout=timeout,
                 ) as response:
+                    read = 0
+                    for chunk in response.iter_raw():
+                        read += len(chunk)
+                        if read > ANSWER_READ_MAX:
+                            break
                     return response.status_code
             except _EgressBlocked as exc:
                 raise Permanent(f"egress guard blocked {exc}", stored_code=errors.MEDIA_EGRESS_BLOCKED) from exc
