@@ -13,12 +13,13 @@ from api_shim import flowestate_batch as _flowestate_batch  # noqa: F401  (its r
 from api_shim import flowestate_history as _flowestate_history  # noqa: F401  (its routes join flowestate.router)
 from api_shim import flowiq_batch as _flowiq_batch  # noqa: F401  (its route joins flowiq.router)
 from api_shim import flowiq_lookup as _flowiq_lookup  # noqa: F401  (its route joins flowiq.router)
+from api_shim import lean_send as _lean_send  # noqa: F401  (its routes join flowestate.router)
 from api_shim import submissions as _submissions  # noqa: F401  (its routes join both routers)
 from api_shim.errors import install_flowestate_handlers
 from api_shim.flowiq_errors import FlowIQError
 from api_shim.request_guard import RequestGuard
 from api_shim.sync_results import ResultWaiter
-from models import log_hygiene
+from models import async_db, log_hygiene
 from models.settings import get_settings
 
 DESCRIPTION = """
@@ -41,10 +42,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     waiter = ResultWaiter(get_settings().redis_url)
     app.state.result_waiter = waiter
     await waiter.start()
+    await async_db.open_pool()
     try:
         yield
     finally:
         await waiter.stop()
+        await async_db.close_pool()
 
 
 def create_app() -> FastAPI:

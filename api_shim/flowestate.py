@@ -5,10 +5,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Depends, Header, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import (
     AfterValidator,
@@ -61,24 +60,6 @@ def caller_with(scope: Scope):
         return authenticate_flowestate(session, request, scope)
 
     return dependency
-
-
-async def _authenticated_writer(request: Request) -> tuple[Session, Caller]:
-    """A session and the authenticated caller (scope whatsapp:write), in one hop to the thread pool.
-
-    The send endpoint then does all its database work in one more hop (sync dependencies would each
-    be a hop of their own: on the hottest endpoint that was a large share of its CPU). Auth still
-    runs before the body is validated, so an unauthenticated caller learns nothing about it."""
-    return await run_in_threadpool(_open_as_writer, request)
-
-
-def _open_as_writer(request: Request) -> tuple[Session, Caller]:
-    session = get_sessionmaker()()
-    try:
-        return session, authenticate_flowestate(session, request, Scope.WRITE)
-    except BaseException:
-        session.close()
-        raise
 
 
 # ---- schemas -------------------------------------------------------------------------------
@@ -305,35 +286,8 @@ SEND_ERRORS = error_responses(
 )
 
 
-@router.post("/send", response_model=SendOut, responses=SEND_ERRORS)
-async def send(
-    body: SendIn,
-    writer: Annotated[tuple[Session, Caller], Depends(_authenticated_writer)],
-    idempotency_key: IdempotencyHeader = None,
-) -> JSONResponse:
-    """Scope `whatsapp:write`. Queue one message to a lead; it threads into the lead's conversation.
-
-    Answers as soon as the message is stored and queued; follow it with GET /whatsapp/messages/{id}.
-    """
-    session, caller = writer
-    return await run_in_threadpool(_send_and_close, body, session, caller, idempotency_key)
-
-
-@router.post("/send-template", response_model=SendOut, responses=SEND_ERRORS)
-async def send_template(
-    body: SendTemplateIn,
-    writer: Annotated[tuple[Session, Caller], Depends(_authenticated_writer)],
-    idempotency_key: IdempotencyHeader = None,
-) -> JSONResponse:
-    """Scope `whatsapp:write`. Queue one approved template to a lead: the same checks, quota unit,
-    Idempotency-Key and answer as /whatsapp/send. How many parameters the template takes is Meta's
-    to judge: a wrong count fails the message with Meta's 132000 (see GET /whatsapp/messages/{id}).
-    """
-    session, caller = writer
-    return await run_in_threadpool(_send_and_close, body, session, caller, idempotency_key)
-
-
-def _send_and_close(body: SendBody, session: Session, caller: Caller, idempotency_key: str | None) -> JSONResponse:
+def send_and_close(body: SendBody, session: Session, caller: Caller, idempotency_key: str | None) -> JSONResponse:
+    """The send on the ORM path (api_shim/lean_send.py hands it what its statement leaves over)."""
     try:
         if idempotency_key is None:
             return _send(body, session, caller)
@@ -432,8 +386,30 @@ def _check_and_persist(body: SendBody, session: Session, caller: Caller, idempot
     )
 
 
+class LeadFacts(Protocol):
+    """What the send checks of a lead (a Contact, or the lean path's row)."""
+
+    @property
+    def opted_out_at(self) -> datetime | None: ...
+    @property
+    def phone_e164(self) -> str | None: ...
+    @property
+    def wa_id(self) -> str | None: ...
+    @property
+    def last_inbound_at(self) -> datetime | None: ...
+
+
+class AccountFacts(Protocol):
+    """What the send checks of a sending account (a WhatsappAccount, or the lean path's row)."""
+
+    @property
+    def status(self) -> str | None: ...
+    @property
+    def meta_phone_number_id(self) -> str | None: ...
+
+
 def send_refusal(
-    lead: Contact | None, account: WhatsappAccount | None, message: AnyOutbound, *, window_policy: str, now: datetime
+    lead: LeadFacts | None, account: AccountFacts | None, message: AnyOutbound, *, window_policy: str, now: datetime
 ) -> ApiError | None:
     """Why a send to ``lead`` from ``account`` is refused, in the order the checks are documented."""
     if lead is None:

@@ -16,16 +16,21 @@ from functools import lru_cache
 from typing import cast
 
 import redis
+from redis.commands.core import AsyncScript
 from sqlalchemy import BigInteger, DateTime, String, Table, Uuid, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from models.redis_client import redis_from_url
+from models.keys import EPOCH_KEY
+from models.redis_client import async_redis_from_url, redis_from_url
 from models.settings import get_settings
 from models.tables import ApiKey, OrgUsage
 
-# KEYS: the key's TAT. ARGV: period (s), limit. Returns {allowed, remaining, reset_s, retry_after_s}.
+# KEYS: the key's TAT, the API keys' epoch (models/keys.py). ARGV: period (s), limit.
+# Returns {allowed, remaining, reset_s, retry_after_s, epoch}: the epoch rides along so the key
+# cache (api_shim/key_cache.py) learns of a revocation without a round trip of its own.
 _REQUEST_GCRA = """
+local epoch = redis.call('GET', KEYS[2]) or '0'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local period, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -34,11 +39,11 @@ local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
 local new_tat = tat + interval
 local allow_at = new_tat - period
 if allow_at > now then
-  return {'0', '0', tostring(tat - now), tostring(allow_at - now)}
+  return {'0', '0', tostring(tat - now), tostring(allow_at - now), epoch}
 end
 redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now + 1) * 1000))
 local remaining = math.floor((now - allow_at) / interval)
-return {'1', tostring(remaining), tostring(new_tat - now), '0'}
+return {'1', tostring(remaining), tostring(new_tat - now), '0', epoch}
 """
 
 
@@ -69,9 +74,28 @@ def _script() -> tuple[redis.Redis, object]:
 
 def take_request(key_id: uuid.UUID, limit_per_minute: int) -> RateState:
     _, script = _script()
-    allowed, remaining, reset_s, retry_s = script(  # type: ignore[operator]
-        keys=[f"wadispatch:api-rate:{key_id}"], args=[60, limit_per_minute]
-    )
+    answer = script(keys=_rate_keys(key_id), args=[60, limit_per_minute])  # type: ignore[operator]
+    return _rate_state(limit_per_minute, answer)
+
+
+@lru_cache(maxsize=1)
+def _async_script() -> AsyncScript:
+    client = async_redis_from_url(get_settings().redis_url, purpose="api-rate")
+    return client.register_script(_REQUEST_GCRA)
+
+
+async def take_request_async(key_id: uuid.UUID, limit_per_minute: int) -> tuple[RateState, int]:
+    """``take_request`` from the event loop; also returns the API keys' epoch."""
+    answer = await _async_script()(keys=_rate_keys(key_id), args=[60, limit_per_minute])
+    return _rate_state(limit_per_minute, answer), int(answer[4])
+
+
+def _rate_keys(key_id: uuid.UUID) -> list[str]:
+    return [f"wadispatch:api-rate:{key_id}", EPOCH_KEY]
+
+
+def _rate_state(limit_per_minute: int, answer: list[bytes]) -> RateState:
+    allowed, remaining, reset_s, retry_s = answer[:4]
     return RateState(limit_per_minute, int(remaining), float(reset_s), float(retry_s), allowed == b"1")
 
 

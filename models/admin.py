@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from models import lifecycle
 from models.crypto import encrypt_token
 from models.enums import AccountStatus, AccountType, KeyKind, MessageStatus, Scope, WindowPolicy
-from models.keys import generate_key, hash_key
+from models.keys import announce_key_change_after_commit, generate_key, hash_key
 from models.phones import normalize_e164, wa_id_of
 from models.tables import ApiKey, Contact, Message, Organization, WhatsappAccount
 
@@ -69,6 +69,7 @@ def revoke_key(session: Session, key_id: uuid.UUID) -> ApiKey:
     if row.revoked_at is None:
         row.revoked_at = func.now()
         session.flush()
+        announce_key_change_after_commit(session)
     return row
 
 
@@ -213,6 +214,7 @@ def update_org(
         if rate_limit < 1:
             raise AdminError("--rate-limit: must be at least 1 request a minute")
         org.rate_limit_per_minute = rate_limit
+        announce_key_change_after_commit(session)
     if provider is not None:
         org.whatsapp_provider = provider
     if window_policy is not None:

@@ -196,6 +196,31 @@ def _build_accept_statement() -> Insert:
 _ACCEPT = _build_accept_statement()
 
 
+def accept_one_after(gate: str) -> str:
+    """Intake as SQL text for one statement that decides first (api_shim/lean_send.py): two CTEs,
+    ``accepted_conversation`` then ``accepted_message``, that make the conversation's latest entry
+    and insert the message as ``queued`` only if the CTE named ``gate`` has a row. The same rows as
+    ``accept``; psycopg parameters org_id, account_id, lead_id, message_id, preview, type, payload,
+    source, idempotency_key."""
+    return f"""accepted_conversation AS (
+    INSERT INTO conversations AS c (org_id, account_id, contact_id, last_message_id, last_message_at,
+                                    last_message_preview, last_message_status)
+    SELECT %(org_id)s, %(account_id)s, %(lead_id)s, %(message_id)s, now(), %(preview)s, '{ACCEPTED.value}'
+    FROM {gate}
+    ON CONFLICT ON CONSTRAINT uq_conversation_account_contact DO UPDATE
+    SET last_message_id = EXCLUDED.last_message_id, last_message_at = EXCLUDED.last_message_at,
+        last_message_preview = EXCLUDED.last_message_preview, last_message_status = EXCLUDED.last_message_status
+    RETURNING c.id
+), accepted_message AS (
+    INSERT INTO messages (id, org_id, conversation_id, account_id, contact_id, message_type, payload, status,
+                          source_api, idempotency_key, enqueued_at)
+    SELECT %(message_id)s, %(org_id)s, accepted_conversation.id, %(account_id)s, %(lead_id)s, %(type)s,
+           %(payload)s, '{ACCEPTED.value}', %(source)s, %(idempotency_key)s::text, now()
+    FROM accepted_conversation
+    RETURNING id
+)"""
+
+
 def accept(session: Session, params: dict[str, Any]) -> None:
     """Intake: insert the message as ``queued`` and make it its conversation's latest entry (the
     caller commits it with whatever else belongs to the request, then enqueues it)."""

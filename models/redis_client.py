@@ -14,6 +14,7 @@ import socket
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
@@ -42,6 +43,20 @@ def redis_from_url(url: str, *, purpose: str, settings: Settings | None = None) 
         socket_keepalive=True,
         socket_keepalive_options=_keepalive_options(),
         retry=Retry(ExponentialWithJitterBackoff(base=0.1, cap=1.0), COMMAND_RETRIES),
+        client_name=f"wadispatch-{purpose}",
+    )
+
+
+def async_redis_from_url(url: str, *, purpose: str, settings: Settings | None = None) -> aioredis.Redis:
+    """The asyncio twin of ``redis_from_url`` (the API's lean send path), with the same limits."""
+    s = settings or get_settings()
+    return aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=s.redis_connect_timeout_s,
+        socket_timeout=s.redis_socket_timeout_s,
+        socket_keepalive=True,
+        socket_keepalive_options=_keepalive_options(),
+        retry=AsyncRetry(ExponentialWithJitterBackoff(base=0.1, cap=1.0), COMMAND_RETRIES),
         client_name=f"wadispatch-{purpose}",
     )
 

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
 
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/wadispatch"
     database_pool_size: int = Field(default=10, ge=1)
+    # The API's lean send path (api_shim/lean_send.py) has a small async pool of its own.
+    database_async_pool_size: int = Field(default=8, ge=1)
     # Opening a connection (libpq counts whole seconds, at least 2).
     database_connect_timeout_s: int = Field(default=5, ge=2)
     # Server-side limits on every connection of the service (not migrations': they may run long).
@@ -34,6 +36,10 @@ class Settings(BaseSettings):
     database_lock_timeout_ms: int = Field(default=10_000, ge=0, description="0 turns it off")
     database_idle_in_transaction_timeout_ms: int = Field(default=60_000, ge=0, description="0 turns it off")
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # How long an API process trusts a verified API key without reading it again. A revocation or
+    # a rate-limit change is announced through Redis and seen on the key's next request; this bounds
+    # how stale an entry can be if that announcement is lost. 0 reads the key on every request.
+    api_key_cache_s: float = Field(default=5.0, ge=0)
     # Every Redis client (broker included): connecting, and waiting for an answer to a command.
     redis_connect_timeout_s: float = Field(default=2.0, gt=0)
     redis_socket_timeout_s: float = Field(default=3.0, gt=0)

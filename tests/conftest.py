@@ -47,6 +47,8 @@ TEST_ENV = {
     "WADISPATCH_CALLBACK_POLL_S": "0.1",
     "WADISPATCH_CALLBACK_TIMEOUT_S": "2",
     "WADISPATCH_CALLBACK_DISABLE_AFTER_H": "0.0008",
+    # A verified API key is trusted this long without reading it again (tests of the cache wait it out).
+    "WADISPATCH_API_KEY_CACHE_S": "2",
 }
 os.environ.update(TEST_ENV)
 

@@ -1,0 +1,82 @@
+"""The API's async Postgres pool (psycopg's own), for the hot path that skips the ORM and the
+thread pool (api_shim/lean_send.py). Everything else keeps SQLAlchemy sessions (models/db.py).
+
+Its connections carry the same server-side limits and keepalives as every other connection of
+the service, and one opened per API process stays within the connection budget: the pool is
+small (``WADISPATCH_DATABASE_ASYNC_POOL_SIZE``) and a request waits for a free connection
+instead of opening more.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from models.db import PING_AFTER_IDLE_S, connect_args
+from models.settings import get_settings
+
+# How long a request waits for a pooled connection before it fails (a 500, logged).
+CHECKOUT_TIMEOUT_S = 30.0
+
+_pool: AsyncConnectionPool | None = None
+
+
+def libpq_url(sqlalchemy_url: str) -> str:
+    """psycopg takes a libpq URL; the settings carry SQLAlchemy's dialect prefix."""
+    return sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+async def open_pool() -> AsyncConnectionPool:
+    """Open this process's pool (the API's lifespan does, in the event loop that will use it)."""
+    global _pool
+    if _pool is None:
+        settings = get_settings()
+        size = settings.database_async_pool_size
+        _pool = AsyncConnectionPool(
+            libpq_url(settings.database_url),
+            min_size=1,
+            max_size=size,
+            kwargs=connect_args(settings),
+            check=_ping_if_idle,
+            reset=_note_return,
+            timeout=CHECKOUT_TIMEOUT_S,
+            open=False,
+            name="api-lean",
+        )
+        await _pool.open()
+    return _pool
+
+
+async def close_pool() -> None:
+    global _pool
+    if _pool is not None:
+        await _pool.close()
+        _pool = None
+
+
+@asynccontextmanager
+async def connection() -> AsyncIterator[AsyncConnection]:
+    """A pooled connection; its transaction is the caller's to end (the pool rolls back anything
+    left open when it takes the connection back)."""
+    pool = await open_pool()
+    async with pool.connection() as conn:
+        yield conn
+
+
+# When each pooled connection was last given back (by id: psycopg connections take no attributes).
+_returned_at: dict[int, float] = {}
+
+
+async def _note_return(conn: AsyncConnection) -> None:
+    _returned_at[id(conn)] = time.monotonic()
+
+
+async def _ping_if_idle(conn: AsyncConnection) -> None:
+    # Only a connection that sat idle pays a round trip (the database may have restarted meanwhile);
+    # a failing ping makes the pool discard it and hand out another.
+    if time.monotonic() - _returned_at.get(id(conn), 0.0) > PING_AFTER_IDLE_S:
+        await conn.execute("SELECT 1")
