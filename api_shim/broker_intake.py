@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api_shim import flowestate, flowestate_batch, flowiq, flowiq_batch, idempotency
+from api_shim import flowestate, flowestate_batch, flowiq, flowiq_batch, idempotency, lean_send
 from api_shim.auth import Caller, flowestate_caller, flowiq_caller, lookup_key
 from api_shim.errors import ApiError, ErrorCode, problems_of
 from api_shim.flowiq_errors import FlowIQError
@@ -154,7 +154,9 @@ def _printable(key: Any) -> str:
 
 
 def _flowestate(session: Session, api_key: str, key: str, request: Any, messages: Any, on_rate: Any) -> Submitted:
-    caller = flowestate_caller(session, api_key, Scope.WRITE, spends_unit=messages is None, on_rate=on_rate)
+    # A batch pays per accepted message; a single send pays its unit below (with its message when
+    # the lean statements take it, else before it goes the ORM way).
+    caller = flowestate_caller(session, api_key, Scope.WRITE, spends_unit=False, on_rate=on_rate)
     if messages is not None:
         try:
             batch = flowestate_batch.BatchIn.model_validate({"messages": messages})
@@ -167,7 +169,11 @@ def _flowestate(session: Session, api_key: str, key: str, request: Any, messages
     try:
         body = body_type.model_validate(request)
     except ValidationError as exc:
+        lean_send.spend_request_unit(session, caller.org_id)
         return _refuse_flowestate(session, caller, key, request, exc)
+    if lean_send.accept_submission(body, caller, key) is not None:
+        return Submitted(1, 0)
+    lean_send.spend_request_unit(session, caller.org_id)
     # The HTTP send under an Idempotency-Key: it commits and enqueues (or replays), or raises.
     response = flowestate.send_once(body, session, caller, key)
     if response.status_code != 200:

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
+from psycopg.types.json import Jsonb
 from sqlalchemy import (
     Connection,
     Float,
@@ -239,54 +240,49 @@ class Accepted:
     preview: str
 
 
+# A batch as arrays (one fixed statement text whatever the batch size, so it is prepared once and
+# no SQL is built per row): each conversation's latest entry is the batch's last message to it,
+# and the messages are inserted in batch order (``seq`` keeps a conversation's order).
+_ACCEPT_MANY = f"""WITH batch AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(accounts)s::uuid[], %(contacts)s::uuid[], %(types)s::text[],
+                         %(payloads)s::jsonb[], %(previews)s::text[])
+        WITH ORDINALITY AS b(id, account_id, contact_id, message_type, payload, preview, n)
+), latest AS (
+    SELECT DISTINCT ON (account_id, contact_id) * FROM batch ORDER BY account_id, contact_id, n DESC
+), conversation AS (
+    INSERT INTO conversations AS c (org_id, account_id, contact_id, last_message_id, last_message_at,
+                                    last_message_preview, last_message_status)
+    SELECT %(org_id)s, account_id, contact_id, id, now(), preview, '{ACCEPTED.value}' FROM latest
+    ON CONFLICT ON CONSTRAINT uq_conversation_account_contact DO UPDATE
+    SET last_message_id = EXCLUDED.last_message_id, last_message_at = EXCLUDED.last_message_at,
+        last_message_preview = EXCLUDED.last_message_preview, last_message_status = EXCLUDED.last_message_status
+    RETURNING c.id, c.account_id, c.contact_id
+)
+INSERT INTO messages (id, org_id, conversation_id, account_id, contact_id, message_type, payload, status,
+                      source_api, enqueued_at)
+SELECT b.id, %(org_id)s, conversation.id, b.account_id, b.contact_id, b.message_type, b.payload,
+       '{ACCEPTED.value}', %(source)s, now()
+FROM batch b JOIN conversation USING (account_id, contact_id)
+ORDER BY b.n"""
+
+
 def accept_many(session: Session, org_id: uuid.UUID, source: str, batch: list[Accepted]) -> None:
-    """Intake of a batch in two statements: each conversation's latest entry (the batch's last
+    """Intake of a batch in one statement: each conversation's latest entry (the batch's last
     message to it), then every message as ``queued``, in batch order (so ``seq`` keeps the order
     of a conversation's messages). The caller commits, then enqueues."""
     if not batch:
         return
-    latest = {(m.account_id, m.contact_id): m for m in batch}
-    upsert = pg_insert(_conversations).values(
-        [
-            {
-                "org_id": org_id,
-                "account_id": m.account_id,
-                "contact_id": m.contact_id,
-                "last_message_id": m.message_id,
-                "last_message_at": func.now(),
-                "last_message_preview": m.preview,
-                "last_message_status": ACCEPTED.value,
-            }
-            for m in latest.values()
-        ]
-    )
-    latest_entry = upsert.on_conflict_do_update(
-        constraint="uq_conversation_account_contact",
-        set_={
-            name: upsert.excluded[name]
-            for name in ("last_message_id", "last_message_at", "last_message_preview", "last_message_status")
-        },
-    ).returning(_conversations.c.id, _conversations.c.account_id, _conversations.c.contact_id)
-    conversation_of = {(row.account_id, row.contact_id): row.id for row in session.execute(latest_entry)}
-    session.execute(
-        insert(_messages).values(
-            [
-                {
-                    "id": m.message_id,
-                    "org_id": org_id,
-                    "conversation_id": conversation_of[(m.account_id, m.contact_id)],
-                    "account_id": m.account_id,
-                    "contact_id": m.contact_id,
-                    "message_type": m.message_type,
-                    "payload": m.payload,
-                    "status": ACCEPTED.value,
-                    "source_api": source,
-                    "enqueued_at": func.now(),
-                }
-                for m in batch
-            ]
-        )
-    )
+    params = {
+        "org_id": org_id,
+        "source": source,
+        "ids": [m.message_id for m in batch],
+        "accounts": [m.account_id for m in batch],
+        "contacts": [m.contact_id for m in batch],
+        "types": [m.message_type for m in batch],
+        "payloads": [Jsonb(m.payload) for m in batch],
+        "previews": [m.preview for m in batch],
+    }
+    session.connection().exec_driver_sql(_ACCEPT_MANY, params)
 
 
 # ---- claim --------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import phonenumbers
 
 
@@ -23,6 +25,9 @@ def normalize_e164(raw: str) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+# libphonenumber takes tens of microseconds a number, and every send checks its lead's number:
+# remember the verdicts (a pure function of the string).
+@lru_cache(maxsize=65536)
 def is_valid_e164(value: str | None) -> bool:
     if not value:
         return False
