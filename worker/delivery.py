@@ -76,6 +76,15 @@ MEDIA_ID_REFUSED_CODES = frozenset({131053, 131052, 100})
 # Kept free at the end of a lease: a step that would run into it is not started.
 LEASE_MARGIN_S = 1.0
 
+# How long before its send moment a message takes that moment from the send gate and marks its
+# call begun. begin_call is a committed Postgres write: about 4 ms here, 20 ms at p99. Done after
+# the moment, that time fell between the gate and the request and bunched sends at Meta (1-second
+# windows over the account's limit + burst). The lead is also how long a message stays marked as
+# called before its request leaves: a worker killed in that moment leaves it DELIVERY_UNCERTAIN
+# although Meta never saw it, so the lead is kept near begin_call's usual time, not its worst (a
+# begin_call that overruns takes the gate's next free moment instead, see _next_free_moment).
+SEND_LEAD_S = 0.015
+
 
 @dataclass(frozen=True)
 class _Refusal:
@@ -218,13 +227,16 @@ class Delivery:
 
         # Media is fetched and uploaded before taking a send slot (that can be slow); anything
         # else takes its slot first, so a message that must wait costs no decryption or parsing.
-        if not _carries_media(claim.payload) and (deferred := self._wait_for_slot(claim)) is not None:
-            return deferred
+        slot = None if _carries_media(claim.payload) else self._wait_for_slot(claim)
+        if isinstance(slot, Settled):
+            return slot
         prepared = self._prepare(attempt)
         if isinstance(prepared, Settled):
             return prepared
-        if prepared.media is not None and (deferred := self._wait_for_slot(claim)) is not None:
-            return deferred
+        if prepared.media is not None:
+            slot = self._wait_for_slot(claim)
+            if isinstance(slot, Settled):
+                return slot
         assert claim.phone_number_id and claim.wa_id
         body = build_body(
             prepared.message,
@@ -236,12 +248,11 @@ class Delivery:
             request = self.meta.build_send(claim.phone_number_id, prepared.token, body)
         except NotSent as error:
             return self._handle_error(attempt, error, called=False)
-        # The gate goes last, right before the call: whatever runs between it and the request
-        # reaching Meta bunches sends together and can overfill one of Meta's 1-second windows.
-        if (deferred := self._admit(attempt)) is not None:
+        # The gate goes last, right before the call: whatever runs between the send moment and
+        # the request reaching Meta bunches sends together and can overfill one of Meta's
+        # 1-second windows. So the call is marked begun before the moment, not after it.
+        if (deferred := self._admit_and_begin(attempt, not_before=slot)) is not None:
             return deferred
-        if not self._begin_call(attempt):
-            return self._claim_lost(claim, "its lease ran out before the call")
         try:
             result = self.meta.send(request)
         except DeliveryError as error:
@@ -343,9 +354,9 @@ class Delivery:
             lifecycle.give_back(session, claim)
         return Settled(Outcome.ACCOUNT_HALTED)
 
-    def _wait_for_slot(self, claim: Claim) -> Settled | None:
-        """Wait here for a near send slot; give the message back for a later one. None: go on (the
-        send gate, `_admit`, still has the last word right before the call)."""
+    def _wait_for_slot(self, claim: Claim) -> Settled | float:
+        """Wait here until just before a near send slot, and return the slot (Redis time); give the
+        message back for a later one. The send gate (`_admit_and_begin`) has the last word."""
         assert claim.wa_id
         s = self.settings
         slot = claim.reserved_slot
@@ -367,22 +378,75 @@ class Delivery:
             wait = self.limiter.seconds_until(slot)
         if wait > s.rate_inline_wait_s:
             return self._wait_in_postgres(claim, wait, slot, Outcome.SCHEDULED)
-        if wait > 0:
-            time.sleep(wait)
-        return None
+        # Wake a little early: the send gate is asked for a moment no earlier than the slot, and
+        # the call is marked begun before that moment comes.
+        if wait > SEND_LEAD_S:
+            time.sleep(wait - SEND_LEAD_S)
+        return slot
 
-    def _admit(self, attempt: _Attempt) -> Settled | None:
-        """The hard gate right before the call: late arrivals wait their turn here, so actual send
-        times never exceed the account's rate plus its burst, and nobody passes while the account
-        (or every account) is paused. The wait is bounded by the in-task window and by the lease:
-        past either, the message waits in Postgres."""
+    def _admit_and_begin(self, attempt: _Attempt, *, not_before: float | None) -> Settled | None:
+        """The hard gate: take this message's own send moment (no earlier than its slot), mark the
+        call begun just before it, and return at the moment; the caller sends at once. Late
+        arrivals get a later moment, so actual send times never exceed the account's rate plus
+        its burst, and nobody passes while the account (or every account) is paused. The wait is
+        bounded by the in-task window and by the lease: past either, the message waits in Postgres.
+        None: go on and send."""
         claim = attempt.claim
         pacing = self._pacing(claim)
         deadline = time.monotonic() + min(self.settings.rate_inline_wait_s, max(0.0, attempt.lease_left_s()))
-        while (wait := self.limiter.admit(claim.account_id, pacing)) > 0:
+        while True:
+            left = deadline - time.monotonic()
+            moment = self.limiter.take_send_moment(
+                claim.account_id, pacing, not_before=not_before or 0.0, within_s=max(0.0, left)
+            )
+            if moment.taken:
+                at = time.monotonic() + moment.wait_s
+                paused = self._sleep_until_lead(claim, at)
+                if paused <= 0:
+                    return self._begin_at(attempt, at, pacing)
+                wait = paused  # paused while this message waited: its moment is given up
+            else:
+                wait = moment.wait_s
             if time.monotonic() + wait > deadline:
                 return self._wait_in_postgres(claim, wait, None, Outcome.RATE_LIMITED)
             time.sleep(wait)
+
+    def _sleep_until_lead(self, claim: Claim, at: float) -> float:
+        """Sleep until ``SEND_LEAD_S`` before the moment ``at`` (monotonic). A message that slept
+        asks whether its account was paused meanwhile (a 130429, an open breaker): returns the
+        seconds it stays paused, 0 when it may go on."""
+        early = at - SEND_LEAD_S - time.monotonic()
+        if early <= 0:
+            return 0.0
+        time.sleep(early)
+        return self.limiter.send_paused_for(claim.account_id)
+
+    def _begin_at(self, attempt: _Attempt, at: float, pacing: Pacing) -> Settled | None:
+        """Mark the call begun, then wait out what is left until the send moment ``at``. At most
+        ``SEND_LEAD_S`` passes between the two, out of the renewed lease the call itself needs."""
+        if not self._begin_call(attempt):
+            return self._claim_lost(attempt.claim, "its lease ran out before the call")
+        left = at - time.monotonic()
+        # Half the jitter allowance is for running late here, half for the request's own way.
+        if left < -pacing.jitter_s / 2:
+            return self._next_free_moment(attempt, pacing)
+        if left > 0:
+            time.sleep(left)
+        return None
+
+    def _next_free_moment(self, attempt: _Attempt, pacing: Pacing) -> Settled | None:
+        """begin_call ran well past the moment (a new connection, a busy disk): sent now, the
+        message would bunch with the ones after it, so it takes the gate's next free moment if
+        that comes within the lead; else it waits in Postgres."""
+        claim = attempt.claim
+        # No request has left: until one does, a fault or a refusal gives the claim back, which
+        # clears the call marker.
+        attempt.call_began = False
+        moment = self.limiter.take_send_moment(claim.account_id, pacing, within_s=SEND_LEAD_S)
+        if not moment.taken:
+            return self._wait_in_postgres(claim, moment.wait_s, None, Outcome.RATE_LIMITED)
+        time.sleep(moment.wait_s)
+        attempt.call_began = True
         return None
 
     def _pacing(self, claim: Claim) -> Pacing:

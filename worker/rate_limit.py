@@ -9,9 +9,9 @@ the only clock, so workers' clocks do not matter. A reservation is a promise: th
 instead of retrying in a crowd. Penalty keys pause an account (after 130429) or a pair (after
 131056) until a given time.
 
-Reservations spread the work out; ``admit`` is the hard gate at the moment of sending (a plain
-GCRA on Redis time), so a task that reaches its slot late waits a moment instead of bunching up
-with the next ones, and no slot is thrown away.
+Reservations spread the work out; the send gate (``take_send_moment``) is the hard limit on the
+moment of sending (a plain GCRA on Redis time), so a task that reaches its slot late waits a moment
+instead of bunching up with the next ones, and no slot is thrown away.
 """
 
 from __future__ import annotations
@@ -84,28 +84,41 @@ return tostring(lowered)
 """
 
 # KEYS: account admission TAT, account rate ceiling, account pause-until, everyone's pause-until;
-# ARGV: interval, burst.
-# The last gate before a call: a plain GCRA on the moment of sending (nothing reserved ahead),
-# closed while the account or every account is paused (Meta throttled us, or a breaker is open).
-# Returns 0 when admitted, else the seconds to wait before asking again.
-_ADMIT = """
+# ARGV: interval, burst, not before (Redis time, 0: none), longest wait the caller takes (seconds).
+# The last gate before a call: a plain GCRA on the moment of sending, closed while the account or
+# every account is paused (Meta throttled us, or a breaker is open). The caller is given its own
+# moment, first come first served: the earliest at or after "not before" that the gate allows. So
+# each message asks once and sleeps until its moment, instead of every waiting task polling the
+# gate together and all but one being told to wait again. A moment further off than the caller
+# takes is not taken.
+# Returns {taken (1/0), seconds from now to the moment (or until asking again)} as strings.
+_SEND_MOMENT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local paused = math.max(tonumber(redis.call('GET', KEYS[3]) or '0'), tonumber(redis.call('GET', KEYS[4]) or '0'))
 if paused > now then
-  return tostring(paused - now)
+  return {'0', tostring(paused - now)}
 end
 local interval = tonumber(ARGV[1])
 local ceiling = tonumber(redis.call('GET', KEYS[2]) or '0')
 if ceiling > 0 then interval = math.max(interval, 1 / ceiling) end
 local tol = interval * tonumber(ARGV[2])
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-if tat - tol > now then
-  return tostring(tat - tol - now)
+local moment = math.max(now, tonumber(ARGV[3]), tat - tol)
+if moment - now > tonumber(ARGV[4]) then
+  return {'0', tostring(moment - now)}
 end
-local new_tat = tat + interval
+local new_tat = math.max(tat, moment) + interval
 redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now + 60) * 1000))
-return '0'
+return {'1', tostring(moment - now)}
+"""
+
+# KEYS: account pause-until, everyone's pause-until. Seconds the account's sends stay paused (0: none).
+_SEND_PAUSED_FOR = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local paused = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('GET', KEYS[2]) or '0'))
+return tostring(math.max(0, paused - now))
 """
 
 # Seconds from Redis's now until a slot time (negative when it has passed).
@@ -120,6 +133,12 @@ class Reservation:
     granted: bool  # False: nothing reserved (pair not ready, or beyond the horizon); ask again in wait_s
     wait_s: float
     slot: float  # Redis time of the slot
+
+
+@dataclass(frozen=True)
+class SendMoment:
+    taken: bool  # False: nothing taken (paused, or the moment is further off than asked); ask again in wait_s
+    wait_s: float  # from Redis's now to the moment this caller may send
 
 
 @dataclass(frozen=True)
@@ -140,7 +159,8 @@ class RateLimiter:
         self._pause = client.register_script(_PAUSE)
         self._until = client.register_script(_UNTIL)
         self._slow = client.register_script(_SLOW)
-        self._admit = client.register_script(_ADMIT)
+        self._send_moment = client.register_script(_SEND_MOMENT)
+        self._send_paused_for = client.register_script(_SEND_PAUSED_FOR)
 
     def _keys(self, account_id: uuid.UUID, recipient: str) -> list[str]:
         return [
@@ -166,8 +186,11 @@ class RateLimiter:
         )
         return Reservation(granted == b"1", max(0.0, float(wait)), float(slot))
 
-    def admit(self, account_id: uuid.UUID, pacing: Pacing) -> float:
-        """0 when the account may send this instant; else how long to wait before asking again."""
+    def take_send_moment(
+        self, account_id: uuid.UUID, pacing: Pacing, *, not_before: float = 0.0, within_s: float = 0.0
+    ) -> SendMoment:
+        """The moment this caller may send, no earlier than ``not_before`` (Redis time), taken for
+        it if it comes within ``within_s``; the caller sleeps until then and does not ask again."""
         keys = [
             f"{self.prefix}:admit:{account_id}",
             f"{self.prefix}:ceiling:{account_id}",
@@ -177,7 +200,20 @@ class RateLimiter:
         # Admissions in any second stay below mps + burst by the messages that fit in the jitter
         # allowance, so the time a request takes to reach Meta cannot push Meta's count over.
         margin = 1 + math.ceil(pacing.mps * pacing.jitter_s)
-        return float(self._admit(keys=keys, args=[1.0 / pacing.mps, max(0, pacing.burst - margin)]))
+        burst = max(0, pacing.burst - margin)
+        taken, wait = self._send_moment(keys=keys, args=[1.0 / pacing.mps, burst, not_before, max(0.0, within_s)])
+        return SendMoment(taken == b"1", max(0.0, float(wait)))
+
+    def admit(self, account_id: uuid.UUID, pacing: Pacing) -> float:
+        """0 when the account may send this instant (the moment is taken); else how long to wait
+        before asking again."""
+        moment = self.take_send_moment(account_id, pacing)
+        return 0.0 if moment.taken else moment.wait_s
+
+    def send_paused_for(self, account_id: uuid.UUID) -> float:
+        """Seconds the account's sends stay paused, by its own pause or everyone's (0: not paused)."""
+        keys = [f"{self.prefix}:pause:acct:{account_id}", self._everyone_pause_key]
+        return float(self._send_paused_for(keys=keys, args=[]))
 
     def seconds_until(self, slot: float) -> float:
         return float(self._until(keys=[], args=[slot]))

@@ -124,3 +124,58 @@ def test_slowing_an_account_halves_its_rate_until_it_recovers(limiter):
     later = [limiter.reserve(uuid.UUID(int=account.int), f"s{i}", pacing(80)).slot for i in range(2)]
     assert later[1] - later[0] == pytest.approx(1 / 80, abs=0.005)
     assert limiter.slow_account(uuid.uuid4(), 1, recover_after_s=1) == 1  # never below 1 mps
+
+
+# ---- the send gate: each caller is given its own moment -----------------------------------
+
+
+def test_concurrent_callers_each_get_their_own_send_moment_in_one_call(limiter):
+    """The gate hands out moments first come, first served: waiting tasks do not all poll it
+    and get told to wait again (the old gate answered "not yet" to every caller but one)."""
+    account = uuid.uuid4()
+    rule = Pacing(mps=50, burst=0, pair_interval_s=0, pair_burst=0, horizon_s=60, jitter_s=0)
+    waits: list[float] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        moment = limiter.take_send_moment(account, rule, within_s=5)
+        assert moment.taken
+        with lock:
+            waits.append(moment.wait_s)
+
+    threads = [threading.Thread(target=caller) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Asked within a few ms of each other: the moments are one interval (20 ms) apart.
+    waits.sort()
+    assert waits[0] < 0.01 and waits[-1] == pytest.approx(0.18, abs=0.02), waits
+    assert all(b - a > 0.015 for a, b in itertools.pairwise(waits)), waits
+
+
+def test_a_send_moment_is_never_before_the_slot_and_too_late_a_one_is_not_taken(limiter):
+    account = uuid.uuid4()
+    rule = Pacing(mps=10, burst=0, pair_interval_s=0, pair_burst=0, horizon_s=60, jitter_s=0)
+    slot = limiter.reserve(account, "a", rule).slot + 0.3
+    moment = limiter.take_send_moment(account, rule, not_before=slot, within_s=1)
+    assert moment.taken and moment.wait_s == pytest.approx(0.3, abs=0.02)
+    # The next free moment is 0.4 s out: asked to wait at most 0.2 s, nothing is taken...
+    refused = limiter.take_send_moment(account, rule, within_s=0.2)
+    assert not refused.taken and refused.wait_s == pytest.approx(0.4, abs=0.02)
+    # ...so the next caller is given that same moment.
+    assert limiter.take_send_moment(account, rule, within_s=1).wait_s == pytest.approx(0.4, abs=0.02)
+
+
+def test_the_send_gate_is_closed_while_the_account_or_everyone_is_paused(limiter):
+    account = uuid.uuid4()
+    rule = pacing(100)
+    limiter.pause_account(account, 2.0)
+    paused = limiter.take_send_moment(account, rule, within_s=5)
+    assert not paused.taken and paused.wait_s == pytest.approx(2.0, abs=0.05)
+    assert limiter.send_paused_for(account) == pytest.approx(2.0, abs=0.05)
+    other = uuid.uuid4()
+    assert limiter.send_paused_for(other) == 0
+    limiter.pause_everyone(1.0)
+    assert limiter.send_paused_for(other) == pytest.approx(1.0, abs=0.05)
+    assert not limiter.take_send_moment(other, rule, within_s=5).taken
