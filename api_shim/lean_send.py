@@ -6,19 +6,25 @@ The hottest request of the service, so it skips what it can and keeps every cont
 2. One Redis call: the key's request rate, which also returns the API keys' epoch (a revoked key
    is read again and refused on its next request).
 3. The body: validated by FastAPI against the same models as always (api_shim/flowestate.py).
-4. One Postgres statement, pipelined with its BEGIN: the lead, account and window checks, the
-   Idempotency-Key row and the message with its thread entry (the lifecycle's accept), each step
-   only if the ones before it passed. Then, once Python agreed, the month's unit and the COMMIT in
-   one more pipelined round trip (past the quota the unit step aborts the transaction: 429).
-5. The id to the broker, as before.
+4. One read, pipelined with its BEGIN: the lead, the account, the window policy and the database's
+   clock. Python judges them with the same ``send_refusal`` as the ORM path.
+5. One write, pipelined with its COMMIT: the Idempotency-Key row, the month's unit, the message with
+   its thread entry (the lifecycle's accept), each only if the one before it went through. Past the
+   quota the unit step raises WQ001 (migration 0010), which aborts the transaction before the COMMIT.
+6. The id to the broker, as before.
 
-Python stays the judge of every refusal: the statement returns what it read (the lead, the account,
-the window policy, the database's clock) and ``send_refusal`` decides on it, as on the ORM path. The
-statement's own checks only spare a pointless insert. When the two disagree, or the answer needs
-more than a message id (any refusal, which must be answered in the documented order with its unit
-spent and kept with its Idempotency-Key; a key that already answered; a key past its TTL), the
-transaction is rolled back and the request takes the ORM path of api_shim/flowestate.py, which
-answers it exactly as before (its unit spent once).
+Locks are taken in one order everywhere a send takes them: the Idempotency-Key row, the
+organization's usage row, then the key's row (its last use) and the conversation's. Batches take
+the same order and ``auth.charge`` takes usage before the key's row, so no two requests can wait
+for each other in a cycle. The usage row, which every concurrent send of the organization updates,
+is held for the write's round trip only.
+
+Anything but a clean accept goes the ORM way (api_shim/flowestate.py), which answers exactly as
+before with one unit spent: any refusal (answered in the documented order, its unit spent, kept with
+its Idempotency-Key), a key that already exists (replay, reuse, past its TTL), a lock wait over 5 s
+or a deadlock the database broke. A read that finds its pooled connection dead (Postgres restarted)
+has the pool checked and runs once more; a write whose connection dies may have committed, so it
+is answered 500 (an Idempotency-Key then makes the client's retry safe).
 
 A body that fails validation still costs its unit (every authenticated request does): the
 validation error handler calls ``request.state.unit_due`` first, and answers 429 when none is left.
@@ -29,7 +35,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import psycopg.errors
 from fastapi import Depends, Request
@@ -54,7 +60,7 @@ from api_shim.flowestate import (
 )
 from api_shim.intake import hand_to_broker
 from api_shim.key_cache import KeyCache, KeyFacts
-from api_shim.usage import current_month, quota_used_up, spend_unit, take_request_async
+from api_shim.usage import current_month, quota_used_up, spend_unit, take_request_async, touch_key
 from models import async_db, lifecycle
 from models.db import get_engine, get_sessionmaker
 from models.enums import KeyKind, Scope, SourceApi
@@ -66,58 +72,56 @@ _keys = KeyCache()
 
 # The organization's row and the month's unit: counted only below the quota (as api_shim/usage.py).
 _ORG_AND_UNIT = """org AS (
-    SELECT monthly_quota, window_policy FROM organizations WHERE id = %(org_id)s
+    SELECT monthly_quota FROM organizations WHERE id = %(org_id)s
 ), spent AS (
     INSERT INTO org_usage AS u (org_id, month, used)
-    SELECT %(org_id)s, %(month)s, 1 FROM org WHERE org.monthly_quota > 0
+    SELECT %(org_id)s, %(month)s, 1 FROM org, key_free WHERE org.monthly_quota > 0
     ON CONFLICT (org_id, month) DO UPDATE SET used = u.used + 1 WHERE u.used < (SELECT monthly_quota FROM org)
     RETURNING used
+), touched AS (
+    UPDATE api_keys SET last_used_at = now() WHERE id = %(key_id)s AND %(touch)s AND EXISTS (SELECT FROM spent)
+    RETURNING id
 )"""
 
-_SPEND_UNIT = f"WITH {_ORG_AND_UNIT} SELECT (SELECT used FROM spent), (SELECT monthly_quota FROM org)"
+# A request refused before its send ran (validation): its unit, and its quota for the 429.
+_SPEND_UNIT = f"""WITH key_free AS (SELECT), {_ORG_AND_UNIT}
+SELECT (SELECT used FROM spent), (SELECT monthly_quota FROM org), (SELECT count(*) FROM touched)"""
 
-# The unit spent last, in the round trip of the COMMIT: the usage row every concurrent send of the
-# organization updates stays locked for that round trip only (holding it across the whole send
-# cost a third of the throughput in bench/intake.py). No unit left raises WQ001, which aborts the
-# transaction, message included, before the COMMIT queued behind it.
+# What the checks read, in one row (none: the organization is gone).
+_READ_FACTS = """SELECT o.monthly_quota, o.window_policy, now(),
+       l.id IS NOT NULL, l.opted_out_at, l.phone_e164, l.wa_id, l.last_inbound_at,
+       a.id IS NOT NULL, a.status, a.meta_phone_number_id
+FROM organizations o
+LEFT JOIN contacts l ON l.id = %(lead_id)s AND l.org_id = o.id
+LEFT JOIN whatsapp_accounts a ON a.id = %(account_id)s AND a.org_id = o.id
+WHERE o.id = %(org_id)s"""
+
+# Each step only if the one before it went through: key → unit → key's last use and message. Every
+# CTE reads the one before it, which fixes the order Postgres runs them (and takes their locks) in.
+# No unit left: WQ001 aborts everything. The key taken already: nothing is written ("key" answered).
 QUOTA_SQLSTATE = "WQ001"
-_SPEND_UNIT_OR_ERROR = f"WITH {_ORG_AND_UNIT} SELECT wadispatch_unit_or_error((SELECT used FROM spent))"
-
-# Each step runs only if the one before it passed: checks → key → message. Touching the key's last
-# use is its own step (at most once a minute a process). The checks mirror send_refusal's.
-_ACCEPT_ONE = f"""WITH org AS (
-    SELECT monthly_quota, window_policy FROM organizations WHERE id = %(org_id)s
-), lead AS (
-    SELECT id, opted_out_at, phone_e164, wa_id, last_inbound_at FROM contacts
-    WHERE id = %(lead_id)s AND org_id = %(org_id)s
-), account AS (
-    SELECT id, status, meta_phone_number_id FROM whatsapp_accounts
-    WHERE id = %(account_id)s AND org_id = %(org_id)s
-), passes AS (
-    SELECT FROM lead, account, org
-    WHERE lead.opted_out_at IS NULL AND lead.wa_id <> '' AND lead.phone_e164 <> ''
-      AND account.status = 'connected' AND account.meta_phone_number_id <> ''
-      AND (org.window_policy <> 'refuse' OR NOT %(free_form)s
-           OR lead.last_inbound_at > now() - %(window)s::interval)
-), key AS (
+_WRITE = f"""WITH key AS (
     INSERT INTO idempotency_keys (org_id, surface, key, request_sha256, state, message_id)
     SELECT %(org_id)s, %(surface)s, %(idempotency_key)s::text, %(sha256)s, '{idempotency.DONE}', %(message_id)s
-    FROM passes WHERE %(idempotency_key)s::text IS NOT NULL
+    WHERE %(idempotency_key)s::text IS NOT NULL
     ON CONFLICT ON CONSTRAINT uq_idempotency_org_surface_key DO NOTHING
     RETURNING id
-), gate AS (
-    SELECT FROM passes WHERE %(idempotency_key)s::text IS NULL OR EXISTS (SELECT FROM key)
-), touched AS (
-    UPDATE api_keys SET last_used_at = now() WHERE id = %(key_id)s AND %(touch)s
+), key_free AS (
+    SELECT WHERE %(idempotency_key)s::text IS NULL OR EXISTS (SELECT FROM key)
+), {_ORG_AND_UNIT}, gate AS (
+    SELECT FROM spent
 ), {lifecycle.accept_one_after("gate")}
-SELECT org.monthly_quota, org.window_policy, now(),
-       lead.id IS NOT NULL, lead.opted_out_at, lead.phone_e164, lead.wa_id, lead.last_inbound_at,
-       account.id IS NOT NULL, account.status, account.meta_phone_number_id,
-       EXISTS (SELECT FROM accepted_message)
-FROM (SELECT) AS one LEFT JOIN org ON true LEFT JOIN lead ON true LEFT JOIN account ON true"""
+SELECT CASE WHEN NOT EXISTS (SELECT FROM key_free) THEN 'key'
+            WHEN wadispatch_unit_or_error((SELECT used FROM spent)) > 0 AND EXISTS (SELECT FROM accepted_message)
+            THEN 'stored' END,
+       (SELECT count(*) FROM touched)"""
 
 # The wait for an Idempotency-Key another request holds is bounded as on the ORM path.
 _BOUND_LOCK_WAITS = f"SELECT set_config('lock_timeout', '{int(idempotency.KEY_WAIT_S * 1000)}ms', true)"
+
+# Lock troubles the ORM path answers as it always has (the key held too long: 409; a deadlock the
+# database broke: run again there).
+_LOCK_TROUBLE = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)
 
 
 @dataclass(frozen=True)
@@ -143,10 +147,14 @@ async def authenticated_writer(request: Request) -> KeyFacts:
     if not key.startswith(KeyKind.FLOWESTATE.prefix):
         raise ApiError(ErrorCode.UNAUTHORIZED, "Invalid API key: FlowEstate keys start with 'fe_k_'")
     facts = _usable(await _keys.lookup(key))
-    limit = facts.org_rate_limit_per_minute or get_settings().rate_limit_per_minute
+    limit = _rate_limit(facts)
     rate, epoch = await take_request_async(facts.key_id, limit)
     if epoch != facts.epoch:
         facts = _usable(await _keys.saw_epoch(key, epoch))
+        if _rate_limit(facts) != limit:
+            # The organization's rate changed: this request already counts at the new one.
+            limit = _rate_limit(facts)
+            rate, _ = await take_request_async(facts.key_id, limit)
     request.state.rate_headers = rate.headers()
     if not rate.allowed:
         raise ApiError(ErrorCode.RATE_LIMITED, f"More than {limit} requests a minute with this key; slow down")
@@ -156,6 +164,10 @@ async def authenticated_writer(request: Request) -> KeyFacts:
 
     request.state.unit_due = unit_due
     return facts
+
+
+def _rate_limit(facts: KeyFacts) -> int:
+    return facts.org_rate_limit_per_minute or get_settings().rate_limit_per_minute
 
 
 def _usable(facts: KeyFacts | None) -> KeyFacts:
@@ -169,12 +181,22 @@ def _usable(facts: KeyFacts | None) -> KeyFacts:
 
 
 async def _spend_unit(facts: KeyFacts) -> ApiError | None:
-    """The unit of a request refused before its send ran; the refusal it gets if none is left."""
+    """The unit of a request refused before its send ran (and the key's use recorded); the
+    refusal it gets instead if none is left."""
+    now = datetime.now(UTC)
+    params = {"org_id": facts.org_id, "month": current_month(), "key_id": facts.key_id, "touch": _stale(facts, now)}
     async with async_db.connection() as conn:
-        cursor = await conn.execute(_SPEND_UNIT, {"org_id": facts.org_id, "month": current_month()})
-        used, quota = await cursor.fetchone() or (None, 0)
+        cursor = await conn.execute(_SPEND_UNIT, params)
+        used, quota, touched = await cursor.fetchone() or (None, 0, 0)
         await conn.commit()
+    if touched:
+        _keys.touched(facts, now)
     return ApiError(ErrorCode.QUOTA_EXCEEDED, quota_used_up(quota or 0)) if used is None else None
+
+
+def _stale(facts: KeyFacts, now: datetime) -> bool:
+    """The key's last use is recorded at most about once a minute (not a write per request)."""
+    return facts.last_used_at is None or facts.last_used_at < now.replace(second=0, microsecond=0)
 
 
 Writer = Annotated[KeyFacts, Depends(authenticated_writer)]
@@ -202,35 +224,77 @@ async def send_template(
 
 async def accept_send(body: SendBody, facts: KeyFacts, idempotency_key: str | None) -> JSONResponse:
     now = datetime.now(UTC)
-    touch = facts.last_used_at is None or facts.last_used_at < now.replace(second=0, microsecond=0)
     message = body.to_outbound()
     message_id = uuid.uuid4()
-    params = _params(body, message, message_id, facts.org_id, facts.key_id, idempotency_key, touch=touch)
+    params = _params(body, message, message_id, facts.org_id, facts.key_id, idempotency_key, touch=_stale(facts, now))
+    try:
+        stored, touched = await _store(params, message)
+    except _KeyHeld:
+        # Answered as the ORM path would (a second bounded wait there would double the client's):
+        # the request's unit first (429 past the quota), then 409.
+        if (refusal := await _spend_unit(facts)) is not None:
+            raise refusal from None
+        raise ApiError(
+            ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS, "A request with this Idempotency-Key is still in progress"
+        ) from None
+    except _DeadConnection:
+        # Postgres restarted since the connection was pooled, and nothing was written: every pooled
+        # connection is checked (not one failed request each), and the ORM path answers this one.
+        await async_db.check_pool()
+        stored, touched = False, False
+    if touched:
+        _keys.touched(facts, now)
+    if not stored:
+        return await run_in_threadpool(_by_the_book, body, facts, idempotency_key)
+    hand_to_broker(message_id)
+    return JSONResponse({"messageId": str(message_id)})
+
+
+class _DeadConnection(Exception):
+    pass
+
+
+async def _store(params: dict[str, Any], message: AnyOutbound) -> tuple[bool, bool]:
+    """Read, judge, write and commit: (stored, the key's use recorded). Not stored: nothing was
+    kept and no unit spent (the ORM path answers)."""
     async with async_db.connection() as conn:
         try:
             async with conn.pipeline():
                 await conn.execute(_BOUND_LOCK_WAITS)
-                cursor = await conn.execute(_ACCEPT_ONE, params)
+                cursor = await conn.execute(_READ_FACTS, params)
             row = await cursor.fetchone()
-        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
-            # Another request holds this Idempotency-Key (its transaction is still open).
+        except psycopg.OperationalError:
+            if conn.broken or conn.closed:
+                raise _DeadConnection from None
+            raise
+        quota = _checks_pass(row, message) if row is not None else False
+        if quota is False:
             await conn.rollback()
-            raise _key_in_progress() from None
-        accepted, quota = _judged(row, message)
-        if accepted:
-            try:
-                async with conn.pipeline():
-                    await conn.execute(_SPEND_UNIT_OR_ERROR, params)
-                    await conn.commit()
-            except psycopg.Error as error:
-                await conn.rollback()
-                raise _quota_or(error, quota) from None
-            if touch:
-                _keys.touched(facts, now)
-            hand_to_broker(message_id)
-            return JSONResponse({"messageId": str(message_id)})
-        await conn.rollback()
-    return await run_in_threadpool(_by_the_book, body, facts, idempotency_key)
+            return False, False
+        try:
+            async with conn.pipeline():
+                written = await conn.execute(_WRITE, params)
+                await conn.commit()
+        except psycopg.Error as error:
+            await conn.rollback()
+            if _waited_for_the_key(error):
+                raise _KeyHeld from None
+            if isinstance(error, _LOCK_TROUBLE):
+                return False, False
+            raise _quota_or(error, quota) from None
+        outcome, touched = await written.fetchone() or (None, 0)
+        return outcome == "stored", bool(touched)
+
+
+class _KeyHeld(Exception):
+    """Another request holds the Idempotency-Key (uncommitted) past the bounded wait."""
+
+
+def _waited_for_the_key(error: psycopg.Error) -> bool:
+    # Postgres names the table whose index tuple it waited to insert (the key's unique index is
+    # its only one that makes an insert wait); another lock wait (the usage row held by a long
+    # batch, say) goes the ORM way instead of being called the key's.
+    return isinstance(error, psycopg.errors.LockNotAvailable) and '"idempotency_keys"' in (error.diag.context or "")
 
 
 def accept_submission(body: SendBody, caller: Caller, idempotency_key: str) -> uuid.UUID | None:
@@ -245,36 +309,36 @@ def accept_submission(body: SendBody, caller: Caller, idempotency_key: str) -> u
     try:
         conn = raw.driver_connection
         assert isinstance(conn, psycopg.Connection)
-        try:
-            with conn.pipeline():
-                conn.execute(_BOUND_LOCK_WAITS)
-                cursor = conn.execute(_ACCEPT_ONE, params)
-            row = cursor.fetchone()
-        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
-            conn.rollback()
-            raise _key_in_progress() from None
-        accepted, quota = _judged(row, message)
-        if not accepted:
+        with conn.pipeline():
+            conn.execute(_BOUND_LOCK_WAITS)
+            cursor = conn.execute(_READ_FACTS, params)
+        row = cursor.fetchone()
+        quota = _checks_pass(row, message) if row is not None else False
+        if quota is False:
             conn.rollback()
             return None
         try:
             with conn.pipeline():
-                conn.execute(_SPEND_UNIT_OR_ERROR, params)
+                written = conn.execute(_WRITE, params)
                 conn.commit()
         except psycopg.Error as error:
             conn.rollback()
+            if isinstance(error, _LOCK_TROUBLE):
+                return None  # the ORM path waits for the key again and answers (the submission retries)
             raise _quota_or(error, quota) from None
+        outcome, _ = written.fetchone() or (None, 0)
     finally:
         raw.close()
+    if outcome != "stored":
+        return None
     hand_to_broker(message_id)
     return message_id
 
 
-def _judged(row: tuple[Any, ...] | None, message: AnyOutbound) -> tuple[bool, int | None]:
-    """Whether the statement stored the message and Python agrees with every check (else the ORM
-    path answers), and the organization's quota (for the message of a 429)."""
-    assert row is not None  # the statement always answers one row
-    (quota, window_policy, db_now, lead_found, *lead, account_found, status, phone_id, stored) = row
+def _checks_pass(row: tuple[Any, ...], message: AnyOutbound) -> int | Literal[False]:
+    """False when a check refuses (the ORM path answers it, in order and kept with its key);
+    else the organization's quota (for the message of a 429)."""
+    (quota, window_policy, db_now, lead_found, *lead, account_found, status, phone_id) = row
     refusal = send_refusal(
         LeadRow(*lead) if lead_found else None,
         AccountRow(status, phone_id) if account_found else None,
@@ -282,14 +346,14 @@ def _judged(row: tuple[Any, ...] | None, message: AnyOutbound) -> tuple[bool, in
         window_policy=window_policy,
         now=db_now,
     )
-    return stored and refusal is None, quota
+    return False if refusal is not None else int(quota)
 
 
-def _quota_or(error: psycopg.Error, quota: int | None) -> Exception:
+def _quota_or(error: psycopg.Error, quota: int) -> Exception:
     """Past the quota the unit step aborted the transaction (WQ001): the request's 429. Anything
     else is the database's error, raised as it is."""
     if error.sqlstate == QUOTA_SQLSTATE:
-        return ApiError(ErrorCode.QUOTA_EXCEEDED, quota_used_up(quota or 0))
+        return ApiError(ErrorCode.QUOTA_EXCEEDED, quota_used_up(quota))
     return error
 
 
@@ -323,16 +387,12 @@ def _params(
     }
 
 
-def _key_in_progress() -> ApiError:
-    return ApiError(ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS, "A request with this Idempotency-Key is still in progress")
-
-
 def _by_the_book(body: SendBody, facts: KeyFacts, idempotency_key: str | None) -> JSONResponse:
     """The ORM path (api_shim/flowestate.py) for what the lean statement left to it: spend the
     request's unit (the lean attempt was rolled back), then send as always."""
     session = get_sessionmaker()()
     try:
-        org = spend_request_unit(session, facts.org_id)
+        org = spend_request_unit(session, facts.org_id, key_id=facts.key_id, last_used_at=facts.last_used_at)
         caller = Caller(org_id=org.id, org_slug=org.slug, org_name=org.name, key_id=facts.key_id, scopes=facts.scopes)
     except BaseException:
         session.close()
@@ -340,12 +400,17 @@ def _by_the_book(body: SendBody, facts: KeyFacts, idempotency_key: str | None) -
     return send_and_close(body, session, caller, idempotency_key)
 
 
-def spend_request_unit(session: Session, org_id: uuid.UUID) -> Organization:
-    """Spend and commit the request's unit on the ORM path (429 past the quota)."""
+def spend_request_unit(
+    session: Session, org_id: uuid.UUID, *, key_id: uuid.UUID | None = None, last_used_at: datetime | None = None
+) -> Organization:
+    """Spend and commit the request's unit on the ORM path (429 past the quota), and record the
+    key's use (``key_id``) as ``auth.charge`` does, in its order (usage row, then key row)."""
     org = session.get(Organization, org_id)
     if org is None:
         raise ApiError(ErrorCode.UNAUTHORIZED, "Invalid API key")
     if spend_unit(session, org.id, org.monthly_quota) is None:
         raise ApiError(ErrorCode.QUOTA_EXCEEDED, quota_used_up(org.monthly_quota))
+    if key_id is not None:
+        touch_key(session, key_id, last_used_at)
     session.commit()
     return org

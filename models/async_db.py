@@ -10,6 +10,7 @@ instead of opening more.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,8 @@ from models.settings import get_settings
 
 # How long a request waits for a pooled connection before it fails (a 500, logged).
 CHECKOUT_TIMEOUT_S = 30.0
+
+APPLICATION_NAME = "wadispatch-api-lean"
 
 _pool: AsyncConnectionPool | None = None
 
@@ -40,7 +43,8 @@ async def open_pool() -> AsyncConnectionPool:
             libpq_url(settings.database_url),
             min_size=1,
             max_size=size,
-            kwargs=connect_args(settings),
+            # Named, so an operator (and a test) can tell its connections apart in pg_stat_activity.
+            kwargs={**connect_args(settings), "application_name": APPLICATION_NAME},
             check=_ping_if_idle,
             reset=_note_return,
             timeout=CHECKOUT_TIMEOUT_S,
@@ -58,6 +62,13 @@ async def close_pool() -> None:
         _pool = None
 
 
+async def check_pool() -> None:
+    """Test every idle connection now and replace the dead ones (after one turned out dead: the
+    database restarted, and the others are most likely dead too)."""
+    if _pool is not None:
+        await _pool.check()
+
+
 @asynccontextmanager
 async def connection() -> AsyncIterator[AsyncConnection]:
     """A pooled connection; its transaction is the caller's to end (the pool rolls back anything
@@ -67,16 +78,17 @@ async def connection() -> AsyncIterator[AsyncConnection]:
         yield conn
 
 
-# When each pooled connection was last given back (by id: psycopg connections take no attributes).
-_returned_at: dict[int, float] = {}
+# When each pooled connection was last given back (psycopg connections take no attributes; the
+# entry goes with its connection).
+_returned_at: weakref.WeakKeyDictionary[AsyncConnection, float] = weakref.WeakKeyDictionary()
 
 
 async def _note_return(conn: AsyncConnection) -> None:
-    _returned_at[id(conn)] = time.monotonic()
+    _returned_at[conn] = time.monotonic()
 
 
 async def _ping_if_idle(conn: AsyncConnection) -> None:
     # Only a connection that sat idle pays a round trip (the database may have restarted meanwhile);
     # a failing ping makes the pool discard it and hand out another.
-    if time.monotonic() - _returned_at.get(id(conn), 0.0) > PING_AFTER_IDLE_S:
+    if time.monotonic() - _returned_at.get(conn, 0.0) > PING_AFTER_IDLE_S:
         await conn.execute("SELECT 1")
