@@ -11,6 +11,7 @@ on every quiet moment).
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -35,30 +36,28 @@ COMMAND_RETRIES = 1
 
 def redis_from_url(url: str, *, purpose: str, settings: Settings | None = None) -> redis.Redis:
     """A command client with connect and read timeouts; ``purpose`` names it in CLIENT LIST."""
-    s = settings or get_settings()
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=s.redis_connect_timeout_s,
-        socket_timeout=s.redis_socket_timeout_s,
-        socket_keepalive=True,
-        socket_keepalive_options=_keepalive_options(),
-        retry=Retry(ExponentialWithJitterBackoff(base=0.1, cap=1.0), COMMAND_RETRIES),
-        client_name=f"wadispatch-{purpose}",
-    )
+    options = _command_options(settings or get_settings(), purpose)
+    return redis.Redis.from_url(url, retry=Retry(_backoff(), COMMAND_RETRIES), **options)
 
 
 def async_redis_from_url(url: str, *, purpose: str, settings: Settings | None = None) -> aioredis.Redis:
     """The asyncio twin of ``redis_from_url`` (the API's lean send path), with the same limits."""
-    s = settings or get_settings()
-    return aioredis.Redis.from_url(
-        url,
-        socket_connect_timeout=s.redis_connect_timeout_s,
-        socket_timeout=s.redis_socket_timeout_s,
-        socket_keepalive=True,
-        socket_keepalive_options=_keepalive_options(),
-        retry=AsyncRetry(ExponentialWithJitterBackoff(base=0.1, cap=1.0), COMMAND_RETRIES),
-        client_name=f"wadispatch-{purpose}",
-    )
+    options = _command_options(settings or get_settings(), purpose)
+    return aioredis.Redis.from_url(url, retry=AsyncRetry(_backoff(), COMMAND_RETRIES), **options)
+
+
+def _command_options(s: Settings, purpose: str) -> dict[str, Any]:
+    return {
+        "socket_connect_timeout": s.redis_connect_timeout_s,
+        "socket_timeout": s.redis_socket_timeout_s,
+        "socket_keepalive": True,
+        "socket_keepalive_options": _keepalive_options(),
+        "client_name": f"wadispatch-{purpose}",
+    }
+
+
+def _backoff() -> ExponentialWithJitterBackoff:
+    return ExponentialWithJitterBackoff(base=0.1, cap=1.0)
 
 
 def async_subscriber_from_url(url: str, *, purpose: str, settings: Settings | None = None) -> aioredis.Redis:

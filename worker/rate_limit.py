@@ -91,13 +91,14 @@ return tostring(lowered)
 # each message asks once and sleeps until its moment, instead of every waiting task polling the
 # gate together and all but one being told to wait again. A moment further off than the caller
 # takes is not taken.
-# Returns {taken (1/0), seconds from now to the moment (or until asking again)} as strings.
+# Returns {taken (1/0), seconds from now to the moment (or until asking again), that moment (Redis
+# time)} as strings.
 _SEND_MOMENT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local paused = math.max(tonumber(redis.call('GET', KEYS[3]) or '0'), tonumber(redis.call('GET', KEYS[4]) or '0'))
 if paused > now then
-  return {'0', tostring(paused - now)}
+  return {'0', tostring(paused - now), tostring(paused)}
 end
 local interval = tonumber(ARGV[1])
 local ceiling = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -106,11 +107,11 @@ local tol = interval * tonumber(ARGV[2])
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
 local moment = math.max(now, tonumber(ARGV[3]), tat - tol)
 if moment - now > tonumber(ARGV[4]) then
-  return {'0', tostring(moment - now)}
+  return {'0', tostring(moment - now), tostring(moment)}
 end
 local new_tat = math.max(tat, moment) + interval
 redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now + 60) * 1000))
-return {'1', tostring(moment - now)}
+return {'1', tostring(moment - now), tostring(moment)}
 """
 
 # KEYS: account pause-until, everyone's pause-until. Seconds the account's sends stay paused (0: none).
@@ -139,6 +140,7 @@ class Reservation:
 class SendMoment:
     taken: bool  # False: nothing taken (paused, or the moment is further off than asked); ask again in wait_s
     wait_s: float  # from Redis's now to the moment this caller may send
+    at: float  # that moment, in Redis time
 
 
 @dataclass(frozen=True)
@@ -201,8 +203,8 @@ class RateLimiter:
         # allowance, so the time a request takes to reach Meta cannot push Meta's count over.
         margin = 1 + math.ceil(pacing.mps * pacing.jitter_s)
         burst = max(0, pacing.burst - margin)
-        taken, wait = self._send_moment(keys=keys, args=[1.0 / pacing.mps, burst, not_before, max(0.0, within_s)])
-        return SendMoment(taken == b"1", max(0.0, float(wait)))
+        taken, wait, at = self._send_moment(keys=keys, args=[1.0 / pacing.mps, burst, not_before, max(0.0, within_s)])
+        return SendMoment(taken == b"1", max(0.0, float(wait)), float(at))
 
     def admit(self, account_id: uuid.UUID, pacing: Pacing) -> float:
         """0 when the account may send this instant (the moment is taken); else how long to wait
