@@ -23,10 +23,20 @@ from typing import cast
 
 import redis
 
+# Times are Redis TIME seconds (about 1.8e9): Lua's tostring keeps 14 significant digits, so
+# a time stored or returned through it lost everything below 0.1 ms, and an account whose interval
+# is not a multiple of that (750 mps: 1.333 ms) was let through 770 times a second. Times are
+# written with microseconds instead.
+_EXACT = """
+local function exact(x) return string.format('%.6f', x) end
+"""
+
 # KEYS: account TAT, pair TAT, account pause-until, pair pause-until, account rate ceiling
 # ARGV: account interval, account burst, pair interval, pair tolerance, horizon (seconds)
 # Returns {granted (1/0), wait seconds, slot time} as strings (Lua numbers would lose the fraction).
-_RESERVE = """
+_RESERVE = (
+    _EXACT
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local tat_a = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -46,33 +56,37 @@ local horizon = tonumber(ARGV[5])
 local pair_ready = pause_p
 if interval_p > 0 then pair_ready = math.max(pair_ready, tat_p - tol_p) end
 if pair_ready > now then
-  return {'0', tostring(pair_ready - now), tostring(pair_ready)}
+  return {'0', tostring(pair_ready - now), exact(pair_ready)}
 end
 local slot = math.max(now, tat_a - tol_a, pause_a)
 local wait = slot - now
 if wait > horizon then
-  return {'0', tostring(wait), tostring(slot)}
+  return {'0', tostring(wait), exact(slot)}
 end
 local new_a = math.max(tat_a, slot) + interval_a
-redis.call('SET', KEYS[1], tostring(new_a), 'PX', math.ceil((new_a - now + 60) * 1000))
+redis.call('SET', KEYS[1], exact(new_a), 'PX', math.ceil((new_a - now + 60) * 1000))
 if interval_p > 0 then
   local new_p = math.max(tat_p, slot) + interval_p
-  redis.call('SET', KEYS[2], tostring(new_p), 'PX', math.ceil((new_p - now + 60) * 1000))
+  redis.call('SET', KEYS[2], exact(new_p), 'PX', math.ceil((new_p - now + 60) * 1000))
 end
-return {'1', tostring(wait), tostring(slot)}
+return {'1', tostring(wait), exact(slot)}
 """
+)
 
 # KEYS: pause-until key; ARGV: seconds. Extends a pause, never shortens it.
-_PAUSE = """
+_PAUSE = (
+    _EXACT
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local until_ = now + tonumber(ARGV[1])
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if until_ > current then
-  redis.call('SET', KEYS[1], tostring(until_), 'PX', math.ceil((until_ - now + 60) * 1000))
+  redis.call('SET', KEYS[1], exact(until_), 'PX', math.ceil((until_ - now + 60) * 1000))
 end
-return tostring(math.max(until_, current))
+return exact(math.max(until_, current))
 """
+)
 
 # KEYS: account rate ceiling; ARGV: configured mps, floor mps, seconds to keep it.
 # Halves the rate the account is held to (multiplicative decrease); the key expires to recover.
@@ -93,12 +107,14 @@ return tostring(lowered)
 # takes is not taken.
 # Returns {taken (1/0), seconds from now to the moment (or until asking again), that moment (Redis
 # time)} as strings.
-_SEND_MOMENT = """
+_SEND_MOMENT = (
+    _EXACT
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local paused = math.max(tonumber(redis.call('GET', KEYS[3]) or '0'), tonumber(redis.call('GET', KEYS[4]) or '0'))
 if paused > now then
-  return {'0', tostring(paused - now), tostring(paused)}
+  return {'0', tostring(paused - now), exact(paused)}
 end
 local interval = tonumber(ARGV[1])
 local ceiling = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -107,12 +123,13 @@ local tol = interval * tonumber(ARGV[2])
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
 local moment = math.max(now, tonumber(ARGV[3]), tat - tol)
 if moment - now > tonumber(ARGV[4]) then
-  return {'0', tostring(moment - now), tostring(moment)}
+  return {'0', tostring(moment - now), exact(moment)}
 end
 local new_tat = math.max(tat, moment) + interval
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now + 60) * 1000))
-return {'1', tostring(moment - now), tostring(moment)}
+redis.call('SET', KEYS[1], exact(new_tat), 'PX', math.ceil((new_tat - now + 60) * 1000))
+return {'1', tostring(moment - now), exact(moment)}
 """
+)
 
 # KEYS: account pause-until, everyone's pause-until. Seconds the account's sends stay paused (0: none).
 _SEND_PAUSED_FOR = """

@@ -160,12 +160,14 @@ def test_a_send_moment_is_never_before_the_slot_and_too_late_a_one_is_not_taken(
     rule = Pacing(mps=10, burst=0, pair_interval_s=0, pair_burst=0, horizon_s=60, jitter_s=0)
     slot = limiter.reserve(account, "a", rule).slot + 0.3
     moment = limiter.take_send_moment(account, rule, not_before=slot, within_s=1)
-    assert moment.taken and moment.wait_s == pytest.approx(0.3, abs=0.02)
-    # The next free moment is 0.4 s out: asked to wait at most 0.2 s, nothing is taken...
-    refused = limiter.take_send_moment(account, rule, within_s=0.2)
-    assert not refused.taken and refused.wait_s == pytest.approx(0.4, abs=0.02)
+    # Compared in Redis time (a slow call on a busy machine shortens the waits, not the moments).
+    assert moment.taken and moment.at == pytest.approx(slot, abs=1e-5)
+    # The next free moment is one interval later: asked to wait at most 0.05 s, nothing is taken...
+    refused = limiter.take_send_moment(account, rule, within_s=0.05)
+    assert not refused.taken and refused.at == pytest.approx(slot + 0.1, abs=1e-5)
     # ...so the next caller is given that same moment.
-    assert limiter.take_send_moment(account, rule, within_s=1).wait_s == pytest.approx(0.4, abs=0.02)
+    again = limiter.take_send_moment(account, rule, within_s=1)
+    assert again.taken and again.at == pytest.approx(slot + 0.1, abs=1e-5)
 
 
 def test_the_send_gate_is_closed_while_the_account_or_everyone_is_paused(limiter):
@@ -180,3 +182,18 @@ def test_the_send_gate_is_closed_while_the_account_or_everyone_is_paused(limiter
     limiter.pause_everyone(1.0)
     assert limiter.send_paused_for(other) == pytest.approx(1.0, abs=0.05)
     assert not limiter.take_send_moment(other, rule, within_s=5).taken
+
+
+@pytest.mark.parametrize("mps", [750, 30, 80])
+def test_moments_and_slots_keep_the_interval_to_the_microsecond(limiter, mps):
+    """Redis times are about 1.8e9 s: written with Lua's tostring (14 digits) they lost everything
+    below 0.1 ms, and at 750 mps (1.333 ms apart) the gate and the reservations let 770 through a
+    second. Back-to-back moments and slots must keep the whole interval."""
+    rule = Pacing(mps=mps, burst=0, pair_interval_s=0, pair_burst=0, horizon_s=600, jitter_s=0)
+    interval = 1.0 / mps
+    account = uuid.uuid4()
+    moments = [limiter.take_send_moment(account, rule, within_s=600).at for _ in range(300)]
+    slots = [limiter.reserve(account, f"r{n}", rule).slot for n in range(300)]
+    for times in (moments, slots):
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert min(gaps) >= interval - 2e-6, (min(gaps), interval)

@@ -107,8 +107,10 @@ def test_messages_waiting_together_ask_the_gate_once_each_and_leave_one_interval
     delivery = GateOnly(limiter, begin_call_s=[0.0, 0.012])
     _send_together(delivery, 6)
     gaps = [b - a for a, b in itertools.pairwise(sorted(delivery.sent_at))]
-    assert len(delivery.sent_at) == 6 and min(gaps) > 0.045, gaps
-    assert limiter.gate_calls == 6
+    # 10 ms of slack for threads that wake late on a busy machine (the old order left 38 ms).
+    assert len(delivery.sent_at) == 6 and min(gaps) > 0.040, gaps
+    # Once each; a thread that woke late past its moment may ask once more (the old gate: 21).
+    assert 6 <= limiter.gate_calls <= 8
 
 
 @pytest.mark.parametrize(
@@ -126,7 +128,7 @@ def test_a_message_whose_begin_call_ran_late_does_not_bunch_with_the_next(
     delivery = GateOnly(limiter, begin_call_s=begin_call_s)
     _send_together(delivery, len(begin_call_s))
     gaps = [b - a for a, b in itertools.pairwise(sorted(delivery.sent_at))]
-    assert len(delivery.sent_at) == sent and min(gaps) > 0.045, gaps
+    assert len(delivery.sent_at) == sent and min(gaps) > 0.040, gaps
     assert delivery.waited_in_postgres == waiting
 
 
