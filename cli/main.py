@@ -99,6 +99,7 @@ def worker(ctx: click.Context, pool: str | None, concurrency: int | None, queues
     app.worker_main(
         [
             "worker",
+            *_default_node_name(ctx.args),
             f"--pool={pool or settings.worker_pool}",
             f"--concurrency={threads}",
             f"--queues={queues or ','.join(WORKER_QUEUES)}",
@@ -106,6 +107,17 @@ def worker(ctx: click.Context, pool: str | None, concurrency: int | None, queues
             *ctx.args,
         ]
     )
+
+
+def default_node_name(pid: int) -> str:
+    """Celery names a worker celery@<host> by default, so two on one host were one node to Flower
+    and `celery inspect`. The process id tells workers on a host apart (Celery expands %h)."""
+    return f"wadispatch-{pid}@%h"
+
+
+def _default_node_name(args: list[str]) -> list[str]:
+    given = any(a in ("-n", "--hostname") or a.startswith(("--hostname=", "-n")) for a in args)
+    return [] if given else [f"--hostname={default_node_name(os.getpid())}"]
 
 
 @cli.command()
