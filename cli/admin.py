@@ -13,7 +13,7 @@ from cli.output import emit, fail
 from models import admin
 from models.db import session_scope
 from models.enums import AccountStatus, KeyKind, MessageStatus, Scope, WindowPolicy
-from models.tables import ApiKey, Organization
+from models.tables import ApiKey, Contact, Organization
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -68,6 +68,16 @@ def org_update(
     except admin.AdminError as exc:
         fail(str(exc))
     emit(data, as_json=as_json, human=f"organization {slug}: {data}")
+
+
+@org.command("list")
+@json_option
+def org_list(as_json: bool) -> None:
+    """Every organization and its settings."""
+    with session_scope() as session:
+        rows = [_org_data(row) for row in admin.list_orgs(session)]
+    lines = [f"{r['slug']:<24} {r['name']}" for r in rows]
+    emit({"data": rows}, as_json=as_json, human="\n".join(lines) or "no organizations")
 
 
 @org.command("show")
@@ -292,13 +302,21 @@ def _pauses(account_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
     help="the secret of the tenant's own Meta app, which signs this number's webhooks (or the env variable)",
 )
 @click.option("--clear-app-secret", is_flag=True, help="webhooks for this number are signed with the service's secret")
+@click.option(
+    "--status",
+    type=click.Choice([AccountStatus.CONNECTED.value, AccountStatus.DISCONNECTED.value]),
+    help="disconnected: intake refuses sends from it; connected: back in service, waiting messages handed over",
+)
 @json_option
 def account_update(
-    account_id: str, mps: int | None, app_secret: str | None, clear_app_secret: bool, as_json: bool
+    account_id: str, mps: int | None, app_secret: str | None, clear_app_secret: bool, status: str | None, as_json: bool
 ) -> None:
     """Change an account's settings; workers pick them up at the next send, no restart."""
+    from worker.celery_app import enqueue_send
+
     if app_secret is not None and clear_app_secret:
         fail("--app-secret and --clear-app-secret: choose one")
+    waiting: list[uuid.UUID] = []
     try:
         with session_scope() as session:
             row = admin.update_account(
@@ -307,15 +325,20 @@ def account_update(
                 mps=mps,
                 app_secret=admin.CLEAR if clear_app_secret else app_secret,
             )
+            if status is not None:
+                waiting = admin.set_account_status(session, row.id, AccountStatus(status))
             data = {
                 "id": str(row.id),
                 "mps": row.mps,
                 "status": row.status,
                 "own_app_secret": row.app_secret_encrypted is not None,
+                "requeued": len(waiting),
             }
     except admin.AdminError as exc:
         fail(str(exc))
-    emit(data, as_json=as_json, human=f"account {account_id}: {data['mps']} mps")
+    for message_id in waiting:  # after the commit
+        enqueue_send(message_id)
+    emit(data, as_json=as_json, human=f"account {account_id}: {data['status']}, {data['mps']} mps")
 
 
 @account.command("resume")
@@ -355,6 +378,54 @@ def contact_create(org_slug: str, phone: str | None, name: str | None, opted_out
     except admin.AdminError as exc:
         fail(str(exc))
     emit(data, as_json=as_json, human=f"contact {data['id']}")
+
+
+@contact.command("update")
+@click.option("--id", "contact_id", required=True)
+@click.option(
+    "--opted-out/--opted-in", "opted_out", default=None, help="the contact asked not to be messaged / asked again"
+)
+@json_option
+def contact_update(contact_id: str, opted_out: bool | None, as_json: bool) -> None:
+    """Opt a contact out (intake refuses sends to it; the worker re-checks before each send) or back in."""
+    if opted_out is None:
+        fail("--opted-out or --opted-in: say which")
+    try:
+        with session_scope() as session:
+            row = admin.set_contact_opt_out(session, _uuid(contact_id, "--id"), opted_out=bool(opted_out))
+            data = _contact_data(row)
+    except admin.AdminError as exc:
+        fail(str(exc))
+    emit(data, as_json=as_json, human=f"contact {contact_id}: {'opted out' if opted_out else 'opted in'}")
+
+
+@contact.command("list")
+@click.option("--org", "org_slug", required=True)
+@click.option("--phone", help="only this number (E.164)")
+@click.option("--limit", type=int, default=50, show_default=True)
+@json_option
+def contact_list(org_slug: str, phone: str | None, limit: int, as_json: bool) -> None:
+    """The organization's contacts, newest first."""
+    try:
+        with session_scope() as session:
+            org_row = admin.org_by_slug(session, org_slug)
+            rows = [_contact_data(row) for row in admin.list_contacts(session, org=org_row, phone=phone, limit=limit)]
+    except admin.AdminError as exc:
+        fail(str(exc))
+    lines = [f"{r['id']}  {r['phone'] or '-':<16} {'opted out' if r['opted_out'] else ''}" for r in rows]
+    emit({"data": rows}, as_json=as_json, human="\n".join(lines) or "no contacts")
+
+
+def _contact_data(row: Contact) -> dict[str, Any]:
+    return {
+        "id": str(row.id),
+        "phone": row.phone_e164,
+        "name": row.name,
+        "opted_out": row.opted_out_at is not None,
+        "opted_out_at": row.opted_out_at.isoformat() if row.opted_out_at else None,
+        "last_inbound_at": row.last_inbound_at.isoformat() if row.last_inbound_at else None,
+        "created_at": row.created_at.isoformat(),
+    }
 
 
 @click.group()

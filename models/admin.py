@@ -126,6 +126,33 @@ def create_contact(
     return contact
 
 
+def set_contact_opt_out(session: Session, contact_id: uuid.UUID, *, opted_out: bool) -> Contact:
+    """Opt a contact out (from now; intake refuses it and the worker fails what was queued for it)
+    or back in. Opting out again keeps the first opt-out's time."""
+    contact = session.get(Contact, contact_id)
+    if contact is None:
+        raise AdminError(f"--id: no contact {contact_id}")
+    if not opted_out:
+        contact.opted_out_at = None
+    elif contact.opted_out_at is None:
+        contact.opted_out_at = func.now()
+    session.flush()
+    session.refresh(contact)
+    return contact
+
+
+def list_contacts(session: Session, *, org: Organization, phone: str | None, limit: int) -> list[Contact]:
+    """The organization's contacts, newest first; with ``phone``, only that number's."""
+    query = select(Contact).where(Contact.org_id == org.id)
+    if phone is not None:
+        query = query.where(Contact.phone_e164 == _phone_or_error(phone, "--phone"))
+    return list(session.scalars(query.order_by(Contact.created_at.desc(), Contact.id).limit(limit)))
+
+
+def list_orgs(session: Session) -> list[Organization]:
+    return list(session.scalars(select(Organization).order_by(Organization.slug)))
+
+
 def set_account_status(session: Session, account_id: uuid.UUID, status: AccountStatus) -> list[uuid.UUID]:
     """Change an account's status; resuming returns the ids of its waiting messages to enqueue."""
     account = session.get(WhatsappAccount, account_id)

@@ -123,3 +123,48 @@ def test_demo_prints_curl_commands_that_work(live, sandbox):
     received = sandbox.received("100000000000001")
     ours = {m["body"]["biz_opaque_callback_data"] for m in received} | {m["wamid"] for m in received}
     assert set(message_ids) <= ours
+
+
+def test_operator_commands_change_what_intake_answers(stack, api, org_slug):
+    """Opt a lead out and back in, disconnect and reconnect an account, find both by listing:
+    each change shows in the next send's answer (no psql needed)."""
+    key = json.loads(wadispatch("key", "create", "--org", org_slug, "--kind", "fe", "--json", env=stack.env).stdout)[
+        "key"
+    ]
+    made = wadispatch(
+        "account", "create", "--org", org_slug, "--phone", "+27110000001", "--phone-number-id", "pn-ops-1",
+        "--token", "tok", "--json", env=stack.env,
+    )  # fmt: skip
+    account_id = json.loads(made.stdout)["id"]
+    lead = json.loads(
+        wadispatch("contact", "create", "--org", org_slug, "--phone", "+27821234567", "--json", env=stack.env).stdout
+    )["id"]
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"leadId": lead, "whatsappAccountId": account_id, "message": "hi"}
+
+    def send_code() -> str | None:
+        answer = api.http.post("/api/v1/whatsapp/send", json=body, headers=headers)
+        return None if answer.status_code == 200 else answer.json()["error"]["code"]
+
+    assert send_code() is None
+    out = wadispatch("contact", "update", "--id", lead, "--opted-out", "--json", env=stack.env)
+    assert out.returncode == 0 and json.loads(out.stdout)["opted_out"] is True, out.stderr
+    assert send_code() == "OPTED_OUT"
+    assert wadispatch("contact", "update", "--id", lead, "--opted-in", env=stack.env).returncode == 0
+    assert send_code() is None
+
+    off = wadispatch("account", "update", "--id", account_id, "--status", "disconnected", "--json", env=stack.env)
+    assert off.returncode == 0 and json.loads(off.stdout)["status"] == "disconnected", off.stderr
+    assert send_code() == "ACCOUNT_UNAVAILABLE"
+    on = wadispatch("account", "update", "--id", account_id, "--status", "connected", "--json", env=stack.env)
+    assert on.returncode == 0 and json.loads(on.stdout)["status"] == "connected"
+    assert send_code() is None
+
+    listed = json.loads(wadispatch("contact", "list", "--org", org_slug, "--json", env=stack.env).stdout)["data"]
+    assert [c["id"] for c in listed] == [lead] and listed[0]["opted_out"] is False
+    by_phone = wadispatch("contact", "list", "--org", org_slug, "--phone", "+27821234568", "--json", env=stack.env)
+    assert json.loads(by_phone.stdout)["data"] == []
+    orgs = json.loads(wadispatch("org", "list", "--json", env=stack.env).stdout)["data"]
+    assert org_slug in {o["slug"] for o in orgs}
+    neither = wadispatch("contact", "update", "--id", lead, env=stack.env)
+    assert neither.returncode != 0 and "--opted-out" in neither.stderr
