@@ -9,7 +9,7 @@ from typing import Any
 import click
 from sqlalchemy import select
 
-from cli.output import emit, fail
+from cli.output import SINCE, emit, fail
 from models import admin
 from models.db import session_scope
 from models.enums import AccountStatus, KeyKind, MessageStatus, Scope, WindowPolicy
@@ -435,7 +435,7 @@ def messages() -> None:
 
 @messages.command("retry")
 @click.option("--status", default="failed", show_default=True, help="which messages (only failed)")
-@click.option("--since", type=click.DateTime(), help="failed at or after this time (UTC)")
+@click.option("--since", type=SINCE, help="failed at or after this time (UTC), e.g. 2026-11-01T00:00")
 @click.option("--org", "org_slug", help="only this organization")
 @click.option("--limit", type=int, default=10000, show_default=True)
 @json_option

@@ -7,13 +7,12 @@ from datetime import UTC, datetime
 
 import click
 
-from cli.output import emit, fail
+from cli.output import SINCE, emit, fail
 from models import admin, endpoints
 from models.db import session_scope
 from models.events import EVENT_TYPES
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-SINCE_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]
 
 
 @click.group()
@@ -96,7 +95,7 @@ def endpoint_enable(org_slug: str, endpoint_id: str, as_json: bool) -> None:
 @endpoint.command("replay")
 @click.option("--org", "org_slug", required=True)
 @click.option("--id", "endpoint_id", required=True)
-@click.option("--since", required=True, type=click.DateTime(SINCE_FORMATS), help="UTC, e.g. 2026-12-02T09:00")
+@click.option("--since", required=True, type=SINCE, help="UTC, e.g. 2026-12-02T09:00")
 @json_option
 def endpoint_replay(org_slug: str, endpoint_id: str, since: datetime, as_json: bool) -> None:
     """Deliver again every event of the endpoint since a time (same webhook-id: receivers dedupe)."""

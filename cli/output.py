@@ -14,3 +14,7 @@ def emit(data: dict[str, Any], *, as_json: bool, human: str) -> None:
 
 def fail(message: str) -> None:
     raise click.ClickException(message)
+
+
+# Every --since takes the README's spelling (2026-12-02T09:00), with seconds or a space, or a date.
+SINCE = click.DateTime(["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"])

@@ -168,3 +168,11 @@ def test_operator_commands_change_what_intake_answers(stack, api, org_slug):
     assert org_slug in {o["slug"] for o in orgs}
     neither = wadispatch("contact", "update", "--id", lead, env=stack.env)
     assert neither.returncode != 0 and "--opted-out" in neither.stderr
+
+
+@pytest.mark.parametrize("since", ["2026-11-01T00:00", "2026-11-01T00:00:00", "2026-11-01 00:00", "2026-11-01"])
+def test_every_since_takes_the_readmes_spelling(stack, org_slug, since):
+    retried = wadispatch("messages", "retry", "--org", org_slug, "--since", since, "--json", env=stack.env)
+    assert retried.returncode == 0 and json.loads(retried.stdout) == {"requeued": 0}, retried.stderr
+    bad = wadispatch("messages", "retry", "--org", org_slug, "--since", "yesterday", env=stack.env)
+    assert bad.returncode != 0 and "--since" in bad.stderr
