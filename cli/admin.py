@@ -166,10 +166,16 @@ def key_list(org_slug: str, as_json: bool) -> None:
     except admin.AdminError as exc:
         fail(str(exc))
     human = "\n".join(
-        f"{k['id']}  {k['prefix']}…{k['last4']}  {','.join(k['scopes'])}  {'revoked' if k['revoked_at'] else 'active'}"
+        f"{k['id']}  {k['prefix']}…{k['last4']}  {','.join(k['scopes'])}  "
+        f"created {_minute(k['created_at'])}  last used {_minute(k['last_used_at'])}  "
+        f"{'revoked ' + _minute(k['revoked_at']) if k['revoked_at'] else 'active'}"
         for k in keys
     )
     emit({"data": keys}, as_json=as_json, human=human or "no keys")
+
+
+def _minute(at: datetime | None) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M") if at is not None else "never"
 
 
 @click.group()

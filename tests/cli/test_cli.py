@@ -45,6 +45,9 @@ def test_key_is_printed_once_and_stored_only_as_a_hash(stack, org_slug):
 
     revoked = wadispatch("key", "revoke", "--id", item["id"], "--json", env=stack.env)
     assert revoked.returncode == 0 and json.loads(revoked.stdout)["revoked"] is True
+    # Read by a person: created, last used (never, here) and revoked, to the minute.
+    line = wadispatch("key", "list", "--org", org_slug, env=stack.env).stdout
+    assert re.search(r"created \d{4}-\d\d-\d\dT\d\d:\d\d  last used never  revoked \d{4}-", line), line
 
 
 @pytest.mark.parametrize(
