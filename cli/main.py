@@ -264,6 +264,30 @@ def run(sandbox: bool) -> None:
     sys.exit(manager.returncode)
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(as_json: bool) -> None:
+    """Where the system stands: queue depths, messages by status, the oldest waiting message,
+    halted accounts, workers online."""
+    from cli.output import emit
+    from models.db import session_scope
+    from worker.system_status import read_status
+
+    with session_scope() as session:
+        now = read_status(session)
+    oldest = "none waiting" if now.oldest_waiting_s is None else f"{now.oldest_waiting_s:.1f} s"
+    human = "\n".join(
+        [
+            "queues        : " + ", ".join(f"{q} {n}" for q, n in now.queue_depths.items()),
+            "messages      : " + (", ".join(f"{s} {n}" for s, n in now.messages_by_status.items()) or "none"),
+            f"oldest waiting: {oldest}",
+            "halted        : " + (", ".join(a["id"] for a in now.halted_accounts) or "none"),
+            "workers online: " + (", ".join(now.workers_online) or "none answered"),
+        ]
+    )
+    emit(now.as_dict(), as_json=as_json, human=human)
+
+
 cli.add_command(admin_commands.org)
 cli.add_command(admin_commands.key)
 cli.add_command(admin_commands.account)

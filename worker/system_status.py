@@ -1,0 +1,88 @@
+"""Where the system stands, in one reading: what an on-call operator asks first (`wadispatch
+status`), and what an autoscaler watches. Each figure is one cheap query: broker queue lengths,
+messages by status, the age of the oldest message still waiting, halted accounts, workers online.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from amqp.exceptions import ChannelError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models.enums import CLAIMABLE, AccountStatus
+from models.tables import Message, WhatsappAccount
+from worker.celery_app import WORKER_QUEUES, app
+
+# How long `celery inspect ping` waits for workers to answer.
+PING_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class SystemStatus:
+    queue_depths: dict[str, int]  # tasks waiting in each broker queue
+    messages_by_status: dict[str, int]
+    oldest_waiting_s: float | None  # the oldest queued or retrying message's age (None: none waits)
+    halted_accounts: list[dict[str, Any]]  # id, organization, reason
+    workers_online: list[str]  # node names that answered a ping
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "queue_depths": self.queue_depths,
+            "messages_by_status": self.messages_by_status,
+            "oldest_waiting_s": self.oldest_waiting_s,
+            "halted_accounts": self.halted_accounts,
+            "workers_online": self.workers_online,
+        }
+
+
+def read_status(session: Session) -> SystemStatus:
+    return SystemStatus(
+        queue_depths=queue_depths(),
+        messages_by_status=messages_by_status(session),
+        oldest_waiting_s=oldest_waiting_s(session),
+        halted_accounts=halted_accounts(session),
+        workers_online=workers_online(),
+    )
+
+
+def queue_depths() -> dict[str, int]:
+    """Tasks waiting in each of the workers' queues (kombu counts every priority level)."""
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel
+        return {queue: _depth(channel, queue) for queue in WORKER_QUEUES}
+
+
+def _depth(channel: Any, queue: str) -> int:
+    try:
+        return int(channel.queue_declare(queue=queue, passive=True).message_count)
+    except ChannelError:
+        return 0  # never declared: nothing was ever put on it
+
+
+def messages_by_status(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Message.status, func.count()).group_by(Message.status)).all()
+    return {status: int(count) for status, count in sorted(rows)}
+
+
+def oldest_waiting_s(session: Session) -> float | None:
+    oldest = session.scalar(
+        select(func.extract("epoch", func.now() - func.min(Message.created_at))).where(Message.status.in_(CLAIMABLE))
+    )
+    return None if oldest is None else round(float(oldest), 1)
+
+
+def halted_accounts(session: Session) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(WhatsappAccount.id, WhatsappAccount.org_id, WhatsappAccount.halted_reason)
+        .where(WhatsappAccount.status == AccountStatus.HALTED)
+        .order_by(WhatsappAccount.created_at)
+    ).all()
+    return [{"id": str(r.id), "org_id": str(r.org_id), "reason": r.halted_reason} for r in rows]
+
+
+def workers_online() -> list[str]:
+    replies = app.control.ping(timeout=PING_TIMEOUT_S) or []
+    return sorted(name for reply in replies for name in reply)
