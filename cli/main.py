@@ -132,9 +132,18 @@ def beat() -> None:
 @click.option("--address", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=5555, show_default=True)
 def flower(address: str, port: int) -> None:
-    """Run Flower, the Celery monitoring UI."""
+    """Run Flower, the Celery monitoring UI, behind basic auth (WADISPATCH_FLOWER_BASIC_AUTH); its
+    API answers the same users."""
+    from models.settings import DEV_FLOWER_BASIC_AUTH
     from worker.celery_app import app
 
+    settings = get_settings()
+    if not settings.flower_basic_auth:
+        raise click.ClickException("WADISPATCH_FLOWER_BASIC_AUTH: set user:password (Flower never runs open)")
+    if settings.env == "production" and settings.flower_basic_auth == DEV_FLOWER_BASIC_AUTH:
+        raise click.ClickException("WADISPATCH_FLOWER_BASIC_AUTH: production refuses the development password")
+    # Through Flower's own environment variable, not an argument: arguments show in `ps`.
+    os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
     app.start(["flower", f"--port={port}", f"--address={address}"])
 
 

@@ -18,6 +18,7 @@ DEV_TOKEN_ENCRYPTION_KEY = "ZGV2LW9ubHktdG9rZW4ta2V5LWRvLW5vdC11c2UtISE="
 DEV_SECRET_KEY = "dev-only-secret-key-do-not-use-in-production"
 DEV_META_APP_SECRET = "dev-only-meta-app-secret"
 DEV_META_VERIFY_TOKEN = "dev-only-verify-token"
+DEV_FLOWER_BASIC_AUTH = "wadispatch:dev-only-flower-password"
 
 
 class Settings(BaseSettings):
@@ -66,6 +67,10 @@ class Settings(BaseSettings):
     webhook_retry_cap_s: float = Field(default=60.0, gt=0)
     # Meta's customer service window: free-form messages within this long of the contact's last message.
     service_window_h: float = Field(default=24.0, gt=0)
+
+    # Flower's users (user:password, comma-separated); its pages and its API need one of them.
+    # `wadispatch flower` refuses the development default when WADISPATCH_ENV=production.
+    flower_basic_auth: str = DEV_FLOWER_BASIC_AUTH
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -1,0 +1,51 @@
+"""`wadispatch flower`: behind basic auth from settings, its API open to those users only."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.support.processes import ManagedProcess, free_port, http_ok
+
+
+def test_flower_asks_for_its_users_and_serves_them_its_api(stack, tmp_path):
+    port = free_port()
+    env = {**stack.env, "WADISPATCH_FLOWER_BASIC_AUTH": "ops:s3cret-for-test"}
+    base = f"http://127.0.0.1:{port}"
+    flower = ManagedProcess(
+        "flower", ["flower", "--port", str(port)], env, tmp_path, ready=http_ok(f"{base}/healthcheck")
+    )
+    flower.start(timeout=60)
+    try:
+        assert httpx.get(f"{base}/api/workers", timeout=10).status_code == 401
+        assert httpx.get(f"{base}/api/workers", auth=("ops", "wrong"), timeout=10).status_code == 401
+        answer = httpx.get(f"{base}/api/workers", auth=("ops", "s3cret-for-test"), timeout=10)
+        assert answer.status_code == 200 and isinstance(answer.json(), dict)
+        assert httpx.get(base, auth=("ops", "s3cret-for-test"), timeout=10).status_code == 200
+        assert "s3cret-for-test" not in " ".join(flower.args)
+    finally:
+        flower.stop()
+
+
+def test_flower_will_not_run_with_the_development_password_in_production(stack):
+    import subprocess
+    import sys
+
+    from cryptography.fernet import Fernet
+
+    # Production settings that pass every other check, so only Flower's own refusal can stop it
+    # (no request is made anywhere: it refuses before starting).
+    env = {k: v for k, v in stack.env.items() if not k.startswith(("WADISPATCH_MEDIA_", "WADISPATCH_FLOWER_"))}
+    env.update(
+        WADISPATCH_ENV="production",
+        WADISPATCH_TOKEN_ENCRYPTION_KEY=Fernet.generate_key().decode(),
+        WADISPATCH_SECRET_KEY="a-real-secret-for-this-test-only",
+        WADISPATCH_META_APP_SECRET="an-app-secret",
+        WADISPATCH_META_VERIFY_TOKEN="a-verify-token",
+        WADISPATCH_META_BASE_URL="https://graph.facebook.com",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "flower", "--port", str(free_port())],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "WADISPATCH_FLOWER_BASIC_AUTH: production refuses the development password" in result.stderr, result.stderr
