@@ -8,6 +8,7 @@ COPY api_shim ./api_shim
 COPY worker ./worker
 COPY meta_sandbox ./meta_sandbox
 COPY cli ./cli
+COPY wadispatch ./wadispatch
 RUN pip install --no-cache-dir . && useradd --create-home wadispatch \
     && mkdir -p /data/media && chown wadispatch /data/media
 ENV WADISPATCH_MEDIA_DIR=/data/media

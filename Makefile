@@ -17,8 +17,10 @@ install: $(STAMP)
 services:
 	@bash scripts/ensure-services.sh
 
+# `make run RUN_ARGS=--flower` also runs Flower; `RUN_ARGS=--no-sandbox` talks to the real Meta.
+RUN_ARGS ?=
 run: install services
-	$(BIN)/wadispatch run
+	$(BIN)/wadispatch run $(RUN_ARGS)
 
 demo: install services
 	$(BIN)/wadispatch migrate

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api_shim import event_endpoints, flowestate, flowiq, health, media_route, meta_webhooks
+from api_shim import event_endpoints, flowestate, flowiq, health, media_route, meta_webhooks, metrics_route
 from api_shim import flowestate_batch as _flowestate_batch  # noqa: F401  (its route joins flowestate.router)
 from api_shim import flowestate_history as _flowestate_history  # noqa: F401  (its routes join flowestate.router)
 from api_shim import flowiq_batch as _flowiq_batch  # noqa: F401  (its route joins flowiq.router)
@@ -17,35 +17,50 @@ from api_shim import lean_send as _lean_send  # noqa: F401  (its routes join flo
 from api_shim import submissions as _submissions  # noqa: F401  (its routes join both routers)
 from api_shim.errors import install_flowestate_handlers
 from api_shim.flowiq_errors import FlowIQError
+from api_shim.http_metrics import HttpMetrics
+from api_shim.openapi_docs import install_docs
 from api_shim.request_guard import RequestGuard
 from api_shim.sync_results import ResultWaiter
 from models import async_db, log_hygiene
+from models.redis_client import redis_from_url
 from models.settings import get_settings
+from worker.gauges import GaugeRefresher
 
 DESCRIPTION = """
 Queue-backed WhatsApp dispatch. Sends are validated, stored, queued and delivered through Meta's
 WhatsApp Cloud API by workers.
 
-**FlowEstate surface** (`/api/v1/whatsapp/...`): `Authorization: Bearer fe_k_...`, scopes
-`whatsapp:read` / `whatsapp:write`. Errors: `{"error": {"code": "...", "message": "..."}}` with
-`code` one of VALIDATION_ERROR, BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, OPTED_OUT,
-ACCOUNT_UNAVAILABLE, OUTSIDE_SERVICE_WINDOW, METHOD_NOT_ALLOWED, INTERNAL_ERROR.
+**FlowEstate surface** (`/api/v1/whatsapp/...`, `/api/v1/webhooks/...`): `Authorization: Bearer fe_k_...`
+(the FlowEstateKey scheme), scopes `whatsapp:read` / `whatsapp:write` / `webhooks:write`. Errors:
+`{"error": {"code": "...", "message": "..."}}` with `code` one of VALIDATION_ERROR, BAD_REQUEST,
+UNAUTHORIZED, FORBIDDEN, NOT_FOUND, OPTED_OUT, ACCOUNT_UNAVAILABLE, OUTSIDE_SERVICE_WINDOW,
+IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_PROGRESS, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE,
+RATE_LIMITED, QUOTA_EXCEEDED, METHOD_NOT_ALLOWED, INTERNAL_ERROR.
 
-**FlowIQ surface** (`POST /send-whatsapp?tenantId=<slug>`): `Authorization: Bearer fiq_...`; nine
-message types; answers with Meta's wamid once the worker sent the message, or 202 if it is still
-being sent after `WADISPATCH_SYNC_TIMEOUT_S`. Errors: `{"error": "<title>", "message": "..."}`.
+**FlowIQ surface** (`POST /send-whatsapp?tenantId=<slug>`): `Authorization: Bearer fiq_...` (the
+FlowIQKey scheme); nine message types; answers with Meta's wamid once the worker sent the message,
+or 202 if it is still being sent after `WADISPATCH_SYNC_TIMEOUT_S`. Errors:
+`{"error": "<title>", "message": "..."}`.
+
+Each route lists the statuses it answers; a body or parameter that fails validation is a 400 in
+its surface's envelope, never a 422. Health, media and Meta's webhook routes need no key.
 """
 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    waiter = ResultWaiter(get_settings().redis_url)
+    settings = get_settings()
+    waiter = ResultWaiter(settings.redis_url)
     app.state.result_waiter = waiter
     await waiter.start()
     await async_db.open_pool()
+    # Offers to refresh the system-wide gauges (one process at a time does: worker/gauges.py).
+    gauges = GaugeRefresher(redis_from_url(settings.redis_url, purpose="gauges"), settings.gauges_interval_s)
+    gauges.start()
     try:
         yield
     finally:
+        gauges.stop()
         await waiter.stop()
         await async_db.close_pool()
 
@@ -53,7 +68,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app() -> FastAPI:
     # Also when uvicorn runs this factory itself, after it set up logging (and in each of its workers).
     log_hygiene.install()
-    app = FastAPI(title="wadispatch", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan)
+    app = FastAPI(
+        title="wadispatch",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+        # Served by install_docs from local files instead (FastAPI's own pages load them from a CDN).
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_docs(app)
     install_flowestate_handlers(app, flowestate.PREFIX)
 
     @app.exception_handler(FlowIQError)
@@ -64,10 +88,13 @@ def create_app() -> FastAPI:
     app.add_middleware(
         RequestGuard, max_body_bytes=settings.max_body_bytes, max_batch_body_bytes=settings.max_batch_body_bytes
     )
+    # Added last, so outermost: it counts the guard's refusals too.
+    app.add_middleware(HttpMetrics)
     app.include_router(health.router)
     app.include_router(flowestate.router)
     app.include_router(flowiq.router)
     app.include_router(media_route.router)
     app.include_router(meta_webhooks.router)
     app.include_router(event_endpoints.router)
+    app.include_router(metrics_route.router)
     return app

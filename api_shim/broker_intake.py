@@ -31,12 +31,12 @@ from api_shim import flowestate, flowestate_batch, flowiq, flowiq_batch, idempot
 from api_shim.auth import Caller, flowestate_caller, flowiq_caller, lookup_key
 from api_shim.errors import ApiError, ErrorCode, problems_of
 from api_shim.flowiq_errors import FlowIQError
-from api_shim.intake import hand_batch_to_broker, hand_to_broker
+from api_shim.intake import INTAKE_CHANNEL, hand_batch_to_broker, hand_to_broker
 from api_shim.storable_text import text_rule
 from api_shim.usage import RateState
 from models.db import get_sessionmaker
 from models.endpoints import emit_event
-from models.enums import MessageStatus, Scope
+from models.enums import MessageStatus, Scope, SourceApi
 from models.tables import Message
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,8 @@ def submit(
         log.warning("submission %s refused: %s", _printable(idempotency_key), problem)
         return Submitted(0, 0, "BAD_SUBMISSION")
     rate: list[RateState] = []
+    # What it accepts is counted as come through the broker (wadispatch_messages_accepted_total).
+    channel = INTAKE_CHANNEL.set("broker")
     with get_sessionmaker()() as session:
         try:
             if api == "flowestate":
@@ -97,6 +99,8 @@ def submit(
             log.info("submission %s refused: %s", idempotency_key, code)
             _tell_upstream(session, api_key, api, idempotency_key, code, message)
             return Submitted(0, 1, code)
+        finally:
+            INTAKE_CHANNEL.reset(channel)
 
 
 class _Rejected(Exception):
@@ -163,7 +167,7 @@ def _flowestate(session: Session, api_key: str, key: str, request: Any, messages
         except ValidationError as exc:
             return _refuse_flowestate(session, caller, key, {"batch": messages}, exc)
         response, ids = flowestate_batch.check_and_persist(session, caller, batch, key)
-        hand_batch_to_broker(ids)
+        hand_batch_to_broker(ids, new_from=SourceApi.FLOWESTATE)
         return _counted(_body_of(response))
     body_type = flowestate.SendTemplateIn if isinstance(request, dict) and "template" in request else flowestate.SendIn
     try:
@@ -200,7 +204,7 @@ def _flowiq(
     caller = flowiq_caller(session, api_key, tenant, spends_unit=messages is None, on_rate=on_rate)
     if messages is not None:
         answer, ids = flowiq_batch.accept_batch(session, caller, {"messages": messages}, key)
-        hand_batch_to_broker(ids)
+        hand_batch_to_broker(ids, new_from=SourceApi.FLOWIQ)
         return _counted(answer.body)
     accepted = flowiq.accept_send(session, caller, request, key)
     if isinstance(accepted, idempotency.Replay):
@@ -208,7 +212,7 @@ def _flowiq(
         return Submitted(0, 1, str(code)) if accepted.status >= 400 else Submitted(1, 0)
     if accepted.created or _still_queued(session, accepted.message_id):
         # A repeat finds its message queued when the first try died before its enqueue.
-        hand_to_broker(accepted.message_id)
+        hand_to_broker(accepted.message_id, new_from=SourceApi.FLOWIQ if accepted.created else None)
     return Submitted(1, 0)
 
 

@@ -7,17 +7,18 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Response, Security
 from pydantic import BaseModel, Field
 
 from api_shim.auth import Caller
 from api_shim.errors import ApiError, ErrorCode, FieldProblem, error_responses
-from api_shim.flowestate import AUTH_ERRORS, PREFIX, DbSession, caller_with
+from api_shim.flowestate import AUTH_ERRORS, PREFIX, REQUEST_ERRORS, DbSession, caller_with
+from api_shim.openapi_docs import FLOWESTATE_BEARER
 from models import endpoints
 from models.enums import Scope
 from models.events import EVENT_TYPES
 
-router = APIRouter(prefix=PREFIX + "/webhooks", tags=["Event callbacks"])
+router = APIRouter(prefix=PREFIX + "/webhooks", tags=["Event callbacks"], dependencies=[Security(FLOWESTATE_BEARER)])
 Writer = Annotated[Caller, Depends(caller_with(Scope.WEBHOOKS_WRITE))]
 
 
@@ -64,6 +65,14 @@ class EndpointsEnvelope(BaseModel):
     data: list[EndpointOut]
 
 
+class Replayed(BaseModel):
+    replayed: int = Field(description="how many events are queued for delivery again")
+
+
+class ReplayedEnvelope(BaseModel):
+    data: Replayed
+
+
 def _refused(error: endpoints.EndpointError) -> ApiError:
     field, _, rule = str(error).partition(": ")
     if field == "id":
@@ -75,7 +84,7 @@ def _refused(error: endpoints.EndpointError) -> ApiError:
     "/endpoints",
     status_code=201,
     response_model=CreatedEnvelope,
-    responses=error_responses(ErrorCode.VALIDATION_ERROR, *AUTH_ERRORS),
+    responses=error_responses(ErrorCode.VALIDATION_ERROR, *REQUEST_ERRORS, *AUTH_ERRORS),
 )
 def add_endpoint(body: EndpointIn, session: DbSession, caller: Writer) -> dict[str, Any]:
     """Scope `webhooks:write`. Add an endpoint; the answer carries its signing secret, once."""
@@ -95,7 +104,9 @@ def list_endpoints(session: DbSession, caller: Writer) -> dict[str, Any]:
 
 
 @router.delete(
-    "/endpoints/{endpoint_id}", status_code=204, responses=error_responses(ErrorCode.NOT_FOUND, *AUTH_ERRORS)
+    "/endpoints/{endpoint_id}",
+    status_code=204,
+    responses=error_responses(ErrorCode.VALIDATION_ERROR, ErrorCode.NOT_FOUND, *AUTH_ERRORS),
 )
 def remove_endpoint(endpoint_id: uuid.UUID, session: DbSession, caller: Writer) -> Response:
     """Scope `webhooks:write`. Remove an endpoint (its pending events are not sent)."""
@@ -110,7 +121,8 @@ def remove_endpoint(endpoint_id: uuid.UUID, session: DbSession, caller: Writer) 
 @router.post(
     "/endpoints/{endpoint_id}/enable",
     response_model=EndpointEnvelope,
-    responses=error_responses(ErrorCode.NOT_FOUND, *AUTH_ERRORS),
+    # A POST: the request guard wants application/json even without a body (415).
+    responses=error_responses(ErrorCode.VALIDATION_ERROR, ErrorCode.NOT_FOUND, *REQUEST_ERRORS, *AUTH_ERRORS),
 )
 def enable_endpoint(endpoint_id: uuid.UUID, session: DbSession, caller: Writer) -> dict[str, Any]:
     """Scope `webhooks:write`. Enable a disabled endpoint again."""
@@ -124,7 +136,8 @@ def enable_endpoint(endpoint_id: uuid.UUID, session: DbSession, caller: Writer) 
 
 @router.post(
     "/endpoints/{endpoint_id}/replay",
-    responses=error_responses(ErrorCode.VALIDATION_ERROR, ErrorCode.NOT_FOUND, *AUTH_ERRORS),
+    response_model=ReplayedEnvelope,
+    responses=error_responses(ErrorCode.VALIDATION_ERROR, ErrorCode.NOT_FOUND, *REQUEST_ERRORS, *AUTH_ERRORS),
 )
 def replay_endpoint(endpoint_id: uuid.UUID, body: ReplayIn, session: DbSession, caller: Writer) -> dict[str, Any]:
     """Scope `webhooks:write`. Deliver again every event of the endpoint since a time."""

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Request, Security
 from fastapi.responses import JSONResponse
 from pydantic import (
     AfterValidator,
@@ -26,6 +26,7 @@ from api_shim import idempotency
 from api_shim.auth import Caller, authenticate_flowestate
 from api_shim.errors import STATUS_OF, ApiError, ErrorCode, error_responses, field_rule_error
 from api_shim.intake import hand_to_broker, persist_message
+from api_shim.openapi_docs import FLOWESTATE_BEARER
 from api_shim.service_window import window_refusal
 from api_shim.storable_text import first_unstorable, text_rule
 from api_shim.template_input import TemplateInputError, flowestate_template_schema, template_from_flowestate
@@ -38,7 +39,10 @@ from models.tables import Contact, Message, Organization, WhatsappAccount
 from models.templates import Template
 
 PREFIX = "/api/v1"
-router = APIRouter(prefix=PREFIX + "/whatsapp", tags=["FlowEstate WhatsApp"])
+# Every route here needs a fe_k_ key: the dependency declares it in OpenAPI (auth.py checks it).
+router = APIRouter(
+    prefix=PREFIX + "/whatsapp", tags=["FlowEstate WhatsApp"], dependencies=[Security(FLOWESTATE_BEARER)]
+)
 
 AUTH_ERRORS = (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN, ErrorCode.RATE_LIMITED, ErrorCode.QUOTA_EXCEEDED)
 REQUEST_ERRORS = (ErrorCode.PAYLOAD_TOO_LARGE, ErrorCode.UNSUPPORTED_MEDIA_TYPE)
@@ -283,6 +287,8 @@ SEND_ERRORS = error_responses(
     ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS,
     *REQUEST_ERRORS,
     *AUTH_ERRORS,
+    # The lean path's write lost its connection and may have committed (api_shim/lean_send.py).
+    ErrorCode.INTERNAL_ERROR,
 )
 
 
@@ -332,7 +338,7 @@ def send_once(body: SendBody, session: Session, caller: Caller, idempotency_key:
             # The first request may have died between its commit and its enqueue: one more task
             # is harmless (only one claim can win) and saves waiting for the sweeper.
             session.rollback()
-            hand_to_broker(taken.message_id)
+            hand_to_broker(taken.message_id, new_from=None)
         return _accepted(taken.message_id)
     try:
         message_id = _check_and_persist(body, session, caller, idempotency_key)
@@ -341,14 +347,14 @@ def send_once(body: SendBody, session: Session, caller: Caller, idempotency_key:
         raise
     idempotency.record_message(session, taken, message_id)
     session.commit()
-    hand_to_broker(message_id)
+    hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE)
     return _accepted(message_id)
 
 
 def _send(body: SendBody, session: Session, caller: Caller) -> JSONResponse:
     message_id = _check_and_persist(body, session, caller, None)
     session.commit()
-    hand_to_broker(message_id)
+    hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE)
     return _accepted(message_id)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from functools import partial
 from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import Depends, Request
@@ -25,7 +26,6 @@ from api_shim import idempotency
 from api_shim.auth import Caller, authenticate_flowestate
 from api_shim.errors import ApiError, ErrorBody, ErrorCode, error_responses, problems_of
 from api_shim.flowestate import (
-    AUTH_ERRORS,
     KEY_REUSED,
     REQUEST_ERRORS,
     IdempotencyHeader,
@@ -81,7 +81,10 @@ def _authenticated_batch_writer(request: Request) -> tuple[Session, Caller]:
         ErrorCode.IDEMPOTENCY_KEY_REUSED,
         ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS,
         *REQUEST_ERRORS,
-        *AUTH_ERRORS,
+        # Not QUOTA_EXCEEDED: the request itself costs no unit, and items past the quota say so.
+        ErrorCode.UNAUTHORIZED,
+        ErrorCode.FORBIDDEN,
+        ErrorCode.RATE_LIMITED,
     ),
 )
 async def send_batch(
@@ -99,7 +102,7 @@ async def send_batch(
     finally:
         session.close()
     if accepted:
-        await run_in_threadpool(hand_batch_to_broker, accepted)
+        await run_in_threadpool(partial(hand_batch_to_broker, accepted, new_from=SourceApi.FLOWESTATE))
     return answer
 
 

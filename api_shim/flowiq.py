@@ -13,9 +13,10 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -24,9 +25,10 @@ from sqlalchemy.orm import Session
 
 from api_shim import idempotency
 from api_shim.auth import Caller, authenticate_flowiq
-from api_shim.flowiq_errors import FlowIQError, FlowIQErrorBody, invalid
+from api_shim.flowiq_errors import FlowIQError, error_responses, invalid
 from api_shim.flowiq_request import FLOWIQ_TYPES, FlowIQSend, parse_send
 from api_shim.intake import hand_to_broker, persist_message
+from api_shim.openapi_docs import FLOWIQ_BEARER
 from api_shim.service_window import window_refusal
 from api_shim.storable_text import text_rule
 from api_shim.sync_results import ResultWaiter
@@ -35,7 +37,8 @@ from models.enums import AccountStatus, AccountType, MessageStatus, SourceApi
 from models.settings import get_settings
 from models.tables import Contact, Message, MessageAttempt, Organization, WhatsappAccount
 
-router = APIRouter(tags=["FlowIQ"])
+# Every route here needs a fiq_ key: the dependency declares it in OpenAPI (auth.py checks it).
+router = APIRouter(tags=["FlowIQ"], dependencies=[Security(FLOWIQ_BEARER)])
 
 
 class FlowIQSendDoc(BaseModel):
@@ -107,12 +110,44 @@ class QueuedResponse(BaseModel):
     data: QueuedData
 
 
-_ERRORS = {
-    400: "Missing required field, invalid field, invalid message type, invalid phone number, invalid provider, "
-    "WhatsApp not configured, contact opted out, outside service window (window policy refuse)",
+TENANT_ID = {
+    "name": "tenantId",
+    "in": "query",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "The organization's slug; the key must belong to it",
+}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY_LENGTH},
+    "description": "Same key and body within 24 h: the first answer again, no second message",
+}
+# What authenticate_flowiq (api_shim/auth.py) answers, on every FlowIQ route.
+AUTH_ERRORS = {
+    400: "tenantId missing or not storable",
     401: "Missing or invalid API key, revoked key, non-fiq_ key, or tenant mismatch",
+    403: "The key lacks the route's scope",
+    404: "Organization not found",
+    429: "Rate limit exceeded (code RATE_LIMITED) or the monthly quota used up (QUOTA_EXCEEDED)",
+}
+# What the request guard (api_shim/request_guard.py) answers, on every FlowIQ POST.
+BODY_ERRORS = {
+    400: "The body nests arrays and objects too deep, or is not valid JSON",
+    413: "The body is larger than WADISPATCH_MAX_BODY_BYTES (code PAYLOAD_TOO_LARGE)",
+    415: "The body is not sent as application/json (code UNSUPPORTED_MEDIA_TYPE)",
+}
+_ERRORS = {
+    **AUTH_ERRORS,
+    **BODY_ERRORS,
+    400: "Missing required field, invalid field, invalid message type, invalid phone number, invalid provider, "
+    "WhatsApp not configured, contact opted out, outside service window (window policy refuse), invalid JSON, "
+    "body nested too deep, tenantId missing, invalid Idempotency-Key; media refused, failed to download, too "
+    "large or of an unsupported type",
     403: "The key lacks the whatsapp:write scope",
     404: "Organization or contact not found (the contact answer also carries whatsapp_id)",
+    409: "Idempotency-Key used with a different body, or its first request still in progress",
     500: "Meta API error (with meta_error_code), Meta upload failed, delivery uncertain, or server error",
 }
 
@@ -132,12 +167,10 @@ class AcceptedSend:
     response_model=SentResponse,
     responses={
         202: {"model": QueuedResponse, "description": "Still being sent when the wait ended; delivery continues"},
-        **{status: {"model": FlowIQErrorBody, "description": text} for status, text in _ERRORS.items()},
+        **error_responses(_ERRORS),
     },
     openapi_extra={
-        "parameters": [
-            {"name": "tenantId", "in": "query", "required": True, "schema": {"type": "string"}},
-        ],
+        "parameters": [TENANT_ID, IDEMPOTENCY_KEY],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": FlowIQSendDoc.model_json_schema()}},
@@ -165,7 +198,7 @@ async def _deliver_and_wait(request: Request, accepted: AcceptedSend) -> JSONRes
     future = waiter.expect(key)
     try:
         if accepted.created:
-            await run_in_threadpool(hand_to_broker, accepted.message_id)
+            await run_in_threadpool(partial(hand_to_broker, accepted.message_id, new_from=SourceApi.FLOWIQ))
         else:
             # A retry: the message may have finished long ago; then there is nothing to wait for.
             outcome = await run_in_threadpool(_load_outcome, accepted.message_id)
@@ -174,7 +207,7 @@ async def _deliver_and_wait(request: Request, accepted: AcceptedSend) -> JSONRes
             if outcome.status == MessageStatus.QUEUED:
                 # The first request may have died between its commit and its enqueue: one more
                 # task is harmless (only one claim can win) and saves waiting for the sweeper.
-                await run_in_threadpool(hand_to_broker, accepted.message_id)
+                await run_in_threadpool(partial(hand_to_broker, accepted.message_id, new_from=None))
         outcome = await _wait_for_outcome(future, accepted.message_id, settings.sync_timeout_s, settings.sync_poll_s)
     finally:
         waiter.forget(key, future)

@@ -14,6 +14,7 @@ import json
 import logging
 import uuid
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from fastapi import Request
@@ -26,13 +27,17 @@ from sqlalchemy.orm import Session
 from api_shim import idempotency
 from api_shim.auth import Caller, authenticate_flowiq
 from api_shim.flowiq import (
+    AUTH_ERRORS,
+    BODY_ERRORS,
+    IDEMPOTENCY_KEY,
+    TENANT_ID,
     FlowIQSendDoc,
     claim_idempotency,
     contact_refusal,
     router,
     sending_account,
 )
-from api_shim.flowiq_errors import FlowIQError, FlowIQErrorBody, invalid, missing
+from api_shim.flowiq_errors import FlowIQError, FlowIQErrorBody, error_responses, invalid, missing
 from api_shim.flowiq_request import FlowIQSend, parse_send
 from api_shim.intake import hand_batch_to_broker
 from api_shim.usage import quota_used_up, spend_units
@@ -77,19 +82,21 @@ BATCH_SCHEMA = {
     "/send-whatsapp/batch",
     status_code=202,
     response_model=BatchQueued,
-    responses={
-        status: {"model": FlowIQErrorBody, "description": text}
-        for status, text in {
-            400: "Invalid JSON, messages missing or not 1..1000 items, invalid provider, WhatsApp not configured",
-            401: "Missing or invalid API key, or tenant mismatch",
+    responses=error_responses(
+        {
+            **AUTH_ERRORS,
+            **BODY_ERRORS,
+            400: "Invalid JSON, body nested too deep, messages missing or not 1..1000 items, invalid provider, "
+            "WhatsApp not configured, tenantId missing, invalid Idempotency-Key",
             403: "The key lacks the whatsapp:write scope",
-            404: "Organization not found",
             409: "Idempotency key reused or in progress",
-            429: "Rate limit exceeded",
-        }.items()
-    },
+            # The request itself costs no unit (each accepted message does): past the quota, items say so.
+            429: "Rate limit exceeded (code RATE_LIMITED)",
+            413: "The body is larger than WADISPATCH_MAX_BATCH_BODY_BYTES (code PAYLOAD_TOO_LARGE)",
+        }
+    ),
     openapi_extra={
-        "parameters": [{"name": "tenantId", "in": "query", "required": True, "schema": {"type": "string"}}],
+        "parameters": [TENANT_ID, IDEMPOTENCY_KEY],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": BATCH_SCHEMA}},
@@ -105,7 +112,7 @@ async def send_whatsapp_batch(request: Request) -> JSONResponse:
     key = request.headers.get("idempotency-key")
     answer, accepted = await run_in_threadpool(_accept, request, request.query_params.get("tenantId"), raw, key)
     if accepted:
-        await run_in_threadpool(hand_batch_to_broker, accepted)
+        await run_in_threadpool(partial(hand_batch_to_broker, accepted, new_from=SourceApi.FLOWIQ))
     return JSONResponse(answer.body, status_code=answer.status)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -26,6 +27,11 @@ class FlowIQError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status)
+
+
+def error_responses(described: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for a FlowIQ route: each error status it answers, with what causes it."""
+    return {status: {"model": FlowIQErrorBody, "description": text} for status, text in sorted(described.items())}
 
 
 def missing(field: str, message_type: str | None = None) -> FlowIQError:

@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api_shim.auth import authenticate_flowiq
-from api_shim.flowiq import router
-from api_shim.flowiq_errors import FlowIQError, FlowIQErrorBody
+from api_shim.flowiq import AUTH_ERRORS, TENANT_ID, router
+from api_shim.flowiq_errors import FlowIQError, error_responses
 from api_shim.status_history import status_history
 from models.db import get_sessionmaker
 from models.enums import Direction, MessageStatus, Scope
@@ -114,12 +114,14 @@ def _first_error(errors: Any) -> dict[str, Any] | None:
 @router.get(
     "/send-whatsapp/messages/{message_ref}",
     response_model=FlowIQMessageResponse,
-    responses={
-        401: {"model": FlowIQErrorBody, "description": "Missing or invalid key, or tenant mismatch"},
-        403: {"model": FlowIQErrorBody, "description": "The key lacks the whatsapp:read scope"},
-        404: {"model": FlowIQErrorBody, "description": "No such message (or organization) for this tenant"},
-    },
-    openapi_extra={"parameters": [{"name": "tenantId", "in": "query", "required": True, "schema": {"type": "string"}}]},
+    responses=error_responses(
+        {
+            **AUTH_ERRORS,
+            403: "The key lacks the whatsapp:read scope",
+            404: "No such message (or organization) for this tenant",
+        }
+    ),
+    openapi_extra={"parameters": [TENANT_ID]},
 )
 async def message_status(message_ref: str, request: Request) -> JSONResponse:
     """Where a message stands — by our id (`data.id` of a 202 answer) or by Meta's wamid

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from models.db import get_engine
@@ -27,7 +29,16 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str] = Field(description='postgres and redis: "ok" or "unreachable: <error class>"')
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Postgres or Redis is unreachable"}},
+)
 def readyz() -> JSONResponse:
     """Postgres and Redis are reachable; 503 naming what is not."""
     checks: dict[str, str] = {}

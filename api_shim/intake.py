@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import uuid
+from contextvars import ContextVar
 
 from sqlalchemy.orm import Session
 
-from models import lifecycle
+from models import lifecycle, metrics
 from models.enums import SourceApi
 from models.outbound import AnyOutbound, as_json, preview_of
 from worker.celery_app import enqueue_send, enqueue_sends
@@ -44,18 +45,36 @@ def persist_message(
     return message_id
 
 
-def hand_batch_to_broker(message_ids: list[uuid.UUID]) -> None:
+# How the messages came in: over HTTP (the default) or as broker submissions (api_shim/broker_intake.py
+# sets it for the submission's duration). A label of wadispatch_messages_accepted_total.
+INTAKE_CHANNEL: ContextVar[str] = ContextVar("wadispatch_intake_channel", default="http")
+
+
+def count_accepted(surface: SourceApi, n: int = 1) -> None:
+    """Count messages newly accepted (committed) through one API surface."""
+    if n:
+        channel = INTAKE_CHANNEL.get()
+        metrics.safely(lambda: metrics.MESSAGES_ACCEPTED.labels(surface=surface.value, channel=channel).inc(n))
+
+
+def hand_batch_to_broker(message_ids: list[uuid.UUID], *, new_from: SourceApi | None) -> None:
     """Enqueue a committed batch in one pipeline; if the broker is unreachable the messages stay
-    accepted (``queued`` in Postgres) and the sweeper enqueues them once it is back."""
+    accepted (``queued`` in Postgres) and the sweeper enqueues them once it is back. ``new_from``:
+    the surface they were just accepted through (None: handed over again, not new)."""
+    if new_from is not None:
+        count_accepted(new_from, len(message_ids))
     try:
         enqueue_sends(message_ids)
     except Exception:
         log.warning("%d messages accepted but not enqueued (broker unreachable); the sweeper will", len(message_ids))
 
 
-def hand_to_broker(message_id: uuid.UUID) -> None:
+def hand_to_broker(message_id: uuid.UUID, *, new_from: SourceApi | None) -> None:
     """Enqueue a committed message. If the broker is unreachable the message stays accepted:
-    it is in Postgres as ``queued``, and the sweeper enqueues it once the broker is back."""
+    it is in Postgres as ``queued``, and the sweeper enqueues it once the broker is back.
+    ``new_from``: the surface it was just accepted through (None: handed over again, not new)."""
+    if new_from is not None:
+        count_accepted(new_from)
     try:
         enqueue_send(message_id)
     except Exception:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from models.media_signing import signature_is_valid
 from models.media_store import get_media_store, is_valid_key
@@ -15,16 +16,23 @@ from models.settings import get_settings
 router = APIRouter(tags=["media"])
 
 
+class MediaRefusal(BaseModel):
+    error: str
+    message: str
+
+
 def _refused(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": "Forbidden" if status == 403 else "Not found", "message": message}, status)
 
 
 @router.get(
     "/media/{key}",
+    # The file goes out as stored, with its own media type: not JSON.
+    response_class=Response,
     responses={
-        200: {"description": "the file"},
-        403: {"description": "missing, invalid or expired signature"},
-        404: {"description": "no such file"},
+        200: {"description": "the file", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+        403: {"model": MediaRefusal, "description": "missing, invalid or expired signature"},
+        404: {"model": MediaRefusal, "description": "no such file"},
     },
 )
 async def get_media(

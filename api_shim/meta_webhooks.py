@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -34,11 +35,36 @@ router = APIRouter(prefix="/webhooks", tags=["Meta webhooks"])
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 
 
+class WebhookRefusal(BaseModel):
+    error: str
+
+
+class Received(BaseModel):
+    received: bool
+
+
+_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+# JSON on both routes (as a content block: a model would take the handshake's text/plain).
+_NOT_ENABLED = {
+    "description": "webhooks are off (WADISPATCH_WEBHOOKS_ENABLED=false)",
+    "content": {"application/json": {"schema": WebhookRefusal.model_json_schema()}},
+}
+
+
 def _not_enabled() -> Response:
     return JSONResponse({"error": "webhooks are not enabled (WADISPATCH_WEBHOOKS_ENABLED)"}, status_code=404)
 
 
-@router.get("/whatsapp", response_class=PlainTextResponse, summary="Meta's subscription handshake")
+@router.get(
+    "/whatsapp",
+    response_class=PlainTextResponse,
+    summary="Meta's subscription handshake",
+    responses={
+        200: {"description": "hub.challenge, as sent"},
+        403: {"description": "wrong hub.mode or hub.verify_token, or no hub.challenge", "content": _TEXT},
+        404: _NOT_ENABLED,
+    },
+)
 def handshake(
     mode: str | None = Query(None, alias="hub.mode"),
     verify_token: str | None = Query(None, alias="hub.verify_token"),
@@ -126,10 +152,14 @@ def _store(body: bytes, signer: _Signer) -> uuid.UUID | None:
 @router.post(
     "/whatsapp",
     summary="Meta's webhook deliveries (statuses and inbound messages)",
+    response_model=Received,
     responses={
         200: {"description": "stored; applied shortly by a worker"},
-        401: {"description": "missing or wrong X-Hub-Signature-256: nothing stored"},
-        413: {"description": "body larger than WADISPATCH_WEBHOOK_MAX_BODY_BYTES"},
+        401: {"model": WebhookRefusal, "description": "missing or wrong X-Hub-Signature-256: nothing stored"},
+        404: _NOT_ENABLED,
+        413: {"model": WebhookRefusal, "description": "body larger than WADISPATCH_WEBHOOK_MAX_BODY_BYTES"},
+        # Nothing is acknowledged that is not kept: Meta retries.
+        500: {"model": WebhookRefusal, "description": "the delivery could not be stored"},
     },
 )
 async def receive(request: Request) -> Response:

@@ -24,8 +24,11 @@ from api_shim.auth import Caller, authenticate_flowiq
 from api_shim.errors import ApiError, ErrorBody, ErrorCode, FieldProblem, error_responses
 from api_shim.flowestate import AUTH_ERRORS, DbSession, SendOut, caller_with
 from api_shim.flowestate import router as flowestate_router
+from api_shim.flowiq import AUTH_ERRORS as FLOWIQ_AUTH_ERRORS
+from api_shim.flowiq import TENANT_ID
 from api_shim.flowiq import router as flowiq_router
 from api_shim.flowiq_errors import FlowIQError, FlowIQErrorBody, invalid
+from api_shim.flowiq_errors import error_responses as flowiq_error_responses
 from api_shim.storable_text import text_rule
 from models.db import get_sessionmaker
 from models.enums import Scope, SourceApi
@@ -76,7 +79,7 @@ class SubmissionEnvelope(BaseModel):
     "/submissions/{idempotency_key}",
     response_model=SubmissionEnvelope,
     response_model_exclude_none=True,
-    responses=error_responses(ErrorCode.NOT_FOUND, *AUTH_ERRORS),
+    responses=error_responses(ErrorCode.VALIDATION_ERROR, ErrorCode.NOT_FOUND, *AUTH_ERRORS),
 )
 def flowestate_submission(
     idempotency_key: str, session: DbSession, caller: Annotated[Caller, Depends(caller_with(Scope.READ))]
@@ -103,15 +106,32 @@ def flowestate_submission(
 
 # ---- FlowIQ ---------------------------------------------------------------------------------
 
-FLOWIQ_ANSWER = (
-    '{"success": true, "data": {"idempotency_key", "status": "accepted" | "refused", '
-    '"message_id"? | "results"? | "error"? {"error", "message"}}}'
-)
+
+class FlowIQSubmissionOut(BaseModel):
+    idempotency_key: str
+    status: Literal["accepted", "refused"]
+    message_id: str | None = Field(default=None, description="the message a single send created")
+    results: list[dict[str, Any]] | None = Field(default=None, description="a batch's results, in order")
+    error: FlowIQErrorBody | None = Field(default=None, description="why the submission was refused")
+
+
+class FlowIQSubmissionResponse(BaseModel):
+    success: bool = True
+    data: FlowIQSubmissionOut
 
 
 @flowiq_router.get(
     "/send-whatsapp/submissions/{idempotency_key}",
-    responses={200: {"description": FLOWIQ_ANSWER}, **{s: {"model": FlowIQErrorBody} for s in (400, 401, 403, 404)}},
+    response_model=FlowIQSubmissionResponse,
+    responses=flowiq_error_responses(
+        {
+            **FLOWIQ_AUTH_ERRORS,
+            400: "tenantId missing or not storable, or an idempotency_key that cannot be stored",
+            403: "The key lacks the whatsapp:read scope",
+            404: "No submission with this Idempotency-Key (yet), or no such organization",
+        }
+    ),
+    openapi_extra={"parameters": [TENANT_ID]},
 )
 async def flowiq_submission(idempotency_key: str, request: Request) -> JSONResponse:
     """A fiq_ key with `whatsapp:read`. What a FlowIQ submission (broker or HTTP) with this key

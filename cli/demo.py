@@ -97,8 +97,18 @@ def _template_components(sub_type_key: str) -> str:
     return json.dumps(components)
 
 
+def api_root(settings: Settings) -> str:
+    """Where a user reaches the API: WADISPATCH_PUBLIC_BASE_URL when it is set (behind a proxy, in
+    docker compose), else the API's own address; never the 0.0.0.0 it may listen on."""
+    if "public_base_url" in settings.model_fields_set:
+        return settings.public_base_url.rstrip("/")
+    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
+    return f"http://{host}:{settings.api_port}"
+
+
 def curl_examples(demo: dict[str, object], settings: Settings, template_note: str = "") -> str:
-    base = f"http://{settings.api_host}:{settings.api_port}/api/v1"
+    root = api_root(settings)
+    base = f"{root}/api/v1"
     key, account_id = demo["key"], demo["account_id"]
     lead_ids, phones = demo["lead_ids"], demo["lead_phones"]
     assert isinstance(lead_ids, list) and isinstance(phones, list)
@@ -119,7 +129,7 @@ Send a document to the second lead:
                     "mimetype": "application/pdf", "fileName": "brochure.pdf"}}}}'
 
 FlowIQ: send a text by phone number and get Meta's wamid back (key shown once: {demo["fiq_key"]}):
-  curl -X POST "http://{settings.api_host}:{settings.api_port}/send-whatsapp?tenantId={demo["org"]}" \\
+  curl -X POST "{root}/send-whatsapp?tenantId={demo["org"]}" \\
     -H "Authorization: Bearer {demo["fiq_key"]}" -H "Content-Type: application/json" \\
     -d '{{"phone_number": "{phones[0]}", "message_type": "text", "text": "Hello from the FlowIQ API!"}}'
 
@@ -131,7 +141,7 @@ Send that template to the first lead (templates also reach leads whose 24-hour w
                       "components": {_template_components("subType")}}}}}'
 
 FlowIQ: the same template by phone number (Meta's own component names):
-  curl -X POST "http://{settings.api_host}:{settings.api_port}/send-whatsapp?tenantId={demo["org"]}" \
+  curl -X POST "{root}/send-whatsapp?tenantId={demo["org"]}" \
     -H "Authorization: Bearer {demo["fiq_key"]}" -H "Content-Type: application/json" \
     -d '{{"phone_number": "{phones[1]}", "message_type": "template",
          "template": {{"name": "{DEMO_TEMPLATE["name"]}", "language": "en_US",

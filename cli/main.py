@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 
 import click
+from pydantic import ValidationError
 
 from cli import admin as admin_commands
 from cli import endpoints as endpoint_commands
-from models import log_hygiene
+from models import log_format, log_hygiene
 from models.settings import get_settings
 
 # Hosts of the media URLs in the two API documents; `run` serves them from the sandbox.
 SEED_MEDIA_HOSTS = ("example.com", "cdn.example.com")
 
+
+# `wadispatch run`'s worker serves its /metrics here (unless WADISPATCH_WORKER_METRICS_PORT says otherwise).
+DEV_WORKER_METRICS_PORT = 9101
 
 # Connections per worker process by default (a hard cap, see models/db.py).
 WORKER_DB_POOL_CAP = 36
@@ -32,6 +39,11 @@ def cli() -> None:
     """wadispatch: queue-backed WhatsApp message dispatch."""
     # Every process started from here (api, worker, beat, sandbox, flower) logs no URL query strings.
     log_hygiene.install()
+    try:
+        settings = get_settings()
+    except ValidationError:
+        return  # the command itself says what is wrong
+    log_format.configure(settings.log_format, settings.log_level)
 
 
 @cli.command()
@@ -61,6 +73,8 @@ def api(host: str | None, port: int | None, workers: int) -> None:
     """Run the HTTP API shim."""
     import uvicorn
 
+    # Before anything imports prometheus_client: /metrics sums every uvicorn process.
+    use_metrics_dir("api")
     settings = get_settings()
     uvicorn.run(
         "api_shim.app:create_app",
@@ -69,6 +83,7 @@ def api(host: str | None, port: int | None, workers: int) -> None:
         port=port or settings.api_port,
         workers=workers,
         log_level=settings.log_level.lower(),
+        log_config=log_format.uvicorn_log_config(settings.log_format, settings.log_level),
     )
 
 
@@ -84,6 +99,12 @@ def api(host: str | None, port: int | None, workers: int) -> None:
 def worker(ctx: click.Context, pool: str | None, concurrency: int | None, queues: str | None) -> None:
     """Run a Celery worker (extra arguments go to `celery worker`)."""
     settings = get_settings()
+    if (pool or settings.worker_pool) == "prefork":
+        # The tasks run in child processes: the worker's /metrics sums them (worker/metrics_server.py).
+        use_metrics_dir("worker")
+    else:
+        # One process: its own figures, not multiprocess mode inherited from the environment.
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     threads = concurrency or settings.worker_concurrency
     # The Celery app sizes its broker connections from the setting: make it the one in use.
     os.environ["WADISPATCH_WORKER_CONCURRENCY"] = str(threads)
@@ -98,6 +119,7 @@ def worker(ctx: click.Context, pool: str | None, concurrency: int | None, queues
 
     app.worker_main(
         [
+            *_quiet_if_json(),
             "worker",
             *_default_node_name(ctx.args),
             f"--pool={pool or settings.worker_pool}",
@@ -107,6 +129,24 @@ def worker(ctx: click.Context, pool: str | None, concurrency: int | None, queues
             *ctx.args,
         ]
     )
+
+
+def _quiet_if_json() -> list[str]:
+    """Celery prints its banner to stdout, past logging: a JSON log has no place for it."""
+    return ["--quiet"] if get_settings().log_format == "json" else []
+
+
+def use_metrics_dir(role: str) -> str:
+    """Point prometheus_client's multiprocess mode at a new, empty directory of this process
+    group's own (inside PROMETHEUS_MULTIPROC_DIR when the operator set one, so that an API and a
+    worker given the same variable neither sum nor delete each other's figures), removed at exit."""
+    parent = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    made = tempfile.mkdtemp(prefix=f"wadispatch-{role}-{os.getpid()}-", dir=parent)
+    atexit.register(shutil.rmtree, made, ignore_errors=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    return made
 
 
 def default_node_name(pid: int) -> str:
@@ -125,7 +165,9 @@ def beat() -> None:
     """Run Celery beat (the sweeper's clock). Its schedule lives in memory: nothing to lose."""
     from worker.celery_app import app
 
-    app.start(["beat", "--scheduler=celery.beat:Scheduler", f"--loglevel={get_settings().log_level}"])
+    app.start(
+        [*_quiet_if_json(), "beat", "--scheduler=celery.beat:Scheduler", f"--loglevel={get_settings().log_level}"]
+    )
 
 
 @cli.command()
@@ -207,6 +249,7 @@ def sandbox(
         host=host,
         port=port or get_settings().sandbox_port,
         log_level="warning",
+        log_config=log_format.uvicorn_log_config(get_settings().log_format, "warning"),
         timeout_keep_alive=30,
     )
 
@@ -238,16 +281,21 @@ def demo(as_json: bool, walkthrough: bool) -> None:
 
 @cli.command()
 @click.option("--sandbox/--no-sandbox", default=True, show_default=True, help="also run the Meta sandbox")
-def run(sandbox: bool) -> None:
-    """Migrate, then run the API, a worker, beat and the sandbox in the foreground (Ctrl-C stops all)."""
-    from honcho.manager import Manager
+@click.option("--flower", is_flag=True, help="also run Flower on 127.0.0.1:5555 (WADISPATCH_FLOWER_BASIC_AUTH)")
+def run(sandbox: bool, flower: bool) -> None:
+    """Migrate, then run the API, a worker, beat and the sandbox in the foreground (Ctrl-C or
+    SIGTERM stops them all, also with the output piped)."""
+    from cli import supervise
 
     ctx = click.get_current_context()
     ctx.invoke(migrate)
     me = shlex.join([sys.executable, "-m", "cli"])
     settings = get_settings()
-    manager = Manager()
+    # A stopping worker may wait for its calls to Meta to return: give it that long before SIGKILL.
+    manager = supervise.supervisor(grace_s=settings.worker_shutdown_grace_s + 5)
     env = dict(os.environ)
+    # The worker's own /metrics (the API serves its /metrics on its port).
+    env.setdefault("WADISPATCH_WORKER_METRICS_PORT", str(DEV_WORKER_METRICS_PORT))
     if sandbox:
         # It plays Meta's webhooks too: statuses a second or a few apart (visible in the API), the
         # 24-hour window enforced (a contact must write first: `wadispatch demo` shows how).
@@ -265,12 +313,15 @@ def run(sandbox: bool) -> None:
     manager.add_process("api", f"{me} api", env=env)
     manager.add_process("worker", f"{me} worker", env=env)
     manager.add_process("beat", f"{me} beat", env=env)
+    if flower:
+        manager.add_process("flower", f"{me} flower", env=env)
     click.echo(
-        f"API on http://{settings.api_host}:{settings.api_port} (docs at /docs), "
-        f"Meta at {settings.meta_base_url}. In another terminal: `.venv/bin/wadispatch demo`"
+        f"API on http://{settings.api_host}:{settings.api_port} (docs at /docs, metrics at /metrics), "
+        f"Meta at {settings.meta_base_url}"
+        + (", Flower at http://127.0.0.1:5555" if flower else "")
+        + ". In another terminal: `.venv/bin/wadispatch demo`"
     )
-    manager.loop()
-    sys.exit(manager.returncode)
+    sys.exit(supervise.loop(manager))
 
 
 @cli.command()

@@ -11,6 +11,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models import lifecycle
+from models.contacts import insert_contact
 from models.crypto import encrypt_token
 from models.enums import AccountStatus, AccountType, KeyKind, MessageStatus, Scope, WindowPolicy
 from models.keys import announce_key_change_after_commit, generate_key, hash_key
@@ -114,15 +115,13 @@ def create_contact(
     session: Session, *, org: Organization, phone: str | None, name: str | None, opted_out: bool = False
 ) -> Contact:
     e164 = _phone_or_error(phone, "--phone") if phone else None
-    contact = Contact(
-        org_id=org.id,
-        phone_e164=e164,
-        wa_id=wa_id_of(e164) if e164 else None,
-        name=name,
-        opted_out_at=func.now() if opted_out else None,
+    inserted = insert_contact(
+        session, org_id=org.id, phone_e164=e164, wa_id=wa_id_of(e164) if e164 else None, name=name, opted_out=opted_out
     )
-    session.add(contact)
-    session.flush()
+    if not inserted.created:
+        raise AdminError(f"--phone: the organization already has this number as contact {inserted.contact_id}")
+    contact = session.get(Contact, inserted.contact_id)
+    assert contact is not None
     return contact
 
 

@@ -425,6 +425,50 @@ def claim(connection: Session | Connection, message_id: uuid.UUID, *, lease_s: f
     )
 
 
+class SkipReason(StrEnum):
+    """Why a send task found nothing to claim (for the metrics and the log; it changes nothing)."""
+
+    DONE = "done"  # sent or failed already (a duplicate task)
+    CLAIMED_ELSEWHERE = "claimed_elsewhere"  # another task is sending it
+    BEHIND_EARLIER = "behind_earlier"  # an earlier message of its conversation goes first
+    NOT_DUE = "not_due"  # its retry or send slot is later (the pacer hands it over then)
+    UNKNOWN = "unknown"  # no such message, or it changed while we looked
+
+
+def _build_skip_statement() -> Select[str, bool, bool]:
+    earlier = aliased(Message)
+    return select(
+        Message.status,
+        (Message.next_attempt_at > func.now()).label("later"),
+        exists()
+        .where(
+            earlier.conversation_id == Message.conversation_id,
+            earlier.seq < Message.seq,
+            status_in(earlier.status, PENDING),
+        )
+        .label("behind"),
+    ).where(Message.id == bindparam("message_id"))
+
+
+_WHY_NOT_CLAIMED = _build_skip_statement()
+
+
+def why_not_claimed(connection: Session | Connection, message_id: uuid.UUID) -> SkipReason:
+    """Read, after a claim found nothing, which reason held (it may have changed since)."""
+    row = connection.execute(_WHY_NOT_CLAIMED, {"message_id": message_id}).first()
+    if row is None:
+        return SkipReason.UNKNOWN
+    if row.status == MessageStatus.SENDING:
+        return SkipReason.CLAIMED_ELSEWHERE
+    if row.status not in CLAIMABLE:
+        return SkipReason.DONE
+    if row.behind:
+        return SkipReason.BEHIND_EARLIER
+    if row.later:
+        return SkipReason.NOT_DUE
+    return SkipReason.UNKNOWN
+
+
 def _held(claim: Claim) -> Any:
     """The guard every claim holder's write carries: still ours, still sending."""
     return (

@@ -4,7 +4,9 @@ Two libraries log full URLs at INFO: httpx and httpcore ("HTTP Request: GET http
 would write media URLs' query strings (presigned credentials) and our calls to Meta; and
 uvicorn's access log, which writes the request path with its query string (a signed media URL's
 signature, `GET /media/{key}?expires=…&signature=…`). Each process calls ``install()`` once its
-logging is set up (calling it again is harmless).
+logging is set up (calling it again is harmless). With ``WADISPATCH_LOG_FORMAT=json`` the API's
+uvicorn ``log_config`` carries the same filter and levels, and models/log_format.py's ``redact``
+masks whatever still gets through.
 """
 
 from __future__ import annotations

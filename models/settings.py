@@ -72,11 +72,27 @@ class Settings(BaseSettings):
     # `wadispatch flower` refuses the development default when WADISPATCH_ENV=production.
     flower_basic_auth: str = DEV_FLOWER_BASIC_AUTH
 
+    # Prometheus: each worker process serves /metrics on this port (0: off; two workers on one
+    # host need two ports), on this address. The API serves /metrics on its own port.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
+    # The gauges an autoscaler reads (queue depths, messages by status, ...) are refreshed this
+    # often by one process at a time (a Redis lease), not by every scrape.
+    gauges_interval_s: float = Field(default=10.0, gt=0)
+    # When set, the API's /metrics answers only `Authorization: Bearer <this>` (the API's port also
+    # takes Meta's webhooks, so it is often public). Empty: /metrics is open.
+    metrics_token: str = ""
+
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     sandbox_port: int = 8090
 
     worker_pool: Literal["threads", "prefork", "solo", "gevent"] = "threads"
+    # A stopping worker (SIGTERM) gives back claims not yet called and waits for the calls under
+    # way; a cold stop (SIGQUIT, a second Ctrl-C) waits this long for them before cancelling
+    # (Celery's worker_soft_shutdown_timeout). Give the worker's container at least this much
+    # grace, more than a call to Meta can take (connect + read timeouts).
+    worker_shutdown_grace_s: float = Field(default=40.0, ge=0)
     # Threads per worker process: enough Meta calls in flight to fill its share of the CPU at
     # 200 ms a call (bench/throughput.py measured the choice; see README "Throughput").
     worker_concurrency: int = Field(default=32, ge=1)
@@ -183,6 +199,10 @@ class Settings(BaseSettings):
     media_egress_loopback_only: bool = False
 
     log_level: str = "INFO"
+    # text: uvicorn's and Celery's usual lines. json: one JSON object per line from every process
+    # (time, level, logger, message, and message_id, org_id, account_id, attempt, outcome,
+    # duration_ms where known); see models/log_format.py.
+    log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -96,6 +96,9 @@ class Contact(Base):
     __table_args__ = (
         Index("ix_contacts_org_wa_id", "org_id", "wa_id"),
         Index("ix_contacts_org_user_id", "org_id", "user_id"),
+        # One contact per number in an organization (the stored, normalized E.164 form). Contacts
+        # without a phone are not limited: Postgres treats NULLs as distinct here.
+        UniqueConstraint("org_id", "phone_e164", name="uq_contacts_org_phone"),
     )
 
     id: Mapped[uuid.UUID] = _uuid_pk()

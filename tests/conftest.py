@@ -49,6 +49,8 @@ TEST_ENV = {
     "WADISPATCH_CALLBACK_DISABLE_AFTER_H": "0.0008",
     # A verified API key is trusted this long without reading it again (tests of the cache wait it out).
     "WADISPATCH_API_KEY_CACHE_S": "2",
+    # The system-wide gauges (queue depths, ...) are refreshed every second, not every 10.
+    "WADISPATCH_GAUGES_INTERVAL_S": "1",
 }
 os.environ.update(TEST_ENV)
 
@@ -74,6 +76,7 @@ class Stack:
     beat: ManagedProcess
     env: dict[str, str]
     media_dir: Path
+    worker_metrics_url: str = ""  # the session worker's /metrics (other workers serve none)
 
     def ensure_worker(self) -> None:
         if not self.worker.running:
@@ -194,10 +197,11 @@ def stack(
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     api_url = f"http://127.0.0.1:{api_port}"
     worker: ManagedProcess
+    worker_metrics_port = free_port()
     worker = ManagedProcess(
         "worker",
         ["worker", f"--hostname=test-{RUN_ID}@%h", "--without-mingle", "--without-gossip"],
-        env,
+        env | {"WADISPATCH_WORKER_METRICS_PORT": str(worker_metrics_port)},
         log_dir,
         ready=lambda: " ready." in worker.log_since_start(),
     )
@@ -218,6 +222,7 @@ def stack(
         beat=beat,
         env=env,
         media_dir=media_dir,
+        worker_metrics_url=f"http://127.0.0.1:{worker_metrics_port}/metrics",
     )
     started: list[ManagedProcess] = []
     try:

@@ -20,6 +20,7 @@ from typing import cast
 
 import redis
 
+from models import metrics
 from worker.meta_errors import DeliveryError, DeliveryUncertain, NotSent, Transient
 from worker.rate_limit import RateLimiter
 
@@ -92,6 +93,7 @@ class Breaker:
         pipe.incr(openings_key)
         pipe.expire(openings_key, int(self.policy.memory_s))
         openings = int(pipe.execute()[0])
+        metrics.safely(lambda: metrics.BREAKER_OPENINGS.labels(scope=key).inc())
         seconds = self.policy.pause_for(openings)
         pause(seconds)
         log.warning(

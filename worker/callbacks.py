@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, case, func, select, update
 from sqlalchemy.orm import Session
 
+from models import metrics
 from models.crypto import decrypt_token
 from models.db import side_engine
 from models.events import signed_call
@@ -167,8 +168,11 @@ def record(engine: Engine, settings: Settings, due: Due, tried: Tried) -> None:
                 .where(EventEndpoint.id == due.endpoint_id)
                 .values(last_success_at=func.now(), failing_since=None)
             )
+            metrics.safely(lambda: metrics.CALLBACK_DELIVERIES.labels(result="delivered").inc())
             return
         gave_up = due.attempts > len(schedule)
+        result = "gave_up" if gave_up else "retrying"
+        metrics.safely(lambda: metrics.CALLBACK_DELIVERIES.labels(result=result).inc())
         wait = timedelta(seconds=schedule[min(due.attempts, len(schedule)) - 1])
         session.execute(
             update(EventDelivery)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 import time
 import uuid
 
 from celery import Celery
-from celery.signals import after_setup_logger, worker_process_init
+from celery.signals import after_setup_logger, after_setup_task_logger, task_postrun, task_prerun, worker_process_init
+from celery.utils.log import get_multiprocessing_logger
 
-from models import log_hygiene
+from models import log_format, log_hygiene
 from models.db import reset_engine
 from models.settings import get_settings
 
@@ -69,6 +73,9 @@ def create_celery() -> Celery:
             "socket_keepalive": True,
         },
         broker_connection_retry_on_startup=True,
+        # A cold shutdown first waits this long for the calls under way (a warm one, SIGTERM,
+        # waits for them anyway; either way claims not yet called go back: worker/shutdown.py).
+        worker_soft_shutdown_timeout=settings.worker_shutdown_grace_s,
         task_routes={
             SEND_TASK: {"queue": SEND_QUEUE},
             SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
@@ -110,6 +117,52 @@ def _one_line_per_message(loglevel: int, **_: object) -> None:
             logging.getLogger(name).setLevel(max(loglevel, logging.WARNING))
     # Calls to Meta and media downloads go through httpx, which logs every URL at INFO.
     log_hygiene.install()
+
+
+@after_setup_logger.connect
+def _json_lines(logger: logging.Logger, **_: object) -> None:
+    # Celery has just given the root logger (and its multiprocessing one) their handlers; the
+    # worker's print()s and warnings reach them too (stdout is redirected to logging).
+    if get_settings().log_format == "json":
+        from celery.apps import worker as celery_worker_app
+
+        log_format.render_as_json([logger, get_multiprocessing_logger()])
+        # Celery's shutdown notices are written from signal handlers straight to the file
+        # descriptor, past logging: give them the JSON shape too.
+        celery_worker_app.safe_say = _say_as_json
+
+
+@after_setup_task_logger.connect
+def _json_task_lines(logger: logging.Logger, **_: object) -> None:
+    if get_settings().log_format == "json":
+        log_format.render_as_json([logger])
+
+
+def _say_as_json(msg: str, f: object = sys.__stderr__) -> None:
+    """Celery's ``safe_say`` (os.write, no logging: it runs in a signal handler), one JSON line."""
+    fileno = getattr(f, "fileno", None)
+    if fileno is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        os.write(fileno(), (log_format.json_line("celery.apps.worker", "warning", msg.strip()) + "\n").encode())
+
+
+@task_prerun.connect
+def _bind_task_fields(task: object, args: object = None, **_: object) -> None:
+    # Each line a task logs (Celery's failure traceback included) names what it worked on; a
+    # thread that ran another task before starts clean.
+    log_format.clear_fields()
+    first = args[0] if isinstance(args, list | tuple) and args else None
+    name = getattr(task, "name", None)
+    if name == SEND_TASK and first is not None:
+        log_format.bind_fields(message_id=first)
+    elif name == WEBHOOK_TASK and first is not None:
+        log_format.bind_fields(event_id=first)
+
+
+@task_postrun.connect
+def _forget_task_fields(**_: object) -> None:
+    log_format.clear_fields()
 
 
 def _stamped() -> dict[str, float]:

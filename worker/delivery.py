@@ -23,14 +23,15 @@ from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy import func
 from sqlalchemy.orm import Session
 
-from models import lifecycle
+from models import lifecycle, metrics
 from models.crypto import decrypt_token
 from models.db import describe_database_error, run_in_transaction, run_single_statement, session_scope
 from models.enums import AccountStatus, SourceApi
 from models.lifecycle import CallError, Claim
+from models.log_format import bind_fields
 from models.outbound import AnyOutbound, outbound_adapter
 from models.settings import Settings
-from worker import account_state
+from worker import account_state, shutdown
 from worker.backoff import compute_backoff
 from worker.breaker import Breaker
 from worker.media.pipeline import MediaId, get_media_pipeline, media_ref
@@ -84,6 +85,8 @@ LEASE_MARGIN_S = 1.0
 # although Meta never saw it, so the lead is kept near begin_call's usual time, not its worst (a
 # begin_call that overruns takes the gate's next free moment instead, see _next_free_moment).
 SEND_LEAD_S = 0.015
+# A stopping worker tries this long to give a claim back before leaving it to the sweeper.
+STOPPING_PATIENCE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,13 @@ def _carries_media(payload: dict[str, object]) -> bool:
         and any(isinstance(p, dict) and p.get("type") != "text" for p in component.get("parameters") or ())
         for component in components or ()
     )
+
+
+def _count_wait(kind: str, where: str, wait_s: float) -> None:
+    """A message waits for its account's rate or its recipient's pace: in the task (inline) or
+    back in Postgres."""
+    metrics.safely(lambda: metrics.PACING_WAITS.labels(kind=kind, where=where).inc())
+    metrics.safely(lambda: metrics.PACING_WAIT_SECONDS.labels(kind=kind).observe(wait_s))
 
 
 def call_error(error: DeliveryError) -> CallError:
@@ -175,8 +185,15 @@ class Delivery:
         )
         if claim is None:
             # Already done, claimed elsewhere, waiting behind an earlier message, or not due yet
-            # (the pacer hands it over when it is).
-            return Settled(Outcome.SKIPPED)
+            # (the pacer hands it over when it is). Which one is read for the metrics and the log.
+            try:
+                reason = run_single_statement(lambda db: lifecycle.why_not_claimed(db, message_id))
+            except Exception as error:  # only a label: nothing was claimed, nothing to retry
+                log.debug("message %s: why it was not claimed is unknown (%s)", message_id, type(error).__name__)
+                reason = lifecycle.SkipReason.UNKNOWN
+            return Settled(Outcome.SKIPPED, detail=reason.value)
+        # Every line logged until the task ends carries them (in the JSON format).
+        bind_fields(org_id=claim.org_id, account_id=claim.account_id, attempt=claim.attempt_no)
         settled = self._settle(_Attempt(claim))
         if settled.outcome.final:
             self._after_final(claim, settled)
@@ -186,6 +203,11 @@ class Delivery:
         """Run the steps; whatever breaks before the call began gives the claim back."""
         try:
             return self._deliver(attempt)
+        except shutdown.Stopping as stop:
+            # Raised only before begin_call (or after a begin_call that sent nothing was undone).
+            assert not attempt.call_began
+            log.info("message %s: given back, the worker is stopping", attempt.claim.message_id)
+            return self._give_back_when_stopping(attempt, stop.slot)
         except INFRASTRUCTURE_FAULTS as fault:
             if attempt.call_began:
                 # Only the result write can fail after the call: the lease rules decide (sweeper).
@@ -215,6 +237,7 @@ class Delivery:
 
     def _deliver(self, attempt: _Attempt) -> Settled:
         claim = attempt.claim
+        shutdown.check()
         if claim.account_status == AccountStatus.HALTED:
             # A halted account's messages wait (they are not burned through); resume re-enqueues them.
             return self._give_back(claim, Outcome.ACCOUNT_HALTED)
@@ -340,6 +363,7 @@ class Delivery:
             return self._fail(claim, invalid, called=False, outcome=Outcome.REFUSED)
         media = None
         if (ref := media_ref(message)) is not None:
+            shutdown.check()  # a download and an upload can take a minute: not while stopping
             pipeline = get_media_pipeline(self.settings, self.meta)
             try:
                 media = pipeline.media_id_for(claim, ref, token, wait_s=attempt.lease_left_s())
@@ -366,10 +390,11 @@ class Delivery:
                 claim.next_attempt_at is not None
                 and (due := (claim.next_attempt_at - claim.db_now).total_seconds()) > 0
             ):
-                time.sleep(due)
+                shutdown.nap(due)
             reservation = self.limiter.reserve(claim.account_id, claim.wa_id, self._pacing(claim))
             if not reservation.granted:
                 # The recipient is not ready, or every slot up to the horizon is taken: ask again later.
+                _count_wait("pair" if reservation.pair_not_ready else "account", "postgres", reservation.wait_s)
                 return self._wait_in_postgres(
                     claim, min(reservation.wait_s, s.rate_horizon_s / 2), None, Outcome.RATE_LIMITED
                 )
@@ -377,11 +402,13 @@ class Delivery:
         else:
             wait = self.limiter.seconds_until(slot)
         if wait > s.rate_inline_wait_s:
+            _count_wait("account", "postgres", wait)
             return self._wait_in_postgres(claim, wait, slot, Outcome.SCHEDULED)
         # Wake a little early: the send gate is asked for a moment no earlier than the slot, and
         # the call is marked begun before that moment comes.
         if wait > SEND_LEAD_S:
-            time.sleep(wait - SEND_LEAD_S)
+            _count_wait("account", "inline", wait)
+            shutdown.nap(wait - SEND_LEAD_S, slot=slot)
         return slot
 
     def _admit_and_begin(self, attempt: _Attempt, *, not_before: float | None) -> Settled | None:
@@ -401,24 +428,26 @@ class Delivery:
             )
             if moment.taken:
                 at = time.monotonic() + moment.wait_s
-                paused = self._sleep_until_lead(claim, at)
+                paused = self._sleep_until_lead(claim, at, not_before)
                 if paused <= 0:
                     return self._begin_at(attempt, at, pacing)
                 wait = paused  # paused while this message waited: its moment is given up
             else:
                 wait = moment.wait_s
             if time.monotonic() + wait > deadline:
+                _count_wait("account", "postgres", wait)
                 return self._wait_in_postgres(claim, wait, None, Outcome.RATE_LIMITED)
-            time.sleep(wait)
+            shutdown.nap(wait, slot=not_before)
 
-    def _sleep_until_lead(self, claim: Claim, at: float) -> float:
+    def _sleep_until_lead(self, claim: Claim, at: float, slot: float | None) -> float:
         """Sleep until ``SEND_LEAD_S`` before the moment ``at`` (monotonic). A message that slept
         asks whether its account was paused meanwhile (a 130429, an open breaker): returns the
         seconds it stays paused, 0 when it may go on."""
         early = at - SEND_LEAD_S - time.monotonic()
         if early <= 0:
+            shutdown.check(slot)
             return 0.0
-        time.sleep(early)
+        shutdown.nap(early, slot=slot)
         return self.limiter.send_paused_for(claim.account_id)
 
     def _begin_at(self, attempt: _Attempt, at: float, pacing: Pacing) -> Settled | None:
@@ -508,6 +537,24 @@ class Delivery:
             log.warning("message %s: could not give the claim back; the sweeper re-queues it", claim.message_id)
             return Settled(Outcome.CLAIM_LOST)
 
+    def _give_back_when_stopping(self, attempt: _Attempt, slot: float | None) -> Settled:
+        """Not an attempt; due at once, or at the send slot it had reserved (the slot and the
+        recipient's pace it cost stay its own). The next worker's pacer hands it over. A database
+        that does not answer soon leaves the claim to the sweeper (no call started): a stopping
+        worker does not wait out the lease."""
+        wait = 0.0
+        if slot is not None:
+            try:
+                wait = max(0.0, self.limiter.seconds_until(slot))
+            except redis.RedisError:
+                wait = 0.0
+        patience = min(STOPPING_PATIENCE_S, max(0.0, attempt.lease_left_s()))
+        try:
+            return self._give_back(attempt.claim, Outcome.GIVEN_BACK, wait_s=wait, slot=slot, patience_s=patience)
+        except INFRASTRUCTURE_FAULTS:
+            log.warning("message %s: could not give the claim back; the sweeper re-queues it", attempt.claim.message_id)
+            return Settled(Outcome.CLAIM_LOST)
+
     def _claim_lost(self, claim: Claim, why: str) -> Settled:
         log.warning("message %s: claim lost (%s); the sweeper settles it", claim.message_id, why)
         return Settled(Outcome.CLAIM_LOST)
@@ -517,7 +564,7 @@ class Delivery:
             written = lifecycle.record_failed(session, claim, error, called=called)
         if not written:
             return self._claim_lost(claim, "it was taken over before its failure was written")
-        return Settled(outcome, detail=error.code)
+        return Settled(outcome, detail=error.code, error_class=error.error_class)
 
     def _handle_error(self, attempt: _Attempt, error: DeliveryError, *, called: bool) -> Settled:
         """Settle the claim by the class of what went wrong (worker/meta_errors.py). After a call,
@@ -575,10 +622,11 @@ class Delivery:
             outcome,
             error.error_class,
             error.error_code,
+            extra={"outcome": outcome.value, "detail": error.error_code},
         )
         if not written:
             return self._claim_lost(claim, f"it was taken over before its {outcome} could be written")
-        return Settled(outcome, detail=error.error_code)
+        return Settled(outcome, detail=error.error_code, error_class=error.error_class)
 
     def _remember_unusable(self, claim: Claim, refused: CallError) -> None:
         template = TemplateRef.of_payload(claim.account_id, claim.payload)

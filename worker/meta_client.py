@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
+from models import metrics
 from models.settings import Settings
 from worker.meta_errors import (
     AccountBroken,
+    DeliveryError,
     DeliveryUncertain,
     NotSent,
     Permanent,
@@ -19,6 +22,8 @@ from worker.meta_errors import (
     Transient,
     error_from_response,
 )
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,9 @@ class MetaClient:
 
     def send(self, request: httpx.Request) -> SendResult:
         """Send a request from build_send. Returns on success; raises a DeliveryError subclass otherwise."""
+        return _timed("messages", lambda: self._send(request))
+
+    def _send(self, request: httpx.Request) -> SendResult:
         started = time.monotonic()
         try:
             response = self._http.send(request)
@@ -111,6 +119,15 @@ class MetaClient:
     def upload_media(self, phone_number_id: str, token: str, data: bytes, mime: str, filename: str) -> str:
         """Upload one file; returns Meta's media id. Failures carry the META_UPLOAD_FAILED code,
         except account-level ones, which halt the account like any other call."""
+        try:
+            media_id = _timed("media", lambda: self._upload_media(phone_number_id, token, data, mime, filename))
+        except BaseException:
+            metrics.safely(lambda: metrics.MEDIA_UPLOADS.labels(result="error").inc())
+            raise
+        metrics.safely(lambda: metrics.MEDIA_UPLOADS.labels(result="ok").inc())
+        return media_id
+
+    def _upload_media(self, phone_number_id: str, token: str, data: bytes, mime: str, filename: str) -> str:
         url = f"{self._base}/{self._version}/{phone_number_id}/media"
         try:
             response = self._http.post(
@@ -141,6 +158,34 @@ class MetaClient:
             response=error.response,
             stored_code=UPLOAD_FAILED,
         )
+
+
+def _timed(endpoint: str, call: Callable[[], T]) -> T:
+    """Make one call to Meta, observed in wadispatch_meta_call_duration_seconds by how it ended."""
+    started = time.perf_counter()
+    result = "exception"  # not one of ours: a bug, or the process stopping
+    try:
+        answer = call()
+        result = "ok"
+        return answer
+    except DeliveryError as error:
+        result = call_result(error)
+        raise
+    finally:
+        took = time.perf_counter() - started
+        metrics.safely(lambda: metrics.META_CALL_DURATION.labels(endpoint=endpoint, result=result).observe(took))
+
+
+def call_result(error: DeliveryError) -> str:
+    """How a failed call ended, for the latency histogram: Meta answered with an error, the
+    request never left or never reached Meta, or it left and no answer came back."""
+    if error.http_status is not None:
+        return "error"
+    if isinstance(error, NotSent):
+        return "not_sent"
+    if isinstance(error, DeliveryUncertain):
+        return "no_answer"
+    return "unreachable"
 
 
 # The code stored on a message whose media could not be uploaded (the FlowIQ seed's "Meta upload failed").

@@ -42,4 +42,5 @@ class Settled:
 
     outcome: Outcome
     successor: uuid.UUID | Unknown | None = UNKNOWN
-    detail: str | None = None  # e.g. Meta's code, for the log line
+    detail: str | None = None  # e.g. Meta's code, for the log line; a skip's reason
+    error_class: str | None = None  # what went wrong, by worker/meta_errors.py's classes

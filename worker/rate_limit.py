@@ -33,7 +33,8 @@ local function exact(x) return string.format('%.6f', x) end
 
 # KEYS: account TAT, pair TAT, account pause-until, pair pause-until, account rate ceiling
 # ARGV: account interval, account burst, pair interval, pair tolerance, horizon (seconds)
-# Returns {granted (1/0), wait seconds, slot time} as strings (Lua numbers would lose the fraction).
+# Returns {granted, wait seconds, slot time} as strings (Lua numbers would lose the fraction);
+# granted: 1 reserved, p not yet (the recipient's pace), 0 not within the horizon (the account's).
 _RESERVE = (
     _EXACT
     + """
@@ -56,7 +57,7 @@ local horizon = tonumber(ARGV[5])
 local pair_ready = pause_p
 if interval_p > 0 then pair_ready = math.max(pair_ready, tat_p - tol_p) end
 if pair_ready > now then
-  return {'0', tostring(pair_ready - now), exact(pair_ready)}
+  return {'p', tostring(pair_ready - now), exact(pair_ready)}
 end
 local slot = math.max(now, tat_a - tol_a, pause_a)
 local wait = slot - now
@@ -151,6 +152,7 @@ class Reservation:
     granted: bool  # False: nothing reserved (pair not ready, or beyond the horizon); ask again in wait_s
     wait_s: float
     slot: float  # Redis time of the slot
+    pair_not_ready: bool = False  # not granted because of the recipient's pace, not the account's
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,8 @@ class RateLimiter:
                 pacing.horizon_s,
             ],
         )
-        return Reservation(granted == b"1", max(0.0, float(wait)), float(slot))
+        # '1': reserved; 'p': the recipient's pace says not yet; '0': the account's horizon is full.
+        return Reservation(granted == b"1", max(0.0, float(wait)), float(slot), pair_not_ready=granted == b"p")
 
     def take_send_moment(
         self, account_id: uuid.UUID, pacing: Pacing, *, not_before: float = 0.0, within_s: float = 0.0

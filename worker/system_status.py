@@ -12,7 +12,8 @@ from amqp.exceptions import ChannelError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models.enums import CLAIMABLE, AccountStatus
+from models.enums import CLAIMABLE, AccountStatus, status_in
+from models.lifecycle import PENDING
 from models.tables import Message, WhatsappAccount
 from worker.celery_app import WORKER_QUEUES, app
 
@@ -65,6 +66,17 @@ def _depth(channel: Any, queue: str) -> int:
 def messages_by_status(session: Session) -> dict[str, int]:
     rows = session.execute(select(Message.status, func.count()).group_by(Message.status)).all()
     return {status: int(count) for status, count in sorted(rows)}
+
+
+def unsent_by_status(session: Session) -> dict[str, int]:
+    """Messages not yet sent (queued, retrying, sending), read from their partial index: cheap
+    however many messages the table holds (counting every status scans the whole table)."""
+    rows = session.execute(
+        select(Message.status, func.count()).where(status_in(Message.status, PENDING)).group_by(Message.status)
+    ).all()
+    counts = dict.fromkeys(sorted(s.value for s in PENDING), 0)
+    counts.update({status: int(count) for status, count in rows})
+    return counts
 
 
 def oldest_waiting_s(session: Session) -> float | None:

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
+import time
 import uuid
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import redis
 from celery import Task
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from sqlalchemy import exc as sqlalchemy_exc
 
-from models import lifecycle
+from models import lifecycle, metrics
 from models.db import describe_database_error, session_scope
 from models.redis_client import redis_from_url
 from models.settings import get_settings
 from wadispatch.client import masked_kwargs_repr
+from worker import shutdown
 from worker.backoff import compute_backoff
 from worker.breaker import Breaker, BreakerPolicy
 from worker.callbacks import Dispatcher
@@ -32,7 +35,10 @@ from worker.celery_app import (
     enqueue_webhook,
 )
 from worker.delivery import Delivery
+from worker.gauges import GaugeRefresher
 from worker.meta_client import get_meta_client
+from worker.metrics_server import serve_worker_metrics
+from worker.outcome import Outcome, Settled
 from worker.pacer import Pacer
 from worker.rate_limit import RateLimiter
 from worker.submission_request import SubmissionRequest
@@ -84,6 +90,7 @@ DATABASE_RETRY_CAP_S = 30.0
 @app.task(name=SEND_TASK, bind=True, max_retries=DATABASE_RETRIES)
 def send_message(self: Task, message_id: str, **_earlier_kwargs: object) -> str:
     # Earlier versions passed a reserved slot as a keyword; it now lives on the message row.
+    started = time.perf_counter()
     try:
         settled = _get_delivery().run(uuid.UUID(message_id))
     except DATABASE_UNAVAILABLE as error:
@@ -98,9 +105,32 @@ def send_message(self: Task, message_id: str, **_earlier_kwargs: object) -> str:
             delay,
         )
         raise self.retry(exc=error, countdown=delay) from error
+    took = time.perf_counter() - started
+    metrics.safely(lambda: _count_step(settled, took))
     outcome = f"{settled.outcome}:{settled.detail}" if settled.detail else str(settled.outcome)
-    log.info("message %s: %s", message_id, outcome)
+    # The fields of the JSON line (WADISPATCH_LOG_FORMAT=json); message_id, org_id, account_id and
+    # attempt are bound for the task's duration (worker/celery_app.py, worker/delivery.py).
+    fields = {"outcome": settled.outcome.value, "detail": settled.detail, "duration_ms": _ms_since(started)}
+    log.info("message %s: %s", message_id, outcome, extra=fields)
     return outcome
+
+
+def _count_step(settled: Settled, seconds: float) -> None:
+    if settled.outcome == Outcome.SKIPPED:
+        metrics.CLAIMS_SKIPPED.labels(reason=settled.detail or "unknown").inc()
+        code = ""
+    else:
+        code = settled.detail or ""
+    metrics.DELIVERY_STEPS.labels(outcome=settled.outcome.value, error_class=settled.error_class or "", code=code).inc()
+    metrics.DELIVERY_STEP_DURATION.labels(outcome=settled.outcome.value).observe(seconds)
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
+def _count_updates(kind: str, count: int) -> None:
+    metrics.WEBHOOK_UPDATES.labels(kind=kind).inc(count)
 
 
 @app.task(name=WEBHOOK_TASK, bind=True, max_retries=DATABASE_RETRIES)
@@ -123,6 +153,8 @@ def process_webhook(self: Task, event_id: str) -> str:
         raise self.retry(exc=error, countdown=delay) from error
     if processed is None:
         return "skipped: done or being applied"
+    for kind, count in processed.counts.items():
+        metrics.safely(partial(_count_updates, kind, count))
     for message_id in processed.successors:
         enqueue_due(message_id)
     if processed.retry_in_s is not None:
@@ -246,17 +278,35 @@ def sweep() -> dict[str, int]:
 
 _pacer: Pacer | None = None
 _callbacks: Dispatcher | None = None
+_gauges: GaugeRefresher | None = None
 
 
 @worker_ready.connect
 def _start_pacer(**_: object) -> None:
-    global _pacer, _callbacks
+    global _pacer, _callbacks, _gauges
     settings = get_settings()
     _pacer = Pacer(enqueue_due, interval_s=settings.pacer_interval_s, lead_s=settings.rate_inline_wait_s / 2)
     _pacer.start()
     # Event callbacks: their own thread and pool, apart from the send threads.
     _callbacks = Dispatcher(settings)
     _callbacks.start()
+    serve_worker_metrics(settings)
+    # Celery's handlers are in place now: the flag goes up before any of them runs (a cold stop
+    # first sleeps out its soft-shutdown wait inside its handler).
+    for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
+        try:
+            shutdown.stop_first_on(signum)
+        except ValueError:  # not on the main thread: the worker_shutting_down signal still sets it
+            log.debug("shutdown: %s left to Celery's handler alone", signum)
+    # Offers to refresh the system-wide gauges (one process at a time does: worker/gauges.py).
+    _gauges = GaugeRefresher(_noop_redis(), settings.gauges_interval_s)
+    _gauges.start()
+
+
+@worker_shutting_down.connect
+def _give_back_what_waits(**_: object) -> None:
+    # SIGTERM (warm) or SIGQUIT (cold): claims not yet called go back (worker/shutdown.py).
+    shutdown.begin()
 
 
 @worker_shutdown.connect
@@ -265,3 +315,5 @@ def _stop_pacer(**_: object) -> None:
         _pacer.stop()
     if _callbacks is not None:
         _callbacks.stop()
+    if _gauges is not None:
+        _gauges.stop()

@@ -49,3 +49,44 @@ def test_flower_will_not_run_with_the_development_password_in_production(stack):
     )  # fmt: skip
     assert result.returncode != 0
     assert "WADISPATCH_FLOWER_BASIC_AUTH: production refuses the development password" in result.stderr, result.stderr
+
+
+def test_flowers_task_list_shows_message_ids_and_outcome_words_only(live, api, tenant, tmp_path):
+    import time
+
+    port = free_port()
+    env = {**live.env, "WADISPATCH_FLOWER_BASIC_AUTH": "ops:s3cret-for-test"}
+    base = f"http://127.0.0.1:{port}"
+    auth = ("ops", "s3cret-for-test")
+    flower = ManagedProcess(
+        "flower", ["flower", "--port", str(port)], env, tmp_path, ready=http_ok(f"{base}/healthcheck")
+    )
+    flower.start(timeout=60)
+    try:
+        # Flower switches the workers' task events on (every 5 s); wait until ours has them.
+        deadline = time.monotonic() + 30
+        while "enabled by remote" not in live.worker.log_since_start():
+            assert time.monotonic() < deadline, "Flower never switched the worker's task events on"
+            time.sleep(0.5)
+        lead = tenant.new_lead()
+        text = f"flower-canary-{tmp_path.name}"
+        message_id = api.send(tenant, lead, text).json()["messageId"]
+        assert api.wait_for(tenant, message_id)["status"] == "sent"
+        deadline = time.monotonic() + 30
+        while True:
+            tasks = httpx.get(
+                f"{base}/api/tasks", auth=auth, params={"taskname": "wadispatch.send_message"}, timeout=10
+            )
+            ours = [t for t in tasks.json().values() if message_id in (t.get("args") or "")]
+            if ours and ours[-1].get("state") == "SUCCESS":
+                break
+            assert time.monotonic() < deadline, f"Flower never showed the task: {tasks.text[:2000]}"
+            time.sleep(0.5)
+        task = ours[-1]
+        assert task["args"] in (f"['{message_id}']", f"('{message_id}',)"), task["args"]
+        assert task["kwargs"] in ("{}", None), task["kwargs"]
+        assert task["result"] == "'sent'", task["result"]
+        # Nothing about the message itself: not its text, nor its recipient.
+        assert text not in tasks.text
+    finally:
+        flower.stop()

@@ -25,6 +25,7 @@ import redis
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from models import metrics
 from models.db import session_scope
 from models.lifecycle import Claim
 from models.media_signing import sign_url
@@ -35,6 +36,7 @@ from models.tables import MediaUpload, Message
 from worker.media.fetch import SafeFetcher
 from worker.media.kinds import RULES, check_media
 from worker.meta_client import MetaClient
+from worker.meta_errors import DeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ class MediaPipeline:
         with lock:
             cached = self._cached_upload(claim.account_id, stored.sha256)
             if cached:
+                metrics.safely(lambda: metrics.MEDIA_CACHE_HITS.labels(cache="upload").inc())
                 return MediaId(cached, reused=True)
             filename = ref.filename or stored.key
             media_id = self.meta.upload_media(claim.phone_number_id, token, stored.data, stored.mime, filename)
@@ -159,8 +162,15 @@ class MediaPipeline:
                 found = self.store.get(key)
                 # A declared type is checked against every message's own declaration.
                 if found and (ref.declared_mime is None or check_media(ref.kind, found[0], ref.declared_mime)):
+                    metrics.safely(lambda: metrics.MEDIA_CACHE_HITS.labels(cache="url").inc())
                     return StoredMedia(key.split(".", 1)[0], key, mime, found[0])
-            fetched = self.fetcher.fetch(ref.url, max_bytes=RULES[ref.kind].max_bytes, kind=ref.kind)
+            try:
+                fetched = self.fetcher.fetch(ref.url, max_bytes=RULES[ref.kind].max_bytes, kind=ref.kind)
+            except DeliveryError as error:
+                code = error.error_code
+                metrics.safely(lambda: metrics.MEDIA_FETCHES.labels(result=code).inc())
+                raise
+            metrics.safely(lambda: metrics.MEDIA_FETCHES.labels(result="ok").inc())
             checked = check_media(ref.kind, fetched.data, ref.declared_mime)
             sha256 = hashlib.sha256(fetched.data).hexdigest()
             key = key_for(sha256, checked.extension)

@@ -11,6 +11,8 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from models import lifecycle
+from models.contacts import insert_contact
+from models.phones import InvalidPhone, normalize_e164
 from models.tables import Contact, Message
 from worker.webhooks.inbound_kinds import InboundMessage, profile_of, read_inbound
 from worker.webhooks.routing import RoutedAccount
@@ -70,7 +72,9 @@ def _contact_for(
 ) -> uuid.UUID:
     """The organization's contact with this WhatsApp id (or, without a phone, this business-scoped
     user id), created when there is none. Two deliveries about one new contact may be applied at
-    once: a transaction-long advisory lock on the identity makes the second find the first's."""
+    once: a transaction-long advisory lock on the identity makes the second find the first's. The
+    lock does not hold back an operator adding the number meanwhile: the insert then yields to
+    that contact (one per organization and phone) and the message joins it."""
     identity = f"{org_id}:{message.sender_wa_id or 'user:' + (user_id or '')}"
     session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:identity, 0))"), {"identity": identity})
     contact: Contact | None = None
@@ -89,16 +93,18 @@ def _contact_for(
             .limit(1)
         ).first()
     if contact is None:
-        contact = Contact(
+        inserted = insert_contact(
+            session,
             org_id=org_id,
+            phone_e164=_phone_of(message.sender_wa_id) if message.sender_wa_id else None,
             wa_id=message.sender_wa_id,
-            phone_e164=f"+{message.sender_wa_id}" if message.sender_wa_id else None,
             user_id=user_id,
             name=name,
         )
-        session.add(contact)
-        session.flush()
-        return contact.id
+        if inserted.created:
+            return inserted.contact_id
+        contact = session.get(Contact, inserted.contact_id)
+        assert contact is not None
     # Learn what Meta tells us and we did not know yet; never overwrite what the tenant set.
     if user_id is not None and contact.user_id is None:
         contact.user_id = user_id
@@ -107,3 +113,13 @@ def _contact_for(
     if contact.name is None and name is not None:
         contact.name = name
     return contact.id
+
+
+def _phone_of(wa_id: str) -> str:
+    """The number as contacts store it (normalized E.164, what uq_contacts_org_phone compares), so
+    a contact an operator added as +44 (0)20... is the one this sender's insert meets. A number
+    libphonenumber does not know (yet) is kept as Meta wrote it."""
+    try:
+        return normalize_e164(wa_id)
+    except InvalidPhone:
+        return f"+{wa_id}"

@@ -1,0 +1,221 @@
+"""One JSON object per log line (``WADISPATCH_LOG_FORMAT=json``), for every process.
+
+The text format is uvicorn's and Celery's own; nothing here changes it. With json, one formatter,
+structlog's ``ProcessorFormatter``, renders every standard-library record — ours, uvicorn's,
+Celery's, kombu's — so a log shipper sees the same keys everywhere: ``time`` (ISO 8601, UTC),
+``level``, ``logger``, ``message``, then the structured fields below where known, and
+``exception`` (the traceback) for a record logged with one. Where it is installed:
+
+- API and sandbox: ``uvicorn_log_config`` is uvicorn's ``log_config`` (so each uvicorn worker
+  process applies it too);
+- worker and beat: Celery sets its handlers up, then worker/celery_app.py gives them this
+  formatter (``render_as_json``);
+- lines Celery writes from signal handlers without logging: ``json_line``.
+
+Structured fields come from a record's ``extra`` (only the names in ``FIELDS``: anything else a
+library passes there, such as Celery's task arguments, stays out) and from the fields bound to
+the running task (``bind_fields``, cleared between tasks).
+
+``redact`` is the last line of defence before a line is written: URL query strings, bearer
+tokens, API keys, signatures and phone numbers are masked wherever they appear. The first line
+stays models/log_hygiene.py and never logging such values at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+# The structured fields a line may carry (beyond time, level, logger, message and exception).
+FIELDS = (
+    "message_id",
+    "event_id",
+    "org_id",
+    "account_id",
+    "attempt",
+    "outcome",
+    "detail",  # with an outcome: Meta's error code, or why a message was not claimed
+    "duration_ms",
+)
+# Keys a line starts with, in this order, then FIELDS' (the rest follow as they came).
+LEADING_KEYS = ("time", "level", "logger", "message")
+
+REDACTED = "[redacted]"
+
+# Keys whose whole value is secret or personal, whatever it looks like.
+SECRET_KEYS = frozenset(
+    {
+        "access_token",
+        "api_key",
+        "authorization",
+        "body",
+        "caption",
+        "password",
+        "phone",
+        "phone_number",
+        "secret",
+        "text",
+        "to",
+        "token",
+        "wa_id",
+    }
+)
+
+# (pattern, replacement) applied in order to every string a line carries.
+_MASKS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # A password in a URL's userinfo (redis://:secret@host).
+    (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@\"'<>]*):[^\s/@\"'<>]+@"), rf"\1:{REDACTED}@"),
+    # A query string, after a URL or an absolute path (a signed media URL's signature, a
+    # presigned URL's credentials): the path stays, so the line still says what was asked for.
+    (re.compile(r"((?:\b[a-zA-Z][a-zA-Z0-9+.-]*://|(?<![\w/.:])/)[^\s?#\"'<>]*)\?[^\s\"'<>]+"), rf"\1?{REDACTED}"),
+    # Credentials in a header value or a key=value pair, wherever they are quoted.
+    (re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',;]+"), rf"\1 {REDACTED}"),
+    (
+        re.compile(
+            r"(?i)\b(access_token|api_?key|token|signature|sig|secret|password"
+            r"|x-amz-(?:signature|credential|security-token))=[^&\s\"',;]+"
+        ),
+        rf"\1={REDACTED}",
+    ),
+    # Our API keys (models/keys.py: a prefix, then token_urlsafe).
+    (re.compile(r"\b(fe_k_|fiq_)[A-Za-z0-9_-]{8,}"), rf"\1{REDACTED}"),
+    # A phone number written the E.164 way.
+    (re.compile(r"(?<![\w+])\+[1-9]\d{6,14}\b"), f"+{REDACTED}"),
+)
+
+
+def redact_text(text: str) -> str:
+    for pattern, replacement in _MASKS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {k: REDACTED if str(k).lower() in SECRET_KEYS else _redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(v) for v in value]
+    return value
+
+
+def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: mask secrets and personal data in every value of the line."""
+    return {key: REDACTED if key.lower() in SECRET_KEYS else _redact_value(value) for key, value in event_dict.items()}
+
+
+def _leading_keys_first(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    ordered = {key: event_dict.pop(key) for key in (*LEADING_KEYS, *FIELDS) if key in event_dict}
+    # A field nobody knew (extra={"detail": None}) is left out rather than written as null.
+    return {**{key: value for key, value in ordered.items() if value is not None}, **event_dict}
+
+
+_timestamp = structlog.processors.TimeStamper(fmt="iso", utc=True, key="time")
+
+# Added to each record before rendering: level, logger, the allowed extras, the task's fields, time.
+_PRE_CHAIN: tuple[Processor, ...] = (
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.stdlib.ExtraAdder(allow=FIELDS),
+    structlog.contextvars.merge_contextvars,
+    _timestamp,
+)
+
+# The end of every line: redacted (tracebacks quote URLs too), keys named and ordered, rendered.
+_FINISH: tuple[Callable[[WrappedLogger, str, EventDict], EventDict], ...] = (
+    redact,
+    structlog.processors.EventRenamer("message"),
+    _leading_keys_first,
+)
+_render = structlog.processors.JSONRenderer()
+
+# Rendering a record: the traceback becomes a field first.
+_RENDER_CHAIN: tuple[Processor, ...] = (
+    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+    structlog.processors.format_exc_info,
+    *_FINISH,
+    _render,
+)
+
+
+def json_formatter() -> logging.Formatter:
+    """The formatter of every handler when the format is json (dictConfig names it by path)."""
+    return structlog.stdlib.ProcessorFormatter(foreign_pre_chain=list(_PRE_CHAIN), processors=list(_RENDER_CHAIN))
+
+
+def configure(log_format: str, level: str) -> None:
+    """A process's logging before its server sets its own up: with json, the root logger writes
+    JSON to stderr and warnings go through it (Celery warns before it sets logging up). uvicorn's
+    ``log_config`` and Celery's set-up replace this handler later; text leaves logging alone."""
+    if log_format != "json":
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(json_formatter())
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+    logging.captureWarnings(True)
+
+
+def render_as_json(loggers: Iterable[logging.Logger | None]) -> None:
+    """Give every handler of these loggers the JSON formatter (after Celery has set them up)."""
+    for logger in loggers:
+        for handler in logger.handlers if logger is not None else ():
+            handler.setFormatter(json_formatter())
+
+
+def json_line(logger: str, level: str, message: str) -> str:
+    """One line in the same shape, for the few that cannot go through logging (Celery's signal
+    handlers write with os.write: logging's locks are not safe there)."""
+    event: EventDict = _timestamp(None, level, {"event": message, "level": level, "logger": logger})
+    for processor in _FINISH:
+        event = processor(None, level, event)
+    rendered = _render(None, level, event)
+    return rendered if isinstance(rendered, str) else rendered.decode()
+
+
+def uvicorn_log_config(log_format: str, level: str) -> dict[str, Any]:
+    """uvicorn's ``log_config``: its own for text; for json, every logger of the process
+    (uvicorn.error, uvicorn.access, the root) through the JSON formatter, the access log
+    without query strings and httpx quiet (as models/log_hygiene.py does for text)."""
+    if log_format != "json":
+        from uvicorn.config import LOGGING_CONFIG
+
+        return LOGGING_CONFIG
+    level = level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "models.log_format.json_formatter"}},
+        "filters": {"strip_query": {"()": "models.log_hygiene.StripQueryString"}},
+        "handlers": {
+            "default": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
+            "access": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"},
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
+            "uvicorn.error": {"level": level},
+            "uvicorn.access": {"handlers": ["access"], "level": level, "propagate": False, "filters": ["strip_query"]},
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
+        },
+        "root": {"handlers": ["default"], "level": level},
+    }
+
+
+def bind_fields(**fields: object) -> None:
+    """Fields every line carries until ``clear_fields`` (the running task's message, org, ...)."""
+    # Ids as their text (a UUID would render as its repr); numbers stay numbers.
+    structlog.contextvars.bind_contextvars(
+        **{key: value if isinstance(value, int | float) else str(value) for key, value in fields.items()}
+    )
+
+
+def clear_fields() -> None:
+    structlog.contextvars.clear_contextvars()
