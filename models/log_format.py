@@ -47,7 +47,9 @@ LEADING_KEYS = ("time", "level", "logger", "message")
 
 REDACTED = "[redacted]"
 
-# Keys whose whole value is secret or personal, whatever it looks like.
+# Keys whose whole value is secret or personal, whatever it looks like. They apply to structured
+# values (a dict bound as a field, structlog's own calls); a standard-library record reaches the
+# processors as its formatted message, which the patterns below cover.
 SECRET_KEYS = frozenset(
     {
         "access_token",
@@ -66,33 +68,61 @@ SECRET_KEYS = frozenset(
     }
 )
 
-# (pattern, replacement) applied in order to every string a line carries.
-_MASKS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # A password in a URL's userinfo (redis://:secret@host).
-    (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@\"'<>]*):[^\s/@\"'<>]+@"), rf"\1:{REDACTED}@"),
-    # A query string, after a URL or an absolute path (a signed media URL's signature, a
-    # presigned URL's credentials): the path stays, so the line still says what was asked for.
-    (re.compile(r"((?:\b[a-zA-Z][a-zA-Z0-9+.-]*://|(?<![\w/.:])/)[^\s?#\"'<>]*)\?[^\s\"'<>]+"), rf"\1?{REDACTED}"),
-    # Credentials in a header value or a key=value pair, wherever they are quoted.
-    (re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',;]+"), rf"\1 {REDACTED}"),
-    (
-        re.compile(
-            r"(?i)\b(access_token|api_?key|token|signature|sig|secret|password"
-            r"|x-amz-(?:signature|credential|security-token))=[^&\s\"',;]+"
-        ),
-        rf"\1={REDACTED}",
-    ),
-    # Our API keys (models/keys.py: a prefix, then token_urlsafe).
-    (re.compile(r"\b(fe_k_|fiq_)[A-Za-z0-9_-]{8,}"), rf"\1{REDACTED}"),
-    # A phone number written the E.164 way.
-    (re.compile(r"(?<![\w+])\+[1-9]\d{6,14}\b"), f"+{REDACTED}"),
+# The longest string a line carries whole; the rest is cut (a request path is the client's to
+# choose, and no pattern below may cost more than a bounded pass over it).
+MAX_REDACTED_CHARS = 8192
+
+# A password in a URL's userinfo (redis://:secret@host). The scheme is bounded, so a long run of
+# scheme-like characters costs one pass, not one per starting point.
+_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^\s/:@\"'<>]*):[^\s/@\"'<>]+@")
+# What separates the tokens a query string is looked for in.
+_TOKEN_EDGES = re.compile(r"([\s\"'<>]+)")
+# Credentials in a header value, a key=value pair or a key: value / "key": "value" pair.
+_SCHEME_CREDENTIALS = re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',;]+")
+_KEY_VALUE_SECRETS = re.compile(
+    r"(?i)\b(access_token|api_?key|token|signature|sig|secret|password|authorization"
+    r"|x-amz-(?:signature|credential|security-token))([\"']?\s*[:=]\s*[\"']?)(?!\[redacted\]|(?:bearer|basic)\s)[^&\s\"',;}]+"
+)
+# Our API keys and endpoint signing secrets (models/keys.py, models/events.py).
+_OUR_SECRETS = re.compile(r"\b(fe_k_|fiq_|whsec_)[A-Za-z0-9_+/=-]{8,}")
+# A phone number written the E.164 way, or any number given as a phone-like key's value.
+_E164 = re.compile(r"(?<![\w+])\+[1-9]\d{6,14}\b")
+_PHONE_KEYS = re.compile(
+    r"(?i)\b(wa_id|phone|phone_number|phone_e164|recipient|to|from)([\"']?\s*[:=]\s*[\"']?)\+?\d[\d -]{5,}\d"
 )
 
 
 def redact_text(text: str) -> str:
-    for pattern, replacement in _MASKS:
-        text = pattern.sub(replacement, text)
+    """Every pass is linear in the (capped) text, and runs only when its trigger is present."""
+    if len(text) > MAX_REDACTED_CHARS:
+        text = f"{text[:MAX_REDACTED_CHARS]}…[{len(text) - MAX_REDACTED_CHARS} more characters cut]"
+    if "://" in text:
+        text = _USERINFO.sub(rf"\1:{REDACTED}@", text)
+    if "?" in text:
+        text = _mask_queries(text)
+    lowered = text.lower()
+    if "bearer" in lowered or "basic" in lowered:
+        text = _SCHEME_CREDENTIALS.sub(rf"\1 {REDACTED}", text)
+    if "=" in text or ":" in text:
+        text = _KEY_VALUE_SECRETS.sub(rf"\1\2{REDACTED}", text)
+        text = _PHONE_KEYS.sub(rf"\1\2{REDACTED}", text)
+    if "fe_k_" in text or "fiq_" in text or "whsec_" in text:
+        text = _OUR_SECRETS.sub(rf"\1{REDACTED}", text)
+    if "+" in text:
+        text = _E164.sub(f"+{REDACTED}", text)
     return text
+
+
+def _mask_queries(text: str) -> str:
+    """A query string after a URL or a path (a signed media URL's signature, a presigned URL's
+    credentials) is masked; the path stays, so the line still says what was asked for."""
+    pieces = _TOKEN_EDGES.split(text)
+    for n in range(0, len(pieces), 2):  # the tokens; the separators sit between them
+        token = pieces[n]
+        mark = token.find("?")
+        if mark > 0 and mark + 1 < len(token) and "/" in token[:mark]:
+            pieces[n] = f"{token[: mark + 1]}{REDACTED}"
+    return "".join(pieces)
 
 
 def _redact_value(value: Any) -> Any:

@@ -4,6 +4,10 @@ built at revision 0010 with raw SQL (the models describe the head, not 0010)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -216,4 +220,48 @@ def test_a_database_without_duplicates_only_gains_the_constraint_and_downgrades(
     command.downgrade(config, "0010")
     with engine.begin() as conn:
         _insert(conn, "contacts", org_id=org, phone_e164=PHONE)  # the constraint went with it
+    engine.dispose()
+
+
+def test_a_message_accepted_for_a_duplicate_while_the_merge_runs_is_kept(at_0010):
+    """A send for a duplicate (a new conversation and its message) whose transaction is open when
+    the migration starts: the migration waits for it, and its message moves to the survivor
+    instead of going with the duplicate (ON DELETE CASCADE)."""
+    rendered = at_0010.render_as_string(hide_password=False)
+    engine = create_engine(at_0010)
+    with engine.begin() as conn:
+        org = _insert(conn, "organizations", slug="m-race", name="Race")
+        account = _insert(
+            conn, "whatsapp_accounts", org_id=org, account_type="organization", meta_phone_number_id="333"
+        )
+        survivor = _insert(conn, "contacts", org_id=org, phone_e164=PHONE, created_at=_at(0))
+        duplicate = _insert(conn, "contacts", org_id=org, phone_e164=PHONE, created_at=_at(5))
+    sender = engine.connect()
+    open_send = sender.begin()
+    conversation = _insert(sender, "conversations", org_id=org, account_id=account, contact_id=duplicate)
+    message = _insert(
+        sender, "messages", org_id=org, conversation_id=conversation, account_id=account, contact_id=duplicate,
+        message_type="text", payload='{"type": "text", "body": "accepted during the migration"}',
+        source_api="flowestate",
+    )  # fmt: skip
+    migrate = subprocess.Popen(
+        [sys.executable, "-m", "cli", "migrate"],
+        env={**os.environ, "WADISPATCH_DATABASE_URL": rendered},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(2)  # the migration is waiting for the open send
+        assert migrate.poll() is None, migrate.communicate()[0]
+        open_send.commit()
+    finally:
+        sender.close()
+    output, _ = migrate.communicate(timeout=60)
+    assert migrate.returncode == 0, output
+    assert f"contact {duplicate} merged into contact {survivor}" in output
+    with engine.connect() as conn:
+        kept = _rows(conn, "SELECT contact_id, conversation_id FROM messages WHERE id = :id", id=message)
+        assert [(r.contact_id, r.conversation_id) for r in kept] == [(survivor, conversation)]
+        assert [r.contact_id for r in _rows(conn, "SELECT contact_id FROM conversations")] == [survivor]
     engine.dispose()

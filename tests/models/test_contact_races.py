@@ -150,3 +150,40 @@ def _wait_for_a_lock_wait_or(thread: threading.Thread, timeout_s: float = 10) ->
                 return
             conn.rollback()
             time.sleep(0.02)
+
+
+def _contact_of_inbound(org: Org, *, wa_id: str | None, user_id: str) -> uuid.UUID:
+    from datetime import UTC, datetime
+
+    from worker.webhooks.inbound import _contact_for
+    from worker.webhooks.inbound_kinds import InboundMessage
+
+    message = InboundMessage(
+        wamid=f"wamid.{uuid.uuid4().hex}", kind="text", sender_wa_id=wa_id, sender_user_id=user_id,
+        at=datetime.now(UTC), context_wamid=None, payload={}, preview="",
+    )  # fmt: skip
+    with session_scope() as s:
+        return _contact_for(s, org.id, message, name=None, user_id=user_id)
+
+
+def test_a_contact_known_by_user_id_learns_its_number_so_nobody_adds_it_twice(org):
+    phone = random_phone()
+    first = _contact_of_inbound(org, wa_id=None, user_id="US.one")  # the user id only, at first
+    assert _contact_of_inbound(org, wa_id=phone.lstrip("+"), user_id="US.one") == first
+    assert _contacts_with(org, phone) == [first]
+    refused = _add_lead(org, phone)  # the operator adds the number: it is that contact's
+    assert isinstance(refused, admin.AdminError) and str(first) in str(refused)
+
+
+def test_a_number_an_operator_added_meanwhile_takes_the_user_ids_messages(org):
+    phone = random_phone()
+    _contact_of_inbound(org, wa_id=None, user_id="US.two")
+    lead = _add_lead(org, phone)  # the user-id contact has no number yet: allowed
+    assert isinstance(lead, uuid.UUID)
+    # The number arrives with the user id: the operator's contact is the one (sends and
+    # opt-outs go through it), and it learns the user id.
+    assert _contact_of_inbound(org, wa_id=phone.lstrip("+"), user_id="US.two") == lead
+    with session_scope() as s:
+        row = s.get(Contact, lead)
+        assert row is not None and row.user_id == "US.two"
+    assert _contacts_with(org, phone) == [lead]

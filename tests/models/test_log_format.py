@@ -33,6 +33,12 @@ LEAKS = [
     ("callback token=s3cr3t&next=1", ["s3cr3t"], "token=[redacted]"),
     ("no contact for +18095551234 here", ["18095551234"], "no contact for +[redacted] here"),
     ("Connected to redis://:hunter2@127.0.0.1:6379/0", ["hunter2"], "redis://:[redacted]@127.0.0.1:6379/0"),
+    ("endpoint secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw given", ["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"], "whsec_"),
+    ('{"access_token": "EAABwzLixnjYBO123abc", "id": 1}', ["EAABwzLixnjYBO123abc"], '"id": 1'),
+    ("{'access_token': 'EAABwzLixnjYBO123abc'}", ["EAABwzLixnjYBO123abc"], "access_token"),
+    ("Authorization: EAABrawtoken987", ["EAABrawtoken987"], "Authorization: [redacted]"),
+    ("password: hunter2 and more", ["hunter2"], "and more"),
+    ("sent to wa_id=18095551234 and phone: 1 809 555 1234", ["18095551234", "809 555 1234"], "wa_id=[redacted]"),
 ]
 
 
@@ -201,3 +207,16 @@ def test_a_process_in_json_writes_warnings_and_every_handler_as_json():
         ("celery.worker", "info"),
     ]
     assert "pw" not in lines[1]["message"]
+
+
+@pytest.mark.parametrize("unit", ["-/", "a-", "+/", "a://", "?/", "=:"])
+def test_a_hostile_path_costs_one_bounded_pass(unit):
+    # A client chooses its request path, and the access log carries it: no pattern may take time
+    # quadratic in its length (64 KB of "-/" took 8.6 s before the passes were made linear).
+    import time
+
+    hostile = "GET /" + unit * 32768
+    started = time.perf_counter()
+    masked = log_format.redact_text(hostile)
+    assert time.perf_counter() - started < 0.5
+    assert len(masked) < 8300 and masked.endswith("more characters cut]")

@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models import lifecycle
@@ -105,6 +106,11 @@ def _contact_for(
             return inserted.contact_id
         contact = session.get(Contact, inserted.contact_id)
         assert contact is not None
+    if contact.phone_e164 is None and message.sender_wa_id is not None:
+        # Known so far by user id only: the number is learned too, unless another contact has it
+        # already (an operator added the lead meanwhile). Then that contact is the one: sends by
+        # lead and by phone, and opt-outs, go through it.
+        contact = _with_number(session, contact, _phone_of(message.sender_wa_id))
     # Learn what Meta tells us and we did not know yet; never overwrite what the tenant set.
     if user_id is not None and contact.user_id is None:
         contact.user_id = user_id
@@ -113,6 +119,28 @@ def _contact_for(
     if contact.name is None and name is not None:
         contact.name = name
     return contact.id
+
+
+def _with_number(session: Session, contact: Contact, phone: str) -> Contact:
+    """``contact`` with ``phone`` recorded, or the organization's contact that has the number."""
+    owner = _owner_of(session, contact.org_id, phone)
+    if owner is not None:
+        return owner
+    try:
+        with session.begin_nested():
+            contact.phone_e164 = phone
+            session.flush()
+    except IntegrityError:
+        # Added by someone else between the read and the write (uq_contacts_org_phone).
+        session.refresh(contact)
+        owner = _owner_of(session, contact.org_id, phone)
+        if owner is not None:
+            return owner
+    return contact
+
+
+def _owner_of(session: Session, org_id: uuid.UUID, phone: str) -> Contact | None:
+    return session.scalars(select(Contact).where(Contact.org_id == org_id, Contact.phone_e164 == phone)).first()
 
 
 def _phone_of(wa_id: str) -> str:

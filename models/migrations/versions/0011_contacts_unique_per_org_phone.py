@@ -120,9 +120,13 @@ WHERE k.id = newest.keeper_id AND (k.last_message_at IS NULL OR k.last_message_a
 
 def upgrade() -> None:
     bind = op.get_bind()
-    # Reads go on; no contact can be added or renumbered between the merge and the constraint
-    # (a new duplicate would make the constraint fail, and the whole revision with it).
-    op.execute("LOCK TABLE contacts IN SHARE ROW EXCLUSIVE MODE")
+    # Plain reads go on. EXCLUSIVE (not SHARE ROW EXCLUSIVE) also blocks the foreign-key checks of
+    # rows being added that point at a contact or a conversation (they take ROW SHARE): a message
+    # accepted for a duplicate while the merge runs would otherwise be committed after the
+    # re-pointing and deleted with the duplicate by ON DELETE CASCADE. The lock waits for open
+    # writers first; later ones wait for the migration. No contact can be added or renumbered
+    # between the merge and the constraint either.
+    op.execute("LOCK TABLE contacts, conversations IN EXCLUSIVE MODE")
     op.execute(CONTACT_MERGES)
     merges = bind.execute(
         sa.text("SELECT duplicate_id, survivor_id, org_id FROM contact_merges ORDER BY org_id, survivor_id")
@@ -135,12 +139,19 @@ def upgrade() -> None:
         op.execute("DELETE FROM conversations c USING conversation_merges cm WHERE c.id = cm.duplicate_id")
         _repoint(bind, "contacts", "contact_merges", "duplicate_id", "survivor_id")
         op.execute("DELETE FROM contacts c USING contact_merges m WHERE c.id = m.duplicate_id")
+        # On stdout as well as in the log: upstream needs the list to update its lead ids, whatever
+        # the log level.
         for duplicate_id, survivor_id, org_id in merges:
-            log.warning("contact %s merged into contact %s (organization %s)", duplicate_id, survivor_id, org_id)
-        log.warning("merged %d duplicate contacts (same organization and phone)", len(merges))
+            line = f"contact {duplicate_id} merged into contact {survivor_id} (organization {org_id})"
+            print(line, flush=True)
+            log.warning(line)
+        print(f"merged {len(merges)} duplicate contacts (same organization and phone)", flush=True)
     op.execute("DROP TABLE contact_merges")
     op.execute("DROP TABLE IF EXISTS conversation_merges")
-    op.create_unique_constraint("uq_contacts_org_phone", "contacts", ["org_id", "phone_e164"])
+    # The index is built under the lock already held (writes wait, reads go on); only attaching it
+    # as the constraint takes the table's ACCESS EXCLUSIVE lock, and that is instant.
+    op.execute("CREATE UNIQUE INDEX uq_contacts_org_phone ON contacts (org_id, phone_e164)")
+    op.execute("ALTER TABLE contacts ADD CONSTRAINT uq_contacts_org_phone UNIQUE USING INDEX uq_contacts_org_phone")
 
 
 def _repoint(bind: sa.Connection, table: str, merges: str, old: str, new: str) -> None:
