@@ -49,7 +49,26 @@ chaos: install
 typecheck: install
 	$(BIN)/mypy --ignore-missing-imports models api_shim worker meta_sandbox cli bench
 
-test: install services
+# The Node producer of tests/worker/test_broker_intake.py: celery-node at the version
+# tests/node/package-lock.json pins, installed once here (again only when the lock changes), so
+# the test itself needs no registry. Node.js and npm come from Debian's packages when missing on
+# CI (root, apt), as scripts/ensure-services.sh does for Postgres and Redis.
+NODE_DIR := tests/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@if ! command -v npm >/dev/null; then \
+	  if [ "$${CI:-}" = "true" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Node.js and npm (CI)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	  else \
+	    echo "make test needs Node.js and npm (Debian/Ubuntu: sudo apt-get install nodejs npm)" >&2; exit 1; \
+	  fi; \
+	fi
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(NODE_STAMP)
+
+test: install services $(NODE_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
