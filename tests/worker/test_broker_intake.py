@@ -1,11 +1,16 @@
 """Submissions over the broker: the wadispatch.submit task on wadispatch.intake, consumed by the
 real worker, from three producers — wadispatch.client's Submitter, plain Celery send_task in a
-process that does not import this project, and Node's celery-node."""
+process that does not import this project, and Node's celery-node (installed by `make test` from
+tests/node's lock file) — and what README promises of them: the key's scope, request rate and
+quota apply, and a batch accepted while the broker is down waits in Postgres for the sweeper."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import random
+import re
 import shutil
 import subprocess
 import sys
@@ -13,21 +18,27 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from celery import Celery
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
 
-from models.db import session_scope
+from api_shim.usage import current_month
+from models.db import get_engine, session_scope
 from models.enums import KeyKind
-from models.tables import Message
+from models.tables import Message, Organization, OrgUsage
+from tests.conftest import RUN_ID, WORKER_NODE
+from tests.support.admin_cli import wadispatch
+from tests.support.processes import ManagedProcess, queue_worker
 from tests.support.tenants import random_phone
 from wadispatch.client import Submitter
+from worker.celery_app import INTAKE_QUEUE
 
-CELERY_NODE = "celery-node@0.5.9"
+# celery-node, pinned by tests/node/package-lock.json; `make test` runs `npm ci` there.
+NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 
 
 def _submission(api, tenant, key: str, timeout: float = 20) -> dict[str, Any]:
@@ -59,6 +70,41 @@ def _messages(tenant) -> int:
         return s.scalar(select(func.count()).select_from(Message).where(Message.org_id == tenant.org_id)) or 0
 
 
+def _units_used(tenant) -> int:
+    with session_scope() as s:
+        used = s.scalar(
+            select(OrgUsage.used).where(OrgUsage.org_id == tenant.org_id, OrgUsage.month == current_month())
+        )
+    return used or 0
+
+
+def _set_org(tenant, **values: Any) -> None:
+    with session_scope() as s:
+        s.execute(update(Organization).where(Organization.id == tenant.org_id).values(**values))
+
+
+def _wait(condition: Callable[[], Any], what: str | Callable[[], str], timeout: float = 30) -> Any:
+    """Poll ``condition`` until it is truthy (its value is returned) or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, what if isinstance(what, str) else what()
+        time.sleep(0.05)
+    return value
+
+
+def _log_lines(process: ManagedProcess, needle: str) -> list[str]:
+    return [line for line in process.log_since_start().splitlines() if needle in line]
+
+
+def _wait_log(process: ManagedProcess, needle: str, count: int = 1, timeout: float = 30) -> list[str]:
+    """The process's log lines holding ``needle``, once there are ``count`` of them."""
+    return _wait(
+        lambda: (lines := _log_lines(process, needle)) and len(lines) >= count and lines,
+        lambda: f"{count} log lines with {needle!r} in {process.name}'s log:\n{process.tail(30)}",
+        timeout,
+    )
+
+
 def test_submitter_sends_and_a_resubmission_makes_no_second_message(live, api, sandbox, tenant):
     submitter = Submitter(live.env["WADISPATCH_REDIS_URL"], api_key=tenant.key)
     lead = tenant.new_lead()
@@ -70,7 +116,9 @@ def test_submitter_sends_and_a_resubmission_makes_no_second_message(live, api, s
     # The same submission again (a redelivery, or the sender retrying): nothing new.
     submitter.flowestate_send(lead, tenant.account.id, "Your viewing is at 10:00", idempotency_key=key)
     submitter.flowestate_send(lead, tenant.account.id, "Your viewing is at 10:00", idempotency_key=key)
-    time.sleep(1.5)
+    # Both repeats have run (each logs its outcome under the key) before "nothing new" is judged.
+    outcomes = _wait_log(live.worker, f"submission {key}: ", count=3)
+    assert all(line.endswith(f"submission {key}: accepted:1") for line in outcomes), outcomes
     assert _messages(tenant) == 1
     (sent,) = sandbox.received(tenant.account.phone_number_id)
     assert sent["body"]["text"]["body"] == "Your viewing is at 10:00"
@@ -112,20 +160,194 @@ def test_a_batch_submission_and_a_template(live, api, tenant):
         assert api.wait_for(tenant, result["messageId"])["status"] == "sent"
 
 
-def test_the_key_scope_and_quota_apply(live, api, tenant):
-    reader = Submitter(live.env["WADISPATCH_REDIS_URL"], api_key=tenant.new_key(scopes=["whatsapp:read"]))
-    key = f"crm-{uuid.uuid4().hex}"
-    reader.flowestate_send(tenant.new_lead(), tenant.account.id, "x", idempotency_key=key)
-    bogus = Submitter(live.env["WADISPATCH_REDIS_URL"], api_key="fe_k_not-a-key")
-    bogus.flowestate_send(tenant.new_lead(), tenant.account.id, "x", idempotency_key=f"crm-{uuid.uuid4().hex}")
-    deadline = time.monotonic() + 15
-    while "refused:FORBIDDEN" not in live.worker.log_since_start() or "refused: UNAUTHORIZED" not in (
-        live.worker.log_since_start()
-    ):
-        assert time.monotonic() < deadline, live.worker.tail(30)
-        time.sleep(0.2)
-    assert _messages(tenant) == 0
+def test_the_key_scope_and_quota_apply(live, api, tenant, hook_receiver):
+    """README: the key's scope and the monthly quota apply to a submission as to HTTP; one refused
+    as a whole is logged by its key and reason, kept under no key (404) and told to the
+    organization's endpoints as submission.rejected."""
+    path = uuid.uuid4().hex
+    added = wadispatch("endpoint", "add", "--org", tenant.slug, "--url", f"https://hooks.test/ok/{path}",
+                       "--events", "submission.rejected", "--json", env=live.env)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    broker = live.env["WADISPATCH_REDIS_URL"]
+    _set_org(tenant, monthly_quota=1)
+    forbidden, unknown = f"crm-{uuid.uuid4().hex}", f"crm-{uuid.uuid4().hex}"
+    reader = Submitter(broker, api_key=tenant.new_key(scopes=["whatsapp:read"]))
+    reader.flowestate_send(tenant.new_lead(), tenant.account.id, "x", idempotency_key=forbidden)
+    Submitter(broker, api_key="fe_k_not-a-key").flowestate_send(
+        tenant.new_lead(), tenant.account.id, "x", idempotency_key=unknown
+    )
+    _wait_log(live.worker, f"submission {forbidden} refused: FORBIDDEN")
+    _wait_log(live.worker, f"submission {unknown} refused: UNAUTHORIZED")
+    assert _units_used(tenant) == 0  # refused before the quota: no unit
+    # The organization's one unit goes to this submission; the next one finds the quota used up.
+    writer = Submitter(broker, api_key=tenant.key)
+    first, over = f"crm-{uuid.uuid4().hex}", f"crm-{uuid.uuid4().hex}"
+    writer.flowestate_send(tenant.new_lead(), tenant.account.id, "x", idempotency_key=first)
+    _wait_log(live.worker, f"submission {first}: accepted:1")
+    writer.flowestate_send(tenant.new_lead(), tenant.account.id, "x", idempotency_key=over)
+    (outcome,) = _wait_log(live.worker, f"submission {over}: ")
+    assert outcome.endswith(f"submission {over}: refused:QUOTA_EXCEEDED"), outcome
+    assert _log_lines(live.worker, f"submission {over} refused: QUOTA_EXCEEDED")
+    assert _messages(tenant) == 1 and _units_used(tenant) == 1
+    events = [json.loads(r.body) for r in hook_receiver.wait_for(f"/ok/{path}", 2)]
+    assert sorted((e["type"], e["data"]["idempotencyKey"], e["data"]["code"]) for e in events) == sorted(
+        [("submission.rejected", forbidden, "FORBIDDEN"), ("submission.rejected", over, "QUOTA_EXCEEDED")]
+    )
+    (quota_event,) = [e["data"] for e in events if e["data"]["code"] == "QUOTA_EXCEEDED"]
+    assert quota_event["api"] == "flowestate" and "used its 1 units" in quota_event["message"]
+    # Nothing was kept under the refused key (the lookup itself needs a unit: the quota is raised).
+    _set_org(tenant, monthly_quota=100)
+    assert api.http.get(f"/api/v1/whatsapp/submissions/{over}", headers=tenant.auth).status_code == 404
+    assert _submission(api, tenant, first)["status"] == "accepted"
     assert "fe_k_not-a-key" not in live.worker.log_since_start()
+
+
+def _exhaust_the_rate(api, key: str) -> float:
+    """Spend the key's request allowance over HTTP (a refused request spends nothing); the
+    Retry-After of the first refusal."""
+    for _ in range(100):
+        answer = api.http.get("/api/v1/whatsapp/accounts", headers={"Authorization": f"Bearer {key}"})
+        if answer.status_code == 429:
+            assert answer.json()["error"]["code"] == "RATE_LIMITED"
+            return float(answer.headers["Retry-After"])
+        assert answer.status_code == 200, answer.text
+    raise AssertionError("the key's request rate was never reached")
+
+
+def test_a_submission_past_its_request_rate_waits_and_runs_again(live, api, sandbox, tenant):
+    """README: a key past its request rate is not refused: the task waits for the rate (its
+    Retry-After) and runs again. Seen in the task events Flower shows: retried, then stored and
+    sent after the wait."""
+    # 6 a minute: once spent, the next request is allowed 10 s later. The submission must reach
+    # the worker within those 10 s to meet the limit (a generous margin), and then waits the rest.
+    _set_org(tenant, rate_limit_per_minute=6)
+    key = tenant.new_key()
+    lead = tenant.new_lead()
+    idempotency_key = f"crm-{uuid.uuid4().hex}"
+    with _task_events(live.env["WADISPATCH_REDIS_URL"]) as events:
+        assert _exhaust_the_rate(api, key) >= 1
+        task = Submitter(live.env["WADISPATCH_REDIS_URL"], api_key=key).flowestate_send(
+            lead, tenant.account.id, "After the wait", idempotency_key=idempotency_key
+        )
+        retried = events.wait_for("task-retried", task.id)
+        succeeded = events.wait_for("task-succeeded", task.id, timeout=40)
+    assert succeeded["result"] == "'accepted:1'"
+    # It ran twice (the first run, then the run after the wait), and was refused neither time.
+    first_run, second_run = [e for e in events.of(task.id) if e["type"] == "task-received"]
+    assert not _log_lines(live.worker, f"submission {idempotency_key} refused")
+    # Retried with a countdown (the rate's Retry-After, at most the 10 s above), and not run before
+    # it: the message was stored by the second run, once the countdown from the first had passed.
+    countdown = float(re.fullmatch(r"Retry\(.*, ([0-9.]+)\)", retried["exception"]).group(1))  # type: ignore[union-attr]
+    assert 0 < countdown <= 10.5, retried["exception"]
+    assert (first_run["retries"], second_run["retries"]) == (0, 1) and second_run["eta"] is not None
+    data = _submission(api, tenant, idempotency_key)
+    assert data["status"] == "accepted"
+    with session_scope() as s:
+        stored = s.scalar(select(func.extract("epoch", Message.created_at)).where(Message.id == data["messageId"]))
+    assert float(stored) >= first_run["timestamp"] + countdown - 0.5, (stored, first_run["timestamp"], countdown)
+    assert api.wait_for(tenant, data["messageId"])["status"] == "sent"
+    (sent,) = sandbox.received(tenant.account.phone_number_id)
+    assert sent["body"]["text"]["body"] == "After the wait"
+
+
+class _InsertGate:
+    """While held, this organization's message INSERTs wait (a trigger takes an advisory lock the
+    test holds): the moment between a submission reaching the worker and its commit, made wide."""
+
+    def __init__(self, tenant) -> None:
+        self.name = f"gate_{uuid.uuid4().hex[:12]}"
+        self.org_id = tenant.org_id
+        self.lock = random.randint(1, 2**62)
+        self.holder = get_engine().connect()
+
+    def __enter__(self) -> _InsertGate:
+        action = f"BEGIN PERFORM pg_advisory_xact_lock_shared({self.lock}); RETURN NEW; END"
+        with get_engine().begin() as conn:
+            conn.execute(text(f"CREATE FUNCTION {self.name}() RETURNS trigger AS $$ {action} $$ LANGUAGE plpgsql"))
+            conn.execute(
+                text(
+                    f"CREATE TRIGGER {self.name} BEFORE INSERT ON messages FOR EACH ROW "
+                    f"WHEN (NEW.org_id = '{self.org_id}') EXECUTE FUNCTION {self.name}()"
+                )
+            )
+        self.holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.lock})
+        self.holder.commit()
+        return self
+
+    def waiting(self) -> int:
+        """Backends waiting at the gate."""
+        with get_engine().connect() as conn:
+            return conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                    "AND ((classid::bigint << 32) | objid::bigint) = :k"
+                ),
+                {"k": self.lock},
+            )
+
+    def open(self) -> None:
+        if not self.holder.closed:
+            self.holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.lock})
+            self.holder.commit()
+            self.holder.close()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.open()
+        with get_engine().begin() as conn:
+            conn.execute(text(f"DROP TRIGGER {self.name} ON messages"))
+            conn.execute(text(f"DROP FUNCTION {self.name}()"))
+
+
+def test_a_batch_submitted_while_the_broker_is_down_waits_queued_and_the_sweeper_enqueues_it(
+    stack, api, sandbox, tenant, tmp_path
+):
+    """README ("Batch sends"): if the broker is down when a batch is handed to it, the messages
+    wait queued in Postgres and the sweeper enqueues them. An intake-only worker takes the
+    submission from a private broker, which is stopped while the batch is being stored; the
+    stack's sweeper (on the stack's broker) then hands the messages over, and they are sent once."""
+    from bench.private_services import PrivateRedis
+
+    bodies = [
+        {"leadId": str(tenant.new_lead()), "whatsappAccountId": str(tenant.account.id), "message": f"m{n}"}
+        for n in range(3)
+    ]
+    key = f"campaign-{uuid.uuid4().hex}"
+    with PrivateRedis() as broker, _InsertGate(tenant) as gate:
+        intake = queue_worker("intake-only", INTAKE_QUEUE, {**stack.env, "WADISPATCH_REDIS_URL": broker.url},
+                              tmp_path, RUN_ID)  # fmt: skip
+        intake.start()
+        try:
+            Submitter(broker.url, api_key=tenant.key).flowestate_batch(bodies, idempotency_key=key)
+            _wait(gate.waiting, "the batch never reached its INSERT", timeout=30)
+            assert broker.proc is not None
+            broker.proc.terminate()  # the broker goes down while the batch is being stored
+            broker.proc.wait(10)
+            with stack.paused():  # no sweep runs while the outcome is read
+                gate.open()
+                _wait_log(intake, "3 messages accepted but not enqueued (broker unreachable)")
+                _wait_log(intake, f"submission {key}: accepted:3")
+                with session_scope() as s:
+                    rows = s.execute(
+                        select(Message.id, Message.status, Message.enqueued_at).where(Message.org_id == tenant.org_id)
+                    ).all()
+                assert [r.status for r in rows] == ["queued"] * 3
+                before = {r.id: r.enqueued_at for r in rows}
+                swept_from = len(stack.worker.log_since_start())
+        finally:
+            intake.kill()
+    # The submission was accepted whole (its key keeps the three messages), and each is sent.
+    results = _submission(api, tenant, key)["results"]
+    assert sorted(uuid.UUID(r["messageId"]) for r in results) == sorted(before)
+    for message_id in before:
+        assert api.wait_for(tenant, str(message_id), timeout=40)["status"] == "sent"
+    # The sweeper handed them over: each was enqueued again, and its log counts them.
+    with session_scope() as s:
+        after = dict(s.execute(select(Message.id, Message.enqueued_at).where(Message.id.in_(before))).all())
+    assert all(before[i] is not None and after[i] > before[i] for i in before), (before, after)
+    sweeps = re.findall(r"re-enqueued (\d+) tasks the broker lost", stack.worker.log_since_start()[swept_from:])
+    assert sum(int(n) for n in sweeps) >= 3, sweeps
+    sent = [m["body"]["text"]["body"] for m in sandbox.received(tenant.account.phone_number_id)]
+    assert sorted(sent) == ["m0", "m1", "m2"]
 
 
 def test_plain_celery_send_task_from_a_process_that_does_not_import_wadispatch(live, api, tenant, tmp_path):
@@ -138,7 +360,7 @@ def test_plain_celery_send_task_from_a_process_that_does_not_import_wadispatch(l
         import sys
         from celery import Celery
         app = Celery(broker={live.env["WADISPATCH_REDIS_URL"]!r})
-        app.send_task(
+        task = app.send_task(
             "wadispatch.submit",
             kwargs={{"api": "flowiq", "api_key": {fiq_key!r}, "tenant_id": {tenant.slug!r},
                      "request": {{"phone_number": {phone!r}, "message_type": "text", "text": "Ticket 981 is solved"}},
@@ -146,6 +368,7 @@ def test_plain_celery_send_task_from_a_process_that_does_not_import_wadispatch(l
             queue="wadispatch.intake",
         )
         assert not [m for m in sys.modules if m.split(".")[0] in ("wadispatch", "models", "api_shim", "worker")]
+        print(task.id)
         """
     )
     script = tmp_path / "producer.py"
@@ -155,31 +378,35 @@ def test_plain_celery_send_task_from_a_process_that_does_not_import_wadispatch(l
         run = [sys.executable, str(script)]
         done = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
+        task_id = done.stdout.strip()
         data = _flowiq_submission(api, tenant, fiq_key, key)
+        events.wait_for("task-succeeded", task_id)
     assert data["status"] == "accepted"
     assert api.wait_for(tenant, data["message_id"])["status"] == "sent"
     # Plain send_task puts the full repr of its arguments in the message; the worker shows the
     # masked one (Flower's task list is built from these events).
-    (received,) = [e for e in events if e["type"] == "task-received" and e["name"] == "wadispatch.submit"]
+    (received,) = [e for e in events.of(task_id) if e["type"] == "task-received"]
+    assert received["name"] == "wadispatch.submit"
     assert key in received["kwargs"] and "<hidden>" in received["kwargs"] and "<1 message>" in received["kwargs"]
-    shown = json.dumps(events) + live.worker.log_since_start()
+    shown = json.dumps(events.events) + live.worker.log_since_start()
     assert fiq_key not in shown and "Ticket 981" not in shown and phone.lstrip("+") not in shown
 
 
 @pytest.fixture(scope="module")
-def celery_node(tmp_path_factory) -> Path:
-    """celery-node from the npm registry, installed once for this module."""
-    npm = shutil.which("npm")
-    assert npm, "the Node producer test needs npm (Debian: apt-get install nodejs npm)"
-    folder = tmp_path_factory.mktemp("celery-node")
-    (folder / "package.json").write_text(json.dumps({"name": "producer", "private": True}))
-    install = [npm, "install", "--no-audit", "--no-fund", CELERY_NODE]
-    done = subprocess.run(install, cwd=folder, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return folder
+def celery_node() -> Path:
+    """celery-node as `make test` installed it (npm ci in tests/node, at the version its lock file
+    pins): the test itself needs no registry."""
+    assert shutil.which("node"), "the Node producer test needs Node.js (Debian: apt-get install nodejs npm)"
+    lock = json.loads((NODE_DIR / "package-lock.json").read_text())
+    pinned = lock["packages"]["node_modules/celery-node"]["version"]
+    installed = NODE_DIR / "node_modules" / "celery-node" / "package.json"
+    assert installed.exists(), "celery-node is not installed: run `make test` (or `npm ci` in tests/node)"
+    found = json.loads(installed.read_text())["version"]
+    assert found == pinned, f"tests/node has celery-node {found}, its lock file {pinned}: run `npm ci` in tests/node"
+    return NODE_DIR / "node_modules"
 
 
-def test_a_node_producer_with_celery_node(live, api, tenant, celery_node):
+def test_a_node_producer_with_celery_node(live, api, tenant, celery_node, tmp_path):
     phone = random_phone()
     tenant.new_lead(phone=phone)
     fiq_key = tenant.new_key(kind=KeyKind.FLOWIQ)
@@ -194,61 +421,104 @@ def test_a_node_producer_with_celery_node(live, api, tenant, celery_node):
             {"phone_number": phone, "message_type": "text", "text": "From Node, two"},
         ],
     }
-    script = celery_node / "produce.js"
+    script = tmp_path / "produce.js"
+    # The publish is queued before the QUIT (both wait for the connection, in this order), and
+    # QUIT answers after it: the process ends once the task is in the broker.
     script.write_text(
         textwrap.dedent(
             f"""
             const celery = require("celery-node");
             const url = {json.dumps(live.env["WADISPATCH_REDIS_URL"])};
             const client = celery.createClient(url, url, "wadispatch.intake");
-            client.sendTask("wadispatch.submit", [], {json.dumps(kwargs)});
-            setTimeout(() => client.disconnect().then(() => process.exit(0)), 500);
+            const task = client.sendTask("wadispatch.submit", [], {json.dumps(kwargs)});
+            client.isReady().then(() => client.disconnect()).then(
+                () => console.log(task.taskId),
+                (error) => {{ console.error(error); process.exit(1); }},
+            );
             """
         )
     )
+    env = {**os.environ, "NODE_PATH": str(celery_node)}
     with _task_events(live.env["WADISPATCH_REDIS_URL"]) as events:
-        done = subprocess.run(["node", str(script)], cwd=celery_node, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(["node", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
+        task_id = done.stdout.strip()
         results = _flowiq_submission(api, tenant, fiq_key, key)["results"]
+        succeeded = events.wait_for("task-succeeded", task_id)
     assert [r["status"] for r in results] == ["queued", "queued"]
     for result in results:
         assert api.wait_for(tenant, result["message_id"])["status"] == "sent"
     # celery-node sends no masked summary of its arguments: the worker masks them itself, in
     # the events Flower shows and in its log.
-    (received,) = [e for e in events if e["type"] == "task-received" and e["name"] == "wadispatch.submit"]
+    (received,) = [e for e in events.of(task_id) if e["type"] == "task-received"]
+    assert received["name"] == "wadispatch.submit"
     assert key in received["kwargs"] and "<2 messages>" in received["kwargs"] and "<hidden>" in received["kwargs"]
-    (succeeded,) = [e for e in events if e["type"] == "task-succeeded" and e["uuid"] == received["uuid"]]
     assert succeeded["result"] == "'accepted:2'"
-    shown = json.dumps(events) + live.worker.log_since_start()
+    shown = json.dumps(events.events) + live.worker.log_since_start()
     assert fiq_key not in shown and "From Node" not in shown and phone.lstrip("+") not in shown
 
 
+class _TaskEvents:
+    """The events the workers send, as Flower receives them."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def add(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            self.events.append(event)
+
+    def of(self, task_id: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [e for e in self.events if e.get("uuid") == task_id]
+
+    def seen(self, type_: str) -> bool:
+        with self.lock:
+            return any(e["type"] == type_ for e in self.events)
+
+    def wait_for(self, type_: str, task_id: str, timeout: float = 30) -> dict[str, Any]:
+        """The task's first event of this type, once it has arrived."""
+        found = _wait(
+            lambda: [e for e in self.of(task_id) if e["type"] == type_],
+            lambda: f"no {type_} event for task {task_id}: {[e['type'] for e in self.of(task_id)]}",
+            timeout,
+        )
+        return found[0]
+
+
 @contextlib.contextmanager
-def _task_events(broker_url: str) -> Iterator[list[dict[str, Any]]]:
-    """The task events the workers send while the block runs (as Flower receives them)."""
+def _task_events(broker_url: str) -> Iterator[_TaskEvents]:
+    """Listen to the session worker's events while the block runs, with its task events switched on."""
     app = Celery(broker=broker_url)
-    events: list[dict[str, Any]] = []
+    captured = _TaskEvents()
     receivers: list[Any] = []
 
     def capture() -> None:
         with app.connection() as connection:
-            receiver = app.events.Receiver(connection, handlers={"*": events.append})
+            receiver = app.events.Receiver(connection, handlers={"*": captured.add})
             receivers.append(receiver)
             receiver.capture(limit=None, timeout=None, wakeup=False)  # until should_stop
 
     listener = threading.Thread(target=capture, daemon=True)
     listener.start()
-    time.sleep(0.5)
-    app.control.enable_events()
+    node = [WORKER_NODE]
     try:
-        time.sleep(0.5)
-        yield events
-        time.sleep(1.0)  # the last events of the task
+        # The listener hears the worker once a heartbeat it asked for arrives (worker events are
+        # always on); task events are on once the worker confirms it.
+        deadline = time.monotonic() + 30
+        while not captured.seen("worker-heartbeat"):
+            assert time.monotonic() < deadline, "the event listener never heard the worker"
+            app.control.broadcast("heartbeat", destination=node)
+            time.sleep(0.2)
+        assert app.control.enable_events(destination=node, reply=True, timeout=10), "task events not enabled"
+        yield captured
     finally:
-        app.control.disable_events()
+        app.control.disable_events(destination=node, reply=True, timeout=10)
         for receiver in receivers:
             receiver.should_stop = True
         listener.join(timeout=5)
+        app.close()
 
 
 def test_a_key_with_a_stray_byte_is_refused_without_showing_it(live, tenant):
