@@ -16,9 +16,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text, update
 
+from api_shim.usage import current_month
 from models.db import get_engine, session_scope
 from models.enums import KeyKind
-from models.tables import IdempotencyKey, Message
+from models.tables import IdempotencyKey, Message, OrgUsage
 
 PHONE = "+27123456789"
 
@@ -31,6 +32,24 @@ def messages_of(tenant) -> list[Message]:
 def key_rows(tenant) -> list[IdempotencyKey]:
     with session_scope() as s:
         return list(s.scalars(select(IdempotencyKey).where(IdempotencyKey.org_id == tenant.org_id)))
+
+
+def units_used(tenant) -> int:
+    """The organization's monthly units spent so far."""
+    with session_scope() as s:
+        used = s.scalar(
+            select(OrgUsage.used).where(OrgUsage.org_id == tenant.org_id, OrgUsage.month == current_month())
+        )
+    return used or 0
+
+
+def wait_for_log(process, needle: str, timeout: float = 20.0) -> list[str]:
+    """The process's log lines holding ``needle``, once there is one."""
+    deadline = time.monotonic() + timeout
+    while not (lines := [line for line in process.log_since_start().splitlines() if needle in line]):
+        assert time.monotonic() < deadline, f"no log line with {needle!r}:\n{process.tail(30)}"
+        time.sleep(0.05)
+    return lines
 
 
 def fe_send(http: httpx.Client, tenant, lead: uuid.UUID, key: str, message: str = "Hello") -> httpx.Response:
@@ -56,7 +75,10 @@ def test_flowiq_uncertain_send_retried_with_its_key_reaches_meta_once(live, api,
     assert all(a.json()["error"] == "Delivery uncertain" for a in answers)
     (message,) = messages_of(tenant)
     assert {a.json()["message_id"] for a in answers} == {str(message.id)}
-    time.sleep(1.5)  # a second send, had there been one, would have reached the sandbox by now
+    # The send task has finished (it logs its outcome) before "one call" is judged; a retry that
+    # had handed the message over again would show a second outcome line.
+    outcomes = wait_for_log(live.worker, f"message {message.id}: ")
+    assert len(outcomes) == 1 and outcomes[0].endswith(f"message {message.id}: uncertain:UNCERTAIN"), outcomes
     assert sandbox.calls(tenant.account.phone_number_id) == 1
 
 
@@ -70,11 +92,8 @@ def test_flowiq_retry_answers_the_messages_current_outcome(stack, api, sandbox, 
     def post() -> httpx.Response:
         return api.http.post("/send-whatsapp", params={"tenantId": tenant.slug}, json=body, headers=headers)
 
-    stack.worker.stop()  # nothing is sent: the message stays queued
-    try:
+    with stack.paused():  # nothing is sent: the message stays queued
         first, second = post(), post()
-    finally:
-        stack.worker.start()
     (message,) = messages_of(tenant)
     assert first.status_code == second.status_code == 202, (first.text, second.text)
     assert first.json()["data"]["id"] == second.json()["data"]["id"] == str(message.id)
@@ -181,24 +200,27 @@ def test_message_insert_failure_keeps_nothing_and_the_retry_succeeds(live, api, 
     """The database refuses the message (a trigger raising, a real error inside the request's
     transaction): the answer is 500, no key row is left, and the same key then sends once."""
     lead = tenant.new_lead()
+    units = units_used(tenant)
     with MessageInsertTrigger(tenant, "RAISE EXCEPTION 'refused';"):
         failed = fe_send(api.http, tenant, lead, "db-refused")
     assert failed.status_code == 500 and failed.json()["error"]["code"] == "INTERNAL_ERROR"
     assert key_rows(tenant) == [] and messages_of(tenant) == []
+    # README: a single send the service fails with a 5xx costs no unit.
+    assert units_used(tenant) == units
     # A fresh connection: the server may close the one that carried an unhandled error.
     with httpx.Client(base_url=api.http.base_url, timeout=10) as fresh:
         retry = fe_send(fresh, tenant, lead, "db-refused")
     assert retry.status_code == 200, retry.text
     assert [m.id for m in messages_of(tenant)] == [uuid.UUID(retry.json()["messageId"])]
+    assert units_used(tenant) == units + 1  # the send that succeeded costs its one
 
 
 @pytest.mark.parametrize("surface", ["flowestate", "flowiq"])
 def test_key_and_message_are_written_by_one_transaction(stack, api, tenant, surface):
     """The message carries its key and the key row its message, and Postgres says one transaction
-    wrote both (xmin: the transaction that wrote the row's current version; the worker is stopped
+    wrote both (xmin: the transaction that wrote the row's current version; the worker is paused
     so that nothing updates the message afterwards)."""
-    stack.worker.stop()
-    try:
+    with stack.paused():
         if surface == "flowestate":
             answer = fe_send(api.http, tenant, tenant.new_lead(), "together")
             assert answer.status_code == 200, answer.text
@@ -217,8 +239,6 @@ def test_key_and_message_are_written_by_one_transaction(stack, api, tenant, surf
                 text("SELECT message_id, state, surface, xmin::text AS tx FROM idempotency_keys WHERE org_id = :org"),
                 {"org": tenant.org_id},
             ).one()
-    finally:
-        stack.worker.start()
     assert (message.idempotency_key, message.source_api) == ("together", surface)
     assert (key.message_id, key.state, key.surface) == (message.id, "done", surface)
     assert key.tx == message.tx
@@ -325,6 +345,9 @@ def test_a_retry_finding_its_message_never_enqueued_hands_it_over(stack, api, sa
     # instead of leaving it to the sweeper's grace.
     from worker.celery_app import SEND_QUEUE
 
+    #
+    # The worker is stopped, not paused: this reads the broker's queue, and a paused worker's fetch
+    # issued before the pause can still take a task from it and put it back a moment later.
     stack.worker.stop()
     try:
         redis_client.delete(SEND_QUEUE)
