@@ -11,15 +11,17 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import String, Uuid, any_, func, literal, or_, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from models import lifecycle
 from models.meta_status import read_status
-from models.tables import WebhookEvent
+from models.tables import Message, WebhookEvent
 from worker.webhooks.envelope import Change, MalformedDelivery, read_delivery
 from worker.webhooks.inbound import record_inbound
-from worker.webhooks.routing import RouteRefusal, route
+from worker.webhooks.inbound_kinds import read_inbound
+from worker.webhooks.routing import RoutedAccount, RouteRefusal, route
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,20 @@ def process_event(
         changes = []
     # Every change's statuses are applied together: a few statements for the whole delivery.
     statuses: list[tuple[lifecycle.Addressed, dict[str, Any]]] = []
+    routed: list[tuple[RoutedAccount, Change]] = []
     for change in changes:
-        statuses.extend(_route_change(session, event, change, processed))
+        if (account := _route(session, event, change, processed)) is not None:
+            routed.append((account, change))
+            statuses.extend(_statuses_of(account, change, processed))
+    # Locks in one order for every delivery (and for a send writing its outcome): the messages it
+    # names first, in id order, then conversations and contacts. An inbound message locks its
+    # conversation and a reaction the message it reacts to; taken before those, no two deliveries
+    # about one conversation wait on each other in a circle.
+    _lock_named_messages(session, routed, statuses)
+    for account, change in routed:
+        for message in change.messages:
+            result = record_inbound(session, account, message, change.contacts, webhook_event_id=event.id)
+            processed.counts[f"inbound_{result.value}"] += 1
     deferred = _apply_statuses(session, event, statuses, processed)
     if deferred and event.tries < MAX_TRIES:
         event.deferred = deferred
@@ -86,31 +100,60 @@ def _deferred_changes(items: list[dict[str, Any]]) -> list[Change]:
     return [Change(number, None, None, statuses=statuses) for number, statuses in by_number.items()]
 
 
-def _route_change(
-    session: Session, event: WebhookEvent, change: Change, processed: Processed
-) -> list[tuple[lifecycle.Addressed, dict[str, Any]]]:
-    """Route one change to its account, record its inbound messages, and return its statuses
-    (addressed to that account, with the raw item kept in case they must wait)."""
-    counts = processed.counts
+def _route(session: Session, event: WebhookEvent, change: Change, processed: Processed) -> RoutedAccount | None:
+    """The one account the change is for; None (counted, kept in the raw row) when there is none."""
     try:
-        account = route(session, change.phone_number_id, signed_by_org_id=event.signed_by_org_id)
+        return route(session, change.phone_number_id, signed_by_org_id=event.signed_by_org_id)
     except RouteRefusal as refusal:
         # Kept in the raw row; the number itself is an id of Meta's, not a person's.
         log.info("webhook %s: %d updates not applied: %s", event.id, change.update_count, refusal)
-        counts["unrouted"] += change.update_count
-        return []
-    for message in change.messages:
-        result = record_inbound(session, account, message, change.contacts, webhook_event_id=event.id)
-        counts[f"inbound_{result.value}"] += 1
+        processed.counts["unrouted"] += change.update_count
+        return None
+
+
+def _statuses_of(
+    account: RoutedAccount, change: Change, processed: Processed
+) -> list[tuple[lifecycle.Addressed, dict[str, Any]]]:
+    """The change's statuses, addressed to its account (with the raw item kept in case they must wait)."""
     statuses = []
     for raw in change.statuses:
         report = read_status(raw)
         if isinstance(report, str):
-            counts["status_malformed"] += 1
+            processed.counts["status_malformed"] += 1
             continue
         kept = raw | {"_phone_number_id": change.phone_number_id}
         statuses.append((lifecycle.Addressed(account.org_id, account.id, report), kept))
     return statuses
+
+
+def _lock_named_messages(
+    session: Session,
+    routed: list[tuple[RoutedAccount, Change]],
+    statuses: list[tuple[lifecycle.Addressed, dict[str, Any]]],
+) -> None:
+    """Lock, in id order, every message of the routed accounts the delivery's statuses and
+    reactions name (a superset of what applying them locks later)."""
+    wamids = {addressed.report.wamid for addressed, _ in statuses}
+    refs = {addressed.report.message_ref for addressed, _ in statuses if addressed.report.message_ref is not None}
+    for _, change in routed:
+        for item in change.messages:
+            inbound = read_inbound(item)
+            if inbound is not None and (reaction := inbound.reaction) is not None:
+                wamids.add(reaction[0])
+    if not wamids and not refs:
+        return
+    session.execute(
+        select(Message.id)
+        .where(
+            Message.account_id.in_(sorted({account.id for account, _ in routed})),
+            or_(
+                Message.wamid == any_(literal(sorted(wamids), type_=ARRAY(String))),
+                Message.id == any_(literal(sorted(refs), type_=ARRAY(Uuid))),
+            ),
+        )
+        .order_by(Message.id)
+        .with_for_update()
+    ).all()
 
 
 def _apply_statuses(
