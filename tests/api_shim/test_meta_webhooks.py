@@ -3,18 +3,24 @@ good one), one raw row per distinct body, the size cap, and per-account app secr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
 from sqlalchemy import func, select
 
 from models.crypto import encrypt_token
 from models.db import session_scope
-from models.tables import WebhookEvent, WhatsappAccount
+from models.tables import Contact, WebhookEvent, WhatsappAccount
+from tests.conftest import RUN_ID
 from tests.support import meta_webhooks as meta
+from tests.support.admin_cli import wadispatch
+from tests.support.processes import ManagedProcess, free_port, http_ok
+from tests.support.tenants import random_phone
 
 
 def _stored(body: bytes) -> list[WebhookEvent]:
@@ -23,6 +29,29 @@ def _stored(body: bytes) -> list[WebhookEvent]:
         rows = list(s.scalars(select(WebhookEvent).where(WebhookEvent.body_sha256 == digest)))
         s.expunge_all()
         return rows
+
+
+@contextlib.contextmanager
+def _another_api(stack, log_dir, **settings: str) -> Iterator[str]:
+    """An API process of its own on the test database, with these settings changed; its base URL."""
+    port = free_port()
+    env = stack.env | {"WADISPATCH_API_PORT": str(port)} | settings
+    url = f"http://127.0.0.1:{port}"
+    proc = ManagedProcess(f"api-{RUN_ID}", ["api"], env, log_dir, http_ok(f"{url}/healthz"))
+    proc.start()
+    try:
+        yield url
+    finally:
+        proc.stop()
+
+
+def _wait_processed(body: bytes, timeout: float = 30) -> WebhookEvent:
+    deadline = time.monotonic() + timeout
+    while (rows := _stored(body)) and rows[0].processed_at is None:
+        assert time.monotonic() < deadline, f"the delivery was not applied in {timeout}s"
+        time.sleep(0.1)
+    (row,) = rows
+    return row
 
 
 def _body(phone_number_id: str = "555000111") -> bytes:
@@ -62,11 +91,7 @@ def test_a_signed_delivery_is_stored_once_however_often_meta_sends_it(live):
         assert answer.status_code == 200, answer.text
     rows = _stored(body)
     assert len(rows) == 1 and rows[0].body == body and rows[0].signed_by_org_id is None
-    deadline = time.monotonic() + 10
-    while _stored(body)[0].processed_at is None:
-        assert time.monotonic() < deadline, "the delivery was not applied"
-        time.sleep(0.1)
-    (row,) = _stored(body)
+    row = _wait_processed(body)
     assert row.outcome == {"unrouted": 1}  # nobody has that number: kept, not applied
 
 
@@ -100,11 +125,7 @@ def test_a_tenants_own_app_secret_signs_for_that_tenants_numbers_only(live, tena
     )
     both = json.dumps(document).encode()
     assert meta.post(live.api_url, both, secret=own_secret).status_code == 200
-    deadline = time.monotonic() + 10
-    while (rows := _stored(both))[0].processed_at is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    assert rows[0].outcome == {"unrouted": 1, "status_unknown": 1}
+    assert _wait_processed(both).outcome == {"unrouted": 1, "status_unknown": 1}
     # The service's own secret still speaks for every number.
     assert meta.post(live.api_url, _body(tenant.account.phone_number_id)).status_code == 200
     with session_scope() as s:
@@ -117,8 +138,6 @@ def test_a_tenants_own_app_secret_signs_for_that_tenants_numbers_only(live, tena
 
 
 def test_an_operator_sets_and_clears_an_accounts_own_app_secret(live, tenant):
-    from tests.cli.test_cli import wadispatch
-
     own_secret = "s3cret-of-the-tenants-app-" + uuid.uuid4().hex[:8]
     body = _body(tenant.account.phone_number_id)
     assert meta.post(live.api_url, body, secret=own_secret).status_code == 401  # not known yet
@@ -153,3 +172,43 @@ def test_junk_with_a_signature_header_is_refused_not_a_server_error(stack):
 def test_a_signed_delivery_that_is_not_whatsapps_is_kept_and_set_aside(live):
     for body in (b"[" * 100_000 + b"]" * 100_000, b"not json " + uuid.uuid4().hex.encode()):
         assert meta.deliver(live.api_url, body) == {"malformed_delivery": 1}
+
+
+def test_webhooks_disabled_answer_404_and_store_nothing(stack, tmp_path):
+    body = _body()
+    challenge = {"hub.mode": "subscribe", "hub.verify_token": meta.VERIFY_TOKEN, "hub.challenge": "42"}
+    with _another_api(stack, tmp_path, WADISPATCH_WEBHOOKS_ENABLED="false") as url:
+        assert httpx.get(f"{url}/healthz").status_code == 200  # the API itself is up
+        handshake = httpx.get(f"{url}/webhooks/whatsapp", params=challenge)
+        assert handshake.status_code == 404 and "WADISPATCH_WEBHOOKS_ENABLED" in handshake.json()["error"]
+        refused = meta.post(url, body)
+        assert refused.status_code == 404 and "WADISPATCH_WEBHOOKS_ENABLED" in refused.json()["error"]
+    assert _stored(body) == []
+    # The same signed delivery to the stack's API (webhooks on) is taken: the 404 was the setting's.
+    assert meta.post(stack.api_url, body).status_code == 200 and len(_stored(body)) == 1
+
+
+def test_a_delivery_whose_enqueue_failed_is_handed_over_by_the_sweeper(live, tenant, tmp_path):
+    """The API stores the delivery and answers 200, but its broker is unreachable: the sweeper
+    (beat, on the real broker) finds the unapplied row and a worker applies it."""
+    wa_id = random_phone().lstrip("+")
+    item = {"id": f"wamid.in-{uuid.uuid4().hex}", "from": wa_id, "timestamp": str(int(time.time())), "type": "text",
+            "text": {"body": "hello while the broker was away"}}  # fmt: skip
+    document = meta.envelope(tenant.account.phone_number_id, messages=[item], contacts=[{"wa_id": wa_id}])
+    body = json.dumps(document).encode()
+    dead_broker = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    log_offset = len(live.worker.log_since_start())
+    with _another_api(live, tmp_path, WADISPATCH_REDIS_URL=dead_broker) as url:
+        answer = meta.post(url, body)
+        assert answer.status_code == 200, answer.text
+        (row,) = _stored(body)
+        api_log = (tmp_path / f"api-{RUN_ID}.log").read_text()
+        assert f"webhook {row.id} stored but not enqueued" in api_log, api_log[-2000:]
+    row = _wait_processed(body)
+    assert row.outcome == {"inbound_stored": 1} and row.error is None
+    with session_scope() as s:
+        (contact,) = s.scalars(select(Contact).where(Contact.org_id == tenant.org_id, Contact.wa_id == wa_id)).all()
+        assert contact.last_inbound_at is not None
+    # Nothing else enqueued it: the sweeper handed it over, and the worker applied that very row.
+    worker_log = live.worker.log_since_start()[log_offset:]
+    assert "webhook deliveries left unapplied" in worker_log and f"webhook {row.id}: inbound_stored 1" in worker_log
