@@ -4,19 +4,24 @@ Each test sends a real message through the sandbox, then plays Meta's later repo
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import re
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
-import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
+from models import admin
 from models.db import session_scope
-from models.tables import Message, MessageEvent, WebhookEvent
-from tests.conftest import RUN_ID
+from models.tables import Contact, Message, MessageEvent, Organization, WebhookEvent
+from tests.conftest import WORKER_NODE
 from tests.support import meta_webhooks as meta
-from tests.support.processes import queue_worker
+from tests.support.admin_cli import wadispatch
+from tests.support.tenants import make_tenant, random_phone
 
 NOW = int(time.time())
 
@@ -161,8 +166,6 @@ def test_an_uncertain_message_is_settled_by_its_status(live, api, sandbox, tenan
 
 
 def test_operators_list_uncertain_messages(live, api, sandbox, tenant):
-    from tests.cli.test_cli import wadispatch
-
     sandbox.set_latency(3000)
     try:
         message_id = api.send(tenant, tenant.new_lead(), "Lost answer").json()["messageId"]
@@ -204,31 +207,41 @@ def test_a_status_for_a_message_being_sent_waits_for_its_answer(live, api, sandb
     assert [e.status for e in _events(message_id)] == ["delivered"]
 
 
-@pytest.fixture
-def webhooks_only(stack, tmp_path):
-    """A worker that applies webhooks only (the incoming queue): no message is sent meanwhile."""
-    proc = queue_worker("hooks", "wadispatch.incoming", stack.env, tmp_path, RUN_ID)
-    yield proc
-    proc.stop()
+@contextlib.contextmanager
+def _sends_paused(stack) -> Iterator[None]:
+    """The session worker stops taking send tasks (Celery cancel_consumer, confirmed) but still
+    applies webhooks (the incoming queue); it takes sends again on exit."""
+    from worker.celery_app import SEND_QUEUES, app
 
-
-def test_a_queued_message_meta_reports_on_is_not_sent_again(live, api, sandbox, tenant, webhooks_only):
-    # Nobody sends: the message waits queued, as after a lost answer and an operator's retry, or a
-    # 5xx whose request Meta had in fact accepted.
-    live.worker.stop()
+    stack.ensure_worker()
+    for queue in SEND_QUEUES:
+        assert app.control.cancel_consumer(queue, destination=[WORKER_NODE], reply=True, timeout=10), queue
     try:
+        yield
+    finally:
+        for queue in SEND_QUEUES:
+            assert app.control.add_consumer(queue, destination=[WORKER_NODE], reply=True, timeout=10), queue
+
+
+def test_a_queued_message_meta_reports_on_is_not_sent_again(live, api, sandbox, tenant):
+    # Nobody sends: the message waits queued, as after a lost answer and an operator's retry, or a
+    # 5xx whose request Meta had in fact accepted. Webhooks are still applied meanwhile.
+    with _sends_paused(live):
         message_id = api.send(tenant, tenant.new_lead(), "Went out after all").json()["messageId"]
-        webhooks_only.start()
+        assert _message(message_id).status == "queued"
         wamid = f"wamid.after-all-{uuid.uuid4().hex}"
         outcome = _deliver(live, tenant.account.phone_number_id, [meta.status(wamid, "sent", callback=message_id)])
         assert outcome == {"status_went_out_after_all": 1}
-        webhooks_only.stop()
-    finally:
-        live.worker.start()
-    time.sleep(1.5)  # its send task ran now, and found nothing to send
+        log_offset = len(live.worker.log_since_start())
+    # Its send task (waiting in the broker all along) runs now, and finds nothing to send.
+    deadline = time.monotonic() + 20
+    while not (ran := re.search(rf"message {message_id}: (\S+)", live.worker.log_since_start()[log_offset:])):
+        assert time.monotonic() < deadline, "the message's send task did not run"
+        time.sleep(0.1)
+    assert sandbox.calls(tenant.account.phone_number_id) == 0
+    assert ran.group(1).startswith("skipped"), ran.group(0)
     m = _message(message_id)
     assert (m.status, m.wamid, m.claim_token, m.sent_at is not None) == ("sent", wamid, None, True)
-    assert sandbox.calls(tenant.account.phone_number_id) == 0
     (event,) = _events(message_id)
     assert event.from_status == "queued" and "not sent again" in event.reason
 
@@ -241,9 +254,34 @@ def test_unknown_wamid_and_unknown_number_are_kept_and_ignored(live, api, tenant
     assert _message(data["id"]).status == "sent"
 
 
-def test_an_update_for_one_org_never_touches_another_orgs_message_with_the_same_wamid(live, api, tenant):
-    from tests.support.tenants import make_tenant
+def test_a_number_registered_by_two_accounts_is_not_applied(live, api, tenant):
+    """Which account an update is for is not guessed: kept in the raw row, logged, still 200."""
+    data = _sent(api, tenant)
+    other = make_tenant()
+    with session_scope() as s:
+        org = s.get(Organization, other.org_id)
+        assert org is not None
+        number = tenant.account.phone_number_id  # now registered by an account of each organization
+        admin.create_account(s, org=org, account_type="organization", phone=random_phone(), phone_number_id=number,
+                             token="tok-" + uuid.uuid4().hex)  # fmt: skip
+    wa_id = random_phone().lstrip("+")
+    inbound = {"id": f"wamid.in-{uuid.uuid4().hex}", "from": wa_id, "timestamp": str(NOW), "type": "text",
+               "text": {"body": "whose number is this?"}}  # fmt: skip
+    document = meta.envelope(
+        number, statuses=[meta.status(data["wamid"], "read", callback=data["id"])], messages=[inbound]
+    )
+    log_offset = len(live.worker.log_since_start())
+    assert meta.deliver(live.api_url, document) == {"unrouted": 2}
+    digest = hashlib.sha256(json.dumps(document).encode()).hexdigest()
+    with session_scope() as s:
+        event_id = s.scalars(select(WebhookEvent.id).where(WebhookEvent.body_sha256 == digest)).one()
+        assert s.scalar(select(func.count()).select_from(Contact).where(Contact.wa_id == wa_id)) == 0
+    line = f"webhook {event_id}: 2 updates not applied: phone number id registered by more than one account"
+    assert line in live.worker.log_since_start()[log_offset:]
+    assert _message(data["id"]).status == "sent" and _events(data["id"]) == []
 
+
+def test_an_update_for_one_org_never_touches_another_orgs_message_with_the_same_wamid(live, api, tenant):
     other = make_tenant(live.sandbox_url)
     mine, theirs = _sent(api, tenant), _sent(api, other)
     # Meta's wamids are unique, but ours must not depend on it: give the other org's message the same one.
@@ -258,14 +296,28 @@ def test_an_update_for_one_org_never_touches_another_orgs_message_with_the_same_
 
 
 def test_a_batch_of_a_thousand_updates(live, api, tenant):
-    sent = [api.send(tenant, tenant.new_lead(), f"batch {n}").json()["messageId"] for n in range(250)]
-    messages = [api.wait_for(tenant, message_id) for message_id in sent]
+    account = str(tenant.account.id)
+    leads = [str(tenant.new_lead()) for _ in range(250)]
+    items = [{"leadId": lead, "whatsappAccountId": account, "message": f"batch {n}"} for n, lead in enumerate(leads)]
+    answer = api.http.post("/api/v1/whatsapp/send/batch", json={"messages": items}, headers=tenant.auth)
+    assert answer.status_code == 200, answer.text
+    sent = [result["messageId"] for result in answer.json()["results"]]
+    deadline = time.monotonic() + 60
+    while True:
+        with session_scope() as s:
+            rows = s.execute(
+                select(Message.status, Message.wamid).where(Message.id.in_([uuid.UUID(m) for m in sent]))
+            ).all()
+        if len(rows) == 250 and {row.status for row in rows} == {"sent"}:
+            break
+        assert time.monotonic() < deadline, f"not all sent: {sorted({row.status for row in rows})}"
+        time.sleep(0.2)
     updates = []
-    for data in messages:
+    for row in rows:
         updates += [
-            meta.status(data["wamid"], "sent", at=NOW),
-            meta.status(data["wamid"], "read", at=NOW + 4),  # out of order on purpose
-            meta.status(data["wamid"], "delivered", at=NOW + 2),
+            meta.status(row.wamid, "sent", at=NOW),
+            meta.status(row.wamid, "read", at=NOW + 4),  # out of order on purpose
+            meta.status(row.wamid, "delivered", at=NOW + 2),
         ]
     updates += [meta.status(f"wamid.none-{n}", "delivered") for n in range(250)]
     assert len(updates) == 1000
