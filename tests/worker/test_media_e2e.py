@@ -4,6 +4,8 @@ uploaded to the sandbox once per account and sent by id; refusals never reach th
 from __future__ import annotations
 
 import hashlib
+import json
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -12,7 +14,8 @@ from sqlalchemy import select
 from meta_sandbox.sample_media import SAMPLES
 from models.db import session_scope
 from models.enums import KeyKind
-from models.tables import Message
+from models.tables import Message, WhatsappAccount
+from tests.support.admin_cli import wadispatch
 
 PHONE = "+27123456789"
 
@@ -214,3 +217,37 @@ def test_a_media_id_meta_dropped_is_uploaded_again(live, api, sandbox, fiq):
             select(Message.attempts).where(Message.org_id == tenant.org_id).order_by(Message.created_at)
         ).all()
     assert attempts == [1, 2]
+
+
+def test_an_account_level_upload_refusal_halts_the_account_and_resume_sends_it(live, api, sandbox, tenant):
+    """README "Media": an account-level code on the upload halts the account (Delivery policy),
+    instead of failing the message with META_UPLOAD_FAILED; it waits and goes out on resume."""
+    number = tenant.account.phone_number_id
+    sandbox.fault(number, 401, 190, message="Error validating access token")  # the first call: the upload
+    media = {"url": "https://media.test/halting-upload.png", "type": "image"}
+    message_id = api.send(tenant, tenant.new_lead(), "The plan", media=media).json()["messageId"]
+    deadline = time.monotonic() + 20
+    while (account := _account(tenant.account.id)).status != "halted":
+        assert time.monotonic() < deadline, f"the account was not halted: {account.status}"
+        time.sleep(0.1)
+    assert "190" in (account.halted_reason or "")
+    data = api.message(tenant, message_id)
+    assert (data["status"], data["error"]["code"]) == ("queued", "190")
+    assert sandbox.uploads(number) == [] and sandbox.received(number) == []
+
+    resumed = wadispatch("account", "resume", "--id", str(tenant.account.id), "--json", env=live.env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["requeued"] == 1
+    data = api.wait_for(tenant, message_id)
+    assert data["status"] == "sent" and data["error"] is None
+    (upload,) = sandbox.uploads(number)
+    (sent,) = sandbox.received(number)
+    assert sent["body"]["image"]["id"] == upload["id"]
+
+
+def _account(account_id) -> WhatsappAccount:
+    with session_scope() as s:
+        account = s.get(WhatsappAccount, account_id)
+        assert account is not None
+        s.expunge(account)
+        return account
