@@ -20,7 +20,7 @@ import redis
 from cryptography.fernet import InvalidToken
 from pydantic import ValidationError
 from sqlalchemy import exc as sqlalchemy_exc
-from sqlalchemy import func
+from sqlalchemy import func, text
 from sqlalchemy.orm import Session
 
 from models import lifecycle, metrics
@@ -85,8 +85,12 @@ LEASE_MARGIN_S = 1.0
 # although Meta never saw it, so the lead is kept near begin_call's usual time, not its worst (a
 # begin_call that overruns takes the gate's next free moment instead, see _next_free_moment).
 SEND_LEAD_S = 0.015
-# A stopping worker tries this long to give a claim back before leaving it to the sweeper.
+# A stopping worker tries this long to give a claim back before leaving it to the sweeper: a
+# statement Postgres holds (a row lock, a stall) counts too, not only refusals.
 STOPPING_PATIENCE_S = 5.0
+# The shortest statement and lock budget a bounded give-back is given (set_config needs one > 0).
+MIN_STATEMENT_BUDGET_MS = 50
+_LIMIT_WAITS = text("SELECT set_config('statement_timeout', :ms, true), set_config('lock_timeout', :ms, true)")
 
 
 @dataclass(frozen=True)
@@ -503,7 +507,10 @@ class Delivery:
         wait_s: float | None = None,
         slot: float | None = None,
         patience_s: float = 0.0,
+        answer_within_s: float | None = None,
     ) -> Settled:
+        """``answer_within_s``: Postgres's waits (a lock, a stall) count against this budget too,
+        not only its errors; past it the write fails (an OperationalError)."""
         waiting: dict[str, object] = {}
         if wait_s is not None:
             # It waits in Postgres, not in the broker: the pacer hands it over when it is due.
@@ -512,9 +519,17 @@ class Delivery:
                 "reserved_slot": slot,
                 "enqueued_at": None,
             }
-        given = run_in_transaction(
-            lambda session: lifecycle.give_back(session, claim, **waiting), patience_s=patience_s
-        )
+        answer_by = None if answer_within_s is None else time.monotonic() + answer_within_s
+
+        def give_back(session: Session) -> bool:
+            if answer_by is not None:
+                # Whatever the budget leaves, for this transaction only (the pooled connection
+                # keeps its usual limits).
+                left_ms = str(max(MIN_STATEMENT_BUDGET_MS, int((answer_by - time.monotonic()) * 1000)))
+                session.execute(_LIMIT_WAITS, {"ms": left_ms})
+            return lifecycle.give_back(session, claim, **waiting)
+
+        given = run_in_transaction(give_back, patience_s=patience_s)
         return Settled(outcome) if given else self._claim_lost(claim, "its lease ran out before it could wait")
 
     def _give_back_after_fault(self, claim: Claim, fault: BaseException, lease_left_s: float) -> Settled:
@@ -550,7 +565,14 @@ class Delivery:
                 wait = 0.0
         patience = min(STOPPING_PATIENCE_S, max(0.0, attempt.lease_left_s()))
         try:
-            return self._give_back(attempt.claim, Outcome.GIVEN_BACK, wait_s=wait, slot=slot, patience_s=patience)
+            return self._give_back(
+                attempt.claim,
+                Outcome.GIVEN_BACK,
+                wait_s=wait,
+                slot=slot,
+                patience_s=patience,
+                answer_within_s=STOPPING_PATIENCE_S,
+            )
         except INFRASTRUCTURE_FAULTS:
             log.warning("message %s: could not give the claim back; the sweeper re-queues it", attempt.claim.message_id)
             return Settled(Outcome.CLAIM_LOST)
