@@ -59,7 +59,7 @@ os.environ.update(TEST_ENV)
 
 from tests.support.hook_receiver import HookReceiver  # noqa: E402
 from tests.support.media_server import Canary, MediaServer  # noqa: E402
-from tests.support.processes import ManagedProcess, free_port, http_ok  # noqa: E402
+from tests.support.processes import ManagedProcess, free_port, http_ok, stop_together  # noqa: E402
 
 
 def _require(port: int, name: str, how: str) -> None:
@@ -252,13 +252,16 @@ def stack(
     )
     started: list[ManagedProcess] = []
     try:
+        # Side by side: none needs another to start (each reaches Postgres, Redis or nothing), and
+        # most of each start is the interpreter importing its modules.
         for proc in (s.sandbox, s.api, s.worker, s.beat):
-            proc.start()
+            proc.launch()
             started.append(proc)
+        for proc in started:
+            proc.wait_ready(timeout=60)
         yield s
     finally:
-        for proc in reversed(started):
-            proc.stop()
+        stop_together(list(reversed(started)))
         for proc in started:
             # Leave the logs where a failing CI run shows them.
             if "Traceback" in proc.log_since_start():

@@ -28,7 +28,7 @@ from models.enums import KeyKind
 from models.tables import Message
 from tests.conftest import RUN_ID, TEST_ENV, media_env
 from tests.support import meta_webhooks as meta
-from tests.support.processes import ManagedProcess, free_port, http_ok
+from tests.support.processes import ManagedProcess, free_port, http_ok, stop_together
 from tests.support.tenants import Api, make_tenant, random_phone
 
 REQUIRED_KEYS = ("time", "level", "logger", "message")
@@ -87,13 +87,14 @@ def json_stack(database, media_server, hook_receiver, tmp_path_factory) -> Itera
         api = ManagedProcess("api", ["api"], env, log_dir, http_ok(f"{api_url}/healthz"))
         started: list[ManagedProcess] = []
         try:
-            for proc in (sandbox, api, worker, beat):
-                proc.start()
+            for proc in (sandbox, api, worker, beat):  # side by side, as the session stack starts
+                proc.launch()
                 started.append(proc)
+            for proc in started:
+                proc.wait_ready(timeout=60)
             yield JsonStack(api_url, sandbox_url, redis_server.url, sandbox, api, worker, beat)
         finally:
-            for proc in reversed(started):
-                proc.stop()
+            stop_together(list(reversed(started)))
 
 
 def _lines(proc: ManagedProcess) -> list[dict[str, Any]]:
@@ -191,10 +192,14 @@ def test_every_process_writes_json_lines_with_the_send_fields_and_no_secret(json
     while "Traceback" not in json_stack.worker.log_since_start():
         assert time.monotonic() < deadline, json_stack.worker.tail()
         time.sleep(0.1)
-    time.sleep(1.5)  # beat ticks (its sweep runs each second), the last lines reach the files
+    # Beat ticks (its sweep runs each second) after all that: its lines reach the file too.
+    ticks = json_stack.beat.log_since_start().count("Sending due task")
+    deadline = time.monotonic() + 10
+    while json_stack.beat.log_since_start().count("Sending due task") <= ticks:
+        assert time.monotonic() < deadline, json_stack.beat.tail()
+        time.sleep(0.1)
     # Shutting down is part of the output too (Celery writes its shutdown notice past logging).
-    for proc in reversed(json_stack.processes):
-        proc.stop()
+    stop_together(list(reversed(json_stack.processes)))
 
     logs = {proc.name: _lines(proc) for proc in json_stack.processes}
 

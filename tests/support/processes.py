@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -32,16 +33,25 @@ class ManagedProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to be ready (several start side by side)."""
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} already running"
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", *self.args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cli", *self.args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the launched process is ready; raise with its log's tail if it exits or is late."""
+        assert self.proc is not None, f"{self.name} was never launched"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -75,6 +85,25 @@ class ManagedProcess:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+def stop_together(processes: list[ManagedProcess], timeout: float = 30.0) -> None:
+    """Stop several processes side by side: each is sent SIGTERM first, then each is waited for
+    (SIGKILL for one still running after ``timeout``)."""
+    running = [p for p in processes if p.running]
+    for process in running:
+        assert process.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in running:
+        assert process.proc is not None
+        try:
+            process.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.proc.pid, signal.SIGKILL)
+            process.proc.wait(10)
 
 
 def http_ok(url: str) -> Callable[[], bool]:
