@@ -18,6 +18,8 @@ import pytest
 
 RUN_ID = secrets.token_hex(4)
 DB_NAME = f"wadispatch_test_{RUN_ID}"
+# Migrated once per run; the session database and other tests' own databases are copies of it.
+TEMPLATE_DB_NAME = f"{DB_NAME}_template"
 # Parallel runs on one machine (several checkouts) each pass their own database number.
 REDIS_DB = int(os.environ.get("WADISPATCH_TEST_REDIS_DB", "13"))
 # The session worker's Celery node name (Stack.paused addresses it).
@@ -110,7 +112,10 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def database() -> Iterator[str]:
+def migrated_template() -> Iterator[str]:
+    """A database migrated to head once per run, never connected to afterwards: copying it
+    (CREATE DATABASE ... TEMPLATE) is cheaper than migrating each database from scratch.
+    Yields its URL; tests/support/database.py's clone_database copies it."""
     _require(5432, "PostgreSQL", "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
     _require(
         6379,
@@ -118,20 +123,31 @@ def database() -> Iterator[str]:
         'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
         "--dir /var/lib/redis --logfile /var/log/redis/ci.log",
     )
-    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
 
-    from models.db import reset_engine
     from models.migrate import ensure_database, upgrade_to_head
+    from tests.support.database import drop_database
+
+    url = make_url(TEST_ENV["WADISPATCH_DATABASE_URL"]).set(database=TEMPLATE_DB_NAME)
+    rendered = url.render_as_string(hide_password=False)
+    ensure_database(rendered)
+    try:
+        upgrade_to_head(rendered)  # its own engine, disposed: no connection stays open to the template
+        yield rendered
+    finally:
+        drop_database(rendered)
+
+
+@pytest.fixture(scope="session")
+def database(migrated_template: str) -> Iterator[str]:
+    from models.db import reset_engine
+    from tests.support.database import clone_database, drop_database
 
     url = TEST_ENV["WADISPATCH_DATABASE_URL"]
-    ensure_database(url)
-    upgrade_to_head(url)
+    clone_database(migrated_template, DB_NAME)
     yield url
     reset_engine()
-    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
-    admin.dispose()
+    drop_database(url)
 
 
 @pytest.fixture(scope="session")

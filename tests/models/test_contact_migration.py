@@ -15,27 +15,35 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import Connection, create_engine, exc, text
+from sqlalchemy import Connection, Engine, create_engine, exc, text
 from sqlalchemy.engine import URL, make_url
 
 from models.migrate import alembic_config, ensure_database
 from tests.conftest import DB_NAME, TEST_ENV
+from tests.support.database import clone_database, drop_database
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 PHONE, OTHER_PHONE = "+18095550101", "+18095550102"
 
 
-@pytest.fixture
-def at_0010(database: str) -> Iterator[URL]:
-    url = make_url(TEST_ENV["WADISPATCH_DATABASE_URL"]).set(database=f"{DB_NAME}_m0011_{uuid.uuid4().hex[:6]}")
+@pytest.fixture(scope="module")
+def template_0010(migrated_template: str) -> Iterator[str]:
+    """A database migrated to 0010 once; each test gets a copy of it (cheaper than migrating)."""
+    url = make_url(TEST_ENV["WADISPATCH_DATABASE_URL"]).set(database=f"{DB_NAME}_m0010")
     rendered = url.render_as_string(hide_password=False)
     ensure_database(rendered)
-    command.upgrade(alembic_config(rendered), "0010")
+    try:
+        command.upgrade(alembic_config(rendered), "0010")  # its engine is disposed: the copy needs no one connected
+        yield rendered
+    finally:
+        drop_database(rendered)
+
+
+@pytest.fixture
+def at_0010(template_0010: str) -> Iterator[URL]:
+    url = make_url(clone_database(template_0010, f"{DB_NAME}_m0011_{uuid.uuid4().hex[:6]}"))
     yield url
-    server = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with server.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-    server.dispose()
+    drop_database(url.render_as_string(hide_password=False))
 
 
 def _insert(conn: Connection, table: str, **values: Any) -> uuid.UUID:
@@ -129,6 +137,19 @@ class Seeded:
             message_id=self.m2,
         )
         _insert(conn, "message_events", org_id=self.org, message_id=self.m4, status="delivered", source="meta")
+
+
+def _waiting_for_a_lock(engine: Engine, database: str | None) -> bool:
+    """Whether another connection to ``database`` waits for a lock (the migration behind the open send)."""
+    with engine.connect() as conn:
+        waiting = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = :db AND wait_event_type = 'Lock'"
+                " AND pid <> pg_backend_pid()"
+            ),
+            {"db": database},
+        ).scalar_one()
+    return waiting > 0
 
 
 def _rows(conn: Connection, sql: str, **params: Any) -> list[Any]:
@@ -252,7 +273,12 @@ def test_a_message_accepted_for_a_duplicate_while_the_merge_runs_is_kept(at_0010
         text=True,
     )
     try:
-        time.sleep(2)  # the migration is waiting for the open send
+        # The migration waits for the open send: its statement is seen waiting for a lock.
+        deadline = time.monotonic() + 60
+        while not _waiting_for_a_lock(engine, at_0010.database):
+            assert migrate.poll() is None, migrate.communicate()[0]
+            assert time.monotonic() < deadline, "the migration never waited for the open send"
+            time.sleep(0.1)
         assert migrate.poll() is None, migrate.communicate()[0]
         open_send.commit()
     finally:

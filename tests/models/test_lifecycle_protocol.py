@@ -12,32 +12,25 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, select, text, update
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_shim.intake import persist_message
 from models import admin, lifecycle
 from models.enums import KeyKind, MessageStatus, SourceApi
 from models.lifecycle import CallError, Claim
-from models.migrate import ensure_database, upgrade_to_head
 from models.outbound import TextMessage
 from models.tables import Contact, Message, MessageAttempt, MessageEvent
-from tests.conftest import DB_NAME, TEST_ENV
+from tests.conftest import DB_NAME
+from tests.support.database import clone_database, drop_database
 
 
 @pytest.fixture(scope="module")
-def db(database: str) -> Iterator[sessionmaker[Session]]:
-    url = make_url(TEST_ENV["WADISPATCH_DATABASE_URL"]).set(database=f"{DB_NAME}_lifecycle")
-    rendered = url.render_as_string(hide_password=False)
-    ensure_database(rendered)
-    upgrade_to_head(rendered)
+def db(migrated_template: str) -> Iterator[sessionmaker[Session]]:
+    url = clone_database(migrated_template, f"{DB_NAME}_lifecycle")
     engine = create_engine(url)
     yield sessionmaker(bind=engine, expire_on_commit=False)
     engine.dispose()
-    server = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with server.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-    server.dispose()
+    drop_database(url)
 
 
 class World:
