@@ -33,7 +33,7 @@ from api_shim.errors import ApiError, ErrorCode, problems_of
 from api_shim.flowiq_errors import FlowIQError
 from api_shim.intake import INTAKE_CHANNEL, hand_batch_to_broker, hand_to_broker
 from api_shim.storable_text import text_rule
-from api_shim.usage import RateState
+from api_shim.usage import RateState, RequestUnit
 from models.db import get_sessionmaker
 from models.endpoints import emit_event
 from models.enums import MessageStatus, Scope, SourceApi
@@ -158,8 +158,8 @@ def _printable(key: Any) -> str:
 
 
 def _flowestate(session: Session, api_key: str, key: str, request: Any, messages: Any, on_rate: Any) -> Submitted:
-    # A batch pays per accepted message; a single send pays its unit below (with its message when
-    # the lean statements take it, else before it goes the ORM way).
+    # A batch pays per accepted message; a single send pays its unit below, committed with what it
+    # keeps (by the lean statements, else by the ORM send), so a submission that fails costs none.
     caller = flowestate_caller(session, api_key, Scope.WRITE, spends_unit=False, on_rate=on_rate)
     if messages is not None:
         try:
@@ -177,9 +177,8 @@ def _flowestate(session: Session, api_key: str, key: str, request: Any, messages
         return _refuse_flowestate(session, caller, key, request, exc)
     if lean_send.accept_submission(body, caller, key) is not None:
         return Submitted(1, 0)
-    lean_send.spend_request_unit(session, caller.org_id)
     # The HTTP send under an Idempotency-Key: it commits and enqueues (or replays), or raises.
-    response = flowestate.send_once(body, session, caller, key)
+    response = flowestate.send_once(body, session, caller, key, RequestUnit(caller.org_id))
     if response.status_code != 200:
         # The refusal a first submission with this key got (upstream heard of it then).
         return Submitted(0, 1, str(_body_of(response).get("error", {}).get("code")))
@@ -201,7 +200,8 @@ def _flowiq(
     session: Session, api_key: str, tenant_id: Any, key: str, request: Any, messages: Any, on_rate: Any
 ) -> Submitted:
     tenant = tenant_id if isinstance(tenant_id, str) else None
-    caller = flowiq_caller(session, api_key, tenant, spends_unit=messages is None, on_rate=on_rate)
+    # A batch pays per accepted message, a single send with what it keeps (flowiq.accept_send).
+    caller = flowiq_caller(session, api_key, tenant, spends_unit=False, on_rate=on_rate)
     if messages is not None:
         answer, ids = flowiq_batch.accept_batch(session, caller, {"messages": messages}, key)
         hand_batch_to_broker(ids, new_from=SourceApi.FLOWIQ)

@@ -30,6 +30,7 @@ from api_shim.openapi_docs import FLOWESTATE_BEARER
 from api_shim.service_window import window_refusal
 from api_shim.storable_text import first_unstorable, text_rule
 from api_shim.template_input import TemplateInputError, flowestate_template_schema, template_from_flowestate
+from api_shim.usage import QuotaUsedUp, RequestUnit
 from models.db import get_sessionmaker
 from models.enums import AccountStatus, MessageStatus, Scope, SourceApi
 from models.outbound import CAPTION_MAX, TEXT_MAX, AnyOutbound, MediaMessage, TemplateMessage, TextMessage
@@ -292,14 +293,24 @@ SEND_ERRORS = error_responses(
 )
 
 
-def send_and_close(body: SendBody, session: Session, caller: Caller, idempotency_key: str | None) -> JSONResponse:
+def send_and_close(
+    body: SendBody, session: Session, caller: Caller, idempotency_key: str | None, unit: RequestUnit
+) -> JSONResponse:
     """The send on the ORM path (api_shim/lean_send.py hands it what its statement leaves over)."""
     try:
         if idempotency_key is None:
-            return _send(body, session, caller)
-        return send_once(body, session, caller, idempotency_key)
+            return _send(body, session, caller, unit)
+        return send_once(body, session, caller, idempotency_key, unit)
     finally:
         session.close()
+
+
+def _pay(session: Session, unit: RequestUnit) -> None:
+    """The request's unit in the open transaction (api_shim/usage.py); 429 past the quota, nothing kept."""
+    try:
+        unit.spend(session)
+    except QuotaUsedUp as used_up:
+        raise ApiError(ErrorCode.QUOTA_EXCEEDED, used_up.message) from None
 
 
 def take_key(
@@ -327,10 +338,24 @@ def take_key(
 KEY_REUSED = "This Idempotency-Key was used with a different body"
 
 
-def send_once(body: SendBody, session: Session, caller: Caller, idempotency_key: str) -> JSONResponse:
+def send_once(
+    body: SendBody, session: Session, caller: Caller, idempotency_key: str, unit: RequestUnit | None = None
+) -> JSONResponse:
     """The send under an Idempotency-Key: the key and the message are committed together, so the
-    key answers with that message for its whole TTL (or with the refusal it got). HTTP and broker."""
-    taken = take_key(session, caller, idempotency_key, body.model_dump(mode="json"))
+    key answers with that message for its whole TTL (or with the refusal it got). HTTP and broker.
+    The request's unit (default: the caller's organization's) is committed with whatever it keeps."""
+    unit = unit or RequestUnit(caller.org_id)
+    try:
+        taken = take_key(session, caller, idempotency_key, body.model_dump(mode="json"))
+    except ApiError:
+        # 409 (the key reused, or held past the wait): its unit on its own (429 past the quota).
+        session.rollback()
+        _pay(session, unit)
+        session.commit()
+        raise
+    if not isinstance(taken, idempotency.Claim):
+        _pay(session, unit)
+        session.commit()
     if isinstance(taken, idempotency.Replay):
         return JSONResponse(taken.body, status_code=taken.status)
     if isinstance(taken, idempotency.KeyOfMessage):
@@ -341,9 +366,10 @@ def send_once(body: SendBody, session: Session, caller: Caller, idempotency_key:
             hand_to_broker(taken.message_id, new_from=None)
         return _accepted(taken.message_id)
     try:
-        message_id = _check_and_persist(body, session, caller, idempotency_key)
+        message_id = _check_and_persist(body, session, caller, idempotency_key, unit)
     except ApiError as error:
-        idempotency.keep_refusal(session, taken, STATUS_OF[error.code], error.envelope())
+        if error.code is not ErrorCode.QUOTA_EXCEEDED:  # (past the quota nothing is kept)
+            idempotency.keep_refusal(session, taken, STATUS_OF[error.code], error.envelope())
         raise
     idempotency.record_message(session, taken, message_id)
     session.commit()
@@ -351,8 +377,12 @@ def send_once(body: SendBody, session: Session, caller: Caller, idempotency_key:
     return _accepted(message_id)
 
 
-def _send(body: SendBody, session: Session, caller: Caller) -> JSONResponse:
-    message_id = _check_and_persist(body, session, caller, None)
+def _send(body: SendBody, session: Session, caller: Caller, unit: RequestUnit) -> JSONResponse:
+    try:
+        message_id = _check_and_persist(body, session, caller, None, unit)
+    except ApiError:
+        session.commit()  # a refusal's unit (past the quota there is nothing left to commit)
+        raise
     session.commit()
     hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE)
     return _accepted(message_id)
@@ -362,8 +392,11 @@ def _accepted(message_id: uuid.UUID) -> JSONResponse:
     return JSONResponse({"messageId": str(message_id)})
 
 
-def _check_and_persist(body: SendBody, session: Session, caller: Caller, idempotency_key: str | None) -> uuid.UUID:
-    """The pre-checks (each a clear 4xx), then the message in the session's transaction (not committed)."""
+def _check_and_persist(
+    body: SendBody, session: Session, caller: Caller, idempotency_key: str | None, unit: RequestUnit
+) -> uuid.UUID:
+    """The pre-checks (each a clear 4xx), the request's unit (429 first), then the message, all in
+    the session's transaction (not committed). A refusal is raised with its unit spent."""
     found = session.execute(
         select(Contact, Organization.window_policy, func.now())
         .join(Organization, Organization.id == Contact.org_id)
@@ -375,12 +408,17 @@ def _check_and_persist(body: SendBody, session: Session, caller: Caller, idempot
         )
     ).one_or_none()
     message = body.to_outbound()
+    lead: Contact | None = None
     if found is None:
-        raise ApiError(ErrorCode.NOT_FOUND, "Lead not found")
-    lead, window_policy, db_now = found
-    if refusal := send_refusal(lead, account, message, window_policy=window_policy, now=db_now):
+        refusal: ApiError | None = ApiError(ErrorCode.NOT_FOUND, "Lead not found")
+    else:
+        lead, window_policy, db_now = found
+        refusal = send_refusal(lead, account, message, window_policy=window_policy, now=db_now)
+    # Spent after the reads, before the writes, as on the lean path (api_shim/usage.py).
+    _pay(session, unit)
+    if refusal is not None:
         raise refusal
-    assert account is not None
+    assert lead is not None and account is not None
     return persist_message(
         session,
         org_id=caller.org_id,

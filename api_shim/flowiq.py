@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from api_shim import idempotency
 from api_shim.auth import Caller, authenticate_flowiq
+from api_shim.errors import ErrorCode
 from api_shim.flowiq_errors import FlowIQError, error_responses, invalid
 from api_shim.flowiq_request import FLOWIQ_TYPES, FlowIQSend, parse_send
 from api_shim.intake import hand_to_broker, persist_message
@@ -32,6 +33,7 @@ from api_shim.openapi_docs import FLOWIQ_BEARER
 from api_shim.service_window import window_refusal
 from api_shim.storable_text import text_rule
 from api_shim.sync_results import ResultWaiter
+from api_shim.usage import QuotaUsedUp, RequestUnit
 from models.db import get_sessionmaker
 from models.enums import AccountStatus, AccountType, MessageStatus, SourceApi
 from models.settings import get_settings
@@ -218,24 +220,41 @@ def _accept(
     request: Request, tenant_id: str | None, raw: bytes, idempotency_key: str | None
 ) -> AcceptedSend | idempotency.Replay:
     with get_sessionmaker()() as session:
-        caller = authenticate_flowiq(session, request, tenant_id)
+        # The key and its request rate here; the unit is spent with what the send keeps (accept_send).
+        caller = authenticate_flowiq(session, request, tenant_id, spends_unit=False)
+        unit = RequestUnit(caller.org_id)
         try:
             body = json.loads(raw)
         except ValueError:
+            _spend_alone(session, unit)
             raise FlowIQError(400, "Invalid JSON", "The request body is not valid JSON") from None
-        return accept_send(session, caller, body, idempotency_key)
+        return accept_send(session, caller, body, idempotency_key, unit)
 
 
 def accept_send(
-    session: Session, caller: Caller, body: Any, idempotency_key: str | None
+    session: Session, caller: Caller, body: Any, idempotency_key: str | None, unit: RequestUnit | None = None
 ) -> AcceptedSend | idempotency.Replay:
-    """Check and store one FlowIQ send for an authenticated caller (HTTP or broker); commits."""
+    """Check and store one FlowIQ send for an authenticated caller (HTTP or broker); commits. The
+    request's unit (default: the caller's organization's) is committed with what it keeps, the
+    message or a refusal, so a send the service fails (rolled back) costs none."""
+    unit = unit or RequestUnit(caller.org_id)
     if idempotency_key is None:
-        accepted = _validate_and_persist(session, caller, body, None)
+        try:
+            accepted = _validate_and_persist(session, caller, body, None, unit)
+        except FlowIQError:
+            session.commit()  # a refusal's unit (past the quota there is nothing left to commit)
+            raise
         session.commit()
         return accepted
     # The key and the message commit together (see api_shim/idempotency.py).
-    taken = claim_idempotency(session, caller, idempotency_key, body)
+    try:
+        taken = claim_idempotency(session, caller, idempotency_key, body)
+    except FlowIQError:
+        _spend_alone(session, unit)  # the key refused (400) or not to be had (409)
+        raise
+    if not isinstance(taken, idempotency.Claim):
+        _pay(session, unit)
+        session.commit()
     if isinstance(taken, idempotency.Replay):
         return taken
     if isinstance(taken, idempotency.KeyOfMessage):
@@ -243,13 +262,29 @@ def accept_send(
         send = parse_send(body)
         return AcceptedSend(taken.message_id, send.wa_id, send.message_type, caller.org_name, created=False)
     try:
-        accepted = _validate_and_persist(session, caller, body, idempotency_key)
+        accepted = _validate_and_persist(session, caller, body, idempotency_key, unit)
     except FlowIQError as error:
-        idempotency.keep_refusal(session, taken, error.status, error.body())
+        if error.extra.get("code") != ErrorCode.QUOTA_EXCEEDED.value:  # (past the quota nothing is kept)
+            idempotency.keep_refusal(session, taken, error.status, error.body())
         raise
     idempotency.record_message(session, taken, accepted.message_id)
     session.commit()
     return accepted
+
+
+def _pay(session: Session, unit: RequestUnit) -> None:
+    """The request's unit in the open transaction (api_shim/usage.py); 429 past the quota, nothing kept."""
+    try:
+        unit.spend(session)
+    except QuotaUsedUp as used_up:
+        raise FlowIQError(429, "Quota exceeded", used_up.message, code=ErrorCode.QUOTA_EXCEEDED.value) from None
+
+
+def _spend_alone(session: Session, unit: RequestUnit) -> None:
+    """The unit of a request refused before it took anything, committed on its own (429 past the quota)."""
+    session.rollback()
+    _pay(session, unit)
+    session.commit()
 
 
 def claim_idempotency(
@@ -280,19 +315,28 @@ def claim_idempotency(
         ) from None  # fmt: skip
 
 
-def _validate_and_persist(session: Any, caller: Caller, body: Any, idempotency_key: str | None) -> AcceptedSend:
-    """The checks, then the message in the session's transaction; the caller commits."""
-    send = parse_send(body)
-    account = sending_account(session, caller)
-    contact = session.scalars(
-        select(Contact)
-        .where(Contact.org_id == caller.org_id, Contact.wa_id == send.wa_id)
-        .order_by(Contact.created_at)  # the oldest where two share a number (as a batch picks)
-        .limit(1)
-    ).first()
-    org = session.get(Organization, caller.org_id)  # loaded by sending_account: no round trip
-    if refusal := contact_refusal(contact, send, window_policy=org.window_policy, now=datetime.now(UTC)):
-        raise refusal
+def _validate_and_persist(
+    session: Any, caller: Caller, body: Any, idempotency_key: str | None, unit: RequestUnit
+) -> AcceptedSend:
+    """The checks, the request's unit (429 first), then the message, in the session's transaction;
+    the caller commits. A refusal is raised with its unit spent."""
+    try:
+        send = parse_send(body)
+        account = sending_account(session, caller)
+        contact = session.scalars(
+            select(Contact)
+            .where(Contact.org_id == caller.org_id, Contact.wa_id == send.wa_id)
+            .order_by(Contact.created_at)  # the oldest where two share a number (as a batch picks)
+            .limit(1)
+        ).first()
+        org = session.get(Organization, caller.org_id)  # loaded by sending_account: no round trip
+        if refusal := contact_refusal(contact, send, window_policy=org.window_policy, now=datetime.now(UTC)):
+            raise refusal
+    except FlowIQError:
+        _pay(session, unit)
+        raise
+    # Spent after the reads, before the writes, as on the lean path (api_shim/usage.py).
+    _pay(session, unit)
     assert contact is not None
     message_id = _persist(session, caller, account, contact, send, idempotency_key)
     return AcceptedSend(message_id, send.wa_id, send.message_type, caller.org_name)

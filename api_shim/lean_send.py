@@ -20,11 +20,12 @@ for each other in a cycle. The usage row, which every concurrent send of the org
 is held for the write's round trip only.
 
 Anything but a clean accept goes the ORM way (api_shim/flowestate.py), which answers exactly as
-before with one unit spent: any refusal (answered in the documented order, its unit spent, kept with
-its Idempotency-Key), a key that already exists (replay, reuse, past its TTL), a lock wait over 5 s
-or a deadlock the database broke. A read that finds its pooled connection dead (Postgres restarted)
-has the pool checked and runs once more; a write whose connection dies may have committed, so it
-is answered 500 (an Idempotency-Key then makes the client's retry safe).
+before with one unit spent, committed with what it keeps (so a 5xx there costs none): any refusal
+(answered in the documented order, its unit spent, kept with its Idempotency-Key), a key that
+already exists (replay, reuse, past its TTL), a lock wait over 5 s or a deadlock the database
+broke. A read that finds its pooled connection dead (Postgres restarted) has the pool checked and
+runs once more; a write whose connection dies may have committed, so it is answered 500 (an
+Idempotency-Key then makes the client's retry safe).
 
 A body that fails validation still costs its unit (every authenticated request does): the
 validation error handler calls ``request.state.unit_due`` first, and answers 429 when none is left.
@@ -60,7 +61,7 @@ from api_shim.flowestate import (
 )
 from api_shim.intake import hand_to_broker
 from api_shim.key_cache import KeyCache, KeyFacts
-from api_shim.usage import current_month, quota_used_up, spend_unit, take_request_async, touch_key
+from api_shim.usage import RequestUnit, current_month, quota_used_up, spend_unit, take_request_async, touch_key
 from models import async_db, lifecycle
 from models.db import get_engine, get_sessionmaker
 from models.enums import KeyKind, Scope, SourceApi
@@ -300,7 +301,7 @@ def _waited_for_the_key(error: psycopg.Error) -> bool:
 def accept_submission(body: SendBody, caller: Caller, idempotency_key: str) -> uuid.UUID | None:
     """The same statements for a broker submission (worker/tasks.py, synchronous), on a raw
     connection of the process's pool. The message id once committed and handed to the broker; None
-    when the ORM path must answer (nothing kept, no unit spent: the caller spends it and goes on)."""
+    when the ORM path must answer (nothing kept, no unit spent: the ORM send spends it with its outcome)."""
     message = body.to_outbound()
     message_id = uuid.uuid4()
     # The broker path's key lookup already recorded the key's use.
@@ -388,23 +389,27 @@ def _params(
 
 
 def _by_the_book(body: SendBody, facts: KeyFacts, idempotency_key: str | None) -> JSONResponse:
-    """The ORM path (api_shim/flowestate.py) for what the lean statement left to it: spend the
-    request's unit (the lean attempt was rolled back), then send as always."""
+    """The ORM path (api_shim/flowestate.py) for what the lean statement left to it (rolled back,
+    its unit with it): the send as always, its unit and the key's use committed with its outcome."""
     session = get_sessionmaker()()
     try:
-        org = spend_request_unit(session, facts.org_id, key_id=facts.key_id, last_used_at=facts.last_used_at)
+        org = session.get(Organization, facts.org_id)
+        if org is None:
+            raise ApiError(ErrorCode.UNAUTHORIZED, "Invalid API key")
         caller = Caller(org_id=org.id, org_slug=org.slug, org_name=org.name, key_id=facts.key_id, scopes=facts.scopes)
     except BaseException:
         session.close()
         raise
-    return send_and_close(body, session, caller, idempotency_key)
+    unit = RequestUnit(org.id, key_id=facts.key_id, last_used_at=facts.last_used_at)
+    return send_and_close(body, session, caller, idempotency_key, unit)
 
 
 def spend_request_unit(
     session: Session, org_id: uuid.UUID, *, key_id: uuid.UUID | None = None, last_used_at: datetime | None = None
 ) -> Organization:
-    """Spend and commit the request's unit on the ORM path (429 past the quota), and record the
-    key's use (``key_id``) as ``auth.charge`` does, in its order (usage row, then key row)."""
+    """Spend and commit the unit of a request refused before its send ran (a broker submission whose
+    body failed validation), 429 past the quota, and record the key's use (``key_id``) as
+    ``auth.charge`` does, in its order (usage row, then key row). A send spends its own unit."""
     org = session.get(Organization, org_id)
     if org is None:
         raise ApiError(ErrorCode.UNAUTHORIZED, "Invalid API key")

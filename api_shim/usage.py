@@ -3,7 +3,8 @@
 - Rate: a GCRA per API key in Redis (one Lua call, Redis TIME), answering the X-RateLimit-* values.
 - Quota: one unit per request (a batch: one per accepted message), counted in Postgres with an
   upsert that only increments while the organization is under its quota, so 200 concurrent
-  requests count exactly and never overshoot.
+  requests count exactly and never overshoot. A single send spends its unit in the transaction that
+  stores its message or its refusal (``RequestUnit``), so a send the service fails costs none.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 from models.keys import EPOCH_KEY
 from models.redis_client import async_redis_from_url, redis_from_url
 from models.settings import get_settings
-from models.tables import ApiKey, OrgUsage
+from models.tables import ApiKey, Organization, OrgUsage
 
 # KEYS: the key's TAT, the API keys' epoch (models/keys.py). ARGV: period (s), limit.
 # Returns {allowed, remaining, reset_s, retry_after_s, epoch}: the epoch rides along so the key
@@ -133,6 +134,37 @@ def spend_unit(session: Session, org_id: uuid.UUID, quota: int) -> int | None:
 
 def quota_used_up(quota: int) -> str:
     return f"The organization used its {quota} units for {current_month()}; it resets next month (UTC)"
+
+
+class QuotaUsedUp(Exception):
+    """No unit left this month; the request's transaction was rolled back (nothing of it is kept)."""
+
+    def __init__(self, quota: int) -> None:
+        super().__init__(quota_used_up(quota))
+        self.message = quota_used_up(quota)
+
+
+@dataclass(frozen=True)
+class RequestUnit:
+    """The unit of one single send, spent in the session's open transaction after the send's reads
+    and before its writes (the usage row is then locked by the writes' few statements only, and in
+    the order every request takes its locks: Idempotency-Key, usage, API key, conversation). It is
+    committed with what the request stores, its message or its refusal, and rolled back with it: a
+    send the service fails costs no unit. ``key_id``: record the key's use too (None: done already)."""
+
+    org_id: uuid.UUID
+    key_id: uuid.UUID | None = None
+    last_used_at: datetime | None = None
+
+    def spend(self, session: Session) -> None:
+        """Raises QuotaUsedUp (after rolling the transaction back) when none is left."""
+        org = session.get(Organization, self.org_id)
+        quota = org.monthly_quota if org is not None else 0
+        if spend_unit(session, self.org_id, quota) is None:
+            session.rollback()
+            raise QuotaUsedUp(quota)
+        if self.key_id is not None:
+            touch_key(session, self.key_id, self.last_used_at)
 
 
 def spend_units(session: Session, org_id: uuid.UUID, quota: int, wanted: int) -> int:
