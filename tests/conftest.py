@@ -10,7 +10,7 @@ import secrets
 import socket
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,25 +88,29 @@ class Stack:
             self.worker.start()
 
     @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
+    def paused(self, queues: Iterable[str] | None = None) -> Iterator[None]:
         """Nothing takes tasks from the broker while inside: the session worker stops consuming
         every queue (Celery's cancel_consumer, confirmed by its reply) and resumes on exit.
+        ``queues`` pauses only those (say worker.celery_app.SEND_QUEUES: webhooks and sweeps go on).
 
         Cheaper than stopping the worker (2-4 s a restart). Its own threads (the pacer, the
-        callback dispatcher) keep running and tasks it already took finish; a test that needs
-        the process gone (a kill, SIGTERM, workers-online) stops it for real."""
+        callback dispatcher) keep running and tasks it already took finish; a fetch issued just
+        before the pause may still take a task and put it back a moment later (kombu restores a
+        message no consumer wants), so a test reading the queue waits for what it expects. A test
+        that needs the process gone (a kill, SIGTERM, workers-online) stops it for real."""
         from worker.celery_app import WORKER_QUEUES, app
 
         self.ensure_worker()
         node = [WORKER_NODE]
-        for queue in WORKER_QUEUES:
+        chosen = tuple(WORKER_QUEUES if queues is None else queues)
+        for queue in chosen:
             replies = app.control.cancel_consumer(queue, destination=node, reply=True, timeout=10)
             assert replies, f"the worker did not confirm it stopped consuming {queue}"
         try:
             yield
         finally:
             if self.worker.running:
-                for queue in WORKER_QUEUES:
+                for queue in chosen:
                     replies = app.control.add_consumer(queue, destination=node, reply=True, timeout=10)
                     assert replies, f"the worker did not confirm it consumes {queue} again"
 

@@ -9,17 +9,16 @@ import time
 import uuid
 from collections import Counter
 
-import pytest
 import redis
 from sqlalchemy import select
 
 from models import lifecycle
 from models.db import run_single_statement, session_scope
-from models.settings import Settings
+from models.settings import Settings, get_settings
 from models.tables import MediaUpload, Message, MessageAttempt
-from tests.conftest import RUN_ID
-from tests.support.processes import free_port, queue_worker
-from tests.worker.test_delivery import cli
+from tests.support.admin_cli import wadispatch
+from tests.support.broker import waiting_message_ids
+from tests.support.processes import free_port
 from tests.worker.test_resilience import accept_batch, sent_counts, statuses, wait_all_final
 from worker.breaker import Breaker, BreakerPolicy
 from worker.celery_app import SEND_QUEUE
@@ -57,22 +56,22 @@ def test_a_lease_that_runs_out_while_media_downloads_never_leads_to_a_call_witho
     message_id = response.json()["messageId"]
     data = api.wait_for(tenant, message_id, timeout=40)
     assert data["status"] == "sent", data
-    time.sleep(2)  # the stale thread has long finished its download: it must not have called
+    # The stale thread, its download done, says it lost the claim (and makes no call after that).
+    deadline = time.monotonic() + 30
+    while f"message {message_id}: claim lost" not in live.worker.log_since_start():
+        assert time.monotonic() < deadline, "the first claim's thread never found its claim gone"
+        time.sleep(0.1)
     assert len(sandbox.received(tenant.account.phone_number_id)) == 1
     # It never passed through DELIVERY_UNCERTAIN: the lease expired before any call started.
     assert outcomes_of(message_id) == ["sent"]
-    assert "claim lost" in live.worker.log_since_start()
 
 
 def test_a_claim_whose_worker_died_before_calling_is_sent_not_failed_as_uncertain(live, api, sandbox, tenant):
-    live.worker.stop()
-    try:
+    with live.paused():
         message_id = accept_batch(api, tenant, n=1)[0]
         # A worker claims the message and dies before its call (this test is that worker).
         claim = run_single_statement(lambda db: lifecycle.claim(db, uuid.UUID(message_id), lease_s=2, early_s=1))
         assert claim is not None
-    finally:
-        live.worker.start()
     data = api.wait_for(tenant, message_id, timeout=30)
     assert data["status"] == "sent" and data["error"] is None
     assert sent_counts(sandbox, tenant.account.phone_number_id)[message_id] == 1
@@ -80,8 +79,7 @@ def test_a_claim_whose_worker_died_before_calling_is_sent_not_failed_as_uncertai
 
 
 def test_a_redis_failure_before_the_call_gives_the_claim_back(stack, api, sandbox, tenant):
-    stack.worker.stop()
-    try:
+    with stack.paused():
         message_id = uuid.UUID(accept_batch(api, tenant, n=1)[0])
         settings = Settings(meta_base_url=stack.sandbox_url)
         dead = redis.Redis(port=free_port(), socket_connect_timeout=1, socket_timeout=1)  # nothing listens
@@ -100,8 +98,6 @@ def test_a_redis_failure_before_the_call_gives_the_claim_back(stack, api, sandbo
         row = row_of(message_id)
         outcomes = outcomes_of(message_id)
         calls = sandbox.calls(tenant.account.phone_number_id)
-    finally:
-        stack.worker.start()
     assert settled.outcome is Outcome.GIVEN_BACK
     assert (row.status, row.attempts, row.call_started_at) == ("queued", 0, None)
     assert outcomes == []  # not an attempt
@@ -132,41 +128,39 @@ def test_a_hanging_meta_opens_the_breaker_so_the_backlog_waits_instead_of_burnin
     assert by_status["sent"] == 40 - uncertain
     assert "breaker open for account" in live.worker.log_since_start()
     # Operators see it in `account list`.
-    listed = cli("account", "list", "--org", tenant.slug, "--json")
+    listed = wadispatch("account", "list", "--org", tenant.slug, "--json", env=live.env)
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)["data"][0]["breaker_openings"] >= 1
 
 
-@pytest.fixture
-def sweeper_only(stack, tmp_path):
-    """A worker that runs only the sweep (the maintenance queue): the send queue is left alone,
-    as when every sending worker is busy with a long backlog."""
-    proc = queue_worker("sweep", "wadispatch.maintenance", stack.env, tmp_path, RUN_ID)
-    proc.start()
-    yield proc
-    proc.stop()
+def wait_until_waiting(redis_client, expected: Counter[str], timeout: float = 10) -> None:
+    """The send queue holds exactly these tasks (a fetch issued just before the pause may hold
+    one for a moment before it is put back)."""
+    deadline = time.monotonic() + timeout
+    while (waiting := waiting_message_ids(redis_client, SEND_QUEUE)) != expected:
+        assert time.monotonic() < deadline, (waiting, expected)
+        time.sleep(0.05)
 
 
-def test_a_long_queue_is_not_mistaken_for_a_lost_one(stack, api, sandbox, tenant, redis_client, sweeper_only):
-    stack.worker.stop()
-    try:
+def test_a_long_queue_is_not_mistaken_for_a_lost_one(stack, api, sandbox, tenant, redis_client):
+    """Tasks waiting in the queue past the re-enqueue grace (as behind a long backlog) are not
+    enqueued again; once the broker loses them, they are. The sweep is the beat's task, run here
+    while the session worker is paused, so each pass is one the test can read."""
+    from worker.tasks import sweep
+
+    with stack.paused():
         redis_client.delete(SEND_QUEUE)
         ids = accept_batch(api, tenant, n=10)
-        assert redis_client.llen(SEND_QUEUE) == 10
-        # Several sweeps pass the re-enqueue grace (3 s in tests): the tasks still wait in the
-        # queue, so nothing is enqueued twice.
-        time.sleep(6)
-        assert "sweep:" not in sweeper_only.log_since_start() or "re-enqueued 0 tasks" in sweeper_only.log_since_start()
-        assert redis_client.llen(SEND_QUEUE) == 10
-        # The broker loses them: now they are re-enqueued.
+        wait_until_waiting(redis_client, Counter(ids))
+        time.sleep(get_settings().requeue_after_s + 0.5)  # they have waited past the grace
+        sweep()
+        sweep()
+        wait_until_waiting(redis_client, Counter(ids))  # each still once: nothing enqueued twice
+        # The broker loses them: now they are re-enqueued, once each.
         redis_client.delete(SEND_QUEUE)
-        deadline = time.monotonic() + 15
-        while redis_client.llen(SEND_QUEUE) < 10:
-            assert time.monotonic() < deadline, "the sweeper did not re-enqueue what the broker lost"
-            time.sleep(0.2)
-        assert redis_client.llen(SEND_QUEUE) == 10
-    finally:
-        stack.worker.start()
+        assert sweep()["lost_by_broker"] >= 10
+        waiting = waiting_message_ids(redis_client, SEND_QUEUE)
+        assert {i: waiting[i] for i in ids} == dict.fromkeys(ids, 1)
     final = wait_all_final(ids)
     assert set(final.values()) == {"sent"}
     counts = sent_counts(sandbox, tenant.account.phone_number_id)
@@ -177,19 +171,16 @@ def test_resume_requeues_retrying_messages_too(stack, api, sandbox, tenant):
     # A message waits to retry in 30 s (this test plays the worker that met a 503 with a long
     # Retry-After); the account is halted meanwhile; resume must hand over the retrying message
     # as well as the queued ones, at once.
-    stack.worker.stop()
-    try:
+    with stack.paused():
         message_id = accept_batch(api, tenant, n=1)[0]
         claim = run_single_statement(lambda db: lifecycle.claim(db, uuid.UUID(message_id), lease_s=30, early_s=1))
         assert claim is not None
         unavailable = lifecycle.CallError("2", "Service temporarily unavailable", meta_code=2, http_status=503)
         with session_scope() as s:
             assert lifecycle.record_retry(s, claim, unavailable, delay_s=30, throttled=False)
-        assert cli("account", "halt", "--id", str(tenant.account.id)).returncode == 0
-    finally:
-        stack.worker.start()
+        assert wadispatch("account", "halt", "--id", str(tenant.account.id), env=stack.env).returncode == 0
     assert statuses([message_id])[message_id] == "retrying"
-    result = cli("account", "resume", "--id", str(tenant.account.id), "--json")
+    result = wadispatch("account", "resume", "--id", str(tenant.account.id), "--json", env=stack.env)
     assert result.returncode == 0, result.stderr
     assert '"requeued": 1' in result.stdout
     # Sent now, not 30 s later: the operator's resume says go.

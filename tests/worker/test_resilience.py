@@ -59,9 +59,8 @@ def wait_some_sent(sandbox, phone_number_id: str, at_least: int, timeout: float 
 
 
 def test_warm_shutdown_mid_batch_delivers_each_exactly_once(stack, api, sandbox, tenant, slow_meta):
-    stack.worker.stop()
-    ids = accept_batch(api, tenant)
-    stack.worker.start()
+    with stack.paused():  # the whole batch waits in the broker first
+        ids = accept_batch(api, tenant)
     wait_some_sent(sandbox, tenant.account.phone_number_id, 3)
     stack.worker.stop()  # SIGTERM: finish what is in flight, hand reserved tasks back
     before = statuses(ids)
@@ -75,9 +74,8 @@ def test_warm_shutdown_mid_batch_delivers_each_exactly_once(stack, api, sandbox,
 
 
 def test_killed_worker_loses_nothing_and_sends_nothing_twice(stack, api, sandbox, tenant, slow_meta):
-    stack.worker.stop()
-    ids = accept_batch(api, tenant)
-    stack.worker.start()
+    with stack.paused():  # the whole batch waits in the broker first
+        ids = accept_batch(api, tenant)
     wait_some_sent(sandbox, tenant.account.phone_number_id, 3)
     stack.worker.kill()  # SIGKILL: reserved tasks stay unacknowledged in Redis, in-flight calls are cut
     at_kill = statuses(ids)
