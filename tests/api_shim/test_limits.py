@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -17,6 +15,7 @@ from models.db import session_scope
 from models.enums import KeyKind
 from models.keys import hash_key
 from models.tables import ApiKey, IdempotencyKey, Message, Organization, OrgUsage
+from tests.support.admin_cli import wadispatch
 
 SEED_PHONE = "+27123456789"
 
@@ -33,10 +32,7 @@ def messages_of(tenant) -> int:
 
 def test_key_list_shows_last_use_but_never_the_key(stack, api, tenant):
     assert api.http.get("/api/v1/whatsapp/accounts", headers=tenant.auth).status_code == 200
-    result = subprocess.run(
-        [sys.executable, "-m", "cli", "key", "list", "--org", tenant.slug, "--json"],
-        capture_output=True, text=True, env=stack.env, timeout=60,
-    )  # fmt: skip
+    result = wadispatch("key", "list", "--org", tenant.slug, "--json", env=stack.env)
     assert result.returncode == 0 and tenant.key not in result.stdout
     (item,) = json.loads(result.stdout)["data"]
     assert item["last_used_at"] is not None and item["last4"] == tenant.key[-4:]

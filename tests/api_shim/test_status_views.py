@@ -13,8 +13,8 @@ from sqlalchemy import update
 from models.db import session_scope
 from models.enums import KeyKind, Scope
 from models.tables import Message
-from tests.cli.test_cli import wadispatch
 from tests.support import meta_webhooks as meta
+from tests.support.admin_cli import wadispatch
 from tests.support.tenants import make_tenant
 
 NOW = int(time.time())

@@ -15,8 +15,8 @@ from sqlalchemy import select
 from models.db import session_scope
 from models.enums import Direction, KeyKind
 from models.tables import Message
-from tests.cli.test_cli import wadispatch
 from tests.support import meta_webhooks as meta
+from tests.support.admin_cli import wadispatch
 from tests.support.tenants import random_phone
 
 

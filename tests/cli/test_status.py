@@ -8,6 +8,7 @@ import time
 from models.enums import AccountStatus
 from tests.cli.test_cli import wadispatch
 from tests.conftest import RUN_ID
+from tests.support.admin_cli import wadispatch as in_process
 
 
 def test_status_shows_the_backlog_halted_accounts_and_the_workers(stack, api, tenant):
@@ -29,8 +30,8 @@ def test_status_shows_the_backlog_halted_accounts_and_the_workers(stack, api, te
     assert not any(name.startswith(f"test-{RUN_ID}@") for name in now["workers_online"])
 
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        later = json.loads(wadispatch("status", "--json", env=stack.env).stdout)
+    while time.monotonic() < deadline:  # waiting: in-process (a subprocess costs a second a look)
+        later = json.loads(in_process("status", "--json", env=stack.env).stdout)
         if any(name.startswith(f"test-{RUN_ID}@") for name in later["workers_online"]):
             break
         time.sleep(0.5)
