@@ -137,16 +137,18 @@ def test_demo_prints_curl_commands_that_work(live, sandbox):
 def test_operator_commands_change_what_intake_answers(stack, api, org_slug):
     """Opt a lead out and back in, disconnect and reconnect an account, find both by listing:
     each change shows in the next send's answer (no psql needed)."""
-    key = json.loads(wadispatch("key", "create", "--org", org_slug, "--kind", "fe", "--json", env=stack.env).stdout)[
+    # Set up in-process (these commands run as subprocesses in the tests above); the commands
+    # under test below run as the operator runs them.
+    key = json.loads(in_process("key", "create", "--org", org_slug, "--kind", "fe", "--json", env=stack.env).stdout)[
         "key"
     ]
-    made = wadispatch(
+    made = in_process(
         "account", "create", "--org", org_slug, "--phone", "+27110000001", "--phone-number-id", "pn-ops-1",
         "--token", "tok", "--json", env=stack.env,
     )  # fmt: skip
     account_id = json.loads(made.stdout)["id"]
     lead = json.loads(
-        wadispatch("contact", "create", "--org", org_slug, "--phone", "+27821234567", "--json", env=stack.env).stdout
+        in_process("contact", "create", "--org", org_slug, "--phone", "+27821234567", "--json", env=stack.env).stdout
     )["id"]
     headers = {"Authorization": f"Bearer {key}"}
     body = {"leadId": lead, "whatsappAccountId": account_id, "message": "hi"}

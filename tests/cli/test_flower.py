@@ -2,28 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import httpx
+import pytest
 
 from tests.support.processes import ManagedProcess, free_port, http_ok
 
 
-def test_flower_asks_for_its_users_and_serves_them_its_api(stack, tmp_path):
+@dataclass
+class Flower:
+    process: ManagedProcess
+    base: str
+
+
+@pytest.fixture(scope="module")
+def flower(stack, tmp_path_factory) -> Iterator[Flower]:
+    """One `wadispatch flower` for the module's tests (each start costs seconds)."""
     port = free_port()
     env = {**stack.env, "WADISPATCH_FLOWER_BASIC_AUTH": "ops:s3cret-for-test"}
     base = f"http://127.0.0.1:{port}"
-    flower = ManagedProcess(
-        "flower", ["flower", "--port", str(port)], env, tmp_path, ready=http_ok(f"{base}/healthcheck")
-    )
-    flower.start(timeout=60)
-    try:
-        assert httpx.get(f"{base}/api/workers", timeout=10).status_code == 401
-        assert httpx.get(f"{base}/api/workers", auth=("ops", "wrong"), timeout=10).status_code == 401
-        answer = httpx.get(f"{base}/api/workers", auth=("ops", "s3cret-for-test"), timeout=10)
-        assert answer.status_code == 200 and isinstance(answer.json(), dict)
-        assert httpx.get(base, auth=("ops", "s3cret-for-test"), timeout=10).status_code == 200
-        assert "s3cret-for-test" not in " ".join(flower.args)
-    finally:
-        flower.stop()
+    process = ManagedProcess(
+        "flower", ["flower", "--port", str(port)], env, tmp_path_factory.mktemp("flower"),
+        ready=http_ok(f"{base}/healthcheck"),
+    )  # fmt: skip
+    process.start(timeout=60)
+    yield Flower(process, base)
+    process.stop()
+
+
+def test_flower_asks_for_its_users_and_serves_them_its_api(flower):
+    base = flower.base
+    assert httpx.get(f"{base}/api/workers", timeout=10).status_code == 401
+    assert httpx.get(f"{base}/api/workers", auth=("ops", "wrong"), timeout=10).status_code == 401
+    answer = httpx.get(f"{base}/api/workers", auth=("ops", "s3cret-for-test"), timeout=10)
+    assert answer.status_code == 200 and isinstance(answer.json(), dict)
+    assert httpx.get(base, auth=("ops", "s3cret-for-test"), timeout=10).status_code == 200
+    assert "s3cret-for-test" not in " ".join(flower.process.args)
 
 
 def test_flower_will_not_run_with_the_development_password_in_production(stack):
@@ -51,42 +67,31 @@ def test_flower_will_not_run_with_the_development_password_in_production(stack):
     assert "WADISPATCH_FLOWER_BASIC_AUTH: production refuses the development password" in result.stderr, result.stderr
 
 
-def test_flowers_task_list_shows_message_ids_and_outcome_words_only(live, api, tenant, tmp_path):
+def test_flowers_task_list_shows_message_ids_and_outcome_words_only(flower, live, api, tenant, tmp_path):
     import time
 
-    port = free_port()
-    env = {**live.env, "WADISPATCH_FLOWER_BASIC_AUTH": "ops:s3cret-for-test"}
-    base = f"http://127.0.0.1:{port}"
+    base = flower.base
     auth = ("ops", "s3cret-for-test")
-    flower = ManagedProcess(
-        "flower", ["flower", "--port", str(port)], env, tmp_path, ready=http_ok(f"{base}/healthcheck")
-    )
-    flower.start(timeout=60)
-    try:
-        # Flower switches the workers' task events on (every 5 s); wait until ours has them.
-        deadline = time.monotonic() + 30
-        while "enabled by remote" not in live.worker.log_since_start():
-            assert time.monotonic() < deadline, "Flower never switched the worker's task events on"
-            time.sleep(0.5)
-        lead = tenant.new_lead()
-        text = f"flower-canary-{tmp_path.name}"
-        message_id = api.send(tenant, lead, text).json()["messageId"]
-        assert api.wait_for(tenant, message_id)["status"] == "sent"
-        deadline = time.monotonic() + 30
-        while True:
-            tasks = httpx.get(
-                f"{base}/api/tasks", auth=auth, params={"taskname": "wadispatch.send_message"}, timeout=10
-            )
-            ours = [t for t in tasks.json().values() if message_id in (t.get("args") or "")]
-            if ours and ours[-1].get("state") == "SUCCESS":
-                break
-            assert time.monotonic() < deadline, f"Flower never showed the task: {tasks.text[:2000]}"
-            time.sleep(0.5)
-        task = ours[-1]
-        assert task["args"] in (f"['{message_id}']", f"('{message_id}',)"), task["args"]
-        assert task["kwargs"] in ("{}", None), task["kwargs"]
-        assert task["result"] == "'sent'", task["result"]
-        # Nothing about the message itself: not its text, nor its recipient.
-        assert text not in tasks.text
-    finally:
-        flower.stop()
+    # Flower switches the workers' task events on (every 5 s); wait until ours has them.
+    deadline = time.monotonic() + 30
+    while "enabled by remote" not in live.worker.log_since_start():
+        assert time.monotonic() < deadline, "Flower never switched the worker's task events on"
+        time.sleep(0.5)
+    lead = tenant.new_lead()
+    text = f"flower-canary-{tmp_path.name}"
+    message_id = api.send(tenant, lead, text).json()["messageId"]
+    assert api.wait_for(tenant, message_id)["status"] == "sent"
+    deadline = time.monotonic() + 30
+    while True:
+        tasks = httpx.get(f"{base}/api/tasks", auth=auth, params={"taskname": "wadispatch.send_message"}, timeout=10)
+        ours = [t for t in tasks.json().values() if message_id in (t.get("args") or "")]
+        if ours and ours[-1].get("state") == "SUCCESS":
+            break
+        assert time.monotonic() < deadline, f"Flower never showed the task: {tasks.text[:2000]}"
+        time.sleep(0.5)
+    task = ours[-1]
+    assert task["args"] in (f"['{message_id}']", f"('{message_id}',)"), task["args"]
+    assert task["kwargs"] in ("{}", None), task["kwargs"]
+    assert task["result"] == "'sent'", task["result"]
+    # Nothing about the message itself: not its text, nor its recipient.
+    assert text not in tasks.text

@@ -6,7 +6,7 @@ import socket
 import uuid
 
 from cli.main import default_node_name
-from tests.support.processes import ManagedProcess
+from tests.support.processes import ManagedProcess, stop_together
 
 
 def test_two_workers_on_one_host_answer_as_two_nodes(stack, tmp_path):
@@ -24,8 +24,10 @@ def test_two_workers_on_one_host_answer_as_two_nodes(stack, tmp_path):
         )
         workers.append(proc)
     try:
+        for proc in workers:  # side by side
+            proc.launch()
         for proc in workers:
-            proc.start(timeout=60)
+            proc.wait_ready(timeout=60)
         expected = {default_node_name(p.proc.pid).replace("%h", socket.gethostname()) for p in workers}
         answered: set[str] = set()
         for _ in range(5):
@@ -35,5 +37,4 @@ def test_two_workers_on_one_host_answer_as_two_nodes(stack, tmp_path):
         assert expected <= answered, (expected, answered)
         assert len(expected) == 2
     finally:
-        for proc in workers:
-            proc.stop()
+        stop_together(workers)
