@@ -1,7 +1,8 @@
 """The send gate in the delivery step, on a real Redis: each message takes its own send moment in
 one call, marks its call begun before that moment (so the Postgres write does not fall between the
 gate and the request), and one whose begin_call ran late takes the next free moment instead of
-bunching with the messages after it. The database steps are stood in for; the gate is real."""
+bunching with the messages after it. The database steps are stood in for; the gate is real (the
+same path with Postgres and a worker: tests/worker/test_send_gate_stack.py)."""
 
 from __future__ import annotations
 
