@@ -1,5 +1,5 @@
 """Deliver one message: claim it, re-check, prepare media, wait for a send slot, begin the call,
-call Meta, and settle the claim — every path ends in exactly one write of models/lifecycle.py.
+call Meta, and settle the claim — every path ends in exactly one write of models/lifecycle/.
 
 ``Delivery.run`` reads as the protocol: claim → settle (the steps; one exit per outcome) → after
 a final outcome, tell the FlowIQ waiter and hand over the conversation's next message. Until the
