@@ -14,13 +14,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 
+import httpx
 import redis
 from cryptography.fernet import InvalidToken
 from pydantic import ValidationError
 from sqlalchemy import exc as sqlalchemy_exc
-from sqlalchemy import func, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from models import lifecycle, metrics
@@ -31,7 +31,7 @@ from models.lifecycle import CallError, Claim
 from models.log_format import bind_fields
 from models.outbound import AnyOutbound, outbound_adapter
 from models.settings import Settings
-from worker import account_state, shutdown
+from worker import shutdown
 from worker.backoff import compute_backoff
 from worker.breaker import Breaker
 from worker.media.pipeline import MediaId, get_media_pipeline, media_ref
@@ -242,16 +242,8 @@ class Delivery:
     def _deliver(self, attempt: _Attempt) -> Settled:
         claim = attempt.claim
         shutdown.check()
-        if claim.account_status == AccountStatus.HALTED:
-            # A halted account's messages wait (they are not burned through); resume re-enqueues them.
-            return self._give_back(claim, Outcome.ACCOUNT_HALTED)
-        if refusal := _pre_send_refusal(claim):
-            return self._fail(claim, CallError(refusal.code, refusal.title), called=False, outcome=Outcome.REFUSED)
-        template = TemplateRef.of_payload(claim.account_id, claim.payload)
-        if template is not None and (unusable := self.unusable_templates.refusal(template)) is not None:
-            # Meta said moments ago that this template is paused or disabled for this account.
-            return self._fail(claim, unusable, called=False, outcome=Outcome.FAILED)
-
+        if (refused := self._check(claim)) is not None:
+            return refused
         # Media is fetched and uploaded before taking a send slot (that can be slow); anything
         # else takes its slot first, so a message that must wait costs no decryption or parsing.
         slot = None if _carries_media(claim.payload) else self._wait_for_slot(claim)
@@ -264,6 +256,31 @@ class Delivery:
             slot = self._wait_for_slot(claim)
             if isinstance(slot, Settled):
                 return slot
+        request = self._build_request(attempt, prepared)
+        if isinstance(request, Settled):
+            return request
+        # The gate goes last, right before the call: whatever runs between the send moment and
+        # the request reaching Meta bunches sends together and can overfill one of Meta's
+        # 1-second windows. So the call is marked begun before the moment, not after it.
+        if (deferred := self._admit_and_begin(attempt, not_before=slot)) is not None:
+            return deferred
+        return self._call(attempt, prepared, request)
+
+    def _check(self, claim: Claim) -> Settled | None:
+        """What may have changed while the message waited: the account, the contact, the template."""
+        if claim.account_status == AccountStatus.HALTED:
+            # A halted account's messages wait (they are not burned through); resume re-enqueues them.
+            return self._give_back(claim, Outcome.ACCOUNT_HALTED)
+        if refusal := _pre_send_refusal(claim):
+            return self._fail_before_call(claim, CallError(refusal.code, refusal.title), Outcome.REFUSED)
+        template = TemplateRef.of_payload(claim.account_id, claim.payload)
+        if template is not None and (unusable := self.unusable_templates.refusal(template)) is not None:
+            # Meta said moments ago that this template is paused or disabled for this account.
+            return self._fail_before_call(claim, unusable, Outcome.FAILED)
+        return None
+
+    def _build_request(self, attempt: _Attempt, prepared: _Prepared) -> httpx.Request | Settled:
+        claim = attempt.claim
         assert claim.phone_number_id and claim.wa_id
         body = build_body(
             prepared.message,
@@ -272,14 +289,13 @@ class Delivery:
             media_id=prepared.media.id if prepared.media else None,
         )
         try:
-            request = self.meta.build_send(claim.phone_number_id, prepared.token, body)
+            return self.meta.build_send(claim.phone_number_id, prepared.token, body)
         except NotSent as error:
             return self._handle_error(attempt, error, called=False)
-        # The gate goes last, right before the call: whatever runs between the send moment and
-        # the request reaching Meta bunches sends together and can overfill one of Meta's
-        # 1-second windows. So the call is marked begun before the moment, not after it.
-        if (deferred := self._admit_and_begin(attempt, not_before=slot)) is not None:
-            return deferred
+
+    def _call(self, attempt: _Attempt, prepared: _Prepared, request: httpx.Request) -> Settled:
+        """The call to Meta (its marker is written), and the claim settled by Meta's answer."""
+        claim = attempt.claim
         try:
             result = self.meta.send(request)
         except DeliveryError as error:
@@ -364,7 +380,7 @@ class Delivery:
             message = outbound_adapter.validate_python(claim.payload)
         except ValidationError as exc:
             invalid = CallError("INVALID_PAYLOAD", "The stored message is not valid", detail=str(exc)[:500])
-            return self._fail(claim, invalid, called=False, outcome=Outcome.REFUSED)
+            return self._fail_before_call(claim, invalid, Outcome.REFUSED)
         media = None
         if (ref := media_ref(message)) is not None:
             shutdown.check()  # a download and an upload can take a minute: not while stopping
@@ -377,9 +393,7 @@ class Delivery:
 
     def _halt_before_call(self, claim: Claim, reason: str) -> Settled:
         """The account cannot be used (no call was made): halt it; the message waits unsent."""
-        with session_scope() as session:
-            account_state.halt_account(session, claim.account_id, reason)
-            lifecycle.give_back(session, claim)
+        run_in_transaction(lambda session: lifecycle.record_outcome(session, claim, lifecycle.HaltBeforeCall(reason)))
         return Settled(Outcome.ACCOUNT_HALTED)
 
     def _wait_for_slot(self, claim: Claim) -> Settled | float:
@@ -511,26 +525,11 @@ class Delivery:
     ) -> Settled:
         """``answer_within_s``: Postgres's waits (a lock, a stall) count against this budget too,
         not only its errors; past it the write fails (an OperationalError)."""
-        waiting: dict[str, object] = {}
-        if wait_s is not None:
-            # It waits in Postgres, not in the broker: the pacer hands it over when it is due.
-            waiting = {
-                "next_attempt_at": func.now() + timedelta(seconds=wait_s),
-                "reserved_slot": slot,
-                "enqueued_at": None,
-            }
-        answer_by = None if answer_within_s is None else time.monotonic() + answer_within_s
-
-        def give_back(session: Session) -> bool:
-            if answer_by is not None:
-                # Whatever the budget leaves, for this transaction only (the pooled connection
-                # keeps its usual limits).
-                left_ms = str(max(MIN_STATEMENT_BUDGET_MS, int((answer_by - time.monotonic()) * 1000)))
-                session.execute(_LIMIT_WAITS, {"ms": left_ms})
-            return lifecycle.give_back(session, claim, **waiting)
-
-        given = run_in_transaction(give_back, patience_s=patience_s)
-        return Settled(outcome) if given else self._claim_lost(claim, "its lease ran out before it could wait")
+        back = lifecycle.GiveBack(wait_s=wait_s, slot=slot)
+        lost_why = "its lease ran out before it could wait"
+        return self._record(
+            claim, back, Settled(outcome), lost_why=lost_why, patience_s=patience_s, answer_within_s=answer_within_s
+        )
 
     def _give_back_after_fault(self, claim: Claim, fault: BaseException, lease_left_s: float) -> Settled:
         """Redis, Postgres or storage broke before the call: nothing was sent, so the claim goes
@@ -581,62 +580,49 @@ class Delivery:
         log.warning("message %s: claim lost (%s); the sweeper settles it", claim.message_id, why)
         return Settled(Outcome.CLAIM_LOST)
 
-    def _fail(self, claim: Claim, error: CallError, *, called: bool, outcome: Outcome) -> Settled:
-        with session_scope() as session:
-            written = lifecycle.record_failed(session, claim, error, called=called)
-        if not written:
-            return self._claim_lost(claim, "it was taken over before its failure was written")
-        return Settled(outcome, detail=error.code, error_class=error.error_class)
+    def _fail_before_call(self, claim: Claim, error: CallError, outcome: Outcome) -> Settled:
+        """The state of the world forbids the message now: it fails unsent (not an attempt)."""
+        failed = Settled(outcome, detail=error.code, error_class=error.error_class)
+        lost_why = "it was taken over before its failure was written"
+        return self._record(claim, lifecycle.Fail(error, attempted=False), failed, lost_why=lost_why)
+
+    def _record(
+        self,
+        claim: Claim,
+        decided: lifecycle.Decided,
+        settled: Settled,
+        *,
+        lost_why: str,
+        patience_s: float = 0.0,
+        answer_within_s: float | None = None,
+    ) -> Settled:
+        """Write how the claim ended; ``settled`` if it was written, else the claim was lost.
+        ``answer_within_s`` bounds Postgres's waits (a lock, a stall) in each try too."""
+        answer_by = None if answer_within_s is None else time.monotonic() + answer_within_s
+
+        def write(session: Session) -> bool:
+            if answer_by is not None:
+                # Whatever the budget leaves, for this transaction only (the pooled connection
+                # keeps its usual limits).
+                left_ms = str(max(MIN_STATEMENT_BUDGET_MS, int((answer_by - time.monotonic()) * 1000)))
+                session.execute(_LIMIT_WAITS, {"ms": left_ms})
+            return lifecycle.record_outcome(session, claim, decided)
+
+        written = run_in_transaction(write, patience_s=patience_s)
+        return settled if written else self._claim_lost(claim, lost_why)
 
     def _handle_error(self, attempt: _Attempt, error: DeliveryError, *, called: bool) -> Settled:
         """Settle the claim by the class of what went wrong (worker/meta_errors.py). After a call,
         the answer is known: its write keeps trying while the lease lasts."""
         claim = attempt.claim
-        throttled = isinstance(error, Throttled | PairThrottled)
-        stored = call_error(error)
+        decided, outcome = self._decide(claim, error)
         patience = max(0.0, attempt.lease_left_s()) if called else 0.0
-        if isinstance(error, AccountBroken):
-            outcome = Outcome.ACCOUNT_HALTED
-            reason = f"Meta error {error.error_code}: {error.title}"
-
-            def write(session: Session) -> bool:
-                account_state.halt_account(session, claim.account_id, reason)
-                return lifecycle.record_halted(session, claim, stored)
-
-        elif isinstance(error, DeliveryUncertain):
-            outcome = Outcome.UNCERTAIN
-            uncertain = CallError(
-                lifecycle.DELIVERY_UNCERTAIN,
-                "The call to Meta started but no answer came back; not resent to avoid a duplicate",
-                detail=error.title,
-                http_status=error.http_status,
-                error_class=error.error_class,
-            )
-
-            def write(session: Session) -> bool:
-                return lifecycle.record_failed(session, claim, uncertain, called=True)
-
-        elif isinstance(error, Retryable) and self._budget_left(claim, throttled):
-            outcome = Outcome.RETRYING
-            delay = self._retry_delay(claim, error)
-
-            def write(session: Session) -> bool:
-                return lifecycle.record_retry(session, claim, stored, delay_s=delay, throttled=throttled)
-
-        else:
-            # Final errors, and retryable ones that used up their budget, keep Meta's code and title.
-            assert isinstance(error, Final | Retryable)
-            outcome = Outcome.FAILED
-
-            def write(session: Session) -> bool:
-                if error.code == MARKETING_OPT_OUT_CODE:
-                    account_state.mark_marketing_opt_out(session, claim.contact_id)
-                return lifecycle.record_failed(session, claim, stored, called=True)
-
-        written = run_in_transaction(write, patience_s=patience)
+        written = run_in_transaction(
+            lambda session: lifecycle.record_outcome(session, claim, decided), patience_s=patience
+        )
         if written and isinstance(error, TemplateUnusable):
             # After the write: a slow Redis here must not eat the lease the answer's write needs.
-            self._remember_unusable(claim, stored)
+            self._remember_unusable(claim, call_error(error))
         log.info(
             "message %s attempt %d: %s (%s %s)",
             claim.message_id,
@@ -649,6 +635,30 @@ class Delivery:
         if not written:
             return self._claim_lost(claim, f"it was taken over before its {outcome} could be written")
         return Settled(outcome, detail=error.error_code, error_class=error.error_class)
+
+    def _decide(self, claim: Claim, error: DeliveryError) -> tuple[lifecycle.Decided, Outcome]:
+        """How the claim ends, by the class of what went wrong."""
+        stored = call_error(error)
+        if isinstance(error, AccountBroken):
+            halt = lifecycle.Halt(stored, reason=f"Meta error {error.error_code}: {error.title}")
+            return halt, Outcome.ACCOUNT_HALTED
+        if isinstance(error, DeliveryUncertain):
+            uncertain = CallError(
+                lifecycle.DELIVERY_UNCERTAIN,
+                "The call to Meta started but no answer came back; not resent to avoid a duplicate",
+                detail=error.title,
+                http_status=error.http_status,
+                error_class=error.error_class,
+            )
+            return lifecycle.Fail(uncertain, attempted=True), Outcome.UNCERTAIN
+        throttled = isinstance(error, Throttled | PairThrottled)
+        if isinstance(error, Retryable) and self._budget_left(claim, throttled):
+            retry = lifecycle.Retry(stored, delay_s=self._retry_delay(claim, error), throttled=throttled)
+            return retry, Outcome.RETRYING
+        # Final errors, and retryable ones that used up their budget, keep Meta's code and title.
+        assert isinstance(error, Final | Retryable)
+        failed = lifecycle.Fail(stored, attempted=True, marketing_opt_out=error.code == MARKETING_OPT_OUT_CODE)
+        return failed, Outcome.FAILED
 
     def _remember_unusable(self, claim: Claim, refused: CallError) -> None:
         template = TemplateRef.of_payload(claim.account_id, claim.payload)

@@ -8,7 +8,8 @@ nothing and says so:
 
 - ``accept``: intake stores a message as ``queued`` with its thread entry;
 - ``claim``: a worker claims it, begins its call, or gives it back unsent;
-- ``outcomes``: the claim holder writes how the claim ended (sent, retry, failed, halted);
+- ``outcomes``: the claim holder writes how its claim ended (sent, or one typed decision: retry,
+  fail, halt, give back);
 - ``sweep``: the sweeper judges claims whose lease ran out;
 - ``operator``: ``messages retry`` re-queues failed messages;
 - ``meta_statuses``: Meta's status webhooks, forward only;
@@ -39,11 +40,18 @@ from models.lifecycle.meta_statuses import Addressed, StatusApplication, apply_m
 from models.lifecycle.operator import operator_retry
 from models.lifecycle.outcomes import (
     CallError,
+    Decided,
+    Fail,
+    GiveBack,
+    Halt,
+    HaltBeforeCall,
+    Retry,
     SentWrite,
     already_sent,
     reconcile_sent,
     record_failed,
     record_halted,
+    record_outcome,
     record_retry,
     record_sent,
 )
@@ -70,6 +78,12 @@ __all__ = [
     "Addressed",
     "CallError",
     "Claim",
+    "Decided",
+    "Fail",
+    "GiveBack",
+    "Halt",
+    "HaltBeforeCall",
+    "Retry",
     "SentWrite",
     "SkipReason",
     "StatusApplication",
@@ -91,6 +105,7 @@ __all__ = [
     "reconcile_sent",
     "record_failed",
     "record_halted",
+    "record_outcome",
     "record_retry",
     "record_sent",
     "requeue_lost_claims",

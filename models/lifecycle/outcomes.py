@@ -26,8 +26,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from models import account_state
 from models.enums import AttemptOutcome, MessageStatus, status_in
-from models.lifecycle.claim import Claim, update_held
+from models.lifecycle.claim import Claim, give_back, update_held
 from models.lifecycle.conversation import successor_of, thread_status
 from models.lifecycle.transitions import NOT_WAITING
 from models.meta_status import DELIVERY_UNCERTAIN
@@ -277,3 +278,82 @@ def record_halted(session: Session, claim: Claim, error: CallError, duration_ms:
         return False
     _attempt(session, claim, AttemptOutcome.HALTED, error, duration_ms)
     return True
+
+
+# ---- how the claim ended, as one typed decision -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A retryable answer with budget left: the message waits ``delay_s`` in Postgres."""
+
+    error: CallError
+    delay_s: float
+    throttled: bool  # spent from the throttled budget, not the failure one
+
+
+@dataclass(frozen=True)
+class Fail:
+    """The message ends ``failed``: a final answer, a spent budget, a lost answer, or a refusal
+    before any call. ``attempted``: the try counted on its budget, so it gets an attempt row."""
+
+    error: CallError
+    attempted: bool
+    marketing_opt_out: bool = False  # Meta's 131050: the contact is marked opted out of marketing too
+
+
+@dataclass(frozen=True)
+class Halt:
+    """Meta says the account cannot send: the account is halted with ``reason``, and the message
+    waits (``queued``) for `account resume`."""
+
+    error: CallError
+    reason: str
+
+
+@dataclass(frozen=True)
+class GiveBack:
+    """No call was made: the message goes back unsent, not an attempt. It is due again in
+    ``wait_s`` (at its reserved ``slot``, if any); with no wait it waits for `account resume`."""
+
+    wait_s: float | None = None
+    slot: float | None = None
+
+
+@dataclass(frozen=True)
+class HaltBeforeCall:
+    """The account cannot be used, found before any call (its stored token is unusable): the
+    account is halted with ``reason`` and the message given back unsent."""
+
+    reason: str
+
+
+Decided = Retry | Fail | Halt | GiveBack | HaltBeforeCall
+
+
+def record_outcome(session: Session, claim: Claim, decided: Decided) -> bool:
+    """Write how the claim ended, in the caller's transaction (a Meta answer's write is safe to
+    run again after a lost COMMIT: it is guarded by the token). False: the claim no longer holds
+    the message, and nothing of the message was written."""
+    match decided:
+        case Retry(error, delay_s, throttled):
+            return record_retry(session, claim, error, delay_s=delay_s, throttled=throttled)
+        case Fail(error, attempted, marketing_opt_out):
+            if marketing_opt_out:
+                account_state.mark_marketing_opt_out(session, claim.contact_id)
+            return record_failed(session, claim, error, called=attempted)
+        case Halt(error, reason):
+            account_state.halt_account(session, claim.account_id, reason)
+            return record_halted(session, claim, error)
+        case GiveBack(wait_s, slot):
+            return give_back(session, claim, **_waiting(wait_s, slot))
+        case HaltBeforeCall(reason):
+            account_state.halt_account(session, claim.account_id, reason)
+            return give_back(session, claim)
+
+
+def _waiting(wait_s: float | None, slot: float | None) -> dict[str, Any]:
+    if wait_s is None:
+        return {}
+    # It waits in Postgres, not in the broker: the pacer hands it over when it is due.
+    return {"next_attempt_at": func.now() + timedelta(seconds=wait_s), "reserved_slot": slot, "enqueued_at": None}
