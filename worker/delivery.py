@@ -1,5 +1,6 @@
-"""Deliver one message: claim it, re-check, prepare media, wait for a send slot, begin the call,
-call Meta, and settle the claim — every path ends in exactly one write of models/lifecycle/.
+"""Deliver one message: claim it, re-check, prepare it and wait for its send slot
+(worker/send_slots.py), pass the send gate, which begins the call (worker/send_gate.py), call
+Meta, and settle the claim — every path ends in exactly one write of models/lifecycle/.
 
 ``Delivery.run`` reads as the protocol: claim → settle (the steps; one exit per outcome) → after
 a final outcome, tell the FlowIQ waiter and hand over the conversation's next message. Until the
@@ -23,7 +24,7 @@ from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from models import lifecycle, metrics
+from models import lifecycle
 from models.crypto import decrypt_token
 from models.db import describe_database_error, run_in_transaction, run_single_statement, session_scope
 from models.enums import AccountStatus, SourceApi
@@ -53,6 +54,8 @@ from worker.meta_payload import build_body
 from worker.notify import announce_outcome
 from worker.outcome import Outcome, Settled, Unknown
 from worker.rate_limit import Pacing, RateLimiter
+from worker.send_gate import CallRefused, SendGate, WaitInPostgres
+from worker.send_slots import SendSlots
 from worker.unusable_templates import TemplateRef, UnusableTemplates
 
 log = logging.getLogger(__name__)
@@ -77,14 +80,6 @@ MEDIA_ID_REFUSED_CODES = frozenset({131053, 131052, 100})
 # Kept free at the end of a lease: a step that would run into it is not started.
 LEASE_MARGIN_S = 1.0
 
-# How long before its send moment a message takes that moment from the send gate and marks its
-# call begun. begin_call is a committed Postgres write: about 4 ms here, 20 ms at p99. Done after
-# the moment, that time fell between the gate and the request and bunched sends at Meta (1-second
-# windows over the account's limit + burst). The lead is also how long a message stays marked as
-# called before its request leaves: a worker killed in that moment leaves it DELIVERY_UNCERTAIN
-# although Meta never saw it, so the lead is kept near begin_call's usual time, not its worst (a
-# begin_call that overruns takes the gate's next free moment instead, see _next_free_moment).
-SEND_LEAD_S = 0.015
 # A stopping worker tries this long to give a claim back before leaving it to the sweeper: a
 # statement Postgres holds (a row lock, a stall) counts too, not only refusals.
 STOPPING_PATIENCE_S = 5.0
@@ -121,13 +116,6 @@ def _carries_media(payload: dict[str, object]) -> bool:
         and any(isinstance(p, dict) and p.get("type") != "text" for p in component.get("parameters") or ())
         for component in components or ()
     )
-
-
-def _count_wait(kind: str, where: str, wait_s: float) -> None:
-    """A message waits for its account's rate or its recipient's pace: in the task (inline) or
-    back in Postgres."""
-    metrics.safely(lambda: metrics.PACING_WAITS.labels(kind=kind, where=where).inc())
-    metrics.safely(lambda: metrics.PACING_WAIT_SECONDS.labels(kind=kind).observe(wait_s))
 
 
 def call_error(error: DeliveryError) -> CallError:
@@ -177,6 +165,8 @@ class Delivery:
         self.breaker = breaker
         self.schedule = schedule
         self.unusable_templates = UnusableTemplates(limiter.client, settings.template_unusable_cache_s)
+        self.slots = SendSlots(limiter, inline_wait_s=settings.rate_inline_wait_s)
+        self.gate = SendGate(limiter, inline_wait_s=settings.rate_inline_wait_s)
         # Faults before the call in a row, in this process: while Redis or Postgres stays down,
         # each message given back waits longer, so an outage is not hammered by every message.
         self._faults_in_a_row = 0
@@ -279,7 +269,45 @@ class Delivery:
             return self._fail_before_call(claim, unusable, Outcome.FAILED)
         return None
 
+    def _wait_for_slot(self, claim: Claim) -> Settled | float:
+        """Wait here until just before a near send slot, and return the slot (Redis time); give the
+        message back for a later one. The send gate (`_admit_and_begin`) has the last word."""
+        slot = self.slots.reserve_and_wait(claim, self._pacing(claim))
+        if isinstance(slot, WaitInPostgres):
+            return self._wait_in_postgres(claim, slot.wait_s, slot.slot, slot.outcome)
+        return slot.at
+
+    def _prepare(self, attempt: _Attempt) -> _Prepared | Settled:
+        """Token, message and Meta media id; or how the claim ended when the message cannot go."""
+        claim = attempt.claim
+        assert claim.encrypted_token
+        try:
+            token = decrypt_token(claim.encrypted_token)
+        except InvalidToken:
+            return self._halt_before_call(
+                claim, "the stored access token cannot be decrypted (was the encryption key changed?)"
+            )
+        if not is_header_safe(token):
+            return self._halt_before_call(
+                claim, "the stored access token is not a valid HTTP header value (a pasted space or newline?)"
+            )
+        try:
+            message = outbound_adapter.validate_python(claim.payload)
+        except ValidationError as exc:
+            invalid = CallError("INVALID_PAYLOAD", "The stored message is not valid", detail=str(exc)[:500])
+            return self._fail_before_call(claim, invalid, Outcome.REFUSED)
+        media = None
+        if (ref := media_ref(message)) is not None:
+            shutdown.check()  # a download and an upload can take a minute: not while stopping
+            pipeline = get_media_pipeline(self.settings, self.meta)
+            try:
+                media = pipeline.media_id_for(claim, ref, token, wait_s=attempt.lease_left_s())
+            except DeliveryError as error:
+                return self._handle_error(attempt, error, called=False)
+        return _Prepared(token, message, media)
+
     def _build_request(self, attempt: _Attempt, prepared: _Prepared) -> httpx.Request | Settled:
+        """The request to Meta, built before the call begins (one that cannot be built is not sent)."""
         claim = attempt.claim
         assert claim.phone_number_id and claim.wa_id
         body = build_body(
@@ -292,6 +320,47 @@ class Delivery:
             return self.meta.build_send(claim.phone_number_id, prepared.token, body)
         except NotSent as error:
             return self._handle_error(attempt, error, called=False)
+
+    def _admit_and_begin(self, attempt: _Attempt, *, not_before: float | None) -> Settled | None:
+        """The send gate: the call is marked begun and its moment has come (None: send at once),
+        or how the claim ended instead."""
+        claim = attempt.claim
+        admission = self.gate.admit(
+            claim.account_id,
+            self._pacing(claim),
+            not_before=not_before,
+            lease_left_s=attempt.lease_left_s(),
+            begin_call=lambda: self._begin_call(attempt),
+        )
+        if isinstance(admission, WaitInPostgres):
+            return self._wait_in_postgres(claim, admission.wait_s, admission.slot, admission.outcome)
+        if isinstance(admission, CallRefused):
+            return self._claim_lost(claim, "its lease ran out before the call")
+        # Only now is the request on its way: until here, a fault or a refusal gave the claim
+        # back, which clears a call marker that begin_call wrote.
+        attempt.call_began = True
+        return None
+
+    def _begin_call(self, attempt: _Attempt) -> bool:
+        """No token, no call: confirm the claim and an unexpired lease, and mark the call started."""
+        lease = self.settings.lease_s
+        began = run_single_statement(lambda db: lifecycle.begin_call(db, attempt.claim, call_lease_s=lease))
+        self._faults_in_a_row = 0  # Redis and Postgres answered all the way here
+        if began:
+            # The lease was renewed from this moment: the result write may use what the call leaves.
+            attempt.started = time.monotonic()
+        return began
+
+    def _pacing(self, claim: Claim) -> Pacing:
+        s = self.settings
+        return Pacing(
+            mps=claim.mps,
+            burst=s.rate_burst,
+            pair_interval_s=s.pair_interval_s,
+            pair_burst=s.pair_burst,
+            horizon_s=s.rate_horizon_s,
+            jitter_s=s.rate_jitter_s,
+        )
 
     def _call(self, attempt: _Attempt, prepared: _Prepared, request: httpx.Request) -> Settled:
         """The call to Meta (its marker is written), and the claim settled by Meta's answer."""
@@ -311,17 +380,6 @@ class Delivery:
             return self._handle_error(attempt, error, called=True)
         self.breaker.record_success(claim.account_id)
         return self._record_sent(attempt, result)
-
-    def _begin_call(self, attempt: _Attempt) -> bool:
-        """No token, no call: confirm the claim and an unexpired lease, and mark the call started."""
-        lease = self.settings.lease_s
-        began = run_single_statement(lambda db: lifecycle.begin_call(db, attempt.claim, call_lease_s=lease))
-        self._faults_in_a_row = 0  # Redis and Postgres answered all the way here
-        if began:
-            attempt.call_began = True
-            # The lease was renewed from this moment: the result write may use what the call leaves.
-            attempt.started = time.monotonic()
-        return began
 
     def _record_sent(self, attempt: _Attempt, result: SendResult) -> Settled:
         """Meta has the message: keep trying to say so while the lease lasts (the write is safe to
@@ -362,229 +420,7 @@ class Delivery:
             return Settled(Outcome.SENT, None)
         return self._claim_lost(claim, "Meta accepted it, but the claim had been taken over")
 
-    def _prepare(self, attempt: _Attempt) -> _Prepared | Settled:
-        """Token, message and Meta media id; or how the claim ended when the message cannot go."""
-        claim = attempt.claim
-        assert claim.encrypted_token
-        try:
-            token = decrypt_token(claim.encrypted_token)
-        except InvalidToken:
-            return self._halt_before_call(
-                claim, "the stored access token cannot be decrypted (was the encryption key changed?)"
-            )
-        if not is_header_safe(token):
-            return self._halt_before_call(
-                claim, "the stored access token is not a valid HTTP header value (a pasted space or newline?)"
-            )
-        try:
-            message = outbound_adapter.validate_python(claim.payload)
-        except ValidationError as exc:
-            invalid = CallError("INVALID_PAYLOAD", "The stored message is not valid", detail=str(exc)[:500])
-            return self._fail_before_call(claim, invalid, Outcome.REFUSED)
-        media = None
-        if (ref := media_ref(message)) is not None:
-            shutdown.check()  # a download and an upload can take a minute: not while stopping
-            pipeline = get_media_pipeline(self.settings, self.meta)
-            try:
-                media = pipeline.media_id_for(claim, ref, token, wait_s=attempt.lease_left_s())
-            except DeliveryError as error:
-                return self._handle_error(attempt, error, called=False)
-        return _Prepared(token, message, media)
-
-    def _halt_before_call(self, claim: Claim, reason: str) -> Settled:
-        """The account cannot be used (no call was made): halt it; the message waits unsent."""
-        run_in_transaction(lambda session: lifecycle.record_outcome(session, claim, lifecycle.HaltBeforeCall(reason)))
-        return Settled(Outcome.ACCOUNT_HALTED)
-
-    def _wait_for_slot(self, claim: Claim) -> Settled | float:
-        """Wait here until just before a near send slot, and return the slot (Redis time); give the
-        message back for a later one. The send gate (`_admit_and_begin`) has the last word."""
-        assert claim.wa_id
-        s = self.settings
-        slot = claim.reserved_slot
-        if slot is None:
-            # A retry may be claimed a little before its time: wait that out, then take a slot.
-            if (
-                claim.next_attempt_at is not None
-                and (due := (claim.next_attempt_at - claim.db_now).total_seconds()) > 0
-            ):
-                shutdown.nap(due)
-            reservation = self.limiter.reserve(claim.account_id, claim.wa_id, self._pacing(claim))
-            if not reservation.granted:
-                # The recipient is not ready, or every slot up to the horizon is taken: ask again later.
-                _count_wait("pair" if reservation.pair_not_ready else "account", "postgres", reservation.wait_s)
-                return self._wait_in_postgres(
-                    claim, min(reservation.wait_s, s.rate_horizon_s / 2), None, Outcome.RATE_LIMITED
-                )
-            wait, slot = reservation.wait_s, reservation.slot
-        else:
-            wait = self.limiter.seconds_until(slot)
-        if wait > s.rate_inline_wait_s:
-            _count_wait("account", "postgres", wait)
-            return self._wait_in_postgres(claim, wait, slot, Outcome.SCHEDULED)
-        # Wake a little early: the send gate is asked for a moment no earlier than the slot, and
-        # the call is marked begun before that moment comes.
-        if wait > SEND_LEAD_S:
-            _count_wait("account", "inline", wait)
-            shutdown.nap(wait - SEND_LEAD_S, slot=slot)
-        return slot
-
-    def _admit_and_begin(self, attempt: _Attempt, *, not_before: float | None) -> Settled | None:
-        """The hard gate: take this message's own send moment (no earlier than its slot), mark the
-        call begun just before it, and return at the moment; the caller sends at once. Late
-        arrivals get a later moment, so actual send times never exceed the account's rate plus
-        its burst, and nobody passes while the account (or every account) is paused. The wait is
-        bounded by the in-task window and by the lease: past either, the message waits in Postgres.
-        None: go on and send."""
-        claim = attempt.claim
-        pacing = self._pacing(claim)
-        deadline = time.monotonic() + min(self.settings.rate_inline_wait_s, max(0.0, attempt.lease_left_s()))
-        while True:
-            left = deadline - time.monotonic()
-            moment = self.limiter.take_send_moment(
-                claim.account_id, pacing, not_before=not_before or 0.0, within_s=max(0.0, left)
-            )
-            if moment.taken:
-                at = time.monotonic() + moment.wait_s
-                paused = self._sleep_until_lead(claim, at, not_before)
-                if paused <= 0:
-                    return self._begin_at(attempt, at, pacing)
-                wait = paused  # paused while this message waited: its moment is given up
-            else:
-                wait = moment.wait_s
-            if time.monotonic() + wait > deadline:
-                _count_wait("account", "postgres", wait)
-                return self._wait_in_postgres(claim, wait, None, Outcome.RATE_LIMITED)
-            shutdown.nap(wait, slot=not_before)
-
-    def _sleep_until_lead(self, claim: Claim, at: float, slot: float | None) -> float:
-        """Sleep until ``SEND_LEAD_S`` before the moment ``at`` (monotonic). A message that slept
-        asks whether its account was paused meanwhile (a 130429, an open breaker): returns the
-        seconds it stays paused, 0 when it may go on."""
-        early = at - SEND_LEAD_S - time.monotonic()
-        if early <= 0:
-            shutdown.check(slot)
-            return 0.0
-        shutdown.nap(early, slot=slot)
-        return self.limiter.send_paused_for(claim.account_id)
-
-    def _begin_at(self, attempt: _Attempt, at: float, pacing: Pacing) -> Settled | None:
-        """Mark the call begun, then wait out what is left until the send moment ``at``. At most
-        ``SEND_LEAD_S`` passes between the two, out of the renewed lease the call itself needs."""
-        if not self._begin_call(attempt):
-            return self._claim_lost(attempt.claim, "its lease ran out before the call")
-        left = at - time.monotonic()
-        # Half the jitter allowance is for running late here, half for the request's own way.
-        if left < -pacing.jitter_s / 2:
-            return self._next_free_moment(attempt, pacing)
-        if left > 0:
-            time.sleep(left)
-        return None
-
-    def _next_free_moment(self, attempt: _Attempt, pacing: Pacing) -> Settled | None:
-        """begin_call ran well past the moment (a new connection, a busy disk): sent now, the
-        message would bunch with the ones after it, so it takes the gate's next free moment if
-        that comes within the lead; else it waits in Postgres."""
-        claim = attempt.claim
-        # No request has left: until one does, a fault or a refusal gives the claim back, which
-        # clears the call marker.
-        attempt.call_began = False
-        moment = self.limiter.take_send_moment(claim.account_id, pacing, within_s=SEND_LEAD_S)
-        if not moment.taken:
-            return self._wait_in_postgres(claim, moment.wait_s, None, Outcome.RATE_LIMITED)
-        time.sleep(moment.wait_s)
-        attempt.call_began = True
-        return None
-
-    def _pacing(self, claim: Claim) -> Pacing:
-        s = self.settings
-        return Pacing(
-            mps=claim.mps,
-            burst=s.rate_burst,
-            pair_interval_s=s.pair_interval_s,
-            pair_burst=s.pair_burst,
-            horizon_s=s.rate_horizon_s,
-            jitter_s=s.rate_jitter_s,
-        )
-
     # -- settling the claim ---------------------------------------------------------------
-
-    def _wait_in_postgres(self, claim: Claim, wait_s: float, slot: float | None, outcome: Outcome) -> Settled:
-        # Waiting for a send slot is not an attempt: the failure budget is untouched.
-        return self._give_back(claim, outcome, wait_s=wait_s, slot=slot)
-
-    def _give_back(
-        self,
-        claim: Claim,
-        outcome: Outcome,
-        *,
-        wait_s: float | None = None,
-        slot: float | None = None,
-        patience_s: float = 0.0,
-        answer_within_s: float | None = None,
-    ) -> Settled:
-        """``answer_within_s``: Postgres's waits (a lock, a stall) count against this budget too,
-        not only its errors; past it the write fails (an OperationalError)."""
-        back = lifecycle.GiveBack(wait_s=wait_s, slot=slot)
-        lost_why = "its lease ran out before it could wait"
-        return self._record(
-            claim, back, Settled(outcome), lost_why=lost_why, patience_s=patience_s, answer_within_s=answer_within_s
-        )
-
-    def _give_back_after_fault(self, claim: Claim, fault: BaseException, lease_left_s: float) -> Settled:
-        """Redis, Postgres or storage broke before the call: nothing was sent, so the claim goes
-        back (not an attempt) and the message is tried again after a pause. If even that write
-        fails, the lease runs out and the sweeper re-queues it (no call started)."""
-        s = self.settings
-        self._faults_in_a_row += 1
-        delay = compute_backoff(min(self._faults_in_a_row, 30), base_s=s.fault_retry_base_s, cap_s=s.fault_retry_cap_s)
-        reason = (
-            describe_database_error(fault) if isinstance(fault, sqlalchemy_exc.DBAPIError) else type(fault).__name__
-        )
-        log.warning("message %s: %s before the call; given back, again in %.1f s", claim.message_id, reason, delay)
-        try:
-            # Keep trying while the lease lasts (a Postgres restart takes a second or two): a claim
-            # left to run out may carry a call marker its begin_call wrote before the connection
-            # died, and the sweeper would have to call it uncertain.
-            return self._give_back(claim, Outcome.GIVEN_BACK, wait_s=delay, patience_s=max(0.0, lease_left_s))
-        except INFRASTRUCTURE_FAULTS:
-            log.warning("message %s: could not give the claim back; the sweeper re-queues it", claim.message_id)
-            return Settled(Outcome.CLAIM_LOST)
-
-    def _give_back_when_stopping(self, attempt: _Attempt, slot: float | None) -> Settled:
-        """Not an attempt; due at once, or at the send slot it had reserved (the slot and the
-        recipient's pace it cost stay its own). The next worker's pacer hands it over. A database
-        that does not answer soon leaves the claim to the sweeper (no call started): a stopping
-        worker does not wait out the lease."""
-        wait = 0.0
-        if slot is not None:
-            try:
-                wait = max(0.0, self.limiter.seconds_until(slot))
-            except redis.RedisError:
-                wait = 0.0
-        patience = min(STOPPING_PATIENCE_S, max(0.0, attempt.lease_left_s()))
-        try:
-            return self._give_back(
-                attempt.claim,
-                Outcome.GIVEN_BACK,
-                wait_s=wait,
-                slot=slot,
-                patience_s=patience,
-                answer_within_s=STOPPING_PATIENCE_S,
-            )
-        except INFRASTRUCTURE_FAULTS:
-            log.warning("message %s: could not give the claim back; the sweeper re-queues it", attempt.claim.message_id)
-            return Settled(Outcome.CLAIM_LOST)
-
-    def _claim_lost(self, claim: Claim, why: str) -> Settled:
-        log.warning("message %s: claim lost (%s); the sweeper settles it", claim.message_id, why)
-        return Settled(Outcome.CLAIM_LOST)
-
-    def _fail_before_call(self, claim: Claim, error: CallError, outcome: Outcome) -> Settled:
-        """The state of the world forbids the message now: it fails unsent (not an attempt)."""
-        failed = Settled(outcome, detail=error.code, error_class=error.error_class)
-        lost_why = "it was taken over before its failure was written"
-        return self._record(claim, lifecycle.Fail(error, attempted=False), failed, lost_why=lost_why)
 
     def _record(
         self,
@@ -610,6 +446,17 @@ class Delivery:
 
         written = run_in_transaction(write, patience_s=patience_s)
         return settled if written else self._claim_lost(claim, lost_why)
+
+    def _fail_before_call(self, claim: Claim, error: CallError, outcome: Outcome) -> Settled:
+        """The state of the world forbids the message now: it fails unsent (not an attempt)."""
+        failed = Settled(outcome, detail=error.code, error_class=error.error_class)
+        lost_why = "it was taken over before its failure was written"
+        return self._record(claim, lifecycle.Fail(error, attempted=False), failed, lost_why=lost_why)
+
+    def _halt_before_call(self, claim: Claim, reason: str) -> Settled:
+        """The account cannot be used (no call was made): halt it; the message waits unsent."""
+        run_in_transaction(lambda session: lifecycle.record_outcome(session, claim, lifecycle.HaltBeforeCall(reason)))
+        return Settled(Outcome.ACCOUNT_HALTED)
 
     def _handle_error(self, attempt: _Attempt, error: DeliveryError, *, called: bool) -> Settled:
         """Settle the claim by the class of what went wrong (worker/meta_errors.py). After a call,
@@ -706,6 +553,77 @@ class Delivery:
             return pause
         failures = max(1, claim.attempt_no - claim.throttled_attempts)
         return compute_backoff(failures, base_s=s.retry_base_s, cap_s=s.retry_cap_s, retry_after_s=error.retry_after_s)
+
+    def _wait_in_postgres(self, claim: Claim, wait_s: float, slot: float | None, outcome: Outcome) -> Settled:
+        # Waiting for a send slot is not an attempt: the failure budget is untouched.
+        return self._give_back(claim, outcome, wait_s=wait_s, slot=slot)
+
+    def _give_back(
+        self,
+        claim: Claim,
+        outcome: Outcome,
+        *,
+        wait_s: float | None = None,
+        slot: float | None = None,
+        patience_s: float = 0.0,
+        answer_within_s: float | None = None,
+    ) -> Settled:
+        """``answer_within_s``: Postgres's waits (a lock, a stall) count against this budget too,
+        not only its errors; past it the write fails (an OperationalError)."""
+        back = lifecycle.GiveBack(wait_s=wait_s, slot=slot)
+        lost_why = "its lease ran out before it could wait"
+        return self._record(
+            claim, back, Settled(outcome), lost_why=lost_why, patience_s=patience_s, answer_within_s=answer_within_s
+        )
+
+    def _give_back_after_fault(self, claim: Claim, fault: BaseException, lease_left_s: float) -> Settled:
+        """Redis, Postgres or storage broke before the call: nothing was sent, so the claim goes
+        back (not an attempt) and the message is tried again after a pause. If even that write
+        fails, the lease runs out and the sweeper re-queues it (no call started)."""
+        s = self.settings
+        self._faults_in_a_row += 1
+        delay = compute_backoff(min(self._faults_in_a_row, 30), base_s=s.fault_retry_base_s, cap_s=s.fault_retry_cap_s)
+        reason = (
+            describe_database_error(fault) if isinstance(fault, sqlalchemy_exc.DBAPIError) else type(fault).__name__
+        )
+        log.warning("message %s: %s before the call; given back, again in %.1f s", claim.message_id, reason, delay)
+        try:
+            # Keep trying while the lease lasts (a Postgres restart takes a second or two): a claim
+            # left to run out may carry a call marker its begin_call wrote before the connection
+            # died, and the sweeper would have to call it uncertain.
+            return self._give_back(claim, Outcome.GIVEN_BACK, wait_s=delay, patience_s=max(0.0, lease_left_s))
+        except INFRASTRUCTURE_FAULTS:
+            log.warning("message %s: could not give the claim back; the sweeper re-queues it", claim.message_id)
+            return Settled(Outcome.CLAIM_LOST)
+
+    def _give_back_when_stopping(self, attempt: _Attempt, slot: float | None) -> Settled:
+        """Not an attempt; due at once, or at the send slot it had reserved (the slot and the
+        recipient's pace it cost stay its own). The next worker's pacer hands it over. A database
+        that does not answer soon leaves the claim to the sweeper (no call started): a stopping
+        worker does not wait out the lease."""
+        wait = 0.0
+        if slot is not None:
+            try:
+                wait = max(0.0, self.limiter.seconds_until(slot))
+            except redis.RedisError:
+                wait = 0.0
+        patience = min(STOPPING_PATIENCE_S, max(0.0, attempt.lease_left_s()))
+        try:
+            return self._give_back(
+                attempt.claim,
+                Outcome.GIVEN_BACK,
+                wait_s=wait,
+                slot=slot,
+                patience_s=patience,
+                answer_within_s=STOPPING_PATIENCE_S,
+            )
+        except INFRASTRUCTURE_FAULTS:
+            log.warning("message %s: could not give the claim back; the sweeper re-queues it", attempt.claim.message_id)
+            return Settled(Outcome.CLAIM_LOST)
+
+    def _claim_lost(self, claim: Claim, why: str) -> Settled:
+        log.warning("message %s: claim lost (%s); the sweeper settles it", claim.message_id, why)
+        return Settled(Outcome.CLAIM_LOST)
 
 
 def is_header_safe(token: str) -> bool:
