@@ -54,6 +54,7 @@ from worker.meta_payload import build_body
 from worker.notify import announce_outcome
 from worker.outcome import Outcome, Settled, Unknown
 from worker.rate_limit import Pacing, RateLimiter
+from worker.retry_policy import RetryPolicy, is_throttled
 from worker.send_gate import CallRefused, SendGate, WaitInPostgres
 from worker.send_slots import SendSlots
 from worker.unusable_templates import TemplateRef, UnusableTemplates
@@ -167,6 +168,7 @@ class Delivery:
         self.unusable_templates = UnusableTemplates(limiter.client, settings.template_unusable_cache_s)
         self.slots = SendSlots(limiter, inline_wait_s=settings.rate_inline_wait_s)
         self.gate = SendGate(limiter, inline_wait_s=settings.rate_inline_wait_s)
+        self.retry = RetryPolicy.of(settings)
         # Faults before the call in a row, in this process: while Redis or Postgres stays down,
         # each message given back waits longer, so an outage is not hammered by every message.
         self._faults_in_a_row = 0
@@ -498,10 +500,11 @@ class Delivery:
                 error_class=error.error_class,
             )
             return lifecycle.Fail(uncertain, attempted=True), Outcome.UNCERTAIN
-        throttled = isinstance(error, Throttled | PairThrottled)
-        if isinstance(error, Retryable) and self._budget_left(claim, throttled):
-            retry = lifecycle.Retry(stored, delay_s=self._retry_delay(claim, error), throttled=throttled)
-            return retry, Outcome.RETRYING
+        throttled = is_throttled(error)
+        if isinstance(error, Retryable) and self.retry.budget_left(claim, throttled=throttled):
+            delay = self.retry.delay_s(claim, error)
+            self._slow_down(claim, error, delay)
+            return lifecycle.Retry(stored, delay_s=delay, throttled=throttled), Outcome.RETRYING
         # Final errors, and retryable ones that used up their budget, keep Meta's code and title.
         assert isinstance(error, Final | Retryable)
         failed = lifecycle.Fail(stored, attempted=True, marketing_opt_out=error.code == MARKETING_OPT_OUT_CODE)
@@ -517,42 +520,25 @@ class Delivery:
             # Meta's answer still gets written; only the fast failure of the next sends is missed.
             log.warning("account %s: could not remember an unusable template (%s)", claim.account_id, fault)
 
-    def _budget_left(self, claim: Claim, throttled: bool) -> bool:
-        if throttled:
-            return claim.throttled_attempts < self.settings.max_throttled_attempts
-        failures_so_far = claim.attempt_no - claim.throttled_attempts
-        return failures_so_far < self.settings.max_attempts
-
-    def _retry_delay(self, claim: Claim, error: DeliveryError) -> float:
-        s = self.settings
-        assert claim.wa_id
+    def _slow_down(self, claim: Claim, error: DeliveryError, pause_s: float) -> None:
+        """Meta said too fast: the whole account pauses for every worker, then runs at half its
+        rate until it recovers; or only this recipient waits, and the account's other
+        conversations go on. The answer is known and gets written whatever Redis says."""
         if isinstance(error, Throttled):
-            # Slow the whole account: a pause for every worker, then half the rate until it recovers.
-            pause = error.retry_after_s if error.retry_after_s is not None else s.throttle_pause_s
+            recovery_s = self.settings.throttle_recovery_s
             try:
-                self.limiter.pause_account(claim.account_id, pause)
-                ceiling = self.limiter.slow_account(claim.account_id, claim.mps, s.throttle_recovery_s)
+                self.limiter.pause_account(claim.account_id, pause_s)
+                ceiling = self.limiter.slow_account(claim.account_id, claim.mps, recovery_s)
             except redis.RedisError as fault:
-                # The answer is known and must be written; only the shared slow-down is missed.
                 log.warning("account %s throttled by Meta; could not slow it down (%s)", claim.account_id, fault)
-                return pause
-            log.warning(
-                "account %s throttled by Meta: held to %.1f mps for %ss",
-                claim.account_id,
-                ceiling,
-                s.throttle_recovery_s,
-            )
-            return pause
-        if isinstance(error, PairThrottled):
-            # Only this recipient waits; the account's other conversations go on.
-            pause = error.retry_after_s if error.retry_after_s is not None else s.pair_pause_s
+                return
+            log.warning("account %s throttled by Meta: held to %.1f mps for %ss", claim.account_id, ceiling, recovery_s)
+        elif isinstance(error, PairThrottled):
+            assert claim.wa_id
             try:
-                self.limiter.pause_pair(claim.account_id, claim.wa_id, pause)
+                self.limiter.pause_pair(claim.account_id, claim.wa_id, pause_s)
             except redis.RedisError as fault:
                 log.warning("could not pause a pair of account %s (%s)", claim.account_id, fault)
-            return pause
-        failures = max(1, claim.attempt_no - claim.throttled_attempts)
-        return compute_backoff(failures, base_s=s.retry_base_s, cap_s=s.retry_cap_s, retry_after_s=error.retry_after_s)
 
     def _wait_in_postgres(self, claim: Claim, wait_s: float, slot: float | None, outcome: Outcome) -> Settled:
         # Waiting for a send slot is not an attempt: the failure budget is untouched.
