@@ -1,5 +1,5 @@
 """How Meta's status reports move a message: read a report, and fold a message's reports into
-its next state. Pure (no database); models/lifecycle.py writes what this decides.
+its next state. Pure (no database); models/lifecycle/meta_statuses.py writes what this decides.
 
 The rules (README "Delivery statuses"):
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from models.enums import MessageStatus
 
-# Stored on messages whose call to Meta started and whose answer was lost (models/lifecycle.py).
+# Stored on messages whose call to Meta started and whose answer was lost (models/lifecycle/).
 DELIVERY_UNCERTAIN = "DELIVERY_UNCERTAIN"
 WAMID_MAX = 128
 # What Meta sends when an error has no title.

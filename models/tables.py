@@ -208,7 +208,7 @@ class Message(Base):
     # A send slot reserved with the rate limiter (Redis time, seconds), kept while the message waits.
     reserved_slot: Mapped[float | None] = mapped_column(Float)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # The fencing token of the claim that holds the message (see models/lifecycle.py): every write
+    # The fencing token of the claim that holds the message (see models/lifecycle/): every write
     # a worker makes is conditioned on it, so a claim that lost its lease can change nothing.
     claim_token: Mapped[uuid.UUID | None]
     # Set, under the token and an unexpired lease, right before the call to Meta: a lease that

@@ -1,5 +1,6 @@
-"""Deliver one message: claim it, re-check, prepare media, wait for a send slot, begin the call,
-call Meta, and settle the claim — every path ends in exactly one write of models/lifecycle.py.
+"""Deliver one message: claim it, re-check, prepare it and wait for its send slot
+(worker/send_slots.py), pass the send gate, which begins the call (worker/send_gate.py), call
+Meta, and settle the claim — every path ends in exactly one write of models/lifecycle/.
 
 ``Delivery.run`` reads as the protocol: claim → settle (the steps; one exit per outcome) → after
 a final outcome, tell the FlowIQ waiter and hand over the conversation's next message. Until the
@@ -14,16 +15,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 
+import httpx
 import redis
 from cryptography.fernet import InvalidToken
 from pydantic import ValidationError
 from sqlalchemy import exc as sqlalchemy_exc
-from sqlalchemy import func, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from models import lifecycle, metrics
+from models import lifecycle
 from models.crypto import decrypt_token
 from models.db import describe_database_error, run_in_transaction, run_single_statement, session_scope
 from models.enums import AccountStatus, SourceApi
@@ -31,7 +32,7 @@ from models.lifecycle import CallError, Claim
 from models.log_format import bind_fields
 from models.outbound import AnyOutbound, outbound_adapter
 from models.settings import Settings
-from worker import account_state, shutdown
+from worker import shutdown
 from worker.backoff import compute_backoff
 from worker.breaker import Breaker
 from worker.media.pipeline import MediaId, get_media_pipeline, media_ref
@@ -53,6 +54,9 @@ from worker.meta_payload import build_body
 from worker.notify import announce_outcome
 from worker.outcome import Outcome, Settled, Unknown
 from worker.rate_limit import Pacing, RateLimiter
+from worker.retry_policy import RetryPolicy, is_throttled
+from worker.send_gate import CallRefused, SendGate, WaitInPostgres
+from worker.send_slots import SendSlots
 from worker.unusable_templates import TemplateRef, UnusableTemplates
 
 log = logging.getLogger(__name__)
@@ -77,14 +81,6 @@ MEDIA_ID_REFUSED_CODES = frozenset({131053, 131052, 100})
 # Kept free at the end of a lease: a step that would run into it is not started.
 LEASE_MARGIN_S = 1.0
 
-# How long before its send moment a message takes that moment from the send gate and marks its
-# call begun. begin_call is a committed Postgres write: about 4 ms here, 20 ms at p99. Done after
-# the moment, that time fell between the gate and the request and bunched sends at Meta (1-second
-# windows over the account's limit + burst). The lead is also how long a message stays marked as
-# called before its request leaves: a worker killed in that moment leaves it DELIVERY_UNCERTAIN
-# although Meta never saw it, so the lead is kept near begin_call's usual time, not its worst (a
-# begin_call that overruns takes the gate's next free moment instead, see _next_free_moment).
-SEND_LEAD_S = 0.015
 # A stopping worker tries this long to give a claim back before leaving it to the sweeper: a
 # statement Postgres holds (a row lock, a stall) counts too, not only refusals.
 STOPPING_PATIENCE_S = 5.0
@@ -121,13 +117,6 @@ def _carries_media(payload: dict[str, object]) -> bool:
         and any(isinstance(p, dict) and p.get("type") != "text" for p in component.get("parameters") or ())
         for component in components or ()
     )
-
-
-def _count_wait(kind: str, where: str, wait_s: float) -> None:
-    """A message waits for its account's rate or its recipient's pace: in the task (inline) or
-    back in Postgres."""
-    metrics.safely(lambda: metrics.PACING_WAITS.labels(kind=kind, where=where).inc())
-    metrics.safely(lambda: metrics.PACING_WAIT_SECONDS.labels(kind=kind).observe(wait_s))
 
 
 def call_error(error: DeliveryError) -> CallError:
@@ -177,6 +166,9 @@ class Delivery:
         self.breaker = breaker
         self.schedule = schedule
         self.unusable_templates = UnusableTemplates(limiter.client, settings.template_unusable_cache_s)
+        self.slots = SendSlots(limiter, inline_wait_s=settings.rate_inline_wait_s)
+        self.gate = SendGate(limiter, inline_wait_s=settings.rate_inline_wait_s)
+        self.retry = RetryPolicy.of(settings)
         # Faults before the call in a row, in this process: while Redis or Postgres stays down,
         # each message given back waits longer, so an outage is not hammered by every message.
         self._faults_in_a_row = 0
@@ -242,16 +234,8 @@ class Delivery:
     def _deliver(self, attempt: _Attempt) -> Settled:
         claim = attempt.claim
         shutdown.check()
-        if claim.account_status == AccountStatus.HALTED:
-            # A halted account's messages wait (they are not burned through); resume re-enqueues them.
-            return self._give_back(claim, Outcome.ACCOUNT_HALTED)
-        if refusal := _pre_send_refusal(claim):
-            return self._fail(claim, CallError(refusal.code, refusal.title), called=False, outcome=Outcome.REFUSED)
-        template = TemplateRef.of_payload(claim.account_id, claim.payload)
-        if template is not None and (unusable := self.unusable_templates.refusal(template)) is not None:
-            # Meta said moments ago that this template is paused or disabled for this account.
-            return self._fail(claim, unusable, called=False, outcome=Outcome.FAILED)
-
+        if (refused := self._check(claim)) is not None:
+            return refused
         # Media is fetched and uploaded before taking a send slot (that can be slow); anything
         # else takes its slot first, so a message that must wait costs no decryption or parsing.
         slot = None if _carries_media(claim.payload) else self._wait_for_slot(claim)
@@ -264,6 +248,69 @@ class Delivery:
             slot = self._wait_for_slot(claim)
             if isinstance(slot, Settled):
                 return slot
+        request = self._build_request(attempt, prepared)
+        if isinstance(request, Settled):
+            return request
+        # The gate goes last, right before the call: whatever runs between the send moment and
+        # the request reaching Meta bunches sends together and can overfill one of Meta's
+        # 1-second windows. So the call is marked begun before the moment, not after it.
+        if (deferred := self._admit_and_begin(attempt, not_before=slot)) is not None:
+            return deferred
+        return self._call(attempt, prepared, request)
+
+    def _check(self, claim: Claim) -> Settled | None:
+        """What may have changed while the message waited: the account, the contact, the template."""
+        if claim.account_status == AccountStatus.HALTED:
+            # A halted account's messages wait (they are not burned through); resume re-enqueues them.
+            return self._give_back(claim, Outcome.ACCOUNT_HALTED)
+        if refusal := _pre_send_refusal(claim):
+            return self._fail_before_call(claim, CallError(refusal.code, refusal.title), Outcome.REFUSED)
+        template = TemplateRef.of_payload(claim.account_id, claim.payload)
+        if template is not None and (unusable := self.unusable_templates.refusal(template)) is not None:
+            # Meta said moments ago that this template is paused or disabled for this account.
+            return self._fail_before_call(claim, unusable, Outcome.FAILED)
+        return None
+
+    def _wait_for_slot(self, claim: Claim) -> Settled | float:
+        """Wait here until just before a near send slot, and return the slot (Redis time); give the
+        message back for a later one. The send gate (`_admit_and_begin`) has the last word."""
+        slot = self.slots.reserve_and_wait(claim, self._pacing(claim))
+        if isinstance(slot, WaitInPostgres):
+            return self._wait_in_postgres(claim, slot.wait_s, slot.slot, slot.outcome)
+        return slot.at
+
+    def _prepare(self, attempt: _Attempt) -> _Prepared | Settled:
+        """Token, message and Meta media id; or how the claim ended when the message cannot go."""
+        claim = attempt.claim
+        assert claim.encrypted_token
+        try:
+            token = decrypt_token(claim.encrypted_token)
+        except InvalidToken:
+            return self._halt_before_call(
+                claim, "the stored access token cannot be decrypted (was the encryption key changed?)"
+            )
+        if not is_header_safe(token):
+            return self._halt_before_call(
+                claim, "the stored access token is not a valid HTTP header value (a pasted space or newline?)"
+            )
+        try:
+            message = outbound_adapter.validate_python(claim.payload)
+        except ValidationError as exc:
+            invalid = CallError("INVALID_PAYLOAD", "The stored message is not valid", detail=str(exc)[:500])
+            return self._fail_before_call(claim, invalid, Outcome.REFUSED)
+        media = None
+        if (ref := media_ref(message)) is not None:
+            shutdown.check()  # a download and an upload can take a minute: not while stopping
+            pipeline = get_media_pipeline(self.settings, self.meta)
+            try:
+                media = pipeline.media_id_for(claim, ref, token, wait_s=attempt.lease_left_s())
+            except DeliveryError as error:
+                return self._handle_error(attempt, error, called=False)
+        return _Prepared(token, message, media)
+
+    def _build_request(self, attempt: _Attempt, prepared: _Prepared) -> httpx.Request | Settled:
+        """The request to Meta, built before the call begins (one that cannot be built is not sent)."""
+        claim = attempt.claim
         assert claim.phone_number_id and claim.wa_id
         body = build_body(
             prepared.message,
@@ -272,14 +319,54 @@ class Delivery:
             media_id=prepared.media.id if prepared.media else None,
         )
         try:
-            request = self.meta.build_send(claim.phone_number_id, prepared.token, body)
+            return self.meta.build_send(claim.phone_number_id, prepared.token, body)
         except NotSent as error:
             return self._handle_error(attempt, error, called=False)
-        # The gate goes last, right before the call: whatever runs between the send moment and
-        # the request reaching Meta bunches sends together and can overfill one of Meta's
-        # 1-second windows. So the call is marked begun before the moment, not after it.
-        if (deferred := self._admit_and_begin(attempt, not_before=slot)) is not None:
-            return deferred
+
+    def _admit_and_begin(self, attempt: _Attempt, *, not_before: float | None) -> Settled | None:
+        """The send gate: the call is marked begun and its moment has come (None: send at once),
+        or how the claim ended instead."""
+        claim = attempt.claim
+        admission = self.gate.admit(
+            claim.account_id,
+            self._pacing(claim),
+            not_before=not_before,
+            lease_left_s=attempt.lease_left_s(),
+            begin_call=lambda: self._begin_call(attempt),
+        )
+        if isinstance(admission, WaitInPostgres):
+            return self._wait_in_postgres(claim, admission.wait_s, admission.slot, admission.outcome)
+        if isinstance(admission, CallRefused):
+            return self._claim_lost(claim, "its lease ran out before the call")
+        # Only now is the request on its way: until here, a fault or a refusal gave the claim
+        # back, which clears a call marker that begin_call wrote.
+        attempt.call_began = True
+        return None
+
+    def _begin_call(self, attempt: _Attempt) -> bool:
+        """No token, no call: confirm the claim and an unexpired lease, and mark the call started."""
+        lease = self.settings.lease_s
+        began = run_single_statement(lambda db: lifecycle.begin_call(db, attempt.claim, call_lease_s=lease))
+        self._faults_in_a_row = 0  # Redis and Postgres answered all the way here
+        if began:
+            # The lease was renewed from this moment: the result write may use what the call leaves.
+            attempt.started = time.monotonic()
+        return began
+
+    def _pacing(self, claim: Claim) -> Pacing:
+        s = self.settings
+        return Pacing(
+            mps=claim.mps,
+            burst=s.rate_burst,
+            pair_interval_s=s.pair_interval_s,
+            pair_burst=s.pair_burst,
+            horizon_s=s.rate_horizon_s,
+            jitter_s=s.rate_jitter_s,
+        )
+
+    def _call(self, attempt: _Attempt, prepared: _Prepared, request: httpx.Request) -> Settled:
+        """The call to Meta (its marker is written), and the claim settled by Meta's answer."""
+        claim = attempt.claim
         try:
             result = self.meta.send(request)
         except DeliveryError as error:
@@ -295,17 +382,6 @@ class Delivery:
             return self._handle_error(attempt, error, called=True)
         self.breaker.record_success(claim.account_id)
         return self._record_sent(attempt, result)
-
-    def _begin_call(self, attempt: _Attempt) -> bool:
-        """No token, no call: confirm the claim and an unexpired lease, and mark the call started."""
-        lease = self.settings.lease_s
-        began = run_single_statement(lambda db: lifecycle.begin_call(db, attempt.claim, call_lease_s=lease))
-        self._faults_in_a_row = 0  # Redis and Postgres answered all the way here
-        if began:
-            attempt.call_began = True
-            # The lease was renewed from this moment: the result write may use what the call leaves.
-            attempt.started = time.monotonic()
-        return began
 
     def _record_sent(self, attempt: _Attempt, result: SendResult) -> Settled:
         """Meta has the message: keep trying to say so while the lease lasts (the write is safe to
@@ -346,154 +422,123 @@ class Delivery:
             return Settled(Outcome.SENT, None)
         return self._claim_lost(claim, "Meta accepted it, but the claim had been taken over")
 
-    def _prepare(self, attempt: _Attempt) -> _Prepared | Settled:
-        """Token, message and Meta media id; or how the claim ended when the message cannot go."""
-        claim = attempt.claim
-        assert claim.encrypted_token
-        try:
-            token = decrypt_token(claim.encrypted_token)
-        except InvalidToken:
-            return self._halt_before_call(
-                claim, "the stored access token cannot be decrypted (was the encryption key changed?)"
-            )
-        if not is_header_safe(token):
-            return self._halt_before_call(
-                claim, "the stored access token is not a valid HTTP header value (a pasted space or newline?)"
-            )
-        try:
-            message = outbound_adapter.validate_python(claim.payload)
-        except ValidationError as exc:
-            invalid = CallError("INVALID_PAYLOAD", "The stored message is not valid", detail=str(exc)[:500])
-            return self._fail(claim, invalid, called=False, outcome=Outcome.REFUSED)
-        media = None
-        if (ref := media_ref(message)) is not None:
-            shutdown.check()  # a download and an upload can take a minute: not while stopping
-            pipeline = get_media_pipeline(self.settings, self.meta)
-            try:
-                media = pipeline.media_id_for(claim, ref, token, wait_s=attempt.lease_left_s())
-            except DeliveryError as error:
-                return self._handle_error(attempt, error, called=False)
-        return _Prepared(token, message, media)
+    # -- settling the claim ---------------------------------------------------------------
+
+    def _record(
+        self,
+        claim: Claim,
+        decided: lifecycle.Decided,
+        settled: Settled,
+        *,
+        lost_why: str,
+        patience_s: float = 0.0,
+        answer_within_s: float | None = None,
+    ) -> Settled:
+        """Write how the claim ended; ``settled`` if it was written, else the claim was lost.
+        ``answer_within_s`` bounds Postgres's waits (a lock, a stall) in each try too."""
+        answer_by = None if answer_within_s is None else time.monotonic() + answer_within_s
+
+        def write(session: Session) -> bool:
+            if answer_by is not None:
+                # Whatever the budget leaves, for this transaction only (the pooled connection
+                # keeps its usual limits).
+                left_ms = str(max(MIN_STATEMENT_BUDGET_MS, int((answer_by - time.monotonic()) * 1000)))
+                session.execute(_LIMIT_WAITS, {"ms": left_ms})
+            return lifecycle.record_outcome(session, claim, decided)
+
+        written = run_in_transaction(write, patience_s=patience_s)
+        return settled if written else self._claim_lost(claim, lost_why)
+
+    def _fail_before_call(self, claim: Claim, error: CallError, outcome: Outcome) -> Settled:
+        """The state of the world forbids the message now: it fails unsent (not an attempt)."""
+        failed = Settled(outcome, detail=error.code, error_class=error.error_class)
+        lost_why = "it was taken over before its failure was written"
+        return self._record(claim, lifecycle.Fail(error, attempted=False), failed, lost_why=lost_why)
 
     def _halt_before_call(self, claim: Claim, reason: str) -> Settled:
         """The account cannot be used (no call was made): halt it; the message waits unsent."""
-        with session_scope() as session:
-            account_state.halt_account(session, claim.account_id, reason)
-            lifecycle.give_back(session, claim)
+        run_in_transaction(lambda session: lifecycle.record_outcome(session, claim, lifecycle.HaltBeforeCall(reason)))
         return Settled(Outcome.ACCOUNT_HALTED)
 
-    def _wait_for_slot(self, claim: Claim) -> Settled | float:
-        """Wait here until just before a near send slot, and return the slot (Redis time); give the
-        message back for a later one. The send gate (`_admit_and_begin`) has the last word."""
-        assert claim.wa_id
-        s = self.settings
-        slot = claim.reserved_slot
-        if slot is None:
-            # A retry may be claimed a little before its time: wait that out, then take a slot.
-            if (
-                claim.next_attempt_at is not None
-                and (due := (claim.next_attempt_at - claim.db_now).total_seconds()) > 0
-            ):
-                shutdown.nap(due)
-            reservation = self.limiter.reserve(claim.account_id, claim.wa_id, self._pacing(claim))
-            if not reservation.granted:
-                # The recipient is not ready, or every slot up to the horizon is taken: ask again later.
-                _count_wait("pair" if reservation.pair_not_ready else "account", "postgres", reservation.wait_s)
-                return self._wait_in_postgres(
-                    claim, min(reservation.wait_s, s.rate_horizon_s / 2), None, Outcome.RATE_LIMITED
-                )
-            wait, slot = reservation.wait_s, reservation.slot
-        else:
-            wait = self.limiter.seconds_until(slot)
-        if wait > s.rate_inline_wait_s:
-            _count_wait("account", "postgres", wait)
-            return self._wait_in_postgres(claim, wait, slot, Outcome.SCHEDULED)
-        # Wake a little early: the send gate is asked for a moment no earlier than the slot, and
-        # the call is marked begun before that moment comes.
-        if wait > SEND_LEAD_S:
-            _count_wait("account", "inline", wait)
-            shutdown.nap(wait - SEND_LEAD_S, slot=slot)
-        return slot
-
-    def _admit_and_begin(self, attempt: _Attempt, *, not_before: float | None) -> Settled | None:
-        """The hard gate: take this message's own send moment (no earlier than its slot), mark the
-        call begun just before it, and return at the moment; the caller sends at once. Late
-        arrivals get a later moment, so actual send times never exceed the account's rate plus
-        its burst, and nobody passes while the account (or every account) is paused. The wait is
-        bounded by the in-task window and by the lease: past either, the message waits in Postgres.
-        None: go on and send."""
+    def _handle_error(self, attempt: _Attempt, error: DeliveryError, *, called: bool) -> Settled:
+        """Settle the claim by the class of what went wrong (worker/meta_errors.py). After a call,
+        the answer is known: its write keeps trying while the lease lasts."""
         claim = attempt.claim
-        pacing = self._pacing(claim)
-        deadline = time.monotonic() + min(self.settings.rate_inline_wait_s, max(0.0, attempt.lease_left_s()))
-        while True:
-            left = deadline - time.monotonic()
-            moment = self.limiter.take_send_moment(
-                claim.account_id, pacing, not_before=not_before or 0.0, within_s=max(0.0, left)
-            )
-            if moment.taken:
-                at = time.monotonic() + moment.wait_s
-                paused = self._sleep_until_lead(claim, at, not_before)
-                if paused <= 0:
-                    return self._begin_at(attempt, at, pacing)
-                wait = paused  # paused while this message waited: its moment is given up
-            else:
-                wait = moment.wait_s
-            if time.monotonic() + wait > deadline:
-                _count_wait("account", "postgres", wait)
-                return self._wait_in_postgres(claim, wait, None, Outcome.RATE_LIMITED)
-            shutdown.nap(wait, slot=not_before)
-
-    def _sleep_until_lead(self, claim: Claim, at: float, slot: float | None) -> float:
-        """Sleep until ``SEND_LEAD_S`` before the moment ``at`` (monotonic). A message that slept
-        asks whether its account was paused meanwhile (a 130429, an open breaker): returns the
-        seconds it stays paused, 0 when it may go on."""
-        early = at - SEND_LEAD_S - time.monotonic()
-        if early <= 0:
-            shutdown.check(slot)
-            return 0.0
-        shutdown.nap(early, slot=slot)
-        return self.limiter.send_paused_for(claim.account_id)
-
-    def _begin_at(self, attempt: _Attempt, at: float, pacing: Pacing) -> Settled | None:
-        """Mark the call begun, then wait out what is left until the send moment ``at``. At most
-        ``SEND_LEAD_S`` passes between the two, out of the renewed lease the call itself needs."""
-        if not self._begin_call(attempt):
-            return self._claim_lost(attempt.claim, "its lease ran out before the call")
-        left = at - time.monotonic()
-        # Half the jitter allowance is for running late here, half for the request's own way.
-        if left < -pacing.jitter_s / 2:
-            return self._next_free_moment(attempt, pacing)
-        if left > 0:
-            time.sleep(left)
-        return None
-
-    def _next_free_moment(self, attempt: _Attempt, pacing: Pacing) -> Settled | None:
-        """begin_call ran well past the moment (a new connection, a busy disk): sent now, the
-        message would bunch with the ones after it, so it takes the gate's next free moment if
-        that comes within the lead; else it waits in Postgres."""
-        claim = attempt.claim
-        # No request has left: until one does, a fault or a refusal gives the claim back, which
-        # clears the call marker.
-        attempt.call_began = False
-        moment = self.limiter.take_send_moment(claim.account_id, pacing, within_s=SEND_LEAD_S)
-        if not moment.taken:
-            return self._wait_in_postgres(claim, moment.wait_s, None, Outcome.RATE_LIMITED)
-        time.sleep(moment.wait_s)
-        attempt.call_began = True
-        return None
-
-    def _pacing(self, claim: Claim) -> Pacing:
-        s = self.settings
-        return Pacing(
-            mps=claim.mps,
-            burst=s.rate_burst,
-            pair_interval_s=s.pair_interval_s,
-            pair_burst=s.pair_burst,
-            horizon_s=s.rate_horizon_s,
-            jitter_s=s.rate_jitter_s,
+        decided, outcome = self._decide(claim, error)
+        patience = max(0.0, attempt.lease_left_s()) if called else 0.0
+        written = run_in_transaction(
+            lambda session: lifecycle.record_outcome(session, claim, decided), patience_s=patience
         )
+        if written and isinstance(error, TemplateUnusable):
+            # After the write: a slow Redis here must not eat the lease the answer's write needs.
+            self._remember_unusable(claim, call_error(error))
+        log.info(
+            "message %s attempt %d: %s (%s %s)",
+            claim.message_id,
+            claim.attempt_no,
+            outcome,
+            error.error_class,
+            error.error_code,
+            extra={"outcome": outcome.value, "detail": error.error_code},
+        )
+        if not written:
+            return self._claim_lost(claim, f"it was taken over before its {outcome} could be written")
+        return Settled(outcome, detail=error.error_code, error_class=error.error_class)
 
-    # -- settling the claim ---------------------------------------------------------------
+    def _decide(self, claim: Claim, error: DeliveryError) -> tuple[lifecycle.Decided, Outcome]:
+        """How the claim ends, by the class of what went wrong."""
+        stored = call_error(error)
+        if isinstance(error, AccountBroken):
+            halt = lifecycle.Halt(stored, reason=f"Meta error {error.error_code}: {error.title}")
+            return halt, Outcome.ACCOUNT_HALTED
+        if isinstance(error, DeliveryUncertain):
+            uncertain = CallError(
+                lifecycle.DELIVERY_UNCERTAIN,
+                "The call to Meta started but no answer came back; not resent to avoid a duplicate",
+                detail=error.title,
+                http_status=error.http_status,
+                error_class=error.error_class,
+            )
+            return lifecycle.Fail(uncertain, attempted=True), Outcome.UNCERTAIN
+        throttled = is_throttled(error)
+        if isinstance(error, Retryable) and self.retry.budget_left(claim, throttled=throttled):
+            delay = self.retry.delay_s(claim, error)
+            self._slow_down(claim, error, delay)
+            return lifecycle.Retry(stored, delay_s=delay, throttled=throttled), Outcome.RETRYING
+        # Final errors, and retryable ones that used up their budget, keep Meta's code and title.
+        assert isinstance(error, Final | Retryable)
+        failed = lifecycle.Fail(stored, attempted=True, marketing_opt_out=error.code == MARKETING_OPT_OUT_CODE)
+        return failed, Outcome.FAILED
+
+    def _remember_unusable(self, claim: Claim, refused: CallError) -> None:
+        template = TemplateRef.of_payload(claim.account_id, claim.payload)
+        if template is None:
+            return
+        try:
+            self.unusable_templates.remember(template, refused)
+        except redis.RedisError as fault:
+            # Meta's answer still gets written; only the fast failure of the next sends is missed.
+            log.warning("account %s: could not remember an unusable template (%s)", claim.account_id, fault)
+
+    def _slow_down(self, claim: Claim, error: DeliveryError, pause_s: float) -> None:
+        """Meta said too fast: the whole account pauses for every worker, then runs at half its
+        rate until it recovers; or only this recipient waits, and the account's other
+        conversations go on. The answer is known and gets written whatever Redis says."""
+        if isinstance(error, Throttled):
+            recovery_s = self.settings.throttle_recovery_s
+            try:
+                self.limiter.pause_account(claim.account_id, pause_s)
+                ceiling = self.limiter.slow_account(claim.account_id, claim.mps, recovery_s)
+            except redis.RedisError as fault:
+                log.warning("account %s throttled by Meta; could not slow it down (%s)", claim.account_id, fault)
+                return
+            log.warning("account %s throttled by Meta: held to %.1f mps for %ss", claim.account_id, ceiling, recovery_s)
+        elif isinstance(error, PairThrottled):
+            assert claim.wa_id
+            try:
+                self.limiter.pause_pair(claim.account_id, claim.wa_id, pause_s)
+            except redis.RedisError as fault:
+                log.warning("could not pause a pair of account %s (%s)", claim.account_id, fault)
 
     def _wait_in_postgres(self, claim: Claim, wait_s: float, slot: float | None, outcome: Outcome) -> Settled:
         # Waiting for a send slot is not an attempt: the failure budget is untouched.
@@ -511,26 +556,11 @@ class Delivery:
     ) -> Settled:
         """``answer_within_s``: Postgres's waits (a lock, a stall) count against this budget too,
         not only its errors; past it the write fails (an OperationalError)."""
-        waiting: dict[str, object] = {}
-        if wait_s is not None:
-            # It waits in Postgres, not in the broker: the pacer hands it over when it is due.
-            waiting = {
-                "next_attempt_at": func.now() + timedelta(seconds=wait_s),
-                "reserved_slot": slot,
-                "enqueued_at": None,
-            }
-        answer_by = None if answer_within_s is None else time.monotonic() + answer_within_s
-
-        def give_back(session: Session) -> bool:
-            if answer_by is not None:
-                # Whatever the budget leaves, for this transaction only (the pooled connection
-                # keeps its usual limits).
-                left_ms = str(max(MIN_STATEMENT_BUDGET_MS, int((answer_by - time.monotonic()) * 1000)))
-                session.execute(_LIMIT_WAITS, {"ms": left_ms})
-            return lifecycle.give_back(session, claim, **waiting)
-
-        given = run_in_transaction(give_back, patience_s=patience_s)
-        return Settled(outcome) if given else self._claim_lost(claim, "its lease ran out before it could wait")
+        back = lifecycle.GiveBack(wait_s=wait_s, slot=slot)
+        lost_why = "its lease ran out before it could wait"
+        return self._record(
+            claim, back, Settled(outcome), lost_why=lost_why, patience_s=patience_s, answer_within_s=answer_within_s
+        )
 
     def _give_back_after_fault(self, claim: Claim, fault: BaseException, lease_left_s: float) -> Settled:
         """Redis, Postgres or storage broke before the call: nothing was sent, so the claim goes
@@ -580,122 +610,6 @@ class Delivery:
     def _claim_lost(self, claim: Claim, why: str) -> Settled:
         log.warning("message %s: claim lost (%s); the sweeper settles it", claim.message_id, why)
         return Settled(Outcome.CLAIM_LOST)
-
-    def _fail(self, claim: Claim, error: CallError, *, called: bool, outcome: Outcome) -> Settled:
-        with session_scope() as session:
-            written = lifecycle.record_failed(session, claim, error, called=called)
-        if not written:
-            return self._claim_lost(claim, "it was taken over before its failure was written")
-        return Settled(outcome, detail=error.code, error_class=error.error_class)
-
-    def _handle_error(self, attempt: _Attempt, error: DeliveryError, *, called: bool) -> Settled:
-        """Settle the claim by the class of what went wrong (worker/meta_errors.py). After a call,
-        the answer is known: its write keeps trying while the lease lasts."""
-        claim = attempt.claim
-        throttled = isinstance(error, Throttled | PairThrottled)
-        stored = call_error(error)
-        patience = max(0.0, attempt.lease_left_s()) if called else 0.0
-        if isinstance(error, AccountBroken):
-            outcome = Outcome.ACCOUNT_HALTED
-            reason = f"Meta error {error.error_code}: {error.title}"
-
-            def write(session: Session) -> bool:
-                account_state.halt_account(session, claim.account_id, reason)
-                return lifecycle.record_halted(session, claim, stored)
-
-        elif isinstance(error, DeliveryUncertain):
-            outcome = Outcome.UNCERTAIN
-            uncertain = CallError(
-                lifecycle.DELIVERY_UNCERTAIN,
-                "The call to Meta started but no answer came back; not resent to avoid a duplicate",
-                detail=error.title,
-                http_status=error.http_status,
-                error_class=error.error_class,
-            )
-
-            def write(session: Session) -> bool:
-                return lifecycle.record_failed(session, claim, uncertain, called=True)
-
-        elif isinstance(error, Retryable) and self._budget_left(claim, throttled):
-            outcome = Outcome.RETRYING
-            delay = self._retry_delay(claim, error)
-
-            def write(session: Session) -> bool:
-                return lifecycle.record_retry(session, claim, stored, delay_s=delay, throttled=throttled)
-
-        else:
-            # Final errors, and retryable ones that used up their budget, keep Meta's code and title.
-            assert isinstance(error, Final | Retryable)
-            outcome = Outcome.FAILED
-
-            def write(session: Session) -> bool:
-                if error.code == MARKETING_OPT_OUT_CODE:
-                    account_state.mark_marketing_opt_out(session, claim.contact_id)
-                return lifecycle.record_failed(session, claim, stored, called=True)
-
-        written = run_in_transaction(write, patience_s=patience)
-        if written and isinstance(error, TemplateUnusable):
-            # After the write: a slow Redis here must not eat the lease the answer's write needs.
-            self._remember_unusable(claim, stored)
-        log.info(
-            "message %s attempt %d: %s (%s %s)",
-            claim.message_id,
-            claim.attempt_no,
-            outcome,
-            error.error_class,
-            error.error_code,
-            extra={"outcome": outcome.value, "detail": error.error_code},
-        )
-        if not written:
-            return self._claim_lost(claim, f"it was taken over before its {outcome} could be written")
-        return Settled(outcome, detail=error.error_code, error_class=error.error_class)
-
-    def _remember_unusable(self, claim: Claim, refused: CallError) -> None:
-        template = TemplateRef.of_payload(claim.account_id, claim.payload)
-        if template is None:
-            return
-        try:
-            self.unusable_templates.remember(template, refused)
-        except redis.RedisError as fault:
-            # Meta's answer still gets written; only the fast failure of the next sends is missed.
-            log.warning("account %s: could not remember an unusable template (%s)", claim.account_id, fault)
-
-    def _budget_left(self, claim: Claim, throttled: bool) -> bool:
-        if throttled:
-            return claim.throttled_attempts < self.settings.max_throttled_attempts
-        failures_so_far = claim.attempt_no - claim.throttled_attempts
-        return failures_so_far < self.settings.max_attempts
-
-    def _retry_delay(self, claim: Claim, error: DeliveryError) -> float:
-        s = self.settings
-        assert claim.wa_id
-        if isinstance(error, Throttled):
-            # Slow the whole account: a pause for every worker, then half the rate until it recovers.
-            pause = error.retry_after_s if error.retry_after_s is not None else s.throttle_pause_s
-            try:
-                self.limiter.pause_account(claim.account_id, pause)
-                ceiling = self.limiter.slow_account(claim.account_id, claim.mps, s.throttle_recovery_s)
-            except redis.RedisError as fault:
-                # The answer is known and must be written; only the shared slow-down is missed.
-                log.warning("account %s throttled by Meta; could not slow it down (%s)", claim.account_id, fault)
-                return pause
-            log.warning(
-                "account %s throttled by Meta: held to %.1f mps for %ss",
-                claim.account_id,
-                ceiling,
-                s.throttle_recovery_s,
-            )
-            return pause
-        if isinstance(error, PairThrottled):
-            # Only this recipient waits; the account's other conversations go on.
-            pause = error.retry_after_s if error.retry_after_s is not None else s.pair_pause_s
-            try:
-                self.limiter.pause_pair(claim.account_id, claim.wa_id, pause)
-            except redis.RedisError as fault:
-                log.warning("could not pause a pair of account %s (%s)", claim.account_id, fault)
-            return pause
-        failures = max(1, claim.attempt_no - claim.throttled_attempts)
-        return compute_backoff(failures, base_s=s.retry_base_s, cap_s=s.retry_cap_s, retry_after_s=error.retry_after_s)
 
 
 def is_header_safe(token: str) -> bool:

@@ -1,6 +1,6 @@
 """The safety net that makes Postgres, not Redis, the source of truth.
 
-- Claims whose lease ran out are judged by models/lifecycle.py: no call started → re-queued (not
+- Claims whose lease ran out are judged by models/lifecycle/sweep.py: no call started → re-queued (not
   an attempt); call started → DELIVERY_UNCERTAIN, and the conversation's next message is handed over.
 - Messages whose task the broker really lost are handed to it again. "Really lost" is decided
   against the broker itself, not against a fixed age: every task carries the time it was enqueued

@@ -8,19 +8,18 @@ import threading
 import time
 import uuid
 from functools import lru_cache, partial
+from typing import Any
 
 import redis
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
-from sqlalchemy import exc as sqlalchemy_exc
 
 from models import lifecycle, metrics
-from models.db import describe_database_error, session_scope
+from models.db import session_scope
 from models.redis_client import redis_from_url
 from models.settings import get_settings
 from wadispatch.client import masked_kwargs_repr
 from worker import shutdown
-from worker.backoff import compute_backoff
 from worker.breaker import Breaker, BreakerPolicy
 from worker.callbacks import Dispatcher
 from worker.celery_app import (
@@ -43,6 +42,7 @@ from worker.pacer import Pacer
 from worker.rate_limit import RateLimiter
 from worker.submission_request import SubmissionRequest
 from worker.sweeper import oldest_waiting_enqueue, take_lost_by_broker, webhooks_left_behind
+from worker.task_base import DATABASE_UNAVAILABLE, RetriedWhileDatabaseUnavailable
 from worker.webhooks.process import process_event
 
 log = logging.getLogger(__name__)
@@ -76,35 +76,11 @@ def _get_delivery() -> Delivery:
         return _delivery
 
 
-# The database could not be reached, refused the connection (too many clients, a restart) or the
-# process's pool stayed full: nothing was claimed, or the claim's lease protects the message, so
-# running the task again shortly is safe — and far sooner than the sweeper would.
-DATABASE_UNAVAILABLE = (sqlalchemy_exc.OperationalError, sqlalchemy_exc.TimeoutError)
-# Tries of one task while the database is unavailable, and the pauses between them (full jitter):
-# up to about four minutes in all; past that the sweeper re-enqueues the message.
-DATABASE_RETRIES = 12
-DATABASE_RETRY_BASE_S = 1.0
-DATABASE_RETRY_CAP_S = 30.0
-
-
-@app.task(name=SEND_TASK, bind=True, max_retries=DATABASE_RETRIES)
-def send_message(self: Task, message_id: str, **_earlier_kwargs: object) -> str:
+@app.task(name=SEND_TASK, base=RetriedWhileDatabaseUnavailable, noun="message")
+def send_message(message_id: str, **_earlier_kwargs: object) -> str:
     # Earlier versions passed a reserved slot as a keyword; it now lives on the message row.
     started = time.perf_counter()
-    try:
-        settled = _get_delivery().run(uuid.UUID(message_id))
-    except DATABASE_UNAVAILABLE as error:
-        tries = self.request.retries + 1
-        # A short countdown (capped far below the broker's visibility timeout).
-        delay = compute_backoff(tries, base_s=DATABASE_RETRY_BASE_S, cap_s=DATABASE_RETRY_CAP_S)
-        log.warning(
-            "message %s: database unavailable (%s), try %d; again in %.1f s",
-            message_id,
-            describe_database_error(error),
-            tries,
-            delay,
-        )
-        raise self.retry(exc=error, countdown=delay) from error
+    settled = _get_delivery().run(uuid.UUID(message_id))
     took = time.perf_counter() - started
     metrics.safely(lambda: _count_step(settled, took))
     outcome = f"{settled.outcome}:{settled.detail}" if settled.detail else str(settled.outcome)
@@ -133,24 +109,17 @@ def _count_updates(kind: str, count: int) -> None:
     metrics.WEBHOOK_UPDATES.labels(kind=kind).inc(count)
 
 
-@app.task(name=WEBHOOK_TASK, bind=True, max_retries=DATABASE_RETRIES)
-def process_webhook(self: Task, event_id: str) -> str:
+@app.task(name=WEBHOOK_TASK, base=RetriedWhileDatabaseUnavailable, noun="webhook")
+def process_webhook(event_id: str) -> str:
     """Apply one stored webhook delivery (api_shim/meta_webhooks.py stored it)."""
     settings = get_settings()
-    try:
-        with session_scope() as session:
-            processed = process_event(
-                session,
-                uuid.UUID(event_id),
-                retry_base_s=settings.webhook_retry_base_s,
-                retry_cap_s=settings.webhook_retry_cap_s,
-            )
-    except DATABASE_UNAVAILABLE as error:
-        delay = compute_backoff(self.request.retries + 1, base_s=DATABASE_RETRY_BASE_S, cap_s=DATABASE_RETRY_CAP_S)
-        log.warning(
-            "webhook %s: database unavailable (%s); again in %.1f s", event_id, describe_database_error(error), delay
+    with session_scope() as session:
+        processed = process_event(
+            session,
+            uuid.UUID(event_id),
+            retry_base_s=settings.webhook_retry_base_s,
+            retry_cap_s=settings.webhook_retry_cap_s,
         )
-        raise self.retry(exc=error, countdown=delay) from error
     if processed is None:
         return "skipped: done or being applied"
     for kind, count in processed.counts.items():
@@ -169,7 +138,21 @@ def process_webhook(self: Task, event_id: str) -> str:
 SUBMIT_RATE_RETRIES = 30
 
 
-@app.task(name=SUBMIT_TASK, bind=True, max_retries=SUBMIT_RATE_RETRIES, Request=SubmissionRequest)
+class _SubmissionTask(RetriedWhileDatabaseUnavailable):
+    """A submission's arguments hold an API key and message bodies: the log names none of them,
+    and a retry's message carries only their masked summary (worker/submission_request.py)."""
+
+    Request = SubmissionRequest
+    noun = "submission"
+
+    def subject(self, args: tuple[Any, ...]) -> str:
+        return self.noun
+
+    def options_when_sent_again(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {"kwargsrepr": masked_kwargs_repr(kwargs)}
+
+
+@app.task(name=SUBMIT_TASK, base=_SubmissionTask, bind=True, max_retries=SUBMIT_RATE_RETRIES)
 def submit(self: Task, *args: object, **kwargs: object) -> str:
     """An upstream service's submission over the broker (api_shim/broker_intake.py does the work)."""
     from api_shim.broker_intake import RetryLater
@@ -186,10 +169,8 @@ def submit(self: Task, *args: object, **kwargs: object) -> str:
             log.warning("submission %s refused: request rate still exceeded (%s)", kwargs.get("idempotency_key"), wait)
             return "refused:RATE_LIMITED"
         raise self.retry(countdown=wait.after_s, kwargsrepr=masked) from None
-    except DATABASE_UNAVAILABLE as error:
-        delay = compute_backoff(self.request.retries + 1, base_s=DATABASE_RETRY_BASE_S, cap_s=DATABASE_RETRY_CAP_S)
-        log.warning("submission: database unavailable (%s); again in %.1f s", describe_database_error(error), delay)
-        raise self.retry(exc=error, countdown=delay, kwargsrepr=masked, max_retries=DATABASE_RETRIES) from error
+    except DATABASE_UNAVAILABLE:
+        raise  # the base retries it (worker/task_base.py)
     except Exception as error:
         # A bug of ours: its text could quote the arguments (the key), so only its kind is logged.
         log.error("submission %s: internal error (%s)", kwargs.get("idempotency_key"), type(error).__name__)

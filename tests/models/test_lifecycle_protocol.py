@@ -1,4 +1,4 @@
-"""The claim protocol of models/lifecycle.py, statement by statement, on a real Postgres.
+"""The claim protocol of models/lifecycle/, statement by statement, on a real Postgres.
 
 These run on a database of their own (migrated like the real one), so the test stack's beat and
 worker — which sweep and deliver on the shared test database — cannot race them.

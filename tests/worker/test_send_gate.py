@@ -20,10 +20,11 @@ from models.lifecycle import Claim
 from models.settings import Settings
 from tests.conftest import TEST_ENV
 from worker.breaker import Breaker, BreakerPolicy
-from worker.delivery import SEND_LEAD_S, Delivery, _Attempt
+from worker.delivery import Delivery, _Attempt
 from worker.meta_client import MetaClient
 from worker.outcome import Outcome, Settled
 from worker.rate_limit import Pacing, RateLimiter, SendMoment
+from worker.send_gate import SEND_LEAD_S
 
 MPS = 20  # one send moment every 50 ms; no burst at the gate (burst 0)
 

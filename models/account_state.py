@@ -1,4 +1,5 @@
-"""What a delivery learns about the sender account or the contact, written back for everyone."""
+"""What a delivery learns about the sender account or the contact, written back for everyone
+(models/lifecycle/outcomes.py writes it in the same transaction as the message's outcome)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,49 @@
+"""An operator's transition: ``messages retry`` puts failed messages back in the queue."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import func, insert, update
+from sqlalchemy.orm import Session
+
+from models.enums import MessageStatus
+from models.tables import Message, MessageEvent
+
+
+def operator_retry(session: Session, chosen: Any) -> list[uuid.UUID]:
+    """Put failed messages (the ids ``chosen`` selects) back in the queue, budgets afresh, with an
+    event each. Clearing the token means a late answer of the old claim can change nothing."""
+    rows = session.execute(
+        update(Message)
+        .where(Message.id.in_(chosen), Message.status == MessageStatus.FAILED)
+        .values(
+            status=MessageStatus.QUEUED,
+            claim_token=None,
+            call_started_at=None,
+            attempts=0,
+            throttled_attempts=0,
+            next_attempt_at=None,
+            reserved_slot=None,
+            failed_at=None,
+            enqueued_at=func.now(),
+        )
+        .returning(Message.id, Message.org_id, Message.error_code)
+    ).all()
+    if rows:
+        session.execute(
+            insert(MessageEvent),
+            [
+                {
+                    "org_id": row.org_id,
+                    "message_id": row.id,
+                    "status": MessageStatus.QUEUED,
+                    "from_status": MessageStatus.FAILED,
+                    "source": "operator",
+                    "reason": f"re-queued by an operator (was {row.error_code})",
+                }
+                for row in rows
+            ],
+        )
+    return [row.id for row in rows]

@@ -1,0 +1,89 @@
+"""The sweeper's transitions: a claim whose lease ran out is judged by whether its call started.
+No call → back to the queue (not an attempt); a call → ``failed`` as DELIVERY_UNCERTAIN (its
+answer was lost; it is not sent again)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import case, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from models.enums import AttemptOutcome, MessageStatus
+from models.lifecycle.conversation import next_in_conversation, thread_status
+from models.lifecycle.transitions import NOT_WAITING
+from models.meta_status import DELIVERY_UNCERTAIN
+from models.tables import Message, MessageAttempt
+
+
+def _expired_claims(call_started: bool, batch: int) -> Any:
+    marker = Message.call_started_at.is_not(None) if call_started else Message.call_started_at.is_(None)
+    return (
+        select(Message.id)
+        .where(Message.status == MessageStatus.SENDING, Message.lease_expires_at < func.now(), marker)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+
+
+def requeue_lost_claims(session: Session, *, batch: int) -> list[uuid.UUID]:
+    """Claims whose lease ran out before any call started (their worker died or stalled): back to
+    the queue, not an attempt. Returns the ids; the caller enqueues them after commit."""
+    rows = session.execute(
+        update(Message)
+        .where(Message.id.in_(_expired_claims(call_started=False, batch=batch)))
+        .values(
+            status=case((Message.attempts > 1, MessageStatus.RETRYING.value), else_=MessageStatus.QUEUED.value),
+            attempts=Message.attempts - 1,
+            lease_expires_at=None,
+            next_attempt_at=None,
+            reserved_slot=None,
+            enqueued_at=func.now(),
+        )
+        .returning(Message.id)
+    ).all()
+    return [row.id for row in rows]
+
+
+@dataclass(frozen=True)
+class UncertainSweep:
+    failed: list[uuid.UUID]
+    successors: list[uuid.UUID]  # the next message of each conversation, to hand over after commit
+
+
+def fail_uncertain_calls(session: Session, *, batch: int) -> UncertainSweep:
+    """Claims whose lease ran out after their call started: the answer was lost, so they fail as
+    DELIVERY_UNCERTAIN rather than be sent again. The next message of each conversation, held
+    back for them, is returned to be handed over."""
+    rows = session.execute(
+        update(Message)
+        .where(Message.id.in_(_expired_claims(call_started=True, batch=batch)))
+        .values(
+            status=MessageStatus.FAILED,
+            failed_at=func.now(),
+            **NOT_WAITING,
+            error_code=DELIVERY_UNCERTAIN,
+            error_title="The call to Meta started but its answer was lost (the worker died or stalled); not resent",
+            error_detail="lease expired after the call started; Meta may or may not have the message",
+        )
+        .returning(Message.id, Message.org_id, Message.attempts, Message.conversation_id, Message.seq)
+    ).all()
+    successors: list[uuid.UUID] = []
+    for row in rows:
+        session.execute(
+            insert(MessageAttempt).values(
+                org_id=row.org_id,
+                message_id=row.id,
+                attempt_no=row.attempts,
+                outcome=AttemptOutcome.UNCERTAIN,
+                error_class="worker_lost",
+                error_message="lease expired after the call started",
+            )
+        )
+        thread_status(session, row.conversation_id, row.id, MessageStatus.FAILED)
+        if (successor := next_in_conversation(session, row.conversation_id, row.seq)) is not None:
+            successors.append(successor)
+    return UncertainSweep([row.id for row in rows], successors)
