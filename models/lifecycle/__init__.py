@@ -14,7 +14,8 @@ nothing and says so:
 - ``operator``: ``messages retry`` re-queues failed messages;
 - ``meta_statuses``: Meta's status webhooks, forward only;
 - ``inbound``: an inbound message joins its contact's conversation;
-- ``conversation``: the thread entry and the next message of a conversation, shared by the above.
+- ``conversation``: the thread entry and the next message of a conversation, shared by the above,
+  and the one order in which a transaction locks several conversations (``ConversationKey``).
 
 The claim protocol in a few lines:
 
@@ -34,7 +35,7 @@ Callers use the package as one module (``from models import lifecycle; lifecycle
 
 from models.lifecycle.accept import Accepted, accept, accept_many, accept_one_after
 from models.lifecycle.claim import Claim, SkipReason, begin_call, claim, give_back, why_not_claimed
-from models.lifecycle.conversation import next_in_conversation
+from models.lifecycle.conversation import ConversationKey, lock_conversations, next_in_conversation
 from models.lifecycle.inbound import receive
 from models.lifecycle.meta_statuses import Addressed, StatusApplication, apply_meta_statuses
 from models.lifecycle.operator import operator_retry
@@ -78,6 +79,7 @@ __all__ = [
     "Addressed",
     "CallError",
     "Claim",
+    "ConversationKey",
     "Decided",
     "Fail",
     "GiveBack",
@@ -99,6 +101,7 @@ __all__ = [
     "claim",
     "fail_uncertain_calls",
     "give_back",
+    "lock_conversations",
     "next_in_conversation",
     "operator_retry",
     "receive",

@@ -118,7 +118,8 @@ class Accepted:
 
 # A batch as arrays (one fixed statement text whatever the batch size, so it is prepared once and
 # no SQL is built per row): each conversation's latest entry is the batch's last message to it,
-# and the messages are inserted in batch order (``seq`` keeps a conversation's order).
+# and the messages are inserted in batch order (``seq`` keeps a conversation's order). Its
+# conversations are upserted, so locked, in the lock order (conversation.ConversationKey).
 _ACCEPT_MANY = f"""WITH batch AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(accounts)s::uuid[], %(contacts)s::uuid[], %(types)s::text[],
                          %(payloads)s::jsonb[], %(previews)s::text[])
@@ -129,6 +130,7 @@ _ACCEPT_MANY = f"""WITH batch AS (
     INSERT INTO conversations AS c (org_id, account_id, contact_id, last_message_id, last_message_at,
                                     last_message_preview, last_message_status)
     SELECT %(org_id)s, account_id, contact_id, id, now(), preview, '{ACCEPTED.value}' FROM latest
+    ORDER BY account_id, contact_id
     ON CONFLICT ON CONSTRAINT uq_conversation_account_contact DO UPDATE
     SET last_message_id = EXCLUDED.last_message_id, last_message_at = EXCLUDED.last_message_at,
         last_message_preview = EXCLUDED.last_message_preview, last_message_status = EXCLUDED.last_message_status

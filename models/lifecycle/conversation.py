@@ -1,18 +1,66 @@
 """A message's place in its conversation: the thread entry the inbox shows (its latest message's
-status), and the next message held back behind it (a conversation's messages go out in order)."""
+status), the next message held back behind it (a conversation's messages go out in order), and
+the one order in which a transaction locks several conversations."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any, cast
+from collections.abc import Mapping
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, Table, select, update
+from sqlalchemy import Connection, Table, select, text, update
 from sqlalchemy.orm import Session
 
 from models.enums import CLAIMABLE, MessageStatus, status_in
 from models.tables import Conversation, Message
 
 _messages = cast(Table, Message.__table__)
+
+
+class ConversationKey(NamedTuple):
+    """A conversation as it is known before it exists: one per (account, contact).
+
+    The lock order: a transaction that locks more than one conversation locks them by this key,
+    ascending (tuples of uuids compare as Postgres's ``ORDER BY account_id, contact_id`` does), and
+    after the messages it locks (in id order). A batch's intake takes its conversations in that
+    order in one statement, the webhooks and the sweeper sort by this key, so no two of them wait
+    on each other in a circle."""
+
+    account_id: uuid.UUID
+    contact_id: uuid.UUID
+
+
+# Every conversation a transaction is about to write, locked in the lock order before any of
+# them is written; a missing one (an inbound message's first) is created empty, in its place in
+# the order. ``WHERE false``: an existing row is locked but not written; the SET names a column no
+# key covers, so the lock is the one an update of the thread entry takes (FOR NO KEY UPDATE).
+_LOCK_CONVERSATIONS = text(
+    """
+    INSERT INTO conversations AS c (org_id, account_id, contact_id)
+    SELECT k.org_id, k.account_id, k.contact_id
+    FROM unnest(CAST(:org_ids AS uuid[]), CAST(:account_ids AS uuid[]), CAST(:contact_ids AS uuid[]))
+         AS k(org_id, account_id, contact_id)
+    ORDER BY k.account_id, k.contact_id
+    ON CONFLICT ON CONSTRAINT uq_conversation_account_contact
+    DO UPDATE SET last_message_status = c.last_message_status WHERE false
+    """
+)
+
+
+def lock_conversations(session: Session, org_of: Mapping[ConversationKey, uuid.UUID]) -> None:
+    """Lock these conversations (``org_of``: each one's organization) in the lock order, creating
+    those that do not exist yet. The caller has locked the messages it writes already."""
+    if not org_of:
+        return
+    keys = sorted(org_of)
+    session.execute(
+        _LOCK_CONVERSATIONS,
+        {
+            "org_ids": [org_of[key] for key in keys],
+            "account_ids": [key.account_id for key in keys],
+            "contact_ids": [key.contact_id for key in keys],
+        },
+    )
 
 
 def thread_status(session: Session, conversation_id: uuid.UUID, message_id: uuid.UUID, status: MessageStatus) -> None:

@@ -30,7 +30,8 @@ def receive(
     """Store an inbound message as ``received`` in its contact's conversation, once per wamid and
     account (a message Meta delivers again is a no-op: None). ``at`` is when the contact wrote it,
     so the thread reads in that order; ``preview`` None keeps the conversation's latest entry as it
-    is (a reaction is not a new entry)."""
+    is (a reaction is not a new entry). A caller storing messages in several conversations locks
+    them all first, in their lock order (``conversation.lock_conversations``)."""
     conversation_id = session.execute(
         pg_insert(Conversation)
         .values(org_id=org_id, account_id=account_id, contact_id=contact_id)

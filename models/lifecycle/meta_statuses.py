@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from models.enums import Direction, MessageStatus
-from models.lifecycle.conversation import next_in_conversation
+from models.lifecycle.conversation import ConversationKey, next_in_conversation
 from models.meta_status import Effect, MessageState, StatusReport, Step, fold
 from models.tables import Conversation, Message
 
@@ -80,6 +80,7 @@ def apply_meta_statuses(
             Message.id,
             Message.org_id,
             Message.account_id,
+            Message.contact_id,
             Message.conversation_id,
             Message.seq,
             *(getattr(Message, c) for c in _STATE_COLUMNS),
@@ -112,7 +113,7 @@ def apply_meta_statuses(
     deferred: list[Addressed] = []
     events: dict[tuple[uuid.UUID, str, datetime], dict[str, Any]] = {}
     changes: list[dict[str, Any]] = []
-    thread: list[dict[str, Any]] = []
+    thread: list[tuple[ConversationKey, dict[str, Any]]] = []
     left_waiting: list[Any] = []
     for message_id, its_reports in reports_of.items():
         row = by_id[(its_reports[0].account_id, message_id)]
@@ -136,7 +137,10 @@ def apply_meta_statuses(
             )
             if after.status != before.status:
                 thread.append(
-                    {"p_conversation": row.conversation_id, "p_message": message_id, "p_status": after.status}
+                    (
+                        ConversationKey(row.account_id, row.contact_id),
+                        {"p_conversation": row.conversation_id, "p_message": message_id, "p_status": after.status},
+                    )
                 )
             if went_out:
                 left_waiting.append(row)
@@ -148,8 +152,8 @@ def apply_meta_statuses(
     if changes:
         session.execute(_APPLY_STATE, changes)
     if thread:
-        # In one order (conversation id), like the messages: two deliveries never wait on each other in a circle.
-        session.execute(_THREAD_STATUS, sorted(thread, key=lambda t: (t["p_conversation"], t["p_message"])))
+        # In the lock order of conversations (a caller that writes more of them locked them all first).
+        session.execute(_THREAD_STATUS, [entry for _, entry in sorted(thread, key=lambda t: t[0])])
     successors = [
         successor
         for row in left_waiting

@@ -12,7 +12,7 @@ from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from models.enums import AttemptOutcome, MessageStatus
-from models.lifecycle.conversation import next_in_conversation, thread_status
+from models.lifecycle.conversation import ConversationKey, next_in_conversation, thread_status
 from models.lifecycle.transitions import NOT_WAITING
 from models.meta_status import DELIVERY_UNCERTAIN
 from models.tables import Message, MessageAttempt
@@ -69,10 +69,19 @@ def fail_uncertain_calls(session: Session, *, batch: int) -> UncertainSweep:
             error_title="The call to Meta started but its answer was lost (the worker died or stalled); not resent",
             error_detail="lease expired after the call started; Meta may or may not have the message",
         )
-        .returning(Message.id, Message.org_id, Message.attempts, Message.conversation_id, Message.seq)
+        .returning(
+            Message.id,
+            Message.org_id,
+            Message.attempts,
+            Message.account_id,
+            Message.contact_id,
+            Message.conversation_id,
+            Message.seq,
+        )
     ).all()
     successors: list[uuid.UUID] = []
-    for row in rows:
+    # Their thread entries in the lock order of conversations (RETURNING's order is the scan's).
+    for row in sorted(rows, key=lambda r: ConversationKey(r.account_id, r.contact_id)):
         session.execute(
             insert(MessageAttempt).values(
                 org_id=row.org_id,

@@ -1,9 +1,15 @@
-"""Record one inbound message: find or create its contact, store it once in the conversation,
-open the 24-hour window, and apply a reaction to the message it reacts to."""
+"""Record inbound messages: find or create each sender's contact, store each message once in its
+conversation, open the 24-hour window, and apply a reaction to the message it reacts to.
+
+In two steps, so that a delivery can lock every conversation it writes before writing any
+(worker/webhooks/process.py): ``find_senders`` (the senders' contacts, under advisory locks taken
+in one order), then ``store_inbound`` for each message."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -25,19 +31,84 @@ class InboundResult(StrEnum):
     MALFORMED = "malformed"  # no id, type or sender: kept in the raw delivery only
 
 
-def record_inbound(
-    session: Session,
-    account: RoutedAccount,
-    item: dict[str, Any],
-    contacts: list[dict[str, Any]],
-    *,
-    webhook_event_id: uuid.UUID,
-) -> InboundResult:
+@dataclass(frozen=True)
+class Arrival:
+    """An inbound message whose sender's contact is known: ready to be stored."""
+
+    account: RoutedAccount
+    message: InboundMessage
+    contact_id: uuid.UUID
+
+    @property
+    def conversation(self) -> lifecycle.ConversationKey:
+        return lifecycle.ConversationKey(self.account.id, self.contact_id)
+
+
+@dataclass(frozen=True)
+class _Read:
+    account: RoutedAccount
+    message: InboundMessage
+    name: str | None
+    user_id: str | None
+
+    @property
+    def identity(self) -> str:
+        return sender_identity(self.account.org_id, self.message.sender_wa_id, self.user_id)
+
+
+def sender_identity(org_id: uuid.UUID, wa_id: str | None, user_id: str | None) -> str:
+    """A sender as the advisory lock around finding or creating its contact names it."""
+    return f"{org_id}:{wa_id or 'user:' + (user_id or '')}"
+
+
+# One statement for all of a delivery's senders, in the order of their lock keys (not of their
+# names: two names may share a key). Postgres evaluates the select list's volatile functions
+# after the ORDER BY's sort, so the locks are taken in that order.
+_LOCK_SENDERS = text(
+    """
+    SELECT pg_advisory_xact_lock(keys.key)
+    FROM (SELECT DISTINCT hashtextextended(identity, 0) AS key
+          FROM unnest(CAST(:identities AS text[])) AS identity) AS keys
+    ORDER BY keys.key
+    """
+)
+
+
+def lock_senders(session: Session, identities: Iterable[str]) -> None:
+    """Transaction-long advisory locks on these senders (see ``sender_identity``), all at once and
+    in one order: two deliveries about the same senders never hold one each and wait for the other."""
+    chosen = sorted(set(identities))
+    if chosen:
+        session.execute(_LOCK_SENDERS, {"identities": chosen})
+
+
+def find_senders(
+    session: Session, items: list[tuple[RoutedAccount, dict[str, Any], list[dict[str, Any]]]]
+) -> list[Arrival | None]:
+    """Each inbound item (with its account and its change's ``contacts[]``) read, with its sender's
+    contact found or created; None for an item that is not a message we can store."""
+    read = [_read(account, item, contacts) for account, item, contacts in items]
+    lock_senders(session, [r.identity for r in read if r is not None])
+    return [None if r is None else _arrival(session, r) for r in read]
+
+
+def _read(account: RoutedAccount, item: dict[str, Any], contacts: list[dict[str, Any]]) -> _Read | None:
     message = read_inbound(item)
     if message is None:
-        return InboundResult.MALFORMED
+        return None
     name, user_id = profile_of(contacts, message)
-    contact_id = _contact_for(session, account.org_id, message, name=name, user_id=message.sender_user_id or user_id)
+    return _Read(account, message, name, message.sender_user_id or user_id)
+
+
+def _arrival(session: Session, read: _Read) -> Arrival:
+    contact_id = _contact_for(session, read.account.org_id, read.message, name=read.name, user_id=read.user_id)
+    return Arrival(read.account, read.message, contact_id)
+
+
+def store_inbound(session: Session, arrival: Arrival, *, webhook_event_id: uuid.UUID) -> InboundResult:
+    """Store the message once in its conversation (which the caller locked, with the delivery's
+    others, in their lock order), open the window and apply a reaction."""
+    account, message, contact_id = arrival.account, arrival.message, arrival.contact_id
     stored = lifecycle.receive(
         session,
         org_id=account.org_id,
@@ -68,16 +139,29 @@ def record_inbound(
     return InboundResult.STORED
 
 
+def record_inbound(
+    session: Session,
+    account: RoutedAccount,
+    item: dict[str, Any],
+    contacts: list[dict[str, Any]],
+    *,
+    webhook_event_id: uuid.UUID,
+) -> InboundResult:
+    """One inbound message on its own (its one conversation is locked by storing it)."""
+    (arrival,) = find_senders(session, [(account, item, contacts)])
+    if arrival is None:
+        return InboundResult.MALFORMED
+    return store_inbound(session, arrival, webhook_event_id=webhook_event_id)
+
+
 def _contact_for(
     session: Session, org_id: uuid.UUID, message: InboundMessage, *, name: str | None, user_id: str | None
 ) -> uuid.UUID:
     """The organization's contact with this WhatsApp id (or, without a phone, this business-scoped
     user id), created when there is none. Two deliveries about one new contact may be applied at
-    once: a transaction-long advisory lock on the identity makes the second find the first's. The
-    lock does not hold back an operator adding the number meanwhile: the insert then yields to
-    that contact (one per organization and phone) and the message joins it."""
-    identity = f"{org_id}:{message.sender_wa_id or 'user:' + (user_id or '')}"
-    session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:identity, 0))"), {"identity": identity})
+    once: the caller holds the advisory lock on the sender (``lock_senders``), so the second finds
+    the first's. The lock does not hold back an operator adding the number meanwhile: the insert
+    then yields to that contact (one per organization and phone) and the message joins it."""
     contact: Contact | None = None
     if message.sender_wa_id is not None:
         contact = session.scalars(

@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 
 from models import lifecycle
 from models.meta_status import read_status
-from models.tables import Message, WebhookEvent
+from models.tables import Conversation, Message, WebhookEvent
 from worker.webhooks.envelope import Change, MalformedDelivery, read_delivery
-from worker.webhooks.inbound import record_inbound
+from worker.webhooks.inbound import find_senders, store_inbound
 from worker.webhooks.inbound_kinds import read_inbound
 from worker.webhooks.routing import RoutedAccount, RouteRefusal, route
 
@@ -65,15 +65,23 @@ def process_event(
         if (account := _route(session, event, change, processed)) is not None:
             routed.append((account, change))
             statuses.extend(_statuses_of(account, change, processed))
-    # Locks in one order for every delivery (and for a send writing its outcome): the messages it
-    # names first, in id order, then conversations and contacts. An inbound message locks its
-    # conversation and a reaction the message it reacts to; taken before those, no two deliveries
-    # about one conversation wait on each other in a circle.
-    _lock_named_messages(session, routed, statuses)
-    for account, change in routed:
-        for message in change.messages:
-            result = record_inbound(session, account, message, change.contacts, webhook_event_id=event.id)
-            processed.counts[f"inbound_{result.value}"] += 1
+    # Locks in one order for every delivery (and for a send writing its outcome, a batch's intake
+    # and the sweeper): the messages it names first, in id order; then its senders (advisory locks,
+    # in key order) while their contacts are found or created; then every conversation it writes,
+    # in the conversations' lock order, before it writes any; then it writes. So no two of them
+    # wait on each other in a circle.
+    conversations = _lock_named_messages(session, routed, statuses)
+    arrivals = find_senders(
+        session, [(account, item, change.contacts) for account, change in routed for item in change.messages]
+    )
+    found = [arrival for arrival in arrivals if arrival is not None]
+    if malformed := len(arrivals) - len(found):
+        processed.counts["inbound_malformed"] += malformed
+    conversations.update((arrival.conversation, arrival.account.org_id) for arrival in found)
+    lifecycle.lock_conversations(session, conversations)
+    for arrival in found:
+        result = store_inbound(session, arrival, webhook_event_id=event.id)
+        processed.counts[f"inbound_{result.value}"] += 1
     deferred = _apply_statuses(session, event, statuses, processed)
     if deferred and event.tries < MAX_TRIES:
         event.deferred = deferred
@@ -130,9 +138,10 @@ def _lock_named_messages(
     session: Session,
     routed: list[tuple[RoutedAccount, Change]],
     statuses: list[tuple[lifecycle.Addressed, dict[str, Any]]],
-) -> None:
+) -> dict[lifecycle.ConversationKey, uuid.UUID]:
     """Lock, in id order, every message of the routed accounts the delivery's statuses and
-    reactions name (a superset of what applying them locks later)."""
+    reactions name (a superset of what applying them locks later); their conversations (a
+    superset of the thread entries applying them writes), each with its organization."""
     wamids = {addressed.report.wamid for addressed, _ in statuses}
     refs = {addressed.report.message_ref for addressed, _ in statuses if addressed.report.message_ref is not None}
     for _, change in routed:
@@ -141,9 +150,10 @@ def _lock_named_messages(
             if inbound is not None and (reaction := inbound.reaction) is not None:
                 wamids.add(reaction[0])
     if not wamids and not refs:
-        return
-    session.execute(
-        select(Message.id)
+        return {}
+    rows = session.execute(
+        select(Message.id, Conversation.org_id, Conversation.account_id, Conversation.contact_id)
+        .join(Conversation, Conversation.id == Message.conversation_id)
         .where(
             Message.account_id.in_(sorted({account.id for account, _ in routed})),
             or_(
@@ -152,8 +162,9 @@ def _lock_named_messages(
             ),
         )
         .order_by(Message.id)
-        .with_for_update()
+        .with_for_update(of=Message)
     ).all()
+    return {lifecycle.ConversationKey(row.account_id, row.contact_id): row.org_id for row in rows}
 
 
 def _apply_statuses(
