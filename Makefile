@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The suite runs in this many processes (pytest-xdist), each with its own database, Redis db and stack.
+TEST_PROCESSES ?= 2
 
 .PHONY: install services run demo test lint typecheck bench-limits bench-throughput bench-webhooks bench-intake chaos clean
 
@@ -70,7 +72,7 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 
 test: install services $(NODE_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile
 
 
 clean:

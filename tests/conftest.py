@@ -20,8 +20,10 @@ RUN_ID = secrets.token_hex(4)
 DB_NAME = f"wadispatch_test_{RUN_ID}"
 # Migrated once per run; the session database and other tests' own databases are copies of it.
 TEMPLATE_DB_NAME = f"{DB_NAME}_template"
-# Parallel runs on one machine (several checkouts) each pass their own database number.
-REDIS_DB = int(os.environ.get("WADISPATCH_TEST_REDIS_DB", "13"))
+# Parallel runs on one machine (several checkouts) each pass their own database number; the
+# processes of one run (pytest-xdist's gw0, gw1, ...) take the numbers after it.
+_XDIST_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+REDIS_DB = int(os.environ.get("WADISPATCH_TEST_REDIS_DB", "13")) + _XDIST_INDEX
 # The session worker's Celery node name (Stack.paused addresses it).
 WORKER_NODE = f"test-{RUN_ID}@{socket.gethostname()}"
 

@@ -52,7 +52,7 @@ def test_the_redaction_masks_what_must_never_be_logged(line, secrets, kept):
 @pytest.mark.parametrize(
     "line",
     [
-        f"message {uuid.uuid4()}: failed:131026",
+        "message f4de4da8-f022-4cf3-817b-3be98f422d3f: failed:131026",
         "message 1 attempt 3: retrying (transient 130429)",
         "webhook 2: status_advanced 1, status_duplicate 0",
         "sweep: re-queued 2 claims; next at 2026-12-03T08:10:21+00:00",
