@@ -1,12 +1,16 @@
-"""The HTTP client for Meta's Cloud API: one pooled httpx.Client per worker process."""
+"""The HTTP clients for Meta's Cloud API: one pooled httpx.Client per worker process, and an
+asyncio one (AsyncMetaClient) for an engine that keeps many calls in flight on one event loop.
+Both read Meta's answers and transport failures through the same functions, so a call classifies
+the same whichever client made it."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
@@ -22,8 +26,6 @@ from worker.meta_errors import (
     Transient,
     error_from_response,
 )
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,26 +46,67 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+def _timeout(settings: Settings) -> httpx.Timeout:
+    # Every phase has its own bound (a body is small, so writing it and waiting for a pooled
+    # connection get the connect timeout): a call lasts at most call_budget_s, which the settings
+    # keep inside the lease.
+    return httpx.Timeout(
+        connect=settings.meta_connect_timeout_s,
+        read=settings.meta_read_timeout_s,
+        write=settings.meta_connect_timeout_s,
+        pool=settings.meta_connect_timeout_s,
+    )
+
+
+def _limits(max_connections: int) -> httpx.Limits:
+    return httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=15.0,
+    )
+
+
+def _build_send(http: httpx.Client | httpx.AsyncClient, url: str, token: str, body: dict[str, Any]) -> httpx.Request:
+    try:
+        return http.build_request("POST", url, json=body, headers={"Authorization": f"Bearer {token}"})
+    except (httpx.HTTPError, ValueError) as exc:
+        raise NotSent(f"the request to Meta could not be built: {type(exc).__name__}") from exc
+
+
+def failure_of_send(exc: httpx.TransportError) -> DeliveryError:
+    """What a send that raised ``exc`` before any answer means for the message (raise it from exc)."""
+    if isinstance(exc, httpx.LocalProtocolError):
+        # h11 refused to write the request (an invalid header, for one): nothing was sent.
+        return NotSent(f"the request to Meta could not be written: {type(exc).__name__}")
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        # Nothing was sent: safe to try again.
+        return Transient(f"could not reach Meta: {type(exc).__name__}")
+    if isinstance(exc, (httpx.WriteError, httpx.WriteTimeout)):
+        # The body never arrived whole, so Meta cannot have acted on it.
+        return Transient(f"request to Meta interrupted: {type(exc).__name__}")
+    # Read timeout, connection dropped mid-answer: the request may have been processed.
+    return DeliveryUncertain(f"no answer from Meta after the request was sent: {type(exc).__name__}")
+
+
+def result_of_send(response: httpx.Response, duration_ms: float) -> SendResult:
+    """Meta's answer to a send (body read): the result on success; raises the DeliveryError it means otherwise."""
+    try:
+        payload: Any = response.json()
+    except ValueError:
+        payload = None
+    if response.is_success:
+        wamid = _wamid_of(payload)
+        if wamid is None:
+            raise DeliveryUncertain("Meta answered success without a message id", http_status=response.status_code)
+        return SendResult(wamid, payload, response.status_code, duration_ms)
+    raise error_from_response(response.status_code, payload, _retry_after(response))
+
+
 class MetaClient:
     def __init__(self, settings: Settings, *, max_connections: int = 100) -> None:
         self._base = settings.meta_base_url.rstrip("/")
         self._version = settings.meta_api_version
-        self._http = httpx.Client(
-            # Every phase has its own bound (a body is small, so writing it and waiting for a
-            # pooled connection get the connect timeout): a call lasts at most call_budget_s,
-            # which the settings keep inside the lease.
-            timeout=httpx.Timeout(
-                connect=settings.meta_connect_timeout_s,
-                read=settings.meta_read_timeout_s,
-                write=settings.meta_connect_timeout_s,
-                pool=settings.meta_connect_timeout_s,
-            ),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=15.0,
-            ),
-        )
+        self._http = httpx.Client(timeout=_timeout(settings), limits=_limits(max_connections))
 
     def close(self) -> None:
         self._http.close()
@@ -76,51 +119,24 @@ class MetaClient:
         """The request, ready to go: built before the call begins, so one that cannot be built
         (a token that is no valid header value, a body that cannot be encoded) never has a call
         marker. Raises NotSent."""
-        url = f"{self._base}/{self._version}/{phone_number_id}/messages"
-        try:
-            return self._http.build_request("POST", url, json=body, headers={"Authorization": f"Bearer {token}"})
-        except (httpx.HTTPError, ValueError) as exc:
-            raise NotSent(f"the request to Meta could not be built: {type(exc).__name__}") from exc
+        return _build_send(self._http, f"{self._base}/{self._version}/{phone_number_id}/messages", token, body)
 
     def send(self, request: httpx.Request) -> SendResult:
         """Send a request from build_send. Returns on success; raises a DeliveryError subclass otherwise."""
-        return _timed("messages", lambda: self._send(request))
-
-    def _send(self, request: httpx.Request) -> SendResult:
-        started = time.monotonic()
-        try:
-            response = self._http.send(request)
-        except httpx.LocalProtocolError as exc:
-            # h11 refused to write the request (an invalid header, for one): nothing was sent.
-            raise NotSent(f"the request to Meta could not be written: {type(exc).__name__}") from exc
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            # Nothing was sent: safe to try again.
-            raise Transient(f"could not reach Meta: {type(exc).__name__}") from exc
-        except (httpx.WriteError, httpx.WriteTimeout) as exc:
-            # The body never arrived whole, so Meta cannot have acted on it.
-            raise Transient(f"request to Meta interrupted: {type(exc).__name__}") from exc
-        except httpx.TransportError as exc:
-            # Read timeout, connection dropped mid-answer: the request may have been processed.
-            raise DeliveryUncertain(f"no answer from Meta after the request was sent: {type(exc).__name__}") from exc
-        duration_ms = (time.monotonic() - started) * 1000
-
-        try:
-            payload: Any = response.json()
-        except ValueError:
-            payload = None
-        if response.is_success:
-            wamid = _wamid_of(payload)
-            if wamid is None:
-                raise DeliveryUncertain("Meta answered success without a message id", http_status=response.status_code)
-            return SendResult(wamid, payload, response.status_code, duration_ms)
-        error = error_from_response(response.status_code, payload, _retry_after(response))
-        raise error
+        with _observed("messages"):
+            started = time.monotonic()
+            try:
+                response = self._http.send(request)
+            except httpx.TransportError as exc:
+                raise failure_of_send(exc) from exc
+            return result_of_send(response, (time.monotonic() - started) * 1000)
 
     def upload_media(self, phone_number_id: str, token: str, data: bytes, mime: str, filename: str) -> str:
         """Upload one file; returns Meta's media id. Failures carry the META_UPLOAD_FAILED code,
         except account-level ones, which halt the account like any other call."""
         try:
-            media_id = _timed("media", lambda: self._upload_media(phone_number_id, token, data, mime, filename))
+            with _observed("media"):
+                media_id = self._upload_media(phone_number_id, token, data, mime, filename)
         except BaseException:
             metrics.safely(lambda: metrics.MEDIA_UPLOADS.labels(result="error").inc())
             raise
@@ -160,14 +176,44 @@ class MetaClient:
         )
 
 
-def _timed(endpoint: str, call: Callable[[], T]) -> T:
-    """Make one call to Meta, observed in wadispatch_meta_call_duration_seconds by how it ended."""
+class AsyncMetaClient:
+    """Sends messages from an asyncio event loop: every call in flight shares one pool of
+    connections and needs no thread. One per event loop (its connections belong to that loop);
+    the engine that owns the loop creates it and closes it with aclose()."""
+
+    def __init__(self, settings: Settings, *, max_connections: int = 1000) -> None:
+        self._base = settings.meta_base_url.rstrip("/")
+        self._version = settings.meta_api_version
+        self._http = httpx.AsyncClient(timeout=_timeout(settings), limits=_limits(max_connections))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def build_send(self, phone_number_id: str, token: str, body: dict[str, Any]) -> httpx.Request:
+        """As MetaClient.build_send: the request, built before the call begins. Raises NotSent."""
+        return _build_send(self._http, f"{self._base}/{self._version}/{phone_number_id}/messages", token, body)
+
+    async def send(self, request: httpx.Request) -> SendResult:
+        """Send a request from build_send. Returns on success; raises the DeliveryError subclass
+        MetaClient.send would raise for the same answer or failure."""
+        with _observed("messages"):
+            started = time.monotonic()
+            try:
+                response = await self._http.send(request)
+            except httpx.TransportError as exc:
+                raise failure_of_send(exc) from exc
+            return result_of_send(response, (time.monotonic() - started) * 1000)
+
+
+@contextmanager
+def _observed(endpoint: str) -> Iterator[None]:
+    """Around one call to Meta (sync, or awaited inside): observed in
+    wadispatch_meta_call_duration_seconds by how it ended."""
     started = time.perf_counter()
-    result = "exception"  # not one of ours: a bug, or the process stopping
+    result = "exception"  # not one of ours: a bug, the process stopping, a cancelled coroutine
     try:
-        answer = call()
+        yield
         result = "ok"
-        return answer
     except DeliveryError as error:
         result = call_result(error)
         raise
