@@ -12,13 +12,18 @@ instead of retrying in a crowd. Penalty keys pause an account (after 130429) or 
 Reservations spread the work out; the send gate (``take_send_moment``) is the hard limit on the
 moment of sending (a plain GCRA on Redis time), so a task that reaches its slot late waits a moment
 instead of bunching up with the next ones, and no slot is thrown away.
+
+``take_send_moments`` does both for many messages of one account in one call (each recipient's pace,
+then each message's moment on the same gate), so an engine holding a batch never polls either.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import cast
 
 import redis
@@ -29,6 +34,36 @@ import redis
 # written with microseconds instead.
 _EXACT = """
 local function exact(x) return string.format('%.6f', x) end
+local function store_time(key, x, now)
+  redis.call('SET', key, exact(x), 'PX', math.ceil((x - now + 60) * 1000))
+end
+"""
+
+# The recipient's pace, shared by reservations and batches of send moments so both keep one
+# pace per (account, recipient): its pause (after 131056) and, when paced, its GCRA.
+_PAIR = """
+local function pair_ready(pause_key, tat_key, interval_p, tol_p)
+  local tat_p = tonumber(redis.call('GET', tat_key) or '0')
+  local ready = tonumber(redis.call('GET', pause_key) or '0')
+  if interval_p > 0 then ready = math.max(ready, tat_p - tol_p) end
+  return ready, tat_p
+end
+local function take_pair(tat_key, tat_p, moment, interval_p, now)
+  if interval_p > 0 then store_time(tat_key, math.max(tat_p, moment) + interval_p, now) end
+end
+"""
+
+# The send gate's pace for the account, shared by single and batched send moments: after a 130429
+# the account runs below its configured rate for a while (the ceiling key).
+_ADMISSION = """
+local function admission_pace(interval, burst, ceiling_key)
+  local ceiling = tonumber(redis.call('GET', ceiling_key) or '0')
+  if ceiling > 0 then interval = math.max(interval, 1 / ceiling) end
+  return interval, interval * burst
+end
+local function paused_until(account_key, everyone_key)
+  return math.max(tonumber(redis.call('GET', account_key) or '0'), tonumber(redis.call('GET', everyone_key) or '0'))
+end
 """
 
 # KEYS: account TAT, pair TAT, account pause-until, pair pause-until, account rate ceiling
@@ -37,13 +72,12 @@ local function exact(x) return string.format('%.6f', x) end
 # granted: 1 reserved, p not yet (the recipient's pace), 0 not within the horizon (the account's).
 _RESERVE = (
     _EXACT
+    + _PAIR
     + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local tat_a = tonumber(redis.call('GET', KEYS[1]) or '0')
-local tat_p = tonumber(redis.call('GET', KEYS[2]) or '0')
 local pause_a = tonumber(redis.call('GET', KEYS[3]) or '0')
-local pause_p = tonumber(redis.call('GET', KEYS[4]) or '0')
 local interval_a = tonumber(ARGV[1])
 -- After a 130429 the account runs below its configured rate for a while.
 local ceiling = tonumber(redis.call('GET', KEYS[5]) or '0')
@@ -54,22 +88,17 @@ local horizon = tonumber(ARGV[5])
 
 -- The pair is not ready yet: reserve nothing (an account slot far ahead would hold back every
 -- other recipient of the account) and say when to ask again.
-local pair_ready = pause_p
-if interval_p > 0 then pair_ready = math.max(pair_ready, tat_p - tol_p) end
-if pair_ready > now then
-  return {'p', tostring(pair_ready - now), exact(pair_ready)}
+local ready, tat_p = pair_ready(KEYS[4], KEYS[2], interval_p, tol_p)
+if ready > now then
+  return {'p', tostring(ready - now), exact(ready)}
 end
 local slot = math.max(now, tat_a - tol_a, pause_a)
 local wait = slot - now
 if wait > horizon then
   return {'0', tostring(wait), exact(slot)}
 end
-local new_a = math.max(tat_a, slot) + interval_a
-redis.call('SET', KEYS[1], exact(new_a), 'PX', math.ceil((new_a - now + 60) * 1000))
-if interval_p > 0 then
-  local new_p = math.max(tat_p, slot) + interval_p
-  redis.call('SET', KEYS[2], exact(new_p), 'PX', math.ceil((new_p - now + 60) * 1000))
-end
+store_time(KEYS[1], math.max(tat_a, slot) + interval_a, now)
+take_pair(KEYS[2], tat_p, slot, interval_p, now)
 return {'1', tostring(wait), exact(slot)}
 """
 )
@@ -110,25 +139,81 @@ return tostring(lowered)
 # time)} as strings.
 _SEND_MOMENT = (
     _EXACT
+    + _ADMISSION
     + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local paused = math.max(tonumber(redis.call('GET', KEYS[3]) or '0'), tonumber(redis.call('GET', KEYS[4]) or '0'))
+local paused = paused_until(KEYS[3], KEYS[4])
 if paused > now then
   return {'0', tostring(paused - now), exact(paused)}
 end
-local interval = tonumber(ARGV[1])
-local ceiling = tonumber(redis.call('GET', KEYS[2]) or '0')
-if ceiling > 0 then interval = math.max(interval, 1 / ceiling) end
-local tol = interval * tonumber(ARGV[2])
+local interval, tol = admission_pace(tonumber(ARGV[1]), tonumber(ARGV[2]), KEYS[2])
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
 local moment = math.max(now, tonumber(ARGV[3]), tat - tol)
 if moment - now > tonumber(ARGV[4]) then
   return {'0', tostring(moment - now), exact(moment)}
 end
-local new_tat = math.max(tat, moment) + interval
-redis.call('SET', KEYS[1], exact(new_tat), 'PX', math.ceil((new_tat - now + 60) * 1000))
+store_time(KEYS[1], math.max(tat, moment) + interval, now)
 return {'1', tostring(moment - now), exact(moment)}
+"""
+)
+
+# KEYS: account admission TAT, account rate ceiling, account pause-until, everyone's pause-until,
+# then for each request its pair TAT and pair pause-until (the keys reservations use).
+# ARGV: admission interval, admission burst, pair interval, pair tolerance, longest wait the caller
+# takes (seconds), then for each request its "not before" (Redis time, 0: none).
+# Many messages of one account at once: each request is answered in order, on one clock, as if it
+# had asked alone (a reservation's pair check, then the send gate's moment), so a request turned
+# away for its recipient or its "not before" takes nothing and does not hold back the ones after
+# it. The account's TAT is written once, at the end.
+# Returns {verdict, seconds from now, moment (Redis time)} per request, flattened, as strings;
+# verdict: 1 taken, p not yet (the recipient's pace or pause), 0 not within the wait (the account's).
+_SEND_MOMENTS = (
+    _EXACT
+    + _PAIR
+    + _ADMISSION
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local requests = (#KEYS - 4) / 2
+local answers = {}
+local function answer(verdict, at)
+  answers[#answers + 1] = verdict
+  answers[#answers + 1] = tostring(at - now)
+  answers[#answers + 1] = exact(at)
+end
+local paused = paused_until(KEYS[3], KEYS[4])
+if paused > now then
+  for _ = 1, requests do answer('0', paused) end
+  return answers
+end
+local interval, tol = admission_pace(tonumber(ARGV[1]), tonumber(ARGV[2]), KEYS[2])
+local interval_p, tol_p = tonumber(ARGV[3]), tonumber(ARGV[4])
+local within = tonumber(ARGV[5])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local taken = false
+for i = 1, requests do
+  local pair_key, pair_pause_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  -- Read afresh each time: a second request for the same recipient sees the first one's pace.
+  local ready, tat_p = pair_ready(pair_pause_key, pair_key, interval_p, tol_p)
+  if ready > now then
+    answer('p', ready)
+  else
+    local moment = math.max(now, tonumber(ARGV[5 + i]), tat - tol)
+    if moment - now > within then
+      answer('0', moment)
+    else
+      -- Rounded as storing it rounds: the moments are the ones single calls would get, and a sum
+      -- near 1.8e9 kept in a double would drift by part of its last bit at every step.
+      tat = tonumber(exact(math.max(tat, moment) + interval))
+      taken = true
+      take_pair(pair_key, tat_p, moment, interval_p, now)
+      answer('1', moment)
+    end
+  end
+end
+if taken then store_time(KEYS[1], tat, now) end
+return answers
 """
 )
 
@@ -163,6 +248,33 @@ class SendMoment:
 
 
 @dataclass(frozen=True)
+class MomentRequest:
+    """One message of a batch asking for its send moment."""
+
+    recipient: str
+    not_before: float = 0.0  # Redis time; 0: none
+
+
+class MomentVerdict(StrEnum):
+    TAKEN = "taken"
+    # The recipient's pace or its pair pause says not yet: nothing was reserved for it.
+    PAIR_NOT_READY = "pair_not_ready"
+    # The account is paused, or its next moment is further off than the caller takes: nothing taken.
+    ACCOUNT_LATER = "account_later"
+
+
+# The verdict codes _SEND_MOMENTS answers with (the ones _RESERVE uses).
+_VERDICTS = {b"1": MomentVerdict.TAKEN, b"p": MomentVerdict.PAIR_NOT_READY, b"0": MomentVerdict.ACCOUNT_LATER}
+
+
+@dataclass(frozen=True)
+class MomentGrant:
+    verdict: MomentVerdict
+    wait_s: float  # from Redis's now to the moment (TAKEN), or until asking again
+    at: float  # that moment, in Redis time
+
+
+@dataclass(frozen=True)
 class Pacing:
     mps: float
     burst: int
@@ -181,14 +293,15 @@ class RateLimiter:
         self._until = client.register_script(_UNTIL)
         self._slow = client.register_script(_SLOW)
         self._send_moment = client.register_script(_SEND_MOMENT)
+        self._send_moments = client.register_script(_SEND_MOMENTS)
         self._send_paused_for = client.register_script(_SEND_PAUSED_FOR)
 
     def _keys(self, account_id: uuid.UUID, recipient: str) -> list[str]:
         return [
             f"{self.prefix}:acct:{account_id}",
-            f"{self.prefix}:pair:{account_id}:{recipient}",
+            self._pair_key(account_id, recipient),
             f"{self.prefix}:pause:acct:{account_id}",
-            f"{self.prefix}:pause:pair:{account_id}:{recipient}",
+            self._pair_pause_key(account_id, recipient),
             f"{self.prefix}:ceiling:{account_id}",
         ]
 
@@ -213,18 +326,55 @@ class RateLimiter:
     ) -> SendMoment:
         """The moment this caller may send, no earlier than ``not_before`` (Redis time), taken for
         it if it comes within ``within_s``; the caller sleeps until then and does not ask again."""
-        keys = [
+        taken, wait, at = self._send_moment(
+            keys=self._admission_keys(account_id),
+            args=[1.0 / pacing.mps, _admission_burst(pacing), not_before, max(0.0, within_s)],
+        )
+        return SendMoment(taken == b"1", max(0.0, float(wait)), float(at))
+
+    def take_send_moments(
+        self, account_id: uuid.UUID, pacing: Pacing, requests: Sequence[MomentRequest], *, within_s: float
+    ) -> list[MomentGrant]:
+        """Send moments for many messages of one account in one call, one grant per request in
+        the same order: each is answered as if it had asked alone, in turn (its recipient's pace as
+        ``reserve`` keeps it, then the send gate's moment as ``take_send_moment`` gives it, no
+        earlier than its ``not_before``, taken when it comes within ``within_s``). A request turned
+        away takes nothing and does not hold back the ones after it, so ask in ``not_before``
+        order."""
+        if not requests:
+            return []
+        pair_interval = pacing.pair_interval_s
+        keys = self._admission_keys(account_id)
+        args: list[float] = [
+            1.0 / pacing.mps,
+            _admission_burst(pacing),
+            pair_interval,
+            pair_interval * pacing.pair_burst,
+            max(0.0, within_s),
+        ]
+        for request in requests:
+            keys += [self._pair_key(account_id, request.recipient), self._pair_pause_key(account_id, request.recipient)]
+            args.append(request.not_before)
+        answers = self._send_moments(keys=keys, args=args)
+        return [
+            MomentGrant(_VERDICTS[verdict], max(0.0, float(wait)), float(at))
+            for verdict, wait, at in zip(answers[0::3], answers[1::3], answers[2::3], strict=True)
+        ]
+
+    def _admission_keys(self, account_id: uuid.UUID) -> list[str]:
+        """The send gate's keys: admission TAT, rate ceiling, the account's pause, everyone's pause."""
+        return [
             f"{self.prefix}:admit:{account_id}",
             f"{self.prefix}:ceiling:{account_id}",
             f"{self.prefix}:pause:acct:{account_id}",
             self._everyone_pause_key,
         ]
-        # Admissions in any second stay below mps + burst by the messages that fit in the jitter
-        # allowance, so the time a request takes to reach Meta cannot push Meta's count over.
-        margin = 1 + math.ceil(pacing.mps * pacing.jitter_s)
-        burst = max(0, pacing.burst - margin)
-        taken, wait, at = self._send_moment(keys=keys, args=[1.0 / pacing.mps, burst, not_before, max(0.0, within_s)])
-        return SendMoment(taken == b"1", max(0.0, float(wait)), float(at))
+
+    def _pair_key(self, account_id: uuid.UUID, recipient: str) -> str:
+        return f"{self.prefix}:pair:{account_id}:{recipient}"
+
+    def _pair_pause_key(self, account_id: uuid.UUID, recipient: str) -> str:
+        return f"{self.prefix}:pause:pair:{account_id}:{recipient}"
 
     def admit(self, account_id: uuid.UUID, pacing: Pacing) -> float:
         """0 when the account may send this instant (the moment is taken); else how long to wait
@@ -266,4 +416,11 @@ class RateLimiter:
         return f"{self.prefix}:pause:everyone"
 
     def pause_pair(self, account_id: uuid.UUID, recipient: str, seconds: float) -> None:
-        self._pause(keys=[f"{self.prefix}:pause:pair:{account_id}:{recipient}"], args=[seconds])
+        self._pause(keys=[self._pair_pause_key(account_id, recipient)], args=[seconds])
+
+
+def _admission_burst(pacing: Pacing) -> int:
+    """Admissions in any second stay below mps + burst by the messages that fit in the jitter
+    allowance, so the time a request takes to reach Meta cannot push Meta's count over."""
+    margin = 1 + math.ceil(pacing.mps * pacing.jitter_s)
+    return max(0, pacing.burst - margin)

@@ -1,0 +1,219 @@
+"""Batches of send moments (take_send_moments) on a real Redis: the send gate's pace and each
+recipient's pace for many messages of one account in one call, shared with the per-message path."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import threading
+import uuid
+
+import pytest
+import redis
+
+from worker.rate_limit import MomentGrant, MomentRequest, MomentVerdict, Pacing, RateLimiter
+
+TAKEN, PAIR_NOT_READY, ACCOUNT_LATER = MomentVerdict.TAKEN, MomentVerdict.PAIR_NOT_READY, MomentVerdict.ACCOUNT_LATER
+
+
+@pytest.fixture
+def limiter(redis_client) -> RateLimiter:
+    kw = redis_client.connection_pool.connection_kwargs
+    client = redis.Redis.from_url(f"redis://{kw['host']}:{kw['port']}/{kw['db']}")
+    return RateLimiter(client, prefix="test-sm:" + uuid.uuid4().hex)
+
+
+def rule(
+    mps: float, burst: int = 0, *, pair_interval_s: float = 0, pair_burst: int = 0, jitter_s: float = 0.0
+) -> Pacing:
+    """With no jitter allowance the burst margin is 1: the gate's burst is ``burst - 1``."""
+    return Pacing(
+        mps=mps, burst=burst, pair_interval_s=pair_interval_s, pair_burst=pair_burst, horizon_s=60, jitter_s=jitter_s
+    )
+
+
+def asks(*recipients: str) -> list[MomentRequest]:
+    return [MomentRequest(r) for r in recipients]
+
+
+def many(count: int, tag: str = "r") -> list[MomentRequest]:
+    return [MomentRequest(f"{tag}{n}") for n in range(count)]
+
+
+def redis_now(limiter: RateLimiter) -> float:
+    seconds, micros = limiter.client.time()
+    return seconds + micros / 1_000_000
+
+
+def verdicts(grants: list[MomentGrant]) -> list[MomentVerdict]:
+    return [g.verdict for g in grants]
+
+
+def busiest_second(moments: list[float]) -> int:
+    """The most moments in any 1-second window [t, t + 1) starting at a moment."""
+    moments = sorted(moments)
+    return max(bisect.bisect_left(moments, t + 1.0) - n for n, t in enumerate(moments))
+
+
+@pytest.mark.parametrize("mps", [750, 80])
+def test_granted_moments_are_one_interval_apart_across_calls_to_the_microsecond(limiter, mps):
+    """750 mps (1.333 ms) is not a multiple of 0.1 ms: a TAT carried between calls through Lua's
+    tostring would lose part of an interval."""
+    account, interval = uuid.uuid4(), 1.0 / mps
+    calls = [limiter.take_send_moments(account, rule(mps), many(15, f"{n}-"), within_s=60) for n in range(20)]
+    grants = [g for call in calls for g in call]
+    assert set(verdicts(grants)) == {TAKEN}
+    assert grants[0].wait_s < 0.01
+    gaps = [b.at - a.at for a, b in itertools.pairwise(grants)]
+    assert all(abs(gap - interval) < 2e-6 for gap in gaps), (min(gaps), max(gaps), interval)
+
+
+def test_a_batch_hands_out_the_moments_single_calls_would(limiter):
+    """A TAT summed in a Lua double near 1.8e9 drifts by part of its last bit at every step (at
+    1000 mps, 1 us every 14 moments); single calls round it to the microsecond as they store it."""
+    gate = rule(1000)  # no burst: each single call's moment is the one after the last (not its own "now")
+    batch = [g.at for g in limiter.take_send_moments(uuid.uuid4(), gate, many(200), within_s=60)]
+    single_account = uuid.uuid4()
+    singles = [limiter.take_send_moment(single_account, gate, within_s=60).at for _ in range(200)]
+    from_first = [(b - batch[0]) - (s - singles[0]) for b, s in zip(batch, singles, strict=True)]
+    assert max(abs(d) for d in from_first) < 5e-7, from_first
+
+
+def test_the_burst_less_its_margin_goes_at_once_then_one_per_interval(limiter):
+    # margin = 1 + ceil(1000 * 0.025) = 26: of a burst of 40, 14 go with the first.
+    grants = limiter.take_send_moments(uuid.uuid4(), rule(1000, 40, jitter_s=0.025), many(30), within_s=60)
+    first = grants[0].at
+    assert sum(1 for g in grants if g.at == first) == 1 + 14
+    after = [g.at - first for g in grants[15:]]
+    assert all(abs(t - 0.001 * (n + 1)) < 2e-6 for n, t in enumerate(after)), after
+
+
+def test_a_slowed_account_is_spaced_by_its_ceiling(limiter):
+    account = uuid.uuid4()
+    assert limiter.slow_account(account, 80, recover_after_s=30) == 40
+    grants = limiter.take_send_moments(account, rule(80), many(5), within_s=60)
+    gaps = [b.at - a.at for a, b in itertools.pairwise(grants)]
+    assert all(gap == pytest.approx(1 / 40, abs=2e-6) for gap in gaps), gaps
+
+
+def test_a_paused_account_gets_nothing_and_is_told_the_pause(limiter):
+    account = uuid.uuid4()
+    limiter.pause_account(account, 2.0)
+    limiter.pause_pair(account, "r1", 9.0)  # the account's pause is the answer, even for a paused pair
+    grants = limiter.take_send_moments(account, rule(100), many(3), within_s=60)
+    assert verdicts(grants) == [ACCOUNT_LATER] * 3
+    assert all(g.wait_s == pytest.approx(2.0, abs=0.05) for g in grants)
+
+
+def test_everyones_pause_closes_every_account(limiter):
+    limiter.pause_everyone(1.0)
+    grants = limiter.take_send_moments(uuid.uuid4(), rule(100), many(3), within_s=60)
+    assert verdicts(grants) == [ACCOUNT_LATER] * 3
+    assert all(g.wait_s == pytest.approx(1.0, abs=0.05) for g in grants)
+
+
+def test_a_moment_is_never_before_its_not_before(limiter):
+    account = uuid.uuid4()
+    not_before = redis_now(limiter) + 0.3
+    grants = limiter.take_send_moments(account, rule(10), [MomentRequest("a", not_before), *asks("b")], within_s=5)
+    assert verdicts(grants) == [TAKEN, TAKEN]
+    assert grants[0].at == pytest.approx(not_before, abs=1e-5)
+    # In order: the next one queues behind it (callers ask in not-before order).
+    assert grants[1].at == pytest.approx(not_before + 0.1, abs=1e-5)
+
+
+def test_a_request_turned_away_takes_nothing_and_holds_back_nobody(limiter):
+    account = uuid.uuid4()
+    far = MomentRequest("far", redis_now(limiter) + 10)
+    grants = limiter.take_send_moments(account, rule(10), [far, *asks("near")], within_s=1)
+    assert verdicts(grants) == [ACCOUNT_LATER, TAKEN]
+    assert grants[0].wait_s == pytest.approx(10, abs=0.05) and grants[1].wait_s < 0.05
+
+
+def test_moments_further_off_than_within_are_not_taken(limiter):
+    account = uuid.uuid4()
+    limiter.pause_pair(account, "paused", 5.0)
+    grants = limiter.take_send_moments(account, rule(10), asks("a", "b", "c", "d", "paused"), within_s=0.25)
+    # 0, 0.1, 0.2 are taken; 0.3 is past 0.25. A request after the cut-off still hears about its
+    # recipient's pace first (the recipient is the longer wait).
+    assert verdicts(grants) == [TAKEN, TAKEN, TAKEN, ACCOUNT_LATER, PAIR_NOT_READY]
+    assert grants[3].at == pytest.approx(grants[0].at + 0.3, abs=1e-5)
+    # The refused moment was not taken: the next caller is given it.
+    again = limiter.take_send_moments(account, rule(10), asks("e"), within_s=1)
+    assert verdicts(again) == [TAKEN] and again[0].at == pytest.approx(grants[3].at, abs=1e-5)
+
+
+def test_a_recipients_pace_holds_between_calls_and_with_reservations(limiter):
+    account = uuid.uuid4()
+    paced = rule(1000, pair_interval_s=6, pair_burst=1)
+    # One plus a burst of one, then the recipient waits 6 s; the account's others do not.
+    assert verdicts(limiter.take_send_moments(account, paced, asks("a"), within_s=5)) == [TAKEN]
+    assert verdicts(limiter.take_send_moments(account, paced, asks("a"), within_s=5)) == [TAKEN]
+    third = limiter.take_send_moments(account, paced, asks("a", "b"), within_s=5)
+    assert verdicts(third) == [PAIR_NOT_READY, TAKEN]
+    assert third[0].wait_s == pytest.approx(6, abs=0.05)
+    # The same pace as reservations (the per-message path), both ways round.
+    strict = rule(1000, pair_interval_s=6)
+    assert limiter.reserve(account, "c", strict).granted
+    assert verdicts(limiter.take_send_moments(account, strict, asks("c"), within_s=5)) == [PAIR_NOT_READY]
+    assert verdicts(limiter.take_send_moments(account, strict, asks("d"), within_s=5)) == [TAKEN]
+    assert limiter.reserve(account, "d", strict).pair_not_ready
+
+
+def test_a_recipient_twice_in_one_call_is_paced(limiter):
+    account = uuid.uuid4()
+    grants = limiter.take_send_moments(account, rule(1000, pair_interval_s=6), asks("a", "a", "b"), within_s=5)
+    assert verdicts(grants) == [TAKEN, PAIR_NOT_READY, TAKEN]
+    assert grants[1].wait_s == pytest.approx(6, abs=0.05)
+    # The second "a" took no account moment: "b" has the one right after the first.
+    assert grants[2].at - grants[0].at == pytest.approx(0.001, abs=2e-6)
+
+
+def test_a_paused_pair_waits_out_its_pause(limiter):
+    account = uuid.uuid4()
+    limiter.pause_pair(account, "b", 5.0)
+    grants = limiter.take_send_moments(account, rule(100), asks("b", "c"), within_s=5)
+    assert verdicts(grants) == [PAIR_NOT_READY, TAKEN]
+    assert grants[0].wait_s == pytest.approx(5.0, abs=0.05) and grants[1].wait_s < 0.05
+
+
+def test_batches_and_single_moments_share_one_admission_bound(limiter):
+    account = uuid.uuid4()
+    # margin = 1 + ceil(100 * 0.025) = 4: the gate's burst is 6.
+    gate = rule(100, 10, jitter_s=0.025)
+    moments: list[float] = []
+    for n in range(30):
+        singles = [limiter.take_send_moment(account, gate, within_s=10) for _ in range(3)]
+        batch = limiter.take_send_moments(account, gate, many(7, f"{n}-"), within_s=10)
+        assert all(s.taken for s in singles) and set(verdicts(batch)) == {TAKEN}
+        moments += [s.at for s in singles] + [g.at for g in batch]
+    # 300 moments over 3 s; + 1 for a window edge that float rounding puts just inside.
+    assert busiest_second(moments) <= 100 + 6 + 1
+
+
+def test_concurrent_batches_of_one_account_stay_within_its_rate(limiter):
+    account = uuid.uuid4()
+    # margin = 1 + ceil(1000 * 0.025) = 26: the gate's burst is 14.
+    gate = rule(1000, 40, pair_interval_s=6, jitter_s=0.025)
+    moments: list[float] = []
+    lock = threading.Lock()
+
+    def engine(n: int) -> None:
+        mine = []
+        for b in range(10):
+            grants = limiter.take_send_moments(account, gate, many(50, f"{n}-{b}-"), within_s=10)
+            assert set(verdicts(grants)) == {TAKEN}
+            mine += [g.at for g in grants]
+        with lock:
+            moments.extend(mine)
+
+    threads = [threading.Thread(target=engine, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # 2000 moments, about 2 s of them (1 s's worth could never exceed the bound).
+    assert len(moments) == 2000
+    assert busiest_second(moments) <= 1000 + 14 + 1
+    # Only the burst shares the first moment; every other moment is its own.
+    assert len(moments) - len(set(moments)) <= 14
