@@ -34,7 +34,19 @@ Callers use the package as one module (``from models import lifecycle; lifecycle
 """
 
 from models.lifecycle.accept import Accepted, accept, accept_many, accept_one_after
-from models.lifecycle.claim import Claim, SkipReason, begin_call, claim, give_back, why_not_claimed
+from models.lifecycle.claim import (
+    Claim,
+    GiveBackItem,
+    SkipReason,
+    begin_call,
+    begin_calls,
+    claim,
+    claim_many,
+    give_back,
+    give_back_many,
+    why_not_claimed,
+    why_not_claimed_many,
+)
 from models.lifecycle.conversation import ConversationKey, lock_conversations, next_in_conversation
 from models.lifecycle.inbound import receive
 from models.lifecycle.meta_statuses import Addressed, StatusApplication, apply_meta_statuses
@@ -47,6 +59,7 @@ from models.lifecycle.outcomes import (
     Halt,
     HaltBeforeCall,
     Retry,
+    SentItem,
     SentWrite,
     already_sent,
     reconcile_sent,
@@ -55,6 +68,7 @@ from models.lifecycle.outcomes import (
     record_outcome,
     record_retry,
     record_sent,
+    record_sent_many,
 )
 from models.lifecycle.sweep import UncertainSweep, fail_uncertain_calls, requeue_lost_claims
 from models.lifecycle.transitions import (
@@ -83,9 +97,11 @@ __all__ = [
     "Decided",
     "Fail",
     "GiveBack",
+    "GiveBackItem",
     "Halt",
     "HaltBeforeCall",
     "Retry",
+    "SentItem",
     "SentWrite",
     "SkipReason",
     "StatusApplication",
@@ -98,9 +114,12 @@ __all__ = [
     "already_sent",
     "apply_meta_statuses",
     "begin_call",
+    "begin_calls",
     "claim",
+    "claim_many",
     "fail_uncertain_calls",
     "give_back",
+    "give_back_many",
     "lock_conversations",
     "next_in_conversation",
     "operator_retry",
@@ -111,6 +130,8 @@ __all__ = [
     "record_outcome",
     "record_retry",
     "record_sent",
+    "record_sent_many",
     "requeue_lost_claims",
     "why_not_claimed",
+    "why_not_claimed_many",
 ]

@@ -1,16 +1,45 @@
 """The claim: a worker takes a ``queued``/``retrying`` message with a fresh fencing token and a
 lease, begins its call right before the POST (no row, no call), or gives it back unsent. Every
-write a claim holder makes carries the guard below: still its token, still ``sending``."""
+write a claim holder makes carries the guard below: still its token, still ``sending``.
+
+Each step also comes in a batch form (``claim_many``, ``begin_calls``, ``give_back_many``), for a
+sender that handles many messages of one account at once: one statement for the whole batch, the
+same guard per message, and each message keeps its own token. A batch locks its rows in id order
+(the lock order, see conversation.ConversationKey)."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import Connection, Interval, Select, Table, Uuid, bindparam, exists, func, or_, select, update
+from sqlalchemy import (
+    CTE,
+    ColumnClause,
+    Connection,
+    Float,
+    Interval,
+    Row,
+    Select,
+    String,
+    Table,
+    TableValuedAlias,
+    Update,
+    Uuid,
+    any_,
+    bindparam,
+    case,
+    column,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 
 from models.enums import CLAIMABLE, MessageStatus, status_in
@@ -18,6 +47,10 @@ from models.lifecycle.transitions import PENDING
 from models.tables import Contact, Message, WhatsappAccount
 
 _messages = cast(Table, Message.__table__)
+
+# A batch's message ids, one array parameter whatever the batch size (the statement text stays
+# fixed, so it is prepared once).
+_BATCH_IDS = bindparam("p_ids", type_=ARRAY(Uuid))
 
 
 @dataclass(frozen=True)
@@ -53,48 +86,55 @@ class Claim:
         return (self.lease_expires_at - self.db_now).total_seconds()
 
 
-def _build_claim_statement() -> Select[Any]:
+def _claimable_now(message: Any) -> list[Any]:
+    """The claim's guard on ``message`` (the entity or an alias of it): claimable, due within the
+    ``early`` parameter, and the head of its conversation."""
     earlier = aliased(Message)
-    claimed = (
-        update(Message)
-        .where(
-            Message.id == bindparam("message_id"),
-            status_in(Message.status, CLAIMABLE),
-            or_(
-                Message.next_attempt_at.is_(None),
-                Message.next_attempt_at <= func.now() + bindparam("early", type_=Interval),
-            ),
-            # Order: an earlier message of the same conversation that is still pending goes first.
-            ~exists().where(
-                earlier.conversation_id == Message.conversation_id,
-                earlier.seq < Message.seq,
-                status_in(earlier.status, PENDING),
-            ),
-        )
-        .values(
-            status=MessageStatus.SENDING,
-            claim_token=bindparam("token", type_=Uuid),
-            call_started_at=None,
-            attempts=Message.attempts + 1,
-            lease_expires_at=func.now() + bindparam("lease", type_=Interval),
-        )
-        .returning(
-            Message.id,
-            Message.org_id,
-            Message.conversation_id,
-            Message.account_id,
-            Message.contact_id,
-            Message.payload,
-            Message.source_api,
-            Message.next_attempt_at,
-            Message.reserved_slot,
-            Message.lease_expires_at,
-            Message.seq,
-            Message.attempts,
-            Message.throttled_attempts,
-        )
-        .cte("claimed")
-    )
+    return [
+        status_in(message.status, CLAIMABLE),
+        or_(
+            message.next_attempt_at.is_(None),
+            message.next_attempt_at <= func.now() + bindparam("early", type_=Interval),
+        ),
+        # Order: an earlier message of the same conversation that is still pending goes first.
+        ~exists().where(
+            earlier.conversation_id == message.conversation_id,
+            earlier.seq < message.seq,
+            status_in(earlier.status, PENDING),
+        ),
+    ]
+
+
+def _claimed_values(token: Any) -> dict[str, Any]:
+    return {
+        "status": MessageStatus.SENDING,
+        "claim_token": token,
+        "call_started_at": None,
+        "attempts": Message.attempts + 1,
+        "lease_expires_at": func.now() + bindparam("lease", type_=Interval),
+    }
+
+
+_CLAIMED_COLUMNS = (
+    Message.id,
+    Message.org_id,
+    Message.conversation_id,
+    Message.account_id,
+    Message.contact_id,
+    Message.payload,
+    Message.source_api,
+    Message.next_attempt_at,
+    Message.reserved_slot,
+    Message.lease_expires_at,
+    Message.seq,
+    Message.attempts,
+    Message.throttled_attempts,
+    Message.claim_token,
+)
+
+
+def _with_account_and_contact(claimed: CTE) -> Select[Any]:
+    """The claimed rows with their account and contact as they are *now*, and the database's clock."""
     return (
         select(
             claimed,
@@ -111,30 +151,51 @@ def _build_claim_statement() -> Select[Any]:
     )
 
 
+def _build_claim_statement() -> Select[Any]:
+    claimed = (
+        update(Message)
+        .where(Message.id == bindparam("message_id"), *_claimable_now(Message))
+        .values(**_claimed_values(bindparam("token", type_=Uuid)))
+        .returning(*_CLAIMED_COLUMNS)
+        .cte("claimed")
+    )
+    return _with_account_and_contact(claimed)
+
+
+def _build_claim_many_statement() -> Select[Any]:
+    batch = (
+        func.unnest(_BATCH_IDS, bindparam("p_tokens", type_=ARRAY(Uuid)))
+        .table_valued(column("id", Uuid), column("token", Uuid))
+        .render_derived(name="batch")
+    )
+    candidate = aliased(Message, name="candidate")
+    # The guard is checked as each row is locked, in id order; a row another transaction holds
+    # (a sender, the sweeper, a status webhook) is not claimed now rather than waited for.
+    claimable = (
+        select(candidate.id)
+        .where(candidate.id == any_(_BATCH_IDS), *_claimable_now(candidate))
+        .order_by(candidate.id)
+        .with_for_update(skip_locked=True)
+    )
+    claimed = (
+        update(Message)
+        .where(Message.id == batch.c.id, Message.id.in_(claimable))
+        .values(**_claimed_values(batch.c.token))
+        .returning(*_CLAIMED_COLUMNS)
+        .cte("claimed")
+    )
+    return _with_account_and_contact(claimed)
+
+
 # Built once: constructing this statement costs more than running it (it is on every send).
 _CLAIM = _build_claim_statement()
+_CLAIM_MANY = _build_claim_many_statement()
 
 
-def claim(connection: Session | Connection, message_id: uuid.UUID, *, lease_s: float, early_s: float) -> Claim | None:
-    """Claim the message if it is due within ``early_s`` (the caller waits out the rest).
-
-    The same round trip loads the account and contact as they are *now*. One statement: on an
-    autocommit connection it is committed by the round trip that makes it."""
-    token = uuid.uuid4()
-    row = connection.execute(
-        _CLAIM,
-        {
-            "message_id": message_id,
-            "token": token,
-            "lease": timedelta(seconds=lease_s),
-            "early": timedelta(seconds=early_s),
-        },
-    ).one_or_none()
-    if row is None:
-        return None
+def _claim_of(row: Row[Any]) -> Claim:
     return Claim(
         message_id=row.id,
-        token=token,
+        token=row.claim_token,
         org_id=row.org_id,
         conversation_id=row.conversation_id,
         account_id=row.account_id,
@@ -157,6 +218,47 @@ def claim(connection: Session | Connection, message_id: uuid.UUID, *, lease_s: f
     )
 
 
+def claim(connection: Session | Connection, message_id: uuid.UUID, *, lease_s: float, early_s: float) -> Claim | None:
+    """Claim the message if it is due within ``early_s`` (the caller waits out the rest).
+
+    The same round trip loads the account and contact as they are *now*. One statement: on an
+    autocommit connection it is committed by the round trip that makes it."""
+    row = connection.execute(
+        _CLAIM,
+        {
+            "message_id": message_id,
+            "token": uuid.uuid4(),
+            "lease": timedelta(seconds=lease_s),
+            "early": timedelta(seconds=early_s),
+        },
+    ).one_or_none()
+    return None if row is None else _claim_of(row)
+
+
+def claim_many(
+    connection: Session | Connection, message_ids: Sequence[uuid.UUID], *, lease_s: float, early_s: float
+) -> list[Claim]:
+    """Claim, in one statement, those of the messages that ``claim`` would claim (each with a
+    fresh token of its own), and those only: of two messages of one conversation only the earlier
+    can be the head. A message another transaction has locked is skipped, not waited for (its
+    ``why_not_claimed`` is read after that transaction ends). The claims come back in the order of
+    ``message_ids``."""
+    ids = list(dict.fromkeys(message_ids))
+    if not ids:
+        return []
+    rows = connection.execute(
+        _CLAIM_MANY,
+        {
+            "p_ids": ids,
+            "p_tokens": [uuid.uuid4() for _ in ids],
+            "lease": timedelta(seconds=lease_s),
+            "early": timedelta(seconds=early_s),
+        },
+    ).all()
+    position = {message_id: n for n, message_id in enumerate(ids)}
+    return sorted((_claim_of(row) for row in rows), key=lambda c: position[c.message_id])
+
+
 class SkipReason(StrEnum):
     """Why a send task found nothing to claim (for the metrics and the log; it changes nothing)."""
 
@@ -167,9 +269,10 @@ class SkipReason(StrEnum):
     UNKNOWN = "unknown"  # no such message, or it changed while we looked
 
 
-def _build_skip_statement() -> Select[str, bool, bool]:
+def _build_skip_statement(which: Any) -> Select[uuid.UUID, str, bool, bool]:
     earlier = aliased(Message)
     return select(
+        Message.id,
         Message.status,
         (Message.next_attempt_at > func.now()).label("later"),
         exists()
@@ -179,15 +282,14 @@ def _build_skip_statement() -> Select[str, bool, bool]:
             status_in(earlier.status, PENDING),
         )
         .label("behind"),
-    ).where(Message.id == bindparam("message_id"))
+    ).where(which)
 
 
-_WHY_NOT_CLAIMED = _build_skip_statement()
+_WHY_NOT_CLAIMED = _build_skip_statement(Message.id == bindparam("message_id"))
+_WHY_NOT_CLAIMED_MANY = _build_skip_statement(Message.id == any_(_BATCH_IDS))
 
 
-def why_not_claimed(connection: Session | Connection, message_id: uuid.UUID) -> SkipReason:
-    """Read, after a claim found nothing, which reason held (it may have changed since)."""
-    row = connection.execute(_WHY_NOT_CLAIMED, {"message_id": message_id}).first()
+def _skip_reason(row: Row[uuid.UUID, str, bool, bool] | None) -> SkipReason:
     if row is None:
         return SkipReason.UNKNOWN
     if row.status == MessageStatus.SENDING:
@@ -201,13 +303,34 @@ def why_not_claimed(connection: Session | Connection, message_id: uuid.UUID) -> 
     return SkipReason.UNKNOWN
 
 
+def why_not_claimed(connection: Session | Connection, message_id: uuid.UUID) -> SkipReason:
+    """Read, after a claim found nothing, which reason held (it may have changed since)."""
+    return _skip_reason(connection.execute(_WHY_NOT_CLAIMED, {"message_id": message_id}).first())
+
+
+def why_not_claimed_many(
+    connection: Session | Connection, message_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, SkipReason]:
+    """``why_not_claimed`` for each of these messages, in one statement."""
+    ids = list(dict.fromkeys(message_ids))
+    if not ids:
+        return {}
+    rows = {row.id: row for row in connection.execute(_WHY_NOT_CLAIMED_MANY, {"p_ids": ids})}
+    return {message_id: _skip_reason(rows.get(message_id)) for message_id in ids}
+
+
+def held_by(message_id: Any, token: Any) -> Any:
+    """The claim holder's guard on any pair of expressions (a batch's columns, say)."""
+    return (
+        (_messages.c.id == message_id)
+        & (_messages.c.claim_token == token)
+        & (_messages.c.status == MessageStatus.SENDING.value)
+    )
+
+
 def held(claim: Claim) -> Any:
     """The guard every claim holder's write carries: still ours, still sending."""
-    return (
-        (Message.id == claim.message_id)
-        & (Message.claim_token == claim.token)
-        & (Message.status == MessageStatus.SENDING)
-    )
+    return held_by(claim.message_id, claim.token)
 
 
 def update_held(session: Session | Connection, claim: Claim, **values: Any) -> bool:
@@ -216,19 +339,46 @@ def update_held(session: Session | Connection, claim: Claim, **values: Any) -> b
     return session.execute(statement).first() is not None
 
 
-_BEGIN_CALL = (
-    update(_messages)
-    .where(
-        _messages.c.id == bindparam("p_message_id", type_=Uuid),
-        _messages.c.claim_token == bindparam("p_token", type_=Uuid),
-        _messages.c.status == MessageStatus.SENDING.value,
-        # No "call_started_at IS NULL": a repeat of this statement after its answer was lost must
-        # find the same yes (the holder calls once either way).
-        _messages.c.lease_expires_at > func.now(),
+def held_batch(arrays: Mapping[str, ColumnClause[Any]] | None = None) -> TableValuedAlias:
+    """A batch of claims as rows: ``id`` and ``token`` from the array parameters ``p_ids`` and
+    ``p_tokens``, then one column per further array parameter (``arrays``: its name, its column)."""
+    extra = arrays or {}
+    return (
+        func.unnest(
+            _BATCH_IDS,
+            bindparam("p_tokens", type_=ARRAY(Uuid)),
+            *(bindparam(name, type_=ARRAY(c.type)) for name, c in extra.items()),
+        )
+        .table_valued(column("id", Uuid), column("token", Uuid), *extra.values())
+        .render_derived(name="held")
     )
-    .values(call_started_at=func.now(), lease_expires_at=func.now() + bindparam("p_lease", type_=Interval))
-    .returning(_messages.c.id)
-)
+
+
+def _locked_in_id_order() -> Any:
+    """The batch's messages, locked in id order before a batch write takes any of them (an UPDATE
+    over an array locks its rows in whatever order its plan meets them, and two transactions
+    that take the same rows in different orders can wait on each other in a circle)."""
+    locked = aliased(Message, name="locked")
+    return select(locked.id).where(locked.id == any_(_BATCH_IDS)).order_by(locked.id).with_for_update()
+
+
+def _call_begins(message_id: Any, token: Any) -> Update:
+    return (
+        update(_messages)
+        .where(
+            held_by(message_id, token),
+            # No "call_started_at IS NULL": a repeat of this statement after its answer was lost
+            # must find the same yes (the holder calls once either way).
+            _messages.c.lease_expires_at > func.now(),
+        )
+        .values(call_started_at=func.now(), lease_expires_at=func.now() + bindparam("p_lease", type_=Interval))
+        .returning(_messages.c.id)
+    )
+
+
+_BEGIN_CALL = _call_begins(bindparam("p_message_id", type_=Uuid), bindparam("p_token", type_=Uuid))
+_CALLING = held_batch()
+_BEGIN_CALLS = _call_begins(_CALLING.c.id, _CALLING.c.token).where(_messages.c.id.in_(_locked_in_id_order()))
 
 
 def begin_call(connection: Session | Connection, claim: Claim, *, call_lease_s: float) -> bool:
@@ -238,6 +388,27 @@ def begin_call(connection: Session | Connection, claim: Claim, *, call_lease_s: 
         {"p_message_id": claim.message_id, "p_token": claim.token, "p_lease": timedelta(seconds=call_lease_s)},
     ).first()
     return row is not None
+
+
+def begin_calls(connection: Session | Connection, claims: Sequence[Claim], *, call_lease_s: float) -> set[uuid.UUID]:
+    """``begin_call`` for each claim, in one statement: the ids of the messages whose call may
+    begin (no id, no call)."""
+    if not claims:
+        return set()
+    rows = connection.execute(
+        _BEGIN_CALLS,
+        {
+            "p_ids": [c.message_id for c in claims],
+            "p_tokens": [c.token for c in claims],
+            "p_lease": timedelta(seconds=call_lease_s),
+        },
+    )
+    return {row.id for row in rows}
+
+
+def _given_back_status(claim: Claim) -> MessageStatus:
+    # As before the claim: a message that was attempted before waits as retrying.
+    return MessageStatus.RETRYING if claim.attempt_no > 1 else MessageStatus.QUEUED
 
 
 def give_back(session: Session | Connection, claim: Claim, **waiting: Any) -> bool:
@@ -250,9 +421,62 @@ def give_back(session: Session | Connection, claim: Claim, **waiting: Any) -> bo
     return update_held(
         session,
         claim,
-        status=MessageStatus.RETRYING if claim.attempt_no > 1 else MessageStatus.QUEUED,
+        status=_given_back_status(claim),
         attempts=Message.attempts - 1,
         lease_expires_at=None,
         call_started_at=None,
         **waiting,
     )
+
+
+@dataclass(frozen=True)
+class GiveBackItem:
+    """A claim to give back (outcomes.GiveBack's decision): due again in ``wait_s`` (at its
+    reserved ``slot``, if any); with no wait, its waiting columns are left as they are."""
+
+    claim: Claim
+    wait_s: float | None = None
+    slot: float | None = None
+
+
+def _build_give_back_many_statement() -> Update:
+    back = held_batch(
+        {"p_statuses": column("status", String), "p_waits": column("wait", Interval), "p_slots": column("slot", Float)}
+    )
+    waits = back.c.wait.is_not(None)
+    return (
+        update(_messages)
+        .where(held_by(back.c.id, back.c.token), _messages.c.id.in_(_locked_in_id_order()))
+        .values(
+            status=back.c.status,
+            attempts=_messages.c.attempts - 1,
+            lease_expires_at=None,
+            call_started_at=None,
+            # As give_back with outcomes._waiting's columns, or with none.
+            next_attempt_at=case((waits, func.now() + back.c.wait), else_=_messages.c.next_attempt_at),
+            reserved_slot=case((waits, back.c.slot), else_=_messages.c.reserved_slot),
+            enqueued_at=case((waits, None), else_=_messages.c.enqueued_at),
+        )
+        .returning(_messages.c.id)
+    )
+
+
+_GIVE_BACK_MANY = _build_give_back_many_statement()
+
+
+def give_back_many(connection: Session | Connection, items: Sequence[GiveBackItem]) -> set[uuid.UUID]:
+    """``give_back`` for each claim, in one statement: the ids of the messages given back (a
+    claim that no longer holds its message gives nothing back)."""
+    if not items:
+        return set()
+    rows = connection.execute(
+        _GIVE_BACK_MANY,
+        {
+            "p_ids": [i.claim.message_id for i in items],
+            "p_tokens": [i.claim.token for i in items],
+            "p_statuses": [_given_back_status(i.claim).value for i in items],
+            "p_waits": [None if i.wait_s is None else timedelta(seconds=i.wait_s) for i in items],
+            "p_slots": [i.slot for i in items],
+        },
+    )
+    return {row.id for row in rows}

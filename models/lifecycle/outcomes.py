@@ -5,6 +5,7 @@ on. Every write is guarded by the claim's token, so one that lost its claim chan
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
@@ -14,9 +15,12 @@ from sqlalchemy import (
     Float,
     Integer,
     Select,
+    String,
     Table,
     Uuid,
+    any_,
     bindparam,
+    column,
     exists,
     func,
     insert,
@@ -24,12 +28,13 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Session
 
 from models import account_state
 from models.enums import AttemptOutcome, MessageStatus, status_in
-from models.lifecycle.claim import Claim, give_back, update_held
-from models.lifecycle.conversation import successor_of, thread_status
+from models.lifecycle.claim import Claim, give_back, held_batch, held_by, update_held
+from models.lifecycle.conversation import ConversationKey, lock_conversations, successor_of, thread_status
 from models.lifecycle.transitions import NOT_WAITING
 from models.meta_status import DELIVERY_UNCERTAIN
 from models.tables import Conversation, Message, MessageAttempt, MessageEvent
@@ -72,6 +77,23 @@ def _attempt(
     )
 
 
+def _sent_values(wamid: Any, response: Any) -> dict[str, Any]:
+    """What ``sent`` writes on the message (alone or in a batch)."""
+    return {
+        "status": MessageStatus.SENT,
+        "wamid": wamid,
+        "meta_response": response,
+        "sent_at": func.now(),
+        **NOT_WAITING,
+        "error_code": None,
+        "error_title": None,
+        "error_detail": None,
+    }
+
+
+_SENT_ATTEMPT_COLUMNS = ["id", "org_id", "message_id", "attempt_no", "outcome", "http_status", "duration_ms"]
+
+
 def _build_sent_statement() -> Select[Any]:
     # Core tables, not ORM entities: the ORM's bulk-update machinery costs more than the statement.
     message_id = bindparam("p_message_id", type_=Uuid)
@@ -83,16 +105,7 @@ def _build_sent_statement() -> Select[Any]:
             _messages.c.claim_token == bindparam("p_token", type_=Uuid),
             _messages.c.status == MessageStatus.SENDING.value,
         )
-        .values(
-            status=MessageStatus.SENT,
-            wamid=bindparam("p_wamid"),
-            meta_response=bindparam("p_response", type_=_messages.c.meta_response.type),
-            sent_at=func.now(),
-            **NOT_WAITING,
-            error_code=None,
-            error_title=None,
-            error_detail=None,
-        )
+        .values(**_sent_values(bindparam("p_wamid"), bindparam("p_response", type_=_messages.c.meta_response.type)))
         .returning(_messages.c.id, _messages.c.org_id)
         .cte("sent")
     )
@@ -101,7 +114,7 @@ def _build_sent_statement() -> Select[Any]:
     attempt = (
         insert(_attempts)
         .from_select(
-            ["id", "org_id", "message_id", "attempt_no", "outcome", "http_status", "duration_ms"],
+            _SENT_ATTEMPT_COLUMNS,
             select(
                 func.gen_random_uuid(),
                 sent.c.org_id,
@@ -167,6 +180,126 @@ def record_sent(
         },
     ).one()
     return SentWrite(bool(row.written), row.successor if row.written else None)
+
+
+@dataclass(frozen=True)
+class SentItem:
+    """One message of a batch that Meta accepted: what ``record_sent`` takes for it."""
+
+    claim: Claim
+    wamid: str
+    response: dict[str, Any]
+    http_status: int
+    duration_ms: float
+
+
+# The messages of a batch, locked in the lock order (by id, before any conversation): whether
+# each is still held is read under the lock, and whether it is its conversation's latest entry,
+# the one thread entry the batch writes (a later entry never turns back into this message).
+_LOCK_SENT = (
+    select(
+        _messages.c.id,
+        _messages.c.org_id,
+        _messages.c.account_id,
+        _messages.c.contact_id,
+        _messages.c.claim_token,
+        _messages.c.status,
+        (_conversations.c.last_message_id == _messages.c.id).label("latest"),
+    )
+    .join(_conversations, _conversations.c.id == _messages.c.conversation_id)
+    .where(_messages.c.id == any_(bindparam("p_ids", type_=ARRAY(Uuid))))
+    .order_by(_messages.c.id)
+    .with_for_update(of=_messages)
+)
+
+
+def _build_sent_many_statement() -> Select[Any]:
+    # record_sent's statement over the batch's arrays: each message under its own token.
+    item = held_batch(
+        {
+            "p_attempt_nos": column("attempt_no", Integer),
+            "p_wamids": column("wamid", String),
+            "p_responses": column("response", JSONB),
+            "p_http_statuses": column("http_status", Integer),
+            "p_durations_ms": column("duration_ms", Float),
+        }
+    )
+    sent = (
+        update(_messages)
+        .where(held_by(item.c.id, item.c.token))
+        .values(**_sent_values(item.c.wamid, item.c.response))
+        .returning(
+            _messages.c.id,
+            _messages.c.org_id,
+            _messages.c.conversation_id,
+            _messages.c.seq,
+            item.c.attempt_no,
+            item.c.http_status,
+            item.c.duration_ms,
+        )
+        .cte("sent")
+    )
+    # Only the rows that changed get an attempt row: a repeat after a lost COMMIT adds none.
+    attempt = (
+        insert(_attempts)
+        .from_select(
+            _SENT_ATTEMPT_COLUMNS,
+            select(
+                func.gen_random_uuid(),
+                sent.c.org_id,
+                sent.c.id,
+                sent.c.attempt_no,
+                literal(AttemptOutcome.SENT.value),
+                sent.c.http_status,
+                sent.c.duration_ms,
+            ),
+        )
+        .cte("attempt")
+    )
+    thread = (
+        update(_conversations)
+        .where(_conversations.c.id == sent.c.conversation_id, _conversations.c.last_message_id == sent.c.id)
+        .values(last_message_status=MessageStatus.SENT)
+        .cte("thread")
+    )
+    return select(sent.c.id, successor_of(sent.c.conversation_id, sent.c.seq).label("successor")).add_cte(
+        attempt, thread
+    )
+
+
+_SENT_MANY = _build_sent_many_statement()
+
+
+def record_sent_many(session: Session, items: Sequence[SentItem]) -> dict[uuid.UUID, SentWrite]:
+    """``record_sent`` for a batch, in the caller's transaction, in three statements whatever its
+    size: lock the messages (by id), lock the conversations whose thread entry it writes (in the
+    lock order, conversation.ConversationKey), then write every message, attempt row and thread
+    entry in one statement. Safe to run again. Each item's write, by message id: not written when
+    its claim no longer holds the message (a repeat of a write that landed says so too:
+    ``already_sent`` tells them apart)."""
+    if not items:
+        return {}
+    ids = [i.claim.message_id for i in items]
+    token_of = {i.claim.message_id: i.claim.token for i in items}
+    rows = session.execute(_LOCK_SENT, {"p_ids": ids}).all()
+    held_rows = [r for r in rows if r.status == MessageStatus.SENDING and r.claim_token == token_of[r.id]]
+    lock_conversations(session, {ConversationKey(r.account_id, r.contact_id): r.org_id for r in held_rows if r.latest})
+    written: dict[uuid.UUID, uuid.UUID | None] = {}
+    if held_rows:
+        result = session.execute(
+            _SENT_MANY,
+            {
+                "p_ids": ids,
+                "p_tokens": [i.claim.token for i in items],
+                "p_attempt_nos": [i.claim.attempt_no for i in items],
+                "p_wamids": [i.wamid for i in items],
+                "p_responses": [i.response for i in items],
+                "p_http_statuses": [i.http_status for i in items],
+                "p_durations_ms": [i.duration_ms for i in items],
+            },
+        )
+        written = {row.id: row.successor for row in result}
+    return {message_id: SentWrite(message_id in written, written.get(message_id)) for message_id in ids}
 
 
 def already_sent(connection: Session | Connection, claim: Claim, *, wamid: str) -> bool:
