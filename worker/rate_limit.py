@@ -13,8 +13,9 @@ Reservations spread the work out; the send gate (``take_send_moment``) is the ha
 moment of sending (a plain GCRA on Redis time), so a task that reaches its slot late waits a moment
 instead of bunching up with the next ones, and no slot is thrown away.
 
-``take_send_moments`` does both for many messages of one account in one call (each recipient's pace,
-then each message's moment on the same gate), so an engine holding a batch never polls either.
+``take_send_moments`` does both for many messages of one account in one call (each message's
+reservation, unless it has its slot already, then its moment on the same gate), so an engine holding
+a batch never polls either: a message whose slot is far off keeps it and waits in Postgres.
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ local function take_pair(tat_key, tat_p, moment, interval_p, now)
 end
 """
 
-# The send gate's pace for the account, shared by single and batched send moments: after a 130429
-# the account runs below its configured rate for a while (the ceiling key).
-_ADMISSION = """
-local function admission_pace(interval, burst, ceiling_key)
+# The account's pace (interval and tolerance for a burst), shared by single and batched send
+# moments and by batched reservations: after a 130429 the account runs below its configured rate
+# for a while (the ceiling key). And whether the send gate is closed.
+_ACCOUNT = """
+local function account_pace(interval, burst, ceiling_key)
   local ceiling = tonumber(redis.call('GET', ceiling_key) or '0')
   if ceiling > 0 then interval = math.max(interval, 1 / ceiling) end
   return interval, interval * burst
@@ -139,7 +141,7 @@ return tostring(lowered)
 # time)} as strings.
 _SEND_MOMENT = (
     _EXACT
-    + _ADMISSION
+    + _ACCOUNT
     + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -147,7 +149,7 @@ local paused = paused_until(KEYS[3], KEYS[4])
 if paused > now then
   return {'0', tostring(paused - now), exact(paused)}
 end
-local interval, tol = admission_pace(tonumber(ARGV[1]), tonumber(ARGV[2]), KEYS[2])
+local interval, tol = account_pace(tonumber(ARGV[1]), tonumber(ARGV[2]), KEYS[2])
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
 local moment = math.max(now, tonumber(ARGV[3]), tat - tol)
 if moment - now > tonumber(ARGV[4]) then
@@ -159,60 +161,88 @@ return {'1', tostring(moment - now), exact(moment)}
 )
 
 # KEYS: account admission TAT, account rate ceiling, account pause-until, everyone's pause-until,
-# then for each request its pair TAT and pair pause-until (the keys reservations use).
-# ARGV: admission interval, admission burst, pair interval, pair tolerance, longest wait the caller
-# takes (seconds), then for each request its "not before" (Redis time, 0: none).
+# account reservation TAT, then for each request its pair TAT and pair pause-until (the keys
+# reservations use).
+# ARGV: account interval, admission burst, reservation burst, pair interval, pair tolerance,
+# horizon, longest wait the caller takes (seconds), then for each request its "not before" (Redis
+# time, 0: none) and 1 if that is a slot it reserved before (0: it has none).
 # Many messages of one account at once: each request is answered in order, on one clock, as if it
-# had asked alone (a reservation's pair check, then the send gate's moment), so a request turned
-# away for its recipient or its "not before" takes nothing and does not hold back the ones after
-# it. The account's TAT is written once, at the end.
-# Returns {verdict, seconds from now, moment (Redis time)} per request, flattened, as strings;
-# verdict: 1 taken, p not yet (the recipient's pace or pause), 0 not within the wait (the account's).
+# had asked alone with the per-message path's two calls (_RESERVE, then _SEND_MOMENT). A request
+# without a slot reserves one first, exactly as _RESERVE does; one with a slot goes straight to the
+# send gate (its account slot and its recipient's pace were charged when it reserved). The TATs of
+# the account's two buckets are written once, at the end; the pairs' as they are taken, so a second
+# request for the same recipient sees the first one's pace.
+# Returns {verdict, seconds from now, time (Redis time)} per request, flattened, as strings;
+# verdict: 1 taken (at its moment), p not yet (the recipient's pace or pause: nothing reserved),
+# s scheduled (a slot reserved at that time; ask again in those seconds), 0 not within the wait
+# (the account's: paused, beyond the horizon, or a reserved slot's moment further off; nothing kept).
 _SEND_MOMENTS = (
     _EXACT
     + _PAIR
-    + _ADMISSION
+    + _ACCOUNT
     + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local requests = (#KEYS - 4) / 2
+local requests = (#KEYS - 5) / 2
 local answers = {}
-local function answer(verdict, at)
+local function answer(verdict, at, moment)
   answers[#answers + 1] = verdict
-  answers[#answers + 1] = tostring(at - now)
+  answers[#answers + 1] = tostring((moment or at) - now)
   answers[#answers + 1] = exact(at)
 end
 local paused = paused_until(KEYS[3], KEYS[4])
-if paused > now then
-  for _ = 1, requests do answer('0', paused) end
-  return answers
-end
-local interval, tol = admission_pace(tonumber(ARGV[1]), tonumber(ARGV[2]), KEYS[2])
-local interval_p, tol_p = tonumber(ARGV[3]), tonumber(ARGV[4])
-local within = tonumber(ARGV[5])
+local interval, tol = account_pace(tonumber(ARGV[1]), tonumber(ARGV[2]), KEYS[2])
+local interval_a, tol_a = account_pace(tonumber(ARGV[1]), tonumber(ARGV[3]), KEYS[2])
+local pause_a = tonumber(redis.call('GET', KEYS[3]) or '0')
+local interval_p, tol_p = tonumber(ARGV[4]), tonumber(ARGV[5])
+local horizon, within = tonumber(ARGV[6]), tonumber(ARGV[7])
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-local taken = false
-for i = 1, requests do
-  local pair_key, pair_pause_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
-  -- Read afresh each time: a second request for the same recipient sees the first one's pace.
+local tat_a = tonumber(redis.call('GET', KEYS[5]) or '0')
+local taken, reserved = false, false
+
+-- _RESERVE's reservation: the slot (Redis time, as _RESERVE returns it), or nil with the verdict
+-- and the time to tell when nothing was reserved.
+local function reserve(pair_key, pair_pause_key)
   local ready, tat_p = pair_ready(pair_pause_key, pair_key, interval_p, tol_p)
-  if ready > now then
-    answer('p', ready)
-  else
-    local moment = math.max(now, tonumber(ARGV[5 + i]), tat - tol)
-    if moment - now > within then
-      answer('0', moment)
-    else
-      -- Rounded as storing it rounds: the moments are the ones single calls would get, and a sum
-      -- near 1.8e9 kept in a double would drift by part of its last bit at every step.
-      tat = tonumber(exact(math.max(tat, moment) + interval))
-      taken = true
-      take_pair(pair_key, tat_p, moment, interval_p, now)
-      answer('1', moment)
-    end
-  end
+  if ready > now then return nil, 'p', ready end
+  local slot = math.max(now, tat_a - tol_a, pause_a)
+  if slot - now > horizon then return nil, '0', slot end
+  -- Rounded as storing it rounds: the slots are the ones single reservations would get, and a sum
+  -- near 1.8e9 kept in a double would drift by part of its last bit at every step.
+  tat_a = tonumber(exact(math.max(tat_a, slot) + interval_a))
+  reserved = true
+  take_pair(pair_key, tat_p, slot, interval_p, now)
+  return tonumber(exact(slot))
 end
+
+local function ask(i)
+  local not_before = tonumber(ARGV[6 + 2 * i])
+  local slot = nil
+  if ARGV[7 + 2 * i] ~= '1' then
+    local verdict, at
+    slot, verdict, at = reserve(KEYS[4 + 2 * i], KEYS[5 + 2 * i])
+    if not slot then return answer(verdict, at) end
+    -- Too far off to wait for: the message waits in Postgres and keeps its slot.
+    if slot - now > within then return answer('s', slot) end
+    not_before = math.max(not_before, slot)
+  end
+  -- As the per-message gate: a slot reserved just now is given up while the account is paused.
+  if paused > now then return answer('0', paused) end
+  local moment = math.max(now, not_before, tat - tol)
+  if moment - now > within then
+    -- A slot reserved just now is kept (charged, it would otherwise be lost to everyone): the
+    -- message asks again with it when the gate's moment would have come.
+    if slot then return answer('s', slot, moment) end
+    return answer('0', moment)
+  end
+  tat = tonumber(exact(math.max(tat, moment) + interval))  -- rounded as the slots are
+  taken = true
+  answer('1', moment)
+end
+
+for i = 1, requests do ask(i) end
 if taken then store_time(KEYS[1], tat, now) end
+if reserved then store_time(KEYS[5], tat_a, now) end
 return answers
 """
 )
@@ -253,25 +283,37 @@ class MomentRequest:
 
     recipient: str
     not_before: float = 0.0  # Redis time; 0: none
+    # not_before is a slot this message reserved before (take_send_moments answered SCHEDULED):
+    # its account slot and its recipient's pace were charged then, so it only takes its moment.
+    reserved: bool = False
 
 
 class MomentVerdict(StrEnum):
     TAKEN = "taken"
     # The recipient's pace or its pair pause says not yet: nothing was reserved for it.
     PAIR_NOT_READY = "pair_not_ready"
-    # The account is paused, or its next moment is further off than the caller takes: nothing taken.
+    # A slot was reserved for it (``at``) but it is further off than the caller takes: the message
+    # waits ``wait_s`` in Postgres keeping the slot, then asks with ``reserved=True``.
+    SCHEDULED = "scheduled"
+    # The account is paused, every slot up to the horizon is taken, or the moment of a message
+    # that came with its slot is further off than the caller takes: nothing kept for it.
     ACCOUNT_LATER = "account_later"
 
 
-# The verdict codes _SEND_MOMENTS answers with (the ones _RESERVE uses).
-_VERDICTS = {b"1": MomentVerdict.TAKEN, b"p": MomentVerdict.PAIR_NOT_READY, b"0": MomentVerdict.ACCOUNT_LATER}
+# The verdict codes _SEND_MOMENTS answers with (the ones _RESERVE uses, and s).
+_VERDICTS = {
+    b"1": MomentVerdict.TAKEN,
+    b"p": MomentVerdict.PAIR_NOT_READY,
+    b"s": MomentVerdict.SCHEDULED,
+    b"0": MomentVerdict.ACCOUNT_LATER,
+}
 
 
 @dataclass(frozen=True)
 class MomentGrant:
     verdict: MomentVerdict
     wait_s: float  # from Redis's now to the moment (TAKEN), or until asking again
-    at: float  # that moment, in Redis time
+    at: float  # Redis time: the moment (TAKEN), the slot kept (SCHEDULED), else when it may be ready
 
 
 @dataclass(frozen=True)
@@ -298,7 +340,7 @@ class RateLimiter:
 
     def _keys(self, account_id: uuid.UUID, recipient: str) -> list[str]:
         return [
-            f"{self.prefix}:acct:{account_id}",
+            self._account_key(account_id),
             self._pair_key(account_id, recipient),
             f"{self.prefix}:pause:acct:{account_id}",
             self._pair_pause_key(account_id, recipient),
@@ -336,25 +378,33 @@ class RateLimiter:
         self, account_id: uuid.UUID, pacing: Pacing, requests: Sequence[MomentRequest], *, within_s: float
     ) -> list[MomentGrant]:
         """Send moments for many messages of one account in one call, one grant per request in
-        the same order: each is answered as if it had asked alone, in turn (its recipient's pace as
-        ``reserve`` keeps it, then the send gate's moment as ``take_send_moment`` gives it, no
-        earlier than its ``not_before``, taken when it comes within ``within_s``). A request turned
-        away takes nothing and does not hold back the ones after it, so ask in ``not_before``
-        order."""
+        the same order. Each is answered as if it had asked alone, in turn, with the per-message
+        path's two calls: a request without a slot first reserves one as ``reserve`` does (its
+        recipient's pace, then the account's next slot up to the horizon; a slot further off than
+        ``within_s`` is kept: SCHEDULED), then takes the send gate's moment as ``take_send_moment``
+        gives it, no earlier than its slot and its ``not_before``, when it comes within
+        ``within_s``. A request with ``reserved=True`` only takes its moment.
+
+        Order matters as it does between single calls: slots and moments go first come, first
+        served. A request turned away before reserving takes nothing and holds back nobody, but a
+        new request takes the account's next slot even when its ``not_before`` is later, so ask
+        with the reserved requests first (by slot), then the new ones."""
         if not requests:
             return []
         pair_interval = pacing.pair_interval_s
-        keys = self._admission_keys(account_id)
+        keys = [*self._admission_keys(account_id), self._account_key(account_id)]
         args: list[float] = [
             1.0 / pacing.mps,
             _admission_burst(pacing),
+            pacing.burst,
             pair_interval,
             pair_interval * pacing.pair_burst,
+            pacing.horizon_s,
             max(0.0, within_s),
         ]
         for request in requests:
             keys += [self._pair_key(account_id, request.recipient), self._pair_pause_key(account_id, request.recipient)]
-            args.append(request.not_before)
+            args += [request.not_before, 1 if request.reserved else 0]
         answers = self._send_moments(keys=keys, args=args)
         return [
             MomentGrant(_VERDICTS[verdict], max(0.0, float(wait)), float(at))
@@ -369,6 +419,10 @@ class RateLimiter:
             f"{self.prefix}:pause:acct:{account_id}",
             self._everyone_pause_key,
         ]
+
+    def _account_key(self, account_id: uuid.UUID) -> str:
+        """The account's reservation TAT: slots for the messages reserved ahead."""
+        return f"{self.prefix}:acct:{account_id}"
 
     def _pair_key(self, account_id: uuid.UUID, recipient: str) -> str:
         return f"{self.prefix}:pair:{account_id}:{recipient}"

@@ -1,11 +1,13 @@
-"""Batches of send moments (take_send_moments) on a real Redis: the send gate's pace and each
-recipient's pace for many messages of one account in one call, shared with the per-message path."""
+"""Batches of send moments (take_send_moments) on a real Redis: for many messages of one account in
+one call, each message's reservation (the account's slots up to the horizon and its recipient's
+pace) and its moment on the send gate, on the same keys as the per-message path."""
 
 from __future__ import annotations
 
 import bisect
 import itertools
 import threading
+import time
 import uuid
 
 import pytest
@@ -14,6 +16,7 @@ import redis
 from worker.rate_limit import MomentGrant, MomentRequest, MomentVerdict, Pacing, RateLimiter
 
 TAKEN, PAIR_NOT_READY, ACCOUNT_LATER = MomentVerdict.TAKEN, MomentVerdict.PAIR_NOT_READY, MomentVerdict.ACCOUNT_LATER
+SCHEDULED = MomentVerdict.SCHEDULED
 
 
 @pytest.fixture
@@ -24,11 +27,23 @@ def limiter(redis_client) -> RateLimiter:
 
 
 def rule(
-    mps: float, burst: int = 0, *, pair_interval_s: float = 0, pair_burst: int = 0, jitter_s: float = 0.0
+    mps: float,
+    burst: int = 0,
+    *,
+    pair_interval_s: float = 0,
+    pair_burst: int = 0,
+    jitter_s: float = 0.0,
+    horizon_s: float = 60,
 ) -> Pacing:
-    """With no jitter allowance the burst margin is 1: the gate's burst is ``burst - 1``."""
+    """With no jitter allowance the burst margin is 1: the gate's burst is ``burst - 1`` (the
+    reservations' is ``burst``)."""
     return Pacing(
-        mps=mps, burst=burst, pair_interval_s=pair_interval_s, pair_burst=pair_burst, horizon_s=60, jitter_s=jitter_s
+        mps=mps,
+        burst=burst,
+        pair_interval_s=pair_interval_s,
+        pair_burst=pair_burst,
+        horizon_s=horizon_s,
+        jitter_s=jitter_s,
     )
 
 
@@ -38,6 +53,11 @@ def asks(*recipients: str) -> list[MomentRequest]:
 
 def many(count: int, tag: str = "r") -> list[MomentRequest]:
     return [MomentRequest(f"{tag}{n}") for n in range(count)]
+
+
+def holding(slot: float, recipient: str) -> MomentRequest:
+    """A message coming back with the slot it reserved before."""
+    return MomentRequest(recipient, slot, reserved=True)
 
 
 def redis_now(limiter: RateLimiter) -> float:
@@ -68,15 +88,21 @@ def test_granted_moments_are_one_interval_apart_across_calls_to_the_microsecond(
     assert all(abs(gap - interval) < 2e-6 for gap in gaps), (min(gaps), max(gaps), interval)
 
 
-def test_a_batch_hands_out_the_moments_single_calls_would(limiter):
+def test_a_batch_hands_out_the_slots_and_moments_the_per_message_path_would(limiter):
     """A TAT summed in a Lua double near 1.8e9 drifts by part of its last bit at every step (at
     1000 mps, 1 us every 14 moments); single calls round it to the microsecond as they store it."""
-    gate = rule(1000)  # no burst: each single call's moment is the one after the last (not its own "now")
+    gate = rule(1000)  # no burst: each single call's slot is the one after the last (not its own "now")
     batch = [g.at for g in limiter.take_send_moments(uuid.uuid4(), gate, many(200), within_s=60)]
+    kept = [g.at for g in limiter.take_send_moments(uuid.uuid4(), gate, many(200), within_s=0)[1:]]
     single_account = uuid.uuid4()
-    singles = [limiter.take_send_moment(single_account, gate, within_s=60).at for _ in range(200)]
-    from_first = [(b - batch[0]) - (s - singles[0]) for b, s in zip(batch, singles, strict=True)]
-    assert max(abs(d) for d in from_first) < 5e-7, from_first
+    slots = [limiter.reserve(single_account, f"r{n}", gate).slot for n in range(200)]
+    singles = [limiter.take_send_moment(single_account, gate, not_before=slot, within_s=60).at for slot in slots]
+
+    def drift(ours: list[float], theirs: list[float]) -> float:
+        return max(abs((a - ours[0]) - (b - theirs[0])) for a, b in zip(ours, theirs, strict=True))
+
+    assert drift(batch, singles) < 5e-7
+    assert drift(kept, slots[1:]) < 5e-7  # the slots kept when not taken at once
 
 
 def test_the_burst_less_its_margin_goes_at_once_then_one_per_interval(limiter):
@@ -94,53 +120,93 @@ def test_a_slowed_account_is_spaced_by_its_ceiling(limiter):
     grants = limiter.take_send_moments(account, rule(80), many(5), within_s=60)
     gaps = [b.at - a.at for a, b in itertools.pairwise(grants)]
     assert all(gap == pytest.approx(1 / 40, abs=2e-6) for gap in gaps), gaps
+    # The slots it reserves ahead are too.
+    kept = limiter.take_send_moments(account, rule(80), many(5), within_s=0)
+    assert set(verdicts(kept)) == {SCHEDULED}
+    assert kept[0].at == pytest.approx(grants[-1].at + 1 / 40, abs=2e-6)
+    gaps = [b.at - a.at for a, b in itertools.pairwise(kept)]
+    assert all(gap == pytest.approx(1 / 40, abs=2e-6) for gap in gaps), gaps
 
 
-def test_a_paused_account_gets_nothing_and_is_told_the_pause(limiter):
+def test_an_account_paused_within_the_wait_gets_nothing_and_is_told_the_pause(limiter):
     account = uuid.uuid4()
     limiter.pause_account(account, 2.0)
-    limiter.pause_pair(account, "r1", 9.0)  # the account's pause is the answer, even for a paused pair
-    grants = limiter.take_send_moments(account, rule(100), many(3), within_s=60)
-    assert verdicts(grants) == [ACCOUNT_LATER] * 3
-    assert all(g.wait_s == pytest.approx(2.0, abs=0.05) for g in grants)
+    limiter.pause_pair(account, "r1", 9.0)  # a new request hears about its recipient first, as reserve does
+    requests = [*many(3), holding(redis_now(limiter), "r3")]
+    grants = limiter.take_send_moments(account, rule(100), requests, within_s=60)
+    assert verdicts(grants) == [ACCOUNT_LATER, PAIR_NOT_READY, ACCOUNT_LATER, ACCOUNT_LATER]
+    assert all(g.wait_s == pytest.approx(2.0, abs=0.05) for g in grants if g.verdict == ACCOUNT_LATER)
+    assert grants[1].wait_s == pytest.approx(9.0, abs=0.05)
+
+
+def test_an_account_paused_beyond_the_wait_keeps_new_slots_after_the_pause(limiter):
+    account = uuid.uuid4()
+    limiter.pause_account(account, 2.0)
+    pause_ends = redis_now(limiter) + 2.0
+    requests = [holding(redis_now(limiter), "a"), *asks("b", "c")]
+    grants = limiter.take_send_moments(account, rule(10), requests, within_s=1)
+    # The one with a slot gets nothing (as at the per-message gate); new ones reserve behind the pause.
+    assert verdicts(grants) == [ACCOUNT_LATER, SCHEDULED, SCHEDULED]
+    assert grants[0].wait_s == pytest.approx(2.0, abs=0.05)
+    assert grants[1].at == pytest.approx(pause_ends, abs=0.05)
+    assert grants[2].at == pytest.approx(grants[1].at + 0.1, abs=1e-5)
 
 
 def test_everyones_pause_closes_every_account(limiter):
     limiter.pause_everyone(1.0)
-    grants = limiter.take_send_moments(uuid.uuid4(), rule(100), many(3), within_s=60)
-    assert verdicts(grants) == [ACCOUNT_LATER] * 3
+    requests = [*many(3), holding(redis_now(limiter), "r3")]
+    grants = limiter.take_send_moments(uuid.uuid4(), rule(100), requests, within_s=60)
+    assert verdicts(grants) == [ACCOUNT_LATER] * 4
     assert all(g.wait_s == pytest.approx(1.0, abs=0.05) for g in grants)
 
 
 def test_a_moment_is_never_before_its_not_before(limiter):
     account = uuid.uuid4()
     not_before = redis_now(limiter) + 0.3
-    grants = limiter.take_send_moments(account, rule(10), [MomentRequest("a", not_before), *asks("b")], within_s=5)
-    assert verdicts(grants) == [TAKEN, TAKEN]
+    requests = [holding(not_before, "a"), MomentRequest("b", not_before), *asks("c")]
+    grants = limiter.take_send_moments(account, rule(10), requests, within_s=5)
+    assert verdicts(grants) == [TAKEN, TAKEN, TAKEN]
     assert grants[0].at == pytest.approx(not_before, abs=1e-5)
-    # In order: the next one queues behind it (callers ask in not-before order).
+    # In order: the next ones queue behind it (callers ask in not-before order).
     assert grants[1].at == pytest.approx(not_before + 0.1, abs=1e-5)
+    assert grants[2].at == pytest.approx(not_before + 0.2, abs=1e-5)
 
 
 def test_a_request_turned_away_takes_nothing_and_holds_back_nobody(limiter):
     account = uuid.uuid4()
-    far = MomentRequest("far", redis_now(limiter) + 10)
-    grants = limiter.take_send_moments(account, rule(10), [far, *asks("near")], within_s=1)
+    far = holding(redis_now(limiter) + 10, "far")
+    grants = limiter.take_send_moments(account, rule(10), [far, *asks("near")], within_s=0)
     assert verdicts(grants) == [ACCOUNT_LATER, TAKEN]
     assert grants[0].wait_s == pytest.approx(10, abs=0.05) and grants[1].wait_s < 0.05
 
 
-def test_moments_further_off_than_within_are_not_taken(limiter):
+def test_moments_of_held_slots_further_off_than_within_are_not_taken(limiter):
     account = uuid.uuid4()
     limiter.pause_pair(account, "paused", 5.0)
-    grants = limiter.take_send_moments(account, rule(10), asks("a", "b", "c", "d", "paused"), within_s=0.25)
-    # 0, 0.1, 0.2 are taken; 0.3 is past 0.25. A request after the cut-off still hears about its
-    # recipient's pace first (the recipient is the longer wait).
+    now = redis_now(limiter)
+    requests = [*(holding(now, r) for r in ("a", "b", "c", "d")), *asks("paused")]
+    grants = limiter.take_send_moments(account, rule(10), requests, within_s=0.25)
+    # 0, 0.1, 0.2 are taken; 0.3 is past 0.25. A new request still hears about its recipient's
+    # pace first (the recipient is the longer wait).
     assert verdicts(grants) == [TAKEN, TAKEN, TAKEN, ACCOUNT_LATER, PAIR_NOT_READY]
     assert grants[3].at == pytest.approx(grants[0].at + 0.3, abs=1e-5)
     # The refused moment was not taken: the next caller is given it.
-    again = limiter.take_send_moments(account, rule(10), asks("e"), within_s=1)
+    again = limiter.take_send_moments(account, rule(10), [holding(now, "e")], within_s=1)
     assert verdicts(again) == [TAKEN] and again[0].at == pytest.approx(grants[3].at, abs=1e-5)
+
+
+def test_a_new_slot_whose_moment_is_further_off_than_within_is_kept(limiter):
+    account = uuid.uuid4()
+    # The per-message path has taken the gate's next half second; no slot is reserved yet.
+    for _ in range(5):
+        assert limiter.take_send_moment(account, rule(10), within_s=1).taken
+    now = redis_now(limiter)
+    grants = limiter.take_send_moments(account, rule(10), asks("a"), within_s=0.2)
+    # Charged, the slot would be lost to everyone: the message keeps it and asks again at the moment.
+    assert verdicts(grants) == [SCHEDULED]
+    assert grants[0].at == pytest.approx(now, abs=0.05)
+    assert grants[0].wait_s == pytest.approx(0.5, abs=0.05)
+    assert limiter.reserve(account, "b", rule(10)).slot == pytest.approx(grants[0].at + 0.1, abs=1e-5)
 
 
 def test_a_recipients_pace_holds_between_calls_and_with_reservations(limiter):
@@ -169,10 +235,11 @@ def test_a_recipient_twice_in_one_call_is_paced(limiter):
     assert grants[2].at - grants[0].at == pytest.approx(0.001, abs=2e-6)
 
 
-def test_a_paused_pair_waits_out_its_pause(limiter):
+def test_a_paused_pair_waits_out_its_pause_and_reserves_nothing(limiter):
     account = uuid.uuid4()
     limiter.pause_pair(account, "b", 5.0)
-    grants = limiter.take_send_moments(account, rule(100), asks("b", "c"), within_s=5)
+    # Nothing is taken without waiting: "c" is taken only if "b" left it the account's first slot.
+    grants = limiter.take_send_moments(account, rule(100), asks("b", "c"), within_s=0)
     assert verdicts(grants) == [PAIR_NOT_READY, TAKEN]
     assert grants[0].wait_s == pytest.approx(5.0, abs=0.05) and grants[1].wait_s < 0.05
 
@@ -217,3 +284,78 @@ def test_concurrent_batches_of_one_account_stay_within_its_rate(limiter):
     assert busiest_second(moments) <= 1000 + 14 + 1
     # Only the burst shares the first moment; every other moment is its own.
     assert len(moments) - len(set(moments)) <= 14
+
+
+def test_a_backlog_takes_a_second_of_moments_and_keeps_slots_for_the_rest(limiter):
+    account = uuid.uuid4()
+    # Reservations have a burst of 10; the gate 9 (margin 1 without jitter).
+    grants = limiter.take_send_moments(account, rule(80, 10), many(300), within_s=1)
+    taken = [g for g in grants if g.verdict == TAKEN]
+    kept = [g for g in grants if g.verdict == SCHEDULED]
+    # A second's worth plus the burst are taken; the rest keep their slots (the last of the second
+    # may keep its slot when its moment is just past it); nothing is told to ask again.
+    assert verdicts(grants) == [TAKEN] * len(taken) + [SCHEDULED] * len(kept)
+    assert abs(len(taken) - (80 + 10)) <= 1, len(taken)
+    assert all(g.wait_s <= 1 for g in taken)
+    assert busiest_second([g.at for g in taken]) <= 80 + 9 + 1
+    gaps = [b.at - a.at for a, b in itertools.pairwise(kept)]
+    assert all(abs(gap - 1 / 80) < 2e-6 for gap in gaps), (min(gaps), max(gaps))
+    # 11 slots at once, then one every 1/80 s: the 300th is 289/80 s off (on the call's one clock).
+    assert kept[-1].wait_s == pytest.approx(289 / 80, abs=1e-4)
+    assert all(g.wait_s == pytest.approx(g.at - kept[-1].at + kept[-1].wait_s, abs=1e-5) for g in kept[1:])
+
+
+def test_beyond_the_horizon_nothing_is_reserved(limiter):
+    account = uuid.uuid4()
+    paced = rule(10, pair_interval_s=6, horizon_s=0.95)
+    grants = limiter.take_send_moments(account, paced, many(15), within_s=0)
+    # Slots 0, 0.1 .. 0.9 are within the horizon; 1.0 is not.
+    assert verdicts(grants) == [TAKEN] + [SCHEDULED] * 9 + [ACCOUNT_LATER] * 5
+    assert all(g.wait_s == pytest.approx(1.0, abs=0.05) for g in grants[10:])
+    assert grants[10].at == pytest.approx(grants[9].at + 0.1, abs=1e-5)
+    # Neither the account's slot nor the recipient's pace was charged for them.
+    later = limiter.reserve(account, "r10", rule(10, pair_interval_s=6))
+    assert later.granted and later.slot == pytest.approx(grants[9].at + 0.1, abs=1e-5)
+
+
+def test_a_kept_slot_asked_for_again_is_taken_at_it_and_charged_once(limiter):
+    account = uuid.uuid4()
+    paced = rule(10, pair_interval_s=6)
+    first = limiter.take_send_moments(account, paced, asks("a", "b", "c"), within_s=0.15)
+    assert verdicts(first) == [TAKEN, TAKEN, SCHEDULED]
+    slot = first[2].at
+    time.sleep(max(0.0, limiter.seconds_until(slot)))
+    # "c"'s recipient was charged with the slot: held, it is not asked about its pace again.
+    again = limiter.take_send_moments(account, paced, [holding(slot, "c")], within_s=0.15)
+    assert verdicts(again) == [TAKEN]
+    assert slot <= again[0].at < slot + 0.05
+    # The account's next slot is the one after "c"'s, and "c"'s pace runs from its slot.
+    following = limiter.take_send_moments(account, paced, asks("d", "c"), within_s=0)
+    assert verdicts(following) == [SCHEDULED, PAIR_NOT_READY]
+    assert following[0].at == pytest.approx(slot + 0.1, abs=1e-5)
+    assert following[1].at == pytest.approx(slot + 6, abs=1e-5)
+
+
+def test_a_new_request_is_taken_no_earlier_than_its_slot(limiter):
+    account = uuid.uuid4()
+    # The per-message path has reserved the account's next half second, and taken no moment yet.
+    slots = [limiter.reserve(account, f"single{n}", rule(10)).slot for n in range(5)]
+    grants = limiter.take_send_moments(account, rule(10), asks("a"), within_s=1)
+    assert verdicts(grants) == [TAKEN]
+    assert grants[0].at == pytest.approx(slots[-1] + 0.1, abs=1e-5)
+
+
+def test_batches_and_reservations_share_the_accounts_slots(limiter):
+    account = uuid.uuid4()
+    paced = rule(100)
+    slots = [limiter.reserve(account, "first", paced).slot]
+    for n in range(20):
+        batch = limiter.take_send_moments(account, paced, many(3, f"{n}-"), within_s=0)
+        assert set(verdicts(batch)) == {SCHEDULED}
+        slots += [g.at for g in batch]
+        single = limiter.reserve(account, f"{n}-single", paced)
+        assert single.granted
+        slots.append(single.slot)
+    # Each slot is the one after the last, whichever path reserved it: none is shared.
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
+    assert all(abs(gap - 0.01) < 2e-6 for gap in gaps), (min(gaps), max(gaps))
