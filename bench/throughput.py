@@ -1,7 +1,9 @@
 """Benchmark: the whole path, and how close it comes to what the engine itself can do.
 
 Phases, in one run on this machine:
-1. Engine ceiling: the same Celery app, Redis broker and worker processes running a no-op task.
+1. Engine ceiling: the same Celery app, Redis broker and worker processes running a no-op task;
+   then the delivery floor (tasks making one Meta call each) and the async floor: the same calls
+   from one asyncio client in this process, no Celery, Postgres or Redis, many in flight.
 2. Bare reference: a FastAPI endpoint that does nothing, hit by the same HTTP client as phase 3.
 3. Ingest: N sends (FlowEstate /send, each with an Idempotency-Key) to K accounts through the
    shim by concurrent clients, workers stopped: requests/s the shim accepted.
@@ -10,7 +12,7 @@ Phases, in one run on this machine:
 5. Latency: with the workers running, sends arrive at half the phase-4 rate for a while:
    accepted→sent p50/p95/p99 of those messages (the whole path live, end to end).
 Then errors, messages lost or duplicated (counted at the sandbox by message id), CPU seconds per
-message by process, and last `ratio=<delivery rate / engine ceiling>`.
+message by process, delivery / async floor, and last `ratio=<delivery rate / engine ceiling>`.
 
 `make bench-throughput` or `.venv/bin/python bench/throughput.py --help`. Everything runs on
 loopback (its own database and Redis db 15) and is stopped at the end.
@@ -22,6 +24,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +32,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,8 @@ from bench.env import bench_env  # noqa: E402  (no project import: settings are 
 DB_NAME = "wadispatch_bench_throughput"
 REDIS_DB = 15
 SEND_PATH = "/api/v1/whatsapp/send"
+BENCH_QUEUE = "wadispatch.bench"  # the ceiling's and the floor's tasks
+IDLE_QUEUE = "wadispatch.bench.idle"  # nothing is sent here: the workers' queue until released
 
 
 def main() -> None:
@@ -54,6 +60,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64, help="concurrent HTTP clients")
     parser.add_argument("--noop-tasks", type=int, default=5000)
     parser.add_argument("--floor-tasks", type=int, default=5000, help="one-call tasks for the delivery floor")
+    parser.add_argument(
+        "--async-floor-in-flight",
+        type=lambda text: [int(k) for k in text.split(",")],
+        default=[256, 512, 1024],
+        help="calls in flight to try for the async floor, comma-separated (--floor-tasks calls each)",
+    )
     parser.add_argument("--latency-seconds", type=float, default=15.0, help="length of phase 5")
     args = parser.parse_args()
     # A bench stopped from outside (timeout, Ctrl-C) still stops the processes it started.
@@ -74,7 +86,10 @@ def main() -> None:
 
     with Services(env, log_dir) as services:
         services.start_sandbox(latency_ms=args.latency_ms, pair_interval_s=0)
-        ceiling, floor, floor_errors, engine_cpu = engine_ceiling(services, args, worker_options)
+        numbers = floor_numbers()
+        ceiling, floor, floor_errors, engine_cpu = engine_ceiling(services, args, worker_options, numbers)
+        async_tries = [async_floor(services, numbers, args.floor_tasks, k) for k in args.async_floor_in_flight]
+    best = max(async_tries, key=lambda t: t.rate)
     redis.Redis.from_url(env["WADISPATCH_REDIS_URL"]).flushdb()
     bare = reference_ingest(args, "bench.bare_app:app")
     create_floor_table()
@@ -118,6 +133,11 @@ def main() -> None:
         f"delivery floor        : {floor:8.1f} tasks/s making one Meta call each "
         f"({floor / ceiling:.2f} of the ceiling, {floor_errors} errors)"
     )
+    print(
+        f"async floor           : {best.rate:8.1f} calls/s (in flight {best.in_flight}; "
+        f"client CPU {best.client_cpu_ms:.2f} ms/call; {best.errors} errors)"
+    )
+    print(f"  by calls in flight    : {'; '.join(t.summary() for t in async_tries)}")
     print(f"bare FastAPI ingest   : {bare:8.1f} requests/s")
     print(
         f"ingest floor          : {ingest_floor:8.1f} requests/s doing one INSERT + one LPUSH "
@@ -140,6 +160,7 @@ def main() -> None:
     print(f"CPU ms per message    : ingest {cpu_report(ingest_cpu, len(ids))}")
     print(f"                        delivery {cpu_report(delivery_cpu, len(times))}")
     print(f"bench ran             : {time.monotonic() - started:.0f} s (client CPU {cpu_seconds(os.getpid()):.0f} s)")
+    print(f"delivery / async floor: {delivery / best.rate:8.3f}")
     print(f"ratio={delivery / ceiling:.3f}")
 
 
@@ -148,8 +169,13 @@ def cpu_report(spent: dict[str, float], messages: int) -> str:
     return ", ".join(parts) + f" = {sum(spent.values()) * 1000 / max(1, messages):.2f}"
 
 
+def floor_numbers() -> list[str]:
+    """The phone number ids the floor phases call (the sandbox paces each at 80 mps)."""
+    return [f"9{n:03d}{uuid.uuid4().int % 10**8:08d}" for n in range(40)]
+
+
 def engine_ceiling(
-    services: Any, args: argparse.Namespace, worker_options: dict[str, Any]
+    services: Any, args: argparse.Namespace, worker_options: dict[str, Any], numbers: list[str] | None = None
 ) -> tuple[float, float, int, tuple[dict[str, float], dict[str, float]]]:
     """The engine's ceiling (no-op tasks/s), then the delivery floor: tasks that each make one call
     to the sandbox through the worker's Meta client and do nothing else — what a one-task-a-message
@@ -164,20 +190,26 @@ def engine_ceiling(
     noop_counter, call_counter = f"bench:noop:{uuid.uuid4().hex}", f"bench:call:{uuid.uuid4().hex}"
     with app.producer_or_acquire() as producer:
         for _ in range(args.noop_tasks):
-            app.send_task("wadispatch.noop", args=[noop_counter], queue="wadispatch.bench", producer=producer)
-    services.start_workers(args.workers, extra=["-Q", "wadispatch.bench"], **worker_options)
+            app.send_task("wadispatch.noop", args=[noop_counter], queue=BENCH_QUEUE, producer=producer)
+    # The workers start on an empty queue and take the backlog all at once when the last is ready:
+    # one that starts consuming while the next is still starting drains a small backlog alone
+    # (or all of it before the first count, which left no rate to report).
+    services.start_workers(args.workers, extra=["-Q", IDLE_QUEUE], **worker_options)
     meter = CpuMeter({"workers": services.pids("worker"), "sandbox": services.pids("sandbox")})
+    nodes = [f"bench{n}@{socket.gethostname()}" for n in range(args.workers)]
+    replies = app.control.add_consumer(BENCH_QUEUE, destination=nodes, reply=True, timeout=10)
+    assert len(replies) == len(nodes), f"not every worker confirmed it consumes {BENCH_QUEUE}: {replies}"
     meter.start()
     ceiling = _drain_rate(client, noop_counter, args.noop_tasks)
     ceiling_cpu = meter.since()
 
-    numbers = [f"9{n:03d}{uuid.uuid4().int % 10**8:08d}" for n in range(40)]
+    numbers = numbers or floor_numbers()
     with app.producer_or_acquire() as producer:
         for n in range(args.floor_tasks):
             app.send_task(
                 "wadispatch.bench_call",
                 args=[call_counter, numbers[n % len(numbers)], n],
-                queue="wadispatch.bench",
+                queue=BENCH_QUEUE,
                 producer=producer,
             )
     meter.start()
@@ -195,6 +227,96 @@ def _drain_rate(client: Any, counter: str, total: int) -> float:
         time.sleep(0.02)
     assert first is not None
     return (total - first[1]) / (time.monotonic() - first[0])
+
+
+@dataclass(frozen=True)
+class AsyncFloorTry:
+    in_flight: int
+    rate: float  # answered calls/s, from the first answer to the last (as _drain_rate counts)
+    client_cpu_ms: float  # this process's CPU per call
+    sandbox_cpu_ms: float  # the sandbox's CPU per call (its connections' set-up included)
+    errors: int  # calls that got no wamid (an error answer, or no answer)
+
+    @property
+    def sandbox_load(self) -> float:
+        """The share of its one core the sandbox needs for this rate (near 1.0: the sandbox caps it).
+        Not its CPU over the whole try, which the connections' ramp and the last answers dilute."""
+        return self.sandbox_cpu_ms * self.rate / 1000
+
+    def summary(self) -> str:
+        capped = ", the sandbox's limit" if self.sandbox_load >= SANDBOX_BOUND else ""
+        return (
+            f"{self.in_flight}: {self.rate:.0f}/s (sandbox {self.sandbox_cpu_ms:.2f} ms/call, "
+            f"{self.sandbox_load:.0%} of its core at that rate{capped})"
+        )
+
+
+# A sandbox busy this share of its one core is taken as the bottleneck of an async floor try.
+SANDBOX_BOUND = 0.9
+
+
+def async_floor(services: Any, numbers: list[str], calls: int, in_flight: int) -> AsyncFloorTry:
+    """The same calls as the delivery floor's tasks (body, sandbox, phone numbers) from one asyncio
+    client, ``in_flight`` at a time: what delivery could reach with no per-message engine cost."""
+    from bench.cpu import cpu_seconds
+    from models.settings import get_settings
+
+    base = f"{services.sandbox_url}/{get_settings().meta_api_version}"
+    sandbox_pids = services.pids("sandbox")
+    client_before, sandbox_before = cpu_seconds(os.getpid()), sum(map(cpu_seconds, sandbox_pids))
+    answered, errors = asyncio.run(_floor_calls(base, numbers, calls, in_flight))
+    client_cpu = cpu_seconds(os.getpid()) - client_before
+    sandbox_cpu = sum(map(cpu_seconds, sandbox_pids)) - sandbox_before
+    rate = (len(answered) - 1) / (answered[-1] - answered[0]) if len(answered) > 1 else 0.0
+    ms = 1000 / max(1, calls)  # seconds in total to ms per call
+    return AsyncFloorTry(in_flight, rate, client_cpu * ms, sandbox_cpu * ms, errors)
+
+
+async def _floor_calls(base: str, numbers: list[str], calls: int, in_flight: int) -> tuple[list[float], int]:
+    """Make the calls; returns when each one that got a wamid was answered, and how many did not."""
+    # aiohttp, not httpx.AsyncClient: measured here at 256-1024 in flight, aiohttp spends about
+    # 0.2 ms of CPU a call, httpx (httpcore 1.0.9) 17-24 ms, because its pool walks every
+    # connection for each request it places (encode/httpcore#1035), so it stalls near 50 calls/s
+    # (AsyncMetaClient, built on httpx, measured the same).
+    import aiohttp
+
+    answered: list[float] = []
+    errors = 0
+    serials = iter(range(calls))  # shared: each caller takes the next call when its last one ends
+
+    async def caller(http: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        for serial in serials:
+            url = f"{base}/{numbers[serial % len(numbers)]}/messages"
+            try:
+                async with http.post(url, json=_floor_body(serial), headers=FLOOR_AUTH) as answer:
+                    payload = await answer.json(content_type=None)
+                    took_it = answer.status == 200 and isinstance(payload, dict) and bool(payload.get("messages"))
+            except (TimeoutError, aiohttp.ClientError, ValueError):
+                took_it = False
+            if took_it:
+                answered.append(time.monotonic())
+            else:
+                errors += 1
+
+    connector = aiohttp.TCPConnector(limit=in_flight)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
+        await asyncio.gather(*(caller(http) for _ in range(in_flight)))
+    return answered, errors
+
+
+FLOOR_AUTH = {"Authorization": "Bearer bench"}  # the token bench_call sends (the sandbox takes any)
+
+
+def _floor_body(serial: int) -> dict[str, Any]:
+    """The body wadispatch.bench_call (worker/tasks.py) sends."""
+    return {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": f"1809{5000000 + serial % 1000000}",
+        "type": "text",
+        "text": {"body": "floor"},
+    }
 
 
 def create_floor_table() -> None:
