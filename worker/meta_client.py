@@ -1,17 +1,19 @@
 """The HTTP clients for Meta's Cloud API: one pooled httpx.Client per worker process, and an
-asyncio one (AsyncMetaClient) for an engine that keeps many calls in flight on one event loop.
-Both read Meta's answers and transport failures through the same functions, so a call classifies
-the same whichever client made it."""
+asyncio one on aiohttp (AsyncMetaClient) for an engine that keeps many calls in flight on one
+event loop. Both read Meta's answers through the same function and are observed the same way, so
+a call classifies and counts the same whichever client made it."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx
 
 from models import metrics
@@ -36,8 +38,8 @@ class SendResult:
     duration_ms: float
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def _retry_after(value: str | None) -> float | None:
+    """Meta's Retry-After header (seconds), if it holds a number."""
     if value is None:
         return None
     try:
@@ -58,11 +60,15 @@ def _timeout(settings: Settings) -> httpx.Timeout:
     )
 
 
+# How long an idle connection to Meta is kept for the next call.
+KEEPALIVE_S = 15.0
+
+
 def _limits(max_connections: int) -> httpx.Limits:
     return httpx.Limits(
         max_connections=max_connections,
         max_keepalive_connections=max_connections,
-        keepalive_expiry=15.0,
+        keepalive_expiry=KEEPALIVE_S,
     )
 
 
@@ -88,18 +94,23 @@ def failure_of_send(exc: httpx.TransportError) -> DeliveryError:
     return DeliveryUncertain(f"no answer from Meta after the request was sent: {type(exc).__name__}")
 
 
-def result_of_send(response: httpx.Response, duration_ms: float) -> SendResult:
-    """Meta's answer to a send (body read): the result on success; raises the DeliveryError it means otherwise."""
+def json_or_none(content: bytes) -> Any:
+    """An answer's body parsed as JSON; None when it is not JSON (a proxy's HTML page, say)."""
     try:
-        payload: Any = response.json()
+        return json.loads(content)
     except ValueError:
-        payload = None
-    if response.is_success:
+        return None
+
+
+def result_of_send(http_status: int, payload: Any, retry_after: str | None, duration_ms: float) -> SendResult:
+    """Meta's answer to a send: its status, its body parsed (json_or_none) and its Retry-After
+    header. The result on success; raises the DeliveryError it means otherwise."""
+    if 200 <= http_status < 300:
         wamid = _wamid_of(payload)
         if wamid is None:
-            raise DeliveryUncertain("Meta answered success without a message id", http_status=response.status_code)
-        return SendResult(wamid, payload, response.status_code, duration_ms)
-    raise error_from_response(response.status_code, payload, _retry_after(response))
+            raise DeliveryUncertain("Meta answered success without a message id", http_status=http_status)
+        return SendResult(wamid, payload, http_status, duration_ms)
+    raise error_from_response(http_status, payload, _retry_after(retry_after))
 
 
 class MetaClient:
@@ -129,7 +140,10 @@ class MetaClient:
                 response = self._http.send(request)
             except httpx.TransportError as exc:
                 raise failure_of_send(exc) from exc
-            return result_of_send(response, (time.monotonic() - started) * 1000)
+            duration_ms = (time.monotonic() - started) * 1000
+            return result_of_send(
+                response.status_code, json_or_none(response.content), response.headers.get("retry-after"), duration_ms
+            )
 
     def upload_media(self, phone_number_id: str, token: str, data: bytes, mime: str, filename: str) -> str:
         """Upload one file; returns Meta's media id. Failures carry the META_UPLOAD_FAILED code,
@@ -155,13 +169,10 @@ class MetaClient:
         except httpx.TransportError as exc:
             # Uploading twice costs nothing but bandwidth, so every transport failure is retryable.
             raise Transient(f"media upload to Meta failed: {type(exc).__name__}", stored_code=UPLOAD_FAILED) from exc
-        try:
-            payload: Any = response.json()
-        except ValueError:
-            payload = None
+        payload = json_or_none(response.content)
         if response.is_success and isinstance(payload, dict) and isinstance(payload.get("id"), str):
             return payload["id"]
-        error = error_from_response(response.status_code, payload, _retry_after(response))
+        error = error_from_response(response.status_code, payload, _retry_after(response.headers.get("retry-after")))
         if isinstance(error, AccountBroken):
             raise error
         cls = Transient if isinstance(error, Retryable) else Permanent
@@ -176,33 +187,111 @@ class MetaClient:
         )
 
 
+@dataclass(frozen=True)
+class MetaCall:
+    """One send to Meta, ready to go (AsyncMetaClient.build_send). Its headers carry the access
+    token and its body the recipient and the text: neither is in its repr, so logging a call leaks
+    neither."""
+
+    url: str
+    headers: tuple[tuple[str, str], ...] = field(repr=False)
+    body: bytes = field(repr=False)
+
+
+def _is_header_safe(token: str) -> bool:
+    """A bearer token must be printable ASCII with no spaces to be sent in a header at all (the
+    rule of worker.delivery.is_header_safe, which imports this module). aiohttp itself writes a
+    non-ASCII token as UTF-8 and only refuses control characters, and only when the call is made."""
+    return bool(token) and token.isascii() and token.isprintable() and " " not in token
+
+
+def _encoded_body(body: dict[str, Any]) -> bytes:
+    # As httpx encodes json= for MetaClient: compact UTF-8, and no NaN or Infinity (not JSON).
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise NotSent(f"the request to Meta could not be built: {type(exc).__name__}") from exc
+
+
+def failure_of_async_send(exc: Exception) -> DeliveryError:
+    """What an aiohttp send that raised ``exc`` before Meta's whole answer was read means for the
+    message (raise it from exc). Only a failure before the request can have been written is
+    Transient: Meta has no idempotency key, so retrying after anything else could send twice."""
+    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+        # No connection: refused, unreachable, DNS or TLS failed, or none within the connect
+        # timeout (which covers waiting for a pooled one). Nothing was written.
+        return Transient(f"could not reach Meta: {type(exc).__name__}")
+    # The read or total timeout, a dropped connection (a stale keep-alive one too: the request may
+    # have been read before the server closed it), a broken answer: the request may have been processed.
+    return DeliveryUncertain(f"no answer from Meta after the request may have been sent: {type(exc).__name__}")
+
+
 class AsyncMetaClient:
     """Sends messages from an asyncio event loop: every call in flight shares one pool of
     connections and needs no thread. One per event loop (its connections belong to that loop);
-    the engine that owns the loop creates it and closes it with aclose()."""
+    the engine that owns the loop creates it and closes it with aclose().
+
+    aiohttp rather than httpx: httpcore's pool walks every connection on every request
+    (encode/httpcore#1035), tens of ms of CPU per call with a thousand connections. aiohttp never
+    resends a POST by itself (it retries a dropped keep-alive connection for idempotent methods only)."""
 
     def __init__(self, settings: Settings, *, max_connections: int = 1000) -> None:
         self._base = settings.meta_base_url.rstrip("/")
         self._version = settings.meta_api_version
-        self._http = httpx.AsyncClient(timeout=_timeout(settings), limits=_limits(max_connections))
+        self._max_connections = max_connections
+        # connect covers waiting for a pooled connection and connecting; sock_read each wait for
+        # the answer. total keeps the promise call_budget_s makes to the lease (aiohttp has no
+        # write timeout, and an answer that trickles in would reset sock_read for ever).
+        self._timeout = aiohttp.ClientTimeout(
+            total=settings.call_budget_s,
+            connect=settings.meta_connect_timeout_s,
+            sock_read=settings.meta_read_timeout_s,
+        )
+        self._http: aiohttp.ClientSession | None = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the running event loop its connections will belong to.
+        if self._http is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, limit_per_host=0, keepalive_timeout=KEEPALIVE_S
+            )
+            # Meta sets no cookies we need; a dummy jar spares the work of reading and sending them.
+            self._http = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar()
+            )
+        return self._http
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
-    def build_send(self, phone_number_id: str, token: str, body: dict[str, Any]) -> httpx.Request:
-        """As MetaClient.build_send: the request, built before the call begins. Raises NotSent."""
-        return _build_send(self._http, f"{self._base}/{self._version}/{phone_number_id}/messages", token, body)
+    def build_send(self, phone_number_id: str, token: str, body: dict[str, Any]) -> MetaCall:
+        """As MetaClient.build_send: the call, built before it begins (a token that is no valid
+        header value, a body that is no JSON never get a call marker). Raises NotSent."""
+        if not _is_header_safe(token):
+            raise NotSent("the request to Meta could not be built: the access token is not a valid header value")
+        headers = (("Authorization", f"Bearer {token}"), ("Content-Type", "application/json"))
+        url = f"{self._base}/{self._version}/{phone_number_id}/messages"
+        return MetaCall(url, headers, _encoded_body(body))
 
-    async def send(self, request: httpx.Request) -> SendResult:
-        """Send a request from build_send. Returns on success; raises the DeliveryError subclass
-        MetaClient.send would raise for the same answer or failure."""
+    async def send(self, call: MetaCall) -> SendResult:
+        """Send a call from build_send. Returns on success; raises the DeliveryError subclass
+        MetaClient.send would raise for the same answer, and failure_of_async_send's for a failure."""
         with _observed("messages"):
             started = time.monotonic()
             try:
-                response = await self._http.send(request)
-            except httpx.TransportError as exc:
-                raise failure_of_send(exc) from exc
-            return result_of_send(response, (time.monotonic() - started) * 1000)
+                # Meta does not redirect a send; a 3xx is an answer to classify, like MetaClient's.
+                async with self._session().post(
+                    call.url, data=call.body, headers=call.headers, allow_redirects=False
+                ) as response:
+                    content = await response.read()
+            except (aiohttp.ClientError, OSError) as exc:  # OSError: asyncio.TimeoutError among them
+                raise failure_of_async_send(exc) from exc
+            duration_ms = (time.monotonic() - started) * 1000
+            return result_of_send(
+                response.status, json_or_none(content), response.headers.get("Retry-After"), duration_ms
+            )
 
 
 @contextmanager
