@@ -1,6 +1,8 @@
-"""AsyncMetaClient over real HTTP on loopback: the sandbox's app and two small servers of our own,
-served in this process. Every answer and failure it meets ends as the same DeliveryError that
-MetaClient raises for it, and is counted under the same result in the call-duration histogram."""
+"""AsyncMetaClient (aiohttp) over real HTTP on loopback: the sandbox's app and small servers of our
+own, served in this process. Every answer of Meta's ends as the same DeliveryError that MetaClient
+raises for it; a transport failure is Transient only when nothing can have been written, and
+uncertain whenever the request may have reached Meta; each is counted under the same result in
+the call-duration histogram."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -19,6 +21,15 @@ from prometheus_client import REGISTRY
 from meta_sandbox.app import create_app
 from models.settings import Settings
 from tests.support.processes import free_port
+from tests.support.scripted_server import (
+    ScriptedServer,
+    answer_after,
+    answer_then_close,
+    answer_then_close_when_idle,
+    answer_then_hang_up,
+    answer_trickling,
+    hang_up_after_reading,
+)
 from tests.support.silent_server import SilentServer
 from worker.meta_client import AsyncMetaClient, MetaClient, SendResult
 from worker.meta_errors import (
@@ -108,6 +119,13 @@ def calls_counted(result: str) -> float:
     return REGISTRY.get_sample_value("wadispatch_meta_call_duration_seconds_count", labels) or 0.0
 
 
+CALL_RESULTS = ("ok", "error", "not_sent", "unreachable", "no_answer", "exception")
+
+
+def all_calls_counted() -> dict[str, float]:
+    return {result: calls_counted(result) for result in CALL_RESULTS}
+
+
 def send_async(settings: Settings, phone_number_id: str, token: str = TOKEN) -> SendResult:
     async def one_call() -> SendResult:
         client = AsyncMetaClient(settings)
@@ -137,6 +155,35 @@ def sync_error(settings: Settings, phone_number_id: str, token: str = TOKEN) -> 
 
 def classification(error: DeliveryError) -> tuple[Any, ...]:
     return (type(error), error.error_code, error.http_status, error.title, error.details, error.retry_after_s)
+
+
+def outcome(error: DeliveryError) -> tuple[Any, ...]:
+    """A transport failure's classification; its title names the library's exception, which differs."""
+    return (type(error), error.error_code, error.http_status, error.retry_after_s)
+
+
+def send_in_turn(
+    settings: Settings, count: int, *, between: Callable[[], Awaitable[None]] | None = None
+) -> list[SendResult | DeliveryError]:
+    """``count`` sends, one after another, from one client (so a kept-alive connection is reused);
+    ``between`` (a coroutine function) runs between two sends. Each send's result or error."""
+
+    async def sends() -> list[SendResult | DeliveryError]:
+        client = AsyncMetaClient(settings)
+        outcomes: list[SendResult | DeliveryError] = []
+        try:
+            for n in range(count):
+                if n and between is not None:
+                    await between()
+                try:
+                    outcomes.append(await client.send(client.build_send(new_number(), TOKEN, text_body(n))))
+                except DeliveryError as error:
+                    outcomes.append(error)
+        finally:
+            await client.aclose()
+        return outcomes
+
+    return asyncio.run(sends())
 
 
 def test_a_message_meta_takes_returns_its_wamid(meta):
@@ -191,7 +238,7 @@ def test_a_closed_port_is_transient_and_counted_unreachable():
     error = async_error(settings, new_number())
     assert type(error) is Transient
     assert calls_counted("unreachable") == before + 1
-    assert classification(error) == classification(sync_error(settings, new_number()))
+    assert outcome(error) == outcome(sync_error(settings, new_number()))
 
 
 def test_no_answer_within_the_read_timeout_is_uncertain_and_counted_no_answer():
@@ -203,28 +250,134 @@ def test_no_answer_within_the_read_timeout_is_uncertain_and_counted_no_answer():
         assert time.monotonic() - started < 2
         assert type(error) is DeliveryUncertain and error.http_status is None
         assert calls_counted("no_answer") == before + 1
-        assert classification(error) == classification(sync_error(settings, new_number()))
+        assert outcome(error) == outcome(sync_error(settings, new_number()))
 
 
-def test_a_token_httpx_cannot_encode_is_not_sent_before_any_call(meta):
-    client = AsyncMetaClient(Settings(meta_base_url=meta.url))
-    try:
-        with pytest.raises(NotSent):
-            client.build_send(new_number(), "tök-non-ascii", text_body())
-    finally:
-        asyncio.run(client.aclose())
-
-
-def test_a_token_h11_refuses_to_write_is_not_sent(meta):
+@pytest.mark.parametrize(
+    "token",
+    ["tök-non-ascii", "tok-pasted-with-newline\n", "tok\r\nX-Injected: 1", "tok-with-tab\t", "tok with space", ""],
+    ids=["non-ascii", "newline", "crlf-injection", "tab", "space", "empty"],
+)
+def test_a_token_that_is_no_header_value_is_not_sent_before_any_call(meta, token):
+    """aiohttp would write a non-ASCII token as UTF-8, and refuses a newline only when the call is
+    made: build_send refuses them all, before any call marker, and nothing reaches Meta."""
     number = new_number()
-    settings = Settings(meta_base_url=meta.url)
-    before = calls_counted("not_sent")
-    error = async_error(settings, number, token="tok-pasted-with-newline\n")
+    before = all_calls_counted()
+    error = async_error(Settings(meta_base_url=meta.url), number, token=token)
     assert type(error) is NotSent
-    assert calls_counted("not_sent") == before + 1
-    assert classification(error) == classification(sync_error(settings, number, token="tok-pasted-with-newline\n"))
+    assert all_calls_counted() == before  # no call was made, so none is observed
     stored = httpx.get(f"{meta.url}/_sandbox/messages", params={"phone_number_id": number}).json()
     assert stored["count"] == 0
+
+
+@pytest.mark.parametrize("value", [float("nan"), object(), "\ud800"], ids=["nan", "not-json", "lone-surrogate"])
+def test_a_body_that_is_no_json_is_not_sent(value):
+    client = AsyncMetaClient(Settings(meta_base_url=f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(NotSent):
+        client.build_send(new_number(), TOKEN, text_body() | {"biz_opaque_callback_data": value})
+
+
+def test_a_call_logged_by_mistake_shows_neither_token_nor_message():
+    call = AsyncMetaClient(Settings()).build_send("106540352242922", TOKEN, text_body())
+    assert call.url.endswith("/106540352242922/messages")
+    assert TOKEN not in repr(call) and "async client test" not in repr(call)
+
+
+def test_an_answer_trickling_in_past_the_call_budget_is_uncertain():
+    """Each byte comes within the read timeout, so only the bound on the whole call (call_budget_s)
+    stops it: a call must end inside the lease that covers it."""
+    with ScriptedServer(answer_trickling(0.1)) as server:
+        settings = Settings(meta_base_url=server.url, meta_connect_timeout_s=0.1, meta_read_timeout_s=0.3)
+        before = calls_counted("no_answer")
+        started = time.monotonic()
+        error = async_error(settings, new_number())
+        took = time.monotonic() - started
+        assert type(error) is DeliveryUncertain
+        assert calls_counted("no_answer") == before + 1
+        assert settings.call_budget_s <= took < settings.call_budget_s + 1
+
+
+def test_a_connection_dropped_after_the_request_was_read_is_uncertain_and_not_resent():
+    with ScriptedServer(hang_up_after_reading) as server:
+        before = calls_counted("no_answer")
+        error = async_error(Settings(meta_base_url=server.url), new_number())
+        assert type(error) is DeliveryUncertain and error.http_status is None
+        assert calls_counted("no_answer") == before + 1
+        assert server.requests == 1
+
+
+def test_a_kept_alive_connection_dropped_after_the_next_request_is_uncertain_and_not_resent():
+    """aiohttp resends a request once when a reused connection drops, but only for idempotent
+    methods: a send (a POST) must reach Meta once, and its loss is uncertain."""
+    with ScriptedServer(answer_then_hang_up) as server:
+        first, second = send_in_turn(Settings(meta_base_url=server.url), 2)
+        assert isinstance(first, SendResult) and first.wamid == "wamid.scripted"
+        assert type(second) is DeliveryUncertain
+        assert (server.connections, server.requests) == (1, 2)
+
+
+def test_a_kept_alive_connection_the_server_closed_while_idle_is_not_used_again():
+    with ScriptedServer(answer_then_close_when_idle(0.1)) as server:
+        outcomes = send_in_turn(Settings(meta_base_url=server.url), 2, between=lambda: asyncio.sleep(0.4))
+        assert [type(o) for o in outcomes] == [SendResult, SendResult]
+        assert (server.connections, server.requests) == (2, 2)
+
+
+def test_a_stale_connection_the_client_has_not_yet_seen_closed_is_uncertain():
+    """The server closed the kept-alive connection just before the next send, and the client's
+    loop has not read that yet: the send goes out on a dead connection. aiohttp reports a write to
+    a closing transport (ClientOSError) or a disconnect (ServerDisconnectedError), and cannot say
+    whether the request left, so neither may be Transient."""
+    with ScriptedServer(answer_then_close) as server:
+
+        async def server_closes_unseen() -> None:
+            deadline = time.monotonic() + 5
+            while server.closed < 1:
+                assert time.monotonic() < deadline, "the server did not close the connection"
+                time.sleep(0.005)
+            # Blocking on purpose: the client's event loop must not read the close before the send.
+            time.sleep(0.05)
+
+        first, second = send_in_turn(Settings(meta_base_url=server.url), 2, between=server_closes_unseen)
+        assert isinstance(first, SendResult)
+        assert type(second) is DeliveryUncertain
+        assert server.requests == 1
+
+
+def test_max_connections_queues_sends_beyond_the_pool_and_all_succeed():
+    async def send_six() -> list[SendResult]:
+        client = AsyncMetaClient(Settings(meta_base_url=server.url), max_connections=2)
+        try:
+            calls = [client.build_send(new_number(), TOKEN, text_body(n)) for n in range(6)]
+            return await asyncio.gather(*(client.send(call) for call in calls))
+        finally:
+            await client.aclose()
+
+    with ScriptedServer(answer_after(0.3)) as server:
+        started = time.monotonic()
+        results = asyncio.run(send_six())
+        elapsed = time.monotonic() - started
+        assert len(results) == 6 and all(r.wamid == "wamid.scripted" for r in results)
+        assert (server.connections, server.most_in_flight) == (2, 2)
+        assert elapsed >= 0.85, f"6 sends over 2 connections to a 300 ms server took only {elapsed:.2f} s"
+
+
+def test_no_pooled_connection_within_the_connect_timeout_is_transient_and_nothing_sent():
+    async def send_two() -> list[SendResult | BaseException]:
+        settings = Settings(meta_base_url=server.url, meta_connect_timeout_s=0.2)
+        client = AsyncMetaClient(settings, max_connections=1)
+        try:
+            calls = [client.build_send(new_number(), TOKEN, text_body(n)) for n in range(2)]
+            return await asyncio.gather(*(client.send(call) for call in calls), return_exceptions=True)
+        finally:
+            await client.aclose()
+
+    with ScriptedServer(answer_after(0.6)) as server:
+        before = calls_counted("unreachable")
+        outcomes = asyncio.run(send_two())
+        assert sorted(type(o).__name__ for o in outcomes) == ["SendResult", "Transient"]
+        assert calls_counted("unreachable") == before + 1
+        assert server.requests == 1
 
 
 def test_calls_in_flight_overlap_on_one_event_loop(slow_meta):
