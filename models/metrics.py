@@ -86,6 +86,12 @@ PACING_WAIT_SECONDS = Histogram(
     ["kind"],
     buckets=_SLOW,
 )
+ENGINE_BATCH_SIZE = Histogram(
+    "wadispatch_engine_batch_size",
+    "Messages per statement or script of the delivery engine, by step (claim, moments, begin, sent, give_back)",
+    ["step"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
 CLAIMS_SKIPPED = Counter(
     "wadispatch_claims_skipped",
     "Send tasks that found nothing to claim, by why (done, claimed_elsewhere, behind_earlier, not_due, unknown)",

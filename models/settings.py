@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     # Threads per worker process: enough Meta calls in flight to fill its share of the CPU at
     # 200 ms a call (bench/throughput.py measured the choice; see README "Throughput").
     worker_concurrency: int = Field(default=32, ge=1)
+    # How a worker process sends: "async" hands each message to the process's delivery engine (an
+    # event loop with many calls in flight; worker/engine/), "threads" runs each message's step in
+    # the task's own thread (worker/delivery.py). A gevent pool always uses threads' step.
+    delivery_engine: Literal["async", "threads"] = "threads"
+    # Claims one worker process's engine holds at once (waiting for their moment, or in a call).
+    engine_max_in_flight: int = Field(default=1000, ge=1)
 
     # Delivery policy
     retry_base_s: float = Field(default=2.0, gt=0)

@@ -33,6 +33,8 @@ WORKER_QUEUES = (DUE_QUEUE, INCOMING_QUEUE, INTAKE_QUEUE, MAINTENANCE_QUEUE, SEN
 # The queues that carry send tasks (each stamped with when it was enqueued; see worker/sweeper.py).
 SEND_QUEUES = (DUE_QUEUE, SEND_QUEUE)
 SEND_TASK = "wadispatch.send_message"
+# Several messages in one task (the pacer's hand-overs, for the delivery engine).
+SEND_BATCH_TASK = "wadispatch.send_messages"
 SWEEP_TASK = "wadispatch.sweep"
 WEBHOOK_TASK = "wadispatch.process_webhook"
 SUBMIT_TASK = "wadispatch.submit"
@@ -182,9 +184,13 @@ def enqueue_send(message_id: uuid.UUID) -> None:
 
 
 def enqueue_sends(message_ids: list[uuid.UUID]) -> None:
-    """Hand a committed batch to the broker in one Redis pipeline (kombu's publish batch),
-    not one round trip per message."""
+    """Hand a committed batch to the broker in one Redis pipeline (kombu's publish batch), not
+    one round trip per message: a task per HAND_OVER_CHUNK messages for the delivery engine
+    (claimed together), a task each for the threads' step."""
     if not message_ids:
+        return
+    if get_settings().delivery_engine == "async":
+        _enqueue_in_chunks(message_ids, SEND_QUEUE)
         return
     with app.producer_or_acquire() as producer, producer.batch(max_size=len(message_ids)):
         for n, message_id in enumerate(message_ids):
@@ -205,6 +211,32 @@ def enqueue_sends(message_ids: list[uuid.UUID]) -> None:
 def enqueue_due(message_id: uuid.UUID) -> None:
     """Hand over a message whose time has come (see DUE_QUEUE)."""
     app.send_task(SEND_TASK, args=[str(message_id)], queue=DUE_QUEUE, headers=_stamped())
+
+
+# Messages per batch task: small enough that one task's claims spread over the workers.
+HAND_OVER_CHUNK = 100
+
+
+def enqueue_due_many(message_ids: list[uuid.UUID]) -> None:
+    """Hand over messages whose time has come (see DUE_QUEUE), many per task, in one pipeline."""
+    _enqueue_in_chunks(message_ids, DUE_QUEUE)
+
+
+def _enqueue_in_chunks(message_ids: list[uuid.UUID], queue: str) -> None:
+    chunks = [message_ids[n : n + HAND_OVER_CHUNK] for n in range(0, len(message_ids), HAND_OVER_CHUNK)]
+    if not chunks:
+        return
+    with app.producer_or_acquire() as producer, producer.batch(max_size=len(chunks)):
+        for n, chunk in enumerate(chunks):
+            app.send_task(
+                SEND_BATCH_TASK,
+                args=[[str(m) for m in chunk]],
+                queue=queue,
+                headers=_stamped(),
+                producer=producer,
+                retry=False,
+                declare=None if n == 0 else [],
+            )
 
 
 def enqueue_webhook(event_id: uuid.UUID, *, countdown_s: float | None = None) -> None:

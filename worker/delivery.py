@@ -95,7 +95,7 @@ class _Refusal:
     title: str
 
 
-def _pre_send_refusal(claim: Claim) -> _Refusal | None:
+def pre_send_refusal(claim: Claim) -> _Refusal | None:
     """What the state of the world *now* forbids, though it was fine when the message was accepted."""
     if claim.opted_out:
         return _Refusal("OPTED_OUT", "The contact opted out of WhatsApp messages")
@@ -106,7 +106,7 @@ def _pre_send_refusal(claim: Claim) -> _Refusal | None:
     return None
 
 
-def _carries_media(payload: dict[str, object]) -> bool:
+def carries_media(payload: dict[str, object]) -> bool:
     if "url" in payload or "header_media" in payload:
         return True
     template = payload.get("template")
@@ -195,6 +195,35 @@ class Delivery:
             self._after_final(claim, settled)
         return settled
 
+    # -- for the delivery engine (worker/engine/): a claim it took, settled by these steps --
+
+    def settle_claimed(self, claim: Claim, *, claimed_at: float) -> Settled:
+        """Run the whole step for a claim the engine took (media, a refusal, a halted account:
+        whatever its fast path leaves to this one), then what follows a final outcome.
+        ``claimed_at``: when the claim was taken (monotonic), for the lease left."""
+        settled = self._settle(_Attempt(claim, started=claimed_at))
+        if settled.outcome.final:
+            self.after_final(claim, settled)
+        return settled
+
+    def settle_call_error(self, claim: Claim, error: DeliveryError, *, call_began_at: float) -> Settled:
+        """Meta refused the engine's call, or its answer was lost: settled as `_call` settles it."""
+        attempt = _Attempt(claim, started=call_began_at, call_began=True)
+        self.breaker.record_failure(claim.account_id, error)
+        settled = self._handle_error(attempt, error, called=True)
+        if settled.outcome.final:
+            self.after_final(claim, settled)
+        return settled
+
+    def settle_sent_unwritten(self, claim: Claim, result: SendResult, *, call_began_at: float) -> Settled:
+        """Meta has the message but the engine's batch write did not write it (the claim was
+        taken over, or the write failed): the single write, with its reconciliation. What
+        follows the outcome is left to the caller (it does so for the whole batch)."""
+        return self._record_sent(_Attempt(claim, started=call_began_at, call_began=True), result)
+
+    def after_final(self, claim: Claim, settled: Settled) -> None:
+        self._after_final(claim, settled)
+
     def _settle(self, attempt: _Attempt) -> Settled:
         """Run the steps; whatever breaks before the call began gives the claim back."""
         try:
@@ -238,7 +267,7 @@ class Delivery:
             return refused
         # Media is fetched and uploaded before taking a send slot (that can be slow); anything
         # else takes its slot first, so a message that must wait costs no decryption or parsing.
-        slot = None if _carries_media(claim.payload) else self._wait_for_slot(claim)
+        slot = None if carries_media(claim.payload) else self._wait_for_slot(claim)
         if isinstance(slot, Settled):
             return slot
         prepared = self._prepare(attempt)
@@ -263,7 +292,7 @@ class Delivery:
         if claim.account_status == AccountStatus.HALTED:
             # A halted account's messages wait (they are not burned through); resume re-enqueues them.
             return self._give_back(claim, Outcome.ACCOUNT_HALTED)
-        if refusal := _pre_send_refusal(claim):
+        if refusal := pre_send_refusal(claim):
             return self._fail_before_call(claim, CallError(refusal.code, refusal.title), Outcome.REFUSED)
         template = TemplateRef.of_payload(claim.account_id, claim.payload)
         if template is not None and (unusable := self.unusable_templates.refusal(template)) is not None:

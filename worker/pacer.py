@@ -39,9 +39,9 @@ def take_due_messages(session: Session, *, lead_s: float, batch: int) -> list[uu
 
 class Pacer:
     def __init__(
-        self, enqueue: Callable[[uuid.UUID], None], *, interval_s: float, lead_s: float, batch: int = 1000
+        self, hand_over: Callable[[list[uuid.UUID]], None], *, interval_s: float, lead_s: float, batch: int = 1000
     ) -> None:
-        self.enqueue = enqueue
+        self.hand_over = hand_over
         self.interval_s = interval_s
         self.lead_s = lead_s
         self.batch = batch
@@ -60,8 +60,8 @@ class Pacer:
     def run_once(self) -> int:
         with session_scope() as session:
             due = take_due_messages(session, lead_s=self.lead_s, batch=self.batch)
-        for message_id in due:
-            self.enqueue(message_id)
+        if due:
+            self.hand_over(due)
         return len(due)
 
     def _loop(self) -> None:

@@ -7,12 +7,14 @@ import signal
 import threading
 import time
 import uuid
+from collections import Counter
 from functools import lru_cache, partial
 from typing import Any
 
 import redis
 from celery import Task
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery.exceptions import Reject
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown, worker_shutting_down
 
 from models import lifecycle, metrics
 from models.db import session_scope
@@ -23,6 +25,7 @@ from worker import shutdown
 from worker.breaker import Breaker, BreakerPolicy
 from worker.callbacks import Dispatcher
 from worker.celery_app import (
+    SEND_BATCH_TASK,
     SEND_QUEUES,
     SEND_TASK,
     SUBMIT_TASK,
@@ -30,14 +33,17 @@ from worker.celery_app import (
     WEBHOOK_TASK,
     app,
     enqueue_due,
+    enqueue_due_many,
     enqueue_send,
     enqueue_webhook,
 )
 from worker.delivery import Delivery
+from worker.engine import intake as engine_intake
+from worker.engine.report import report
+from worker.engine.runtime import Engine
 from worker.gauges import GaugeRefresher
 from worker.meta_client import get_meta_client
 from worker.metrics_server import serve_worker_metrics
-from worker.outcome import Outcome, Settled
 from worker.pacer import Pacer
 from worker.rate_limit import RateLimiter
 from worker.submission_request import SubmissionRequest
@@ -46,6 +52,10 @@ from worker.task_base import DATABASE_UNAVAILABLE, RetriedWhileDatabaseUnavailab
 from worker.webhooks.process import process_event
 
 log = logging.getLogger(__name__)
+
+# How long a task waits for the engine to claim its messages (it waits for room when the engine
+# holds its most); past it the task fails and Celery's retry (worker/task_base.py) takes over.
+HAND_OVER_TIMEOUT_S = 60.0
 
 _delivery: Delivery | None = None
 _delivery_lock = threading.Lock()
@@ -76,33 +86,76 @@ def _get_delivery() -> Delivery:
         return _delivery
 
 
+_engine: Engine | None = None
+
+
+def _get_engine() -> Engine | None:
+    """The process's delivery engine, when it sends (WADISPATCH_DELIVERY_ENGINE=async, not under
+    gevent: its event loop needs a real thread); started on first use, so a forked child starts
+    its own."""
+    global _engine
+    if get_settings().delivery_engine != "async" or _under_gevent():
+        return None
+    delivery = _get_delivery()
+    with _delivery_lock:
+        if _engine is None:
+            engine = Engine(get_settings(), delivery)
+            engine.start()
+            _engine = engine
+        return _engine
+
+
+def _under_gevent() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return bool(monkey.is_module_patched("threading"))
+
+
 @app.task(name=SEND_TASK, base=RetriedWhileDatabaseUnavailable, noun="message")
 def send_message(message_id: str, **_earlier_kwargs: object) -> str:
     # Earlier versions passed a reserved slot as a keyword; it now lives on the message row.
+    engine = _get_engine()
+    if engine is not None:
+        return _hand_to_engine(engine, [uuid.UUID(message_id)])[0]
     started = time.perf_counter()
     settled = _get_delivery().run(uuid.UUID(message_id))
-    took = time.perf_counter() - started
-    metrics.safely(lambda: _count_step(settled, took))
-    outcome = f"{settled.outcome}:{settled.detail}" if settled.detail else str(settled.outcome)
-    # The fields of the JSON line (WADISPATCH_LOG_FORMAT=json); message_id, org_id, account_id and
-    # attempt are bound for the task's duration (worker/celery_app.py, worker/delivery.py).
-    fields = {"outcome": settled.outcome.value, "detail": settled.detail, "duration_ms": _ms_since(started)}
-    log.info("message %s: %s", message_id, outcome, extra=fields)
-    return outcome
+    # message_id, org_id, account_id and attempt are bound for the task's duration
+    # (worker/celery_app.py, worker/delivery.py).
+    return report(message_id, settled, started)
 
 
-def _count_step(settled: Settled, seconds: float) -> None:
-    if settled.outcome == Outcome.SKIPPED:
-        metrics.CLAIMS_SKIPPED.labels(reason=settled.detail or "unknown").inc()
-        code = ""
+@app.task(name=SEND_BATCH_TASK, base=RetriedWhileDatabaseUnavailable, noun="messages")
+def send_messages(message_ids: list[str]) -> str:
+    """Several messages handed over at once (the pacer's hand-over): claimed together by the
+    engine; without one, each gets its own task (the threads' step sends one message a thread)."""
+    ids = [uuid.UUID(m) for m in message_ids]
+    engine = _get_engine()
+    if engine is None:
+        for message_id in ids:
+            enqueue_due(message_id)
+        return f"handed over {len(ids)}"
+    answers = _hand_to_engine(engine, ids)
+    return ", ".join(f"{answer} {count}" for answer, count in sorted(Counter(answers).items()))
+
+
+def _hand_over_due(message_ids: list[uuid.UUID]) -> None:
+    """The pacer's hand-over: in batches for the engine, a task each for the threads' step."""
+    if get_settings().delivery_engine == "async":
+        enqueue_due_many(message_ids)
     else:
-        code = settled.detail or ""
-    metrics.DELIVERY_STEPS.labels(outcome=settled.outcome.value, error_class=settled.error_class or "", code=code).inc()
-    metrics.DELIVERY_STEP_DURATION.labels(outcome=settled.outcome.value).observe(seconds)
+        for message_id in message_ids:
+            enqueue_due(message_id)
 
 
-def _ms_since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 1)
+def _hand_to_engine(engine: Engine, ids: list[uuid.UUID]) -> list[str]:
+    """The task ends when its messages are claimed (their leases keep them from being lost) or
+    skipped; a worker that is stopping puts the task back in the broker, unacknowledged."""
+    answers = engine.hand_over(ids, timeout_s=HAND_OVER_TIMEOUT_S)
+    if engine_intake.STOPPING in answers:
+        raise Reject("the worker is stopping", requeue=True)
+    return answers
 
 
 def _count_updates(kind: str, count: int) -> None:
@@ -266,7 +319,7 @@ _gauges: GaugeRefresher | None = None
 def _start_pacer(**_: object) -> None:
     global _pacer, _callbacks, _gauges
     settings = get_settings()
-    _pacer = Pacer(enqueue_due, interval_s=settings.pacer_interval_s, lead_s=settings.rate_inline_wait_s / 2)
+    _pacer = Pacer(_hand_over_due, interval_s=settings.pacer_interval_s, lead_s=settings.rate_inline_wait_s / 2)
     _pacer.start()
     # Event callbacks: their own thread and pool, apart from the send threads.
     _callbacks = Dispatcher(settings)
@@ -288,10 +341,27 @@ def _start_pacer(**_: object) -> None:
 def _give_back_what_waits(**_: object) -> None:
     # SIGTERM (warm) or SIGQUIT (cold): claims not yet called go back (worker/shutdown.py).
     shutdown.begin()
+    if _engine is not None:
+        _engine.begin_stop()
+
+
+@worker_process_shutdown.connect
+def _stop_engine(**_: object) -> None:
+    # A prefork child that exits (its parent stops it) first gives back what waits in its engine
+    # and waits for its calls under way; a threads or solo worker does the same below.
+    _stop_engine_now()
+
+
+def _stop_engine_now() -> None:
+    if _engine is not None:
+        # The calls under way are waited for and their answers written (at most one call's
+        # budget); what waited for its moment went back when the stop began.
+        _engine.stop(timeout_s=get_settings().call_budget_s + 5)
 
 
 @worker_shutdown.connect
 def _stop_pacer(**_: object) -> None:
+    _stop_engine_now()
     if _pacer is not None:
         _pacer.stop()
     if _callbacks is not None:

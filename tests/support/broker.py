@@ -11,14 +11,22 @@ from collections import Counter
 import redis
 
 
-def _message_id(raw: bytes) -> str | None:
+def _message_ids(raw: bytes) -> list[str]:
+    """The message ids a send task carries: one (send_message) or several (send_messages)."""
     args = json.loads(base64.b64decode(json.loads(raw)["body"]))[0]
-    return str(args[0]) if args else None
+    if not args:
+        return []
+    return [str(m) for m in args[0]] if isinstance(args[0], list) else [str(args[0])]
+
+
+def _message_id(raw: bytes) -> str | None:
+    ids = _message_ids(raw)
+    return ids[0] if len(ids) == 1 else None
 
 
 def waiting_message_ids(client: redis.Redis, queue: str) -> Counter[str]:
     """How many tasks for each message id wait in ``queue``."""
-    return Counter(m for raw in client.lrange(queue, 0, -1) if (m := _message_id(raw)) is not None)
+    return Counter(m for raw in client.lrange(queue, 0, -1) for m in _message_ids(raw))
 
 
 def drop_task(client: redis.Redis, queue: str, message_id: str, timeout: float = 10) -> None:

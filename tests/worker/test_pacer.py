@@ -54,7 +54,7 @@ def test_due_messages_are_handed_over_once_and_others_wait(stack, api, tenant):
         due = waiting_message(tenant, api, DUE_S)
         later = waiting_message(tenant, api, LATER_S)
         handed: list[uuid.UUID] = []
-        pacer = Pacer(handed.append, interval_s=0.05, lead_s=LEAD_S)
+        pacer = Pacer(handed.extend, interval_s=0.05, lead_s=LEAD_S)
         pacer.run_once()
         pacer.run_once()
     assert handed.count(uuid.UUID(due)) == 1
@@ -68,7 +68,7 @@ def test_halted_accounts_messages_are_not_handed_over(stack, api, tenant):
     with stack.paused():
         due = waiting_message(tenant, api, DUE_S, halt=True)
         handed: list[uuid.UUID] = []
-        Pacer(handed.append, interval_s=0.05, lead_s=LEAD_S).run_once()
+        Pacer(handed.extend, interval_s=0.05, lead_s=LEAD_S).run_once()
     assert uuid.UUID(due) not in handed
     assert enqueued_at(due) is None  # nobody handed it over, not another pacer either
 

@@ -1,0 +1,420 @@
+"""One account's lane in the engine: the claims of one sender account, paced together.
+
+A batch of claims asks the limiter once for all their send moments (lifecycle order: account
+rate, burst, the recipient's pace; ``take_send_moments``), the ones that must wait longer go back
+to Postgres in one statement, and the rest are grouped by moment: each group marks its calls
+begun in one statement ``SEND_LEAD_S`` before its first moment (the call marker stays before
+each request, as the claim protocol requires), then each request leaves at its own moment, with
+as many calls in flight as the account's rate and Meta's latency need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass
+
+from models import lifecycle
+from models.db import run_single_statement
+from worker.engine.parts import Held, Parts, count_batch
+from worker.engine.plain import plain_request
+from worker.engine.sent_writer import SentWriter
+from worker.meta_client import MetaCall
+from worker.meta_errors import DeliveryError
+from worker.outcome import Outcome, Settled
+from worker.rate_limit import MomentGrant, MomentRequest, MomentVerdict
+from worker.send_gate import SEND_LEAD_S, count_wait
+from worker.unusable_templates import TemplateRef
+
+log = logging.getLogger(__name__)
+
+# Moments this close together share one begin_calls statement: its round trip is ~1 ms, and
+# each request still leaves at its own moment, so a group stays marked at most this long plus
+# the lead before its last request leaves.
+GROUP_SPAN_S = 0.005
+# A lane with nothing to do for this long is closed (a new claim opens it again).
+IDLE_S = 30.0
+# Calls of one account in flight at once: at least this many, else its rate times Meta's
+# (running mean) answer time, twice over. A Meta that stops answering then costs at most that
+# many uncertain calls before the breaker opens, not every call a read timeout's worth of its
+# rate would start.
+MIN_CALLS_IN_FLIGHT = 8
+CALLS_HEADROOM = 2.0
+ANSWER_TIME_WEIGHT = 0.2
+USUAL_ANSWER_S = 0.2
+
+
+@dataclass
+class _Taken:
+    held: Held
+    request: MetaCall
+    at: float  # the send moment, monotonic
+    slot: float  # the same moment in Redis time (kept if the claim goes back before it)
+
+
+@dataclass(frozen=True)
+class _Back:
+    held: Held
+    wait_s: float
+    slot: float | None
+    outcome: Outcome
+
+
+class AccountLane:
+    def __init__(self, parts: Parts, writer: SentWriter, account_id: uuid.UUID) -> None:
+        self.parts = parts
+        self.writer = writer
+        self.account_id = account_id
+        self._new: list[Held] = []
+        self._wake = asyncio.Event()
+        self._later: dict[uuid.UUID, tuple[Held, asyncio.TimerHandle]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Calls begun and not yet answered, and how long Meta takes to answer (a running mean,
+        # from Meta's usual answer time; it follows the answers within a few).
+        self._calls = 0
+        self._answer_s = USUAL_ANSWER_S
+        self._mps = 0
+        self._room = asyncio.Event()
+        self.closed = False
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    def add(self, held: Held) -> None:
+        self._new.append(held)
+        self._wake.set()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._new or self._later or self._tasks)
+
+    async def stopping(self) -> None:
+        """The worker stops: claims that wait for their moment go back (groups already marked
+        begun finish their calls); wait until every task of the lane is done."""
+        for _, timer in self._later.values():
+            timer.cancel()
+        later = [held for held, _ in self._later.values()]
+        self._later.clear()
+        waiting, self._new = self._new, []
+        for held in [*later, *waiting]:
+            log.info("message %s: given back, the worker is stopping", held.claim.message_id)
+        await self._give_back([_Back(h, 0.0, None, Outcome.GIVEN_BACK) for h in [*later, *waiting]])
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        self.closed = True
+        self._runner.cancel()
+
+    # -- admitting a batch ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), IDLE_S)
+            except TimeoutError:
+                if not self.busy:
+                    self.closed = True
+                    return
+                continue
+            self._wake.clear()
+            batch, self._new = self._new, []
+            if batch:
+                self._spawn(self._admit(batch))
+
+    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _admit(self, batch: list[Held]) -> None:
+        try:
+            unusable = await self._unusable_templates(batch)
+        except Exception as fault:
+            # Before any call: the single-message step settles each from scratch (it gives a
+            # claim back on a fault of Redis or Postgres).
+            log.warning("account %s: templates could not be checked (%s)", self.account_id, type(fault).__name__)
+            unusable = None
+        plain = self._plain(batch, unusable)
+        if not plain:
+            return
+        try:
+            await self._take_moments(plain)
+        except Exception as fault:
+            why = type(fault).__name__
+            log.warning("account %s: %d sends could not be paced (%s)", self.account_id, len(plain), why)
+            for held, _ in plain:
+                self._spawn(self.parts.settle_alone(held))
+
+    def _plain(self, batch: list[Held], unusable: set[TemplateRef] | None) -> list[tuple[Held, MetaCall]]:
+        """The claims this lane sends itself; the others go to the single-message step (all of
+        them when ``unusable`` is None: the templates could not be checked)."""
+        plain: list[tuple[Held, MetaCall]] = []
+        for held in batch:
+            claim = held.claim
+            template = TemplateRef.of_payload(claim.account_id, claim.payload)
+            request = None
+            if unusable is not None and (template is None or template not in unusable):
+                request = plain_request(claim, tokens=self.parts.tokens, build=self.parts.meta.build_send)
+            if request is None:
+                self._spawn(self.parts.settle_alone(held))
+                continue
+            due = _due_in_s(held)
+            if due > 0:
+                # A retry claimed a moment before its time: back in this lane when it is due.
+                timer = asyncio.get_running_loop().call_later(due, self._due, held)
+                self._later[claim.message_id] = (held, timer)
+                continue
+            plain.append((held, request))
+        return plain
+
+    def _due(self, held: Held) -> None:
+        self._later.pop(held.claim.message_id, None)
+        self.add(held)
+
+    async def _unusable_templates(self, batch: list[Held]) -> set[TemplateRef]:
+        refs = {ref for h in batch if (ref := TemplateRef.of_payload(h.claim.account_id, h.claim.payload))}
+        if not refs:
+            return set()
+        templates = self.parts.delivery.unusable_templates
+        return await self.parts.blocking(lambda: {ref for ref in refs if templates.refusal(ref) is not None})
+
+    async def _take_moments(self, plain: list[tuple[Held, MetaCall]]) -> None:
+        first = plain[0][0].claim
+        self._mps = first.mps
+        pacing = self.parts.pacing(first)
+        limiter = self.parts.delivery.limiter
+        # Messages that reserved their slot earlier go first, by slot (they waited for it), then
+        # new ones: a far "not before" would push the account's queue back for the ones after it.
+        plain.sort(key=lambda p: (p[0].claim.reserved_slot is None, p[0].claim.reserved_slot or 0.0))
+        requests = [_moment_request(h) for h, _ in plain]
+        within = self.parts.settings.rate_inline_wait_s
+        grants: list[MomentGrant] = await self.parts.blocking(
+            lambda: limiter.take_send_moments(self.account_id, pacing, requests, within_s=within)
+        )
+        count_batch("moments", len(requests))
+        now = time.monotonic()
+        backs: list[_Back] = []
+        taken: list[_Taken] = []
+        for (held, request), grant in zip(plain, grants, strict=True):
+            if grant.verdict == MomentVerdict.TAKEN:
+                if grant.wait_s > SEND_LEAD_S:
+                    count_wait("account", "inline", grant.wait_s)
+                taken.append(_Taken(held, request, now + grant.wait_s, grant.at))
+            elif grant.verdict == MomentVerdict.PAIR_NOT_READY:
+                count_wait("pair", "postgres", grant.wait_s)
+                backs.append(_Back(held, min(grant.wait_s, pacing.horizon_s / 2), None, Outcome.RATE_LIMITED))
+            elif grant.verdict == MomentVerdict.SCHEDULED:
+                count_wait("account", "postgres", grant.wait_s)
+                backs.append(_Back(held, grant.wait_s, grant.at, Outcome.SCHEDULED))
+            else:
+                # Paused, or every slot up to the horizon is taken: ask again later.
+                count_wait("account", "postgres", grant.wait_s)
+                backs.append(_Back(held, min(grant.wait_s, pacing.horizon_s / 2), None, Outcome.RATE_LIMITED))
+        if backs:
+            await self._give_back(backs)
+        for group in _groups(sorted(taken, key=lambda t: t.at)):
+            self._spawn(self._send_group(group))
+
+    # -- a group: begin the calls, then each request at its moment -------------------------
+
+    async def _send_group(self, group: list[_Taken]) -> None:
+        slept = await self._sleep_until(group[0].at - SEND_LEAD_S)
+        if self.parts.stop.is_set():
+            await self._give_back_when_stopping(group)
+            return
+        if slept:
+            limiter = self.parts.delivery.limiter
+            paused = await self.parts.blocking(lambda: limiter.send_paused_for(self.account_id))
+            if paused > 0:
+                # Meta throttled the account (or a breaker opened) while these waited.
+                await self._give_back([_Back(t.held, paused, None, Outcome.RATE_LIMITED) for t in group])
+                return
+        group = await self._room_for(group)
+        if not group:
+            return
+        claims = [t.held.claim for t in group]
+        lease = float(self.parts.settings.lease_s)
+        began = await self.parts.blocking(
+            lambda: run_single_statement(lambda db: lifecycle.begin_calls(db, claims, call_lease_s=lease))
+        )
+        began_at = time.monotonic()
+        count_batch("begin", len(claims))
+        late_by = self.parts.settings.rate_jitter_s / 2
+        late: list[_Taken] = []
+        for t in group:
+            if t.held.claim.message_id not in began:
+                self._calls -= 1
+                log.warning("message %s: claim lost (its lease ran out before the call)", t.held.claim.message_id)
+                self.parts.settle(t.held, Settled(Outcome.CLAIM_LOST))
+            elif began_at > t.at + late_by:
+                late.append(t)
+            else:
+                self._spawn(self._call(t, began_at))
+        if late:
+            await self._late(late, began_at)
+
+    async def _room_for(self, group: list[_Taken]) -> list[_Taken]:
+        """The calls of the group the account's limit of calls in flight has room for; the others
+        go back (no call began). The limit follows Meta's answer time, so a Meta that stops
+        answering holds a bounded number of calls, not a whole second's rate or more."""
+        room = self._call_limit() - self._calls
+        if room < len(group):
+            deadline = group[0].at + self.parts.settings.rate_jitter_s / 2
+            while room < len(group) and time.monotonic() < deadline:
+                self._room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), max(0.0, deadline - time.monotonic()))
+                room = self._call_limit() - self._calls
+        go, wait = group[: max(0, room)], group[max(0, room) :]
+        self._calls += len(go)
+        if wait:
+            await self._give_back([_Back(t.held, 0.0, None, Outcome.RATE_LIMITED) for t in wait])
+        return go
+
+    def _call_limit(self) -> int:
+        mps = self._mps or 1
+        return max(MIN_CALLS_IN_FLIGHT, math.ceil(mps * self._answer_s * CALLS_HEADROOM))
+
+    def _call_ended(self, answer_s: float | None) -> None:
+        self._calls -= 1
+        if answer_s is not None:
+            self._answer_s += (answer_s - self._answer_s) * ANSWER_TIME_WEIGHT
+        self._room.set()
+
+    async def _late(self, late: list[_Taken], began_at: float) -> None:
+        """begin_calls ran well past their moments: sent now, they would bunch with the next
+        ones. Each takes the gate's next free moment if one comes within the lead (its marker is
+        written already), or goes back to wait (which clears the marker: no request has left)."""
+        first = late[0].held.claim
+        pacing = self.parts.pacing(first)
+        limiter = self.parts.delivery.limiter
+        requests = [MomentRequest(recipient=t.held.claim.wa_id or "", reserved=True) for t in late]
+        try:
+            grants = await self.parts.blocking(
+                lambda: limiter.take_send_moments(self.account_id, pacing, requests, within_s=SEND_LEAD_S)
+            )
+        except Exception as fault:
+            log.warning("account %s: late sends could not be paced again (%s)", self.account_id, type(fault).__name__)
+            grants = [MomentGrant(MomentVerdict.ACCOUNT_LATER, 0.0, 0.0)] * len(late)
+        now = time.monotonic()
+        backs: list[_Back] = []
+        for t, grant in zip(late, grants, strict=True):
+            if grant.verdict == MomentVerdict.TAKEN:
+                t.at = now + grant.wait_s
+                self._spawn(self._call(t, began_at))
+            else:
+                self._calls -= 1
+                backs.append(_Back(t.held, grant.wait_s, None, Outcome.RATE_LIMITED))
+        self._room.set()
+        await self._give_back(backs)
+
+    async def _give_back_when_stopping(self, group: list[_Taken]) -> None:
+        """Not an attempt; due at the moment it had (its account slot stays its own)."""
+        now = time.monotonic()
+        for t in group:
+            log.info("message %s: given back, the worker is stopping", t.held.claim.message_id)
+        await self._give_back([_Back(t.held, max(0.0, t.at - now), t.slot, Outcome.GIVEN_BACK) for t in group])
+
+    async def _call(self, taken: _Taken, began_at: float) -> None:
+        await self._sleep_until(taken.at, stoppable=False)
+        if time.monotonic() > taken.at + self.parts.settings.rate_jitter_s / 2:
+            # The loop woke this call well past its moment (it was busy): sent now, it would
+            # bunch with the calls after it. It takes a new moment, or goes back.
+            await self._late([taken], began_at)
+            return
+        held = taken.held
+        sent_at = time.monotonic()
+        try:
+            result = await self.parts.meta.send(taken.request)
+        except DeliveryError as error:
+            self._call_ended(time.monotonic() - sent_at if error.http_status is not None else None)
+            delivery, refused = self.parts.delivery, error
+            settled = await self.parts.alone(
+                lambda: delivery.settle_call_error(held.claim, refused, call_began_at=began_at)
+            )
+            self.parts.settle(held, settled)
+            return
+        except Exception:
+            self._call_ended(None)
+            log.exception("message %s: the call failed unexpectedly; the sweeper settles it", held.claim.message_id)
+            self.parts.settle(held, Settled(Outcome.CLAIM_LOST))
+            return
+        self._call_ended(time.monotonic() - sent_at)
+        self.parts.delivery.breaker.record_success(held.claim.account_id)
+        try:
+            settled = await self.writer.sent(held.claim, result, call_began_at=began_at)
+        except Exception:
+            log.error(
+                "message %s reached Meta but its result could not be written; the sweeper will mark it "
+                "DELIVERY_UNCERTAIN when its lease ends",
+                held.claim.message_id,
+            )
+            self.parts.settle(held, Settled(Outcome.CLAIM_LOST))
+            return
+        if settled.outcome.final and self.parts.needs_after_final(held.claim, settled):
+            delivery = self.parts.delivery
+            await self.parts.alone(lambda: delivery.after_final(held.claim, settled))
+        self.parts.settle(held, settled)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _sleep_until(self, deadline: float, *, stoppable: bool = True) -> bool:
+        """Sleep until ``deadline`` (monotonic), or until the worker starts to stop. True if it slept."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if not stoppable:
+            await asyncio.sleep(left)
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.parts.stop.wait(), left)
+        return True
+
+    async def _give_back(self, backs: list[_Back]) -> None:
+        """Back to Postgres unsent (not an attempt), each to wait as it says; one statement."""
+        if not backs:
+            return
+        items = [lifecycle.GiveBackItem(b.held.claim, b.wait_s, b.slot) for b in backs]
+        count_batch("give_back", len(items))
+        try:
+            written = await self.parts.blocking(
+                lambda: run_single_statement(lambda db: lifecycle.give_back_many(db, items), patience_s=5.0)
+            )
+        except Exception as fault:
+            log.warning("%d claims could not be given back (%s); the sweeper re-queues them", len(backs), fault)
+            written = set()
+        for back in backs:
+            lost = back.held.claim.message_id not in written
+            self.parts.settle(back.held, Settled(Outcome.CLAIM_LOST if lost else back.outcome))
+
+
+def _moment_request(held: Held) -> MomentRequest:
+    claim = held.claim
+    assert claim.wa_id
+    if claim.reserved_slot is not None:
+        # Its account slot and its recipient's pace were charged when it reserved the slot.
+        return MomentRequest(recipient=claim.wa_id, not_before=claim.reserved_slot, reserved=True)
+    return MomentRequest(recipient=claim.wa_id)
+
+
+def _due_in_s(held: Held) -> float:
+    """How long until a claimed retry is due (it may be claimed a little early); 0 when due."""
+    claim = held.claim
+    if claim.reserved_slot is not None or claim.next_attempt_at is None:
+        return 0.0
+    due = (claim.next_attempt_at - claim.db_now).total_seconds()
+    return due - (time.monotonic() - held.claimed_at)
+
+
+def _groups(taken: list[_Taken]) -> list[list[_Taken]]:
+    groups: list[list[_Taken]] = []
+    for t in taken:
+        if groups and t.at - groups[-1][0].at <= GROUP_SPAN_S:
+            groups[-1].append(t)
+        else:
+            groups.append([t])
+    return groups
