@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     # How a worker process sends: "async" hands each message to the process's delivery engine (an
     # event loop with many calls in flight; worker/engine/), "threads" runs each message's step in
     # the task's own thread (worker/delivery.py). A gevent pool always uses threads' step.
-    delivery_engine: Literal["async", "threads"] = "threads"
+    delivery_engine: Literal["async", "threads"] = "async"
     # Claims one worker process's engine holds at once (waiting for their moment, or in a call).
     engine_max_in_flight: int = Field(default=1000, ge=1)
 

@@ -54,7 +54,11 @@ def _wait_processed(body: bytes, timeout: float = 30) -> WebhookEvent:
     return row
 
 
-def _body(phone_number_id: str = "555000111") -> bytes:
+# A number no test registers (tests/cli registers 555000111 in the same database).
+UNKNOWN_NUMBER = "555000999"
+
+
+def _body(phone_number_id: str = UNKNOWN_NUMBER) -> bytes:
     # Unique per test: a wamid nobody has.
     statuses = [meta.status(f"wamid.test-{uuid.uuid4().hex}", "delivered")]
     return json.dumps(meta.envelope(phone_number_id, statuses=statuses)).encode()

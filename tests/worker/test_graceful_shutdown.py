@@ -287,9 +287,13 @@ def test_a_stop_leaves_media_unfetched_keeps_reserved_slots_and_waits_for_the_ca
     unfetched_media, napping_media = uuid.uuid4().hex, uuid.uuid4().hex
     limiter = _limiter()
     _set_mps(napping.account.id, 1)
-    # The worker's lock waits last 30 s: the blocked claim outlasts the test's lock.
+    # The worker's lock waits last 30 s: the blocked claim outlasts the test's lock. The
+    # single-message step's claim waits on a locked row (the engine's skips it), which is how the
+    # test holds a media message between its task's start and its claim: this worker runs the
+    # step in its threads. The engine hands media messages to the same step, and its own stop is
+    # tested above (waiting claims given back, calls under way answered).
     worker = patient_worker(WADISPATCH_LEASE_S="30", WADISPATCH_DATABASE_LOCK_TIMEOUT_MS="30000",
-                            WADISPATCH_META_READ_TIMEOUT_S="10")  # fmt: skip
+                            WADISPATCH_META_READ_TIMEOUT_S="10", WADISPATCH_DELIVERY_ENGINE="threads")  # fmt: skip
     with stack.paused(), contextlib.ExitStack() as cleanup:
         first = _with_media(api, unfetched, unfetched_media)
         with _row_locked(first) as lock:
