@@ -338,11 +338,16 @@ def _start_pacer(**_: object) -> None:
 
 
 @worker_shutting_down.connect
-def _give_back_what_waits(**_: object) -> None:
+def _give_back_what_waits(how: str = "Warm", **_: object) -> None:
     # SIGTERM (warm) or SIGQUIT (cold): claims not yet called go back (worker/shutdown.py).
     shutdown.begin()
     if _engine is not None:
         _engine.begin_stop()
+        if how == "Cold":
+            # Celery's cold path sends no worker_shutdown, and its soft wait sees no task running
+            # (send tasks end at the claim): the engine's calls under way get the grace here, or
+            # the process would end under them (DELIVERY_UNCERTAIN).
+            _engine.stop(timeout_s=get_settings().worker_shutdown_grace_s)
 
 
 @worker_process_shutdown.connect

@@ -98,8 +98,10 @@ def test_one_process_keeps_many_calls_in_flight_and_works_in_batches(live, api, 
     in_flight = _most_in_one_window([m["received_at"] for m in received], LATENCY_MS / 1000)
     assert in_flight > 3 * 8, in_flight
     means = _batch_means(before, _batch_totals(live.worker_metrics_url))
-    # Each statement or script served several messages at once (not one round trip each).
-    assert all(mean > 2 for mean in means.values()), means
+    # Each statement or script served several messages at once (not one round trip each). Call
+    # markers are grouped by moments within 3 ms: at 500 mps (2 ms apart) about two a group.
+    assert means["claim"] > 10 and means["moments"] > 10 and means["sent"] > 2, means
+    assert means["begin"] > 1.5, means
 
 
 def test_a_conversation_goes_out_in_order_while_others_go_in_parallel(live, api, sandbox, tenant):

@@ -47,6 +47,8 @@ class ClaimIntake:
         self._wake = asyncio.Event()
         self._freed = asyncio.Event()
         self._tries: dict[uuid.UUID, int] = {}
+        # Hand-overs parked until a locked row is asked for again (answered at a stop).
+        self._asking_again: dict[uuid.UUID, tuple[asyncio.TimerHandle, list[asyncio.Future[str]]]] = {}
 
     async def hand_over(self, message_ids: list[uuid.UUID]) -> list[str]:
         """Claim these (when they are due heads of their conversations); one answer per id."""
@@ -94,6 +96,12 @@ class ClaimIntake:
         return True
 
     def _answer_all(self, answer: str) -> None:
+        for timer, futures in self._asking_again.values():
+            timer.cancel()
+            for future in futures:
+                if not future.done():
+                    future.set_result(answer)
+        self._asking_again.clear()
         waiting, self._waiting = self._waiting, {}
         for futures in waiting.values():
             for future in futures:
@@ -132,7 +140,11 @@ class ClaimIntake:
                     # Claimable, yet not claimed: another transaction held its row (the claim
                     # skips locked rows rather than wait). Asked again in a moment.
                     self._tries[message_id] = self._tries.get(message_id, 0) + 1
-                    asyncio.get_running_loop().call_later(UNKNOWN_PAUSE_S, self._again, message_id, futures)
+                    if message_id in self._asking_again:
+                        self._asking_again[message_id][1].extend(futures)
+                        continue
+                    timer = asyncio.get_running_loop().call_later(UNKNOWN_PAUSE_S, self._again, message_id)
+                    self._asking_again[message_id] = (timer, futures)
                     continue
                 self._tries.pop(message_id, None)
                 self._report_skip(message_id, reason)
@@ -140,7 +152,8 @@ class ClaimIntake:
             for future in futures:
                 future.set_result(answer)
 
-    def _again(self, message_id: uuid.UUID, futures: list[asyncio.Future[str]]) -> None:
+    def _again(self, message_id: uuid.UUID) -> None:
+        _, futures = self._asking_again.pop(message_id)
         self._waiting.setdefault(message_id, []).extend(futures)
         self._wake.set()
 

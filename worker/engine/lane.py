@@ -3,7 +3,7 @@
 A batch of claims asks the limiter once for all their send moments (lifecycle order: account
 rate, burst, the recipient's pace; ``take_send_moments``), the ones that must wait longer go back
 to Postgres in one statement, and the rest are grouped by moment: each group marks its calls
-begun in one statement ``SEND_LEAD_S`` before its first moment (the call marker stays before
+begun in one statement ``MARK_LEAD_S`` before its first moment (the call marker stays before
 each request, as the claim protocol requires), then each request leaves at its own moment, with
 as many calls in flight as the account's rate and Meta's latency need.
 """
@@ -28,7 +28,7 @@ from worker.meta_client import MetaCall
 from worker.meta_errors import DeliveryError
 from worker.outcome import Outcome, Settled
 from worker.rate_limit import MomentGrant, MomentRequest, MomentVerdict
-from worker.send_gate import SEND_LEAD_S, count_wait
+from worker.send_gate import count_wait
 from worker.unusable_templates import TemplateRef
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,16 @@ log = logging.getLogger(__name__)
 # Moments this close together share one begin_calls statement: its round trip is ~1 ms, and
 # each request still leaves at its own moment, so a group stays marked at most this long plus
 # the lead before its last request leaves.
-GROUP_SPAN_S = 0.005
+GROUP_SPAN_S = 0.003
+# How long before a group's first moment its markers are written: begin_calls for a group takes
+# 1-5 ms here. Every millisecond of it is a window in which a killed worker leaves a message
+# DELIVERY_UNCERTAIN that Meta never saw (bench/chaos.py counts them), so it is kept short; a
+# group whose statement runs past its moments takes new ones or goes back (``_late``).
+MARK_LEAD_S = 0.008
+# Claims that could not be paced or marked (Redis or Postgres failing) wait this long in Postgres.
+FAULT_WAIT_S = 1.0
+# The loop lets other work run after preparing this many requests of a batch.
+YIELD_EVERY = 16
 # A lane with nothing to do for this long is closed (a new claim opens it again).
 IDLE_S = 30.0
 # Calls of one account in flight at once: at least this many, else its rate times Meta's
@@ -55,6 +64,7 @@ class _Taken:
     request: MetaCall
     at: float  # the send moment, monotonic
     slot: float  # the same moment in Redis time (kept if the claim goes back before it)
+    retaken: bool = False  # it ran late once and took a new moment
 
 
 @dataclass(frozen=True)
@@ -94,16 +104,17 @@ class AccountLane:
     async def stopping(self) -> None:
         """The worker stops: claims that wait for their moment go back (groups already marked
         begun finish their calls); wait until every task of the lane is done."""
-        for _, timer in self._later.values():
-            timer.cancel()
-        later = [held for held, _ in self._later.values()]
-        self._later.clear()
-        waiting, self._new = self._new, []
-        for held in [*later, *waiting]:
-            log.info("message %s: given back, the worker is stopping", held.claim.message_id)
-        await self._give_back([_Back(h, 0.0, None, Outcome.GIVEN_BACK) for h in [*later, *waiting]])
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._new or self._later or self._tasks:
+            for _, timer in self._later.values():
+                timer.cancel()
+            later = [held for held, _ in self._later.values()]
+            self._later.clear()
+            waiting, self._new = self._new, []
+            for held in [*later, *waiting]:
+                log.info("message %s: given back, the worker is stopping", held.claim.message_id)
+            await self._give_back([_Back(h, 0.0, None, Outcome.GIVEN_BACK) for h in [*later, *waiting]])
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def close(self) -> None:
         self.closed = True
@@ -128,7 +139,13 @@ class AccountLane:
     def _spawn(self, work: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # A bug of ours: the claims it held are settled by the sweeper when their leases end.
+            log.error("account %s: a lane task failed", self.account_id, exc_info=error)
 
     async def _admit(self, batch: list[Held]) -> None:
         try:
@@ -138,7 +155,7 @@ class AccountLane:
             # claim back on a fault of Redis or Postgres).
             log.warning("account %s: templates could not be checked (%s)", self.account_id, type(fault).__name__)
             unusable = None
-        plain = self._plain(batch, unusable)
+        plain = await self._plain(batch, unusable)
         if not plain:
             return
         try:
@@ -149,11 +166,15 @@ class AccountLane:
             for held, _ in plain:
                 self._spawn(self.parts.settle_alone(held))
 
-    def _plain(self, batch: list[Held], unusable: set[TemplateRef] | None) -> list[tuple[Held, MetaCall]]:
+    async def _plain(self, batch: list[Held], unusable: set[TemplateRef] | None) -> list[tuple[Held, MetaCall]]:
         """The claims this lane sends itself; the others go to the single-message step (all of
         them when ``unusable`` is None: the templates could not be checked)."""
         plain: list[tuple[Held, MetaCall]] = []
-        for held in batch:
+        for n, held in enumerate(batch, 1):
+            if n % YIELD_EVERY == 0:
+                # Building requests is CPU work on the loop: calls whose moment has come (their
+                # markers written) must not wait behind a whole batch of it.
+                await asyncio.sleep(0)
             claim = held.claim
             template = TemplateRef.of_payload(claim.account_id, claim.payload)
             request = None
@@ -163,6 +184,9 @@ class AccountLane:
                 self._spawn(self.parts.settle_alone(held))
                 continue
             due = _due_in_s(held)
+            if due > 0 and self.parts.stop.is_set():
+                self._new.append(held)  # stopping() gives it back
+                continue
             if due > 0:
                 # A retry claimed a moment before its time: back in this lane when it is due.
                 timer = asyncio.get_running_loop().call_later(due, self._due, held)
@@ -201,7 +225,7 @@ class AccountLane:
         taken: list[_Taken] = []
         for (held, request), grant in zip(plain, grants, strict=True):
             if grant.verdict == MomentVerdict.TAKEN:
-                if grant.wait_s > SEND_LEAD_S:
+                if grant.wait_s > MARK_LEAD_S:
                     count_wait("account", "inline", grant.wait_s)
                 taken.append(_Taken(held, request, now + grant.wait_s, grant.at))
             elif grant.verdict == MomentVerdict.PAIR_NOT_READY:
@@ -222,13 +246,18 @@ class AccountLane:
     # -- a group: begin the calls, then each request at its moment -------------------------
 
     async def _send_group(self, group: list[_Taken]) -> None:
-        slept = await self._sleep_until(group[0].at - SEND_LEAD_S)
+        slept = await self._sleep_until(group[0].at - MARK_LEAD_S)
         if self.parts.stop.is_set():
             await self._give_back_when_stopping(group)
             return
         if slept:
             limiter = self.parts.delivery.limiter
-            paused = await self.parts.blocking(lambda: limiter.send_paused_for(self.account_id))
+            try:
+                paused = await self.parts.blocking(lambda: limiter.send_paused_for(self.account_id))
+            except Exception as fault:
+                # Redis cannot say: no call begins; they wait a moment in Postgres.
+                log.warning("account %s: its pause is unknown (%s)", self.account_id, type(fault).__name__)
+                paused = FAULT_WAIT_S
             if paused > 0:
                 # Meta throttled the account (or a breaker opened) while these waited.
                 await self._give_back([_Back(t.held, paused, None, Outcome.RATE_LIMITED) for t in group])
@@ -238,9 +267,19 @@ class AccountLane:
             return
         claims = [t.held.claim for t in group]
         lease = float(self.parts.settings.lease_s)
-        began = await self.parts.blocking(
-            lambda: run_single_statement(lambda db: lifecycle.begin_calls(db, claims, call_lease_s=lease))
-        )
+        try:
+            began = await self.parts.marking(
+                lambda: run_single_statement(lambda db: lifecycle.begin_calls(db, claims, call_lease_s=lease))
+            )
+        except Exception as fault:
+            # No request has left: the claims go back (which clears a marker whose commit's answer
+            # was lost), not an attempt, and free their places among the calls.
+            self._calls -= len(group)
+            self._room.set()
+            why = type(fault).__name__
+            log.warning("account %s: %d calls could not begin (%s)", self.account_id, len(group), why)
+            await self._give_back([_Back(t.held, FAULT_WAIT_S, None, Outcome.GIVEN_BACK) for t in group])
+            return
         began_at = time.monotonic()
         count_batch("begin", len(claims))
         late_by = self.parts.settings.rate_jitter_s / 2
@@ -272,7 +311,10 @@ class AccountLane:
         go, wait = group[: max(0, room)], group[max(0, room) :]
         self._calls += len(go)
         if wait:
-            await self._give_back([_Back(t.held, 0.0, None, Outcome.RATE_LIMITED) for t in wait])
+            # Their moments are spent; each keeps its slot (its account slot and its recipient's
+            # pace stay paid) and asks again after about one answer's time.
+            back_in = max(self._answer_s, MARK_LEAD_S)
+            await self._give_back([_Back(t.held, back_in, t.slot, Outcome.RATE_LIMITED) for t in wait])
         return go
 
     def _call_limit(self) -> int:
@@ -294,8 +336,8 @@ class AccountLane:
         limiter = self.parts.delivery.limiter
         requests = [MomentRequest(recipient=t.held.claim.wa_id or "", reserved=True) for t in late]
         try:
-            grants = await self.parts.blocking(
-                lambda: limiter.take_send_moments(self.account_id, pacing, requests, within_s=SEND_LEAD_S)
+            grants = await self.parts.marking(
+                lambda: limiter.take_send_moments(self.account_id, pacing, requests, within_s=MARK_LEAD_S)
             )
         except Exception as fault:
             log.warning("account %s: late sends could not be paced again (%s)", self.account_id, type(fault).__name__)
@@ -304,7 +346,7 @@ class AccountLane:
         backs: list[_Back] = []
         for t, grant in zip(late, grants, strict=True):
             if grant.verdict == MomentVerdict.TAKEN:
-                t.at = now + grant.wait_s
+                t.at, t.retaken = now + grant.wait_s, True
                 self._spawn(self._call(t, began_at))
             else:
                 self._calls -= 1
@@ -321,9 +363,10 @@ class AccountLane:
 
     async def _call(self, taken: _Taken, began_at: float) -> None:
         await self._sleep_until(taken.at, stoppable=False)
-        if time.monotonic() > taken.at + self.parts.settings.rate_jitter_s / 2:
-            # The loop woke this call well past its moment (it was busy): sent now, it would
-            # bunch with the calls after it. It takes a new moment, or goes back.
+        if time.monotonic() > taken.at + self.parts.settings.rate_jitter_s and not taken.retaken:
+            # The loop woke this call past the whole jitter allowance (it was busy): sent now, it
+            # could bunch past the account's limit with the calls after it. It takes a new moment
+            # (once), or goes back.
             await self._late([taken], began_at)
             return
         held = taken.held
@@ -333,7 +376,7 @@ class AccountLane:
         except DeliveryError as error:
             self._call_ended(time.monotonic() - sent_at if error.http_status is not None else None)
             delivery, refused = self.parts.delivery, error
-            settled = await self.parts.alone(
+            settled = await self.parts.answer(
                 lambda: delivery.settle_call_error(held.claim, refused, call_began_at=began_at)
             )
             self.parts.settle(held, settled)
@@ -357,7 +400,7 @@ class AccountLane:
             return
         if settled.outcome.final and self.parts.needs_after_final(held.claim, settled):
             delivery = self.parts.delivery
-            await self.parts.alone(lambda: delivery.after_final(held.claim, settled))
+            await self.parts.answer(lambda: delivery.after_final(held.claim, settled))
         self.parts.settle(held, settled)
 
     # -- helpers --------------------------------------------------------------------------

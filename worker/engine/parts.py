@@ -44,12 +44,27 @@ class Parts:
     tokens: TokenCache
     stop: asyncio.Event  # set when the worker begins to stop
     db_threads: ThreadPoolExecutor  # short statements and Redis calls
+    # Only the call markers and a late call's new moment: between a marker and its request
+    # nothing may wait behind other statements (a worker killed meanwhile leaves the message
+    # DELIVERY_UNCERTAIN though Meta never saw it).
+    mark_threads: ThreadPoolExecutor
     alone_threads: ThreadPoolExecutor  # single-message steps (media can take a minute)
+    # Writes of Meta's answers and what follows a final outcome: never behind a media step (an
+    # answer written after its lease would turn a known outcome into DELIVERY_UNCERTAIN).
+    answer_threads: ThreadPoolExecutor
     on_settled: Callable[[Held], None]  # frees the claim's place in the engine
 
     async def blocking(self, work: Callable[[], T]) -> T:
         """Run a short blocking call (a statement, a Redis script) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.db_threads, work)
+
+    async def marking(self, work: Callable[[], T]) -> T:
+        """Run a call-marker statement (or a late call's moment) on its own threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.mark_threads, work)
+
+    async def answer(self, work: Callable[[], T]) -> T:
+        """Write Meta's answer to a call (or what follows it) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.answer_threads, work)
 
     async def alone(self, work: Callable[[], T]) -> T:
         """Run a single-message step (it may sleep, download, upload) off the event loop."""

@@ -14,6 +14,7 @@ are waited for and their answers written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import uuid
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from models.settings import Settings
 from worker import shutdown
 from worker.delivery import Delivery
-from worker.engine.intake import ClaimIntake
+from worker.engine.intake import STOPPING, ClaimIntake
 from worker.engine.lane import AccountLane
 from worker.engine.parts import Held, Parts
 from worker.engine.plain import TokenCache
@@ -32,8 +33,13 @@ from worker.outcome import Settled
 
 log = logging.getLogger(__name__)
 
-# Threads beside the loop for its batched statements and Redis scripts.
+# Threads beside the loop for its batched statements and Redis scripts, for the call markers
+# alone, and for the batched "sent" writes.
 DB_THREADS = 4
+MARK_THREADS = 2
+WRITE_THREADS = 2
+# At a stop, how long the loop waits for its last tasks (answers to hand-overs) before it ends.
+STOP_TASKS_S = 5.0
 
 
 class Engine:
@@ -48,22 +54,32 @@ class Engine:
         self._intake: ClaimIntake | None = None
         self._writer: SentWriter | None = None
         self._stop: asyncio.Event | None = None
-        self._finished: asyncio.Event | None = None
+        self._stopping = False
+        self._failed: BaseException | None = None
 
     def start(self) -> None:
         self._thread.start()
         self._ready.wait()
+        if self._failed is not None:
+            raise RuntimeError("the delivery engine could not start") from self._failed
 
     def hand_over(self, message_ids: list[uuid.UUID], *, timeout_s: float) -> list[str]:
         """Blocking, from a Celery task's thread: claim these; one answer per id."""
         assert self._intake is not None
-        future = asyncio.run_coroutine_threadsafe(self._intake.hand_over(message_ids), self._loop)
+        if self._stopping or self._loop.is_closed():
+            return [STOPPING] * len(message_ids)
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._intake.hand_over(message_ids), self._loop)
+        except RuntimeError:  # the loop closed meanwhile
+            return [STOPPING] * len(message_ids)
         return future.result(timeout=timeout_s)
 
     def begin_stop(self) -> None:
         """The worker begins to stop: claims not yet called go back (thread-safe, returns at once)."""
+        self._stopping = True
         if self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(self._stop.set)
 
     def stop(self, *, timeout_s: float) -> None:
         """Give back what waits, wait for the calls under way and their writes, then end the loop."""
@@ -84,7 +100,11 @@ class Engine:
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._main())
+        except BaseException as error:
+            self._failed = error
+            log.exception("engine: the event loop ended with an error")
         finally:
+            self._ready.set()  # a start that failed must not leave its caller waiting
             self._loop.close()
 
     async def _main(self) -> None:
@@ -92,7 +112,11 @@ class Engine:
         self._stop = asyncio.Event()
         meta = AsyncMetaClient(s, max_connections=s.engine_max_in_flight)
         db_threads = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="engine-db")
+        mark_threads = ThreadPoolExecutor(MARK_THREADS, thread_name_prefix="engine-mark")
+        write_threads = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="engine-write")
         alone_threads = ThreadPoolExecutor(s.worker_concurrency, thread_name_prefix="engine-step")
+        answer_threads = ThreadPoolExecutor(s.worker_concurrency, thread_name_prefix="engine-answer")
+        executors = (db_threads, mark_threads, write_threads, alone_threads, answer_threads)
         parts = Parts(
             settings=s,
             delivery=self.delivery,
@@ -100,11 +124,20 @@ class Engine:
             tokens=TokenCache(),
             stop=self._stop,
             db_threads=db_threads,
+            mark_threads=mark_threads,
             alone_threads=alone_threads,
+            answer_threads=answer_threads,
             on_settled=self._released,
         )
         self._parts = parts
-        self._writer = SentWriter(on_db=parts.blocking, write_alone=self._write_alone, lease_s=float(s.lease_s))
+        loop = asyncio.get_running_loop()
+        self._writer = SentWriter(
+            # Its own threads: a patient batch write during a Postgres outage must not hold the
+            # threads that pace, give back and stop.
+            on_db=lambda work: loop.run_in_executor(write_threads, work),
+            write_alone=self._write_alone,
+            lease_s=float(s.lease_s),
+        )
         self._intake = ClaimIntake(parts, room=s.engine_max_in_flight, route=self._route)
         intake = asyncio.get_running_loop().create_task(self._intake.run())
         watcher = asyncio.get_running_loop().create_task(self._watch_for_stop())
@@ -117,9 +150,14 @@ class Engine:
             await lane.stopping()
             lane.close()
         await self._writer.drain()
+        # Hand-overs answered "stopping" reach their Celery threads before the loop ends.
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if others:
+            await asyncio.wait(others, timeout=STOP_TASKS_S)
         await meta.aclose()
-        db_threads.shutdown(wait=True)
-        alone_threads.shutdown(wait=True)
+        for executor in executors:
+            # Off the loop's thread: waiting here would stop the loop from answering anyone.
+            await loop.run_in_executor(None, executor.shutdown)
 
     async def _watch_for_stop(self) -> None:
         """The stop flag a signal sets (worker/shutdown.py): a cold stop (SIGQUIT) raises it at
@@ -134,6 +172,8 @@ class Engine:
         account = held.claim.account_id
         lane = self._lanes.get(account)
         if lane is None or lane.closed:
+            # Lanes closed for idleness are dropped here, so the map holds the accounts in use.
+            self._lanes = {a: lane for a, lane in self._lanes.items() if not lane.closed}
             lane = self._lanes[account] = AccountLane(self._parts, self._writer, account)
         lane.add(held)
 
@@ -144,6 +184,6 @@ class Engine:
     async def _write_alone(self, claim: object, result: SendResult, call_began_at: float) -> Settled:
         assert self._parts is not None
         delivery = self.delivery
-        return await self._parts.alone(
+        return await self._parts.answer(
             lambda: delivery.settle_sent_unwritten(claim, result, call_began_at=call_began_at)  # type: ignore[arg-type]
         )
