@@ -183,7 +183,9 @@ class Delivery:
             # Already done, claimed elsewhere, waiting behind an earlier message, or not due yet
             # (the pacer hands it over when it is). Which one is read for the metrics and the log.
             try:
-                reason = run_single_statement(lambda db: lifecycle.why_not_claimed(db, message_id))
+                reason = run_single_statement(
+                    lambda db: lifecycle.why_not_claimed(db, message_id, early_s=s.rate_inline_wait_s)
+                )
             except Exception as error:  # only a label: nothing was claimed, nothing to retry
                 log.debug("message %s: why it was not claimed is unknown (%s)", message_id, type(error).__name__)
                 reason = lifecycle.SkipReason.UNKNOWN

@@ -13,28 +13,53 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import Integer, Interval, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from models.db import session_scope
-from models.enums import CLAIMABLE
-from models.tables import Message
-from worker.sweeper import hand_over
+from models.enums import CLAIMABLE, AccountStatus
+from models.tables import Message, WhatsappAccount
 
 log = logging.getLogger(__name__)
 
 
-def take_due_messages(session: Session, *, lead_s: float, batch: int) -> list[uuid.UUID]:
-    """Messages waiting in Postgres whose time comes within ``lead_s``, earliest first."""
-    return hand_over(
-        session,
-        Message.enqueued_at.is_(None),
-        Message.status.in_(CLAIMABLE),
-        Message.next_attempt_at <= func.now() + timedelta(seconds=lead_s),
-        order_by=Message.next_attempt_at,
-        batch=batch,
+def _build_take_due() -> Any:
+    """The sweeper's hand-over (worker/sweeper.py) for messages waiting in Postgres, built once:
+    every worker runs it ten times a second, and building the statement cost more than running it
+    (15 % of a delivery worker's CPU under load)."""
+    chosen = (
+        select(Message.id)
+        .join(WhatsappAccount, WhatsappAccount.id == Message.account_id)
+        .where(
+            Message.enqueued_at.is_(None),
+            Message.status.in_(CLAIMABLE),
+            Message.next_attempt_at <= func.now() + bindparam("lead", type_=Interval),
+            WhatsappAccount.status != AccountStatus.HALTED,
+        )
+        .order_by(Message.next_attempt_at)
+        .limit(bindparam("batch", type_=Integer))
+        .with_for_update(of=Message, skip_locked=True)
+        .cte("chosen")
     )
+    return (
+        update(Message)
+        .where(Message.id == chosen.c.id)
+        .values(enqueued_at=func.now())
+        .returning(Message.id, Message.next_attempt_at.label("sort_key"))
+    )
+
+
+_TAKE_DUE = _build_take_due()
+
+
+def take_due_messages(session: Session, *, lead_s: float, batch: int) -> list[uuid.UUID]:
+    """Messages waiting in Postgres whose time comes within ``lead_s``, earliest first; marked as
+    handed to the broker now (rows another pacer is handing over are skipped). A halted account's
+    messages stay: `account resume` enqueues them."""
+    rows = session.execute(_TAKE_DUE, {"lead": timedelta(seconds=lead_s), "batch": batch}).all()
+    return [row.id for row in sorted(rows, key=lambda r: r.sort_key)]
 
 
 class Pacer:

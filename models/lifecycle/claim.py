@@ -274,7 +274,9 @@ def _build_skip_statement(which: Any) -> Select[uuid.UUID, str, bool, bool]:
     return select(
         Message.id,
         Message.status,
-        (Message.next_attempt_at > func.now()).label("later"),
+        # Later than the claim's own window (``early``): a message due within it that was not
+        # claimed had its row locked by another transaction (the batch claim skips locked rows).
+        (Message.next_attempt_at > func.now() + bindparam("early", type_=Interval)).label("later"),
         exists()
         .where(
             earlier.conversation_id == Message.conversation_id,
@@ -303,19 +305,22 @@ def _skip_reason(row: Row[uuid.UUID, str, bool, bool] | None) -> SkipReason:
     return SkipReason.UNKNOWN
 
 
-def why_not_claimed(connection: Session | Connection, message_id: uuid.UUID) -> SkipReason:
-    """Read, after a claim found nothing, which reason held (it may have changed since)."""
-    return _skip_reason(connection.execute(_WHY_NOT_CLAIMED, {"message_id": message_id}).first())
+def why_not_claimed(connection: Session | Connection, message_id: uuid.UUID, *, early_s: float = 0.0) -> SkipReason:
+    """Read, after a claim found nothing, which reason held (it may have changed since).
+    ``early_s``: the window the claim took due messages in (not due means later than it)."""
+    params = {"message_id": message_id, "early": timedelta(seconds=early_s)}
+    return _skip_reason(connection.execute(_WHY_NOT_CLAIMED, params).first())
 
 
 def why_not_claimed_many(
-    connection: Session | Connection, message_ids: Sequence[uuid.UUID]
+    connection: Session | Connection, message_ids: Sequence[uuid.UUID], *, early_s: float = 0.0
 ) -> dict[uuid.UUID, SkipReason]:
     """``why_not_claimed`` for each of these messages, in one statement."""
     ids = list(dict.fromkeys(message_ids))
     if not ids:
         return {}
-    rows = {row.id: row for row in connection.execute(_WHY_NOT_CLAIMED_MANY, {"p_ids": ids})}
+    params = {"p_ids": ids, "early": timedelta(seconds=early_s)}
+    rows = {row.id: row for row in connection.execute(_WHY_NOT_CLAIMED_MANY, params)}
     return {message_id: _skip_reason(rows.get(message_id)) for message_id in ids}
 
 

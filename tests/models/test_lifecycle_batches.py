@@ -242,6 +242,22 @@ def test_why_not_claimed_many_gives_each_message_the_reason_why_not_claimed_give
         assert reasons == {m: lifecycle.why_not_claimed(s, m) for m in ids}
 
 
+def test_a_message_due_within_the_claims_window_but_locked_is_not_called_not_due(world: World):
+    """The batch claim takes messages due within its window and skips locked rows: one due in
+    0.4 s that it did not claim was locked, not "not due" (the engine asks for it again; a
+    "not due" answer ends its hand-over, and nothing but the sweeper would hand it over again)."""
+    soon, later = world.accept(), world.accept()
+    world.set(soon, next_attempt_at=text("now() + interval '400 milliseconds'"))
+    world.set(later, next_attempt_at=text("now() + interval '1 hour'"))
+    with world.make.begin() as holder:
+        holder.execute(select(Message.id).where(Message.id == soon).with_for_update())
+        with world.make.begin() as s:
+            s.execute(text("SET LOCAL lock_timeout = '2s'"))
+            assert lifecycle.claim_many(s, [soon, later], lease_s=60, early_s=1) == []
+            reasons = lifecycle.why_not_claimed_many(s, [soon, later], early_s=1)
+    assert reasons == {soon: SkipReason.UNKNOWN, later: SkipReason.NOT_DUE}
+
+
 # ---- begin_calls -----------------------------------------------------------------------------
 
 

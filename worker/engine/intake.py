@@ -160,9 +160,10 @@ class ClaimIntake:
     async def _why_not(self, skipped: list[uuid.UUID]) -> dict[uuid.UUID, SkipReason]:
         if not skipped:
             return {}
+        early = self.parts.settings.rate_inline_wait_s
         try:
             return await self.parts.blocking(
-                lambda: run_single_statement(lambda db: lifecycle.why_not_claimed_many(db, skipped))
+                lambda: run_single_statement(lambda db: lifecycle.why_not_claimed_many(db, skipped, early_s=early))
             )
         except Exception as error:  # only a label: nothing was claimed, nothing to retry
             log.debug("why %d messages were not claimed is unknown (%s)", len(skipped), type(error).__name__)
