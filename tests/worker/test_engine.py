@@ -100,7 +100,9 @@ def test_one_process_keeps_many_calls_in_flight_and_works_in_batches(live, api, 
     means = _batch_means(before, _batch_totals(live.worker_metrics_url))
     # Each statement or script served several messages at once (not one round trip each). Call
     # markers are grouped by moments within 3 ms: at 500 mps (2 ms apart) about two a group.
-    assert means["claim"] > 10 and means["moments"] > 10 and means["sent"] > 2, means
+    # (How many a statement serves depends on how the hand-overs and the answers fall in time on a
+    # busy machine: 24-65 claims and 8-50 moments a statement were seen; one each would be 1.)
+    assert means["claim"] > 5 and means["moments"] > 3 and means["sent"] > 2, means
     assert means["begin"] > 1.5, means
 
 
