@@ -36,7 +36,7 @@ from worker import shutdown
 from worker.backoff import compute_backoff
 from worker.breaker import Breaker
 from worker.media.pipeline import MediaId, get_media_pipeline, media_ref
-from worker.meta_client import MetaClient, SendResult
+from worker.meta_client import MetaClient, SendResult, is_header_safe
 from worker.meta_errors import (
     MARKETING_OPT_OUT_CODE,
     AccountBroken,
@@ -641,11 +641,6 @@ class Delivery:
     def _claim_lost(self, claim: Claim, why: str) -> Settled:
         log.warning("message %s: claim lost (%s); the sweeper settles it", claim.message_id, why)
         return Settled(Outcome.CLAIM_LOST)
-
-
-def is_header_safe(token: str) -> bool:
-    """A bearer token must be printable ASCII with no spaces to be sent in a header at all."""
-    return bool(token) and token.isascii() and token.isprintable() and " " not in token
 
 
 def _media_id_refused(error: DeliveryError) -> bool:

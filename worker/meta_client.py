@@ -198,10 +198,10 @@ class MetaCall:
     body: bytes = field(repr=False)
 
 
-def _is_header_safe(token: str) -> bool:
-    """A bearer token must be printable ASCII with no spaces to be sent in a header at all (the
-    rule of worker.delivery.is_header_safe, which imports this module). aiohttp itself writes a
-    non-ASCII token as UTF-8 and only refuses control characters, and only when the call is made."""
+def is_header_safe(token: str) -> bool:
+    """A bearer token must be printable ASCII with no spaces to be sent in a header at all.
+    aiohttp itself writes a non-ASCII token as UTF-8 and refuses control characters only when the
+    call is made, so AsyncMetaClient.build_send checks this first (and so does delivery)."""
     return bool(token) and token.isascii() and token.isprintable() and " " not in token
 
 
@@ -269,7 +269,7 @@ class AsyncMetaClient:
     def build_send(self, phone_number_id: str, token: str, body: dict[str, Any]) -> MetaCall:
         """As MetaClient.build_send: the call, built before it begins (a token that is no valid
         header value, a body that is no JSON never get a call marker). Raises NotSent."""
-        if not _is_header_safe(token):
+        if not is_header_safe(token):
             raise NotSent("the request to Meta could not be built: the access token is not a valid header value")
         headers = (("Authorization", f"Bearer {token}"), ("Content-Type", "application/json"))
         url = f"{self._base}/{self._version}/{phone_number_id}/messages"

@@ -15,39 +15,27 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Integer, Interval, bindparam, func, select, update
+from sqlalchemy import Integer, Interval, bindparam, func
 from sqlalchemy.orm import Session
 
 from models.db import session_scope
-from models.enums import CLAIMABLE, AccountStatus
-from models.tables import Message, WhatsappAccount
+from models.enums import CLAIMABLE
+from models.tables import Message
+from worker.sweeper import hand_over_statement
 
 log = logging.getLogger(__name__)
 
 
 def _build_take_due() -> Any:
-    """The sweeper's hand-over (worker/sweeper.py) for messages waiting in Postgres, built once:
-    every worker runs it ten times a second, and building the statement cost more than running it
-    (15 % of a delivery worker's CPU under load)."""
-    chosen = (
-        select(Message.id)
-        .join(WhatsappAccount, WhatsappAccount.id == Message.account_id)
-        .where(
-            Message.enqueued_at.is_(None),
-            Message.status.in_(CLAIMABLE),
-            Message.next_attempt_at <= func.now() + bindparam("lead", type_=Interval),
-            WhatsappAccount.status != AccountStatus.HALTED,
-        )
-        .order_by(Message.next_attempt_at)
-        .limit(bindparam("batch", type_=Integer))
-        .with_for_update(of=Message, skip_locked=True)
-        .cte("chosen")
-    )
-    return (
-        update(Message)
-        .where(Message.id == chosen.c.id)
-        .values(enqueued_at=func.now())
-        .returning(Message.id, Message.next_attempt_at.label("sort_key"))
+    """The hand-over (worker/sweeper.py) of messages waiting in Postgres, built once: every worker
+    runs it ten times a second, and building the statement cost more than running it (15 % of a
+    delivery worker's CPU under load)."""
+    return hand_over_statement(
+        Message.enqueued_at.is_(None),
+        Message.status.in_(CLAIMABLE),
+        Message.next_attempt_at <= func.now() + bindparam("lead", type_=Interval),
+        order_by=Message.next_attempt_at,
+        batch=bindparam("batch", type_=Integer),
     )
 
 

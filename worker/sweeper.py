@@ -103,6 +103,13 @@ def hand_over(
     them in ``order_by`` order. Rows another process is handing over are skipped, so any number of
     pacers and sweepers can run at once. A halted account's messages are never handed over: they
     wait for `account resume`, which enqueues them itself."""
+    rows = session.execute(hand_over_statement(*conditions, order_by=order_by, batch=batch)).all()
+    return [row.id for row in sorted(rows, key=lambda r: (r.sort_key is None, r.sort_key))]
+
+
+def hand_over_statement(*conditions: ColumnElement[bool], order_by: InstrumentedAttribute[Any], batch: Any) -> Any:
+    """``hand_over``'s one statement (``batch``: a number or a bind parameter), for a caller that
+    runs it often and builds it once (the pacer)."""
     chosen = (
         select(Message.id)
         .join(WhatsappAccount, WhatsappAccount.id == Message.account_id)
@@ -112,13 +119,12 @@ def hand_over(
         .with_for_update(of=Message, skip_locked=True)
         .cte("chosen")
     )
-    rows = session.execute(
+    return (
         update(Message)
         .where(Message.id == chosen.c.id)
         .values(enqueued_at=func.now())
         .returning(Message.id, order_by.label("sort_key"))
-    ).all()
-    return [row.id for row in sorted(rows, key=lambda r: (r.sort_key is None, r.sort_key))]
+    )
 
 
 def webhooks_left_behind(session: Session, *, grace_s: int, batch: int) -> list[uuid.UUID]:

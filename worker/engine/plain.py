@@ -17,8 +17,8 @@ from models.crypto import decrypt_token
 from models.enums import AccountStatus
 from models.lifecycle import Claim
 from models.outbound import outbound_adapter
-from worker.delivery import carries_media, is_header_safe, pre_send_refusal
-from worker.meta_client import MetaCall
+from worker.delivery import carries_media, pre_send_refusal
+from worker.meta_client import MetaCall, is_header_safe
 from worker.meta_errors import NotSent
 from worker.meta_payload import build_body
 
