@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from models.settings import Settings
 from worker import shutdown
 from worker.delivery import Delivery
-from worker.engine.intake import STOPPING, ClaimIntake
+from worker.drains import DUE_QUEUE, request_drains
+from worker.engine.intake import STOPPING, ClaimIntake, Drained
 from worker.engine.lane import AccountLane
 from worker.engine.parts import Held, Parts
 from worker.engine.plain import TokenCache
@@ -40,6 +42,9 @@ MARK_THREADS = 2
 WRITE_THREADS = 2
 # At a stop, how long the loop waits for its last tasks (answers to hand-overs) before it ends.
 STOP_TASKS_S = 5.0
+# An account whose drain was full asks for the next one once this share of what it claimed is
+# settled: early enough that the next claims are in before the sends booked run out.
+ASK_AGAIN_AFTER = 0.25
 
 
 class Engine:
@@ -50,6 +55,10 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="wadispatch-engine", daemon=True)
         self._ready = threading.Event()
         self._lanes: dict[uuid.UUID, AccountLane] = {}
+        # Claims held per account, and for accounts whose last drain was full, the count at which
+        # the next drain is asked for.
+        self._held_by_account: dict[uuid.UUID, int] = {}
+        self._ask_at: dict[uuid.UUID, int] = {}
         self._parts: Parts | None = None
         self._intake: ClaimIntake | None = None
         self._writer: SentWriter | None = None
@@ -72,6 +81,18 @@ class Engine:
             future = asyncio.run_coroutine_threadsafe(self._intake.hand_over(message_ids), self._loop)
         except RuntimeError:  # the loop closed meanwhile
             return [STOPPING] * len(message_ids)
+        return future.result(timeout=timeout_s)
+
+    def drain(self, account_id: uuid.UUID, *, timeout_s: float) -> Drained | None:
+        """Blocking, from a Celery task's thread: claim the account's due messages (worker/drains.py).
+        None: the worker is stopping (nothing was claimed)."""
+        assert self._intake is not None
+        if self._stopping or self._loop.is_closed():
+            return None
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._intake.drain(account_id), self._loop)
+        except RuntimeError:  # the loop closed meanwhile
+            return None
         return future.result(timeout=timeout_s)
 
     def begin_stop(self) -> None:
@@ -138,7 +159,7 @@ class Engine:
             write_alone=self._write_alone,
             lease_s=float(s.lease_s),
         )
-        self._intake = ClaimIntake(parts, room=s.engine_max_in_flight, route=self._route)
+        self._intake = ClaimIntake(parts, room=s.engine_max_in_flight, route=self._route, drained=self._drained)
         intake = asyncio.get_running_loop().create_task(self._intake.run())
         watcher = asyncio.get_running_loop().create_task(self._watch_for_stop())
         self._ready.set()
@@ -175,11 +196,39 @@ class Engine:
             # Lanes closed for idleness are dropped here, so the map holds the accounts in use.
             self._lanes = {a: lane for a, lane in self._lanes.items() if not lane.closed}
             lane = self._lanes[account] = AccountLane(self._parts, self._writer, account)
+        self._held_by_account[account] = self._held_by_account.get(account, 0) + 1
         lane.add(held)
 
-    def _released(self, _held: Held) -> None:
+    def _drained(self, drained: Drained) -> None:
+        if drained.full:
+            held = self._held_by_account.get(drained.account_id, 0)
+            self._ask_at[drained.account_id] = max(0, held - math.ceil(drained.claimed * ASK_AGAIN_AFTER))
+        else:
+            self._ask_at.pop(drained.account_id, None)
+
+    def _released(self, held: Held) -> None:
         assert self._intake is not None
         self._intake.released()
+        account = held.claim.account_id
+        left = self._held_by_account.get(account, 1) - 1
+        if left > 0:
+            self._held_by_account[account] = left
+        else:
+            self._held_by_account.pop(account, None)
+        ask_at = self._ask_at.get(account)
+        if ask_at is not None and left <= ask_at and not self._stopping:
+            del self._ask_at[account]
+            asyncio.get_running_loop().create_task(self._ask_for_more(account))
+
+    async def _ask_for_more(self, account_id: uuid.UUID) -> None:
+        """The account had more due than its last drain took: the next drain, through the broker
+        (any worker may take it)."""
+        assert self._parts is not None
+        try:
+            await self._parts.blocking(lambda: request_drains([account_id], queue=DUE_QUEUE))
+        except Exception as fault:
+            # Its messages stay queued: a new send's drain, the pacer or the sweeper comes for them.
+            log.warning("account %s: its next drain could not be asked for (%s)", account_id, type(fault).__name__)
 
     async def _write_alone(self, claim: object, result: SendResult, call_began_at: float) -> Settled:
         assert self._parts is not None
