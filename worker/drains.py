@@ -19,6 +19,7 @@ whatever waited past its grace.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -70,17 +71,24 @@ def request_drains(account_ids: Iterable[uuid.UUID], *, queue: str = SEND_QUEUE,
     if not chosen:
         return 0
     headers = {ENQUEUED_AT_HEADER: time.time()}
-    with app.producer_or_acquire() as producer, producer.batch(max_size=len(chosen)):
-        for n, account_id in enumerate(chosen):
-            app.send_task(
-                DRAIN_TASK,
-                args=[str(account_id)],
-                queue=queue,
-                headers=headers,
-                producer=producer,
-                retry=False,
-                declare=None if n == 0 else [],
-            )
+    try:
+        with app.producer_or_acquire() as producer, producer.batch(max_size=len(chosen)):
+            for n, account_id in enumerate(chosen):
+                app.send_task(
+                    DRAIN_TASK,
+                    args=[str(account_id)],
+                    queue=queue,
+                    headers=headers,
+                    producer=producer,
+                    retry=False,
+                    declare=None if n == 0 else [],
+                )
+    except Exception:
+        # No drain went out: the flags come down again, or every send to these accounts for the
+        # flag's TTL would find it up and publish nothing either.
+        with contextlib.suppress(redis.RedisError):
+            _flags().delete(*(drain_flag(a) for a in chosen))
+        raise
     return len(chosen)
 
 

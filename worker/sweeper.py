@@ -106,8 +106,10 @@ def due_heads_of_account(session: Session, account_id: uuid.UUID, *, batch: int)
     return list(
         session.scalars(
             select(Message.id)
+            .join(WhatsappAccount, WhatsappAccount.id == Message.account_id)
             .where(
                 Message.account_id == account_id,
+                WhatsappAccount.status != AccountStatus.HALTED,
                 status_in(Message.status, (MessageStatus.QUEUED, MessageStatus.RETRYING)),
                 func.coalesce(Message.next_attempt_at, func.now()) <= func.now(),
                 ~exists().where(

@@ -27,6 +27,7 @@ from worker.breaker import Breaker, BreakerPolicy
 from worker.callbacks import Dispatcher
 from worker.celery_app import (
     DRAIN_TASK,
+    DUE_QUEUE,
     SEND_BATCH_TASK,
     SEND_QUEUES,
     SEND_TASK,
@@ -35,7 +36,6 @@ from worker.celery_app import (
     WEBHOOK_TASK,
     app,
     enqueue_due,
-    enqueue_due_many,
     enqueue_send,
     enqueue_webhook,
 )
@@ -158,10 +158,13 @@ def drain_account(account_id: str) -> str:
     if engine is None:
         # The threads' step (or gevent): each due message of the account gets its own task.
         lower_flag(account)
+        batch = get_settings().sweep_batch
         with session_scope() as session:
-            due = due_heads_of_account(session, account, batch=get_settings().sweep_batch)
+            due = due_heads_of_account(session, account, batch=batch)
         for message_id in due:
             enqueue_due(message_id)
+        if len(due) == batch:
+            request_drains([account])  # more are due: the next batch in the next drain
         return f"handed over {len(due)}"
     try:
         drained = engine.drain(account, timeout_s=HAND_OVER_TIMEOUT_S)
@@ -176,9 +179,12 @@ def drain_account(account_id: str) -> str:
 
 
 def _hand_over_due(message_ids: list[uuid.UUID]) -> None:
-    """The pacer's hand-over: in batches for the engine, a task each for the threads' step."""
-    if get_settings().delivery_engine == "async":
-        enqueue_due_many(message_ids)
+    """The pacer's hand-over: a drain of their accounts for the engine (worker/drains.py), a task
+    each for the threads' step."""
+    if drains_enabled():
+        with session_scope() as session:
+            accounts = accounts_of(session, message_ids)
+        request_drains(accounts, queue=DUE_QUEUE)
     else:
         for message_id in message_ids:
             enqueue_due(message_id)

@@ -153,9 +153,15 @@ class ClaimIntake:
                     drain_future.set_result(None)
 
     async def _drain_all(self, drains: dict[uuid.UUID, list[asyncio.Future[Drained | None]]]) -> None:
-        """One claim statement per account, run side by side; the engine's room is shared out."""
-        share = max(1, min(CLAIM_BATCH, (self.room - self.held) // len(drains)))
-        await asyncio.gather(*(self._drain(account, futures, share) for account, futures in drains.items()))
+        """One claim statement per account, run side by side; the engine's room is shared out (the
+        drains it has no room for wait for the next pass)."""
+        free = self.room - self.held
+        now = dict(list(drains.items())[: max(1, free)])
+        for account, futures in drains.items():
+            if account not in now:
+                self._drains.setdefault(account, []).extend(futures)
+        share = max(1, min(CLAIM_BATCH, free // len(now)))
+        await asyncio.gather(*(self._drain(account, futures, share) for account, futures in now.items()))
 
     async def _drain(self, account_id: uuid.UUID, futures: list[asyncio.Future[Drained | None]], limit: int) -> None:
         s = self.parts.settings
