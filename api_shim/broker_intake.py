@@ -166,8 +166,8 @@ def _flowestate(session: Session, api_key: str, key: str, request: Any, messages
             batch = flowestate_batch.BatchIn.model_validate({"messages": messages})
         except ValidationError as exc:
             return _refuse_flowestate(session, caller, key, {"batch": messages}, exc)
-        response, accepted = flowestate_batch.check_and_persist(session, caller, batch, key)
-        hand_batch_to_broker(accepted, new_from=SourceApi.FLOWESTATE)
+        response, ids = flowestate_batch.check_and_persist(session, caller, batch, key)
+        hand_batch_to_broker(ids, new_from=SourceApi.FLOWESTATE)
         return _counted(_body_of(response))
     body_type = flowestate.SendTemplateIn if isinstance(request, dict) and "template" in request else flowestate.SendIn
     try:
@@ -203,8 +203,8 @@ def _flowiq(
     # A batch pays per accepted message, a single send with what it keeps (flowiq.accept_send).
     caller = flowiq_caller(session, api_key, tenant, spends_unit=False, on_rate=on_rate)
     if messages is not None:
-        answer, stored = flowiq_batch.accept_batch(session, caller, {"messages": messages}, key)
-        hand_batch_to_broker(stored, new_from=SourceApi.FLOWIQ)
+        answer, ids = flowiq_batch.accept_batch(session, caller, {"messages": messages}, key)
+        hand_batch_to_broker(ids, new_from=SourceApi.FLOWIQ)
         return _counted(answer.body)
     accepted = flowiq.accept_send(session, caller, request, key)
     if isinstance(accepted, idempotency.Replay):
@@ -212,11 +212,7 @@ def _flowiq(
         return Submitted(0, 1, str(code)) if accepted.status >= 400 else Submitted(1, 0)
     if accepted.created or _still_queued(session, accepted.message_id):
         # A repeat finds its message queued when the first try died before its enqueue.
-        hand_to_broker(
-            accepted.message_id,
-            new_from=SourceApi.FLOWIQ if accepted.created else None,
-            account_id=accepted.account_id,
-        )
+        hand_to_broker(accepted.message_id, new_from=SourceApi.FLOWIQ if accepted.created else None)
     return Submitted(1, 0)
 
 

@@ -373,7 +373,7 @@ def send_once(
         raise
     idempotency.record_message(session, taken, message_id)
     session.commit()
-    hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE, account_id=body.whatsappAccountId)
+    hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE)
     return _accepted(message_id)
 
 
@@ -384,7 +384,7 @@ def _send(body: SendBody, session: Session, caller: Caller, unit: RequestUnit) -
         session.commit()  # a refusal's unit (past the quota there is nothing left to commit)
         raise
     session.commit()
-    hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE, account_id=body.whatsappAccountId)
+    hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE)
     return _accepted(message_id)
 
 

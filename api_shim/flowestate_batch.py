@@ -108,7 +108,7 @@ async def send_batch(
 
 def check_and_persist(
     session: Session, caller: Caller, body: BatchIn, idempotency_key: str | None
-) -> tuple[JSONResponse, list[lifecycle.Accepted]]:
+) -> tuple[JSONResponse, list[uuid.UUID]]:
     taken: idempotency.Claim | None = None
     if idempotency_key is not None:
         claimed = take_key(session, caller, idempotency_key, {"batch": body.messages})
@@ -123,7 +123,7 @@ def check_and_persist(
     if taken is not None:
         idempotency.record_answer(session, taken, 200, answer)
     session.commit()
-    return JSONResponse(answer), accepted
+    return JSONResponse(answer), [item.message_id for item in accepted]
 
 
 def _check_items(

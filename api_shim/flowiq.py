@@ -162,8 +162,6 @@ class AcceptedSend:
     organization: str
     # False when an earlier request with the same Idempotency-Key created the message (and queued it).
     created: bool = True
-    # The sending account, when this request created the message (its drain: worker/drains.py).
-    account_id: uuid.UUID | None = None
 
 
 @router.post(
@@ -202,9 +200,7 @@ async def _deliver_and_wait(request: Request, accepted: AcceptedSend) -> JSONRes
     future = waiter.expect(key)
     try:
         if accepted.created:
-            await run_in_threadpool(
-                partial(hand_to_broker, accepted.message_id, new_from=SourceApi.FLOWIQ, account_id=accepted.account_id)
-            )
+            await run_in_threadpool(partial(hand_to_broker, accepted.message_id, new_from=SourceApi.FLOWIQ))
         else:
             # A retry: the message may have finished long ago; then there is nothing to wait for.
             outcome = await run_in_threadpool(_load_outcome, accepted.message_id)
@@ -343,7 +339,7 @@ def _validate_and_persist(
     _pay(session, unit)
     assert contact is not None
     message_id = _persist(session, caller, account, contact, send, idempotency_key)
-    return AcceptedSend(message_id, send.wa_id, send.message_type, caller.org_name, account_id=account.id)
+    return AcceptedSend(message_id, send.wa_id, send.message_type, caller.org_name)
 
 
 def contact_refusal(

@@ -118,7 +118,7 @@ async def send_whatsapp_batch(request: Request) -> JSONResponse:
 
 def _accept(
     request: Request, tenant_id: str | None, raw: bytes, key: str | None
-) -> tuple[idempotency.Replay, list[lifecycle.Accepted]]:
+) -> tuple[idempotency.Replay, list[uuid.UUID]]:
     with get_sessionmaker()() as session:
         caller = authenticate_flowiq(session, request, tenant_id, spends_unit=False)
         try:
@@ -130,7 +130,7 @@ def _accept(
 
 def accept_batch(
     session: Session, caller: Caller, body: Any, key: str | None
-) -> tuple[idempotency.Replay, list[lifecycle.Accepted]]:
+) -> tuple[idempotency.Replay, list[uuid.UUID]]:
     """Check and store a FlowIQ batch for an authenticated caller (HTTP or broker); commits. The
     answer (status and body), and the ids to hand to the broker."""
     items = _items_of(body)
@@ -157,7 +157,7 @@ def accept_batch(
     if taken is not None:
         idempotency.record_answer(session, taken, 202, answer)
     session.commit()
-    return idempotency.Replay(202, answer), stored
+    return idempotency.Replay(202, answer), [m.message_id for m in stored]
 
 
 def _items_of(body: Any) -> list[Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
 from contextvars import ContextVar
 
 from sqlalchemy.orm import Session
@@ -13,7 +12,6 @@ from models import lifecycle, metrics
 from models.enums import SourceApi
 from models.outbound import AnyOutbound, as_json, preview_of
 from worker.celery_app import enqueue_send, enqueue_sends
-from worker.drains import drains_enabled, request_drains
 
 log = logging.getLogger(__name__)
 
@@ -59,34 +57,25 @@ def count_accepted(surface: SourceApi, n: int = 1) -> None:
         metrics.safely(lambda: metrics.MESSAGES_ACCEPTED.labels(surface=surface.value, channel=channel).inc(n))
 
 
-def hand_batch_to_broker(accepted: Sequence[lifecycle.Accepted], *, new_from: SourceApi | None) -> None:
+def hand_batch_to_broker(message_ids: list[uuid.UUID], *, new_from: SourceApi | None) -> None:
     """Enqueue a committed batch in one pipeline; if the broker is unreachable the messages stay
     accepted (``queued`` in Postgres) and the sweeper enqueues them once it is back. ``new_from``:
-    the surface they were just accepted through (None: handed over again, not new). With the
-    delivery engine, their accounts are drained (worker/drains.py) instead of each id handed over."""
+    the surface they were just accepted through (None: handed over again, not new)."""
     if new_from is not None:
-        count_accepted(new_from, len(accepted))
+        count_accepted(new_from, len(message_ids))
     try:
-        if drains_enabled():
-            request_drains(item.account_id for item in accepted)
-        else:
-            enqueue_sends([item.message_id for item in accepted])
+        enqueue_sends(message_ids)
     except Exception:
-        log.warning("%d messages accepted but not enqueued (broker unreachable); the sweeper will", len(accepted))
+        log.warning("%d messages accepted but not enqueued (broker unreachable); the sweeper will", len(message_ids))
 
 
-def hand_to_broker(message_id: uuid.UUID, *, new_from: SourceApi | None, account_id: uuid.UUID | None = None) -> None:
+def hand_to_broker(message_id: uuid.UUID, *, new_from: SourceApi | None) -> None:
     """Enqueue a committed message. If the broker is unreachable the message stays accepted:
     it is in Postgres as ``queued``, and the sweeper enqueues it once the broker is back.
-    ``new_from``: the surface it was just accepted through (None: handed over again, not new).
-    With its ``account_id`` the delivery engine drains the account (worker/drains.py): most sends
-    under load then publish nothing, a drain already on its way claims them."""
+    ``new_from``: the surface it was just accepted through (None: handed over again, not new)."""
     if new_from is not None:
         count_accepted(new_from)
     try:
-        if account_id is not None and drains_enabled():
-            request_drains([account_id])
-        else:
-            enqueue_send(message_id)
+        enqueue_send(message_id)
     except Exception:
         log.warning("message %s accepted but not enqueued (broker unreachable); the sweeper will", message_id)

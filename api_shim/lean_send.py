@@ -247,7 +247,7 @@ async def accept_send(body: SendBody, facts: KeyFacts, idempotency_key: str | No
         _keys.touched(facts, now)
     if not stored:
         return await run_in_threadpool(_by_the_book, body, facts, idempotency_key)
-    hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE, account_id=body.whatsappAccountId)
+    hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE)
     return JSONResponse({"messageId": str(message_id)})
 
 
@@ -332,7 +332,7 @@ def accept_submission(body: SendBody, caller: Caller, idempotency_key: str) -> u
         raw.close()
     if outcome != "stored":
         return None
-    hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE, account_id=body.whatsappAccountId)
+    hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE)
     return message_id
 
 

@@ -173,13 +173,6 @@ class Message(Base):
             "next_attempt_at",
             postgresql_where=text("enqueued_at IS NULL AND status IN ('queued', 'retrying')"),
         ),
-        # The delivery engine's drain (lifecycle.claim_due): an account's claimable messages, oldest first.
-        Index(
-            "ix_messages_account_claimable",
-            "account_id",
-            "created_at",
-            postgresql_where=text("status IN ('queued', 'retrying')"),
-        ),
         # The order rule's lookup: earlier unfinished messages of the same conversation.
         Index(
             "ix_messages_conversation_pending_seq",

@@ -35,8 +35,6 @@ SEND_QUEUES = (DUE_QUEUE, SEND_QUEUE)
 SEND_TASK = "wadispatch.send_message"
 # Several messages in one task (the pacer's hand-overs, for the delivery engine).
 SEND_BATCH_TASK = "wadispatch.send_messages"
-# An account to drain (worker/drains.py): the delivery engine claims its due messages itself.
-DRAIN_TASK = "wadispatch.drain_account"
 SWEEP_TASK = "wadispatch.sweep"
 WEBHOOK_TASK = "wadispatch.process_webhook"
 SUBMIT_TASK = "wadispatch.submit"
@@ -82,7 +80,6 @@ def create_celery() -> Celery:
         worker_soft_shutdown_timeout=settings.worker_shutdown_grace_s,
         task_routes={
             SEND_TASK: {"queue": SEND_QUEUE},
-            DRAIN_TASK: {"queue": SEND_QUEUE},
             SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
             WEBHOOK_TASK: {"queue": INCOMING_QUEUE},
             SUBMIT_TASK: {"queue": INTAKE_QUEUE},

@@ -93,37 +93,6 @@ def take_lost_by_broker(session: Session, *, oldest_waiting: float | None, grace
     )
 
 
-def accounts_of(session: Session, message_ids: list[uuid.UUID]) -> list[uuid.UUID]:
-    """The sending accounts of these messages (each once)."""
-    return list(session.scalars(select(Message.account_id).where(Message.id.in_(message_ids)).distinct()))
-
-
-def due_heads_of_account(session: Session, account_id: uuid.UUID, *, batch: int) -> list[uuid.UUID]:
-    """The account's due messages that head their conversations, oldest first (an account's drain
-    for the threads' step, which gives each its own task; nothing is locked or marked: the
-    tasks' claims decide)."""
-    earlier = aliased(Message)
-    return list(
-        session.scalars(
-            select(Message.id)
-            .join(WhatsappAccount, WhatsappAccount.id == Message.account_id)
-            .where(
-                Message.account_id == account_id,
-                WhatsappAccount.status != AccountStatus.HALTED,
-                status_in(Message.status, (MessageStatus.QUEUED, MessageStatus.RETRYING)),
-                func.coalesce(Message.next_attempt_at, func.now()) <= func.now(),
-                ~exists().where(
-                    earlier.conversation_id == Message.conversation_id,
-                    earlier.seq < Message.seq,
-                    status_in(earlier.status, PENDING),
-                ),
-            )
-            .order_by(Message.created_at)
-            .limit(batch)
-        )
-    )
-
-
 def hand_over(
     session: Session,
     *conditions: ColumnElement[bool],

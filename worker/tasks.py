@@ -8,7 +8,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import TimeoutError as FutureTimeout
 from functools import lru_cache, partial
 from typing import Any
 
@@ -26,8 +25,6 @@ from worker import shutdown
 from worker.breaker import Breaker, BreakerPolicy
 from worker.callbacks import Dispatcher
 from worker.celery_app import (
-    DRAIN_TASK,
-    DUE_QUEUE,
     SEND_BATCH_TASK,
     SEND_QUEUES,
     SEND_TASK,
@@ -36,11 +33,11 @@ from worker.celery_app import (
     WEBHOOK_TASK,
     app,
     enqueue_due,
+    enqueue_due_many,
     enqueue_send,
     enqueue_webhook,
 )
 from worker.delivery import Delivery
-from worker.drains import drains_enabled, lower_flag, request_drains
 from worker.engine import intake as engine_intake
 from worker.engine.report import report
 from worker.engine.runtime import Engine
@@ -50,13 +47,7 @@ from worker.metrics_server import serve_worker_metrics
 from worker.pacer import Pacer
 from worker.rate_limit import RateLimiter
 from worker.submission_request import SubmissionRequest
-from worker.sweeper import (
-    accounts_of,
-    due_heads_of_account,
-    oldest_waiting_enqueue,
-    take_lost_by_broker,
-    webhooks_left_behind,
-)
+from worker.sweeper import oldest_waiting_enqueue, take_lost_by_broker, webhooks_left_behind
 from worker.task_base import DATABASE_UNAVAILABLE, RetriedWhileDatabaseUnavailable
 from worker.webhooks.process import process_event
 
@@ -149,42 +140,10 @@ def send_messages(message_ids: list[str]) -> str:
     return ", ".join(f"{answer} {count}" for answer, count in sorted(Counter(answers).items()))
 
 
-@app.task(name=DRAIN_TASK, base=RetriedWhileDatabaseUnavailable, noun="account")
-def drain_account(account_id: str) -> str:
-    """Claim an account's due messages (worker/drains.py). The task ends once they are claimed:
-    from then on their leases, not the broker, keep them from being lost."""
-    account = uuid.UUID(account_id)
-    engine = _get_engine()
-    if engine is None:
-        # The threads' step (or gevent): each due message of the account gets its own task.
-        lower_flag(account)
-        batch = get_settings().sweep_batch
-        with session_scope() as session:
-            due = due_heads_of_account(session, account, batch=batch)
-        for message_id in due:
-            enqueue_due(message_id)
-        if len(due) == batch:
-            request_drains([account])  # more are due: the next batch in the next drain
-        return f"handed over {len(due)}"
-    try:
-        drained = engine.drain(account, timeout_s=HAND_OVER_TIMEOUT_S)
-    except FutureTimeout:
-        # The engine stayed full all that time: the account's drain goes back to the broker, for
-        # whichever worker has room first.
-        request_drains([account], force=True)
-        return "busy: drain asked for again"
-    if drained is None:
-        raise Reject("the worker is stopping", requeue=True)
-    return f"claimed {drained.claimed}" + (" (more due)" if drained.full else "")
-
-
 def _hand_over_due(message_ids: list[uuid.UUID]) -> None:
-    """The pacer's hand-over: a drain of their accounts for the engine (worker/drains.py), a task
-    each for the threads' step."""
-    if drains_enabled():
-        with session_scope() as session:
-            accounts = accounts_of(session, message_ids)
-        request_drains(accounts, queue=DUE_QUEUE)
+    """The pacer's hand-over: in batches for the engine, a task each for the threads' step."""
+    if get_settings().delivery_engine == "async":
+        enqueue_due_many(message_ids)
     else:
         for message_id in message_ids:
             enqueue_due(message_id)
@@ -326,16 +285,8 @@ def sweep() -> dict[str, int]:
             if broker_reachable
             else []
         )
-    for message_id in requeued:
+    for message_id in (*requeued, *lost):
         enqueue_send(message_id)
-    if lost and drains_enabled():
-        # Their accounts are drained (worker/drains.py), oldest first: a drain task per account
-        # instead of a task per message, and none of them jumps the queue of its account.
-        with session_scope() as session:
-            request_drains(accounts_of(session, lost), force=True)
-    else:
-        for message_id in lost:
-            enqueue_send(message_id)
     for message_id in uncertain.successors:
         enqueue_due(message_id)
     for event_id in webhooks:

@@ -42,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 
-from models.enums import CLAIMABLE, AccountStatus, MessageStatus, status_in
+from models.enums import CLAIMABLE, MessageStatus, status_in
 from models.lifecycle.transitions import PENDING
 from models.tables import Contact, Message, WhatsappAccount
 
@@ -187,43 +187,9 @@ def _build_claim_many_statement() -> Select[Any]:
     return _with_account_and_contact(claimed)
 
 
-def _build_claim_due_statement() -> Select[Any]:
-    candidate = aliased(Message, name="candidate")
-    # How many the account can send within the engine's inline wait: its rate times that window,
-    # plus its burst (the rest would only go back to Postgres with a reserved slot).
-    account_can_use = (
-        select(WhatsappAccount.mps * bindparam("p_ahead_s", type_=Float) + bindparam("p_burst"))
-        .where(WhatsappAccount.id == bindparam("p_account", type_=Uuid))
-        .scalar_subquery()
-    )
-    # Oldest first (the partial index ix_messages_account_claimable walks them in that order);
-    # a halted account's messages wait for `account resume`. Rows another transaction holds are
-    # skipped, so several workers drain one account at once without waiting on each other.
-    claimable = (
-        select(candidate.id)
-        .where(
-            candidate.account_id == bindparam("p_account", type_=Uuid),
-            *_claimable_now(candidate),
-            ~exists().where(WhatsappAccount.id == candidate.account_id, WhatsappAccount.status == AccountStatus.HALTED),
-        )
-        .order_by(candidate.created_at)
-        .limit(func.least(bindparam("p_limit"), func.ceil(account_can_use)))
-        .with_for_update(skip_locked=True)
-    )
-    claimed = (
-        update(Message)
-        .where(Message.id.in_(claimable))
-        .values(**_claimed_values(func.gen_random_uuid()))
-        .returning(*_CLAIMED_COLUMNS)
-        .cte("claimed")
-    )
-    return _with_account_and_contact(claimed)
-
-
 # Built once: constructing this statement costs more than running it (it is on every send).
 _CLAIM = _build_claim_statement()
 _CLAIM_MANY = _build_claim_many_statement()
-_CLAIM_DUE = _build_claim_due_statement()
 
 
 def _claim_of(row: Row[Any]) -> Claim:
@@ -291,34 +257,6 @@ def claim_many(
     ).all()
     position = {message_id: n for n, message_id in enumerate(ids)}
     return sorted((_claim_of(row) for row in rows), key=lambda c: position[c.message_id])
-
-
-def claim_due(
-    connection: Session | Connection,
-    account_id: uuid.UUID,
-    *,
-    limit: int,
-    ahead_s: float,
-    burst: int,
-    lease_s: float,
-    early_s: float,
-) -> list[Claim]:
-    """Claim, in one statement, the account's oldest messages that ``claim`` would claim (due
-    within ``early_s``, heads of their conversations), each with a fresh token of its own: at most
-    ``limit``, and at most what the account may send within ``ahead_s`` (its mps times that, plus
-    ``burst``). Messages of a halted account are not claimed."""
-    rows = connection.execute(
-        _CLAIM_DUE,
-        {
-            "p_account": account_id,
-            "p_limit": limit,
-            "p_ahead_s": ahead_s,
-            "p_burst": burst,
-            "lease": timedelta(seconds=lease_s),
-            "early": timedelta(seconds=early_s),
-        },
-    ).all()
-    return [_claim_of(row) for row in rows]
 
 
 class SkipReason(StrEnum):

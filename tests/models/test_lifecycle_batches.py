@@ -218,67 +218,6 @@ def test_claim_many_skips_a_message_another_transaction_holds_rather_than_wait(w
     assert [c.message_id for c in claim_many(world, [locked])] == [locked]
 
 
-# ---- claim_due (an account's drain) ----------------------------------------------------------
-
-
-def claim_due(world: World, account_id: uuid.UUID, *, limit: int = 500, ahead_s: float = 1.0, burst: int = 0):
-    return world.run(
-        lambda s: lifecycle.claim_due(s, account_id, limit=limit, ahead_s=ahead_s, burst=burst, lease_s=60, early_s=5)
-    )
-
-
-def test_claim_due_takes_the_accounts_due_heads_oldest_first(world: World):
-    account_id = world.new_account()
-    lead = world.new_contact()
-    head, behind = world.accept(lead, account_id=account_id), world.accept(lead, account_id=account_id)
-    later, soon = world.accept(account_id=account_id), world.accept(account_id=account_id)
-    world.set(later, next_attempt_at=text("now() + interval '1 hour'"))
-    world.set(soon, next_attempt_at=text("now() + interval '2 s'"))  # due within early_s
-    world.sent(world.accept(account_id=account_id))
-    elsewhere = world.accept()  # another account's
-    oldest_first = [world.accept(account_id=account_id) for _ in range(3)]
-
-    claims = claim_due(world, account_id)
-
-    assert {c.message_id for c in claims} == {head, soon, *oldest_first}
-    assert len({c.token for c in claims}) == len(claims)
-    for claim in claims:
-        row = world.row(claim.message_id)
-        assert (row.status, row.claim_token, row.attempts, claim.attempt_no) == ("sending", claim.token, 1, 1)
-        assert claim.account_id == account_id and claim.lease_s == pytest.approx(60, abs=1)
-    for message_id in (behind, later, elsewhere):
-        assert world.row(message_id).status == "queued"
-    # Oldest first when there are more than it takes: the two oldest of three new ones.
-    more = [world.accept(account_id=account_id) for _ in range(3)]
-    assert {c.message_id for c in claim_due(world, account_id, limit=2)} == set(more[:2])
-
-
-def test_claim_due_takes_what_the_account_can_send_ahead_and_nothing_of_a_halted_account(world: World):
-    account_id = world.new_account()
-    world.run(lambda s: s.execute(text("UPDATE whatsapp_accounts SET mps = 4 WHERE id = :a"), {"a": account_id}))
-    ids = [world.accept(account_id=account_id) for _ in range(20)]
-    # 4 mps for 2.5 s, plus a burst of 3: 13 (rounded up), and never more than the limit.
-    assert len(claim_due(world, account_id, ahead_s=2.5, burst=3)) == 13
-    assert len(claim_due(world, account_id, ahead_s=2.5, burst=3, limit=2)) == 2
-    halted = world.new_account()
-    world.accept(account_id=halted)
-    world.run(lambda s: account_state.halt_account(s, halted, "test"))
-    assert claim_due(world, halted) == []
-    assert sum(world.row(m).status == "sending" for m in ids) == 15
-
-
-def test_claim_due_skips_rows_another_transaction_holds_rather_than_wait(world: World):
-    account_id = world.new_account()
-    held, free = world.accept(account_id=account_id), world.accept(account_id=account_id)
-    with world.make.begin() as other:
-        other.execute(select(Message.id).where(Message.id == held).with_for_update())
-        started = time.monotonic()
-        claims = claim_due(world, account_id)
-        assert time.monotonic() - started < WAIT_S / 2
-    assert [c.message_id for c in claims] == [free]
-    assert world.row(held).status == "queued"
-
-
 def test_why_not_claimed_many_gives_each_message_the_reason_why_not_claimed_gives(world: World):
     lead = world.new_contact()
     elsewhere, behind = world.accept(lead), world.accept(lead)
@@ -585,18 +524,3 @@ def test_a_batch_write_of_claims_locks_its_messages_in_id_order(
     )
 
     assert written == {low.message_id, high.message_id}
-
-
-def test_claim_due_does_not_wait_for_a_claimed_message_another_transaction_holds(world: World):
-    account_id = world.new_account()
-    lead = world.new_contact()
-    first, behind = world.accept(lead, account_id=account_id), world.accept(lead, account_id=account_id)
-    other = world.accept(account_id=account_id)
-    (claim,) = claim_due(world, account_id, limit=1)
-    assert claim.message_id in (first, other)
-    with world.make.begin() as holder:
-        holder.execute(select(Message.id).where(Message.id == claim.message_id).with_for_update())
-        with world.make.begin() as s:
-            s.execute(text("SET LOCAL lock_timeout = '2s'"))  # waiting would fail the test
-            claims = lifecycle.claim_due(s, account_id, limit=10, ahead_s=1, burst=0, lease_s=60, early_s=5)
-    assert behind not in {c.message_id for c in claims}

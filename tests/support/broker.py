@@ -10,23 +10,9 @@ from collections import Counter
 
 import redis
 
-DRAIN_TASK = "wadispatch.drain_account"
-
-
-def _task_name(raw: bytes) -> str:
-    return str(json.loads(raw)["headers"]["task"])
-
-
-def _first_arg(raw: bytes) -> object:
-    args = json.loads(base64.b64decode(json.loads(raw)["body"]))[0]
-    return args[0] if args else None
-
 
 def _message_ids(raw: bytes) -> list[str]:
-    """The message ids a send task carries: one (send_message) or several (send_messages); an
-    account's drain carries none."""
-    if _task_name(raw) == DRAIN_TASK:
-        return []
+    """The message ids a send task carries: one (send_message) or several (send_messages)."""
     args = json.loads(base64.b64decode(json.loads(raw)["body"]))[0]
     if not args:
         return []
@@ -54,27 +40,4 @@ def drop_task(client: redis.Redis, queue: str, message_id: str, timeout: float =
             if _message_id(raw) == str(message_id) and client.lrem(queue, 1, raw) == 1:
                 return
         assert time.monotonic() < deadline, f"no task for message {message_id} in {queue}"
-        time.sleep(0.05)
-
-
-def waiting_task_names(client: redis.Redis, queue: str) -> Counter[str]:
-    """How many tasks of each name wait in ``queue``."""
-    return Counter(_task_name(raw) for raw in client.lrange(queue, 0, -1))
-
-
-def waiting_drains(client: redis.Redis, queue: str) -> Counter[str]:
-    """How many drain tasks (worker/drains.py) for each account wait in ``queue``."""
-    return Counter(str(_first_arg(raw)) for raw in client.lrange(queue, 0, -1) if _task_name(raw) == DRAIN_TASK)
-
-
-def drop_drain(client: redis.Redis, queue: str, account_id: object, timeout: float = 10) -> None:
-    """Take the account's one drain task out of ``queue`` (while nothing consumes it), and lower
-    its flag as the drain would have (as if its worker had taken it and died)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for raw in client.lrange(queue, 0, -1):
-            if _task_name(raw) == DRAIN_TASK and _first_arg(raw) == str(account_id) and client.lrem(queue, 1, raw):
-                client.delete(f"wadispatch:drain:{account_id}")
-                return
-        assert time.monotonic() < deadline, f"no drain task for account {account_id} in {queue}"
         time.sleep(0.05)

@@ -144,10 +144,9 @@ def test_gauges_show_the_queue_waiting_while_no_worker_runs_and_drain_after(live
     try:
         ids = [api.send(tenant, tenant.new_lead(), f"gauge {n}").json()["messageId"] for n in range(3)]
         # The API refreshes the snapshot when no worker does (one process at a time, each second).
-        # The broker holds one drain for the account's three (worker/drains.py); Postgres, all three.
         wait_until(
             lambda: (
-                value(scrape(url), "wadispatch_queue_depth", queue="wadispatch.send") >= 1
+                value(scrape(url), "wadispatch_queue_depth", queue="wadispatch.send") >= 3
                 and value(scrape(url), "wadispatch_oldest_waiting_seconds") > 0
             ),
             what="the waiting messages in the gauges",

@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 
 from models.db import session_scope
 from models.tables import Message, WhatsappAccount
-from tests.support.broker import drop_drain
+from tests.support.broker import drop_task
 from worker.celery_app import MAINTENANCE_QUEUE, SEND_QUEUE, SEND_QUEUES
 from worker.pacer import Pacer
 
@@ -79,6 +79,6 @@ def test_a_waiting_message_is_delivered_by_the_workers_pacer(live, api, sandbox,
     with live.paused(queues=[MAINTENANCE_QUEUE]):
         with live.paused(queues=SEND_QUEUES):
             message_id = waiting_message(tenant, api, 1.5)
-            drop_drain(redis_client, SEND_QUEUE, tenant.account.id)
+            drop_task(redis_client, SEND_QUEUE, message_id)
         data = api.wait_for(tenant, message_id, timeout=20)
     assert data["status"] == "sent" and data["attempts"] == 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,6 @@ from tests.conftest import WORKER_NODE
 from tests.support import meta_webhooks as meta
 from tests.support.admin_cli import wadispatch
 from tests.support.tenants import make_tenant, random_phone
-from tests.worker.test_drains import drains_run
 
 NOW = int(time.time())
 
@@ -232,13 +232,14 @@ def test_a_queued_message_meta_reports_on_is_not_sent_again(live, api, sandbox, 
         wamid = f"wamid.after-all-{uuid.uuid4().hex}"
         outcome = _deliver(live, tenant.account.phone_number_id, [meta.status(wamid, "sent", callback=message_id)])
         assert outcome == {"status_went_out_after_all": 1}
-        drains_before = drains_run(live)
-    # Its account's drain (waiting in the broker all along) runs now, and finds nothing to send.
+        log_offset = len(live.worker.log_since_start())
+    # Its send task (waiting in the broker all along) runs now, and finds nothing to send.
     deadline = time.monotonic() + 20
-    while drains_run(live) == drains_before:
-        assert time.monotonic() < deadline, "the account's drain did not run"
+    while not (ran := re.search(rf"message {message_id}: (\S+)", live.worker.log_since_start()[log_offset:])):
+        assert time.monotonic() < deadline, "the message's send task did not run"
         time.sleep(0.1)
     assert sandbox.calls(tenant.account.phone_number_id) == 0
+    assert ran.group(1).startswith("skipped"), ran.group(0)
     m = _message(message_id)
     assert (m.status, m.wamid, m.claim_token, m.sent_at is not None) == ("sent", wamid, None, True)
     (event,) = _events(message_id)

@@ -9,26 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from models import lifecycle
 from models.db import run_single_statement
 from models.lifecycle import SkipReason
-from worker.drains import lower_flag
 from worker.engine.parts import Held, Parts, count_batch
 from worker.engine.report import report
 from worker.outcome import Outcome, Settled
 
 log = logging.getLogger(__name__)
 
-# A drain claims what its account can send within the inline wait less this: the next drain is
-# asked for while the account still has sends booked (runtime.Engine), so its moments come after
-# theirs, and they must still fall within the wait (or they would go back to Postgres).
-DRAIN_MARGIN_S = 0.5
 # Ids arriving this close together are claimed by one statement.
 GATHER_S = 0.002
 # At most this many ids per claim statement.
@@ -44,32 +37,13 @@ CLAIMED = "claimed"
 STOPPING = "stopping"
 
 
-@dataclass(frozen=True)
-class Drained:
-    """What one drain of an account claimed: ``full`` when it took all it could (the account has
-    more due, and its lane asks for the next drain before it runs dry)."""
-
-    account_id: uuid.UUID
-    claimed: int
-    full: bool
-
-
 class ClaimIntake:
-    def __init__(
-        self,
-        parts: Parts,
-        *,
-        room: int,
-        route: Callable[[Held], None],
-        drained: Callable[[Drained], None] = lambda _: None,
-    ) -> None:
+    def __init__(self, parts: Parts, *, room: int, route: Callable[[Held], None]) -> None:
         self.parts = parts
         self.room = room  # claims the engine may hold at once
         self.held = 0
         self._route = route
-        self._drained = drained
         self._waiting: dict[uuid.UUID, list[asyncio.Future[str]]] = {}
-        self._drains: dict[uuid.UUID, list[asyncio.Future[Drained | None]]] = {}
         self._wake = asyncio.Event()
         self._freed = asyncio.Event()
         self._tries: dict[uuid.UUID, int] = {}
@@ -89,15 +63,6 @@ class ClaimIntake:
         self._wake.set()
         return list(await asyncio.gather(*futures))
 
-    async def drain(self, account_id: uuid.UUID) -> Drained | None:
-        """Claim the account's due messages (worker/drains.py); None when the worker stops first."""
-        if self.parts.stop.is_set():
-            return None
-        future: asyncio.Future[Drained | None] = asyncio.get_running_loop().create_future()
-        self._drains.setdefault(account_id, []).append(future)
-        self._wake.set()
-        return await future
-
     def released(self) -> None:
         self.held -= 1
         self._freed.set()
@@ -107,13 +72,9 @@ class ClaimIntake:
             await self._wake.wait()
             self._wake.clear()
             await asyncio.sleep(GATHER_S)
-            while (self._waiting or self._drains) and not self.parts.stop.is_set():
+            while self._waiting and not self.parts.stop.is_set():
                 if not await self._room_for_one():
                     break
-                if self._drains:
-                    drains, self._drains = self._drains, {}
-                    await self._drain_all(drains)
-                    continue
                 take = min(CLAIM_BATCH, self.room - self.held)
                 batch = dict(list(self._waiting.items())[:take])
                 for message_id in batch:
@@ -146,60 +107,6 @@ class ClaimIntake:
             for future in futures:
                 if not future.done():
                     future.set_result(answer)
-        drains, self._drains = self._drains, {}
-        for drain_futures in drains.values():
-            for drain_future in drain_futures:
-                if not drain_future.done():
-                    drain_future.set_result(None)
-
-    async def _drain_all(self, drains: dict[uuid.UUID, list[asyncio.Future[Drained | None]]]) -> None:
-        """One claim statement per account, run side by side; the engine's room is shared out (the
-        drains it has no room for wait for the next pass)."""
-        free = self.room - self.held
-        now = dict(list(drains.items())[: max(1, free)])
-        for account, futures in drains.items():
-            if account not in now:
-                self._drains.setdefault(account, []).extend(futures)
-        share = max(1, min(CLAIM_BATCH, free // len(now)))
-        await asyncio.gather(*(self._drain(account, futures, share) for account, futures in now.items()))
-
-    async def _drain(self, account_id: uuid.UUID, futures: list[asyncio.Future[Drained | None]], limit: int) -> None:
-        s = self.parts.settings
-        # Claimed: what the account can send before the next drain comes (worker/drains.py).
-        ahead_s = max(0.1, s.rate_inline_wait_s - DRAIN_MARGIN_S)
-
-        def lower_then_claim() -> list[lifecycle.Claim]:
-            # The flag first: a message committed after this needs (and gets) a drain of its own.
-            lower_flag(account_id)
-            return run_single_statement(
-                lambda db: lifecycle.claim_due(
-                    db,
-                    account_id,
-                    limit=limit,
-                    ahead_s=ahead_s,
-                    burst=s.rate_burst,
-                    lease_s=s.lease_s,
-                    early_s=s.rate_inline_wait_s,
-                )
-            )
-
-        try:
-            claims = await self.parts.blocking(lower_then_claim)
-        except Exception as fault:
-            for future in futures:
-                if not future.done():
-                    future.set_exception(fault)
-            return
-        count_batch("drain", len(claims))
-        for claim in claims:
-            self.held += 1
-            self._route(Held(claim))
-        most = min(limit, math.ceil(claims[0].mps * ahead_s + s.rate_burst)) if claims else limit
-        drained = Drained(account_id, len(claims), full=len(claims) >= most)
-        self._drained(drained)
-        for future in futures:
-            if not future.done():
-                future.set_result(drained)
 
     async def _claim(self, batch: dict[uuid.UUID, list[asyncio.Future[str]]]) -> None:
         s = self.parts.settings

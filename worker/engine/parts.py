@@ -52,7 +52,7 @@ class Parts:
     # Writes of Meta's answers and what follows a final outcome: never behind a media step (an
     # answer written after its lease would turn a known outcome into DELIVERY_UNCERTAIN).
     answer_threads: ThreadPoolExecutor
-    on_settled: Callable[[Held, Settled | None], None]  # frees the claim's place in the engine
+    on_settled: Callable[[Held], None]  # frees the claim's place in the engine
 
     async def blocking(self, work: Callable[[], T]) -> T:
         """Run a short blocking call (a statement, a Redis script) off the event loop."""
@@ -93,7 +93,7 @@ class Parts:
         fields: dict[str, object] = {"message_id": str(claim.message_id), "org_id": str(claim.org_id)}
         fields |= {"account_id": str(claim.account_id), "attempt": claim.attempt_no}
         report(claim.message_id, settled, held.started, fields)
-        self.on_settled(held, settled)
+        self.on_settled(held)
 
     async def settle_alone(self, held: Held) -> None:
         """The single-message step settles this claim from where the engine took it."""
@@ -101,7 +101,7 @@ class Parts:
             settled = await self.alone(lambda: self.delivery.settle_claimed(held.claim, claimed_at=held.claimed_at))
         except Exception:
             log.exception("message %s: its step failed; the sweeper settles it", held.claim.message_id)
-            self.on_settled(held, None)
+            self.on_settled(held)
             return
         self.settle(held, settled)
 

@@ -16,25 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from models import lifecycle
-from models.db import run_single_statement
 from models.settings import Settings
 from worker import shutdown
 from worker.delivery import Delivery
-from worker.drains import DUE_QUEUE, request_drains
-from worker.engine.intake import STOPPING, ClaimIntake, Drained
+from worker.engine.intake import STOPPING, ClaimIntake
 from worker.engine.lane import AccountLane
-from worker.engine.marker import CallMarker
 from worker.engine.parts import Held, Parts
 from worker.engine.plain import TokenCache
 from worker.engine.sent_writer import SentWriter
 from worker.meta_client import AsyncMetaClient, SendResult
-from worker.outcome import Outcome, Settled
+from worker.outcome import Settled
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +40,6 @@ MARK_THREADS = 2
 WRITE_THREADS = 2
 # At a stop, how long the loop waits for its last tasks (answers to hand-overs) before it ends.
 STOP_TASKS_S = 5.0
-# Claims that went back to Postgres to wait for a send slot: their account is busy enough.
-WAITS_FOR_ITS_TIME = frozenset({Outcome.RATE_LIMITED, Outcome.SCHEDULED})
-# An account whose drain was full asks for the next one once this share of what it claimed is
-# settled: early enough that the next claims are in before the sends booked run out.
-ASK_AGAIN_AFTER = 0.25
 
 
 class Engine:
@@ -60,14 +50,9 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="wadispatch-engine", daemon=True)
         self._ready = threading.Event()
         self._lanes: dict[uuid.UUID, AccountLane] = {}
-        # Claims held per account, and for accounts whose last drain was full, the count at which
-        # the next drain is asked for.
-        self._held_by_account: dict[uuid.UUID, int] = {}
-        self._ask_at: dict[uuid.UUID, int] = {}
         self._parts: Parts | None = None
         self._intake: ClaimIntake | None = None
         self._writer: SentWriter | None = None
-        self._marker: CallMarker | None = None
         self._stop: asyncio.Event | None = None
         self._stopping = False
         self._failed: BaseException | None = None
@@ -87,18 +72,6 @@ class Engine:
             future = asyncio.run_coroutine_threadsafe(self._intake.hand_over(message_ids), self._loop)
         except RuntimeError:  # the loop closed meanwhile
             return [STOPPING] * len(message_ids)
-        return future.result(timeout=timeout_s)
-
-    def drain(self, account_id: uuid.UUID, *, timeout_s: float) -> Drained | None:
-        """Blocking, from a Celery task's thread: claim the account's due messages (worker/drains.py).
-        None: the worker is stopping (nothing was claimed)."""
-        assert self._intake is not None
-        if self._stopping or self._loop.is_closed():
-            return None
-        try:
-            future = asyncio.run_coroutine_threadsafe(self._intake.drain(account_id), self._loop)
-        except RuntimeError:  # the loop closed meanwhile
-            return None
         return future.result(timeout=timeout_s)
 
     def begin_stop(self) -> None:
@@ -165,14 +138,7 @@ class Engine:
             write_alone=self._write_alone,
             lease_s=float(s.lease_s),
         )
-        lease = float(s.lease_s)
-        self._marker = CallMarker(
-            lambda claims: parts.marking(
-                lambda: run_single_statement(lambda db: lifecycle.begin_calls(db, claims, call_lease_s=lease))
-            ),
-            statements_at_once=MARK_THREADS,
-        )
-        self._intake = ClaimIntake(parts, room=s.engine_max_in_flight, route=self._route, drained=self._drained)
+        self._intake = ClaimIntake(parts, room=s.engine_max_in_flight, route=self._route)
         intake = asyncio.get_running_loop().create_task(self._intake.run())
         watcher = asyncio.get_running_loop().create_task(self._watch_for_stop())
         self._ready.set()
@@ -183,7 +149,6 @@ class Engine:
         for lane in list(self._lanes.values()):
             await lane.stopping()
             lane.close()
-        await self._hand_on_drains()
         await self._writer.drain()
         # Hand-overs answered "stopping" reach their Celery threads before the loop ends.
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -203,63 +168,18 @@ class Engine:
         self._stop.set()
 
     def _route(self, held: Held) -> None:
-        assert self._parts is not None and self._writer is not None and self._marker is not None
+        assert self._parts is not None and self._writer is not None
         account = held.claim.account_id
         lane = self._lanes.get(account)
         if lane is None or lane.closed:
             # Lanes closed for idleness are dropped here, so the map holds the accounts in use.
             self._lanes = {a: lane for a, lane in self._lanes.items() if not lane.closed}
-            lane = self._lanes[account] = AccountLane(self._parts, self._writer, self._marker, account)
-        self._held_by_account[account] = self._held_by_account.get(account, 0) + 1
+            lane = self._lanes[account] = AccountLane(self._parts, self._writer, account)
         lane.add(held)
 
-    def _drained(self, drained: Drained) -> None:
-        if drained.full:
-            held = self._held_by_account.get(drained.account_id, 0)
-            self._ask_at[drained.account_id] = max(0, held - math.ceil(drained.claimed * ASK_AGAIN_AFTER))
-        else:
-            self._ask_at.pop(drained.account_id, None)
-
-    def _released(self, held: Held, settled: Settled | None) -> None:
+    def _released(self, _held: Held) -> None:
         assert self._intake is not None
         self._intake.released()
-        account = held.claim.account_id
-        left = self._held_by_account.get(account, 1) - 1
-        if left > 0:
-            self._held_by_account[account] = left
-        else:
-            self._held_by_account.pop(account, None)
-        if settled is not None and settled.outcome in WAITS_FOR_ITS_TIME:
-            # The account has more claimed than it can send soon: no drain is asked for now. The
-            # claim waits in Postgres, and the pacer drains the account when it is due.
-            self._ask_at.pop(account, None)
-            return
-        ask_at = self._ask_at.get(account)
-        if ask_at is not None and left <= ask_at and not self._stopping:
-            del self._ask_at[account]
-            asyncio.get_running_loop().create_task(self._ask_for_more(account))
-
-    async def _hand_on_drains(self) -> None:
-        """The worker stops: accounts that had more due than their last drain took are drained
-        by another worker (their backlog has no task of its own in the broker)."""
-        assert self._parts is not None
-        accounts = list(self._ask_at)
-        if not accounts:
-            return
-        try:
-            await self._parts.blocking(lambda: request_drains(accounts, queue=DUE_QUEUE))
-        except Exception as fault:
-            log.warning("%d accounts' next drains could not be asked for (%s)", len(accounts), type(fault).__name__)
-
-    async def _ask_for_more(self, account_id: uuid.UUID) -> None:
-        """The account had more due than its last drain took: the next drain, through the broker
-        (any worker may take it)."""
-        assert self._parts is not None
-        try:
-            await self._parts.blocking(lambda: request_drains([account_id], queue=DUE_QUEUE))
-        except Exception as fault:
-            # Its messages stay queued: a new send's drain, the pacer or the sweeper comes for them.
-            log.warning("account %s: its next drain could not be asked for (%s)", account_id, type(fault).__name__)
 
     async def _write_alone(self, claim: object, result: SendResult, call_began_at: float) -> Settled:
         assert self._parts is not None
