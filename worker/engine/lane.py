@@ -2,10 +2,11 @@
 
 A batch of claims asks the limiter once for all their send moments (lifecycle order: account
 rate, burst, the recipient's pace; ``take_send_moments``), the ones that must wait longer go back
-to Postgres in one statement, and the rest are grouped by moment: each group marks its calls
-begun in one statement ``MARK_LEAD_S`` before its first moment (the call marker stays before
-each request, as the claim protocol requires), then each request leaves at its own moment, with
-as many calls in flight as the account's rate and Meta's latency need.
+to Postgres in one statement, and the rest are grouped by moment: each group asks for its call
+markers a little before its first moment (worker/engine/marker.py: the groups of every lane that
+ask meanwhile share one statement; the call marker stays before each request, as the claim
+protocol requires), then each request leaves at its own moment, with as many calls in flight as
+the account's rate and Meta's latency need.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 from models import lifecycle
 from models.db import run_single_statement
+from worker.engine.marker import CallMarker
 from worker.engine.parts import Held, Parts, count_batch
 from worker.engine.plain import plain_request
 from worker.engine.sent_writer import SentWriter
@@ -37,10 +39,10 @@ log = logging.getLogger(__name__)
 # each request still leaves at its own moment, so a group stays marked at most this long plus
 # the lead before its last request leaves.
 GROUP_SPAN_S = 0.003
-# How long before a group's first moment its markers are written: begin_calls for a group takes
-# 1-5 ms here. Every millisecond of it is a window in which a killed worker leaves a message
-# DELIVERY_UNCERTAIN that Meta never saw (bench/chaos.py counts them), so it is kept short; a
-# group whose statement runs past its moments takes new ones or goes back (``_late``).
+# A group's markers are asked for the marker's lead before its first moment (marker.py). A call
+# whose marker was written past its moment takes the gate's next free moment within this, or goes
+# back (``_late``): a longer wait would leave its marker standing with no request under way, the
+# window in which a killed worker leaves a message DELIVERY_UNCERTAIN that Meta never saw.
 MARK_LEAD_S = 0.008
 # Claims that could not be paced or marked (Redis or Postgres failing) wait this long in Postgres.
 FAULT_WAIT_S = 1.0
@@ -76,9 +78,10 @@ class _Back:
 
 
 class AccountLane:
-    def __init__(self, parts: Parts, writer: SentWriter, account_id: uuid.UUID) -> None:
+    def __init__(self, parts: Parts, writer: SentWriter, marker: CallMarker, account_id: uuid.UUID) -> None:
         self.parts = parts
         self.writer = writer
+        self.marker = marker
         self.account_id = account_id
         self._new: list[Held] = []
         self._wake = asyncio.Event()
@@ -246,7 +249,7 @@ class AccountLane:
     # -- a group: begin the calls, then each request at its moment -------------------------
 
     async def _send_group(self, group: list[_Taken]) -> None:
-        slept = await self._sleep_until(group[0].at - MARK_LEAD_S)
+        slept = await self._sleep_until(group[0].at - self.marker.lead_s)
         if self.parts.stop.is_set():
             await self._give_back_when_stopping(group)
             return
@@ -265,12 +268,8 @@ class AccountLane:
         group = await self._room_for(group)
         if not group:
             return
-        claims = [t.held.claim for t in group]
-        lease = float(self.parts.settings.lease_s)
         try:
-            began = await self.parts.marking(
-                lambda: run_single_statement(lambda db: lifecycle.begin_calls(db, claims, call_lease_s=lease))
-            )
+            began = await self.marker.begin([t.held.claim for t in group])
         except Exception as fault:
             # No request has left: the claims go back (which clears a marker whose commit's answer
             # was lost), not an attempt, and free their places among the calls.
@@ -281,7 +280,6 @@ class AccountLane:
             await self._give_back([_Back(t.held, FAULT_WAIT_S, None, Outcome.GIVEN_BACK) for t in group])
             return
         began_at = time.monotonic()
-        count_batch("begin", len(claims))
         late_by = self.parts.settings.rate_jitter_s / 2
         late: list[_Taken] = []
         for t in group:

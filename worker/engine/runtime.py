@@ -20,11 +20,14 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from models import lifecycle
+from models.db import run_single_statement
 from models.settings import Settings
 from worker import shutdown
 from worker.delivery import Delivery
 from worker.engine.intake import STOPPING, ClaimIntake
 from worker.engine.lane import AccountLane
+from worker.engine.marker import CallMarker
 from worker.engine.parts import Held, Parts
 from worker.engine.plain import TokenCache
 from worker.engine.sent_writer import SentWriter
@@ -53,6 +56,7 @@ class Engine:
         self._parts: Parts | None = None
         self._intake: ClaimIntake | None = None
         self._writer: SentWriter | None = None
+        self._marker: CallMarker | None = None
         self._stop: asyncio.Event | None = None
         self._stopping = False
         self._failed: BaseException | None = None
@@ -138,6 +142,13 @@ class Engine:
             write_alone=self._write_alone,
             lease_s=float(s.lease_s),
         )
+        lease = float(s.lease_s)
+        self._marker = CallMarker(
+            lambda claims: parts.marking(
+                lambda: run_single_statement(lambda db: lifecycle.begin_calls(db, claims, call_lease_s=lease))
+            ),
+            statements_at_once=MARK_THREADS,
+        )
         self._intake = ClaimIntake(parts, room=s.engine_max_in_flight, route=self._route)
         intake = asyncio.get_running_loop().create_task(self._intake.run())
         watcher = asyncio.get_running_loop().create_task(self._watch_for_stop())
@@ -168,13 +179,13 @@ class Engine:
         self._stop.set()
 
     def _route(self, held: Held) -> None:
-        assert self._parts is not None and self._writer is not None
+        assert self._parts is not None and self._writer is not None and self._marker is not None
         account = held.claim.account_id
         lane = self._lanes.get(account)
         if lane is None or lane.closed:
             # Lanes closed for idleness are dropped here, so the map holds the accounts in use.
             self._lanes = {a: lane for a, lane in self._lanes.items() if not lane.closed}
-            lane = self._lanes[account] = AccountLane(self._parts, self._writer, account)
+            lane = self._lanes[account] = AccountLane(self._parts, self._writer, self._marker, account)
         lane.add(held)
 
     def _released(self, _held: Held) -> None:
