@@ -51,7 +51,7 @@ def main() -> None:
     os.environ.update(env)
 
     from bench.cpu import CpuMeter
-    from bench.harness import Services, reset_database
+    from bench.harness import Services, reset_database, rss_mb
     from worker.celery_app import enqueue_sends
 
     reset_database(env["WADISPATCH_DATABASE_URL"])
@@ -68,15 +68,22 @@ def main() -> None:
         services.start_workers(args.workers, args.concurrency)
         meter = CpuMeter({"workers": services.pids("worker")})
         meter.start()
+        machine_before = machine_busy_s()
         print(f"accepted {len(message_ids)} messages for {len(accounts)} accounts; workers ready; sending…")
         started = time.monotonic()
         enqueue_sends(message_ids)
         deadline = started + args.seconds * 2 + 60
+        peak_rss = dict.fromkeys(services.pids("worker"), 0.0)
         while services.sandbox_count() < len(message_ids) and time.monotonic() < deadline:
+            for pid in peak_rss:
+                peak_rss[pid] = max(peak_rss[pid], rss_mb(pid))
             time.sleep(0.5)
         elapsed = time.monotonic() - started
-        report(accounts, services, args.burst, elapsed)
-        print(f"worker CPU per message: {meter.since()['workers'] / len(message_ids) * 1000:.2f} ms")
+        cpu_s = meter.since()["workers"]
+        machine = (machine_busy_s() - machine_before) / elapsed / (os.cpu_count() or 1)
+        report(accounts, services, args.burst, elapsed, cpu_s=cpu_s, machine=machine, latency_s=args.latency_ms / 1000)
+        print(f"worker CPU per message: {cpu_s / len(message_ids) * 1000:.2f} ms")
+        print(f"worker RSS, highest   : {' / '.join(f'{r:.0f}' for r in peak_rss.values())} MB")
         if os.environ.get("BENCH_DUMP"):
             Path(os.environ["BENCH_DUMP"]).write_text(json.dumps(services.sandbox_messages()))
             print("logs in", services.log_dir)
@@ -133,7 +140,16 @@ def interleave(groups: list[list]) -> list:
     return out
 
 
-def report(accounts: list[dict], services, burst: int, elapsed: float) -> None:
+def machine_busy_s() -> float:
+    """Seconds every core of the machine spent busy (not idle, not waiting for I/O), from /proc/stat."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def report(
+    accounts: list[dict], services, burst: int, elapsed: float, *, cpu_s: float, machine: float, latency_s: float
+) -> None:
     from bench.harness import sliding_max
 
     print(f"\nall delivered in {elapsed:.1f} s\n")
@@ -141,6 +157,7 @@ def report(accounts: list[dict], services, burst: int, elapsed: float) -> None:
     widths = (8, 6, 8, 8, 7, 12, 7, 7)
     print(" ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)))
     ok = True
+    throttled_total = 0
     for account in accounts:
         data = services.sandbox_messages(account["phone_number_id"])
         times = sorted(m["received_at"] for m in data["data"])
@@ -148,6 +165,7 @@ def report(accounts: list[dict], services, burst: int, elapsed: float) -> None:
         deviation = (rate - account["mps"]) / account["mps"] * 100
         worst = sliding_max(times, 1.0)
         throttled = int(data["errors"].get("130429", 0))
+        throttled_total += throttled
         paced = int(data["errors"].get("131056", 0))
         limit = account["mps"] + burst
         ok &= abs(deviation) <= 2 and worst <= limit and throttled == 0 and len(times) == account["count"]
@@ -155,6 +173,27 @@ def report(accounts: list[dict], services, burst: int, elapsed: float) -> None:
             f"{account['mps']:>5}mps {len(times):>6} {rate:>8.2f} {deviation:>+7.2f}% {worst:>7} {limit:>12} "
             f"{throttled:>7} {paced:>7}"
         )
+    # The sandbox holds each call for its latency: the most arrivals within one latency is the most
+    # calls the workers had in flight at once.
+    arrivals = sorted(
+        m["received_at"] for a in accounts for m in services.sandbox_messages(a["phone_number_id"])["data"]
+    )
+    print(f"\ncalls in flight, most  : {sliding_max(arrivals, latency_s)} (the sandbox answers in {latency_s:.3f} s)")
+    # What held the rate: the accounts' limits when every account kept within 2 % of its setting;
+    # else Meta's "too fast" (each 130429 halves the account's rate for a while), or the machine's
+    # CPU when it had little left while sending, or else the engine itself.
+    cores = os.cpu_count() or 1
+    workers = cpu_s / elapsed / cores if elapsed > 0 else 0.0
+    if ok:
+        held = "the accounts' limits"
+    elif throttled_total:
+        held = f"the sandbox's 130429 answers ({throttled_total}; each halves the account's rate for a while)"
+    elif machine > 0.85:
+        held = "the machine's CPU"
+    else:
+        held = "the engine (CPU to spare)"
+    print(f"held by                : {held}")
+    print(f"machine busy           : {machine:.0%} of {cores} cores (the workers {workers:.0%})")
     print("\ngoals (±2%, no window above limit+burst, zero 130429):", "met" if ok else "NOT met")
     print(json.dumps({"goals_met": ok}))
 

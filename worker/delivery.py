@@ -78,6 +78,10 @@ INFRASTRUCTURE_FAULTS: tuple[type[BaseException], ...] = (
 # Meta codes that mean "that media id is no good": only these make a reused id be forgotten.
 MEDIA_ID_REFUSED_CODES = frozenset({131053, 131052, 100})
 
+# After a throttling pause, how long the answers of calls sent before it may still take to come
+# back: their 130429s belong to the same throttling and do not halve the account's rate again.
+THROTTLE_ANSWERS_S = 1.0
+
 # Kept free at the end of a lease: a step that would run into it is not started.
 LEASE_MARGIN_S = 1.0
 
@@ -553,13 +557,17 @@ class Delivery:
 
     def _slow_down(self, claim: Claim, error: DeliveryError, pause_s: float) -> None:
         """Meta said too fast: the whole account pauses for every worker, then runs at half its
-        rate until it recovers; or only this recipient waits, and the account's other
-        conversations go on. The answer is known and gets written whatever Redis says."""
+        rate until it recovers (once per throttling, however many calls in flight hear it); or
+        only this recipient waits, and the account's other conversations go on. The answer is
+        known and gets written whatever Redis says."""
         if isinstance(error, Throttled):
             recovery_s = self.settings.throttle_recovery_s
             try:
                 self.limiter.pause_account(claim.account_id, pause_s)
-                ceiling = self.limiter.slow_account(claim.account_id, claim.mps, recovery_s)
+                # The calls in flight now were sent before this answer: theirs, within the pause and
+                # an answer's time after it, are this throttling, not another.
+                one_cut_s = pause_s + THROTTLE_ANSWERS_S
+                ceiling = self.limiter.slow_account(claim.account_id, claim.mps, recovery_s, one_cut_s=one_cut_s)
             except redis.RedisError as fault:
                 log.warning("account %s throttled by Meta; could not slow it down (%s)", claim.account_id, fault)
                 return

@@ -120,12 +120,23 @@ return exact(math.max(until_, current))
 """
 )
 
-# KEYS: account rate ceiling; ARGV: configured mps, floor mps, seconds to keep it.
+# KEYS: account rate ceiling, the mark of its last cut; ARGV: configured mps, floor mps, seconds to
+# keep it, seconds the cut answers for.
 # Halves the rate the account is held to (multiplicative decrease); the key expires to recover.
+# One cut per throttling: the calls already in flight when Meta first said "too fast" were sent at
+# the old rate and bring their own 130429s; halving again for each would take an account with 16
+# calls in flight from 80 mps to the floor at once (and at 1,000 mps, 13 answers did just that).
+# Until the mark expires (the pause plus those calls' answers), a 130429 only says what is known.
 _SLOW = """
 local current = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return tostring(math.min(current, tonumber(ARGV[1])))
+end
 local lowered = math.max(tonumber(ARGV[2]), math.min(current, tonumber(ARGV[1])) / 2)
 redis.call('SET', KEYS[1], tostring(lowered), 'PX', math.ceil(tonumber(ARGV[3]) * 1000))
+if tonumber(ARGV[4]) > 0 then
+  redis.call('SET', KEYS[2], '1', 'PX', math.ceil(tonumber(ARGV[4]) * 1000))
+end
 return tostring(lowered)
 """
 
@@ -444,11 +455,14 @@ class RateLimiter:
     def seconds_until(self, slot: float) -> float:
         return float(self._until(keys=[], args=[slot]))
 
-    def slow_account(self, account_id: uuid.UUID, configured_mps: float, recover_after_s: float) -> float:
-        """Halve the rate the account is held to (not below 1 mps); returns the new ceiling."""
-        return float(
-            self._slow(keys=[f"{self.prefix}:ceiling:{account_id}"], args=[configured_mps, 1, recover_after_s])
-        )
+    def slow_account(
+        self, account_id: uuid.UUID, configured_mps: float, recover_after_s: float, *, one_cut_s: float = 0.0
+    ) -> float:
+        """Halve the rate the account is held to (not below 1 mps) for ``recover_after_s``; returns
+        the ceiling. Within ``one_cut_s`` of a cut, another call leaves it as it is: the answers of
+        calls sent before the cut are the same throttling, not a new one."""
+        keys = [f"{self.prefix}:ceiling:{account_id}", f"{self.prefix}:ceiling-cut:{account_id}"]
+        return float(self._slow(keys=keys, args=[configured_mps, 1, recover_after_s, one_cut_s]))
 
     def pause_account(self, account_id: uuid.UUID, seconds: float) -> None:
         self._pause(keys=[f"{self.prefix}:pause:acct:{account_id}"], args=[seconds])

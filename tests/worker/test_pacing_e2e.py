@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from meta_sandbox.pacing import Gcra
 from models.db import session_scope
-from models.tables import Message, MessageAttempt
+from models.tables import Message, MessageAttempt, WhatsappAccount
 from tests.conftest import TEST_ENV
 from tests.support.admin_cli import wadispatch
 from tests.support.processes import ManagedProcess
@@ -290,6 +290,25 @@ def test_own_pacing_keeps_under_the_number_limit(live, api, sandbox, tenant):
     assert busiest_second(times) <= mps + BURST
     errors = sandbox.http.get("/_sandbox/messages", params={"phone_number_id": number}).json()["errors"]
     assert errors.get("130429", 0) == 0
+
+
+def test_calls_in_flight_that_all_hear_one_throttling_halve_the_rate_once(live, api, sandbox, tenant):
+    """Four calls leave together and each comes back 130429: one throttling, heard four times.
+    The account is held to half its rate, not a sixteenth (each answer used to halve it again,
+    and at 1,000 mps thirteen answers took an account to 1 mps for a minute)."""
+    number = tenant.account.phone_number_id
+    sandbox.http.put("/_sandbox/config", json={"latency_ms": 300}).raise_for_status()
+    try:
+        sandbox.fault(number, 400, 130429, count=4, message="Rate limit hit")
+        ids = send_batch(api, tenant, [f"together {i}" for i in range(4)])
+        wait_all_sent(api, tenant, ids)
+    finally:
+        sandbox.http.put("/_sandbox/config", json={"latency_ms": 0}).raise_for_status()
+    assert all(throttled_count(message_id) >= 1 for message_id in ids)
+    ceiling = redis.Redis.from_url(TEST_ENV["WADISPATCH_REDIS_URL"]).get(f"wadispatch:rl:ceiling:{tenant.account.id}")
+    with session_scope() as session:
+        mps = session.get(WhatsappAccount, tenant.account.id).mps
+    assert ceiling is not None and float(ceiling) == mps / 2
 
 
 def test_sandbox_limit_below_the_configured_rate_slows_the_account(live, api, sandbox, tenant):

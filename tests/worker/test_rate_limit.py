@@ -197,3 +197,15 @@ def test_moments_and_slots_keep_the_interval_to_the_microsecond(limiter, mps):
     for times in (moments, slots):
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert min(gaps) >= interval - 2e-6, (min(gaps), interval)
+
+
+def test_the_answers_of_one_throttling_halve_the_rate_once(limiter):
+    """Calls in flight when Meta first says "too fast" bring their own 130429s: within the cut's
+    window the ceiling stays where the first one put it; a throttling after it halves again."""
+    account = uuid.uuid4()
+    cuts = [limiter.slow_account(account, 1000, recover_after_s=30, one_cut_s=0.3) for _ in range(13)]
+    assert cuts == [500] * 13
+    import time
+
+    time.sleep(0.4)
+    assert limiter.slow_account(account, 1000, recover_after_s=30, one_cut_s=0.3) == 250
