@@ -36,6 +36,27 @@ def bearer_token(request: Request) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
+@dataclass(frozen=True)
+class SignedKey:
+    """A key proven by a signed broker submission (api_shim/submission_signature.py): its row and
+    organization, found by the key's public id. The key itself never travelled."""
+
+    row: ApiKey
+    org: Organization
+
+
+# A caller's credential: the key itself (HTTP), or the key a broker submission was signed with.
+Credential = str | SignedKey
+
+
+def _of_kind(key: Credential, kind: KeyKind) -> bool:
+    return key.row.prefix == kind.prefix if isinstance(key, SignedKey) else key.startswith(kind.prefix)
+
+
+def _found(session: Session, key: Credential) -> tuple[ApiKey, Organization] | None:
+    return (key.row, key.org) if isinstance(key, SignedKey) else lookup_key(session, key)
+
+
 def lookup_key(session: Session, key: str) -> tuple[ApiKey, Organization] | None:
     digest = hash_key(key)
     row = session.execute(
@@ -59,12 +80,12 @@ def authenticate_flowestate(session: Session, request: Request, scope: Scope, *,
 
 
 def flowestate_caller(
-    session: Session, key: str, scope: Scope, *, spends_unit: bool = True, on_rate: RateSink | None = None
+    session: Session, key: Credential, scope: Scope, *, spends_unit: bool = True, on_rate: RateSink | None = None
 ) -> Caller:
     """Who a FlowEstate key speaks for, after its scope, request rate and quota (HTTP or broker)."""
-    if not key.startswith(KeyKind.FLOWESTATE.prefix):
+    if not _of_kind(key, KeyKind.FLOWESTATE):
         raise ApiError(ErrorCode.UNAUTHORIZED, "Invalid API key: FlowEstate keys start with 'fe_k_'")
-    found = lookup_key(session, key)
+    found = _found(session, key)
     if found is None:
         raise ApiError(ErrorCode.UNAUTHORIZED, "Invalid API key")
     api_key, org = found
@@ -96,7 +117,7 @@ def authenticate_flowiq(
 
 def flowiq_caller(
     session: Session,
-    key: str,
+    key: Credential,
     tenant_id: str | None,
     scope: Scope = Scope.WRITE,
     *,
@@ -104,9 +125,9 @@ def flowiq_caller(
     on_rate: RateSink | None = None,
 ) -> Caller:
     """Who a FlowIQ key speaks for in ``tenant_id``, after scope, request rate and quota (HTTP or broker)."""
-    if not key.startswith(KeyKind.FLOWIQ.prefix):
+    if not _of_kind(key, KeyKind.FLOWIQ):
         raise FlowIQError(401, "Invalid API key", "Only API keys with the fiq_ prefix are accepted")
-    found = lookup_key(session, key)
+    found = _found(session, key)
     if found is None:
         raise FlowIQError(401, "Invalid API key", "API key not recognised")
     api_key, key_org = found

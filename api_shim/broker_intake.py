@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,20 +30,24 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api_shim import flowestate, flowestate_batch, flowiq, flowiq_batch, idempotency, lean_send
-from api_shim.auth import Caller, flowestate_caller, flowiq_caller, lookup_key
+from api_shim.auth import Caller, SignedKey, flowestate_caller, flowiq_caller
 from api_shim.errors import ApiError, ErrorCode, problems_of
 from api_shim.flowiq_errors import FlowIQError
 from api_shim.intake import INTAKE_CHANNEL, hand_batch_to_broker, hand_to_broker
 from api_shim.storable_text import text_rule
+from api_shim.submission_signature import SignatureRefusal, envelope_problem, verify
 from api_shim.usage import RateState, RequestUnit
 from models.db import get_sessionmaker
 from models.endpoints import emit_event
 from models.enums import MessageStatus, Scope, SourceApi
+from models.settings import get_settings
 from models.tables import Message
 
 log = logging.getLogger(__name__)
 
 APIS = ("flowestate", "flowiq")
+# The refusal of a submission that carries its API key instead of a signature.
+UNSIGNED = "UNSIGNED_SUBMISSION"
 
 
 class RetryLater(Exception):
@@ -67,40 +73,71 @@ class Submitted:
 
 
 def submit(
+    *, key_id: Any = None, signed_at: Any = None, payload: Any = None, signature: Any = None, **unknown: Any
+) -> Submitted:
+    """Check the signature, then check and store the submission it carries (raises RetryLater,
+    or the database's errors to retry)."""
+    if "api_key" in unknown:
+        # The key has travelled already; refusing it at least keeps it from being the way to submit.
+        log.warning("submission refused: it carries an API key in plaintext; sign it instead (wadispatch.signing)")
+        return Submitted(0, 0, UNSIGNED)
+    if unknown:
+        log.warning("submission refused: unknown arguments: %s", ", ".join(sorted(map(_printable, unknown))))
+        return Submitted(0, 0, "BAD_SUBMISSION")
+    if problem := envelope_problem(key_id, signed_at, payload, signature):
+        log.warning("submission refused: %s", problem)
+        return Submitted(0, 0, "BAD_SUBMISSION")
+    with get_sessionmaker()() as session:
+        max_age_s = get_settings().idempotency_ttl_h * 3600.0
+        signed = verify(session, key_id, signed_at, payload, signature, now=time.time(), max_age_s=max_age_s)
+        if isinstance(signed, SignatureRefusal):
+            log.warning("submission %s refused: %s (key %s)", label({"payload": payload}), signed.value, key_id)
+            return Submitted(0, 0, signed.value)
+        try:
+            fields = json.loads(payload)
+        except ValueError:
+            fields = None
+        if not isinstance(fields, dict):
+            log.warning("submission by key %s refused: payload is not a JSON object", key_id)
+            return Submitted(0, 0, "BAD_SUBMISSION")
+        return _submit_signed(session, signed, **fields)
+
+
+def _submit_signed(
+    session: Session,
+    signed: SignedKey,
     *,
     api: Any = None,
-    api_key: Any = None,
     idempotency_key: Any = None,
     tenant_id: Any = None,
     request: Any = None,
     messages: Any = None,
     **unknown: Any,
 ) -> Submitted:
-    """Check and store one submission (raises RetryLater, or the database's errors to retry)."""
-    if problem := _malformed(api, api_key, idempotency_key, request, messages, unknown):
+    if problem := _malformed(api, idempotency_key, request, messages, unknown):
         log.warning("submission %s refused: %s", _printable(idempotency_key), problem)
         return Submitted(0, 0, "BAD_SUBMISSION")
+    org_id = signed.org.id
     rate: list[RateState] = []
     # What it accepts is counted as come through the broker (wadispatch_messages_accepted_total).
     channel = INTAKE_CHANNEL.set("broker")
-    with get_sessionmaker()() as session:
-        try:
-            if api == "flowestate":
-                return _flowestate(session, api_key, idempotency_key, request, messages, rate.append)
-            return _flowiq(session, api_key, tenant_id, idempotency_key, request, messages, rate.append)
-        except (ApiError, FlowIQError, _Rejected) as error:
-            code, message = _code_and_message(error)
-            if code == ErrorCode.RATE_LIMITED and rate:
-                raise RetryLater(max(0.1, rate[-1].retry_after_s)) from None
-            if code == ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS:
-                # Another delivery of this very submission is being stored right now: its outcome
-                # will be the answer, so this one looks again shortly instead of calling it refused.
-                raise RetryLater(1.0) from None
-            log.info("submission %s refused: %s", idempotency_key, code)
-            _tell_upstream(session, api_key, api, idempotency_key, code, message)
-            return Submitted(0, 1, code)
-        finally:
-            INTAKE_CHANNEL.reset(channel)
+    try:
+        if api == "flowestate":
+            return _flowestate(session, signed, idempotency_key, request, messages, rate.append)
+        return _flowiq(session, signed, tenant_id, idempotency_key, request, messages, rate.append)
+    except (ApiError, FlowIQError, _Rejected) as error:
+        code, message = _code_and_message(error)
+        if code == ErrorCode.RATE_LIMITED and rate:
+            raise RetryLater(max(0.1, rate[-1].retry_after_s)) from None
+        if code == ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS:
+            # Another delivery of this very submission is being stored right now: its outcome
+            # will be the answer, so this one looks again shortly instead of calling it refused.
+            raise RetryLater(1.0) from None
+        log.info("submission %s refused: %s", idempotency_key, code)
+        _tell_upstream(session, org_id, api, idempotency_key, code, message)
+        return Submitted(0, 1, code)
+    finally:
+        INTAKE_CHANNEL.reset(channel)
 
 
 class _Rejected(Exception):
@@ -120,30 +157,19 @@ def _code_and_message(error: ApiError | FlowIQError | _Rejected) -> tuple[str, s
     return error.code, error.message
 
 
-def _tell_upstream(session: Session, api_key: str, api: str, key: str, code: str, message: str) -> None:
-    """The organization's endpoints hear of the refusal (event submission.rejected), when the key
-    is one of its keys at all (an unknown key speaks for nobody)."""
+def _tell_upstream(session: Session, org_id: uuid.UUID, api: str, key: str, code: str, message: str) -> None:
+    """The organization's endpoints hear of the refusal (event submission.rejected)."""
     session.rollback()
-    found = lookup_key(session, api_key)
-    if found is None:
-        return
     data = {"idempotencyKey": key, "api": api, "code": code, "message": message}
-    emit_event(session, found[1].id, "submission.rejected", data)
+    emit_event(session, org_id, "submission.rejected", data)
     session.commit()
 
 
-def _malformed(
-    api: Any, api_key: Any, idempotency_key: Any, request: Any, messages: Any, unknown: dict[str, Any]
-) -> str | None:
+def _malformed(api: Any, idempotency_key: Any, request: Any, messages: Any, unknown: dict[str, Any]) -> str | None:
     if unknown:
-        return f"unknown arguments: {', '.join(sorted(unknown))}"
+        return f"unknown fields in the payload: {', '.join(sorted(map(_printable, unknown)))}"
     if api not in APIS:
         return f"api must be one of {', '.join(APIS)}"
-    if not isinstance(api_key, str) or not api_key:
-        return "api_key is required"
-    if text_rule(api_key) or not api_key.isascii():
-        # Never echoed: a key with a stray byte is still most of a real key.
-        return "api_key: is not a valid API key"
     if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= idempotency.MAX_KEY_LENGTH:
         return f"idempotency_key is required: 1 to {idempotency.MAX_KEY_LENGTH} characters"
     if rule := text_rule(idempotency_key):
@@ -153,11 +179,21 @@ def _malformed(
     return None
 
 
+def label(kwargs: dict[str, Any]) -> str:
+    """How logs name a submission: its Idempotency-Key (from the signed payload), if printable."""
+    payload = kwargs.get("payload")
+    try:
+        fields = json.loads(payload) if isinstance(payload, str) else kwargs
+    except ValueError:
+        return "?"
+    return _printable(fields.get("idempotency_key")) if isinstance(fields, dict) else "?"
+
+
 def _printable(key: Any) -> str:
     return key if isinstance(key, str) and len(key) <= idempotency.MAX_KEY_LENGTH and not text_rule(key) else "?"
 
 
-def _flowestate(session: Session, api_key: str, key: str, request: Any, messages: Any, on_rate: Any) -> Submitted:
+def _flowestate(session: Session, api_key: SignedKey, key: str, request: Any, messages: Any, on_rate: Any) -> Submitted:
     # A batch pays per accepted message; a single send pays its unit below, committed with what it
     # keeps (by the lean statements, else by the ORM send), so a submission that fails costs none.
     caller = flowestate_caller(session, api_key, Scope.WRITE, spends_unit=False, on_rate=on_rate)
@@ -197,7 +233,7 @@ def _refuse_flowestate(session: Session, caller: Caller, key: str, raw: Any, exc
 
 
 def _flowiq(
-    session: Session, api_key: str, tenant_id: Any, key: str, request: Any, messages: Any, on_rate: Any
+    session: Session, api_key: SignedKey, tenant_id: Any, key: str, request: Any, messages: Any, on_rate: Any
 ) -> Submitted:
     tenant = tenant_id if isinstance(tenant_id, str) else None
     # A batch pays per accepted message, a single send with what it keeps (flowiq.accept_send).

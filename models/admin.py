@@ -17,6 +17,7 @@ from models.enums import AccountStatus, AccountType, KeyKind, MessageStatus, Sco
 from models.keys import announce_key_change_after_commit, generate_key, hash_key
 from models.phones import normalize_e164, wa_id_of
 from models.tables import ApiKey, Contact, Message, Organization, WhatsappAccount
+from wadispatch.signing import public_id_of_digest
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
@@ -57,7 +58,15 @@ def create_key(session: Session, *, org: Organization, kind: KeyKind, scopes: li
     if unknown or not scopes:
         raise AdminError(f"--scopes: choose from {', '.join(sorted(known))} (got {', '.join(scopes) or 'none'})")
     key = generate_key(kind)
-    row = ApiKey(org_id=org.id, prefix=kind.prefix, key_hash=hash_key(key), last4=key[-4:], scopes=sorted(set(scopes)))
+    digest = hash_key(key)
+    row = ApiKey(
+        org_id=org.id,
+        prefix=kind.prefix,
+        key_hash=digest,
+        public_id=public_id_of_digest(digest),
+        last4=key[-4:],
+        scopes=sorted(set(scopes)),
+    )
     session.add(row)
     session.flush()
     return CreatedKey(row=row, key=key)

@@ -61,6 +61,8 @@ class ApiKey(Base):
     org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
     prefix: Mapped[str] = mapped_column(String(8))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True, comment="SHA-256 hex of the whole key")
+    # Names the key in signed broker submissions (wadispatch/signing.py), derived one way from key_hash.
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
     last4: Mapped[str] = mapped_column(String(4))
     scopes: Mapped[list[str]] = mapped_column(ARRAY(String(32)))
     created_at: Mapped[datetime] = _created_at()

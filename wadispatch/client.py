@@ -2,12 +2,15 @@
 
 Needs only ``celery`` (with the transport of your broker, e.g. ``celery[redis]``); nothing else of
 wadispatch. Each submission is the task ``wadispatch.submit`` on the queue ``wadispatch.intake``,
-with keyword arguments only; the API key and the message bodies never show in Flower or in
-worker logs (the task's argument summaries are masked here and again on the worker).
+with keyword arguments only, signed with the API key (wadispatch/signing.py): the key itself never
+enters the broker, and the message bodies never show in Flower or in worker logs (the task's
+argument summaries are masked here and again on the worker). The broker URL is the intake
+credential an operator minted for your organization (``wadispatch intake-credential create``),
+which may publish to the intake queue and do nothing else.
 
     from wadispatch.client import Submitter
 
-    submitter = Submitter("redis://127.0.0.1:6379/0", api_key="fe_k_...")
+    submitter = Submitter("redis://intake-acme-…:…@wadispatch-broker:6379/0", api_key="fe_k_...")
     submitter.flowestate_send(lead_id, account_id, "Your viewing is at 10:00", idempotency_key="crm-4711")
     submitter.flowiq_send("acme", {"phone_number": "+27821234567", "message_type": "text", "text": "Hi"},
                           idempotency_key="helpdesk-981")
@@ -18,12 +21,15 @@ or ``GET /send-whatsapp/submissions/{idempotency_key}?tenantId=`` (FlowIQ).
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
+
+from wadispatch.signing import signed_submission
 
 SUBMIT_TASK = "wadispatch.submit"
 INTAKE_QUEUE = "wadispatch.intake"
@@ -34,16 +40,29 @@ _SHOWN = ("api", "tenant_id", "idempotency_key")
 
 
 def masked_kwargs_repr(kwargs: Mapping[str, Any]) -> str:
-    """The submission's arguments as Flower and logs may show them: no key, no message bodies
-    (they hold phone numbers and text), only what identifies the submission."""
-    shown: dict[str, Any] = {name: kwargs[name] for name in _SHOWN if name in kwargs}
+    """The submission's arguments as Flower and logs may show them: no key, no signature, no
+    message bodies (they hold phone numbers and text), only what identifies the submission."""
+    fields: Mapping[str, Any] = kwargs
+    shown: dict[str, Any] = {}
+    if "key_id" in kwargs:
+        shown["key_id"] = kwargs["key_id"]
+        fields = _payload_fields(kwargs.get("payload"))
+    shown.update({name: fields[name] for name in _SHOWN if name in fields})
     if "api_key" in kwargs:
         shown["api_key"] = "<hidden>"
-    if "request" in kwargs:
+    if "request" in fields:
         shown["request"] = "<1 message>"
-    if isinstance(kwargs.get("messages"), list):
-        shown["messages"] = f"<{len(kwargs['messages'])} messages>"
+    if isinstance(fields.get("messages"), list):
+        shown["messages"] = f"<{len(fields['messages'])} messages>"
     return repr(shown)
+
+
+def _payload_fields(payload: Any) -> Mapping[str, Any]:
+    try:
+        fields = json.loads(payload) if isinstance(payload, str) else None
+    except ValueError:
+        return {}
+    return fields if isinstance(fields, dict) else {}
 
 
 class Submitter:
@@ -105,11 +124,13 @@ class Submitter:
         messages = arguments.get("messages")
         if messages is not None and not 1 <= len(messages) <= BATCH_MAX:
             raise ValueError(f"messages: 1 to {BATCH_MAX} bodies")
-        kwargs = {"api": api, "api_key": self.api_key, "idempotency_key": idempotency_key, **arguments}
+        kwargs = signed_submission(self.api_key, {"api": api, "idempotency_key": idempotency_key, **arguments})
         return self.app.send_task(
             SUBMIT_TASK,
             kwargs=kwargs,
             queue=INTAKE_QUEUE,
+            # The service declares the queue; an intake credential may only push to it.
+            declare=[],
             argsrepr="()",
             kwargsrepr=masked_kwargs_repr(kwargs),
         )

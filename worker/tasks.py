@@ -208,27 +208,28 @@ class _SubmissionTask(RetriedWhileDatabaseUnavailable):
 @app.task(name=SUBMIT_TASK, base=_SubmissionTask, bind=True, max_retries=SUBMIT_RATE_RETRIES)
 def submit(self: Task, *args: object, **kwargs: object) -> str:
     """An upstream service's submission over the broker (api_shim/broker_intake.py does the work)."""
-    from api_shim.broker_intake import RetryLater
+    from api_shim.broker_intake import RetryLater, label
     from api_shim.broker_intake import submit as check_and_store
 
     masked = masked_kwargs_repr(kwargs)
     if args:
         log.warning("submission refused: keyword arguments only (got %d positional)", len(args))
         return "refused:BAD_SUBMISSION"
+    named = label(kwargs)
     try:
         submitted = check_and_store(**kwargs)
     except RetryLater as wait:
         if self.request.retries >= SUBMIT_RATE_RETRIES:
-            log.warning("submission %s refused: request rate still exceeded (%s)", kwargs.get("idempotency_key"), wait)
+            log.warning("submission %s refused: request rate still exceeded (%s)", named, wait)
             return "refused:RATE_LIMITED"
         raise self.retry(countdown=wait.after_s, kwargsrepr=masked) from None
     except DATABASE_UNAVAILABLE:
         raise  # the base retries it (worker/task_base.py)
     except Exception as error:
-        # A bug of ours: its text could quote the arguments (the key), so only its kind is logged.
-        log.error("submission %s: internal error (%s)", kwargs.get("idempotency_key"), type(error).__name__)
+        # A bug of ours: its text could quote the arguments, so only its kind is logged.
+        log.error("submission %s: internal error (%s)", named, type(error).__name__)
         return "refused:INTERNAL_ERROR"
-    log.info("submission %s: %s", kwargs.get("idempotency_key"), submitted)
+    log.info("submission %s: %s", named, submitted)
     return str(submitted)
 
 

@@ -6,6 +6,7 @@ quota apply, and a batch accepted while the broker is down waits in Postgres for
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 from sqlalchemy import func, select, text, update
 
@@ -177,7 +179,7 @@ def test_the_key_scope_and_quota_apply(live, api, tenant, hook_receiver):
         tenant.new_lead(), tenant.account.id, "x", idempotency_key=unknown
     )
     _wait_log(live.worker, f"submission {forbidden} refused: FORBIDDEN")
-    _wait_log(live.worker, f"submission {unknown} refused: UNAUTHORIZED")
+    _wait_log(live.worker, f"submission {unknown} refused: UNKNOWN_KEY")
     assert _units_used(tenant) == 0  # refused before the quota: no unit
     # The organization's one unit goes to this submission; the next one finds the quota used up.
     writer = Submitter(broker, api_key=tenant.key)
@@ -355,17 +357,27 @@ def test_plain_celery_send_task_from_a_process_that_does_not_import_wadispatch(l
     tenant.new_lead(phone=phone)
     fiq_key = tenant.new_key(kind=KeyKind.FLOWIQ)
     key = f"helpdesk-{uuid.uuid4().hex}"
+    # README's few lines for a producer that does not import wadispatch: sign, then send_task.
     producer = textwrap.dedent(
         f"""
-        import sys
+        import hashlib, hmac, json, sys, time
         from celery import Celery
+
+        API_KEY = {fiq_key!r}
+        request = {{"phone_number": {phone!r}, "message_type": "text", "text": "Ticket 981 is solved"}}
+        submission = {{"api": "flowiq", "tenant_id": {tenant.slug!r}, "idempotency_key": {key!r}, "request": request}}
+        payload = json.dumps(submission)
+        signed_at = int(time.time())
+        digest = hashlib.sha256(API_KEY.encode()).hexdigest()
+        key_id = hashlib.sha256(("wadispatch key id:" + digest).encode()).hexdigest()[:32]
+        signature = hmac.new(digest.encode(), f"{{signed_at}}.{{payload}}".encode(), hashlib.sha256).hexdigest()
+
         app = Celery(broker={live.env["WADISPATCH_REDIS_URL"]!r})
         task = app.send_task(
             "wadispatch.submit",
-            kwargs={{"api": "flowiq", "api_key": {fiq_key!r}, "tenant_id": {tenant.slug!r},
-                     "request": {{"phone_number": {phone!r}, "message_type": "text", "text": "Ticket 981 is solved"}},
-                     "idempotency_key": {key!r}}},
+            kwargs={{"key_id": key_id, "signed_at": signed_at, "payload": payload, "signature": signature}},
             queue="wadispatch.intake",
+            declare=[],
         )
         assert not [m for m in sys.modules if m.split(".")[0] in ("wadispatch", "models", "api_shim", "worker")]
         print(task.id)
@@ -387,7 +399,7 @@ def test_plain_celery_send_task_from_a_process_that_does_not_import_wadispatch(l
     # masked one (Flower's task list is built from these events).
     (received,) = [e for e in events.of(task_id) if e["type"] == "task-received"]
     assert received["name"] == "wadispatch.submit"
-    assert key in received["kwargs"] and "<hidden>" in received["kwargs"] and "<1 message>" in received["kwargs"]
+    assert key in received["kwargs"] and "<1 message>" in received["kwargs"]
     shown = json.dumps(events.events) + live.worker.log_since_start()
     assert fiq_key not in shown and "Ticket 981" not in shown and phone.lstrip("+") not in shown
 
@@ -411,9 +423,8 @@ def test_a_node_producer_with_celery_node(live, api, tenant, celery_node, tmp_pa
     tenant.new_lead(phone=phone)
     fiq_key = tenant.new_key(kind=KeyKind.FLOWIQ)
     key = f"node-{uuid.uuid4().hex}"
-    kwargs = {
+    submission = {
         "api": "flowiq",
-        "api_key": fiq_key,
         "tenant_id": tenant.slug,
         "idempotency_key": key,
         "messages": [
@@ -423,14 +434,23 @@ def test_a_node_producer_with_celery_node(live, api, tenant, celery_node, tmp_pa
     }
     script = tmp_path / "produce.js"
     # The publish is queued before the QUIT (both wait for the connection, in this order), and
-    # QUIT answers after it: the process ends once the task is in the broker.
+    # QUIT answers after it: the process ends once the task is in the broker. The signature is
+    # README's, in Node's crypto.
     script.write_text(
         textwrap.dedent(
             f"""
+            const crypto = require("crypto");
             const celery = require("celery-node");
+            const apiKey = {json.dumps(fiq_key)};
+            const payload = JSON.stringify({json.dumps(submission)});
+            const signedAt = Math.floor(Date.now() / 1000);
+            const digest = crypto.createHash("sha256").update(apiKey).digest("hex");
+            const keyId = crypto.createHash("sha256").update("wadispatch key id:" + digest).digest("hex").slice(0, 32);
+            const signature = crypto.createHmac("sha256", digest).update(`${{signedAt}}.${{payload}}`).digest("hex");
             const url = {json.dumps(live.env["WADISPATCH_REDIS_URL"])};
             const client = celery.createClient(url, url, "wadispatch.intake");
-            const task = client.sendTask("wadispatch.submit", [], {json.dumps(kwargs)});
+            const kwargs = {{key_id: keyId, signed_at: signedAt, payload, signature}};
+            const task = client.sendTask("wadispatch.submit", [], kwargs);
             client.isReady().then(() => client.disconnect()).then(
                 () => console.log(task.taskId),
                 (error) => {{ console.error(error); process.exit(1); }},
@@ -452,7 +472,7 @@ def test_a_node_producer_with_celery_node(live, api, tenant, celery_node, tmp_pa
     # the events Flower shows and in its log.
     (received,) = [e for e in events.of(task_id) if e["type"] == "task-received"]
     assert received["name"] == "wadispatch.submit"
-    assert key in received["kwargs"] and "<2 messages>" in received["kwargs"] and "<hidden>" in received["kwargs"]
+    assert key in received["kwargs"] and "<2 messages>" in received["kwargs"] and "payload" not in received["kwargs"]
     assert succeeded["result"] == "'accepted:2'"
     shown = json.dumps(events.events) + live.worker.log_since_start()
     assert fiq_key not in shown and "From Node" not in shown and phone.lstrip("+") not in shown
@@ -521,13 +541,42 @@ def _task_events(broker_url: str) -> Iterator[_TaskEvents]:
         app.close()
 
 
-def test_a_key_with_a_stray_byte_is_refused_without_showing_it(live, tenant):
+def test_a_submission_that_carries_its_key_is_refused_and_the_key_not_shown(live, tenant, caplog):
     from api_shim.broker_intake import submit
 
     body = {"leadId": str(tenant.new_lead()), "whatsappAccountId": str(tenant.account.id), "message": "x"}
-    refused = submit(api="flowestate", api_key=tenant.key + "\udcff", idempotency_key="k-1", request=body)
-    assert str(refused) == "refused:BAD_SUBMISSION"
+    refused = submit(api="flowestate", api_key=tenant.key, idempotency_key="k-1", request=body)
+    assert str(refused) == "refused:UNSIGNED_SUBMISSION"
     assert _messages(tenant) == 0
+    assert "plaintext" in caplog.text and tenant.key not in caplog.text
+
+
+def test_a_signature_that_does_not_hold_is_refused_before_anything_is_stored(live, tenant):
+    """Another key's signature, a payload changed after signing, a submission older than the
+    Idempotency-Key is kept or signed from the future, and an unknown key: each refused by its
+    code, nothing stored, no unit spent."""
+    from api_shim.broker_intake import submit
+    from wadispatch.signing import signed_submission
+
+    body = {"leadId": str(tenant.new_lead()), "whatsappAccountId": str(tenant.account.id), "message": "x"}
+    fields = {"api": "flowestate", "idempotency_key": f"sig-{uuid.uuid4().hex}", "request": body}
+    good = signed_submission(tenant.key, fields)
+    other_key = signed_submission(tenant.new_key(), fields)
+    changed = {**good, "payload": good["payload"].replace('"x"', '"y"')}
+    day = 24 * 3600
+    expired = signed_submission(tenant.key, fields, now=time.time() - day - 60)
+    future = signed_submission(tenant.key, fields, now=time.time() + 3600)
+    unknown = signed_submission("fe_k_not-a-key", fields)
+    assert str(submit(**{**good, "signature": other_key["signature"]})) == "refused:BAD_SIGNATURE"
+    assert str(submit(**changed)) == "refused:BAD_SIGNATURE"
+    assert str(submit(**expired)) == "refused:SIGNATURE_EXPIRED"
+    assert str(submit(**future)) == "refused:SIGNED_IN_THE_FUTURE"
+    assert str(submit(**unknown)) == "refused:UNKNOWN_KEY"
+    assert str(submit(**{**good, "signed_at": "now"})) == "refused:BAD_SUBMISSION"
+    assert _messages(tenant) == 0 and _units_used(tenant) == 0
+    # The same submission, signed and unchanged, is taken.
+    assert str(submit(**good)) == "accepted:1"
+    assert _messages(tenant) == 1
 
 
 def test_a_submission_whose_key_is_being_stored_waits_instead_of_being_refused(live, tenant):
@@ -536,6 +585,7 @@ def test_a_submission_whose_key_is_being_stored_waits_instead_of_being_refused(l
     from api_shim.broker_intake import RetryLater, submit
     from models.db import get_sessionmaker
     from models.enums import Scope
+    from wadispatch.signing import signed_submission
 
     body = {"leadId": str(tenant.new_lead()), "whatsappAccountId": str(tenant.account.id), "message": "x"}
     key = f"held-{uuid.uuid4().hex}"
@@ -545,7 +595,7 @@ def test_a_submission_whose_key_is_being_stored_waits_instead_of_being_refused(l
         taken = flowestate.take_key(holder, caller, key, flowestate.SendIn.model_validate(body).model_dump(mode="json"))
         assert not isinstance(taken, dict)  # held, uncommitted: another delivery is storing it
         with pytest.raises(RetryLater):
-            submit(api="flowestate", api_key=tenant.key, idempotency_key=key, request=body)
+            submit(**signed_submission(tenant.key, {"api": "flowestate", "idempotency_key": key, "request": body}))
     finally:
         holder.rollback()
         holder.close()
@@ -572,3 +622,40 @@ def test_the_submission_lookup_refuses_a_nul_and_forgets_expired_keys(live, api,
             .values(created_at=func.now() - func.make_interval(0, 0, 0, 2))
         )
     assert api.http.get(f"/api/v1/whatsapp/submissions/{key}", headers=tenant.auth).status_code == 404
+
+
+def test_no_redis_key_holds_the_api_key_while_a_submission_waits(live, api, tenant):
+    """The submission sits in the broker until a worker takes it: every key of the Redis database
+    (the queue with the task, and whatever else is there) holds its payload but not the API key's
+    secret part, in any form the key could be written."""
+    api_key = tenant.new_key()
+    secret = api_key.removeprefix("fe_k_")
+    key = f"scan-{uuid.uuid4().hex}"
+    client = redis.Redis.from_url(live.env["WADISPATCH_REDIS_URL"])
+    with live.paused(queues=[INTAKE_QUEUE]):
+        Submitter(live.env["WADISPATCH_REDIS_URL"], api_key=api_key).flowestate_send(
+            tenant.new_lead(), tenant.account.id, "Scanned while it waits", idempotency_key=key
+        )
+
+        # The scan sees the waiting submission (a fetch just before the pause may hold it a moment).
+        def snapshot() -> bytes:
+            everything = b"".join(_every_value(client))
+            return everything if key.encode() in everything else b""
+
+        stored = _wait(snapshot, f"the submission {key} never showed in Redis")
+        for form in (secret, base64.b64encode(secret.encode()).decode(), json.dumps(secret)):
+            assert form.encode() not in stored
+    assert _submission(api, tenant, key)["status"] == "accepted"
+
+
+def _every_value(client: redis.Redis) -> Iterator[bytes]:
+    """Each key's name and value (DUMP: every type, as Redis itself serialises it), and the values
+    of lists unpacked (a queued message is JSON with its body base64-encoded inside)."""
+    for name in client.scan_iter(count=1000):
+        yield name
+        yield client.dump(name) or b""
+        if client.type(name) == b"list":
+            for item in client.lrange(name, 0, -1):
+                yield item
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    yield base64.b64decode(json.loads(item)["body"])
