@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from cli import admin as admin_commands
 from cli import endpoints as endpoint_commands
+from cli import intake_credentials as intake_credential_commands
 from models import log_format, log_hygiene
 from models.settings import get_settings
 
@@ -115,8 +116,10 @@ def worker(ctx: click.Context, pool: str | None, concurrency: int | None, queues
         # workers and two API processes within Postgres's default max_connections (100).
         os.environ["WADISPATCH_DATABASE_POOL_SIZE"] = str(worker_db_pool_size(threads))
         get_settings.cache_clear()
-    from worker.celery_app import WORKER_QUEUES, app
+    from worker.celery_app import INTAKE_QUEUE, WORKER_QUEUES, app
 
+    # With an intake broker of its own, `wadispatch intake-worker` takes the submissions there.
+    mine = [q for q in WORKER_QUEUES if not (settings.intake_apart and q == INTAKE_QUEUE)]
     app.worker_main(
         [
             *_quiet_if_json(),
@@ -124,7 +127,36 @@ def worker(ctx: click.Context, pool: str | None, concurrency: int | None, queues
             *_default_node_name(ctx.args),
             f"--pool={pool or settings.worker_pool}",
             f"--concurrency={threads}",
-            f"--queues={queues or ','.join(WORKER_QUEUES)}",
+            f"--queues={queues or ','.join(mine)}",
+            f"--loglevel={settings.log_level}",
+            *ctx.args,
+        ]
+    )
+
+
+@cli.command("intake-worker", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--concurrency", type=int, default=4, show_default=True, help="threads taking submissions")
+@click.pass_context
+def intake_worker(ctx: click.Context, concurrency: int) -> None:
+    """Take upstream submissions from WADISPATCH_INTAKE_BROKER_URL (when it is not the service's
+    own broker, whose workers take them otherwise) and store them; extra arguments go to `celery worker`."""
+    settings = get_settings()
+    if not settings.intake_apart:
+        raise click.ClickException(
+            "WADISPATCH_INTAKE_BROKER_URL is the service's own broker: `wadispatch worker` takes submissions there"
+        )
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    from worker.celery_app import INTAKE_QUEUE
+    from worker.intake_app import intake_app
+
+    intake_app.worker_main(
+        [
+            *_quiet_if_json(),
+            "worker",
+            *_default_node_name(ctx.args),
+            "--pool=threads",
+            f"--concurrency={concurrency}",
+            f"--queues={INTAKE_QUEUE}",
             f"--loglevel={settings.log_level}",
             *ctx.args,
         ]
@@ -312,6 +344,8 @@ def run(sandbox: bool, flower: bool) -> None:
         env.setdefault("WADISPATCH_MEDIA_TEST_HOSTS", json.dumps(dict.fromkeys(SEED_MEDIA_HOSTS, origin)))
     manager.add_process("api", f"{me} api", env=env)
     manager.add_process("worker", f"{me} worker", env=env)
+    if settings.intake_apart:
+        manager.add_process("intake", f"{me} intake-worker", env=env)
     manager.add_process("beat", f"{me} beat", env=env)
     if flower:
         manager.add_process("flower", f"{me} flower", env=env)
@@ -354,6 +388,7 @@ cli.add_command(admin_commands.account)
 cli.add_command(admin_commands.contact)
 cli.add_command(admin_commands.messages)
 cli.add_command(endpoint_commands.endpoint)
+cli.add_command(intake_credential_commands.intake_credential)
 
 
 def main() -> None:

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     database_lock_timeout_ms: int = Field(default=10_000, ge=0, description="0 turns it off")
     database_idle_in_transaction_timeout_ms: int = Field(default=60_000, ge=0, description="0 turns it off")
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The broker upstream services publish their submissions to (wadispatch.client), on which
+    # `wadispatch intake-credential` mints their publish-only credentials. Unset: the service's
+    # own Redis, for development; production refuses that (an upstream must never hold the URL
+    # that holds the broker, the pacing state and the pause keys). When it differs from
+    # WADISPATCH_REDIS_URL, `wadispatch intake-worker` consumes it (and `wadispatch worker` leaves
+    # the intake queue alone).
+    intake_broker_url: str | None = None
     # How long an API process trusts a verified API key without reading it again. A revocation or
     # a rate-limit change is announced through Redis and seen on the key's next request; this bounds
     # how stale an entry can be if that announcement is lost. 0 reads the key on every request.
@@ -227,9 +234,20 @@ class Settings(BaseSettings):
             unsafe.append("WADISPATCH_META_VERIFY_TOKEN (or WADISPATCH_WEBHOOKS_ENABLED=false)")
         if problem := not_a_public_https_url(self.meta_base_url):
             unsafe.append(f"WADISPATCH_META_BASE_URL to Meta's https address ({problem})")
+        if not self.intake_apart:
+            unsafe.append("WADISPATCH_INTAKE_BROKER_URL to a broker apart from WADISPATCH_REDIS_URL")
         if unsafe:
             raise ValueError("production refuses unsafe settings; set " + ", ".join(unsafe))
         return self
+
+    @property
+    def intake_broker(self) -> str:
+        return self.intake_broker_url or self.redis_url
+
+    @property
+    def intake_apart(self) -> bool:
+        """Submissions come through a broker of their own (consumed by `wadispatch intake-worker`)."""
+        return self.intake_broker != self.redis_url
 
     @property
     def call_budget_s(self) -> float:

@@ -69,7 +69,11 @@ class Submitter:
     """Typed helpers over ``send_task``. ``broker_url``: the broker wadispatch's workers consume."""
 
     def __init__(self, broker_url: str | None = None, *, api_key: str, app: Celery | None = None) -> None:
-        self.app = app or Celery("wadispatch-client", broker=broker_url)
+        if app is None:
+            app = Celery("wadispatch-client", broker=broker_url)
+            # RabbitMQ answers a refused publish only if asked: without confirms it would be lost.
+            app.conf.broker_transport_options = {"confirm_publish": True}
+        self.app = app
         self.api_key = api_key
 
     # -- FlowEstate ----------------------------------------------------------------------
@@ -128,8 +132,10 @@ class Submitter:
         return self.app.send_task(
             SUBMIT_TASK,
             kwargs=kwargs,
-            queue=INTAKE_QUEUE,
-            # The service declares the queue; an intake credential may only push to it.
+            # To the intake exchange by name (RabbitMQ's default exchange would reach every queue),
+            # without declaring it: the service declares it, and an intake credential may only push.
+            exchange=INTAKE_QUEUE,
+            routing_key=INTAKE_QUEUE,
             declare=[],
             argsrepr="()",
             kwargsrepr=masked_kwargs_repr(kwargs),

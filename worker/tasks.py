@@ -9,10 +9,8 @@ import time
 import uuid
 from collections import Counter
 from functools import lru_cache, partial
-from typing import Any
 
 import redis
-from celery import Task
 from celery.exceptions import Reject
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown, worker_shutting_down
 
@@ -20,7 +18,6 @@ from models import lifecycle, metrics
 from models.db import session_scope
 from models.redis_client import redis_from_url
 from models.settings import get_settings
-from wadispatch.client import masked_kwargs_repr
 from worker import shutdown
 from worker.breaker import Breaker, BreakerPolicy
 from worker.callbacks import Dispatcher
@@ -28,7 +25,6 @@ from worker.celery_app import (
     SEND_BATCH_TASK,
     SEND_QUEUES,
     SEND_TASK,
-    SUBMIT_TASK,
     SWEEP_TASK,
     WEBHOOK_TASK,
     app,
@@ -42,13 +38,13 @@ from worker.engine import intake as engine_intake
 from worker.engine.report import report
 from worker.engine.runtime import Engine
 from worker.gauges import GaugeRefresher
+from worker.intake_task import register_submit
 from worker.meta_client import get_meta_client
 from worker.metrics_server import serve_worker_metrics
 from worker.pacer import Pacer
 from worker.rate_limit import RateLimiter
-from worker.submission_request import SubmissionRequest
 from worker.sweeper import oldest_waiting_enqueue, take_lost_by_broker, webhooks_left_behind
-from worker.task_base import DATABASE_UNAVAILABLE, RetriedWhileDatabaseUnavailable
+from worker.task_base import RetriedWhileDatabaseUnavailable
 from worker.webhooks.process import process_event
 
 log = logging.getLogger(__name__)
@@ -186,51 +182,8 @@ def process_webhook(event_id: str) -> str:
     return summary
 
 
-# A submission whose key ran out of request rate waits and runs again (at most this many times;
-# then it is refused RATE_LIMITED).
-SUBMIT_RATE_RETRIES = 30
-
-
-class _SubmissionTask(RetriedWhileDatabaseUnavailable):
-    """A submission's arguments hold an API key and message bodies: the log names none of them,
-    and a retry's message carries only their masked summary (worker/submission_request.py)."""
-
-    Request = SubmissionRequest
-    noun = "submission"
-
-    def subject(self, args: tuple[Any, ...]) -> str:
-        return self.noun
-
-    def options_when_sent_again(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {"kwargsrepr": masked_kwargs_repr(kwargs)}
-
-
-@app.task(name=SUBMIT_TASK, base=_SubmissionTask, bind=True, max_retries=SUBMIT_RATE_RETRIES)
-def submit(self: Task, *args: object, **kwargs: object) -> str:
-    """An upstream service's submission over the broker (api_shim/broker_intake.py does the work)."""
-    from api_shim.broker_intake import RetryLater, label
-    from api_shim.broker_intake import submit as check_and_store
-
-    masked = masked_kwargs_repr(kwargs)
-    if args:
-        log.warning("submission refused: keyword arguments only (got %d positional)", len(args))
-        return "refused:BAD_SUBMISSION"
-    named = label(kwargs)
-    try:
-        submitted = check_and_store(**kwargs)
-    except RetryLater as wait:
-        if self.request.retries >= SUBMIT_RATE_RETRIES:
-            log.warning("submission %s refused: request rate still exceeded (%s)", named, wait)
-            return "refused:RATE_LIMITED"
-        raise self.retry(countdown=wait.after_s, kwargsrepr=masked) from None
-    except DATABASE_UNAVAILABLE:
-        raise  # the base retries it (worker/task_base.py)
-    except Exception as error:
-        # A bug of ours: its text could quote the arguments, so only its kind is logged.
-        log.error("submission %s: internal error (%s)", named, type(error).__name__)
-        return "refused:INTERNAL_ERROR"
-    log.info("submission %s: %s", named, submitted)
-    return str(submitted)
+# Upstream submissions (worker/intake_task.py), when the intake shares the service's broker.
+submit = register_submit(app)
 
 
 @app.task(name="wadispatch.noop")

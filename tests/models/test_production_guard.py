@@ -20,6 +20,7 @@ def production(**overrides: object) -> Settings:
         "meta_base_url": META,
         "meta_app_secret": "a" * 32,
         "meta_verify_token": "v" * 24,
+        "intake_broker_url": "redis://127.0.0.1:6379/1",
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]

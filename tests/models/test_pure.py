@@ -25,8 +25,27 @@ def test_production_starts_with_real_secrets():
         meta_base_url="https://graph.facebook.com",
         meta_app_secret="a" * 32,
         meta_verify_token="v" * 24,
+        intake_broker_url="redis://127.0.0.1:6379/1",
     )
-    assert settings.env == "production"
+    assert settings.env == "production" and settings.intake_apart
+
+
+@pytest.mark.parametrize("intake", [None, "redis://127.0.0.1:6379/0"])
+def test_production_refuses_to_take_submissions_on_the_services_own_redis(intake):
+    """An upstream's broker URL must never be the one that holds the broker, pacing and pauses."""
+    from cryptography.fernet import Fernet
+
+    with pytest.raises(ValidationError, match="WADISPATCH_INTAKE_BROKER_URL"):
+        Settings(
+            env="production",
+            token_encryption_key=Fernet.generate_key().decode(),
+            secret_key="s" * 40,
+            meta_base_url="https://graph.facebook.com",
+            meta_app_secret="a" * 32,
+            meta_verify_token="v" * 24,
+            redis_url="redis://127.0.0.1:6379/0",
+            intake_broker_url=intake,
+        )
 
 
 def test_retry_cap_must_stay_below_the_visibility_timeout():

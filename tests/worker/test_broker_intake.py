@@ -376,7 +376,8 @@ def test_plain_celery_send_task_from_a_process_that_does_not_import_wadispatch(l
         task = app.send_task(
             "wadispatch.submit",
             kwargs={{"key_id": key_id, "signed_at": signed_at, "payload": payload, "signature": signature}},
-            queue="wadispatch.intake",
+            exchange="wadispatch.intake",
+            routing_key="wadispatch.intake",
             declare=[],
         )
         assert not [m for m in sys.modules if m.split(".")[0] in ("wadispatch", "models", "api_shim", "worker")]

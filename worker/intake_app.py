@@ -1,0 +1,44 @@
+"""The Celery app of an intake broker apart from the service's own (WADISPATCH_INTAKE_BROKER_URL).
+
+Upstream services hold publish-only credentials on that broker (`wadispatch intake-credential`);
+`wadispatch intake-worker` consumes its one queue with this app and stores what it takes in
+Postgres, from where the service's own broker carries the sends on. Same reliability settings as
+the service's app: an acknowledgement after the task ran, and a task handed out again if its
+worker dies.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from models.settings import Settings, get_settings
+from worker.celery_app import INTAKE_QUEUE, SUBMIT_TASK
+from worker.intake_task import register_submit
+
+
+def create_intake_celery(settings: Settings) -> Celery:
+    app = Celery("wadispatch-intake", broker=settings.intake_broker)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            "socket_timeout": settings.redis_socket_timeout_s,
+            "socket_connect_timeout": settings.redis_connect_timeout_s,
+            "socket_keepalive": True,
+        },
+        broker_connection_retry_on_startup=True,
+        task_routes={SUBMIT_TASK: {"queue": INTAKE_QUEUE}},
+        task_default_queue=INTAKE_QUEUE,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    register_submit(app)
+    return app
+
+
+intake_app = create_intake_celery(get_settings())
