@@ -163,6 +163,9 @@ class Settings(BaseSettings):
     callback_concurrency: int = Field(default=8, ge=1, le=64)
     callback_poll_s: float = Field(default=0.5, gt=0)
     callback_disable_after_h: float = Field(default=120.0, gt=0)
+    # Every endpoint that takes an event gets a row in the transaction of the change it reports
+    # (a send's own): the count an organization may register bounds what one change costs.
+    max_endpoints_per_org: int = Field(default=10, ge=1, le=1000)
     # A batch request (up to 1,000 messages) may be this large.
     max_batch_body_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     idempotency_ttl_h: int = Field(default=24, ge=1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -312,6 +313,39 @@ def test_the_api_manages_endpoints_with_the_webhooks_scope(live, api, tenant):
     assert replay.json() == {"data": {"replayed": 0}}
     assert api.http.delete(f"/api/v1/webhooks/endpoints/{data['id']}", headers=writer).status_code == 204
     assert api.http.delete(f"/api/v1/webhooks/endpoints/{data['id']}", headers=writer).status_code == 404
+
+
+# models/settings.py's WADISPATCH_MAX_ENDPOINTS_PER_ORG (the test stack keeps the default).
+MAX_ENDPOINTS = 10
+ENDPOINTS_URL = "/api/v1/webhooks/endpoints"
+
+
+def test_an_organization_has_at_most_ten_endpoints_over_the_api_and_the_cli(live, api, tenant):
+    writer = {"Authorization": f"Bearer {tenant.new_key(scopes=['webhooks:write'])}"}
+
+    def add(n: int) -> Any:
+        return api.http.post(ENDPOINTS_URL, json={"url": f"https://hooks.test/ok/{n}"}, headers=writer)
+
+    # Four more than the limit at once: the organization's row lock lets exactly ten through.
+    with ThreadPoolExecutor(MAX_ENDPOINTS + 4) as pool:
+        answers = list(pool.map(add, range(MAX_ENDPOINTS + 4)))
+    assert sorted(a.status_code for a in answers) == [201] * MAX_ENDPOINTS + [409] * 4, [a.text for a in answers]
+    refused = next(a for a in answers if a.status_code == 409).json()
+    assert refused["error"]["code"] == "LIMIT_REACHED"
+    assert f"at most {MAX_ENDPOINTS} event endpoints" in refused["error"]["message"]
+    listed = api.http.get(ENDPOINTS_URL, headers=writer).json()["data"]
+    assert len(listed) == MAX_ENDPOINTS
+
+    # The CLI refuses the same way; a disabled endpoint still counts (it still exists).
+    _disable(listed[0]["id"])
+    cli = wadispatch("endpoint", "add", "--org", tenant.slug, "--url", "https://hooks.test/ok/cli", env=live.env)
+    assert cli.returncode != 0 and f"at most {MAX_ENDPOINTS} event endpoints" in cli.stderr, cli.stderr
+    assert "Traceback" not in cli.stderr
+
+    # Removing one makes room for one.
+    assert api.http.delete(f"{ENDPOINTS_URL}/{listed[0]['id']}", headers=writer).status_code == 204
+    assert _endpoint(live, tenant, "https://hooks.test/ok/cli")["status"] == "active"
+    assert add(MAX_ENDPOINTS + 4).status_code == 409
 
 
 def test_a_rejected_submission_is_an_event(live, api, tenant, hook_receiver):
