@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     RATE_LIMITED = "RATE_LIMITED"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    LIMIT_REACHED = "LIMIT_REACHED"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -49,6 +50,8 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.OUTSIDE_SERVICE_WINDOW: 400,
     ErrorCode.IDEMPOTENCY_KEY_REUSED: 409,
     ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS: 409,
+    # The organization holds as many of something as it may: waiting does not help, removing does.
+    ErrorCode.LIMIT_REACHED: 409,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.RATE_LIMITED: 429,

@@ -74,6 +74,8 @@ class ReplayedEnvelope(BaseModel):
 
 
 def _refused(error: endpoints.EndpointError) -> ApiError:
+    if isinstance(error, endpoints.EndpointLimitReached):
+        return ApiError(ErrorCode.LIMIT_REACHED, str(error))
     field, _, rule = str(error).partition(": ")
     if field == "id":
         return ApiError(ErrorCode.NOT_FOUND, "Endpoint not found")
@@ -84,10 +86,12 @@ def _refused(error: endpoints.EndpointError) -> ApiError:
     "/endpoints",
     status_code=201,
     response_model=CreatedEnvelope,
-    responses=error_responses(ErrorCode.VALIDATION_ERROR, *REQUEST_ERRORS, *AUTH_ERRORS),
+    responses=error_responses(ErrorCode.VALIDATION_ERROR, ErrorCode.LIMIT_REACHED, *REQUEST_ERRORS, *AUTH_ERRORS),
 )
 def add_endpoint(body: EndpointIn, session: DbSession, caller: Writer) -> dict[str, Any]:
-    """Scope `webhooks:write`. Add an endpoint; the answer carries its signing secret, once."""
+    """Scope `webhooks:write`. Add an endpoint; the answer carries its signing secret, once. An
+    organization has at most `WADISPATCH_MAX_ENDPOINTS_PER_ORG` (10) endpoints: one more is `409
+    LIMIT_REACHED`."""
     try:
         created = endpoints.create_endpoint(session, org_id=caller.org_id, url=body.url, events=body.events)
         data = {**endpoints.view(session, created.row), "secret": created.secret}

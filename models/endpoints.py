@@ -15,11 +15,19 @@ from sqlalchemy.orm import Session
 from models.crypto import encrypt_token
 from models.events import EVENT_TYPES, new_secret, unknown_events, url_problem
 from models.settings import get_settings
-from models.tables import EventDelivery, EventEndpoint
+from models.tables import EventDelivery, EventEndpoint, Organization
 
 
 class EndpointError(ValueError):
     """A request about an endpoint that cannot be done; the message names the field and the rule."""
+
+
+class EndpointLimitReached(EndpointError):
+    """The organization already has as many endpoints as it may (WADISPATCH_MAX_ENDPOINTS_PER_ORG)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"an organization may have at most {limit} event endpoints; remove one before adding another")
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,7 @@ def check_url(url: str) -> None:
 
 def create_endpoint(session: Session, *, org_id: uuid.UUID, url: str, events: list[str] | None) -> CreatedEndpoint:
     check_url(url)
+    check_room_for_one_more(session, org_id)
     if events is not None:
         if not events:
             raise EndpointError("events: name at least one, or leave it out for every event")
@@ -51,6 +60,21 @@ def create_endpoint(session: Session, *, org_id: uuid.UUID, url: str, events: li
     session.add(row)
     session.flush()
     return CreatedEndpoint(row, secret)
+
+
+def check_room_for_one_more(session: Session, org_id: uuid.UUID) -> None:
+    """Refuse an endpoint past the organization's limit: every change that makes an event writes one
+    row per endpoint inside the change's own transaction (a send's), so the count is what one
+    tenant can make each of its sends cost.
+
+    The organization's row is locked until the caller commits, so two adds at once cannot both see
+    room for the last one; FOR NO KEY UPDATE, so sends inserting rows that refer to the
+    organization (a key-share lock) do not wait for it."""
+    limit = get_settings().max_endpoints_per_org
+    session.execute(select(Organization.id).where(Organization.id == org_id).with_for_update(key_share=True))
+    count = session.scalar(select(func.count()).select_from(EventEndpoint).where(EventEndpoint.org_id == org_id))
+    if (count or 0) >= limit:
+        raise EndpointLimitReached(limit)
 
 
 def endpoints_of(session: Session, org_id: uuid.UUID) -> list[EventEndpoint]:

@@ -168,8 +168,15 @@ class Settings(BaseSettings):
     callback_retry_schedule_s: list[float] = Field(default=[5, 300, 1800, 7200, 18000, 36000, 36000], min_length=1)
     callback_timeout_s: float = Field(default=15.0, gt=0)
     callback_concurrency: int = Field(default=8, ge=1, le=64)
+    # Of those threads, how many one organization's tries may hold at once, however many endpoints
+    # it has (capped at callback_concurrency; one endpoint may take half of it): a tenant whose
+    # endpoints hang waits on its own share, and the rest keep serving every other tenant.
+    callback_concurrency_per_org: int = Field(default=4, ge=1, le=64)
     callback_poll_s: float = Field(default=0.5, gt=0)
     callback_disable_after_h: float = Field(default=120.0, gt=0)
+    # Every endpoint that takes an event gets a row in the transaction of the change it reports
+    # (a send's own): the count an organization may register bounds what one change costs.
+    max_endpoints_per_org: int = Field(default=10, ge=1, le=1000)
     # A batch request (up to 1,000 messages) may be this large.
     max_batch_body_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     idempotency_ttl_h: int = Field(default=24, ge=1)

@@ -4,8 +4,10 @@ organizations' endpoints, signed the Standard Webhooks way, at least once.
 Every worker's main process runs one dispatcher thread and its own small thread pool
 (``WADISPATCH_CALLBACK_CONCURRENCY``), its own HTTP client and its own two database connections:
 a slow or dead endpoint holds only those threads, never a send thread or a send connection, so it
-cannot slow delivery to Meta; and at most a quarter of the threads may be busy with one endpoint,
-so it cannot hold up the other organizations' events either. Dispatchers share
+cannot slow delivery to Meta; and at most ``WADISPATCH_CALLBACK_CONCURRENCY_PER_ORG`` of the threads
+may be busy with one organization's endpoints, however many it has (one endpoint: half of that), so
+a tenant whose endpoints hang waits on its own share and cannot hold up the other organizations'
+events. Dispatchers share
 the outbox with ``FOR UPDATE SKIP LOCKED``; a taken row is leased (its next try pushed past the
 call's timeout), so a dispatcher that dies mid-call leaves the row to be tried again.
 
@@ -22,9 +24,9 @@ import logging
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,6 +51,7 @@ LEASE_MARGIN_S = 30.0
 @dataclass(frozen=True)
 class Due:
     delivery_id: uuid.UUID
+    org_id: uuid.UUID
     endpoint_id: uuid.UUID
     url: str
     secret_encrypted: str
@@ -67,39 +70,91 @@ class Tried:
 DB_CONNECTIONS = 2
 
 
-def per_endpoint(settings: Settings) -> int:
-    """Tries one endpoint may have in flight in one process: a slow or dead endpoint holds at most
-    these threads, and the others go on serving every other endpoint."""
-    return max(1, settings.callback_concurrency // 4)
+@dataclass(frozen=True)
+class Shares:
+    """How many tries one organization, and one endpoint within it, may have in flight in one process."""
+
+    per_org: int
+    per_endpoint: int
 
 
-def take_due(engine: Engine, settings: Settings, batch: int, busy: Mapping[uuid.UUID, int]) -> list[Due]:
-    """Lease up to ``batch`` due deliveries of active endpoints, oldest first, at most
-    ``per_endpoint`` in flight per endpoint (``busy``: what this process has in flight now)."""
-    cap = per_endpoint(settings)
+def shares(settings: Settings) -> Shares:
+    """An organization's share is the same whatever its number of endpoints (a cap per endpoint
+    alone let a tenant with four slow endpoints take every thread). Within it one endpoint may take
+    half, so a tenant's dead endpoint leaves room for its live ones."""
+    per_org = min(settings.callback_concurrency_per_org, settings.callback_concurrency)
+    return Shares(per_org=per_org, per_endpoint=max(1, per_org // 2))
+
+
+@dataclass
+class InFlight:
+    """Tries under way in this process, by organization and by endpoint."""
+
+    by_org: Counter[uuid.UUID] = field(default_factory=Counter)
+    by_endpoint: Counter[uuid.UUID] = field(default_factory=Counter)
+
+    def add(self, org_id: uuid.UUID, endpoint_id: uuid.UUID) -> None:
+        self.by_org[org_id] += 1
+        self.by_endpoint[endpoint_id] += 1
+
+    def remove(self, org_id: uuid.UUID, endpoint_id: uuid.UUID) -> None:
+        self.by_org[org_id] -= 1
+        self.by_endpoint[endpoint_id] -= 1
+        # Unary plus drops the zeros: the counters hold only what is under way.
+        self.by_org = +self.by_org
+        self.by_endpoint = +self.by_endpoint
+
+    def copy(self) -> InFlight:
+        return InFlight(Counter(self.by_org), Counter(self.by_endpoint))
+
+    def has_room(self, limits: Shares, org_id: uuid.UUID, endpoint_id: uuid.UUID) -> bool:
+        return self.by_org[org_id] < limits.per_org and self.by_endpoint[endpoint_id] < limits.per_endpoint
+
+    def full(self, limits: Shares) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+        """The organizations and the endpoints that have used their share."""
+        return (
+            [org_id for org_id, count in self.by_org.items() if count >= limits.per_org],
+            [endpoint_id for endpoint_id, count in self.by_endpoint.items() if count >= limits.per_endpoint],
+        )
+
+
+def within_shares(candidates: Sequence[Any], in_flight: InFlight, limits: Shares, batch: int) -> list[uuid.UUID]:
+    """The ids of the candidates (``id``, ``org_id``, ``endpoint_id``; oldest first) to take now: at
+    most ``batch``, none past its organization's or its endpoint's share counting ``in_flight``."""
+    planned = in_flight.copy()
+    chosen: list[uuid.UUID] = []
+    for candidate in candidates:
+        if len(chosen) == batch:
+            break
+        if planned.has_room(limits, candidate.org_id, candidate.endpoint_id):
+            chosen.append(candidate.id)
+            planned.add(candidate.org_id, candidate.endpoint_id)
+    return chosen
+
+
+def take_due(engine: Engine, settings: Settings, batch: int, in_flight: InFlight) -> list[Due]:
+    """Lease up to ``batch`` due deliveries of active endpoints, oldest first, each organization and
+    endpoint within its share (``in_flight``: what this process has under way now)."""
+    limits = shares(settings)
     lease = timedelta(seconds=settings.callback_timeout_s + LEASE_MARGIN_S)
-    full = [endpoint_id for endpoint_id, count in busy.items() if count >= cap]
+    full_orgs, full_endpoints = in_flight.full(limits)
     with Session(engine) as session, session.begin():
-        # The oldest due events (by the partial index) of endpoints with room; the per-endpoint
-        # share is applied below.
+        # The oldest due events (by the partial index) of organizations and endpoints with room;
+        # what fits in their shares is chosen below.
         candidates = session.execute(
-            select(EventDelivery.id, EventDelivery.endpoint_id)
+            select(EventDelivery.id, EventDelivery.org_id, EventDelivery.endpoint_id)
             .join(EventEndpoint, EventEndpoint.id == EventDelivery.endpoint_id)
             .where(
                 EventDelivery.state == "pending",
                 EventDelivery.next_attempt_at <= func.now(),
                 EventEndpoint.status == "active",
-                EventDelivery.endpoint_id.not_in(full),
+                EventDelivery.org_id.not_in(full_orgs),
+                EventDelivery.endpoint_id.not_in(full_endpoints),
             )
             .order_by(EventDelivery.next_attempt_at)
-            .limit(batch * cap)
+            .limit(batch * limits.per_org)
         ).all()
-        chosen: list[uuid.UUID] = []
-        planned: Counter[uuid.UUID] = Counter()
-        for candidate in candidates:
-            if busy.get(candidate.endpoint_id, 0) + planned[candidate.endpoint_id] < cap and len(chosen) < batch:
-                chosen.append(candidate.id)
-                planned[candidate.endpoint_id] += 1
+        chosen = within_shares(candidates, in_flight, limits, batch)
         if not chosen:
             return []
         still_due = (
@@ -116,7 +171,13 @@ def take_due(engine: Engine, settings: Settings, batch: int, busy: Mapping[uuid.
             update(EventDelivery)
             .where(EventDelivery.id.in_(still_due))
             .values(attempts=EventDelivery.attempts + 1, next_attempt_at=func.now() + lease)
-            .returning(EventDelivery.id, EventDelivery.endpoint_id, EventDelivery.payload, EventDelivery.attempts)
+            .returning(
+                EventDelivery.id,
+                EventDelivery.org_id,
+                EventDelivery.endpoint_id,
+                EventDelivery.payload,
+                EventDelivery.attempts,
+            )
         ).all()
         if not taken:
             return []
@@ -129,7 +190,7 @@ def take_due(engine: Engine, settings: Settings, batch: int, busy: Mapping[uuid.
             )
         }
     return [
-        Due(t.id, t.endpoint_id, endpoints[t.endpoint_id].url, endpoints[t.endpoint_id].secret_encrypted,
+        Due(t.id, t.org_id, t.endpoint_id, endpoints[t.endpoint_id].url, endpoints[t.endpoint_id].secret_encrypted,
             t.payload, t.attempts)
         for t in taken
         if t.endpoint_id in endpoints
@@ -210,8 +271,8 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._in_flight = threading.Semaphore(settings.callback_concurrency)
-        self._busy: Counter[uuid.UUID] = Counter()  # tries in flight per endpoint
-        self._busy_lock = threading.Lock()
+        self._in_flight_now = InFlight()
+        self._in_flight_lock = threading.Lock()
         # Set when a try ends: the loop takes the next due event at once instead of at the next poll.
         self._wake = threading.Event()
 
@@ -232,9 +293,9 @@ class Dispatcher:
         while self._in_flight.acquire(blocking=False):
             free += 1
         try:
-            with self._busy_lock:
-                busy = dict(self._busy)
-            taken = take_due(self.engine, self.settings, free, busy) if free else []
+            with self._in_flight_lock:
+                now = self._in_flight_now.copy()
+            taken = take_due(self.engine, self.settings, free, now) if free else []
         except Exception:
             for _ in range(free):
                 self._in_flight.release()
@@ -242,8 +303,8 @@ class Dispatcher:
         for _ in range(free - len(taken)):
             self._in_flight.release()
         for due in taken:
-            with self._busy_lock:
-                self._busy[due.endpoint_id] += 1
+            with self._in_flight_lock:
+                self._in_flight_now.add(due.org_id, due.endpoint_id)
             self.pool.submit(self._deliver, due)
         return len(taken)
 
@@ -257,10 +318,8 @@ class Dispatcher:
             # The row's lease runs out and it is tried again.
             log.exception("event delivery %s: result not recorded", due.delivery_id)
         finally:
-            with self._busy_lock:
-                self._busy[due.endpoint_id] -= 1
-                if self._busy[due.endpoint_id] <= 0:
-                    del self._busy[due.endpoint_id]
+            with self._in_flight_lock:
+                self._in_flight_now.remove(due.org_id, due.endpoint_id)
             self._in_flight.release()
             self._wake.set()
 
@@ -273,5 +332,5 @@ class Dispatcher:
                 log.exception("callback dispatcher pass failed")
                 taken = 0
             if not taken:
-                # Until a try ends (a thread or an endpoint's share is free again) or the next poll.
+                # Until a try ends (a thread or an organization's share is free again) or the next poll.
                 self._wake.wait(self.settings.callback_poll_s)

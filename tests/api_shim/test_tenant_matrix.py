@@ -137,11 +137,12 @@ def world(stack) -> Iterator[World]:
             messages_a = [str(m) for m in s.scalars(select(Message.id).where(Message.org_id == a.org_id))]
             wamid_a = s.scalar(select(Message.wamid).where(Message.id == uuid.UUID(fe.json()["messageId"])))
             # A disabled endpoint with one failed delivery: an enable or a replay would show on both.
+            # (The event is written while it is active: a disabled endpoint gets no new ones.)
             created = endpoints.create_endpoint(s, org_id=a.org_id, url="https://hooks.test/a", events=None)
+            endpoints.emit_event(s, a.org_id, "message.sent", {"messageId": messages_a[0]})
             created.row.status, created.row.disabled_reason = "disabled", "failing for days"
             created.row.failing_since = datetime.now(UTC)
             s.flush()
-            endpoints.emit_event(s, a.org_id, "message.sent", {"messageId": messages_a[0]})
             s.execute(
                 update(EventDelivery)
                 .where(EventDelivery.endpoint_id == created.row.id)

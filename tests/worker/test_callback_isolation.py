@@ -23,7 +23,8 @@ from tests.worker.test_callbacks import _endpoint
 CALLBACK_TIMEOUT_S = 30.0
 # README: a dispatcher that dies mid-call leaves the row leased for the call's timeout plus 30 s.
 LEASE_MARGIN_S = 30.0
-# Four endpoints, each allowed a quarter of the dispatcher's 8 threads: all 8 hang.
+# Four endpoints, each allowed a quarter of the dispatcher's 8 threads, and their organization
+# allowed all 8 for this test (WADISPATCH_CALLBACK_CONCURRENCY_PER_ORG): all 8 hang.
 ENDPOINTS = 4
 HANGING = 8
 SENDS = 16  # twice the worker's 8 send threads
@@ -76,7 +77,8 @@ def test_hanging_endpoints_hold_no_send_thread_and_a_killed_dispatcher_tries_aga
     worker = ManagedProcess(
         "callback-worker",
         ["worker", f"--hostname=callbacks-{RUN_ID}@%h", "--without-mingle", "--without-gossip"],
-        stack.env | {"WADISPATCH_CALLBACK_TIMEOUT_S": str(CALLBACK_TIMEOUT_S)},
+        stack.env
+        | {"WADISPATCH_CALLBACK_TIMEOUT_S": str(CALLBACK_TIMEOUT_S), "WADISPATCH_CALLBACK_CONCURRENCY_PER_ORG": "8"},
         tmp_path,
         ready=lambda: " ready." in worker.log_since_start(),
     )
@@ -163,3 +165,63 @@ def test_hanging_endpoints_hold_no_send_thread_and_a_killed_dispatcher_tries_aga
     again = [r for n in names for r in hook_receiver.to(f"/ok/{n}") if r.headers["webhook-id"] in by_hook]
     assert Counter(r.headers["webhook-id"] for r in again) == dict.fromkeys(by_hook, 1)
     assert all(d["attempts"] == 2 for d in _deliveries(ids) if f"msg_{d['id'].hex}" in by_hook)
+
+
+# models/settings.py's defaults: 8 callback threads, at most 4 of them for one organization.
+PER_ORG = 4
+
+
+def test_one_organizations_hanging_endpoints_leave_the_others_their_callback_threads(
+    stack, tenant, hook_receiver, tmp_path
+):
+    from tests.support.tenants import make_tenant
+
+    names = [uuid.uuid4().hex for _ in range(ENDPOINTS)]
+    # Every try to these hangs (the receiver answers after 60 s) until the worker's 30 s timeout.
+    slow = [_endpoint(stack, tenant, f"https://hooks.test/slow/60/{n}", events="message.sent") for n in names]
+    other = make_tenant(stack.sandbox_url)
+    quick = uuid.uuid4().hex
+    _endpoint(stack, other, f"https://hooks.test/ok/{quick}", events="message.sent")
+    assert len(slow) == ENDPOINTS
+
+    def hanging() -> list:
+        return [r for r in hook_receiver.to("/slow/60/") if r.path.rsplit("/", 1)[-1] in names]
+
+    worker: ManagedProcess
+    worker = ManagedProcess(
+        "callback-worker-fair",
+        ["worker", f"--hostname=callbacks-fair-{RUN_ID}@%h", "--without-mingle", "--without-gossip"],
+        stack.env | {"WADISPATCH_CALLBACK_TIMEOUT_S": str(CALLBACK_TIMEOUT_S)},
+        tmp_path,
+        ready=lambda: " ready." in worker.log_since_start(),
+    )
+    stack.worker.stop()  # its dispatcher would deliver the other tenant's event in its own threads
+    try:
+        with session_scope() as s:
+            s.execute(
+                update(EventDelivery)
+                .where(EventDelivery.state == "pending", EventDelivery.org_id != tenant.org_id)
+                .values(state="failed", next_attempt_at=None)
+            )
+            for n in range(3):  # 12 events: more than every callback thread of the worker
+                emit_event(s, tenant.org_id, "message.sent", {"n": n})
+        worker.start()
+        _until(lambda: len(hanging()) >= PER_ORG, timeout=30, what="the slow endpoints were not called")
+        time.sleep(1)  # what else the dispatcher would take, it has taken now
+        hung = len(hanging())
+
+        # The other tenant's event, while the first one's tries all hang.
+        with session_scope() as s:
+            emit_event(s, other.org_id, "message.sent", {"n": 0})
+        started = time.monotonic()
+        hook_receiver.wait_for(f"/ok/{quick}", 1, timeout=CALLBACK_TIMEOUT_S / 2)
+        waited = time.monotonic() - started
+        still_hung = len(hanging())
+    finally:
+        worker.kill()
+        stack.ensure_worker()
+
+    # The first tenant's share of the threads hangs, and not one more; the other tenant's event
+    # went out at once, in the threads that share left free.
+    assert hung == still_hung == PER_ORG
+    assert waited < 2, waited
