@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from cli import admin as admin_commands
 from cli import endpoints as endpoint_commands
+from cli import prune as prune_commands
 from models import log_format, log_hygiene
 from models.settings import get_settings
 
@@ -354,6 +355,7 @@ cli.add_command(admin_commands.account)
 cli.add_command(admin_commands.contact)
 cli.add_command(admin_commands.messages)
 cli.add_command(endpoint_commands.endpoint)
+cli.add_command(prune_commands.prune_command)
 
 
 def main() -> None:
