@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The suite runs in this many processes (pytest-xdist), each with its own database, Redis db and stack.
 TEST_PROCESSES ?= 2
 
-.PHONY: install services run demo test lint typecheck bench-limits bench-throughput bench-webhooks bench-intake chaos clean
+.PHONY: install services run demo test lint typecheck bench-limits bench-throughput bench-webhooks bench-intake bench-prune bench-soak chaos clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wadispatch needs Python >= 3.11 (set PYTHON=python3.12, for example)")'
@@ -43,6 +43,12 @@ bench-webhooks: install services
 
 bench-intake: install services
 	$(BIN)/python bench/intake.py
+
+bench-prune: install services
+	$(BIN)/python bench/prune.py $(PRUNE_ARGS)
+
+bench-soak: install services
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 # Its own Postgres and Redis (it restarts and flushes them): the shared services are not needed.
 chaos: install

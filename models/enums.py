@@ -24,6 +24,9 @@ class MessageStatus(StrEnum):
 CLAIMABLE = (MessageStatus.QUEUED, MessageStatus.RETRYING)
 # Statuses after which nothing more is sent.
 FINAL = (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ, MessageStatus.FAILED)
+# The key a message's payload keeps once retention cleared its content (models/retention.py):
+# such a message can no longer be sent again.
+CONTENT_CLEARED = "content_cleared_at"
 
 
 class AccountStatus(StrEnum):

@@ -181,6 +181,22 @@ class Settings(BaseSettings):
     max_batch_body_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     idempotency_ttl_h: int = Field(default=24, ge=1)
 
+    # Retention (models/retention.py; `wadispatch prune`, and beat every retention_interval_s).
+    # Each is in days (fractions allowed) and counts from the moment the row stopped being needed:
+    # a webhook delivery from when it was applied, an idempotency key from the end of its TTL.
+    # Rows something live still needs are never deleted, whatever these say (see the module).
+    retention_webhook_events_days: float = Field(default=7, ge=0, description="raw Meta deliveries, once applied")
+    retention_event_deliveries_days: float = Field(default=30, ge=0, description="callbacks delivered or given up")
+    retention_idempotency_keys_days: float = Field(default=0, ge=0, description="past the key's TTL")
+    retention_message_events_days: float = Field(default=180, ge=0, description="status history of settled messages")
+    # Off (None) by default: the text, captions, template parameters and media references of
+    # settled messages older than this are cleared; status, wamid, errors and times stay.
+    retention_message_content_days: float | None = Field(default=None, ge=0)
+    # Rows per statement: each batch is its own short transaction, so no lock is held for long.
+    retention_batch: int = Field(default=2000, ge=1, le=50_000)
+    # How often beat runs the prune; 0 leaves it out of the schedule (run `wadispatch prune` yourself).
+    retention_interval_s: float = Field(default=3600.0, ge=0)
+
     # FlowIQ's /send-whatsapp answers with the wamid: how long it waits for the worker before a 202.
     sync_timeout_s: float = Field(default=15.0, ge=0)
     # While waiting, how often Postgres is read in case the Redis wake-up was missed.

@@ -169,6 +169,12 @@ class Message(Base):
         # A contact's thread, newest first (the lead's inbox view).
         Index("ix_messages_contact_created", "contact_id", "created_at", "id"),
         Index("ix_messages_sending_lease", "lease_expires_at", postgresql_where=text("status = 'sending'")),
+        # Retention's optional content clearing: settled messages whose content is still kept, oldest first.
+        Index(
+            "ix_messages_content_kept_created",
+            "created_at",
+            postgresql_where=text("NOT (payload ? 'content_cleared_at')"),
+        ),
         # The pacer's scan: messages waiting in Postgres (not in the broker) by when they are due.
         Index(
             "ix_messages_waiting_due",
@@ -267,6 +273,14 @@ class MessageEvent(Base):
     __tablename__ = "message_events"
     __table_args__ = (
         Index("ix_message_events_message_created", "message_id", "created_at"),
+        # Retention (models/retention.py): old events oldest first, and the rows a pruned webhook
+        # delivery's ON DELETE SET NULL must find.
+        Index("ix_message_events_created", "created_at"),
+        Index(
+            "ix_message_events_webhook_event",
+            "webhook_event_id",
+            postgresql_where=text("webhook_event_id IS NOT NULL"),
+        ),
         Index(
             "uq_message_events_meta_status",
             "message_id",
@@ -304,6 +318,8 @@ class WebhookEvent(Base):
     __table_args__ = (
         UniqueConstraint("body_sha256", name="uq_webhook_events_body_sha256"),
         Index("ix_webhook_events_unprocessed", "received_at", postgresql_where=text("processed_at IS NULL")),
+        # Retention: applied deliveries, oldest first.
+        Index("ix_webhook_events_processed", "processed_at", postgresql_where=text("processed_at IS NOT NULL")),
     )
 
     id: Mapped[uuid.UUID] = _uuid_pk()
@@ -353,7 +369,11 @@ class IdempotencyKey(Base):
     created (written in the same transaction) or the refusal it got before any message existed."""
 
     __tablename__ = "idempotency_keys"
-    __table_args__ = (UniqueConstraint("org_id", "surface", "key", name="uq_idempotency_org_surface_key"),)
+    __table_args__ = (
+        UniqueConstraint("org_id", "surface", "key", name="uq_idempotency_org_surface_key"),
+        # Retention: keys past their TTL, oldest first.
+        Index("ix_idempotency_keys_created", "created_at"),
+    )
 
     id: Mapped[uuid.UUID] = _uuid_pk()
     org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
@@ -399,6 +419,8 @@ class EventDelivery(Base):
         CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="event_delivery_state_known"),
         Index("ix_event_deliveries_due", "next_attempt_at", postgresql_where=text("state = 'pending'")),
         Index("ix_event_deliveries_endpoint_created", "endpoint_id", "created_at"),
+        # Retention: final deliveries (delivered, failed), oldest first.
+        Index("ix_event_deliveries_final_created", "created_at", postgresql_where=text("state <> 'pending'")),
     )
 
     id: Mapped[uuid.UUID] = _uuid_pk()

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import uuid
+from typing import Any
 
 from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger, task_postrun, task_prerun, worker_process_init
@@ -15,7 +16,7 @@ from celery.utils.log import get_multiprocessing_logger
 
 from models import log_format, log_hygiene
 from models.db import reset_engine
-from models.settings import get_settings
+from models.settings import Settings, get_settings
 
 SEND_QUEUE = "wadispatch.send"
 # Messages handed over at their send slot (or after an earlier message in their conversation):
@@ -38,6 +39,8 @@ SEND_BATCH_TASK = "wadispatch.send_messages"
 SWEEP_TASK = "wadispatch.sweep"
 WEBHOOK_TASK = "wadispatch.process_webhook"
 SUBMIT_TASK = "wadispatch.submit"
+# Retention's prune (worker/prune.py), on beat's clock every WADISPATCH_RETENTION_INTERVAL_S.
+PRUNE_TASK = "wadispatch.prune"
 
 
 def broker_connections_for(concurrency: int) -> int:
@@ -47,7 +50,7 @@ def broker_connections_for(concurrency: int) -> int:
 
 def create_celery() -> Celery:
     settings = get_settings()
-    app = Celery("wadispatch", broker=settings.redis_url, include=["worker.tasks"])
+    app = Celery("wadispatch", broker=settings.redis_url, include=["worker.tasks", "worker.prune"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -81,6 +84,7 @@ def create_celery() -> Celery:
         task_routes={
             SEND_TASK: {"queue": SEND_QUEUE},
             SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
+            PRUNE_TASK: {"queue": MAINTENANCE_QUEUE},
             WEBHOOK_TASK: {"queue": INCOMING_QUEUE},
             SUBMIT_TASK: {"queue": INTAKE_QUEUE},
         },
@@ -89,16 +93,29 @@ def create_celery() -> Celery:
         # (its enable_events option), so workers do not pay for them unobserved.
         worker_send_task_events=False,
         task_send_sent_event=False,
-        beat_schedule={
-            "sweep": {
-                "task": SWEEP_TASK,
-                "schedule": settings.sweep_interval_s,
-                # A sweep that waited longer than one interval is replaced by the next one.
-                "options": {"expires": settings.sweep_interval_s},
-            }
-        },
+        beat_schedule=beat_schedule(settings),
     )
     return app
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """What beat runs, and how often."""
+    schedule: dict[str, dict[str, Any]] = {
+        "sweep": {
+            "task": SWEEP_TASK,
+            "schedule": settings.sweep_interval_s,
+            # A sweep that waited longer than one interval is replaced by the next one.
+            "options": {"expires": settings.sweep_interval_s},
+        }
+    }
+    if settings.retention_interval_s > 0:
+        schedule["prune"] = {
+            "task": PRUNE_TASK,
+            "schedule": settings.retention_interval_s,
+            # Late by a whole interval: the next one does the same work.
+            "options": {"expires": settings.retention_interval_s},
+        }
+    return schedule
 
 
 app = create_celery()

@@ -8,16 +8,21 @@ from typing import Any
 from sqlalchemy import func, insert, update
 from sqlalchemy.orm import Session
 
-from models.enums import MessageStatus
+from models.enums import CONTENT_CLEARED, MessageStatus
 from models.tables import Message, MessageEvent
 
 
 def operator_retry(session: Session, chosen: Any) -> list[uuid.UUID]:
     """Put failed messages (the ids ``chosen`` selects) back in the queue, budgets afresh, with an
-    event each. Clearing the token means a late answer of the old claim can change nothing."""
+    event each. Clearing the token means a late answer of the old claim can change nothing. A
+    message whose content retention cleared stays failed: there is nothing left to send."""
     rows = session.execute(
         update(Message)
-        .where(Message.id.in_(chosen), Message.status == MessageStatus.FAILED)
+        .where(
+            Message.id.in_(chosen),
+            Message.status == MessageStatus.FAILED,
+            ~Message.payload.has_key(CONTENT_CLEARED),
+        )
         .values(
             status=MessageStatus.QUEUED,
             claim_token=None,

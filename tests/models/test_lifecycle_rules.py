@@ -52,8 +52,12 @@ def status_writes(source: str) -> list[int]:
         )
         if writes_status and _receiver_table(node.func.value) in MESSAGE_TABLE_NAMES:
             lines.append(node.lineno)
+    # Raw SQL: within one string (adjacent literals are one), so a statement that writes other
+    # columns is not blamed for a "status" further down the file.
     raw = re.compile(r"(UPDATE|INSERT INTO)\s+messages\b[^;]*\bstatus\b", re.IGNORECASE | re.DOTALL)
-    lines += [source[: m.start()].count("\n") + 1 for m in raw.finditer(source)]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            lines += [node.lineno + node.value[: m.start()].count("\n") for m in raw.finditer(node.value)]
     return lines
 
 
@@ -63,6 +67,8 @@ def test_the_detector_sees_a_status_write():
     assert status_writes("cols = ['id', 'status']\ninsert(messages).from_select(cols, q)") == [2]
     assert status_writes("conn.exec_driver_sql('UPDATE messages SET status = 1')") == [1]
     assert status_writes("update(WhatsappAccount).values(status='halted')") == []
+    assert status_writes('a = """\nSELECT 1;\nUPDATE messages\nSET status = 2"""') == [3]
+    assert status_writes('a = "UPDATE messages SET idempotency_key = NULL"\nb = "m.status"') == []
 
 
 def test_only_the_lifecycle_package_writes_a_message_status():
