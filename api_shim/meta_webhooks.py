@@ -2,7 +2,7 @@
 
 A delivery is answered 200 as soon as its raw row is committed; a Celery task applies it
 (worker/webhooks/). Meta retries anything that is not a 200 for days and sends every update to
-every subscribed app, so storing is idempotent (one row per distinct body) and so is applying.
+every subscribed app, so storing is idempotent (one row per distinct body and signer) and so is applying.
 Nothing is stored from a request whose signature does not verify.
 """
 
@@ -154,20 +154,28 @@ def _account_signer(body: bytes, secret: str) -> _Signer | None:
 
 def _store(body: bytes, signer: _Signer) -> uuid.UUID | None:
     """The delivery's raw row (committed); the id of a row still to be processed, or None when this
-    very body was stored and processed before."""
+    very body was stored and processed before under this signer.
+
+    One row per body *and signer*: a body a tenant's secret signed reaches that tenant's numbers
+    only, so the same body signed by the service's secret or another tenant's is a delivery of its
+    own (for the numbers the first could not reach), not a copy to drop."""
     digest = hashlib.sha256(body).hexdigest()
     with session_scope() as session:
         new_id = session.execute(
             pg_insert(WebhookEvent)
             .values(body=body, body_sha256=digest, signed_by_org_id=signer.org_id)
-            .on_conflict_do_nothing(index_elements=["body_sha256"])
+            .on_conflict_do_nothing(index_elements=["body_sha256", "signed_by_org_id"])
             .returning(WebhookEvent.id)
         ).scalar()
         if new_id is not None:
             return new_id
         # Meta sent it again (it retries, and re-sends to every subscribed app): processing it once is enough.
         pending = session.execute(
-            select(WebhookEvent.id).where(WebhookEvent.body_sha256 == digest, WebhookEvent.processed_at.is_(None))
+            select(WebhookEvent.id).where(
+                WebhookEvent.body_sha256 == digest,
+                WebhookEvent.signed_by_org_id.is_not_distinct_from(signer.org_id),
+                WebhookEvent.processed_at.is_(None),
+            )
         ).scalar()
         return pending
 

@@ -1,5 +1,5 @@
 """Meta's webhook endpoint over real HTTP: the handshake, the signature (nothing stored without a
-good one, nothing read before it verifies), one raw row per distinct body, the size
+good one, nothing read before it verifies), one raw row per distinct body and signer, the size
 cap, and per-account app secrets."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from models import admin
 from models.db import session_scope
-from models.tables import Contact, WebhookEvent
+from models.tables import Contact, Message, WebhookEvent
 from tests.conftest import RUN_ID
 from tests.support import meta_webhooks as meta
 from tests.support.admin_cli import wadispatch
@@ -266,3 +266,62 @@ def test_a_4mb_delivery_nobody_signed_is_refused_for_the_price_of_its_hmacs(stac
     # (70 ms in all); reading the JSON and looking up ~20,000 numbers took 0.73 s each (2.9 s).
     assert spent < 0.25, f"{spent:.2f} s of API CPU for five unsigned 4 MB deliveries"
     assert _stored(body) == []
+
+
+def _two_tenants_inbound(a, b) -> tuple[bytes, str, str]:
+    """One delivery with an inbound message for each tenant's number; the body and both wamids."""
+    wamids = [f"wamid.in-{uuid.uuid4().hex}" for _ in range(2)]
+    document: dict = {"object": "whatsapp_business_account", "entry": []}
+    for owner, wamid in zip((a, b), wamids, strict=True):
+        wa_id = random_phone().lstrip("+")
+        item = {"id": wamid, "from": wa_id, "timestamp": str(int(time.time())), "type": "text",
+                "text": {"body": "hello"}}  # fmt: skip
+        envelope = meta.envelope(owner.account.phone_number_id, messages=[item], contacts=[{"wa_id": wa_id}])
+        document["entry"].append(envelope["entry"][0])
+    return json.dumps(document).encode(), wamids[0], wamids[1]
+
+
+def _row_signed_by(body: bytes, org_id: uuid.UUID | None, timeout: float = 30) -> WebhookEvent:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [row for row in _stored(body) if row.signed_by_org_id == org_id]
+        assert len(rows) <= 1, rows
+        if rows and rows[0].processed_at is not None:
+            return rows[0]
+        assert time.monotonic() < deadline, f"the delivery signed by {org_id} was not applied in {timeout}s"
+        time.sleep(0.1)
+
+
+def _inbound_orgs(wamid: str) -> list[uuid.UUID]:
+    with session_scope() as s:
+        return list(s.scalars(select(Message.org_id).where(Message.wamid == wamid)))
+
+
+def test_one_body_signed_by_two_tenants_secrets_is_applied_for_each_and_once_per_signer(live):
+    from tests.support.tenants import make_tenant
+
+    a, b = make_tenant(live.sandbox_url), make_tenant(live.sandbox_url)
+    secret_a, secret_b = _give_own_app_secret(a.account.id), _give_own_app_secret(b.account.id)
+    body, wamid_a, wamid_b = _two_tenants_inbound(a, b)
+
+    assert meta.post(live.api_url, body, secret=secret_a).status_code == 200
+    # Tenant A's secret reaches A's number only; B's change waits for a signer that may touch it.
+    assert _row_signed_by(body, a.org_id).outcome == {"inbound_stored": 1, "unrouted": 1}
+    assert _inbound_orgs(wamid_a) == [a.org_id] and _inbound_orgs(wamid_b) == []
+
+    # The same bytes signed by B's secret are B's delivery, not a copy of A's.
+    assert meta.post(live.api_url, body, secret=secret_b).status_code == 200
+    assert _row_signed_by(body, b.org_id).outcome == {"inbound_stored": 1, "unrouted": 1}
+    assert _inbound_orgs(wamid_b) == [b.org_id] and _inbound_orgs(wamid_a) == [a.org_id]
+
+    # Meta's retries of either: one row per signer still, applied once.
+    for secret in (secret_a, secret_b, secret_a):
+        assert meta.post(live.api_url, body, secret=secret).status_code == 200
+    rows = _stored(body)
+    assert sorted(str(row.signed_by_org_id) for row in rows) == sorted([str(a.org_id), str(b.org_id)])
+    assert all(row.tries == 1 for row in rows), [(row.signed_by_org_id, row.tries) for row in rows]
+
+    # Meta's own copy, signed with the service's secret, reaches both numbers (each message is still kept once).
+    assert meta.post(live.api_url, body).status_code == 200
+    assert "unrouted" not in (_row_signed_by(body, None).outcome or {})
+    assert _inbound_orgs(wamid_a) == [a.org_id] and _inbound_orgs(wamid_b) == [b.org_id]
