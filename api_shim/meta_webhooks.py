@@ -2,13 +2,14 @@
 
 A delivery is answered 200 as soon as its raw row is committed; a Celery task applies it
 (worker/webhooks/). Meta retries anything that is not a 200 for days and sends every update to
-every subscribed app, so storing is idempotent (one row per distinct body) and so is applying.
+every subscribed app, so storing is idempotent (one row per distinct body and signer) and so is applying.
 Nothing is stored from a request whose signature does not verify.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import secrets
 import uuid
@@ -21,7 +22,8 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from api_shim.meta_signature import signed_with
+from api_shim.app_secrets import OWN_APP_SECRETS
+from api_shim.meta_signature import matching_secret
 from models.crypto import decrypt_token
 from models.db import session_scope
 from models.settings import get_settings
@@ -108,43 +110,72 @@ class _Signer:
 
 def _signer(body: bytes, header: str | None) -> _Signer | None:
     """Who signed the delivery: the service's app secret, or the own app secret of an account the
-    delivery speaks for (that organization's updates only). None: nobody we know."""
-    if signed_with(body, header, get_settings().meta_app_secret):
-        return _Signer(None)
-    if not header:
+    delivery speaks for (that organization's updates only). None: nobody we know.
+
+    The raw bytes are checked against every secret the service knows before anything reads them as
+    JSON or asks Postgres about them: what anyone can send unsigned costs only those HMACs."""
+    service_secret = get_settings().meta_app_secret
+    own = OWN_APP_SECRETS.current()
+    secret = matching_secret(body, header, (service_secret, *sorted(own)))
+    if secret is None:
+        # An operator may have just set a secret this process has not read yet.
+        fresh = OWN_APP_SECRETS.changed_since_read()
+        secret = matching_secret(body, header, sorted(fresh - own)) if fresh is not None else None
+    if secret is None:
         return None
+    if secret == service_secret:
+        return _Signer(None)
+    return _account_signer(body, secret)
+
+
+def _account_signer(body: bytes, secret: str) -> _Signer | None:
+    """The organization whose account, named in the delivery, holds ``secret`` as its own app
+    secret, read from the accounts' rows now (a secret cleared since the cache read it signs for
+    nobody). A tenant's secret speaks only for its own numbers: a body it signs that names none
+    of them is refused, as before."""
     numbers = phone_number_ids(body)
     if not numbers:
         return None
     with session_scope() as session:
         accounts = session.execute(
-            select(WhatsappAccount.org_id, WhatsappAccount.app_secret_encrypted).where(
+            select(WhatsappAccount.org_id, WhatsappAccount.app_secret_encrypted)
+            .where(
                 WhatsappAccount.meta_phone_number_id.in_(sorted(numbers)),
                 WhatsappAccount.app_secret_encrypted.is_not(None),
             )
+            # One organization, the same one each time, should two share a Meta app.
+            .order_by(WhatsappAccount.created_at, WhatsappAccount.id)
         ).all()
     for org_id, encrypted in accounts:
-        if encrypted and signed_with(body, header, decrypt_token(encrypted)):
+        if encrypted and hmac.compare_digest(decrypt_token(encrypted).encode(), secret.encode()):
             return _Signer(org_id)
     return None
 
 
 def _store(body: bytes, signer: _Signer) -> uuid.UUID | None:
     """The delivery's raw row (committed); the id of a row still to be processed, or None when this
-    very body was stored and processed before."""
+    very body was stored and processed before under this signer.
+
+    One row per body *and signer*: a body a tenant's secret signed reaches that tenant's numbers
+    only, so the same body signed by the service's secret or another tenant's is a delivery of its
+    own (for the numbers the first could not reach), not a copy to drop."""
     digest = hashlib.sha256(body).hexdigest()
     with session_scope() as session:
         new_id = session.execute(
             pg_insert(WebhookEvent)
             .values(body=body, body_sha256=digest, signed_by_org_id=signer.org_id)
-            .on_conflict_do_nothing(index_elements=["body_sha256"])
+            .on_conflict_do_nothing(index_elements=["body_sha256", "signed_by_org_id"])
             .returning(WebhookEvent.id)
         ).scalar()
         if new_id is not None:
             return new_id
         # Meta sent it again (it retries, and re-sends to every subscribed app): processing it once is enough.
         pending = session.execute(
-            select(WebhookEvent.id).where(WebhookEvent.body_sha256 == digest, WebhookEvent.processed_at.is_(None))
+            select(WebhookEvent.id).where(
+                WebhookEvent.body_sha256 == digest,
+                WebhookEvent.signed_by_org_id.is_not_distinct_from(signer.org_id),
+                WebhookEvent.processed_at.is_(None),
+            )
         ).scalar()
         return pending
 

@@ -11,6 +11,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models import lifecycle
+from models.app_secrets import announce_app_secret_change_after_commit
 from models.contacts import insert_contact
 from models.crypto import encrypt_token
 from models.enums import AccountStatus, AccountType, KeyKind, MessageStatus, Scope, WindowPolicy
@@ -211,6 +212,8 @@ def update_account(
         if app_secret != CLEAR and (len(app_secret) < 16 or any(c.isspace() for c in app_secret)):
             raise AdminError("--app-secret: Meta app secrets are at least 16 characters, without spaces")
         account.app_secret_encrypted = encrypt_token(app_secret) if app_secret else None
+        # API processes keep the secrets in memory: a new one must verify the very next delivery.
+        announce_app_secret_change_after_commit(session)
     session.flush()
     return account
 

@@ -312,11 +312,15 @@ class WebhookEvent(Base):
     """One signed delivery from Meta, exactly as received (stored before it is answered 200), until
     a task has applied every update in it. Not a tenant's row: one delivery may carry updates for
     several accounts; ``signed_by_org_id`` limits it to one organization when that organization's
-    own app secret signed it (NULL: the service's app secret)."""
+    own app secret signed it (NULL: the service's app secret). One row per body and signer."""
 
     __tablename__ = "webhook_events"
     __table_args__ = (
-        UniqueConstraint("body_sha256", name="uq_webhook_events_body_sha256"),
+        # One row per body and signer (NULL, the service's secret, is one signer): the same body signed
+        # by another tenant's secret may reach numbers this row could not.
+        UniqueConstraint(
+            "body_sha256", "signed_by_org_id", name="uq_webhook_events_body_signer", postgresql_nulls_not_distinct=True
+        ),
         Index("ix_webhook_events_unprocessed", "received_at", postgresql_where=text("processed_at IS NULL")),
         # Retention: applied deliveries, oldest first.
         Index("ix_webhook_events_processed", "processed_at", postgresql_where=text("processed_at IS NOT NULL")),

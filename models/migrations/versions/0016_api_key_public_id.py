@@ -1,7 +1,7 @@
 """api keys get a public id, so broker submissions name their key without carrying it
 
 Revision ID: 0016
-Revises: 0014_retention_indexes
+Revises: 0015_webhook_dedup_by_signer
 Create Date: 2026-12-07 01:40:00
 
 A broker submission is signed with its key (wadispatch/signing.py) and names the key by a public
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0016"
-down_revision = "0014_retention_indexes"
+down_revision = "0015_webhook_dedup_by_signer"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,51 @@
+"""webhook deliveries are kept once per body and signer, not once per body
+
+Revision ID: 0015_webhook_dedup_by_signer
+Revises: 0014_retention_indexes
+Create Date: 2026-12-10 09:00:00
+
+A delivery signed with a tenant's own app secret may only change that tenant's rows. With one row
+per body, the same body signed afterwards by the service's secret or by another tenant's secret was
+taken for a copy and dropped, and the updates for every other number in it were never applied.
+The unique key becomes (body_sha256, signed_by_org_id), NULL (the service's secret) counting as one
+signer (NULLS NOT DISTINCT, PostgreSQL 15 or later). Existing rows all satisfy it.
+
+Downgrade: of the rows that share a body, the one signed by the service's secret (it reached every
+number) or else the oldest is kept and the others are deleted, then the old key is restored.
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0015_webhook_dedup_by_signer"
+down_revision = "0014_retention_indexes"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.drop_constraint("uq_webhook_events_body_sha256", "webhook_events", type_="unique")
+    op.create_unique_constraint(
+        "uq_webhook_events_body_signer",
+        "webhook_events",
+        ["body_sha256", "signed_by_org_id"],
+        postgresql_nulls_not_distinct=True,
+    )
+
+
+def downgrade() -> None:
+    op.execute(
+        """
+        DELETE FROM webhook_events w
+        USING (
+            SELECT id, row_number() OVER (
+                PARTITION BY body_sha256 ORDER BY signed_by_org_id IS NOT NULL, received_at, id
+            ) AS n
+            FROM webhook_events
+        ) ranked
+        WHERE w.id = ranked.id AND ranked.n > 1
+        """
+    )
+    op.drop_constraint("uq_webhook_events_body_signer", "webhook_events", type_="unique")
+    op.create_unique_constraint("uq_webhook_events_body_sha256", "webhook_events", ["body_sha256"])
