@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -24,14 +23,15 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 
 from api_shim.usage import current_month
-from models.db import get_engine, session_scope
+from models.db import session_scope
 from models.enums import KeyKind
 from models.tables import Message, Organization, OrgUsage
 from tests.conftest import RUN_ID, WORKER_NODE
 from tests.support.admin_cli import wadispatch
+from tests.support.gates import InsertGate
 from tests.support.processes import ManagedProcess, queue_worker
 from tests.support.tenants import random_phone
 from wadispatch.client import Submitter
@@ -250,54 +250,6 @@ def test_a_submission_past_its_request_rate_waits_and_runs_again(live, api, sand
     assert sent["body"]["text"]["body"] == "After the wait"
 
 
-class _InsertGate:
-    """While held, this organization's message INSERTs wait (a trigger takes an advisory lock the
-    test holds): the moment between a submission reaching the worker and its commit, made wide."""
-
-    def __init__(self, tenant) -> None:
-        self.name = f"gate_{uuid.uuid4().hex[:12]}"
-        self.org_id = tenant.org_id
-        self.lock = random.randint(1, 2**62)
-        self.holder = get_engine().connect()
-
-    def __enter__(self) -> _InsertGate:
-        action = f"BEGIN PERFORM pg_advisory_xact_lock_shared({self.lock}); RETURN NEW; END"
-        with get_engine().begin() as conn:
-            conn.execute(text(f"CREATE FUNCTION {self.name}() RETURNS trigger AS $$ {action} $$ LANGUAGE plpgsql"))
-            conn.execute(
-                text(
-                    f"CREATE TRIGGER {self.name} BEFORE INSERT ON messages FOR EACH ROW "
-                    f"WHEN (NEW.org_id = '{self.org_id}') EXECUTE FUNCTION {self.name}()"
-                )
-            )
-        self.holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.lock})
-        self.holder.commit()
-        return self
-
-    def waiting(self) -> int:
-        """Backends waiting at the gate."""
-        with get_engine().connect() as conn:
-            return conn.scalar(
-                text(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                    "AND ((classid::bigint << 32) | objid::bigint) = :k"
-                ),
-                {"k": self.lock},
-            )
-
-    def open(self) -> None:
-        if not self.holder.closed:
-            self.holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.lock})
-            self.holder.commit()
-            self.holder.close()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.open()
-        with get_engine().begin() as conn:
-            conn.execute(text(f"DROP TRIGGER {self.name} ON messages"))
-            conn.execute(text(f"DROP FUNCTION {self.name}()"))
-
-
 def test_a_batch_submitted_while_the_broker_is_down_waits_queued_and_the_sweeper_enqueues_it(
     stack, api, sandbox, tenant, tmp_path
 ):
@@ -312,7 +264,7 @@ def test_a_batch_submitted_while_the_broker_is_down_waits_queued_and_the_sweeper
         for n in range(3)
     ]
     key = f"campaign-{uuid.uuid4().hex}"
-    with PrivateRedis() as broker, _InsertGate(tenant) as gate:
+    with PrivateRedis() as broker, InsertGate(tenant) as gate:
         intake = queue_worker("intake-only", INTAKE_QUEUE, {**stack.env, "WADISPATCH_REDIS_URL": broker.url},
                               tmp_path, RUN_ID)  # fmt: skip
         intake.start()
