@@ -248,11 +248,15 @@ def accept_send(
     # The key and the message commit together (see api_shim/idempotency.py).
     try:
         taken = claim_idempotency(session, caller, idempotency_key, body)
-    except FlowIQError:
-        _spend_alone(session, unit)  # the key refused (400) or not to be had (409)
+    except FlowIQError as error:
+        if unit.repeats_pay or error.extra.get("code") != ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS.value:
+            _spend_alone(session, unit)  # the key refused (400) or not to be had (409)
+        else:
+            session.rollback()
         raise
     if not isinstance(taken, idempotency.Claim):
-        _pay(session, unit)
+        if unit.repeats_pay:
+            _pay(session, unit)
         session.commit()
     if isinstance(taken, idempotency.Replay):
         return taken

@@ -324,17 +324,30 @@ def accept_submission(body: SendBody, caller: Caller, idempotency_key: str) -> u
                 written = conn.execute(_WRITE, params)
                 conn.commit()
         except psycopg.Error as error:
+            if conn.broken:
+                raise  # as it is (a rollback would only add "the connection is lost")
             conn.rollback()
             if isinstance(error, _LOCK_TROUBLE):
                 return None  # the ORM path waits for the key again and answers (the submission retries)
             raise _quota_or(error, quota) from None
         outcome, _ = written.fetchone() or (None, 0)
+    except psycopg.OperationalError:
+        # The connection died with the statement (Postgres restarted, the backend terminated): it
+        # must not go back to the pool. The error goes on to the task, which runs the submission
+        # again (worker/task_base.py); a commit that went through finds its key then.
+        if _dead(conn):
+            raw.invalidate()
+        raise
     finally:
         raw.close()
     if outcome != "stored":
         return None
     hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE)
     return message_id
+
+
+def _dead(conn: object) -> bool:
+    return isinstance(conn, psycopg.Connection) and (conn.broken or conn.closed)
 
 
 def _checks_pass(row: tuple[Any, ...], message: AnyOutbound) -> int | Literal[False]:

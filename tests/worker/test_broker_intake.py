@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from api_shim.usage import current_month
-from models.db import session_scope
+from models.db import get_engine, session_scope
 from models.enums import KeyKind
 from models.tables import Message, Organization, OrgUsage
 from tests.conftest import RUN_ID, WORKER_NODE
@@ -113,13 +113,14 @@ def test_submitter_sends_and_a_resubmission_makes_no_second_message(live, api, s
     data = _submission(api, tenant, key)
     assert data["status"] == "accepted" and data["idempotencyKey"] == key
     assert api.wait_for(tenant, data["messageId"])["status"] == "sent"
-    # The same submission again (a redelivery, or the sender retrying): nothing new.
+    # The same submission again (a redelivery, or the sender retrying): nothing new, no unit either.
+    units = _units_used(tenant)
     submitter.flowestate_send(lead, tenant.account.id, "Your viewing is at 10:00", idempotency_key=key)
     submitter.flowestate_send(lead, tenant.account.id, "Your viewing is at 10:00", idempotency_key=key)
     # Both repeats have run (each logs its outcome under the key) before "nothing new" is judged.
     outcomes = _wait_log(live.worker, f"submission {key}: ", count=3)
     assert all(line.endswith(f"submission {key}: accepted:1") for line in outcomes), outcomes
-    assert _messages(tenant) == 1
+    assert _messages(tenant) == 1 and _units_used(tenant) == units
     (sent,) = sandbox.received(tenant.account.phone_number_id)
     assert sent["body"]["text"]["body"] == "Your viewing is at 10:00"
     # The worker's log shows the submission by its key, never the API key or the text.
@@ -496,11 +497,50 @@ def test_a_submission_whose_key_is_being_stored_waits_instead_of_being_refused(l
         caller = flowestate_caller(holder, tenant.key, Scope.WRITE)
         taken = flowestate.take_key(holder, caller, key, flowestate.SendIn.model_validate(body).model_dump(mode="json"))
         assert not isinstance(taken, dict)  # held, uncommitted: another delivery is storing it
+        units = _units_used(tenant)  # (the holder's own request paid one)
         with pytest.raises(RetryLater):
             submit(api="flowestate", api_key=tenant.key, idempotency_key=key, request=body)
+        # Looking again costs nothing: the delivery storing it pays the submission's one unit.
+        assert _units_used(tenant) == units
     finally:
         holder.rollback()
         holder.close()
+
+
+def _terminate(pid: int) -> None:
+    """What an operator's pg_terminate_backend (or a Postgres shutting down) does to a statement."""
+    with get_engine().connect() as conn:
+        assert conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+
+def test_a_submission_whose_database_connection_dies_is_retried_and_accepted_once(live, api, sandbox, tenant):
+    """README: a submission whose statement dies with its connection (the backend terminated,
+    Postgres restarting) is not refused INTERNAL_ERROR: the task runs again after a backoff and is
+    accepted, once. A later delivery of the same submission (the broker redelivering it) finds it
+    kept and costs no second unit."""
+    submitter = Submitter(live.env["WADISPATCH_REDIS_URL"], api_key=tenant.key)
+    lead, key = tenant.new_lead(), f"crm-{uuid.uuid4().hex}"
+    retry_line = "submission: database unavailable"
+    earlier = len(_log_lines(live.worker, retry_line))  # other tests' retries in this worker's log
+    with InsertGate(tenant) as gate:
+        submitter.flowestate_send(lead, tenant.account.id, "Your viewing is at 10:00", idempotency_key=key)
+        (pid,) = _wait(gate.waiting_backends, "the submission never reached its INSERT")
+        _terminate(pid)
+        retried = _wait_log(live.worker, retry_line, count=earlier + 1)[-1]
+        assert "try 1; again in" in retried, retried
+    (outcome,) = _wait_log(live.worker, f"submission {key}: ")
+    assert outcome.endswith(f"submission {key}: accepted:1"), outcome
+    # (Units are read before any lookup over HTTP: each of those is a request and pays one.)
+    assert _messages(tenant) == 1 and _units_used(tenant) == 1
+    # The same submission delivered again: its message, no second one, and no second unit.
+    submitter.flowestate_send(lead, tenant.account.id, "Your viewing is at 10:00", idempotency_key=key)
+    outcomes = _wait_log(live.worker, f"submission {key}: ", count=2)
+    assert all(line.endswith(f"submission {key}: accepted:1") for line in outcomes), outcomes
+    assert _messages(tenant) == 1 and _units_used(tenant) == 1
+    data = _submission(api, tenant, key)
+    assert data["status"] == "accepted"
+    assert api.wait_for(tenant, data["messageId"])["status"] == "sent"
+    assert len(sandbox.received(tenant.account.phone_number_id)) == 1
 
 
 def test_the_submission_lookup_refuses_a_nul_and_forgets_expired_keys(live, api, tenant):
