@@ -214,7 +214,7 @@ def _flowestate(session: Session, api_key: SignedKey, key: str, request: Any, me
     if lean_send.accept_submission(body, caller, key) is not None:
         return Submitted(1, 0)
     # The HTTP send under an Idempotency-Key: it commits and enqueues (or replays), or raises.
-    response = flowestate.send_once(body, session, caller, key, RequestUnit(caller.org_id))
+    response = flowestate.send_once(body, session, caller, key, _unit_of(caller))
     if response.status_code != 200:
         # The refusal a first submission with this key got (upstream heard of it then).
         return Submitted(0, 1, str(_body_of(response).get("error", {}).get("code")))
@@ -242,7 +242,7 @@ def _flowiq(
         answer, ids = flowiq_batch.accept_batch(session, caller, {"messages": messages}, key)
         hand_batch_to_broker(ids, new_from=SourceApi.FLOWIQ)
         return _counted(answer.body)
-    accepted = flowiq.accept_send(session, caller, request, key)
+    accepted = flowiq.accept_send(session, caller, request, key, _unit_of(caller))
     if isinstance(accepted, idempotency.Replay):
         code = accepted.body.get("code") or accepted.body.get("error")
         return Submitted(0, 1, str(code)) if accepted.status >= 400 else Submitted(1, 0)
@@ -250,6 +250,13 @@ def _flowiq(
         # A repeat finds its message queued when the first try died before its enqueue.
         hand_to_broker(accepted.message_id, new_from=SourceApi.FLOWIQ if accepted.created else None)
     return Submitted(1, 0)
+
+
+def _unit_of(caller: Caller) -> RequestUnit:
+    """A submission's unit: spent once, by the delivery that takes its Idempotency-Key. The broker
+    may deliver a submission again (a redelivery, a retry after the database died mid-statement
+    with the commit already made): that delivery is the same submission, not a new request."""
+    return RequestUnit(caller.org_id, repeats_pay=False)
 
 
 def _still_queued(session: Session, message_id: Any) -> bool:

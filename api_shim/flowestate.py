@@ -347,14 +347,16 @@ def send_once(
     unit = unit or RequestUnit(caller.org_id)
     try:
         taken = take_key(session, caller, idempotency_key, body.model_dump(mode="json"))
-    except ApiError:
+    except ApiError as error:
         # 409 (the key reused, or held past the wait): its unit on its own (429 past the quota).
         session.rollback()
-        _pay(session, unit)
-        session.commit()
+        if unit.repeats_pay or error.code is not ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS:
+            _pay(session, unit)
+            session.commit()
         raise
     if not isinstance(taken, idempotency.Claim):
-        _pay(session, unit)
+        if unit.repeats_pay:
+            _pay(session, unit)
         session.commit()
     if isinstance(taken, idempotency.Replay):
         return JSONResponse(taken.body, status_code=taken.status)

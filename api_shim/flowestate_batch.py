@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from functools import partial
 from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import Depends, Request
@@ -35,7 +34,7 @@ from api_shim.flowestate import (
     send_refusal,
     take_key,
 )
-from api_shim.intake import hand_batch_to_broker
+from api_shim.intake import hand_batch_over
 from api_shim.usage import quota_used_up, spend_units
 from models import lifecycle
 from models.db import get_sessionmaker
@@ -102,7 +101,7 @@ async def send_batch(
     finally:
         session.close()
     if accepted:
-        await run_in_threadpool(partial(hand_batch_to_broker, accepted, new_from=SourceApi.FLOWESTATE))
+        await hand_batch_over(accepted, new_from=SourceApi.FLOWESTATE)
     return answer
 
 

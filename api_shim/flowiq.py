@@ -13,7 +13,6 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request, Security
@@ -28,7 +27,7 @@ from api_shim.auth import Caller, authenticate_flowiq
 from api_shim.errors import ErrorCode
 from api_shim.flowiq_errors import FlowIQError, error_responses, invalid
 from api_shim.flowiq_request import FLOWIQ_TYPES, FlowIQSend, parse_send
-from api_shim.intake import hand_to_broker, persist_message
+from api_shim.intake import hand_over, persist_message
 from api_shim.openapi_docs import FLOWIQ_BEARER
 from api_shim.service_window import window_refusal
 from api_shim.storable_text import text_rule
@@ -200,7 +199,7 @@ async def _deliver_and_wait(request: Request, accepted: AcceptedSend) -> JSONRes
     future = waiter.expect(key)
     try:
         if accepted.created:
-            await run_in_threadpool(partial(hand_to_broker, accepted.message_id, new_from=SourceApi.FLOWIQ))
+            await hand_over(accepted.message_id, new_from=SourceApi.FLOWIQ)
         else:
             # A retry: the message may have finished long ago; then there is nothing to wait for.
             outcome = await run_in_threadpool(_load_outcome, accepted.message_id)
@@ -209,7 +208,7 @@ async def _deliver_and_wait(request: Request, accepted: AcceptedSend) -> JSONRes
             if outcome.status == MessageStatus.QUEUED:
                 # The first request may have died between its commit and its enqueue: one more
                 # task is harmless (only one claim can win) and saves waiting for the sweeper.
-                await run_in_threadpool(partial(hand_to_broker, accepted.message_id, new_from=None))
+                await hand_over(accepted.message_id, new_from=None)
         outcome = await _wait_for_outcome(future, accepted.message_id, settings.sync_timeout_s, settings.sync_poll_s)
     finally:
         waiter.forget(key, future)
@@ -249,11 +248,15 @@ def accept_send(
     # The key and the message commit together (see api_shim/idempotency.py).
     try:
         taken = claim_idempotency(session, caller, idempotency_key, body)
-    except FlowIQError:
-        _spend_alone(session, unit)  # the key refused (400) or not to be had (409)
+    except FlowIQError as error:
+        if unit.repeats_pay or error.extra.get("code") != ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS.value:
+            _spend_alone(session, unit)  # the key refused (400) or not to be had (409)
+        else:
+            session.rollback()
         raise
     if not isinstance(taken, idempotency.Claim):
-        _pay(session, unit)
+        if unit.repeats_pay:
+            _pay(session, unit)
         session.commit()
     if isinstance(taken, idempotency.Replay):
         return taken

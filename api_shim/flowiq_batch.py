@@ -14,7 +14,6 @@ import json
 import logging
 import uuid
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from fastapi import Request
@@ -39,7 +38,7 @@ from api_shim.flowiq import (
 )
 from api_shim.flowiq_errors import FlowIQError, FlowIQErrorBody, error_responses, invalid, missing
 from api_shim.flowiq_request import FlowIQSend, parse_send
-from api_shim.intake import hand_batch_to_broker
+from api_shim.intake import hand_batch_over
 from api_shim.usage import quota_used_up, spend_units
 from models import lifecycle
 from models.db import get_sessionmaker
@@ -112,7 +111,7 @@ async def send_whatsapp_batch(request: Request) -> JSONResponse:
     key = request.headers.get("idempotency-key")
     answer, accepted = await run_in_threadpool(_accept, request, request.query_params.get("tenantId"), raw, key)
     if accepted:
-        await run_in_threadpool(partial(hand_batch_to_broker, accepted, new_from=SourceApi.FLOWIQ))
+        await hand_batch_over(accepted, new_from=SourceApi.FLOWIQ)
     return JSONResponse(answer.body, status_code=answer.status)
 
 

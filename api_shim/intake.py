@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import uuid
 from contextvars import ContextVar
+from functools import partial
 
 from sqlalchemy.orm import Session
 
+from api_shim import broker_handoff
 from models import lifecycle, metrics
 from models.enums import SourceApi
 from models.outbound import AnyOutbound, as_json, preview_of
@@ -79,3 +81,19 @@ def hand_to_broker(message_id: uuid.UUID, *, new_from: SourceApi | None) -> None
         enqueue_send(message_id)
     except Exception:
         log.warning("message %s accepted but not enqueued (broker unreachable); the sweeper will", message_id)
+
+
+async def hand_over(message_id: uuid.UUID, *, new_from: SourceApi | None) -> None:
+    """``hand_to_broker`` for code on the event loop: the publish runs on the publish threads
+    (api_shim/broker_handoff.py), so a stalled broker holds this request only."""
+    if new_from is not None:
+        count_accepted(new_from)  # accepted (committed) whether or not the publish is made
+    await broker_handoff.publish(partial(hand_to_broker, message_id, new_from=None), f"message {message_id}")
+
+
+async def hand_batch_over(message_ids: list[uuid.UUID], *, new_from: SourceApi | None) -> None:
+    """``hand_batch_to_broker`` for code on the event loop (see ``hand_over``)."""
+    if new_from is not None:
+        count_accepted(new_from, len(message_ids))
+    what = f"{len(message_ids)} messages"
+    await broker_handoff.publish(partial(hand_batch_to_broker, message_ids, new_from=None), what)

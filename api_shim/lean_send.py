@@ -11,7 +11,8 @@ The hottest request of the service, so it skips what it can and keeps every cont
 5. One write, pipelined with its COMMIT: the Idempotency-Key row, the month's unit, the message with
    its thread entry (the lifecycle's accept), each only if the one before it went through. Past the
    quota the unit step raises WQ001 (migration 0010), which aborts the transaction before the COMMIT.
-6. The id to the broker, as before.
+6. The id to the broker, on the publish threads (api_shim/broker_handoff.py): a stalled broker
+   holds this request, never the event loop.
 
 Locks are taken in one order everywhere a send takes them: the Idempotency-Key row, the
 organization's usage row, then the key's row (its last use) and the conversation's. Batches take
@@ -59,7 +60,7 @@ from api_shim.flowestate import (
     send_and_close,
     send_refusal,
 )
-from api_shim.intake import hand_to_broker
+from api_shim.intake import hand_over, hand_to_broker
 from api_shim.key_cache import KeyCache, KeyFacts
 from api_shim.usage import RequestUnit, current_month, quota_used_up, spend_unit, take_request_async, touch_key
 from models import async_db, lifecycle
@@ -247,7 +248,7 @@ async def accept_send(body: SendBody, facts: KeyFacts, idempotency_key: str | No
         _keys.touched(facts, now)
     if not stored:
         return await run_in_threadpool(_by_the_book, body, facts, idempotency_key)
-    hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE)
+    await hand_over(message_id, new_from=SourceApi.FLOWESTATE)
     return JSONResponse({"messageId": str(message_id)})
 
 
@@ -323,17 +324,30 @@ def accept_submission(body: SendBody, caller: Caller, idempotency_key: str) -> u
                 written = conn.execute(_WRITE, params)
                 conn.commit()
         except psycopg.Error as error:
+            if conn.broken:
+                raise  # as it is (a rollback would only add "the connection is lost")
             conn.rollback()
             if isinstance(error, _LOCK_TROUBLE):
                 return None  # the ORM path waits for the key again and answers (the submission retries)
             raise _quota_or(error, quota) from None
         outcome, _ = written.fetchone() or (None, 0)
+    except psycopg.OperationalError:
+        # The connection died with the statement (Postgres restarted, the backend terminated): it
+        # must not go back to the pool. The error goes on to the task, which runs the submission
+        # again (worker/task_base.py); a commit that went through finds its key then.
+        if _dead(conn):
+            raw.invalidate()
+        raise
     finally:
         raw.close()
     if outcome != "stored":
         return None
     hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE)
     return message_id
+
+
+def _dead(conn: object) -> bool:
+    return isinstance(conn, psycopg.Connection) and (conn.broken or conn.closed)
 
 
 def _checks_pass(row: tuple[Any, ...], message: AnyOutbound) -> int | Literal[False]:

@@ -14,6 +14,7 @@ import logging
 import secrets
 import uuid
 from dataclasses import dataclass
+from functools import partial
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -22,6 +23,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from api_shim import broker_handoff
 from api_shim.app_secrets import OWN_APP_SECRETS
 from api_shim.meta_signature import matching_secret
 from models.crypto import decrypt_token
@@ -209,8 +211,13 @@ async def receive(request: Request) -> Response:
     # A failure to store answers 500: Meta retries, and nothing was acknowledged that is not kept.
     event_id = await run_in_threadpool(_store, body, signer)
     if event_id is not None:
-        try:
-            enqueue_webhook(event_id)
-        except Exception as fault:  # the row is committed: the sweeper hands it over
-            log.warning("webhook %s stored but not enqueued (%s); the sweeper will", event_id, type(fault).__name__)
+        # Off the event loop: a stalled broker holds this delivery's answer, not every request.
+        await broker_handoff.publish(partial(_hand_over, event_id), f"webhook {event_id}")
     return JSONResponse({"received": True})
+
+
+def _hand_over(event_id: uuid.UUID) -> None:
+    try:
+        enqueue_webhook(event_id)
+    except Exception as fault:  # the row is committed: the sweeper hands it over
+        log.warning("webhook %s stored but not enqueued (%s); the sweeper will", event_id, type(fault).__name__)

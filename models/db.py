@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, TypeVar
 
+import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -184,7 +185,8 @@ MAX_PAUSE_S = 2.0
 def describe_database_error(error: Exception) -> str:
     """One line for the log: the driver's reason (it names the server and the cause, never the
     statement's parameters), or the error's type."""
-    orig = getattr(error, "orig", None)
+    # SQLAlchemy keeps the driver's error as .orig; code on a raw connection raises it directly.
+    orig = getattr(error, "orig", None) or (error if isinstance(error, psycopg.Error) else None)
     reason = str(orig).strip().splitlines()[0][:200] if orig is not None and str(orig).strip() else ""
     return reason or type(error).__name__
 

@@ -12,13 +12,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from celery import Task
 from sqlalchemy import exc as sqlalchemy_exc
 
 from models.db import describe_database_error
 from worker.backoff import compute_backoff
 
-DATABASE_UNAVAILABLE = (sqlalchemy_exc.OperationalError, sqlalchemy_exc.TimeoutError)
+# SQLAlchemy's errors, and the driver's own for code on a raw connection (the lean statements of
+# api_shim/lean_send.py): a connection lost or cut (Postgres restarted, the backend terminated by
+# an operator), a serialization failure or deadlock, a statement or lock timeout. Each rolled the
+# statement's transaction back, so the task's work can simply run again.
+DATABASE_UNAVAILABLE = (sqlalchemy_exc.OperationalError, sqlalchemy_exc.TimeoutError, psycopg.OperationalError)
 # Tries of one task while the database is unavailable, and the pauses between them (full jitter):
 # up to about four minutes in all; past that the sweeper re-enqueues the message.
 DATABASE_RETRIES = 12

@@ -10,7 +10,6 @@ import base64
 import contextlib
 import json
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -34,6 +33,7 @@ from models.enums import KeyKind
 from models.tables import Message, Organization, OrgUsage
 from tests.conftest import RUN_ID, WORKER_NODE
 from tests.support.admin_cli import wadispatch
+from tests.support.gates import InsertGate
 from tests.support.processes import ManagedProcess, queue_worker
 from tests.support.tenants import random_phone
 from wadispatch.client import Submitter
@@ -115,13 +115,14 @@ def test_submitter_sends_and_a_resubmission_makes_no_second_message(live, api, s
     data = _submission(api, tenant, key)
     assert data["status"] == "accepted" and data["idempotencyKey"] == key
     assert api.wait_for(tenant, data["messageId"])["status"] == "sent"
-    # The same submission again (a redelivery, or the sender retrying): nothing new.
+    # The same submission again (a redelivery, or the sender retrying): nothing new, no unit either.
+    units = _units_used(tenant)
     submitter.flowestate_send(lead, tenant.account.id, "Your viewing is at 10:00", idempotency_key=key)
     submitter.flowestate_send(lead, tenant.account.id, "Your viewing is at 10:00", idempotency_key=key)
     # Both repeats have run (each logs its outcome under the key) before "nothing new" is judged.
     outcomes = _wait_log(live.worker, f"submission {key}: ", count=3)
     assert all(line.endswith(f"submission {key}: accepted:1") for line in outcomes), outcomes
-    assert _messages(tenant) == 1
+    assert _messages(tenant) == 1 and _units_used(tenant) == units
     (sent,) = sandbox.received(tenant.account.phone_number_id)
     assert sent["body"]["text"]["body"] == "Your viewing is at 10:00"
     # The worker's log shows the submission by its key, never the API key or the text.
@@ -252,54 +253,6 @@ def test_a_submission_past_its_request_rate_waits_and_runs_again(live, api, sand
     assert sent["body"]["text"]["body"] == "After the wait"
 
 
-class _InsertGate:
-    """While held, this organization's message INSERTs wait (a trigger takes an advisory lock the
-    test holds): the moment between a submission reaching the worker and its commit, made wide."""
-
-    def __init__(self, tenant) -> None:
-        self.name = f"gate_{uuid.uuid4().hex[:12]}"
-        self.org_id = tenant.org_id
-        self.lock = random.randint(1, 2**62)
-        self.holder = get_engine().connect()
-
-    def __enter__(self) -> _InsertGate:
-        action = f"BEGIN PERFORM pg_advisory_xact_lock_shared({self.lock}); RETURN NEW; END"
-        with get_engine().begin() as conn:
-            conn.execute(text(f"CREATE FUNCTION {self.name}() RETURNS trigger AS $$ {action} $$ LANGUAGE plpgsql"))
-            conn.execute(
-                text(
-                    f"CREATE TRIGGER {self.name} BEFORE INSERT ON messages FOR EACH ROW "
-                    f"WHEN (NEW.org_id = '{self.org_id}') EXECUTE FUNCTION {self.name}()"
-                )
-            )
-        self.holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.lock})
-        self.holder.commit()
-        return self
-
-    def waiting(self) -> int:
-        """Backends waiting at the gate."""
-        with get_engine().connect() as conn:
-            return conn.scalar(
-                text(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                    "AND ((classid::bigint << 32) | objid::bigint) = :k"
-                ),
-                {"k": self.lock},
-            )
-
-    def open(self) -> None:
-        if not self.holder.closed:
-            self.holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.lock})
-            self.holder.commit()
-            self.holder.close()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.open()
-        with get_engine().begin() as conn:
-            conn.execute(text(f"DROP TRIGGER {self.name} ON messages"))
-            conn.execute(text(f"DROP FUNCTION {self.name}()"))
-
-
 def test_a_batch_submitted_while_the_broker_is_down_waits_queued_and_the_sweeper_enqueues_it(
     stack, api, sandbox, tenant, tmp_path
 ):
@@ -314,7 +267,7 @@ def test_a_batch_submitted_while_the_broker_is_down_waits_queued_and_the_sweeper
         for n in range(3)
     ]
     key = f"campaign-{uuid.uuid4().hex}"
-    with PrivateRedis() as broker, _InsertGate(tenant) as gate:
+    with PrivateRedis() as broker, InsertGate(tenant) as gate:
         intake = queue_worker("intake-only", INTAKE_QUEUE, {**stack.env, "WADISPATCH_REDIS_URL": broker.url},
                               tmp_path, RUN_ID)  # fmt: skip
         intake.start()
@@ -595,11 +548,50 @@ def test_a_submission_whose_key_is_being_stored_waits_instead_of_being_refused(l
         caller = flowestate_caller(holder, tenant.key, Scope.WRITE)
         taken = flowestate.take_key(holder, caller, key, flowestate.SendIn.model_validate(body).model_dump(mode="json"))
         assert not isinstance(taken, dict)  # held, uncommitted: another delivery is storing it
+        units = _units_used(tenant)  # (the holder's own request paid one)
         with pytest.raises(RetryLater):
             submit(**signed_submission(tenant.key, {"api": "flowestate", "idempotency_key": key, "request": body}))
+        # Looking again costs nothing: the delivery storing it pays the submission's one unit.
+        assert _units_used(tenant) == units
     finally:
         holder.rollback()
         holder.close()
+
+
+def _terminate(pid: int) -> None:
+    """What an operator's pg_terminate_backend (or a Postgres shutting down) does to a statement."""
+    with get_engine().connect() as conn:
+        assert conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+
+def test_a_submission_whose_database_connection_dies_is_retried_and_accepted_once(live, api, sandbox, tenant):
+    """README: a submission whose statement dies with its connection (the backend terminated,
+    Postgres restarting) is not refused INTERNAL_ERROR: the task runs again after a backoff and is
+    accepted, once. A later delivery of the same submission (the broker redelivering it) finds it
+    kept and costs no second unit."""
+    submitter = Submitter(live.env["WADISPATCH_REDIS_URL"], api_key=tenant.key)
+    lead, key = tenant.new_lead(), f"crm-{uuid.uuid4().hex}"
+    retry_line = "submission: database unavailable"
+    earlier = len(_log_lines(live.worker, retry_line))  # other tests' retries in this worker's log
+    with InsertGate(tenant) as gate:
+        submitter.flowestate_send(lead, tenant.account.id, "Your viewing is at 10:00", idempotency_key=key)
+        (pid,) = _wait(gate.waiting_backends, "the submission never reached its INSERT")
+        _terminate(pid)
+        retried = _wait_log(live.worker, retry_line, count=earlier + 1)[-1]
+        assert "try 1; again in" in retried, retried
+    (outcome,) = _wait_log(live.worker, f"submission {key}: ")
+    assert outcome.endswith(f"submission {key}: accepted:1"), outcome
+    # (Units are read before any lookup over HTTP: each of those is a request and pays one.)
+    assert _messages(tenant) == 1 and _units_used(tenant) == 1
+    # The same submission delivered again: its message, no second one, and no second unit.
+    submitter.flowestate_send(lead, tenant.account.id, "Your viewing is at 10:00", idempotency_key=key)
+    outcomes = _wait_log(live.worker, f"submission {key}: ", count=2)
+    assert all(line.endswith(f"submission {key}: accepted:1") for line in outcomes), outcomes
+    assert _messages(tenant) == 1 and _units_used(tenant) == 1
+    data = _submission(api, tenant, key)
+    assert data["status"] == "accepted"
+    assert api.wait_for(tenant, data["messageId"])["status"] == "sent"
+    assert len(sandbox.received(tenant.account.phone_number_id)) == 1
 
 
 def test_the_submission_lookup_refuses_a_nul_and_forgets_expired_keys(live, api, tenant):
