@@ -122,9 +122,9 @@ def test_revoking_a_name_the_command_did_not_make_is_refused(intake):
 
 
 @pytest.fixture
-def rabbit_intake(stack) -> Iterator[dict[str, str]]:
+def rabbit_intake(stack) -> Iterator[tuple[dict[str, str], ManagedProcess]]:
     """A RabbitMQ virtual host of this test's own (on the machine's RabbitMQ) as the intake broker,
-    and an intake worker consuming it; the vhost and its users are removed after."""
+    and an intake worker for it (started by the test); the vhost and its users are removed after."""
     assert shutil.which("rabbitmqctl"), "needs RabbitMQ's rabbitmqctl (Debian: rabbitmq-server), run as root"
     vhost = f"wadispatch-test-{uuid.uuid4().hex[:8]}"
     _rabbitmqctl("add_vhost", vhost)
@@ -139,15 +139,18 @@ def rabbit_intake(stack) -> Iterator[dict[str, str]]:
             stack.worker.log_path.parent,
             ready=lambda: " ready." in worker.log_since_start(),
         )
-        worker.start()
         try:
-            yield env
+            yield env, worker
         finally:
             worker.stop()
     finally:
         for credential in _cli_quiet(env, "list")["credentials"]:
             _rabbitmqctl("delete_user", credential["name"])
         _rabbitmqctl("delete_vhost", vhost)
+
+
+def _vhost(env: dict[str, str]) -> str:
+    return unquote(urlsplit(env["WADISPATCH_INTAKE_BROKER_URL"]).path[1:])
 
 
 def _rabbitmqctl(*args: str) -> None:
@@ -163,12 +166,31 @@ def _cli_quiet(env: dict[str, str], *args: str) -> dict[str, Any]:
 def test_a_rabbitmq_credential_publishes_to_the_intake_exchange_and_cannot_consume(rabbit_intake, api, tenant):
     import amqp
 
-    created = _cli(rabbit_intake, "create", "--org", tenant.slug)
+    env, worker = rabbit_intake
+    created = _cli(env, "create", "--org", tenant.slug)
     url = created["url"]
-    key = f"crm-{uuid.uuid4().hex}"
-    Submitter(url, api_key=tenant.key).flowestate_send(
-        tenant.new_lead(), tenant.account.id, "Through RabbitMQ", idempotency_key=key
-    )
+    service = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest", virtual_host=_vhost(env))
+    service.connect()
+    try:
+        # The service declares the intake exchange and queue (its intake worker does, at start).
+        declaring = service.channel()
+        declaring.exchange_declare(INTAKE_QUEUE, "direct", durable=True, auto_delete=False)
+        declaring.queue_declare(INTAKE_QUEUE, durable=True, auto_delete=False)
+        declaring.queue_bind(INTAKE_QUEUE, INTAKE_QUEUE, INTAKE_QUEUE)
+        key = f"crm-{uuid.uuid4().hex}"
+        Submitter(url, api_key=tenant.key).flowestate_send(
+            tenant.new_lead(), tenant.account.id, "Through RabbitMQ", idempotency_key=key
+        )
+        # The message as RabbitMQ holds it: its payload, never the API key's secret part.
+        waiting = declaring.basic_get(INTAKE_QUEUE, no_ack=False)
+        assert waiting is not None
+        held = bytes(waiting.body) + repr(waiting.properties).encode()
+        assert key.encode() in held and tenant.key.removeprefix("fe_k_").encode() not in held
+        declaring.basic_reject(waiting.delivery_tag, requeue=True)
+    finally:
+        with contextlib.suppress(Exception):
+            service.close()
+    worker.start()
     assert _submission(api, tenant, key)["status"] == "accepted"
 
     parts = urlsplit(url)
@@ -192,8 +214,8 @@ def test_a_rabbitmq_credential_publishes_to_the_intake_exchange_and_cannot_consu
         with contextlib.suppress(Exception):
             connection.close()
 
-    assert [c["name"] for c in _cli(rabbit_intake, "list", "--org", tenant.slug)["credentials"]] == [created["name"]]
-    _cli(rabbit_intake, "revoke", "--name", created["name"])
+    assert [c["name"] for c in _cli(env, "list", "--org", tenant.slug)["credentials"]] == [created["name"]]
+    _cli(env, "revoke", "--name", created["name"])
     with pytest.raises(amqp.exceptions.AccessRefused):
         amqp.Connection(
             f"{parts.hostname}:{parts.port}", userid=unquote(parts.username or ""),
