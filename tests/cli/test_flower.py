@@ -59,6 +59,7 @@ def test_flower_will_not_run_with_the_development_password_in_production(stack):
         WADISPATCH_META_APP_SECRET="an-app-secret",
         WADISPATCH_META_VERIFY_TOKEN="a-verify-token",
         WADISPATCH_META_BASE_URL="https://graph.facebook.com",
+        WADISPATCH_METRICS_TOKEN="a-metrics-token",
     )
     result = subprocess.run(
         [sys.executable, "-m", "cli", "flower", "--port", str(free_port())],

@@ -25,6 +25,7 @@ def test_production_starts_with_real_secrets():
         meta_base_url="https://graph.facebook.com",
         meta_app_secret="a" * 32,
         meta_verify_token="v" * 24,
+        metrics_token="m" * 32,
     )
     assert settings.env == "production"
 
