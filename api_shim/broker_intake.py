@@ -37,6 +37,7 @@ from api_shim.usage import RateState, RequestUnit
 from models.db import get_sessionmaker
 from models.endpoints import emit_event
 from models.enums import MessageStatus, Scope, SourceApi
+from models.log_hygiene import key_for_log
 from models.tables import Message
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def submit(
 ) -> Submitted:
     """Check and store one submission (raises RetryLater, or the database's errors to retry)."""
     if problem := _malformed(api, api_key, idempotency_key, request, messages, unknown):
-        log.warning("submission %s refused: %s", _printable(idempotency_key), problem)
+        log.warning("submission %s refused: %s", key_for_log(idempotency_key), problem)
         return Submitted(0, 0, "BAD_SUBMISSION")
     rate: list[RateState] = []
     # What it accepts is counted as come through the broker (wadispatch_messages_accepted_total).
@@ -96,7 +97,7 @@ def submit(
                 # Another delivery of this very submission is being stored right now: its outcome
                 # will be the answer, so this one looks again shortly instead of calling it refused.
                 raise RetryLater(1.0) from None
-            log.info("submission %s refused: %s", idempotency_key, code)
+            log.info("submission %s refused: %s", key_for_log(idempotency_key), code)
             _tell_upstream(session, api_key, api, idempotency_key, code, message)
             return Submitted(0, 1, code)
         finally:
@@ -151,10 +152,6 @@ def _malformed(
     if (request is None) == (messages is None):
         return "give either request or messages"
     return None
-
-
-def _printable(key: Any) -> str:
-    return key if isinstance(key, str) and len(key) <= idempotency.MAX_KEY_LENGTH and not text_rule(key) else "?"
 
 
 def _flowestate(session: Session, api_key: str, key: str, request: Any, messages: Any, on_rate: Any) -> Submitted:

@@ -18,6 +18,7 @@ from celery.signals import worker_process_shutdown, worker_ready, worker_shutdow
 
 from models import lifecycle, metrics
 from models.db import session_scope
+from models.log_hygiene import key_for_log
 from models.redis_client import redis_from_url
 from models.settings import get_settings
 from wadispatch.client import masked_kwargs_repr
@@ -212,6 +213,8 @@ def submit(self: Task, *args: object, **kwargs: object) -> str:
     from api_shim.broker_intake import submit as check_and_store
 
     masked = masked_kwargs_repr(kwargs)
+    # Named by a short hash in every line: the key is the sender's to choose (any size or JSON).
+    key = kwargs.get("idempotency_key")
     if args:
         log.warning("submission refused: keyword arguments only (got %d positional)", len(args))
         return "refused:BAD_SUBMISSION"
@@ -219,16 +222,16 @@ def submit(self: Task, *args: object, **kwargs: object) -> str:
         submitted = check_and_store(**kwargs)
     except RetryLater as wait:
         if self.request.retries >= SUBMIT_RATE_RETRIES:
-            log.warning("submission %s refused: request rate still exceeded (%s)", kwargs.get("idempotency_key"), wait)
+            log.warning("submission %s refused: request rate still exceeded (%s)", key_for_log(key), wait)
             return "refused:RATE_LIMITED"
         raise self.retry(countdown=wait.after_s, kwargsrepr=masked) from None
     except DATABASE_UNAVAILABLE:
         raise  # the base retries it (worker/task_base.py)
     except Exception as error:
         # A bug of ours: its text could quote the arguments (the key), so only its kind is logged.
-        log.error("submission %s: internal error (%s)", kwargs.get("idempotency_key"), type(error).__name__)
+        log.error("submission %s: internal error (%s)", key_for_log(key), type(error).__name__)
         return "refused:INTERNAL_ERROR"
-    log.info("submission %s: %s", kwargs.get("idempotency_key"), submitted)
+    log.info("submission %s: %s", key_for_log(key), submitted)
     return str(submitted)
 
 
