@@ -40,6 +40,7 @@ from api_shim.usage import RateState, RequestUnit
 from models.db import get_sessionmaker
 from models.endpoints import emit_event
 from models.enums import MessageStatus, Scope, SourceApi
+from models.log_hygiene import key_for_log
 from models.settings import get_settings
 from models.tables import Message
 
@@ -115,7 +116,7 @@ def _submit_signed(
     **unknown: Any,
 ) -> Submitted:
     if problem := _malformed(api, idempotency_key, request, messages, unknown):
-        log.warning("submission %s refused: %s", _printable(idempotency_key), problem)
+        log.warning("submission %s refused: %s", key_for_log(idempotency_key), problem)
         return Submitted(0, 0, "BAD_SUBMISSION")
     org_id = signed.org.id
     rate: list[RateState] = []
@@ -133,7 +134,7 @@ def _submit_signed(
             # Another delivery of this very submission is being stored right now: its outcome
             # will be the answer, so this one looks again shortly instead of calling it refused.
             raise RetryLater(1.0) from None
-        log.info("submission %s refused: %s", idempotency_key, code)
+        log.info("submission %s refused: %s", key_for_log(idempotency_key), code)
         _tell_upstream(session, org_id, api, idempotency_key, code, message)
         return Submitted(0, 1, code)
     finally:
@@ -186,7 +187,7 @@ def label(kwargs: dict[str, Any]) -> str:
         fields = json.loads(payload) if isinstance(payload, str) else kwargs
     except ValueError:
         return "?"
-    return _printable(fields.get("idempotency_key")) if isinstance(fields, dict) else "?"
+    return key_for_log(fields.get("idempotency_key")) if isinstance(fields, dict) else key_for_log(None)
 
 
 def _printable(key: Any) -> str:

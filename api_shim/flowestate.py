@@ -261,6 +261,10 @@ def list_accounts(session: DbSession, caller: Annotated[Caller, Depends(caller_w
 
 
 def _storable_key(value: str | None) -> str | None:
+    if value == "":
+        # Refused as FlowIQ refuses it: taken as the key "", the first send with an empty header
+        # would hold it for the TTL and every other one would be refused as a reused key.
+        raise ValueError("must not be empty")
     if value is not None and (rule := text_rule(value)):
         raise ValueError(rule)
     return value
@@ -272,6 +276,7 @@ IdempotencyHeader = Annotated[
     Header(
         alias="Idempotency-Key",
         max_length=idempotency.MAX_KEY_LENGTH,
+        json_schema_extra={"minLength": 1},
         description="Same key and body within 24 h: the first answer again, no second message",
     ),
 ]

@@ -5,14 +5,13 @@ sums every uvicorn process; the system-wide gauges come from the snapshot one pr
 
 from __future__ import annotations
 
-import secrets
 from functools import lru_cache
 
 import redis
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from models.metrics import exposition
+from models.metrics import bearer_matches, exposition
 from models.redis_client import redis_from_url
 from models.settings import get_settings
 from worker.gauges import SnapshotCollector
@@ -28,7 +27,7 @@ def _redis() -> redis.Redis:
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
     token = get_settings().metrics_token
-    if token and not _bearer_matches(request.headers.get("authorization", ""), token):
+    if token and not bearer_matches(request.headers.get("authorization", ""), token):
         return PlainTextResponse(
             "metrics: send Authorization: Bearer <WADISPATCH_METRICS_TOKEN>\n",
             status_code=401,
@@ -36,8 +35,3 @@ def metrics(request: Request) -> Response:
         )
     body, content_type = exposition(SnapshotCollector(_redis()))
     return Response(content=body, media_type=content_type)
-
-
-def _bearer_matches(header: str, token: str) -> bool:
-    scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), token.encode())

@@ -51,13 +51,16 @@ def cli() -> None:
 @cli.command()
 def migrate() -> None:
     """Create the database if needed and apply every migration."""
-    from models.migrate import ensure_database, upgrade_to_head
+    from models.migrate import MigrationRefused, ensure_database, upgrade_to_head
 
     url = get_settings().database_url
     try:
         if ensure_database(url):
             click.echo("created the database")
         upgrade_to_head(url)
+    except MigrationRefused as refused:
+        # Postgres is fine: the data needs the operator (the message says what to do).
+        raise click.ClickException(str(refused)) from None
     except Exception as exc:
         raise click.ClickException(
             f"migration failed: {type(exc).__name__}: {exc}\n"

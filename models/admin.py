@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models import lifecycle
@@ -104,6 +105,9 @@ def create_account(
         raise AdminError("--mps: must be at least 1")
     if token is not None and not (token.isascii() and token.isprintable() and " " not in token and token):
         raise AdminError("--token: must be printable ASCII with no spaces (check for a pasted newline)")
+    if phone_number_id is not None:
+        phone_number_id = _phone_number_id_or_error(phone_number_id)
+        _refuse_taken_phone_number_id(session, phone_number_id)
     if account_type == AccountType.MEMBER and member_id is None:
         member_id = uuid.uuid4()
     account = WhatsappAccount(
@@ -116,9 +120,40 @@ def create_account(
         status=status,
         mps=mps,
     )
-    session.add(account)
-    session.flush()
+    try:
+        # A savepoint: when another `account create` took the id since the check above, the
+        # session stays usable to name the account that has it.
+        with session.begin_nested():
+            session.add(account)
+    except IntegrityError as error:
+        if phone_number_id is None or PHONE_NUMBER_ID_CONSTRAINT not in str(error.orig):
+            raise
+        _refuse_taken_phone_number_id(session, phone_number_id)
+        raise  # the holder is gone again: the constraint's error is all there is to say
     return account
+
+
+PHONE_NUMBER_ID_CONSTRAINT = "uq_whatsapp_accounts_phone_number_id"
+
+
+def _phone_number_id_or_error(value: str) -> str:
+    value = value.strip()
+    if not value or len(value) > 64 or not value.isprintable() or any(c.isspace() for c in value):
+        raise AdminError("--phone-number-id: must be Meta's phone-number id, 1 to 64 characters without spaces")
+    return value
+
+
+def _refuse_taken_phone_number_id(session: Session, phone_number_id: str) -> None:
+    """Meta's webhooks name the number by this id: a second account holding it, in any
+    organization, would stop the owner's status updates. The owner is named by id only."""
+    holder = session.scalars(
+        select(WhatsappAccount).where(WhatsappAccount.meta_phone_number_id == phone_number_id)
+    ).first()
+    if holder is not None:
+        raise AdminError(
+            f"--phone-number-id: {phone_number_id} already belongs to account {holder.id} "
+            f"(organization {holder.org_id}); each Meta phone-number id belongs to one account"
+        )
 
 
 def create_contact(

@@ -31,6 +31,8 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from models.log_hygiene import drop_database_details
+
 # The structured fields a line may carry (beyond time, level, logger, message and exception).
 FIELDS = (
     "message_id",
@@ -110,6 +112,10 @@ def redact_text(text: str) -> str:
         text = _OUR_SECRETS.sub(rf"\1{REDACTED}", text)
     if "+" in text:
         text = _E164.sub(f"+{REDACTED}", text)
+    if "DETAIL:" in text:
+        # A traceback rendered here (format_exc_info) has not been through log_hygiene's record
+        # factory, which cleans exc_text only: Postgres's DETAIL quotes a row's values.
+        text = drop_database_details(text)
     return text
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from time import perf_counter
@@ -179,3 +180,10 @@ class _Everything(Collector):
 
     def collect(self):  # type: ignore[no-untyped-def]
         return REGISTRY.collect()
+
+
+def bearer_matches(header: str, token: str) -> bool:
+    """Whether an Authorization header carries ``token`` as its bearer (the API's /metrics and each
+    worker's). Constant-time: how much of a guess matched must not show in how long it takes."""
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), token.encode())

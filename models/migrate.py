@@ -10,6 +10,11 @@ from alembic.config import Config
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
+class MigrationRefused(Exception):
+    """A migration found data it must not guess about; its message says what to fix (nothing was
+    changed: the migration's transaction is rolled back)."""
+
+
 def alembic_config(database_url: str | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))

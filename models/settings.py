@@ -80,14 +80,16 @@ class Settings(BaseSettings):
     flower_basic_auth: str = DEV_FLOWER_BASIC_AUTH
 
     # Prometheus: each worker process serves /metrics on this port (0: off; two workers on one
-    # host need two ports), on this address. The API serves /metrics on its own port.
+    # host need two ports), on this address: loopback unless told otherwise (a container that
+    # Prometheus scrapes from outside sets 0.0.0.0). The API serves /metrics on its own port.
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
     worker_metrics_host: str = "127.0.0.1"
     # The gauges an autoscaler reads (queue depths, messages by status, ...) are refreshed this
     # often by one process at a time (a Redis lease), not by every scrape.
     gauges_interval_s: float = Field(default=10.0, gt=0)
-    # When set, the API's /metrics answers only `Authorization: Bearer <this>` (the API's port also
-    # takes Meta's webhooks, so it is often public). Empty: /metrics is open.
+    # When set, the API's /metrics and each worker's answer only `Authorization: Bearer <this>`
+    # (the API's port also takes Meta's webhooks, so it is often public; the figures name accounts
+    # and organizations). Empty: /metrics is open, which production refuses.
     metrics_token: str = ""
 
     api_host: str = "127.0.0.1"
@@ -255,6 +257,8 @@ class Settings(BaseSettings):
             unsafe.append("WADISPATCH_META_APP_SECRET (or WADISPATCH_WEBHOOKS_ENABLED=false)")
         if self.webhooks_enabled and self.meta_verify_token in ("", DEV_META_VERIFY_TOKEN):
             unsafe.append("WADISPATCH_META_VERIFY_TOKEN (or WADISPATCH_WEBHOOKS_ENABLED=false)")
+        if not self.metrics_token.strip():
+            unsafe.append("WADISPATCH_METRICS_TOKEN (the API's and the workers' /metrics answer only its bearer)")
         if problem := not_a_public_https_url(self.meta_base_url):
             unsafe.append(f"WADISPATCH_META_BASE_URL to Meta's https address ({problem})")
         if not self.intake_apart:

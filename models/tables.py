@@ -76,6 +76,9 @@ class WhatsappAccount(Base):
         CheckConstraint("account_type IN ('organization', 'member')", name="account_type_known"),
         CheckConstraint("status IN ('connected', 'disconnected', 'halted')", name="account_status_known"),
         CheckConstraint("mps > 0", name="account_mps_positive"),
+        # Meta's webhooks name a number by this id: two accounts holding it (in any organizations)
+        # would leave its updates unroutable. Accounts without one are not limited (NULLs are distinct).
+        UniqueConstraint("meta_phone_number_id", name="uq_whatsapp_accounts_phone_number_id"),
     )
 
     id: Mapped[uuid.UUID] = _uuid_pk()

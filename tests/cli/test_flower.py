@@ -60,6 +60,7 @@ def test_flower_will_not_run_with_the_development_password_in_production(stack):
         WADISPATCH_META_VERIFY_TOKEN="a-verify-token",
         WADISPATCH_META_BASE_URL="https://graph.facebook.com",
         WADISPATCH_INTAKE_BROKER_URL="redis://127.0.0.1:6379/1",
+        WADISPATCH_METRICS_TOKEN="a-metrics-token",
     )
     result = subprocess.run(
         [sys.executable, "-m", "cli", "flower", "--port", str(free_port())],

@@ -22,6 +22,7 @@ from models.outbound import TextMessage
 from models.tables import Contact, Message, MessageAttempt, MessageEvent
 from tests.conftest import DB_NAME
 from tests.support.database import clone_database, drop_database
+from tests.support.tenants import random_phone_number_id
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,12 @@ class World:
             org = admin.create_org(s, slug="lc-" + uuid.uuid4().hex[:8], name="Lifecycle")
             admin.create_key(s, org=org, kind=KeyKind.FLOWESTATE, scopes=["whatsapp:write"])
             account = admin.create_account(
-                s, org=org, account_type="organization", phone="+18095550100", phone_number_id="1", token="t"
+                s,
+                org=org,
+                account_type="organization",
+                phone="+18095550100",
+                phone_number_id=random_phone_number_id(),
+                token="t",
             )
             contact = admin.create_contact(s, org=org, phone="+18095550101", name="Lead")
             self.org_id, self.account_id, self.contact_id = org.id, account.id, contact.id

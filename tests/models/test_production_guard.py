@@ -21,6 +21,7 @@ def production(**overrides: object) -> Settings:
         "meta_app_secret": "a" * 32,
         "meta_verify_token": "v" * 24,
         "intake_broker_url": "redis://127.0.0.1:6379/1",
+        "metrics_token": "m" * 32,
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]
@@ -97,3 +98,13 @@ def test_webhooks_need_a_real_app_secret_and_verify_token(missing):
         production(**{missing: getattr(Settings(), missing)})  # the development default
     # Without webhooks, neither is needed.
     assert production(**{missing: "", "webhooks_enabled": False}).webhooks_enabled is False
+
+
+@pytest.mark.parametrize("token", ["", "   "])
+def test_production_needs_a_metrics_token(token):
+    """The API's /metrics and each worker's name accounts and organizations: production does not
+    start with them open."""
+    with pytest.raises(ValidationError, match="WADISPATCH_METRICS_TOKEN") as caught:
+        production(metrics_token=token)
+    assert "production refuses unsafe settings" in str(caught.value)
+    assert Settings(env="development").metrics_token == ""  # development stays open

@@ -30,6 +30,7 @@ from sqlalchemy import func, select, text, update
 from api_shim.usage import current_month
 from models.db import get_engine, session_scope
 from models.enums import KeyKind
+from models.log_hygiene import key_for_log
 from models.tables import Message, Organization, OrgUsage
 from tests.conftest import RUN_ID, WORKER_NODE
 from tests.support.admin_cli import wadispatch
@@ -120,14 +121,14 @@ def test_submitter_sends_and_a_resubmission_makes_no_second_message(live, api, s
     submitter.flowestate_send(lead, tenant.account.id, "Your viewing is at 10:00", idempotency_key=key)
     submitter.flowestate_send(lead, tenant.account.id, "Your viewing is at 10:00", idempotency_key=key)
     # Both repeats have run (each logs its outcome under the key) before "nothing new" is judged.
-    outcomes = _wait_log(live.worker, f"submission {key}: ", count=3)
-    assert all(line.endswith(f"submission {key}: accepted:1") for line in outcomes), outcomes
+    outcomes = _wait_log(live.worker, f"submission {key_for_log(key)}: ", count=3)
+    assert all(line.endswith(f"submission {key_for_log(key)}: accepted:1") for line in outcomes), outcomes
     assert _messages(tenant) == 1 and _units_used(tenant) == units
     (sent,) = sandbox.received(tenant.account.phone_number_id)
     assert sent["body"]["text"]["body"] == "Your viewing is at 10:00"
-    # The worker's log shows the submission by its key, never the API key or the text.
+    # The worker's log shows the submission by its key's hash, never the key, the API key or the text.
     log = live.worker.log_since_start()
-    assert key in log and tenant.key not in log and "Your viewing is at 10:00" not in log
+    assert key not in log and tenant.key not in log and "Your viewing is at 10:00" not in log
 
 
 def test_a_refused_submission_is_kept_with_its_error(live, api, tenant):
@@ -179,18 +180,18 @@ def test_the_key_scope_and_quota_apply(live, api, tenant, hook_receiver):
     Submitter(broker, api_key="fe_k_not-a-key").flowestate_send(
         tenant.new_lead(), tenant.account.id, "x", idempotency_key=unknown
     )
-    _wait_log(live.worker, f"submission {forbidden} refused: FORBIDDEN")
-    _wait_log(live.worker, f"submission {unknown} refused: UNKNOWN_KEY")
+    _wait_log(live.worker, f"submission {key_for_log(forbidden)} refused: FORBIDDEN")
+    _wait_log(live.worker, f"submission {key_for_log(unknown)} refused: UNKNOWN_KEY")
     assert _units_used(tenant) == 0  # refused before the quota: no unit
     # The organization's one unit goes to this submission; the next one finds the quota used up.
     writer = Submitter(broker, api_key=tenant.key)
     first, over = f"crm-{uuid.uuid4().hex}", f"crm-{uuid.uuid4().hex}"
     writer.flowestate_send(tenant.new_lead(), tenant.account.id, "x", idempotency_key=first)
-    _wait_log(live.worker, f"submission {first}: accepted:1")
+    _wait_log(live.worker, f"submission {key_for_log(first)}: accepted:1")
     writer.flowestate_send(tenant.new_lead(), tenant.account.id, "x", idempotency_key=over)
-    (outcome,) = _wait_log(live.worker, f"submission {over}: ")
-    assert outcome.endswith(f"submission {over}: refused:QUOTA_EXCEEDED"), outcome
-    assert _log_lines(live.worker, f"submission {over} refused: QUOTA_EXCEEDED")
+    (outcome,) = _wait_log(live.worker, f"submission {key_for_log(over)}: ")
+    assert outcome.endswith(f"submission {key_for_log(over)}: refused:QUOTA_EXCEEDED"), outcome
+    assert _log_lines(live.worker, f"submission {key_for_log(over)} refused: QUOTA_EXCEEDED")
     assert _messages(tenant) == 1 and _units_used(tenant) == 1
     events = [json.loads(r.body) for r in hook_receiver.wait_for(f"/ok/{path}", 2)]
     assert sorted((e["type"], e["data"]["idempotencyKey"], e["data"]["code"]) for e in events) == sorted(
@@ -237,7 +238,7 @@ def test_a_submission_past_its_request_rate_waits_and_runs_again(live, api, sand
     assert succeeded["result"] == "'accepted:1'"
     # It ran twice (the first run, then the run after the wait), and was refused neither time.
     first_run, second_run = [e for e in events.of(task.id) if e["type"] == "task-received"]
-    assert not _log_lines(live.worker, f"submission {idempotency_key} refused")
+    assert not _log_lines(live.worker, f"submission {key_for_log(idempotency_key)} refused")
     # Retried with a countdown (the rate's Retry-After, at most the 10 s above), and not run before
     # it: the message was stored by the second run, once the countdown from the first had passed.
     countdown = float(re.fullmatch(r"Retry\(.*, ([0-9.]+)\)", retried["exception"]).group(1))  # type: ignore[union-attr]
@@ -280,7 +281,7 @@ def test_a_batch_submitted_while_the_broker_is_down_waits_queued_and_the_sweeper
             with stack.paused():  # no sweep runs while the outcome is read
                 gate.open()
                 _wait_log(intake, "3 messages accepted but not enqueued (broker unreachable)")
-                _wait_log(intake, f"submission {key}: accepted:3")
+                _wait_log(intake, f"submission {key_for_log(key)}: accepted:3")
                 with session_scope() as s:
                     rows = s.execute(
                         select(Message.id, Message.status, Message.enqueued_at).where(Message.org_id == tenant.org_id)

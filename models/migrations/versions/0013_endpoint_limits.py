@@ -1,7 +1,7 @@
 """events are written only for active endpoints
 
 Revision ID: 0013_endpoint_limits
-Revises: 0011
+Revises: 0012_unique_phone_number_id
 Create Date: 2026-12-10 00:00:00
 
 Until now wadispatch_emit_event (0009) added a row for a disabled endpoint too, to be delivered
@@ -18,7 +18,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0013_endpoint_limits"
-down_revision = "0011"
+down_revision = "0012_unique_phone_number_id"
 branch_labels = None
 depends_on = None
 
