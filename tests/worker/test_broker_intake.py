@@ -580,14 +580,14 @@ def test_a_submission_whose_database_connection_dies_is_retried_and_accepted_onc
         _terminate(pid)
         retried = _wait_log(live.worker, retry_line, count=earlier + 1)[-1]
         assert "try 1; again in" in retried, retried
-    (outcome,) = _wait_log(live.worker, f"submission {key}: ")
-    assert outcome.endswith(f"submission {key}: accepted:1"), outcome
+    (outcome,) = _wait_log(live.worker, f"submission {key_for_log(key)}: ")
+    assert outcome.endswith(f"submission {key_for_log(key)}: accepted:1"), outcome
     # (Units are read before any lookup over HTTP: each of those is a request and pays one.)
     assert _messages(tenant) == 1 and _units_used(tenant) == 1
     # The same submission delivered again: its message, no second one, and no second unit.
     submitter.flowestate_send(lead, tenant.account.id, "Your viewing is at 10:00", idempotency_key=key)
-    outcomes = _wait_log(live.worker, f"submission {key}: ", count=2)
-    assert all(line.endswith(f"submission {key}: accepted:1") for line in outcomes), outcomes
+    outcomes = _wait_log(live.worker, f"submission {key_for_log(key)}: ", count=2)
+    assert all(line.endswith(f"submission {key_for_log(key)}: accepted:1") for line in outcomes), outcomes
     assert _messages(tenant) == 1 and _units_used(tenant) == 1
     data = _submission(api, tenant, key)
     assert data["status"] == "accepted"

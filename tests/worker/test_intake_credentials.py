@@ -184,7 +184,8 @@ def test_a_rabbitmq_credential_publishes_to_the_intake_exchange_and_cannot_consu
         # The message as RabbitMQ holds it: its payload, never the API key's secret part.
         waiting = declaring.basic_get(INTAKE_QUEUE, no_ack=False)
         assert waiting is not None
-        held = bytes(waiting.body) + repr(waiting.properties).encode()
+        body = waiting.body if isinstance(waiting.body, bytes) else waiting.body.encode()
+        held = body + repr(waiting.properties).encode()
         assert key.encode() in held and tenant.key.removeprefix("fe_k_").encode() not in held
         declaring.basic_reject(waiting.delivery_tag, requeue=True)
     finally:
