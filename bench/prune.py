@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,11 +140,13 @@ def fill_tables(rows: int, body_bytes: int, keep_fraction: float) -> Fill:
             c.execute(
                 text(
                     "INSERT INTO webhook_events (body, body_sha256, received_at, processed_at, tries) "
-                    "SELECT convert_to(repeat('x', :bytes), 'UTF8'), md5((g + :offset)::text) || md5(g::text), "
+                    "SELECT convert_to(repeat('x', :bytes), 'UTF8'), "
+                    "md5((g + :offset)::text || :salt) || md5(g::text), "
                     f" now() - interval '{age}', now() - interval '{age}', 1 "
                     "FROM generate_series(1, :n) g"
                 ),
-                {"n": n, "bytes": body_bytes, "offset": offset},
+                # A fill of its own (the second fill meets the first one's recent rows).
+                {"n": n, "bytes": body_bytes, "offset": offset, "salt": uuid.uuid4().hex},
             )
         for age, n in (("40 days", counts["event_deliveries"]), ("1 day", keep["event_deliveries"])):
             c.execute(
