@@ -35,7 +35,7 @@ from api_shim.errors import ApiError, ErrorCode, problems_of
 from api_shim.flowiq_errors import FlowIQError
 from api_shim.intake import INTAKE_CHANNEL, hand_batch_to_broker, hand_to_broker
 from api_shim.storable_text import text_rule
-from api_shim.submission_signature import SignatureRefusal, envelope_problem, verify
+from api_shim.submission_signature import SignatureRefusal, envelope_problem, max_age_s, verify
 from api_shim.usage import RateState, RequestUnit
 from models.db import get_sessionmaker
 from models.endpoints import emit_event
@@ -89,8 +89,8 @@ def submit(
         log.warning("submission refused: %s", problem)
         return Submitted(0, 0, "BAD_SUBMISSION")
     with get_sessionmaker()() as session:
-        max_age_s = get_settings().idempotency_ttl_h * 3600.0
-        signed = verify(session, key_id, signed_at, payload, signature, now=time.time(), max_age_s=max_age_s)
+        oldest = max_age_s(get_settings().idempotency_ttl_h * 3600.0)
+        signed = verify(session, key_id, signed_at, payload, signature, now=time.time(), max_age_s=oldest)
         if isinstance(signed, SignatureRefusal):
             log.warning("submission %s refused: %s (key %s)", label({"payload": payload}), signed.value, key_id)
             return Submitted(0, 0, signed.value)

@@ -2,9 +2,9 @@
 
 The signature is checked against the digest the service stores of the named key before the
 payload is parsed, so a forged or altered submission costs one lookup by an indexed id and one
-HMAC. A submission is good for as long as its Idempotency-Key is kept (``WADISPATCH_IDEMPOTENCY_TTL_H``):
-within that time a replay finds its first outcome under the same key and makes no second
-message; after it, a replay would, so it is refused.
+HMAC. A submission is good for a little less than its Idempotency-Key is kept
+(``WADISPATCH_IDEMPOTENCY_TTL_H``, see ``max_age_s``): within that time a replay finds its first
+outcome under the same key and makes no second message; after it, a replay would, so it is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +21,17 @@ from wadispatch.signing import PUBLIC_ID_LENGTH, signature_with_digest
 
 # Clocks of producers and workers disagree a little; a submission signed further ahead is refused.
 CLOCK_SKEW_S = 300
+# Between the worker's clock (which judges a signature's age) and the database's (which dates the
+# Idempotency-Key its first delivery took).
+CLOCKS_APART_S = 60
+
+
+def max_age_s(idempotency_ttl_s: float) -> float:
+    """How old a signature may be: less than its Idempotency-Key lives, by what a submission may
+    be signed ahead plus the clocks' difference. A replay it lets through always finds the first
+    delivery's key (its answer), never a key already gone (a second message). A submission signed
+    ahead by up to CLOCK_SKEW_S took its key that much before its signature's time."""
+    return max(0.0, idempotency_ttl_s - CLOCK_SKEW_S - CLOCKS_APART_S)
 
 
 class SignatureRefusal(StrEnum):

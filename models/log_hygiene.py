@@ -46,13 +46,18 @@ def install() -> None:
 # (log.exception, Celery's "raised unexpected"), a message that formats the error, or the repr of
 # one (Celery's), where the line break is the two characters \n. The primary message, the
 # constraint's name and the statement (its parameters are hidden: hide_parameters) stay.
-_DETAIL = re.compile(r"DETAIL:[^\n]*?(?=\\n|\n|$)", re.MULTILINE)
+# The DETAIL runs to the next part of the error (a HINT, the statement SQLAlchemy adds, its link)
+# or the end of the text, not the end of its line: a value may hold line breaks of its own.
+_DETAIL = re.compile(
+    r"DETAIL:.*?(?=(?:\n|\\n)+(?:HINT:|CONTEXT:|STATEMENT:|\[SQL:|\[parameters:|\(Background on this error|"
+    r"During handling|The above exception|Traceback)|\Z)",
+    re.DOTALL,
+)
 DETAIL_DROPPED = "DETAIL: [dropped: Postgres quotes values here]"
 
 
 def drop_database_details(text: str) -> str:
-    """``text`` without the DETAIL of any Postgres error in it (linear: one pass, no backtracking
-    across lines)."""
+    """``text`` without the DETAIL of any Postgres error in it, however many lines its values take."""
     return _DETAIL.sub(DETAIL_DROPPED, text) if "DETAIL:" in text else text
 
 

@@ -21,6 +21,18 @@ DEV_META_VERIFY_TOKEN = "dev-only-verify-token"
 DEV_FLOWER_BASIC_AUTH = "wadispatch:dev-only-flower-password"
 
 
+def _broker_identity(url: str) -> tuple[str, str, int | None, str]:
+    """What names one broker whatever the spelling: scheme, host (localhost as 127.0.0.1), port
+    (Redis's and AMQP's defaults filled in), database or virtual host."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "127.0.0.1").lower()
+    host = "127.0.0.1" if host in ("localhost", "::1") else host
+    scheme = parts.scheme.replace("rediss", "redis").replace("pyamqp", "amqp").replace("amqps", "amqp")
+    port = parts.port or {"redis": 6379, "amqp": 5672}.get(scheme)
+    where = parts.path.strip("/") or ("0" if scheme == "redis" else "/")
+    return scheme, host, port, where
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WADISPATCH_", env_file=".env", extra="ignore")
 
@@ -273,8 +285,9 @@ class Settings(BaseSettings):
 
     @property
     def intake_apart(self) -> bool:
-        """Submissions come through a broker of their own (consumed by `wadispatch intake-worker`)."""
-        return self.intake_broker != self.redis_url
+        """Submissions come through a broker of their own (consumed by `wadispatch intake-worker`):
+        another server, or another database of it (the same written differently is the same)."""
+        return _broker_identity(self.intake_broker) != _broker_identity(self.redis_url)
 
     @property
     def call_budget_s(self) -> float:

@@ -132,11 +132,21 @@ class Submitter:
         return self.app.send_task(
             SUBMIT_TASK,
             kwargs=kwargs,
-            # To the intake exchange by name (RabbitMQ's default exchange would reach every queue),
-            # without declaring it: the service declares it, and an intake credential may only push.
-            exchange=INTAKE_QUEUE,
-            routing_key=INTAKE_QUEUE,
-            declare=[],
+            **intake_route(self.app.conf.broker_url or ""),
             argsrepr="()",
             kwargsrepr=masked_kwargs_repr(kwargs),
         )
+
+
+def intake_route(broker_url: str) -> dict[str, Any]:
+    """Where a submission is published, without declaring anything (the service declares the
+    queue; an intake credential may only push):
+
+    - Redis: straight onto the intake queue's list. Through the intake exchange, kombu would look
+      up the exchange's bindings first and, finding none (a broker the intake worker never
+      started on, a Redis restart), route to no queue and raise nothing: the submission lost.
+    - RabbitMQ: to the intake exchange by name (its default exchange would reach every queue),
+      with publisher confirms, so a missing exchange or a refused publish raises."""
+    if broker_url.split("://", 1)[0] in ("redis", "rediss", "redis+socket", "sentinel"):
+        return {"queue": INTAKE_QUEUE, "declare": []}
+    return {"exchange": INTAKE_QUEUE, "routing_key": INTAKE_QUEUE, "declare": []}

@@ -38,7 +38,19 @@ def create_intake_celery(settings: Settings) -> Celery:
         task_send_sent_event=False,
     )
     register_submit(app)
+    _only_submissions(app)
     return app
+
+
+def _only_submissions(app: Celery) -> None:
+    """Its worker runs ``wadispatch.submit`` and nothing else. Anyone with an intake credential
+    can push any message onto the queue it consumes: with Celery's built-in tasks registered, a
+    pushed ``celery.group`` made this worker, on its own full-rights connection, create queues
+    and publish hundreds of messages. An unregistered name is logged and discarded."""
+    app.finalize()
+    for name in list(app.tasks):
+        if name != SUBMIT_TASK:
+            app.tasks.unregister(name)
 
 
 intake_app = create_intake_celery(get_settings())

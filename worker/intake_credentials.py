@@ -6,12 +6,11 @@ state, pauses), not declare or delete anything. Submissions are signed with an A
 (wadispatch/signing.py), so the credential only decides who may reach the queue, not who a
 submission speaks for.
 
-- Redis: an ACL user allowed PING, SELECT, MULTI/EXEC, LPUSH on the intake queue's keys (kombu's
-  priority steps included) and SMEMBERS on the intake exchange's binding — what a Celery producer
-  needs that publishes to the intake exchange without declaring it (`send_task(...,
-  exchange="wadispatch.intake", routing_key="wadispatch.intake", declare=[])`, as
-  wadispatch.client does). Adding a binding is refused: it could route other tenants'
-  submissions to a queue they may not push to.
+- Redis: an ACL user allowed PING, SELECT, MULTI/EXEC and LPUSH on the intake queue's keys
+  (kombu's priority steps included) — what a Celery producer needs that pushes onto the queue
+  without declaring it (`send_task(..., queue="wadispatch.intake", declare=[])`, as
+  wadispatch.client does). Reading or adding a binding is refused: a binding could route other
+  tenants' submissions to a queue they may not push to.
 - RabbitMQ: a user with no configure and no read permission and write permission on the intake
   exchange only, set with `rabbitmqctl` (which must run where it can reach the node).
 
@@ -36,13 +35,8 @@ NAME_PREFIX = "intake"
 # kombu's Redis transport keeps messages of priority 3, 6 and 9 in keys of their own: the queue's
 # name, this separator, the step.
 _PRIORITY_SEPARATOR = "\x06\x16"
-REDIS_COMMANDS = ["-@all", "+ping", "+select", "+multi", "+exec", "+lpush", "+smembers"]
-REDIS_KEYS = [
-    f"%W~{INTAKE_QUEUE}",
-    f"%W~{INTAKE_QUEUE}{_PRIORITY_SEPARATOR}?",
-    # Where kombu finds which queue the intake exchange routes to (the service declared it).
-    f"%R~_kombu.binding.{INTAKE_QUEUE}",
-]
+REDIS_COMMANDS = ["-@all", "+ping", "+select", "+multi", "+exec", "+lpush"]
+REDIS_KEYS = [f"%W~{INTAKE_QUEUE}", f"%W~{INTAKE_QUEUE}{_PRIORITY_SEPARATOR}?"]
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,8 @@ return exact(math.max(until_, current))
 # Until the mark expires (the pause plus those calls' answers), a 130429 only says what is known.
 _SLOW = """
 local current = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
-if redis.call('EXISTS', KEYS[2]) == 1 then
+-- (Only while the halved rate is still held: a mark that outlived it must not hide a new throttling.)
+if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('EXISTS', KEYS[1]) == 1 then
   return tostring(math.min(current, tonumber(ARGV[1])))
 end
 local lowered = math.max(tonumber(ARGV[2]), math.min(current, tonumber(ARGV[1])) / 2)

@@ -31,7 +31,9 @@ def test_production_starts_with_real_secrets():
     assert settings.env == "production" and settings.intake_apart
 
 
-@pytest.mark.parametrize("intake", [None, "redis://127.0.0.1:6379/0"])
+@pytest.mark.parametrize(
+    "intake", [None, "redis://127.0.0.1:6379/0", "redis://localhost/0", "redis://svc:pw@127.0.0.1:6379"]
+)
 def test_production_refuses_to_take_submissions_on_the_services_own_redis(intake):
     """An upstream's broker URL must never be the one that holds the broker, pacing and pauses."""
     from cryptography.fernet import Fernet

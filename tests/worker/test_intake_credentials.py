@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -42,9 +43,16 @@ def intake(stack) -> Iterator[dict[str, str]]:
         )
         worker.start()
         try:
-            yield env
+            yield {**env, "_worker_log": str(worker.log_path)}
         finally:
             worker.stop()
+
+
+def _wait_for(condition: Any, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
 
 
 def _cli(env: dict[str, str], *args: str) -> dict[str, Any]:
@@ -84,8 +92,7 @@ def test_a_credential_publishes_submissions_and_can_do_nothing_else(intake, api,
     by_plain = f"crm-{uuid.uuid4().hex}"
     body = {"leadId": str(tenant.new_lead()), "whatsappAccountId": str(tenant.account.id), "message": "Plain"}
     kwargs = signed_submission(tenant.key, {"api": "flowestate", "idempotency_key": by_plain, "request": body})
-    plain = {"exchange": INTAKE_QUEUE, "routing_key": INTAKE_QUEUE, "declare": []}
-    Celery(broker=url).send_task(SUBMIT_TASK, kwargs=kwargs, **plain)
+    Celery(broker=url).send_task(SUBMIT_TASK, kwargs=kwargs, queue=INTAKE_QUEUE, declare=[])
     assert _submission(api, tenant, by_client)["status"] == "accepted"
     assert _submission(api, tenant, by_plain)["status"] == "accepted"
 
@@ -100,12 +107,24 @@ def test_a_credential_publishes_submissions_and_can_do_nothing_else(intake, api,
     _refused(lambda: upstream.lpush(SEND_QUEUE, "x"))
     with pytest.raises(Exception, match="permission"):
         Celery(broker=url).send_task(SEND_TASK, args=[str(uuid.uuid4())], queue=SEND_QUEUE, declare=[])
-    with pytest.raises(Exception, match="permission"):
-        upstream.sadd(f"_kombu.binding.{INTAKE_QUEUE}", f"x\x06\x16\x06\x16{SEND_QUEUE}")
+    _refused(lambda: upstream.sadd(f"_kombu.binding.{INTAKE_QUEUE}", f"x\x06\x16\x06\x16{SEND_QUEUE}"))
+    _refused(lambda: upstream.smembers(f"_kombu.binding.{INTAKE_QUEUE}"))
     # A producer that declares the queue is told so (it may not add bindings): plain send_task
     # with its defaults is refused rather than half-done.
     with pytest.raises(Exception, match="permission"):
         Celery(broker=url).send_task(SUBMIT_TASK, kwargs=kwargs, queue=INTAKE_QUEUE)
+
+    # The intake worker runs submissions and nothing else: a pushed celery.group that would have
+    # made it publish to a queue of the pusher's choosing is discarded, unregistered.
+    evil = f"evil-{uuid.uuid4().hex[:8]}"
+    fan_out = {"task": SUBMIT_TASK, "args": [], "kwargs": {}, "options": {"queue": evil}, "subtask_type": None}
+    group_id = str(uuid.uuid4())
+    Celery(broker=url).send_task("celery.group", args=[[fan_out], [group_id, None], group_id, []],
+                                 queue=INTAKE_QUEUE, declare=[])  # fmt: skip
+    intake_worker = intake["_worker_log"]
+    _wait_for(lambda: "celery.group" in Path(intake_worker).read_text(), "the intake worker never saw celery.group")
+    assert "unregistered task" in Path(intake_worker).read_text()
+    assert not redis.Redis.from_url(intake["WADISPATCH_INTAKE_BROKER_URL"]).exists(evil)
 
     listed = _cli(intake, "list", "--org", tenant.slug)["credentials"]
     assert [c["name"] for c in listed] == [name] and ":" not in listed[0]["url"].split("@")[0].split("//")[1]
@@ -113,6 +132,32 @@ def test_a_credential_publishes_submissions_and_can_do_nothing_else(intake, api,
     with pytest.raises(redis.exceptions.AuthenticationError):
         redis.Redis.from_url(url).ping()
     assert _cli(intake, "list", "--org", tenant.slug)["credentials"] == []
+
+
+def test_a_submission_made_before_the_intake_worker_ever_ran_waits_for_it(stack, api, tenant):
+    """Credentials minted on a new intake broker, used before any intake worker declared the queue
+    there: the submission waits in the queue (it is not routed nowhere) and is taken once one runs."""
+    with PrivateRedis() as broker:
+        env = {**stack.env, "WADISPATCH_INTAKE_BROKER_URL": broker.url}
+        url = _cli(env, "create", "--org", tenant.slug)["url"]
+        key = f"early-{uuid.uuid4().hex}"
+        Submitter(url, api_key=tenant.key).flowestate_send(
+            tenant.new_lead(), tenant.account.id, "Before the worker", idempotency_key=key
+        )
+        assert redis.Redis.from_url(broker.url).llen(INTAKE_QUEUE) == 1
+        worker: ManagedProcess
+        worker = ManagedProcess(
+            "early-intake-worker",
+            ["intake-worker", f"--hostname=early-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip"],
+            env,
+            stack.worker.log_path.parent,
+            ready=lambda: " ready." in worker.log_since_start(),
+        )
+        worker.start()
+        try:
+            assert _submission(api, tenant, key)["status"] == "accepted"
+        finally:
+            worker.stop()
 
 
 def test_revoking_a_name_the_command_did_not_make_is_refused(intake):

@@ -209,3 +209,14 @@ def test_the_answers_of_one_throttling_halve_the_rate_once(limiter):
 
     time.sleep(0.4)
     assert limiter.slow_account(account, 1000, recover_after_s=30, one_cut_s=0.3) == 250
+
+
+def test_a_throttling_after_the_halved_rate_ran_out_halves_it_again_though_the_mark_lasts(limiter):
+    """A Retry-After longer than the recovery: the rate is back to full while the cut's mark still
+    stands; the next 130429 is a new throttling, not the old one's echo."""
+    account = uuid.uuid4()
+    assert limiter.slow_account(account, 80, recover_after_s=0.2, one_cut_s=30) == 40
+    import time
+
+    time.sleep(0.3)
+    assert limiter.slow_account(account, 80, recover_after_s=0.2, one_cut_s=30) == 40
