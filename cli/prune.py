@@ -14,14 +14,21 @@ from models.retention import Policy, PruneReport, TableReport, prune
 @click.option(
     "--batch", type=click.IntRange(1, 50_000), help="rows per statement (default: WADISPATCH_RETENTION_BATCH)"
 )
+@click.option(
+    "--pause-ratio",
+    type=click.FloatRange(0, 100),
+    help="rest after each batch, in multiples of its statement's time "
+    "(default: WADISPATCH_RETENTION_PAUSE_RATIO; 0: none)",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def prune_command(dry_run: bool, batch: int | None, as_json: bool) -> None:
+def prune_command(dry_run: bool, batch: int | None, pause_ratio: float | None, as_json: bool) -> None:
     """Delete what the retention settings no longer keep, in small batches (each its own short
     transaction; rows a send or a webhook holds are skipped until the next run)."""
     from models.db import get_engine
     from models.settings import get_settings
 
-    report = prune(get_engine(), Policy.from_settings(get_settings(), batch=batch), dry_run=dry_run)
+    policy = Policy.from_settings(get_settings(), batch=batch, pause_ratio=pause_ratio)
+    report = prune(get_engine(), policy, dry_run=dry_run)
     emit(report.as_dict(), as_json=as_json, human=human_report(report))
 
 

@@ -87,9 +87,10 @@ class Policy:
     message_content_days: float | None
     idempotency_ttl_h: float
     batch: int
+    pause_ratio: float = 0.0  # rest after each batch, in multiples of its statement's time
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, batch: int | None = None) -> Policy:
+    def from_settings(cls, settings: Settings, *, batch: int | None = None, pause_ratio: float | None = None) -> Policy:
         return cls(
             webhook_events_days=settings.retention_webhook_events_days,
             event_deliveries_days=settings.retention_event_deliveries_days,
@@ -98,6 +99,7 @@ class Policy:
             message_content_days=settings.retention_message_content_days,
             idempotency_ttl_h=settings.idempotency_ttl_h,
             batch=batch or settings.retention_batch,
+            pause_ratio=settings.retention_pause_ratio if pause_ratio is None else pause_ratio,
         )
 
 
@@ -279,6 +281,7 @@ def prune(
     *,
     dry_run: bool = False,
     on_table: Callable[[TableReport], None] | None = None,
+    rest: Callable[[float], None] = time.sleep,
 ) -> PruneReport:
     """Apply every rule in force (or, with ``dry_run``, count what each would remove, changing
     nothing). Cutoffs are fixed once, from the database's clock, at the start."""
@@ -291,7 +294,7 @@ def prune(
         if dry_run:
             _count(engine, rule, table)
         else:
-            _in_batches(engine, rule, table, policy.batch)
+            _in_batches(engine, rule, table, policy.batch, lambda took_ms: rest(took_ms / 1000 * policy.pause_ratio))
         table.seconds = time.perf_counter() - started
         report.tables.append(table)
         if on_table is not None:
@@ -307,7 +310,9 @@ def _count(engine: Engine, rule: Rule, table: TableReport) -> None:
         table.longest_statement_ms = (time.perf_counter() - started) * 1000
 
 
-def _in_batches(engine: Engine, rule: Rule, table: TableReport, batch: int) -> None:
+def _in_batches(
+    engine: Engine, rule: Rule, table: TableReport, batch: int, after_batch: Callable[[float], None]
+) -> None:
     statement = rule.batch_statement()
     while True:
         try:
@@ -325,6 +330,8 @@ def _in_batches(engine: Engine, rule: Rule, table: TableReport, batch: int) -> N
         # A short batch means nothing more is due (rows skipped as locked wait for the next run).
         if done < batch:
             return
+        # Rest in proportion to the work: the database's CPU goes to sends and webhooks first.
+        after_batch(took_ms)
 
 
 def _one_batch(conn: Connection, statement: TextClause, params: dict[str, Any]) -> tuple[int, float]:

@@ -208,6 +208,10 @@ class Settings(BaseSettings):
     retention_message_content_days: float | None = Field(default=None, ge=0)
     # Rows per statement: each batch is its own short transaction, so no lock is held for long.
     retention_batch: int = Field(default=2000, ge=1, le=50_000)
+    # After each batch the prune rests this many times as long as the batch's statement took: at
+    # 4, its statements take at most a fifth of its time, so a large backlog drains beside live
+    # traffic instead of taking the database's CPU from it (0: no rest, as fast as it can).
+    retention_pause_ratio: float = Field(default=4.0, ge=0, le=100)
     # How often beat runs the prune; 0 leaves it out of the schedule (run `wadispatch prune` yourself).
     retention_interval_s: float = Field(default=3600.0, ge=0)
 

@@ -476,3 +476,26 @@ def test_the_batch_size_bounds_every_statement(world: World):
     assert (table.rows, table.statements) == (12000, 3)
     assert table.longest_statement_ms > 0
     assert world.ids(MessageEvent) == set()
+
+
+def test_after_each_full_batch_the_prune_rests_in_proportion_to_its_work(world: World):
+    """With a pause ratio of 4 the prune rests four times as long as each full batch's statement
+    took (none after the last, short one), so a backlog drains beside live traffic."""
+    settled = world.message("read", age=400 * DAY)
+    with world.engine.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO message_events (org_id, message_id, status, source, created_at) "
+                "SELECT :org, :message, 'delivered', 'operator', now() - interval '200 days' - g * interval '1 s' "
+                "FROM generate_series(1, 2500) g"
+            ),
+            {"org": world.org_id, "message": settled},
+        )
+    rests: list[float] = []
+    paced = Policy(**{**policy(message_events_days=180, batch=1000).__dict__, "pause_ratio": 4.0})
+    report = prune(world.engine, paced, rest=rests.append)
+    table = next(t for t in report.tables if t.name == "message_events")
+    assert (table.rows, table.statements) == (2500, 3)
+    assert len(rests) == 2 and all(r > 0 for r in rests)
+    # Each rest is 4 times a statement's time, so none is longer than 4 times the longest.
+    assert max(rests) <= 4 * table.longest_statement_ms / 1000 + 1e-9
