@@ -16,11 +16,12 @@ from api_shim import flowiq_lookup as _flowiq_lookup  # noqa: F401  (its route j
 from api_shim import lean_send as _lean_send  # noqa: F401  (its routes join flowestate.router)
 from api_shim import submissions as _submissions  # noqa: F401  (its routes join both routers)
 from api_shim.errors import install_flowestate_handlers
-from api_shim.flowiq_errors import FlowIQError
+from api_shim.flowiq_errors import respond as respond_flowiq
 from api_shim.http_metrics import HttpMetrics
 from api_shim.openapi_docs import install_docs
 from api_shim.request_guard import RequestGuard
 from api_shim.sync_results import ResultWaiter
+from intake.errors import FlowIQError
 from models import async_db, log_hygiene
 from models.redis_client import redis_from_url
 from models.settings import get_settings
@@ -82,7 +83,7 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(FlowIQError)
     async def _flowiq_error(_: Request, exc: FlowIQError) -> JSONResponse:
-        return exc.response()
+        return respond_flowiq(exc)
 
     settings = get_settings()
     app.add_middleware(

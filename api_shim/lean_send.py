@@ -2,7 +2,7 @@
 
 The hottest request of the service, so it skips what it can and keeps every contract:
 
-1. The key: from the in-process cache (api_shim/key_cache.py), checked for revocation and scope.
+1. The key: from the in-process cache (intake/key_cache.py), checked for revocation and scope.
 2. One Redis call: the key's request rate, which also returns the API keys' epoch (a revoked key
    is read again and refused on its next request).
 3. The body: validated by FastAPI against the same models as always (api_shim/flowestate.py).
@@ -46,9 +46,7 @@ from fastapi.responses import JSONResponse
 from psycopg.types.json import Jsonb
 from sqlalchemy.orm import Session
 
-from api_shim import idempotency
-from api_shim.auth import Caller, bearer_token
-from api_shim.errors import ApiError, ErrorCode
+from api_shim.auth import bearer_token
 from api_shim.flowestate import (
     SEND_ERRORS,
     IdempotencyHeader,
@@ -61,8 +59,11 @@ from api_shim.flowestate import (
     send_refusal,
 )
 from api_shim.intake import hand_over, hand_to_broker
-from api_shim.key_cache import KeyCache, KeyFacts
-from api_shim.usage import RequestUnit, current_month, quota_used_up, spend_unit, take_request_async, touch_key
+from intake import idempotency
+from intake.callers import Caller
+from intake.errors import ApiError, ErrorCode
+from intake.key_cache import KeyCache, KeyFacts
+from intake.usage import RequestUnit, current_month, quota_used_up, spend_unit, take_request_async, touch_key
 from models import async_db, lifecycle
 from models.db import get_engine, get_sessionmaker
 from models.enums import KeyKind, Scope, SourceApi
@@ -72,7 +73,7 @@ from models.tables import Organization
 
 _keys = KeyCache()
 
-# The organization's row and the month's unit: counted only below the quota (as api_shim/usage.py).
+# The organization's row and the month's unit: counted only below the quota (as intake/usage.py).
 _ORG_AND_UNIT = """org AS (
     SELECT monthly_quota FROM organizations WHERE id = %(org_id)s
 ), spent AS (
@@ -141,7 +142,7 @@ class AccountRow:
 
 
 async def authenticated_writer(request: Request) -> KeyFacts:
-    """The FlowEstate key's checks, in the order and with the answers of api_shim/auth.py
+    """The FlowEstate key's checks, in the order and with the answers of intake/callers.py
     (scope whatsapp:write), and its request rate. The unit is spent later, by the send."""
     key = bearer_token(request)
     if key is None:

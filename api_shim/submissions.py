@@ -20,16 +20,17 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api_shim.auth import Caller, authenticate_flowiq
-from api_shim.errors import ApiError, ErrorBody, ErrorCode, FieldProblem, error_responses
+from api_shim.auth import authenticate_flowiq
+from api_shim.errors import error_responses
 from api_shim.flowestate import AUTH_ERRORS, DbSession, SendOut, caller_with
 from api_shim.flowestate import router as flowestate_router
 from api_shim.flowiq import AUTH_ERRORS as FLOWIQ_AUTH_ERRORS
 from api_shim.flowiq import TENANT_ID
 from api_shim.flowiq import router as flowiq_router
-from api_shim.flowiq_errors import FlowIQError, FlowIQErrorBody, invalid
 from api_shim.flowiq_errors import error_responses as flowiq_error_responses
-from api_shim.storable_text import text_rule
+from intake.callers import Caller
+from intake.errors import ApiError, ErrorBody, ErrorCode, FieldProblem, FlowIQError, FlowIQErrorBody, invalid
+from intake.storable_text import text_rule
 from models.db import get_sessionmaker
 from models.enums import Scope, SourceApi
 from models.settings import get_settings

@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Pure address classification (no Celery, no I/O): the same rules the media fetcher applies.
-from worker.media.address_policy import literal_address, refusal_reason
+from models.address_policy import literal_address, refusal_reason
 
 # Development-only secrets: they make `make run` work with no configuration, and production
 # refuses to start while any of them is still in use.

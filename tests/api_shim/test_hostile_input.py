@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select, update
 
 from api_shim.json_nesting import MAX_JSON_DEPTH
-from api_shim.storable_text import NON_FINITE_RULE, NUL_RULE, SURROGATE_RULE
+from intake.storable_text import NON_FINITE_RULE, NUL_RULE, SURROGATE_RULE
 from models.db import session_scope
 from models.enums import KeyKind
 from models.tables import Message, Organization

@@ -9,7 +9,7 @@ import uuid
 
 from sqlalchemy import func, select, text, update
 
-from api_shim.usage import current_month
+from intake.usage import current_month
 from models import admin, async_db
 from models.db import get_engine, session_scope
 from models.keys import hash_key

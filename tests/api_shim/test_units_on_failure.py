@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text, update
 
-from api_shim.usage import current_month
+from intake.usage import current_month
 from models import async_db
 from models.db import get_engine, session_scope
 from models.enums import KeyKind
