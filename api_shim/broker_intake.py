@@ -29,7 +29,11 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api_shim import flowestate, flowestate_batch, flowiq, flowiq_batch, lean_send
+from api_shim.flowestate import batch as flowestate_batch
+from api_shim.flowestate import lean_send
+from api_shim.flowestate import routes as flowestate
+from api_shim.flowiq import batch as flowiq_batch
+from api_shim.flowiq import send as flowiq
 from api_shim.intake import INTAKE_CHANNEL, hand_batch_to_broker, hand_to_broker
 from intake import idempotency
 from intake.callers import Caller, SignedKey, flowestate_caller, flowiq_caller

@@ -1,4 +1,4 @@
-"""The lean single send (api_shim/lean_send.py): its key cache, its unit, and its hand-over to the ORM
+"""The lean single send (api_shim/flowestate/lean_send.py): its key cache, its unit, and its hand-over to the ORM
 path. Every contract of /whatsapp/send is also proven by the rest of the suite, which runs on it."""
 
 from __future__ import annotations

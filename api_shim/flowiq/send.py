@@ -23,7 +23,7 @@ from sqlalchemy import case, select
 from sqlalchemy.orm import Session
 
 from api_shim.auth import authenticate_flowiq
-from api_shim.flowiq_errors import error_responses
+from api_shim.flowiq.errors import error_responses
 from api_shim.intake import hand_over, persist_message
 from api_shim.openapi_docs import FLOWIQ_BEARER
 from api_shim.sync_results import ResultWaiter
@@ -40,7 +40,14 @@ from models.settings import get_settings
 from models.tables import Contact, Message, MessageAttempt, Organization, WhatsappAccount
 
 # Every route here needs a fiq_ key: the dependency declares it in OpenAPI (auth.py checks it).
-router = APIRouter(tags=["FlowIQ"], dependencies=[Security(FLOWIQ_BEARER)])
+
+
+def flowiq_router() -> APIRouter:
+    """A router for FlowIQ routes (each route module has its own; app.py includes them)."""
+    return APIRouter(tags=["FlowIQ"], dependencies=[Security(FLOWIQ_BEARER)])
+
+
+router = flowiq_router()
 
 
 class FlowIQSendDoc(BaseModel):

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api_shim.auth import authenticate_flowestate
-from api_shim.errors import error_responses
+from api_shim.flowestate.errors import error_responses
 from api_shim.intake import hand_to_broker, persist_message
 from api_shim.openapi_docs import FLOWESTATE_BEARER
 from intake import idempotency
@@ -43,9 +43,16 @@ from models.templates import Template
 
 PREFIX = "/api/v1"
 # Every route here needs a fe_k_ key: the dependency declares it in OpenAPI (auth.py checks it).
-router = APIRouter(
-    prefix=PREFIX + "/whatsapp", tags=["FlowEstate WhatsApp"], dependencies=[Security(FLOWESTATE_BEARER)]
-)
+
+
+def whatsapp_router() -> APIRouter:
+    """A router for routes under /api/v1/whatsapp (each route module has its own; app.py includes them)."""
+    return APIRouter(
+        prefix=PREFIX + "/whatsapp", tags=["FlowEstate WhatsApp"], dependencies=[Security(FLOWESTATE_BEARER)]
+    )
+
+
+router = whatsapp_router()
 
 AUTH_ERRORS = (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN, ErrorCode.RATE_LIMITED, ErrorCode.QUOTA_EXCEEDED)
 REQUEST_ERRORS = (ErrorCode.PAYLOAD_TOO_LARGE, ErrorCode.UNSUPPORTED_MEDIA_TYPE)
@@ -295,7 +302,7 @@ SEND_ERRORS = error_responses(
     ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS,
     *REQUEST_ERRORS,
     *AUTH_ERRORS,
-    # The lean path's write lost its connection and may have committed (api_shim/lean_send.py).
+    # The lean path's write lost its connection and may have committed (api_shim/flowestate/lean_send.py).
     ErrorCode.INTERNAL_ERROR,
 )
 
@@ -303,7 +310,7 @@ SEND_ERRORS = error_responses(
 def send_and_close(
     body: SendBody, session: Session, caller: Caller, idempotency_key: str | None, unit: RequestUnit
 ) -> JSONResponse:
-    """The send on the ORM path (api_shim/lean_send.py hands it what its statement leaves over)."""
+    """The send on the ORM path (api_shim/flowestate/lean_send.py hands it what its statement leaves over)."""
     try:
         if idempotency_key is None:
             return _send(body, session, caller, unit)

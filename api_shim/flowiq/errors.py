@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from intake.errors import FlowIQError, FlowIQErrorBody, Refused
@@ -21,3 +22,11 @@ def respond(refused: FlowIQError | Refused) -> JSONResponse:
 def error_responses(described: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` for a FlowIQ route: each error status it answers, with what causes it."""
     return {status: {"model": FlowIQErrorBody, "description": text} for status, text in sorted(described.items())}
+
+
+def install_flowiq_handlers(app: FastAPI) -> None:
+    """FlowIQ's refusals answer in FlowIQ's shape (its validation errors: api_shim/flowestate/errors.py)."""
+
+    @app.exception_handler(FlowIQError)
+    async def _flowiq_error(_: Request, exc: FlowIQError) -> JSONResponse:
+        return respond(exc)

@@ -24,7 +24,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api_shim.auth import authenticate_flowiq
-from api_shim.flowiq import (
+from api_shim.flowiq.errors import error_responses
+from api_shim.flowiq.send import (
     AUTH_ERRORS,
     BODY_ERRORS,
     IDEMPOTENCY_KEY,
@@ -32,10 +33,9 @@ from api_shim.flowiq import (
     FlowIQSendDoc,
     claim_idempotency,
     contact_refusal,
-    router,
+    flowiq_router,
     sending_account,
 )
-from api_shim.flowiq_errors import error_responses
 from api_shim.intake import hand_batch_over
 from intake import idempotency
 from intake.callers import Caller
@@ -47,6 +47,8 @@ from models.db import get_sessionmaker
 from models.enums import SourceApi
 from models.outbound import as_json, preview_of
 from models.tables import Contact, Organization
+
+router = flowiq_router()
 
 log = logging.getLogger(__name__)
 

@@ -22,16 +22,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api_shim.auth import authenticate_flowestate
-from api_shim.errors import error_responses
-from api_shim.flowestate import (
+from api_shim.flowestate.errors import error_responses
+from api_shim.flowestate.routes import (
     KEY_REUSED,
     REQUEST_ERRORS,
     IdempotencyHeader,
     SendIn,
     SendOut,
-    router,
     send_refusal,
     take_key,
+    whatsapp_router,
 )
 from api_shim.intake import hand_batch_over
 from intake import idempotency
@@ -43,6 +43,8 @@ from models.db import get_sessionmaker
 from models.enums import Scope, SourceApi
 from models.outbound import as_json, preview_of
 from models.tables import Contact, Organization, WhatsappAccount
+
+router = whatsapp_router()
 
 log = logging.getLogger(__name__)
 

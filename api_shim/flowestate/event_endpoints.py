@@ -10,8 +10,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Response, Security
 from pydantic import BaseModel, Field
 
-from api_shim.errors import error_responses
-from api_shim.flowestate import AUTH_ERRORS, PREFIX, REQUEST_ERRORS, DbSession, caller_with
+from api_shim.flowestate.errors import error_responses
+from api_shim.flowestate.routes import AUTH_ERRORS, PREFIX, REQUEST_ERRORS, DbSession, caller_with
 from api_shim.openapi_docs import FLOWESTATE_BEARER
 from intake.callers import Caller
 from intake.errors import ApiError, ErrorCode, FieldProblem
