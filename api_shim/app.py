@@ -5,18 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
-from api_shim import event_endpoints, flowestate, flowiq, health, media_route, meta_webhooks, metrics_route
-from api_shim import flowestate_batch as _flowestate_batch  # noqa: F401  (its route joins flowestate.router)
-from api_shim import flowestate_history as _flowestate_history  # noqa: F401  (its routes join flowestate.router)
-from api_shim import flowiq_batch as _flowiq_batch  # noqa: F401  (its route joins flowiq.router)
-from api_shim import flowiq_lookup as _flowiq_lookup  # noqa: F401  (its route joins flowiq.router)
-from api_shim import lean_send as _lean_send  # noqa: F401  (its routes join flowestate.router)
-from api_shim import submissions as _submissions  # noqa: F401  (its routes join both routers)
-from api_shim.errors import install_flowestate_handlers
-from api_shim.flowiq_errors import FlowIQError
+from api_shim import health, media_route, meta_webhooks, metrics_route
+from api_shim.flowestate import batch as flowestate_batch
+from api_shim.flowestate import event_endpoints, history, lean_send
+from api_shim.flowestate import routes as flowestate
+from api_shim.flowestate import submissions as flowestate_submissions
+from api_shim.flowestate.errors import install_flowestate_handlers
+from api_shim.flowiq import batch as flowiq_batch
+from api_shim.flowiq import lookup
+from api_shim.flowiq import send as flowiq
+from api_shim.flowiq import submissions as flowiq_submissions
+from api_shim.flowiq.errors import install_flowiq_handlers
 from api_shim.http_metrics import HttpMetrics
 from api_shim.openapi_docs import install_docs
 from api_shim.request_guard import RequestGuard
@@ -79,10 +80,7 @@ def create_app() -> FastAPI:
     )
     install_docs(app)
     install_flowestate_handlers(app, flowestate.PREFIX)
-
-    @app.exception_handler(FlowIQError)
-    async def _flowiq_error(_: Request, exc: FlowIQError) -> JSONResponse:
-        return exc.response()
+    install_flowiq_handlers(app)
 
     settings = get_settings()
     app.add_middleware(
@@ -91,8 +89,19 @@ def create_app() -> FastAPI:
     # Added last, so outermost: it counts the guard's refusals too.
     app.add_middleware(HttpMetrics)
     app.include_router(health.router)
-    app.include_router(flowestate.router)
-    app.include_router(flowiq.router)
+    # Each surface's routers, in the order their routes have always been matched and documented.
+    for router in (
+        flowestate.router,
+        flowestate_batch.router,
+        history.router,
+        lean_send.router,
+        flowestate_submissions.router,
+        flowiq.router,
+        flowiq_batch.router,
+        lookup.router,
+        flowiq_submissions.router,
+    ):
+        app.include_router(router)
     app.include_router(media_route.router)
     app.include_router(meta_webhooks.router)
     app.include_router(event_endpoints.router)

@@ -29,14 +29,18 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api_shim import flowestate, flowestate_batch, flowiq, flowiq_batch, idempotency, lean_send
-from api_shim.auth import Caller, SignedKey, flowestate_caller, flowiq_caller
-from api_shim.errors import ApiError, ErrorCode, problems_of
-from api_shim.flowiq_errors import FlowIQError
+from api_shim.flowestate import batch as flowestate_batch
+from api_shim.flowestate import lean_send
+from api_shim.flowestate import routes as flowestate
+from api_shim.flowiq import batch as flowiq_batch
+from api_shim.flowiq import send as flowiq
 from api_shim.intake import INTAKE_CHANNEL, hand_batch_to_broker, hand_to_broker
-from api_shim.storable_text import text_rule
-from api_shim.submission_signature import SignatureRefusal, envelope_problem, max_age_s, verify
-from api_shim.usage import RateState, RequestUnit
+from intake import idempotency
+from intake.callers import Caller, SignedKey, flowestate_caller, flowiq_caller
+from intake.errors import ApiError, ErrorCode, FlowIQError, problems_of
+from intake.storable_text import text_rule
+from intake.submission_signature import SignatureRefusal, envelope_problem, max_age_s, verify
+from intake.usage import RateState, RequestUnit
 from models.db import get_sessionmaker
 from models.endpoints import emit_event
 from models.enums import MessageStatus, Scope, SourceApi

@@ -1,6 +1,6 @@
 """The API's own documentation: Swagger UI and ReDoc served by this process (no CDN, so /docs works
 on a network without the internet), the bearer-key schemes, and an OpenAPI document without the 422
-FastAPI documents by default (api_shim/errors.py answers validation errors 400, in each surface's
+FastAPI documents by default (api_shim/flowestate/errors.py answers validation errors 400, in each surface's
 envelope)."""
 
 from __future__ import annotations

@@ -8,9 +8,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api_shim.errors import STATUS_OF, ApiError, ErrorCode, FieldProblem
-from api_shim.flowiq_errors import FlowIQError
 from api_shim.json_nesting import MAX_JSON_DEPTH, nests_deeper_than
+from intake.errors import STATUS_OF, ApiError, ErrorCode, FieldProblem, FlowIQError
 
 GUARDED_PREFIXES = ("/api/v1/", "/send-whatsapp")
 _FLOWIQ_TITLES = {413: "Payload too large", 415: "Unsupported media type"}

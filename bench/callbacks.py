@@ -104,7 +104,7 @@ def main() -> None:
 
 
 def _org_of(key: str) -> uuid.UUID:
-    from api_shim.auth import lookup_key
+    from intake.callers import lookup_key
     from models.db import session_scope
 
     with session_scope() as session:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from standardwebhooks.webhooks import Webhook
 
-from worker.media.address_policy import literal_address, refusal_reason
+from models.address_policy import literal_address, refusal_reason
 
 EVENT_TYPES = (
     "message.sent",

@@ -16,7 +16,7 @@ from models.settings import get_settings
 log = logging.getLogger(__name__)
 
 # Incremented after every committed change an API process's key cache must not miss
-# (api_shim/key_cache.py reads it back with each request's rate call).
+# (intake/key_cache.py reads it back with each request's rate call).
 EPOCH_KEY = "wadispatch:api-keys:epoch"
 
 KEY_RANDOM_BYTES = 32

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from api_shim.flowiq_errors import FlowIQError
-from api_shim.flowiq_request import parse_send
+from intake.errors import FlowIQError
+from intake.flowiq_request import parse_send
 from meta_sandbox.validation import problem_with
 from worker.meta_payload import build_body
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api_shim.flowiq_errors import FlowIQError
-from api_shim.flowiq_request import FLOWIQ_TYPES, parse_send
+from intake.errors import FlowIQError
+from intake.flowiq_request import FLOWIQ_TYPES, parse_send
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30),

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select, update
 
 from api_shim.json_nesting import MAX_JSON_DEPTH
-from api_shim.storable_text import NON_FINITE_RULE, NUL_RULE, SURROGATE_RULE
+from intake.storable_text import NON_FINITE_RULE, NUL_RULE, SURROGATE_RULE
 from models.db import session_scope
 from models.enums import KeyKind
 from models.tables import Message, Organization
@@ -139,7 +139,7 @@ def test_flowestate_text_fields(live, api, ids, field, kind):
 
 def test_flowestate_idempotency_key_is_checked_like_a_field(stack, api, ids):
     # HTTP parsers refuse a raw NUL in a header; one that let it through would meet this check.
-    from api_shim.flowestate import _storable_key
+    from api_shim.flowestate.routes import _storable_key
 
     with pytest.raises(ValueError, match=NUL_RULE):
         _storable_key("key\x00")
@@ -314,7 +314,7 @@ def test_flowiq_tenant_id_with_nul(stack, api, ids):
 
 
 def test_flowiq_idempotency_key_is_checked_like_a_field(stack, api, ids):
-    from api_shim.flowiq import claim_idempotency
+    from api_shim.flowiq.send import claim_idempotency
 
     with pytest.raises(Exception, match=NUL_RULE):
         claim_idempotency(None, None, "key\x00", {})  # type: ignore[arg-type]

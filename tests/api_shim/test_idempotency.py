@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text, update
 
-from api_shim.usage import current_month
+from intake.usage import current_month
 from models.db import get_engine, session_scope
 from models.enums import KeyKind
 from models.tables import IdempotencyKey, Message, OrgUsage
@@ -268,8 +268,8 @@ def test_a_key_held_by_a_running_request_answers_in_progress_after_a_bounded_wai
 
 def test_a_legacy_in_progress_row_answers_in_progress(stack, api, tenant):
     lead = tenant.new_lead()
-    from api_shim.flowestate import SendIn
-    from api_shim.idempotency import fingerprint
+    from api_shim.flowestate.routes import SendIn
+    from intake.idempotency import fingerprint
 
     body = SendIn(leadId=lead, whatsappAccountId=tenant.account.id, message="Hello").model_dump(mode="json")
     with session_scope() as s:
@@ -306,8 +306,9 @@ def test_no_key_row_is_committed_before_its_message(stack, tenant, monkeypatch, 
     the failure none is left."""
     from starlette.requests import Request
 
-    from api_shim import flowestate, flowiq
-    from api_shim.auth import Caller
+    from api_shim.flowestate import routes as flowestate
+    from api_shim.flowiq import send as flowiq
+    from intake.callers import Caller
     from models.db import get_sessionmaker
 
     seen_at_failure: list[int] = []

@@ -1,4 +1,4 @@
-"""The lean single send (api_shim/lean_send.py): its key cache, its unit, and its hand-over to the ORM
+"""The lean single send (api_shim/flowestate/lean_send.py): its key cache, its unit, and its hand-over to the ORM
 path. Every contract of /whatsapp/send is also proven by the rest of the suite, which runs on it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import uuid
 
 from sqlalchemy import func, select, text, update
 
-from api_shim.usage import current_month
+from intake.usage import current_month
 from models import admin, async_db
 from models.db import get_engine, session_scope
 from models.keys import hash_key

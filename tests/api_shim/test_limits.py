@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
-from api_shim.usage import current_month
+from intake.usage import current_month
 from models.db import session_scope
 from models.enums import KeyKind
 from models.keys import hash_key

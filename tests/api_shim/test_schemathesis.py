@@ -30,7 +30,7 @@ from schemathesis.checks import (
 )
 from sqlalchemy import func, select, update
 
-from api_shim.flowiq_request import FLOWIQ_TYPES
+from intake.flowiq_request import FLOWIQ_TYPES
 from models.db import session_scope
 from models.enums import KeyKind
 from models.tables import Message, Organization

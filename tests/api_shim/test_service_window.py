@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
-from api_shim.service_window import WindowClosed, window_refusal
+from intake.service_window import WindowClosed, window_refusal
 from models.enums import WindowPolicy
 from models.outbound import TextMessage
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from api_shim.storable_text import NON_FINITE_RULE, NUL_RULE, SURROGATE_RULE, first_unstorable, text_rule
+from intake.storable_text import NON_FINITE_RULE, NUL_RULE, SURROGATE_RULE, first_unstorable, text_rule
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT = ("models", "api_shim", "worker", "cli", "meta_sandbox")
+PRODUCT = ("models", "intake", "api_shim", "worker", "cli", "meta_sandbox")
 LIFECYCLE = ROOT / "models" / "lifecycle"  # the package
 MESSAGE_TABLE_NAMES = {"Message", "messages", "_messages"}
 

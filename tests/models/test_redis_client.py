@@ -68,7 +68,8 @@ def short_redis_timeouts(monkeypatch, silent) -> Iterator[None]:
 
 def _forget_cached_clients() -> None:
     """Later tests (and their settings) build their own clients, not reuse ones on the silent server."""
-    from api_shim import health, usage
+    from api_shim import health
+    from intake import usage
     from worker import notify, tasks
     from worker.media import pipeline
 
@@ -108,7 +109,7 @@ def _notify_client() -> redis.Redis:
 
 
 def _api_rate_client() -> redis.Redis:
-    from api_shim.usage import _script
+    from intake.usage import _script
 
     _script.cache_clear()
     return _script()[0]

@@ -27,7 +27,7 @@ import redis
 from celery import Celery
 from sqlalchemy import func, select, text, update
 
-from api_shim.usage import current_month
+from intake.usage import current_month
 from models.db import get_engine, session_scope
 from models.enums import KeyKind
 from models.log_hygiene import key_for_log
@@ -536,9 +536,9 @@ def test_a_signature_that_does_not_hold_is_refused_before_anything_is_stored(liv
 
 
 def test_a_submission_whose_key_is_being_stored_waits_instead_of_being_refused(live, tenant):
-    from api_shim import flowestate
-    from api_shim.auth import flowestate_caller
     from api_shim.broker_intake import RetryLater, submit
+    from api_shim.flowestate import routes as flowestate
+    from intake.callers import flowestate_caller
     from models.db import get_sessionmaker
     from models.enums import Scope
     from wadispatch.signing import signed_submission

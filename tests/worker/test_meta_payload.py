@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from api_shim.flowiq_request import parse_send
+from intake.flowiq_request import parse_send
 from meta_sandbox.validation import problem_with
 from models.outbound import MediaMessage, TextMessage, outbound_adapter
 from worker.meta_payload import build_body

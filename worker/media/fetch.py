@@ -22,9 +22,9 @@ from urllib.parse import urljoin
 
 import httpx
 
+from models.address_policy import IPAddress, literal_address, refusal_reason
 from models.settings import Settings
 from worker.media import errors
-from worker.media.address_policy import IPAddress, literal_address, refusal_reason
 from worker.media.bounded_body import BodyTooLarge, BoundedBody, CorruptEncoding, UnsupportedEncoding
 from worker.media.deadline import DeadlineTransport, call_within, download_deadline, remaining_s
 from worker.meta_errors import DeliveryError, Permanent

@@ -22,24 +22,32 @@ from pydantic import BaseModel, Field
 from sqlalchemy import case, select
 from sqlalchemy.orm import Session
 
-from api_shim import idempotency
-from api_shim.auth import Caller, authenticate_flowiq
-from api_shim.errors import ErrorCode
-from api_shim.flowiq_errors import FlowIQError, error_responses, invalid
-from api_shim.flowiq_request import FLOWIQ_TYPES, FlowIQSend, parse_send
+from api_shim.auth import authenticate_flowiq
+from api_shim.flowiq.errors import error_responses
 from api_shim.intake import hand_over, persist_message
 from api_shim.openapi_docs import FLOWIQ_BEARER
-from api_shim.service_window import window_refusal
-from api_shim.storable_text import text_rule
 from api_shim.sync_results import ResultWaiter
-from api_shim.usage import QuotaUsedUp, RequestUnit
+from intake import idempotency
+from intake.callers import Caller
+from intake.errors import ErrorCode, FlowIQError, invalid
+from intake.flowiq_request import FLOWIQ_TYPES, FlowIQSend, parse_send
+from intake.service_window import window_refusal
+from intake.storable_text import text_rule
+from intake.usage import QuotaUsedUp, RequestUnit
 from models.db import get_sessionmaker
 from models.enums import AccountStatus, AccountType, MessageStatus, SourceApi
 from models.settings import get_settings
 from models.tables import Contact, Message, MessageAttempt, Organization, WhatsappAccount
 
 # Every route here needs a fiq_ key: the dependency declares it in OpenAPI (auth.py checks it).
-router = APIRouter(tags=["FlowIQ"], dependencies=[Security(FLOWIQ_BEARER)])
+
+
+def flowiq_router() -> APIRouter:
+    """A router for FlowIQ routes (each route module has its own; app.py includes them)."""
+    return APIRouter(tags=["FlowIQ"], dependencies=[Security(FLOWIQ_BEARER)])
+
+
+router = flowiq_router()
 
 
 class FlowIQSendDoc(BaseModel):
@@ -245,7 +253,7 @@ def accept_send(
             raise
         session.commit()
         return accepted
-    # The key and the message commit together (see api_shim/idempotency.py).
+    # The key and the message commit together (see intake/idempotency.py).
     try:
         taken = claim_idempotency(session, caller, idempotency_key, body)
     except FlowIQError as error:
@@ -276,7 +284,7 @@ def accept_send(
 
 
 def _pay(session: Session, unit: RequestUnit) -> None:
-    """The request's unit in the open transaction (api_shim/usage.py); 429 past the quota, nothing kept."""
+    """The request's unit in the open transaction (intake/usage.py); 429 past the quota, nothing kept."""
     try:
         unit.spend(session)
     except QuotaUsedUp as used_up:
@@ -338,7 +346,7 @@ def _validate_and_persist(
     except FlowIQError:
         _pay(session, unit)
         raise
-    # Spent after the reads, before the writes, as on the lean path (api_shim/usage.py).
+    # Spent after the reads, before the writes, as on the lean path (intake/usage.py).
     _pay(session, unit)
     assert contact is not None
     message_id = _persist(session, caller, account, contact, send, idempotency_key)

@@ -29,7 +29,7 @@ from models.tables import ApiKey, Organization, OrgUsage
 
 # KEYS: the key's TAT, the API keys' epoch (models/keys.py). ARGV: period (s), limit.
 # Returns {allowed, remaining, reset_s, retry_after_s, epoch}: the epoch rides along so the key
-# cache (api_shim/key_cache.py) learns of a revocation without a round trip of its own.
+# cache (intake/key_cache.py) learns of a revocation without a round trip of its own.
 _REQUEST_GCRA = """
 local epoch = redis.call('GET', KEYS[2]) or '0'
 local t = redis.call('TIME')

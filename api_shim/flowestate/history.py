@@ -15,12 +15,15 @@ from fastapi import Depends, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select, tuple_
 
-from api_shim.auth import Caller
-from api_shim.errors import ApiError, ErrorCode, FieldProblem, error_responses
-from api_shim.flowestate import AUTH_ERRORS, DbSession, MessageErrorOut, caller_with, error_of, router
+from api_shim.flowestate.errors import error_responses
+from api_shim.flowestate.routes import AUTH_ERRORS, DbSession, MessageErrorOut, caller_with, error_of, whatsapp_router
 from api_shim.status_history import status_history
+from intake.callers import Caller
+from intake.errors import ApiError, ErrorCode, FieldProblem
 from models.enums import Scope
 from models.tables import Contact, Message
+
+router = whatsapp_router()
 
 THREAD_PAGE_DEFAULT = 50
 THREAD_PAGE_MAX = 100

@@ -15,7 +15,7 @@ from enum import StrEnum
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api_shim.auth import SignedKey
+from intake.callers import SignedKey
 from models.tables import ApiKey, Organization
 from wadispatch.signing import PUBLIC_ID_LENGTH, signature_with_digest
 

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from worker.media.address_policy import literal_address, refusal_reason
+from models.address_policy import literal_address, refusal_reason
 
 REFUSED = [
     "127.0.0.1", "127.255.255.254", "::1",

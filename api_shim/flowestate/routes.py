@@ -22,15 +22,17 @@ from pydantic import (
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api_shim import idempotency
-from api_shim.auth import Caller, authenticate_flowestate
-from api_shim.errors import STATUS_OF, ApiError, ErrorCode, error_responses, field_rule_error
+from api_shim.auth import authenticate_flowestate
+from api_shim.flowestate.errors import error_responses
 from api_shim.intake import hand_to_broker, persist_message
 from api_shim.openapi_docs import FLOWESTATE_BEARER
-from api_shim.service_window import window_refusal
-from api_shim.storable_text import first_unstorable, text_rule
-from api_shim.template_input import TemplateInputError, flowestate_template_schema, template_from_flowestate
-from api_shim.usage import QuotaUsedUp, RequestUnit
+from intake import idempotency
+from intake.callers import Caller
+from intake.errors import STATUS_OF, ApiError, ErrorCode, field_rule_error
+from intake.service_window import window_refusal
+from intake.storable_text import first_unstorable, text_rule
+from intake.template_input import TemplateInputError, flowestate_template_schema, template_from_flowestate
+from intake.usage import QuotaUsedUp, RequestUnit
 from models.db import get_sessionmaker
 from models.enums import AccountStatus, MessageStatus, Scope, SourceApi
 from models.outbound import CAPTION_MAX, TEXT_MAX, AnyOutbound, MediaMessage, TemplateMessage, TextMessage
@@ -41,9 +43,16 @@ from models.templates import Template
 
 PREFIX = "/api/v1"
 # Every route here needs a fe_k_ key: the dependency declares it in OpenAPI (auth.py checks it).
-router = APIRouter(
-    prefix=PREFIX + "/whatsapp", tags=["FlowEstate WhatsApp"], dependencies=[Security(FLOWESTATE_BEARER)]
-)
+
+
+def whatsapp_router() -> APIRouter:
+    """A router for routes under /api/v1/whatsapp (each route module has its own; app.py includes them)."""
+    return APIRouter(
+        prefix=PREFIX + "/whatsapp", tags=["FlowEstate WhatsApp"], dependencies=[Security(FLOWESTATE_BEARER)]
+    )
+
+
+router = whatsapp_router()
 
 AUTH_ERRORS = (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN, ErrorCode.RATE_LIMITED, ErrorCode.QUOTA_EXCEEDED)
 REQUEST_ERRORS = (ErrorCode.PAYLOAD_TOO_LARGE, ErrorCode.UNSUPPORTED_MEDIA_TYPE)
@@ -293,7 +302,7 @@ SEND_ERRORS = error_responses(
     ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS,
     *REQUEST_ERRORS,
     *AUTH_ERRORS,
-    # The lean path's write lost its connection and may have committed (api_shim/lean_send.py).
+    # The lean path's write lost its connection and may have committed (api_shim/flowestate/lean_send.py).
     ErrorCode.INTERNAL_ERROR,
 )
 
@@ -301,7 +310,7 @@ SEND_ERRORS = error_responses(
 def send_and_close(
     body: SendBody, session: Session, caller: Caller, idempotency_key: str | None, unit: RequestUnit
 ) -> JSONResponse:
-    """The send on the ORM path (api_shim/lean_send.py hands it what its statement leaves over)."""
+    """The send on the ORM path (api_shim/flowestate/lean_send.py hands it what its statement leaves over)."""
     try:
         if idempotency_key is None:
             return _send(body, session, caller, unit)
@@ -311,7 +320,7 @@ def send_and_close(
 
 
 def _pay(session: Session, unit: RequestUnit) -> None:
-    """The request's unit in the open transaction (api_shim/usage.py); 429 past the quota, nothing kept."""
+    """The request's unit in the open transaction (intake/usage.py); 429 past the quota, nothing kept."""
     try:
         unit.spend(session)
     except QuotaUsedUp as used_up:
@@ -321,7 +330,7 @@ def _pay(session: Session, unit: RequestUnit) -> None:
 def take_key(
     session: Session, caller: Caller, key: str, body: Any
 ) -> idempotency.Claim | idempotency.KeyOfMessage | idempotency.Replay:
-    """Take ``key`` for this body in the session's transaction (api_shim/idempotency.py), or say
+    """Take ``key`` for this body in the session's transaction (intake/idempotency.py), or say
     what it already belongs to; 409 in FlowEstate's envelope when it cannot be taken."""
     try:
         return idempotency.take(
@@ -421,7 +430,7 @@ def _check_and_persist(
     else:
         lead, window_policy, db_now = found
         refusal = send_refusal(lead, account, message, window_policy=window_policy, now=db_now)
-    # Spent after the reads, before the writes, as on the lean path (api_shim/usage.py).
+    # Spent after the reads, before the writes, as on the lean path (intake/usage.py).
     _pay(session, unit)
     if refusal is not None:
         raise refusal

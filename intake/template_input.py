@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from api_shim.errors import rule_of
+from intake.errors import rule_of
 from models.templates import HEADER_PARAMETER_TYPE, Template
 
 # Canonical (Meta's) field name → FlowEstate's, where they differ.

@@ -7,7 +7,7 @@ than the keys epoch it was read at:
 - Every change that must take effect at once (a key revoked, an organization's request rate
   changed) increments the epoch in Redis after its commit (models/keys.py, ``announce_key_change``).
 - The request-rate call every authenticated request makes anyway returns the epoch in the same
-  round trip (api_shim/usage.py). An entry read at another epoch is dropped and the key read again
+  round trip (intake/usage.py). An entry read at another epoch is dropped and the key read again
   before the request goes on, so a revoked key is refused on its next request.
 - If that announcement is lost (Redis unreachable at the moment of the change), the entry still
   expires within the TTL: a revocation takes effect within seconds either way.

@@ -15,12 +15,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api_shim.auth import authenticate_flowiq
-from api_shim.flowiq import AUTH_ERRORS, TENANT_ID, router
-from api_shim.flowiq_errors import FlowIQError, error_responses
+from api_shim.flowiq.errors import error_responses
+from api_shim.flowiq.send import AUTH_ERRORS, TENANT_ID, flowiq_router
 from api_shim.status_history import status_history
+from intake.errors import FlowIQError
 from models.db import get_sessionmaker
 from models.enums import Direction, MessageStatus, Scope
 from models.tables import Contact, Message
+
+router = flowiq_router()
 
 WAMID_MAX = 128
 

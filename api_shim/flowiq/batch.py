@@ -23,9 +23,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api_shim import idempotency
-from api_shim.auth import Caller, authenticate_flowiq
-from api_shim.flowiq import (
+from api_shim.auth import authenticate_flowiq
+from api_shim.flowiq.errors import error_responses
+from api_shim.flowiq.send import (
     AUTH_ERRORS,
     BODY_ERRORS,
     IDEMPOTENCY_KEY,
@@ -33,18 +33,22 @@ from api_shim.flowiq import (
     FlowIQSendDoc,
     claim_idempotency,
     contact_refusal,
-    router,
+    flowiq_router,
     sending_account,
 )
-from api_shim.flowiq_errors import FlowIQError, FlowIQErrorBody, error_responses, invalid, missing
-from api_shim.flowiq_request import FlowIQSend, parse_send
 from api_shim.intake import hand_batch_over
-from api_shim.usage import quota_used_up, spend_units
+from intake import idempotency
+from intake.callers import Caller
+from intake.errors import FlowIQError, FlowIQErrorBody, invalid, missing
+from intake.flowiq_request import FlowIQSend, parse_send
+from intake.usage import quota_used_up, spend_units
 from models import lifecycle
 from models.db import get_sessionmaker
 from models.enums import SourceApi
 from models.outbound import as_json, preview_of
 from models.tables import Contact, Organization
+
+router = flowiq_router()
 
 log = logging.getLogger(__name__)
 

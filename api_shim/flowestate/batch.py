@@ -21,26 +21,30 @@ from pydantic import BaseModel, Field, ValidationError, WithJsonSchema
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api_shim import idempotency
-from api_shim.auth import Caller, authenticate_flowestate
-from api_shim.errors import ApiError, ErrorBody, ErrorCode, error_responses, problems_of
-from api_shim.flowestate import (
+from api_shim.auth import authenticate_flowestate
+from api_shim.flowestate.errors import error_responses
+from api_shim.flowestate.routes import (
     KEY_REUSED,
     REQUEST_ERRORS,
     IdempotencyHeader,
     SendIn,
     SendOut,
-    router,
     send_refusal,
     take_key,
+    whatsapp_router,
 )
 from api_shim.intake import hand_batch_over
-from api_shim.usage import quota_used_up, spend_units
+from intake import idempotency
+from intake.callers import Caller
+from intake.errors import ApiError, ErrorBody, ErrorCode, problems_of
+from intake.usage import quota_used_up, spend_units
 from models import lifecycle
 from models.db import get_sessionmaker
 from models.enums import Scope, SourceApi
 from models.outbound import as_json, preview_of
 from models.tables import Contact, Organization, WhatsappAccount
+
+router = whatsapp_router()
 
 log = logging.getLogger(__name__)
 

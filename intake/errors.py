@@ -1,21 +1,21 @@
-"""Every error the FlowEstate surface returns comes from here: one code enum, one exception type,
-one envelope ``{"error": {"code": ..., "message": ...}}``."""
+"""How intake refuses: one error type with a code (zulip's ``JsonableError``), in the vocabulary
+of the surface the request came through, and the typed results a use case returns.
+
+Nothing here knows HTTP: a refusal carries its status and its surface's body (the body an
+Idempotency-Key keeps and replays), and each surface turns it into a response in one place
+(api_shim/flowestate/errors.py, api_shim/flowiq/errors.py).
+"""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-log = logging.getLogger(__name__)
 
 
 class ErrorCode(StrEnum):
@@ -75,31 +75,92 @@ class ErrorEnvelope(BaseModel):
     error: ErrorBody
 
 
-class ApiError(Exception):
+class FlowIQErrorBody(BaseModel):
+    error: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A use case's refusal: its code, message and details, the status its surface answers it
+    with, and its surface's body (what an Idempotency-Key keeps, and what the surface answers)."""
+
+    code: str
+    message: str
+    details: Sequence[FieldProblem] | None = None
+    status: int = 400
+    body: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A use case's acceptance: the messages it stored and committed (to hand to the broker),
+    and the surface's answer body."""
+
+    message_ids: Sequence[uuid.UUID] = ()
+    body: Mapping[str, Any] = field(default_factory=dict)
+    status: int = 200
+
+
+class Refusal(Exception):
+    """The one error type of intake: raised inside a use case, turned into ``Refused`` at its edge."""
+
+    code: str
+    message: str
+    details: list[FieldProblem] | None
+    status: int
+
+    def body(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def refused(self) -> Refused:
+        return Refused(self.code, self.message, self.details, self.status, self.body())
+
+
+class ApiError(Refusal):
+    """A refusal in FlowEstate's vocabulary: ``{"error": {"code": ..., "message": ..., "details"?}}``."""
+
+    code: ErrorCode
+
     def __init__(self, code: ErrorCode, message: str, details: list[FieldProblem] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.details = details
+        self.status = STATUS_OF[code]
 
     def envelope(self) -> dict[str, Any]:
         body = ErrorEnvelope(error=ErrorBody(code=self.code, message=self.message, details=self.details))
         return body.model_dump(mode="json", exclude_none=True)
 
-    def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.code is ErrorCode.UNAUTHORIZED else None
-        return JSONResponse(self.envelope(), status_code=STATUS_OF[self.code], headers=headers)
+    def body(self) -> dict[str, Any]:
+        return self.envelope()
 
 
-def error_responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=`` for a route: each status with the codes it can carry."""
-    by_status: dict[int, list[str]] = {}
-    for code in codes:
-        by_status.setdefault(STATUS_OF[code], []).append(code.value)
-    return {
-        status: {"model": ErrorEnvelope, "description": "error.code is one of: " + ", ".join(names)}
-        for status, names in sorted(by_status.items())
-    }
+class FlowIQError(Refusal):
+    """A refusal in FlowIQ's vocabulary: ``{"error": <short title>, "message": <what to do>, ...}``;
+    its code is the ``code`` it carries, else its title."""
+
+    def __init__(self, status: int, error: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.extra = extra
+        self.code = str(extra.get("code") or error)
+        self.details = None
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error, "message": self.message, **self.extra}
+
+
+def missing(field: str, message_type: str | None = None) -> FlowIQError:
+    suffix = f" for {message_type} messages" if message_type else ""
+    return FlowIQError(400, "Missing required field", f"{field} is required{suffix}")
+
+
+def invalid(field: str, rule: str) -> FlowIQError:
+    return FlowIQError(400, "Invalid field", f"{field}: {rule}")
 
 
 # A rule a whole-model validator finds about one of its fields (pydantic would name the model).
@@ -144,53 +205,6 @@ def rule_of(error: dict[str, Any]) -> str:
     return msg[len("Value error, ") :] if msg.startswith("Value error, ") else msg[0].lower() + msg[1:]
 
 
-def validation_problems(exc: RequestValidationError) -> list[FieldProblem]:
-    return problems_of(exc.errors())
-
-
 def problems_of(errors: Sequence[Any]) -> list[FieldProblem]:
     """pydantic's errors as the surface names them: one field and its rule each."""
     return [FieldProblem(field=_field_name(dict(e)), rule=rule_of(dict(e))) for e in errors]
-
-
-def install_flowestate_handlers(app: FastAPI, prefix: str) -> None:
-    """Errors for paths under ``prefix`` use the FlowEstate envelope; other surfaces keep their own."""
-
-    def _ours(request: Request) -> bool:
-        return request.url.path.startswith(prefix)
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return exc.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # An authenticated request refused here still costs its unit (api_shim/lean_send.py), and
-        # past the quota it is answered as any request past the quota.
-        unit_due = getattr(request.state, "unit_due", None)
-        if unit_due is not None and (refusal := await unit_due()) is not None:
-            return refusal.response()
-        problems = validation_problems(exc)
-        message = "; ".join(f"{p.field}: {p.rule}" for p in problems) or "invalid request"
-        if _ours(request):
-            return ApiError(ErrorCode.VALIDATION_ERROR, message, problems).response()
-        return JSONResponse({"error": "Validation error", "message": message}, status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if not _ours(request):
-            title = {413: "Payload too large"}.get(exc.status_code, str(exc.detail))
-            return JSONResponse({"error": title, "message": str(exc.detail)}, status_code=exc.status_code)
-        code = {
-            404: ErrorCode.NOT_FOUND,
-            405: ErrorCode.METHOD_NOT_ALLOWED,
-            413: ErrorCode.PAYLOAD_TOO_LARGE,
-        }.get(exc.status_code, ErrorCode.BAD_REQUEST)
-        return ApiError(code, str(exc.detail)).response()
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        if _ours(request):
-            return ApiError(ErrorCode.INTERNAL_ERROR, "Internal error; nothing was sent").response()
-        return JSONResponse({"error": "Internal error", "message": "Internal error"}, status_code=500)

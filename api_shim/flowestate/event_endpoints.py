@@ -10,10 +10,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Response, Security
 from pydantic import BaseModel, Field
 
-from api_shim.auth import Caller
-from api_shim.errors import ApiError, ErrorCode, FieldProblem, error_responses
-from api_shim.flowestate import AUTH_ERRORS, PREFIX, REQUEST_ERRORS, DbSession, caller_with
+from api_shim.flowestate.errors import error_responses
+from api_shim.flowestate.routes import AUTH_ERRORS, PREFIX, REQUEST_ERRORS, DbSession, caller_with
 from api_shim.openapi_docs import FLOWESTATE_BEARER
+from intake.callers import Caller
+from intake.errors import ApiError, ErrorCode, FieldProblem
 from models import endpoints
 from models.enums import Scope
 from models.events import EVENT_TYPES

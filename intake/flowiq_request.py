@@ -12,10 +12,9 @@ from typing import Any
 import phonenumbers
 from pydantic import ValidationError
 
-from api_shim.errors import rule_of
-from api_shim.flowiq_errors import FlowIQError, invalid, missing
-from api_shim.storable_text import first_unstorable
-from api_shim.template_input import problem_of
+from intake.errors import FlowIQError, invalid, missing, rule_of
+from intake.storable_text import first_unstorable
+from intake.template_input import problem_of
 from models.outbound import DEFAULT_REACTION, AnyOutbound, outbound_adapter
 
 FLOWIQ_TYPES = (

@@ -2,10 +2,10 @@
 
 The hottest request of the service, so it skips what it can and keeps every contract:
 
-1. The key: from the in-process cache (api_shim/key_cache.py), checked for revocation and scope.
+1. The key: from the in-process cache (intake/key_cache.py), checked for revocation and scope.
 2. One Redis call: the key's request rate, which also returns the API keys' epoch (a revoked key
    is read again and refused on its next request).
-3. The body: validated by FastAPI against the same models as always (api_shim/flowestate.py).
+3. The body: validated by FastAPI against the same models as always (api_shim/flowestate/routes.py).
 4. One read, pipelined with its BEGIN: the lead, the account, the window policy and the database's
    clock. Python judges them with the same ``send_refusal`` as the ORM path.
 5. One write, pipelined with its COMMIT: the Idempotency-Key row, the month's unit, the message with
@@ -20,7 +20,7 @@ the same order and ``auth.charge`` takes usage before the key's row, so no two r
 for each other in a cycle. The usage row, which every concurrent send of the organization updates,
 is held for the write's round trip only.
 
-Anything but a clean accept goes the ORM way (api_shim/flowestate.py), which answers exactly as
+Anything but a clean accept goes the ORM way (api_shim/flowestate/routes.py), which answers exactly as
 before with one unit spent, committed with what it keeps (so a 5xx there costs none): any refusal
 (answered in the documented order, its unit spent, kept with its Idempotency-Key), a key that
 already exists (replay, reuse, past its TTL), a lock wait over 5 s or a deadlock the database
@@ -46,23 +46,24 @@ from fastapi.responses import JSONResponse
 from psycopg.types.json import Jsonb
 from sqlalchemy.orm import Session
 
-from api_shim import idempotency
-from api_shim.auth import Caller, bearer_token
-from api_shim.errors import ApiError, ErrorCode
-from api_shim.flowestate import (
+from api_shim.auth import bearer_token
+from api_shim.flowestate.routes import (
     SEND_ERRORS,
     IdempotencyHeader,
     SendBody,
     SendIn,
     SendOut,
     SendTemplateIn,
-    router,
     send_and_close,
     send_refusal,
+    whatsapp_router,
 )
 from api_shim.intake import hand_over, hand_to_broker
-from api_shim.key_cache import KeyCache, KeyFacts
-from api_shim.usage import RequestUnit, current_month, quota_used_up, spend_unit, take_request_async, touch_key
+from intake import idempotency
+from intake.callers import Caller
+from intake.errors import ApiError, ErrorCode
+from intake.key_cache import KeyCache, KeyFacts
+from intake.usage import RequestUnit, current_month, quota_used_up, spend_unit, take_request_async, touch_key
 from models import async_db, lifecycle
 from models.db import get_engine, get_sessionmaker
 from models.enums import KeyKind, Scope, SourceApi
@@ -71,8 +72,9 @@ from models.settings import get_settings
 from models.tables import Organization
 
 _keys = KeyCache()
+router = whatsapp_router()
 
-# The organization's row and the month's unit: counted only below the quota (as api_shim/usage.py).
+# The organization's row and the month's unit: counted only below the quota (as intake/usage.py).
 _ORG_AND_UNIT = """org AS (
     SELECT monthly_quota FROM organizations WHERE id = %(org_id)s
 ), spent AS (
@@ -141,7 +143,7 @@ class AccountRow:
 
 
 async def authenticated_writer(request: Request) -> KeyFacts:
-    """The FlowEstate key's checks, in the order and with the answers of api_shim/auth.py
+    """The FlowEstate key's checks, in the order and with the answers of intake/callers.py
     (scope whatsapp:write), and its request rate. The unit is spent later, by the send."""
     key = bearer_token(request)
     if key is None:
@@ -403,7 +405,7 @@ def _params(
 
 
 def _by_the_book(body: SendBody, facts: KeyFacts, idempotency_key: str | None) -> JSONResponse:
-    """The ORM path (api_shim/flowestate.py) for what the lean statement left to it (rolled back,
+    """The ORM path (api_shim/flowestate/routes.py) for what the lean statement left to it (rolled back,
     its unit with it): the send as always, its unit and the key's use committed with its outcome."""
     session = get_sessionmaker()()
     try:
