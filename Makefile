@@ -55,7 +55,7 @@ chaos: install
 	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
 
 typecheck: install
-	$(BIN)/mypy --ignore-missing-imports models api_shim worker meta_sandbox cli bench
+	$(BIN)/mypy --ignore-missing-imports models intake api_shim worker meta_sandbox cli bench wadispatch
 
 # The Node producer of tests/worker/test_broker_intake.py: celery-node at the version
 # tests/node/package-lock.json pins, installed once here (again only when the lock changes), so

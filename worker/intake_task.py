@@ -16,7 +16,7 @@ from celery import Celery, Task
 from wadispatch.client import masked_kwargs_repr
 from worker.celery_app import SUBMIT_TASK
 from worker.submission_request import SubmissionRequest
-from worker.task_base import DATABASE_UNAVAILABLE, RetriedWhileDatabaseUnavailable
+from worker.task_base import DATABASE_RETRIES, DATABASE_UNAVAILABLE, RetriedWhileDatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ class _SubmissionTask(RetriedWhileDatabaseUnavailable):
 
     Request = SubmissionRequest
     noun = "submission"
+    other_retries = SUBMIT_RATE_RETRIES
 
     def subject(self, args: tuple[Any, ...]) -> str:
         return self.noun
@@ -52,7 +53,8 @@ def run_submission(self: Task, *args: object, **kwargs: object) -> str:
     try:
         submitted = check_and_store(**kwargs)
     except RetryLater as wait:
-        if self.request.retries >= SUBMIT_RATE_RETRIES:
+        # (Celery's count holds database retries too: the rate keeps its 30 however many those were.)
+        if self.request.retries >= SUBMIT_RATE_RETRIES + DATABASE_RETRIES:
             log.warning("submission %s refused: request rate still exceeded (%s)", named, wait)
             return "refused:RATE_LIMITED"
         raise self.retry(countdown=wait.after_s, kwargsrepr=masked) from None
@@ -67,7 +69,6 @@ def run_submission(self: Task, *args: object, **kwargs: object) -> str:
 
 
 def register_submit(app: Celery) -> Task:
-    task: Task = app.task(name=SUBMIT_TASK, base=_SubmissionTask, bind=True, max_retries=SUBMIT_RATE_RETRIES)(
-        run_submission
-    )
+    retries = SUBMIT_RATE_RETRIES + DATABASE_RETRIES
+    task: Task = app.task(name=SUBMIT_TASK, base=_SubmissionTask, bind=True, max_retries=retries)(run_submission)
     return task

@@ -36,6 +36,10 @@ class RetriedWhileDatabaseUnavailable(Task):
 
     # What the log line calls the task's work; its first argument (an id) follows it.
     noun = "task"
+    # Celery counts every retry of a task message together; a task that also retries for reasons
+    # of its own (a submission waiting for its request rate) allows that many more here, so a
+    # database failure after them still gets its DATABASE_RETRIES.
+    other_retries = 0
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Celery runs the task through here, with the delivery's request already pushed (so
@@ -55,8 +59,12 @@ class RetriedWhileDatabaseUnavailable(Task):
                 delay,
             )
             raise self.retry(
-                exc=error, countdown=delay, max_retries=DATABASE_RETRIES, **self.options_when_sent_again(kwargs)
+                exc=error, countdown=delay, max_retries=self.retry_budget(), **self.options_when_sent_again(kwargs)
             ) from error
+
+    def retry_budget(self) -> int:
+        """Retries a message of this task may have in all before a database failure ends it."""
+        return DATABASE_RETRIES + self.other_retries
 
     def subject(self, args: tuple[Any, ...]) -> str:
         return f"{self.noun} {args[0]}" if args else self.noun

@@ -56,3 +56,26 @@ def test_other_errors_are_not_retried_here():
 
 def test_a_task_that_works_returns_its_result():
     assert fine.apply(args=["m-3"]).get() == "sent m-3"
+
+
+class _WaitsFirst(RetriedWhileDatabaseUnavailable):
+    # Like a submission waiting for its request rate: retries of its own, counted by Celery too.
+    other_retries = 5
+
+
+@app.task(name="test.waits_then_refused", base=_WaitsFirst, bind=True, max_retries=5 + DATABASE_RETRIES)
+def waits_then_refused(self, message_id: str) -> None:  # type: ignore[no-untyped-def]
+    calls.append(message_id)
+    if self.request.retries < 5:
+        raise self.retry(countdown=0)
+    raise sqlalchemy_exc.OperationalError("SELECT 1", {}, Exception("the backend was terminated"))
+
+
+def test_retries_of_the_tasks_own_leave_the_database_its_whole_budget(monkeypatch):
+    """Five waits of its own, then the database fails: it still gets DATABASE_RETRIES more tries
+    (Celery's one count used to end it after DATABASE_RETRIES in all, and a submission that had
+    waited for its rate was then dropped with nothing stored)."""
+    monkeypatch.setattr("worker.task_base.compute_backoff", lambda tries, **_: 0.0)
+    result = waits_then_refused.apply(args=["m-4"])
+    assert len(calls) == 5 + 1 + DATABASE_RETRIES
+    assert isinstance(result.result, sqlalchemy_exc.OperationalError)
