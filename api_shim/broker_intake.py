@@ -214,8 +214,7 @@ def _flowestate(session: Session, api_key: SignedKey, key: str, request: Any, me
     try:
         body = body_type.model_validate(request)
     except ValidationError as exc:
-        lean_send.spend_request_unit(session, caller.org_id)
-        return _refuse_flowestate(session, caller, key, request, exc)
+        return _refuse_flowestate(session, caller, key, request, exc, pays=True)
     if lean_send.accept_submission(body, caller, key) is not None:
         return Submitted(1, 0)
     # The HTTP send under an Idempotency-Key: it commits and enqueues (or replays), or raises.
@@ -226,13 +225,19 @@ def _flowestate(session: Session, api_key: SignedKey, key: str, request: Any, me
     return Submitted(1, 0)
 
 
-def _refuse_flowestate(session: Session, caller: Caller, key: str, raw: Any, exc: ValidationError) -> Submitted:
-    """A body that fails validation: kept under the key like any refusal, so the sender can read it."""
+def _refuse_flowestate(
+    session: Session, caller: Caller, key: str, raw: Any, exc: ValidationError, *, pays: bool = False
+) -> Submitted:
+    """A body that fails validation: kept under the key like any refusal, so the sender can read it.
+    ``pays``: a single send's refusal costs its unit, as over HTTP, once: by the delivery that takes
+    the key (a redelivery finds it kept and pays nothing)."""
     problems = problems_of(exc.errors())
     error = ApiError(ErrorCode.VALIDATION_ERROR, "; ".join(f"{p.field}: {p.rule}" for p in problems), problems)
     taken = flowestate.take_key(session, caller, key, raw)
     if not isinstance(taken, idempotency.Claim):
         return Submitted(0, 1, ErrorCode.VALIDATION_ERROR.value)  # kept, and told, the first time
+    if pays:
+        lean_send.spend_request_unit(session, caller.org_id)
     idempotency.keep_refusal(session, taken, 400, error.envelope())
     raise _Rejected(ErrorCode.VALIDATION_ERROR.value, error.message)
 

@@ -654,3 +654,19 @@ def _every_value(client: redis.Redis) -> Iterator[bytes]:
                 yield item
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     yield base64.b64decode(json.loads(item)["body"])
+
+
+def test_an_invalid_submission_pays_its_unit_once_however_often_it_is_delivered(live, tenant):
+    """A body that fails validation costs one unit, as over HTTP; its redelivery finds the refusal
+    kept under the key and pays nothing (it used to pay before looking at the key)."""
+    from api_shim.broker_intake import submit
+    from wadispatch.signing import signed_submission
+
+    invalid = {"leadId": "not-a-uuid", "whatsappAccountId": str(tenant.account.id), "message": "x"}
+    key = f"bad-{uuid.uuid4().hex}"
+    kwargs = signed_submission(tenant.key, {"api": "flowestate", "idempotency_key": key, "request": invalid})
+    before = _units_used(tenant)
+    assert str(submit(**kwargs)) == "refused:VALIDATION_ERROR"
+    assert str(submit(**kwargs)) == "refused:VALIDATION_ERROR"
+    assert str(submit(**kwargs)) == "refused:VALIDATION_ERROR"
+    assert _units_used(tenant) == before + 1 and _messages(tenant) == 0
