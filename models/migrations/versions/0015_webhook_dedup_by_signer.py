@@ -16,7 +16,10 @@ number) or else the oldest is kept and the others are deleted, then the old key 
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
+
+from models.migrate import MigrationRefused
 
 revision = "0015_webhook_dedup_by_signer"
 down_revision = "0014_retention_indexes"
@@ -35,6 +38,30 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The older key holds one row per body: the extra signers' copies go. One not yet applied
+    # carries status updates nothing else has; refuse rather than lose them silently.
+    waiting = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                """
+            SELECT count(*) FROM (
+                SELECT id, processed_at, row_number() OVER (
+                    PARTITION BY body_sha256 ORDER BY signed_by_org_id IS NOT NULL, received_at, id
+                ) AS n
+                FROM webhook_events
+            ) ranked
+            WHERE ranked.n > 1 AND ranked.processed_at IS NULL
+            """
+            )
+        )
+        .scalar_one()
+    )
+    if waiting:
+        raise MigrationRefused(
+            f"{waiting} webhook deliveries signed by a second signer are not applied yet; a downgrade "
+            "would delete them. Let the workers apply them (wadispatch status), then downgrade again."
+        )
     op.execute(
         """
         DELETE FROM webhook_events w
