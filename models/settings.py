@@ -212,6 +212,9 @@ class Settings(BaseSettings):
     # 4, its statements take at most a fifth of its time, so a large backlog drains beside live
     # traffic instead of taking the database's CPU from it (0: no rest, as fast as it can).
     retention_pause_ratio: float = Field(default=4.0, ge=0, le=100)
+    # After a prune that removed rows, VACUUM (ANALYZE) those tables, so the space is reused at
+    # once, also on a server where autovacuum is off or behind.
+    retention_vacuum: bool = True
     # How often beat runs the prune; 0 leaves it out of the schedule (run `wadispatch prune` yourself).
     retention_interval_s: float = Field(default=3600.0, ge=0)
 
