@@ -34,11 +34,11 @@ from api_shim.flowestate import lean_send
 from api_shim.flowestate import routes as flowestate
 from api_shim.flowiq import batch as flowiq_batch
 from api_shim.flowiq import send as flowiq
-from api_shim.intake import INTAKE_CHANNEL, hand_batch_to_broker, hand_to_broker
 from intake import idempotency
 from intake.callers import Caller, SignedKey, flowestate_caller, flowiq_caller
 from intake.errors import ApiError, ErrorCode, FlowIQError, problems_of
 from intake.storable_text import text_rule
+from intake.store import INTAKE_CHANNEL
 from intake.submission_signature import SignatureRefusal, envelope_problem, max_age_s, verify
 from intake.usage import RateState, RequestUnit
 from models.db import get_sessionmaker
@@ -47,6 +47,7 @@ from models.enums import MessageStatus, Scope, SourceApi
 from models.log_hygiene import key_for_log
 from models.settings import get_settings
 from models.tables import Message
+from worker.celery_app import hand_batch_to_broker, hand_to_broker
 
 log = logging.getLogger(__name__)
 

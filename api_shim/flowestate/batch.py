@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api_shim.auth import authenticate_flowestate
+from api_shim.broker_handoff import hand_batch_over
 from api_shim.flowestate.errors import error_responses
 from api_shim.flowestate.routes import (
     KEY_REUSED,
@@ -33,7 +34,6 @@ from api_shim.flowestate.routes import (
     take_key,
     whatsapp_router,
 )
-from api_shim.intake import hand_batch_over
 from intake import idempotency
 from intake.callers import Caller
 from intake.errors import ApiError, ErrorBody, ErrorCode, problems_of

@@ -47,6 +47,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy.orm import Session
 
 from api_shim.auth import bearer_token
+from api_shim.broker_handoff import hand_over
 from api_shim.flowestate.routes import (
     SEND_ERRORS,
     IdempotencyHeader,
@@ -58,7 +59,6 @@ from api_shim.flowestate.routes import (
     send_refusal,
     whatsapp_router,
 )
-from api_shim.intake import hand_over, hand_to_broker
 from intake import idempotency
 from intake.callers import Caller
 from intake.errors import ApiError, ErrorCode
@@ -70,6 +70,7 @@ from models.enums import KeyKind, Scope, SourceApi
 from models.outbound import AnyOutbound, as_json, preview_of
 from models.settings import get_settings
 from models.tables import Organization
+from worker.celery_app import hand_to_broker
 
 _keys = KeyCache()
 router = whatsapp_router()

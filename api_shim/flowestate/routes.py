@@ -24,13 +24,13 @@ from sqlalchemy.orm import Session
 
 from api_shim.auth import authenticate_flowestate
 from api_shim.flowestate.errors import error_responses
-from api_shim.intake import hand_to_broker, persist_message
 from api_shim.openapi_docs import FLOWESTATE_BEARER
 from intake import idempotency
 from intake.callers import Caller
 from intake.errors import STATUS_OF, ApiError, ErrorCode, field_rule_error
 from intake.service_window import window_refusal
 from intake.storable_text import first_unstorable, text_rule
+from intake.store import persist_message
 from intake.template_input import TemplateInputError, flowestate_template_schema, template_from_flowestate
 from intake.usage import QuotaUsedUp, RequestUnit
 from models.db import get_sessionmaker
@@ -40,6 +40,7 @@ from models.phones import is_valid_e164
 from models.settings import get_settings
 from models.tables import Contact, Message, Organization, WhatsappAccount
 from models.templates import Template
+from worker.celery_app import hand_to_broker
 
 PREFIX = "/api/v1"
 # Every route here needs a fe_k_ key: the dependency declares it in OpenAPI (auth.py checks it).

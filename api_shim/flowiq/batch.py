@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api_shim.auth import authenticate_flowiq
+from api_shim.broker_handoff import hand_batch_over
 from api_shim.flowiq.errors import error_responses
 from api_shim.flowiq.send import (
     AUTH_ERRORS,
@@ -36,7 +37,6 @@ from api_shim.flowiq.send import (
     flowiq_router,
     sending_account,
 )
-from api_shim.intake import hand_batch_over
 from intake import idempotency
 from intake.callers import Caller
 from intake.errors import FlowIQError, FlowIQErrorBody, invalid, missing

@@ -23,8 +23,8 @@ from sqlalchemy import case, select
 from sqlalchemy.orm import Session
 
 from api_shim.auth import authenticate_flowiq
+from api_shim.broker_handoff import hand_over
 from api_shim.flowiq.errors import error_responses
-from api_shim.intake import hand_over, persist_message
 from api_shim.openapi_docs import FLOWIQ_BEARER
 from api_shim.sync_results import ResultWaiter
 from intake import idempotency
@@ -33,6 +33,7 @@ from intake.errors import ErrorCode, FlowIQError, invalid
 from intake.flowiq_request import FLOWIQ_TYPES, FlowIQSend, parse_send
 from intake.service_window import window_refusal
 from intake.storable_text import text_rule
+from intake.store import persist_message
 from intake.usage import QuotaUsedUp, RequestUnit
 from models.db import get_sessionmaker
 from models.enums import AccountStatus, AccountType, MessageStatus, SourceApi
