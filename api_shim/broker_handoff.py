@@ -20,8 +20,14 @@ import asyncio
 import contextvars
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+from intake.store import count_accepted
+from models.enums import SourceApi
+from worker.celery_app import hand_batch_to_broker, hand_to_broker
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +72,19 @@ def _run_and_release(hand_over: Callable[[], None]) -> None:
     finally:
         with _lock:
             _waiting -= 1
+
+
+async def hand_over(message_id: uuid.UUID, *, new_from: SourceApi | None) -> None:
+    """``hand_to_broker`` for code on the event loop: the publish runs on the publish threads, so a
+    stalled broker holds this request only."""
+    if new_from is not None:
+        count_accepted(new_from)  # accepted (committed) whether or not the publish is made
+    await publish(partial(hand_to_broker, message_id, new_from=None), f"message {message_id}")
+
+
+async def hand_batch_over(message_ids: list[uuid.UUID], *, new_from: SourceApi | None) -> None:
+    """``hand_batch_to_broker`` for code on the event loop (see ``hand_over``)."""
+    if new_from is not None:
+        count_accepted(new_from, len(message_ids))
+    what = f"{len(message_ids)} messages"
+    await publish(partial(hand_batch_to_broker, message_ids, new_from=None), what)

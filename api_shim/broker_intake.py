@@ -21,10 +21,10 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -34,11 +34,11 @@ from api_shim.flowestate import lean_send
 from api_shim.flowestate import routes as flowestate
 from api_shim.flowiq import batch as flowiq_batch
 from api_shim.flowiq import send as flowiq
-from api_shim.intake import INTAKE_CHANNEL, hand_batch_to_broker, hand_to_broker
 from intake import idempotency
 from intake.callers import Caller, SignedKey, flowestate_caller, flowiq_caller
-from intake.errors import ApiError, ErrorCode, FlowIQError, problems_of
+from intake.errors import Accepted, ApiError, ErrorCode, FlowIQError, Refused, problems_of
 from intake.storable_text import text_rule
+from intake.store import INTAKE_CHANNEL
 from intake.submission_signature import SignatureRefusal, envelope_problem, max_age_s, verify
 from intake.usage import RateState, RequestUnit
 from models.db import get_sessionmaker
@@ -47,6 +47,7 @@ from models.enums import MessageStatus, Scope, SourceApi
 from models.log_hygiene import key_for_log
 from models.settings import get_settings
 from models.tables import Message
+from worker.celery_app import hand_batch_to_broker, hand_to_broker
 
 log = logging.getLogger(__name__)
 
@@ -207,21 +208,20 @@ def _flowestate(session: Session, api_key: SignedKey, key: str, request: Any, me
             batch = flowestate_batch.BatchIn.model_validate({"messages": messages})
         except ValidationError as exc:
             return _refuse_flowestate(session, caller, key, {"batch": messages}, exc)
-        response, ids = flowestate_batch.check_and_persist(session, caller, batch, key)
-        hand_batch_to_broker(ids, new_from=SourceApi.FLOWESTATE)
-        return _counted(_body_of(response))
+        result = flowestate_batch.check_and_persist(session, caller, batch, key)
+        return _batch_handed_over(result, SourceApi.FLOWESTATE)
     body_type = flowestate.SendTemplateIn if isinstance(request, dict) and "template" in request else flowestate.SendIn
     try:
         body = body_type.model_validate(request)
     except ValidationError as exc:
         return _refuse_flowestate(session, caller, key, request, exc, pays=True)
-    if lean_send.accept_submission(body, caller, key) is not None:
-        return Submitted(1, 0)
-    # The HTTP send under an Idempotency-Key: it commits and enqueues (or replays), or raises.
-    response = flowestate.send_once(body, session, caller, key, _unit_of(caller))
-    if response.status_code != 200:
-        # The refusal a first submission with this key got (upstream heard of it then).
-        return Submitted(0, 1, str(_body_of(response).get("error", {}).get("code")))
+    lean = lean_send.accept_submission(body, caller, key)
+    # Else the HTTP send under an Idempotency-Key: it commits (or replays), or refuses.
+    result = lean if lean is not None else flowestate.send_once(body, session, caller, key, _unit_of(caller))
+    if isinstance(result, Refused):
+        return _refused(result)
+    for message_id in result.message_ids:
+        hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE if result.new else None)
     return Submitted(1, 0)
 
 
@@ -249,17 +249,33 @@ def _flowiq(
     # A batch pays per accepted message, a single send with what it keeps (flowiq.accept_send).
     caller = flowiq_caller(session, api_key, tenant, spends_unit=False, on_rate=on_rate)
     if messages is not None:
-        answer, ids = flowiq_batch.accept_batch(session, caller, {"messages": messages}, key)
-        hand_batch_to_broker(ids, new_from=SourceApi.FLOWIQ)
-        return _counted(answer.body)
-    accepted = flowiq.accept_send(session, caller, request, key, _unit_of(caller))
-    if isinstance(accepted, idempotency.Replay):
-        code = accepted.body.get("code") or accepted.body.get("error")
-        return Submitted(0, 1, str(code)) if accepted.status >= 400 else Submitted(1, 0)
-    if accepted.created or _still_queued(session, accepted.message_id):
-        # A repeat finds its message queued when the first try died before its enqueue.
-        hand_to_broker(accepted.message_id, new_from=SourceApi.FLOWIQ if accepted.created else None)
+        result = flowiq_batch.accept_batch(session, caller, {"messages": messages}, key)
+        return _batch_handed_over(result, SourceApi.FLOWIQ)
+    sent = flowiq.accept_send(session, caller, request, key, _unit_of(caller))
+    if isinstance(sent, Refused):
+        return _refused(sent)
+    for message_id in sent.message_ids:
+        if sent.new or _still_queued(session, message_id):
+            # A repeat finds its message queued when the first try died before its enqueue.
+            hand_to_broker(message_id, new_from=SourceApi.FLOWIQ if sent.new else None)
     return Submitted(1, 0)
+
+
+def _refused(result: Refused) -> Submitted:
+    """A refusal the Idempotency-Key kept is the first delivery's (upstream heard of it then); a
+    new one is kept under the key and told (``_submit_signed``)."""
+    if result.replayed:
+        return Submitted(0, 1, str(result.code))
+    raise _Rejected(str(result.code), result.message)
+
+
+def _batch_handed_over(result: Accepted | Refused, surface: SourceApi) -> Submitted:
+    """A batch's accepted messages handed to the broker; what it answered (or kept), counted."""
+    if isinstance(result, Refused) and not result.replayed:
+        raise _Rejected(str(result.code), result.message)
+    if isinstance(result, Accepted):
+        hand_batch_to_broker(list(result.message_ids), new_from=surface)
+    return _counted(result.body)
 
 
 def _unit_of(caller: Caller) -> RequestUnit:
@@ -275,12 +291,7 @@ def _still_queued(session: Session, message_id: Any) -> bool:
     return status == MessageStatus.QUEUED
 
 
-def _counted(answer: dict[str, Any]) -> Submitted:
+def _counted(answer: Mapping[str, Any]) -> Submitted:
     results = answer.get("results") or []
     accepted = sum(1 for r in results if "messageId" in r or "message_id" in r)
     return Submitted(accepted, len(results) - accepted)
-
-
-def _body_of(response: JSONResponse) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads(bytes(response.body))
-    return body

@@ -94,7 +94,7 @@ def create_accounts(rates: list[int], seconds: float, sandbox_url: str) -> tuple
     broker; the ids come interleaved across accounts, as a mixed load arrives."""
     import httpx
 
-    from api_shim.intake import persist_message
+    from intake.store import persist_message
     from models import admin
     from models.db import session_scope
     from models.enums import SourceApi

@@ -90,16 +90,29 @@ class Refused:
     details: Sequence[FieldProblem] | None = None
     status: int = 400
     body: Mapping[str, Any] = field(default_factory=dict)
+    # The Idempotency-Key answered: the refusal its first request got (kept, and told, back then).
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
 class Accepted:
-    """A use case's acceptance: the messages it stored and committed (to hand to the broker),
-    and the surface's answer body."""
+    """A use case's acceptance: the committed messages to hand to the broker, whether they are new
+    (just accepted: counted as such) or handed over again, and the surface's answer."""
 
     message_ids: Sequence[uuid.UUID] = ()
     body: Mapping[str, Any] = field(default_factory=dict)
     status: int = 200
+    new: bool = True
+    # The Idempotency-Key answered with what its first request made.
+    replayed: bool = False
+
+
+def replayed(status: int, body: Mapping[str, Any], *, code: str, message: str) -> Accepted | Refused:
+    """What an Idempotency-Key kept (its status and body) as a use case's result; ``code`` and
+    ``message`` name a kept refusal in its surface's vocabulary."""
+    if status >= 400:
+        return Refused(code, message, status=status, body=body, replayed=True)
+    return Accepted(body=body, status=status, new=False, replayed=True)
 
 
 class Refusal(Exception):

@@ -14,9 +14,13 @@ from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger, task_postrun, task_prerun, worker_process_init
 from celery.utils.log import get_multiprocessing_logger
 
+from intake.store import count_accepted
 from models import log_format, log_hygiene
 from models.db import reset_engine
+from models.enums import SourceApi
 from models.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 SEND_QUEUE = "wadispatch.send"
 # Messages handed over at their send slot (or after an earlier message in their conversation):
@@ -223,6 +227,30 @@ def enqueue_sends(message_ids: list[uuid.UUID]) -> None:
                 retry=False,
                 declare=None if n == 0 else [],
             )
+
+
+def hand_batch_to_broker(message_ids: list[uuid.UUID], *, new_from: SourceApi | None) -> None:
+    """Enqueue a committed batch in one pipeline; if the broker is unreachable the messages stay
+    accepted (``queued`` in Postgres) and the sweeper enqueues them once it is back. ``new_from``:
+    the surface they were just accepted through (None: handed over again, not new)."""
+    if new_from is not None:
+        count_accepted(new_from, len(message_ids))
+    try:
+        enqueue_sends(message_ids)
+    except Exception:
+        log.warning("%d messages accepted but not enqueued (broker unreachable); the sweeper will", len(message_ids))
+
+
+def hand_to_broker(message_id: uuid.UUID, *, new_from: SourceApi | None) -> None:
+    """Enqueue a committed message. If the broker is unreachable the message stays accepted:
+    it is in Postgres as ``queued``, and the sweeper enqueues it once the broker is back.
+    ``new_from``: the surface it was just accepted through (None: handed over again, not new)."""
+    if new_from is not None:
+        count_accepted(new_from)
+    try:
+        enqueue_send(message_id)
+    except Exception:
+        log.warning("message %s accepted but not enqueued (broker unreachable); the sweeper will", message_id)
 
 
 def enqueue_due(message_id: uuid.UUID) -> None:

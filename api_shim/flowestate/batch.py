@@ -22,7 +22,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api_shim.auth import authenticate_flowestate
-from api_shim.flowestate.errors import error_responses
+from api_shim.broker_handoff import hand_batch_over
+from api_shim.flowestate.errors import error_responses, respond
 from api_shim.flowestate.routes import (
     KEY_REUSED,
     REQUEST_ERRORS,
@@ -33,10 +34,9 @@ from api_shim.flowestate.routes import (
     take_key,
     whatsapp_router,
 )
-from api_shim.intake import hand_batch_over
 from intake import idempotency
 from intake.callers import Caller
-from intake.errors import ApiError, ErrorBody, ErrorCode, problems_of
+from intake.errors import Accepted, ApiError, ErrorBody, ErrorCode, Refused, problems_of, replayed
 from intake.usage import quota_used_up, spend_units
 from models import lifecycle
 from models.db import get_sessionmaker
@@ -101,22 +101,36 @@ async def send_batch(
     """
     session, caller = writer
     try:
-        answer, accepted = await run_in_threadpool(check_and_persist, session, caller, body, idempotency_key)
+        result = await run_in_threadpool(check_and_persist, session, caller, body, idempotency_key)
     finally:
         session.close()
-    if accepted:
-        await hand_batch_over(accepted, new_from=SourceApi.FLOWESTATE)
-    return answer
+    if isinstance(result, Refused):
+        return respond(result)
+    if result.message_ids:
+        await hand_batch_over(list(result.message_ids), new_from=SourceApi.FLOWESTATE)
+    return JSONResponse(dict(result.body), status_code=result.status)
 
 
 def check_and_persist(
     session: Session, caller: Caller, body: BatchIn, idempotency_key: str | None
-) -> tuple[JSONResponse, list[uuid.UUID]]:
+) -> Accepted | Refused:
+    """Check and store a FlowEstate batch (HTTP or broker); commits. The caller hands the accepted
+    messages to the broker."""
+    try:
+        return _check_and_persist(session, caller, body, idempotency_key)
+    except ApiError as error:
+        return error.refused()
+
+
+def _check_and_persist(
+    session: Session, caller: Caller, body: BatchIn, idempotency_key: str | None
+) -> Accepted | Refused:
     taken: idempotency.Claim | None = None
     if idempotency_key is not None:
         claimed = take_key(session, caller, idempotency_key, {"batch": body.messages})
         if isinstance(claimed, idempotency.Replay):
-            return JSONResponse(claimed.body, status_code=claimed.status), []
+            kept = claimed.body.get("error") or {}
+            return replayed(claimed.status, claimed.body, code=str(kept.get("code")), message=str(kept.get("message")))
         if isinstance(claimed, idempotency.KeyOfMessage):
             # The key answers for one message of a single send: not this batch.
             raise ApiError(ErrorCode.IDEMPOTENCY_KEY_REUSED, KEY_REUSED)
@@ -126,7 +140,7 @@ def check_and_persist(
     if taken is not None:
         idempotency.record_answer(session, taken, 200, answer)
     session.commit()
-    return JSONResponse(answer), [item.message_id for item in accepted]
+    return Accepted([item.message_id for item in accepted], answer)
 
 
 def _check_items(

@@ -47,6 +47,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy.orm import Session
 
 from api_shim.auth import bearer_token
+from api_shim.broker_handoff import hand_over
 from api_shim.flowestate.routes import (
     SEND_ERRORS,
     IdempotencyHeader,
@@ -54,14 +55,14 @@ from api_shim.flowestate.routes import (
     SendIn,
     SendOut,
     SendTemplateIn,
+    answer,
     send_and_close,
     send_refusal,
     whatsapp_router,
 )
-from api_shim.intake import hand_over, hand_to_broker
 from intake import idempotency
 from intake.callers import Caller
-from intake.errors import ApiError, ErrorCode
+from intake.errors import Accepted, ApiError, ErrorCode, Refused
 from intake.key_cache import KeyCache, KeyFacts
 from intake.usage import RequestUnit, current_month, quota_used_up, spend_unit, take_request_async, touch_key
 from models import async_db, lifecycle
@@ -301,10 +302,18 @@ def _waited_for_the_key(error: psycopg.Error) -> bool:
     return isinstance(error, psycopg.errors.LockNotAvailable) and '"idempotency_keys"' in (error.diag.context or "")
 
 
-def accept_submission(body: SendBody, caller: Caller, idempotency_key: str) -> uuid.UUID | None:
+def accept_submission(body: SendBody, caller: Caller, idempotency_key: str) -> Accepted | Refused | None:
     """The same statements for a broker submission (worker/tasks.py, synchronous), on a raw
-    connection of the process's pool. The message id once committed and handed to the broker; None
-    when the ORM path must answer (nothing kept, no unit spent: the ORM send spends it with its outcome)."""
+    connection of the process's pool: the message committed (the caller hands it to the broker), or
+    the 429 past the quota; None when the ORM path must answer (nothing kept, no unit spent: the ORM
+    send spends it with its outcome)."""
+    try:
+        return _submitted(body, caller, idempotency_key)
+    except ApiError as error:
+        return error.refused()
+
+
+def _submitted(body: SendBody, caller: Caller, idempotency_key: str) -> Accepted | None:
     message = body.to_outbound()
     message_id = uuid.uuid4()
     # The broker path's key lookup already recorded the key's use.
@@ -344,8 +353,7 @@ def accept_submission(body: SendBody, caller: Caller, idempotency_key: str) -> u
         raw.close()
     if outcome != "stored":
         return None
-    hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE)
-    return message_id
+    return Accepted((message_id,), {"messageId": str(message_id)})
 
 
 def _dead(conn: object) -> bool:
@@ -417,7 +425,7 @@ def _by_the_book(body: SendBody, facts: KeyFacts, idempotency_key: str | None) -
         session.close()
         raise
     unit = RequestUnit(org.id, key_id=facts.key_id, last_used_at=facts.last_used_at)
-    return send_and_close(body, session, caller, idempotency_key, unit)
+    return answer(send_and_close(body, session, caller, idempotency_key, unit))
 
 
 def spend_request_unit(

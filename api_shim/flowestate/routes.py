@@ -23,14 +23,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api_shim.auth import authenticate_flowestate
-from api_shim.flowestate.errors import error_responses
-from api_shim.intake import hand_to_broker, persist_message
+from api_shim.flowestate.errors import error_responses, respond
 from api_shim.openapi_docs import FLOWESTATE_BEARER
 from intake import idempotency
 from intake.callers import Caller
-from intake.errors import STATUS_OF, ApiError, ErrorCode, field_rule_error
+from intake.errors import STATUS_OF, Accepted, ApiError, ErrorCode, Refused, field_rule_error, replayed
 from intake.service_window import window_refusal
 from intake.storable_text import first_unstorable, text_rule
+from intake.store import persist_message
 from intake.template_input import TemplateInputError, flowestate_template_schema, template_from_flowestate
 from intake.usage import QuotaUsedUp, RequestUnit
 from models.db import get_sessionmaker
@@ -40,6 +40,7 @@ from models.phones import is_valid_e164
 from models.settings import get_settings
 from models.tables import Contact, Message, Organization, WhatsappAccount
 from models.templates import Template
+from worker.celery_app import hand_to_broker
 
 PREFIX = "/api/v1"
 # Every route here needs a fe_k_ key: the dependency declares it in OpenAPI (auth.py checks it).
@@ -309,7 +310,7 @@ SEND_ERRORS = error_responses(
 
 def send_and_close(
     body: SendBody, session: Session, caller: Caller, idempotency_key: str | None, unit: RequestUnit
-) -> JSONResponse:
+) -> Accepted | Refused:
     """The send on the ORM path (api_shim/flowestate/lean_send.py hands it what its statement leaves over)."""
     try:
         if idempotency_key is None:
@@ -317,6 +318,16 @@ def send_and_close(
         return send_once(body, session, caller, idempotency_key, unit)
     finally:
         session.close()
+
+
+def answer(result: Accepted | Refused) -> JSONResponse:
+    """The HTTP answer to a send, from a thread off the event loop: its message handed to the
+    broker (if there is one to hand over), or its refusal rendered."""
+    if isinstance(result, Refused):
+        return respond(result)
+    for message_id in result.message_ids:
+        hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE if result.new else None)
+    return JSONResponse(dict(result.body), status_code=result.status)
 
 
 def _pay(session: Session, unit: RequestUnit) -> None:
@@ -354,11 +365,20 @@ KEY_REUSED = "This Idempotency-Key was used with a different body"
 
 def send_once(
     body: SendBody, session: Session, caller: Caller, idempotency_key: str, unit: RequestUnit | None = None
-) -> JSONResponse:
+) -> Accepted | Refused:
     """The send under an Idempotency-Key: the key and the message are committed together, so the
     key answers with that message for its whole TTL (or with the refusal it got). HTTP and broker.
-    The request's unit (default: the caller's organization's) is committed with whatever it keeps."""
-    unit = unit or RequestUnit(caller.org_id)
+    The request's unit (default: the caller's organization's) is committed with whatever it keeps.
+    The caller hands the accepted message to the broker."""
+    try:
+        return _send_once(body, session, caller, idempotency_key, unit or RequestUnit(caller.org_id))
+    except ApiError as error:
+        return error.refused()
+
+
+def _send_once(
+    body: SendBody, session: Session, caller: Caller, idempotency_key: str, unit: RequestUnit
+) -> Accepted | Refused:
     try:
         taken = take_key(session, caller, idempotency_key, body.model_dump(mode="json"))
     except ApiError as error:
@@ -373,14 +393,16 @@ def send_once(
             _pay(session, unit)
         session.commit()
     if isinstance(taken, idempotency.Replay):
-        return JSONResponse(taken.body, status_code=taken.status)
+        kept = taken.body.get("error") or {}
+        return replayed(taken.status, taken.body, code=str(kept.get("code")), message=str(kept.get("message")))
     if isinstance(taken, idempotency.KeyOfMessage):
+        again: tuple[uuid.UUID, ...] = ()
         if session.scalar(select(Message.status).where(Message.id == taken.message_id)) == MessageStatus.QUEUED:
             # The first request may have died between its commit and its enqueue: one more task
             # is harmless (only one claim can win) and saves waiting for the sweeper.
             session.rollback()
-            hand_to_broker(taken.message_id, new_from=None)
-        return _accepted(taken.message_id)
+            again = (taken.message_id,)
+        return Accepted(again, _answer_of(taken.message_id), new=False, replayed=True)
     try:
         message_id = _check_and_persist(body, session, caller, idempotency_key, unit)
     except ApiError as error:
@@ -389,23 +411,21 @@ def send_once(
         raise
     idempotency.record_message(session, taken, message_id)
     session.commit()
-    hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE)
-    return _accepted(message_id)
+    return Accepted((message_id,), _answer_of(message_id))
 
 
-def _send(body: SendBody, session: Session, caller: Caller, unit: RequestUnit) -> JSONResponse:
+def _send(body: SendBody, session: Session, caller: Caller, unit: RequestUnit) -> Accepted | Refused:
     try:
         message_id = _check_and_persist(body, session, caller, None, unit)
-    except ApiError:
+    except ApiError as error:
         session.commit()  # a refusal's unit (past the quota there is nothing left to commit)
-        raise
+        return error.refused()
     session.commit()
-    hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE)
-    return _accepted(message_id)
+    return Accepted((message_id,), _answer_of(message_id))
 
 
-def _accepted(message_id: uuid.UUID) -> JSONResponse:
-    return JSONResponse({"messageId": str(message_id)})
+def _answer_of(message_id: uuid.UUID) -> dict[str, Any]:
+    return {"messageId": str(message_id)}
 
 
 def _check_and_persist(

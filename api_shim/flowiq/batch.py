@@ -24,7 +24,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api_shim.auth import authenticate_flowiq
-from api_shim.flowiq.errors import error_responses
+from api_shim.broker_handoff import hand_batch_over
+from api_shim.flowiq.errors import error_responses, respond
 from api_shim.flowiq.send import (
     AUTH_ERRORS,
     BODY_ERRORS,
@@ -34,12 +35,12 @@ from api_shim.flowiq.send import (
     claim_idempotency,
     contact_refusal,
     flowiq_router,
+    replayed_flowiq,
     sending_account,
 )
-from api_shim.intake import hand_batch_over
 from intake import idempotency
 from intake.callers import Caller
-from intake.errors import FlowIQError, FlowIQErrorBody, invalid, missing
+from intake.errors import Accepted, FlowIQError, FlowIQErrorBody, Refused, invalid, missing
 from intake.flowiq_request import FlowIQSend, parse_send
 from intake.usage import quota_used_up, spend_units
 from models import lifecycle
@@ -113,15 +114,15 @@ async def send_whatsapp_batch(request: Request) -> JSONResponse:
     """
     raw = await request.body()
     key = request.headers.get("idempotency-key")
-    answer, accepted = await run_in_threadpool(_accept, request, request.query_params.get("tenantId"), raw, key)
-    if accepted:
-        await hand_batch_over(accepted, new_from=SourceApi.FLOWIQ)
-    return JSONResponse(answer.body, status_code=answer.status)
+    result = await run_in_threadpool(_accept, request, request.query_params.get("tenantId"), raw, key)
+    if isinstance(result, Refused):
+        return respond(result)
+    if result.message_ids:
+        await hand_batch_over(list(result.message_ids), new_from=SourceApi.FLOWIQ)
+    return JSONResponse(dict(result.body), status_code=result.status)
 
 
-def _accept(
-    request: Request, tenant_id: str | None, raw: bytes, key: str | None
-) -> tuple[idempotency.Replay, list[uuid.UUID]]:
+def _accept(request: Request, tenant_id: str | None, raw: bytes, key: str | None) -> Accepted | Refused:
     with get_sessionmaker()() as session:
         caller = authenticate_flowiq(session, request, tenant_id, spends_unit=False)
         try:
@@ -131,17 +132,22 @@ def _accept(
         return accept_batch(session, caller, body, key)
 
 
-def accept_batch(
-    session: Session, caller: Caller, body: Any, key: str | None
-) -> tuple[idempotency.Replay, list[uuid.UUID]]:
+def accept_batch(session: Session, caller: Caller, body: Any, key: str | None) -> Accepted | Refused:
     """Check and store a FlowIQ batch for an authenticated caller (HTTP or broker); commits. The
-    answer (status and body), and the ids to hand to the broker."""
+    caller hands the accepted messages to the broker."""
+    try:
+        return _accept_batch(session, caller, body, key)
+    except FlowIQError as error:
+        return error.refused()
+
+
+def _accept_batch(session: Session, caller: Caller, body: Any, key: str | None) -> Accepted | Refused:
     items = _items_of(body)
     taken: idempotency.Claim | None = None
     if key is not None:
         claimed = claim_idempotency(session, caller, key, body)
         if isinstance(claimed, idempotency.Replay):
-            return claimed, []
+            return replayed_flowiq(claimed)
         if isinstance(claimed, idempotency.KeyOfMessage):
             raise FlowIQError(
                 409, "Idempotency key reused", "This Idempotency-Key was used with a different body",
@@ -160,7 +166,7 @@ def accept_batch(
     if taken is not None:
         idempotency.record_answer(session, taken, 202, answer)
     session.commit()
-    return idempotency.Replay(202, answer), [m.message_id for m in stored]
+    return Accepted([m.message_id for m in stored], answer, status=202)
 
 
 def _items_of(body: Any) -> list[Any]:

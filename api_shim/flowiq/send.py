@@ -23,16 +23,17 @@ from sqlalchemy import case, select
 from sqlalchemy.orm import Session
 
 from api_shim.auth import authenticate_flowiq
-from api_shim.flowiq.errors import error_responses
-from api_shim.intake import hand_over, persist_message
+from api_shim.broker_handoff import hand_over
+from api_shim.flowiq.errors import error_responses, respond
 from api_shim.openapi_docs import FLOWIQ_BEARER
 from api_shim.sync_results import ResultWaiter
 from intake import idempotency
 from intake.callers import Caller
-from intake.errors import ErrorCode, FlowIQError, invalid
+from intake.errors import Accepted, ErrorCode, FlowIQError, Refused, invalid, replayed
 from intake.flowiq_request import FLOWIQ_TYPES, FlowIQSend, parse_send
 from intake.service_window import window_refusal
 from intake.storable_text import text_rule
+from intake.store import persist_message
 from intake.usage import QuotaUsedUp, RequestUnit
 from models.db import get_sessionmaker
 from models.enums import AccountStatus, AccountType, MessageStatus, SourceApi
@@ -194,10 +195,12 @@ async def send_whatsapp(request: Request) -> JSONResponse:
     refusal); 409 when the body differs or the first request still holds the key."""
     raw = await request.body()
     idempotency_key = request.headers.get("idempotency-key")
-    accepted = await run_in_threadpool(_accept, request, request.query_params.get("tenantId"), raw, idempotency_key)
-    if isinstance(accepted, idempotency.Replay):
-        return JSONResponse(accepted.body, status_code=accepted.status)
-    return await _deliver_and_wait(request, accepted)
+    result = await run_in_threadpool(_accept, request, request.query_params.get("tenantId"), raw, idempotency_key)
+    if isinstance(result, Refused):
+        return respond(result)
+    if not result.message_ids:  # the answer the Idempotency-Key kept
+        return JSONResponse(dict(result.body), status_code=result.status)
+    return await _deliver_and_wait(request, sent_of(result))
 
 
 async def _deliver_and_wait(request: Request, accepted: AcceptedSend) -> JSONResponse:
@@ -223,9 +226,7 @@ async def _deliver_and_wait(request: Request, accepted: AcceptedSend) -> JSONRes
     return _respond(accepted, outcome)
 
 
-def _accept(
-    request: Request, tenant_id: str | None, raw: bytes, idempotency_key: str | None
-) -> AcceptedSend | idempotency.Replay:
+def _accept(request: Request, tenant_id: str | None, raw: bytes, idempotency_key: str | None) -> Accepted | Refused:
     with get_sessionmaker()() as session:
         # The key and its request rate here; the unit is spent with what the send keeps (accept_send).
         caller = authenticate_flowiq(session, request, tenant_id, spends_unit=False)
@@ -240,11 +241,45 @@ def _accept(
 
 def accept_send(
     session: Session, caller: Caller, body: Any, idempotency_key: str | None, unit: RequestUnit | None = None
-) -> AcceptedSend | idempotency.Replay:
+) -> Accepted | Refused:
     """Check and store one FlowIQ send for an authenticated caller (HTTP or broker); commits. The
     request's unit (default: the caller's organization's) is committed with what it keeps, the
-    message or a refusal, so a send the service fails (rolled back) costs none."""
-    unit = unit or RequestUnit(caller.org_id)
+    message or a refusal, so a send the service fails (rolled back) costs none.
+
+    Accepted: its one message (``new``: just stored, the caller hands it to the broker; else the
+    Idempotency-Key's, handed over again only while still queued) and its recipient, type and
+    organization as ``body``; no message: the answer the key kept."""
+    try:
+        accepted = _accept_send(session, caller, body, idempotency_key, unit or RequestUnit(caller.org_id))
+    except FlowIQError as error:
+        return error.refused()
+    if isinstance(accepted, idempotency.Replay):
+        return replayed_flowiq(accepted)
+    what = {
+        "recipient": accepted.recipient,
+        "message_type": accepted.message_type,
+        "organization": accepted.organization,
+    }
+    return Accepted((accepted.message_id,), what, new=accepted.created, replayed=not accepted.created)
+
+
+def sent_of(result: Accepted) -> AcceptedSend:
+    """The send ``accept_send`` accepted, as the synchronous wait answers it."""
+    body = result.body
+    return AcceptedSend(
+        result.message_ids[0], body["recipient"], body["message_type"], body["organization"], created=result.new
+    )
+
+
+def replayed_flowiq(kept: idempotency.Replay) -> Accepted | Refused:
+    """A FlowIQ answer the Idempotency-Key kept; a refusal's code is its ``code``, else its title."""
+    code = kept.body.get("code") or kept.body.get("error")
+    return replayed(kept.status, kept.body, code=str(code), message=str(kept.body.get("message")))
+
+
+def _accept_send(
+    session: Session, caller: Caller, body: Any, idempotency_key: str | None, unit: RequestUnit
+) -> AcceptedSend | idempotency.Replay:
     if idempotency_key is None:
         try:
             accepted = _validate_and_persist(session, caller, body, None, unit)

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api_shim.intake import persist_message
+from intake.store import persist_message
 from models import admin, lifecycle
 from models.enums import KeyKind, MessageStatus, SourceApi
 from models.lifecycle import CallError, Claim

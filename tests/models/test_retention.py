@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, func, select, text, update
 from sqlalchemy.orm import sessionmaker
 
-from api_shim.intake import persist_message
+from intake.store import persist_message
 from models import admin, lifecycle
 from models.enums import SourceApi
 from models.outbound import MediaMessage, TextMessage
