@@ -10,7 +10,8 @@ Every --report-s it prints each table's rows and size: after the first periods, 
 tables should stop growing while messages (never pruned) grow with the traffic.
 
 `.venv/bin/python bench/soak.py --minutes 30 --rate 20` (defaults: 10 minutes, 20 sends/s,
-retention 2 minutes, prune every 30 s). Stops everything it started at the end.
+retention 2 minutes, prune every 30 s). Stops everything it started at the end. With --private it
+runs on its own Postgres and Redis (initdb and redis-server on free ports), for hour-long runs.
 """
 
 from __future__ import annotations
@@ -46,11 +47,31 @@ def main() -> None:
     parser.add_argument("--report-s", type=float, default=30.0, help="how often sizes are printed")
     parser.add_argument("--accounts", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--private",
+        action="store_true",
+        help="run on a private Postgres and Redis (free ports, removed at the end) instead of the local ones: "
+        "an hour-long run then shares no connections with anything else on the machine",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if not args.private:
+        soak(args, bench_env(DB_NAME, REDIS_DB))
+        return
+    from bench.private_services import PrivatePostgres, PrivateRedis
 
+    with PrivatePostgres(max_connections=200) as postgres, PrivateRedis() as private_redis:
+        env = bench_env(DB_NAME, REDIS_DB) | {
+            "WADISPATCH_DATABASE_URL": postgres.url,
+            "WADISPATCH_REDIS_URL": private_redis.url,
+        }
+        print(f"private Postgres on port {postgres.port}, private Redis on port {private_redis.port}")
+        soak(args, env)
+
+
+def soak(args: argparse.Namespace, env: dict[str, str]) -> None:
     days = str(args.retention_min / 1440)
-    env = bench_env(DB_NAME, REDIS_DB) | {
+    env = env | {
         "WADISPATCH_RETENTION_WEBHOOK_EVENTS_DAYS": days,
         "WADISPATCH_RETENTION_EVENT_DELIVERIES_DAYS": days,
         "WADISPATCH_RETENTION_IDEMPOTENCY_KEYS_DAYS": days,
