@@ -9,11 +9,13 @@ from fastapi import FastAPI
 
 from api_shim import health, media_route, meta_webhooks, metrics_route
 from api_shim.flowestate import batch as flowestate_batch
+from api_shim.flowestate import cancellation as flowestate_cancellation
 from api_shim.flowestate import event_endpoints, history, lean_send
 from api_shim.flowestate import routes as flowestate
 from api_shim.flowestate import submissions as flowestate_submissions
 from api_shim.flowestate.errors import install_flowestate_handlers
 from api_shim.flowiq import batch as flowiq_batch
+from api_shim.flowiq import cancellation as flowiq_cancellation
 from api_shim.flowiq import lookup
 from api_shim.flowiq import send as flowiq
 from api_shim.flowiq import submissions as flowiq_submissions
@@ -36,7 +38,7 @@ WhatsApp Cloud API by workers.
 `{"error": {"code": "...", "message": "..."}}` with `code` one of VALIDATION_ERROR, BAD_REQUEST,
 UNAUTHORIZED, FORBIDDEN, NOT_FOUND, OPTED_OUT, ACCOUNT_UNAVAILABLE, OUTSIDE_SERVICE_WINDOW,
 IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_PROGRESS, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE,
-RATE_LIMITED, QUOTA_EXCEEDED, METHOD_NOT_ALLOWED, INTERNAL_ERROR.
+RATE_LIMITED, QUOTA_EXCEEDED, LIMIT_REACHED, NOT_CANCELLABLE, METHOD_NOT_ALLOWED, INTERNAL_ERROR.
 
 **FlowIQ surface** (`POST /send-whatsapp?tenantId=<slug>`): `Authorization: Bearer fiq_...` (the
 FlowIQKey scheme); nine message types; answers with Meta's wamid once the worker sent the message,
@@ -96,10 +98,12 @@ def create_app() -> FastAPI:
         history.router,
         lean_send.router,
         flowestate_submissions.router,
+        flowestate_cancellation.router,
         flowiq.router,
         flowiq_batch.router,
         lookup.router,
         flowiq_submissions.router,
+        flowiq_cancellation.router,
     ):
         app.include_router(router)
     app.include_router(media_route.router)

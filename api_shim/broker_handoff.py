@@ -27,7 +27,7 @@ from functools import partial
 
 from intake.store import count_accepted
 from models.enums import SourceApi
-from worker.celery_app import hand_batch_to_broker, hand_to_broker
+from worker.celery_app import enqueue_due_many, hand_batch_to_broker, hand_to_broker
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +88,17 @@ async def hand_batch_over(message_ids: list[uuid.UUID], *, new_from: SourceApi |
         count_accepted(new_from, len(message_ids))
     what = f"{len(message_ids)} messages"
     await publish(partial(hand_batch_to_broker, message_ids, new_from=None), what)
+
+
+def _enqueue_due(message_ids: list[uuid.UUID]) -> None:
+    try:
+        enqueue_due_many(message_ids)
+    except Exception:
+        log.warning("%d messages due but not enqueued (broker unreachable); the sweeper will", len(message_ids))
+
+
+async def hand_due_over(message_ids: list[uuid.UUID]) -> None:
+    """Messages whose turn came (the next of a conversation whose earlier message was cancelled),
+    handed to the broker off the event loop; none: nothing to do."""
+    if message_ids:
+        await publish(partial(_enqueue_due, list(message_ids)), f"{len(message_ids)} due messages")

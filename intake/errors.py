@@ -35,6 +35,8 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     LIMIT_REACHED = "LIMIT_REACHED"
+    # A cancel came after the message's call started (or after it ended): ``messageStatus`` says where it is.
+    NOT_CANCELLABLE = "NOT_CANCELLABLE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -52,6 +54,7 @@ STATUS_OF: dict[ErrorCode, int] = {
     ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS: 409,
     # The organization holds as many of something as it may: waiting does not help, removing does.
     ErrorCode.LIMIT_REACHED: 409,
+    ErrorCode.NOT_CANCELLABLE: 409,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.RATE_LIMITED: 429,
@@ -69,6 +72,8 @@ class ErrorBody(BaseModel):
     code: ErrorCode
     message: str
     details: list[FieldProblem] | None = None
+    # NOT_CANCELLABLE only: the status the message has.
+    messageStatus: str | None = None
 
 
 class ErrorEnvelope(BaseModel):
@@ -135,15 +140,24 @@ class ApiError(Refusal):
 
     code: ErrorCode
 
-    def __init__(self, code: ErrorCode, message: str, details: list[FieldProblem] | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        details: list[FieldProblem] | None = None,
+        *,
+        message_status: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.details = details
+        self.message_status = message_status
         self.status = STATUS_OF[code]
 
     def envelope(self) -> dict[str, Any]:
-        body = ErrorEnvelope(error=ErrorBody(code=self.code, message=self.message, details=self.details))
+        error = ErrorBody(code=self.code, message=self.message, details=self.details, messageStatus=self.message_status)
+        body = ErrorEnvelope(error=error)
         return body.model_dump(mode="json", exclude_none=True)
 
     def body(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ def persist_message(
     message: AnyOutbound,
     source: SourceApi,
     idempotency_key: str | None = None,
+    dispatch: lifecycle.Dispatch = lifecycle.NOW,
 ) -> uuid.UUID:
     """Add the message as ``queued`` and make it the conversation's latest entry. Returns its id."""
     message_id = uuid.uuid4()
@@ -38,6 +39,7 @@ def persist_message(
             "p_source": source.value,
             "p_idempotency_key": idempotency_key,
         },
+        dispatch,
     )
     return message_id
 

@@ -16,6 +16,8 @@ class MessageStatus(StrEnum):
     DELIVERED = "delivered"
     READ = "read"
     FAILED = "failed"
+    # Taken back by its caller before its call started (DELETE on the message, or its campaign's cancel).
+    CANCELLED = "cancelled"
     # An inbound message (direction 'inbound'): it has no send lifecycle.
     RECEIVED = "received"
 
@@ -23,7 +25,13 @@ class MessageStatus(StrEnum):
 # Statuses a worker may claim a message from.
 CLAIMABLE = (MessageStatus.QUEUED, MessageStatus.RETRYING)
 # Statuses after which nothing more is sent.
-FINAL = (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ, MessageStatus.FAILED)
+FINAL = (
+    MessageStatus.SENT,
+    MessageStatus.DELIVERED,
+    MessageStatus.READ,
+    MessageStatus.FAILED,
+    MessageStatus.CANCELLED,
+)
 # The key a message's payload keeps once retention cleared its content (models/retention.py):
 # such a message can no longer be sent again.
 CONTENT_CLEARED = "content_cleared_at"

@@ -25,6 +25,7 @@ EVENT_TYPES = (
     "message.delivered",
     "message.read",
     "message.failed",
+    "message.cancelled",
     "message.received",
     "submission.rejected",
     "account.halted",

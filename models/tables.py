@@ -140,7 +140,8 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         CheckConstraint(
-            "status IN ('queued', 'sending', 'retrying', 'sent', 'delivered', 'read', 'failed', 'received')",
+            "status IN ('queued', 'sending', 'retrying', 'sent', 'delivered', 'read', 'failed', 'cancelled', "
+            "'received')",
             name="message_status_known",
         ),
         # The sweeper's scan: unfinished messages by when they were last handed to the broker.
@@ -191,6 +192,14 @@ class Message(Base):
             "seq",
             postgresql_where=text("status IN ('queued', 'retrying', 'sending')"),
         ),
+        # The sweeper's expiry scan: unclaimed messages with an expiry, soonest first.
+        Index(
+            "ix_messages_waiting_expiry",
+            "expires_at",
+            postgresql_where=text("expires_at IS NOT NULL AND status IN ('queued', 'retrying')"),
+        ),
+        # A campaign's counts and its cancel.
+        Index("ix_messages_org_campaign", "org_id", "campaign", postgresql_where=text("campaign IS NOT NULL")),
     )
 
     id: Mapped[uuid.UUID] = _uuid_pk()
@@ -216,6 +225,13 @@ class Message(Base):
     # Attempts Meta answered "too fast": they have their own budget, not the failure one.
     throttled_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The caller's schedule (sendAt / send_at): the message waits in Postgres until then. Kept as
+    # asked (next_attempt_at moves on with retries and pacing; this one does not).
+    send_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # No call to Meta starts at or after this moment: the message fails EXPIRED instead.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The caller's free label for a group of sends (counts and cancel by label).
+    campaign: Mapped[str | None] = mapped_column(String(64))
     # A send slot reserved with the rate limiter (Redis time, seconds), kept while the message waits.
     reserved_slot: Mapped[float | None] = mapped_column(Float)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

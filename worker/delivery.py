@@ -101,6 +101,8 @@ class _Refusal:
 
 def pre_send_refusal(claim: Claim) -> _Refusal | None:
     """What the state of the world *now* forbids, though it was fine when the message was accepted."""
+    if claim.expired:
+        return _Refusal("EXPIRED", "The message expired (its expiresAt passed) before its call could start")
     if claim.opted_out:
         return _Refusal("OPTED_OUT", "The contact opted out of WhatsApp messages")
     if claim.account_status != AccountStatus.CONNECTED or not claim.phone_number_id or not claim.encrypted_token:

@@ -4,12 +4,17 @@ Messages waiting for a send slot or a retry stay in Postgres (``enqueued_at IS N
 sitting in the broker as countdown tasks, which crowd a Celery worker's prefetch and come back
 late. Every worker's main process runs this loop; ``FOR UPDATE SKIP LOCKED`` lets them share it.
 Each message is handed over a little before it is due and its task waits out the rest.
+
+The same loop ends, once a second, the messages nobody holds whose expiresAt passed
+(lifecycle.expire_waiting): a scheduled or waiting message that expired fails EXPIRED within about
+a second, not at its next claim.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -18,6 +23,7 @@ from typing import Any
 from sqlalchemy import Integer, Interval, bindparam, func
 from sqlalchemy.orm import Session
 
+from models import lifecycle
 from models.db import session_scope
 from models.enums import CLAIMABLE
 from models.tables import Message
@@ -50,6 +56,10 @@ def take_due_messages(session: Session, *, lead_s: float, batch: int) -> list[uu
     return [row.id for row in sorted(rows, key=lambda r: r.sort_key)]
 
 
+# How often the pacer's loop ends expired messages (each pass is one indexed statement).
+EXPIRE_EVERY_S = 1.0
+
+
 class Pacer:
     def __init__(
         self, hand_over: Callable[[list[uuid.UUID]], None], *, interval_s: float, lead_s: float, batch: int = 1000
@@ -58,6 +68,7 @@ class Pacer:
         self.interval_s = interval_s
         self.lead_s = lead_s
         self.batch = batch
+        self._expired_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -77,8 +88,25 @@ class Pacer:
             self.hand_over(due)
         return len(due)
 
+    def expire_once(self) -> int:
+        """End expired messages nobody holds; the next message of each of their conversations
+        (held back behind them) is handed over."""
+        with session_scope() as session:
+            swept = lifecycle.expire_waiting(session, batch=self.batch)
+        if swept.successors:
+            self.hand_over(swept.successors)
+        if swept.expired:
+            log.info("expired %d messages before their call", len(swept.expired))
+        return len(swept.expired)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if time.monotonic() - self._expired_at >= EXPIRE_EVERY_S:
+                self._expired_at = time.monotonic()
+                try:
+                    self.expire_once()
+                except Exception:
+                    log.exception("expiry pass failed")
             try:
                 handed = self.run_once()
             except Exception:

@@ -25,11 +25,11 @@ from datetime import timedelta
 from typing import Any, cast
 
 import redis
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
-from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from models.enums import AccountStatus, MessageStatus, status_in
-from models.lifecycle import PENDING
+from models.lifecycle import behind_earlier
 from models.tables import Message, WebhookEvent, WhatsappAccount
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,6 @@ def take_lost_by_broker(session: Session, *, oldest_waiting: float | None, grace
     # The queue's head, or now when every queue is empty (by the sweeper's clock: enqueue times
     # are written by the enqueuing host; hosts' clocks must agree to well within the grace).
     horizon = min(time.time(), oldest_waiting) if oldest_waiting is not None else time.time()
-    earlier = aliased(Message)
     handed_over_and_gone = and_(
         Message.enqueued_at.is_not(None),
         Message.enqueued_at < func.to_timestamp(horizon - grace_s),
@@ -83,11 +82,7 @@ def take_lost_by_broker(session: Session, *, oldest_waiting: float | None, grace
         status_in(Message.status, (MessageStatus.QUEUED, MessageStatus.RETRYING)),
         or_(handed_over_and_gone, overdue_in_postgres),
         # One held back for an earlier message of its conversation is handed over by that one.
-        ~exists().where(
-            earlier.conversation_id == Message.conversation_id,
-            earlier.seq < Message.seq,
-            status_in(earlier.status, PENDING),
-        ),
+        ~behind_earlier(Message),
         order_by=Message.enqueued_at,
         batch=batch,
     )

@@ -409,6 +409,7 @@ def _params(
         "type": message.type,
         "payload": Jsonb(as_json(message)),
         "source": SourceApi.FLOWESTATE.value,
+        **lifecycle.NOW.text_params(),
     }
 
 

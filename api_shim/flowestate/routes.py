@@ -224,7 +224,7 @@ def error_of(message: Message) -> MessageErrorOut | None:
 
 class MessageOut(BaseModel):
     id: uuid.UUID
-    status: Literal["queued", "sending", "retrying", "sent", "delivered", "read", "failed", "received"]
+    status: Literal["queued", "sending", "retrying", "sent", "delivered", "read", "failed", "cancelled", "received"]
     type: str
     leadId: uuid.UUID
     whatsappAccountId: uuid.UUID

@@ -38,7 +38,7 @@ class FlowIQEventOut(BaseModel):
 class FlowIQMessageData(BaseModel):
     message_id: uuid.UUID
     wamid: str | None
-    status: str = Field(description="queued, sending, retrying, sent, delivered, read or failed")
+    status: str = Field(description="queued, sending, retrying, sent, delivered, read, failed or cancelled")
     phone_number: str | None
     message_type: str
     error: dict[str, Any] | None = Field(description="{code, title} once the message failed, else null")

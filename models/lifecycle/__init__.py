@@ -10,7 +10,8 @@ nothing and says so:
 - ``claim``: a worker claims it, begins its call, or gives it back unsent;
 - ``outcomes``: the claim holder writes how its claim ended (sent, or one typed decision: retry,
   fail, halt, give back);
-- ``sweep``: the sweeper judges claims whose lease ran out;
+- ``sweep``: the sweeper judges claims whose lease ran out, and ends unheld messages that expired;
+- ``caller``: a caller cancels its messages (one, or a campaign's) before their call started;
 - ``operator``: ``messages retry`` re-queues failed messages;
 - ``meta_statuses``: Meta's status webhooks, forward only;
 - ``inbound``: an inbound message joins its contact's conversation;
@@ -33,7 +34,8 @@ The claim protocol in a few lines:
 Callers use the package as one module (``from models import lifecycle; lifecycle.claim(...)``).
 """
 
-from models.lifecycle.accept import Accepted, accept, accept_many, accept_one_after
+from models.lifecycle.accept import NOW, Accepted, Dispatch, accept, accept_many, accept_one_after
+from models.lifecycle.caller import Cancelled, TooLate, campaign_counts, cancel_campaign, cancel_message
 from models.lifecycle.claim import (
     Claim,
     GiveBackItem,
@@ -47,7 +49,7 @@ from models.lifecycle.claim import (
     why_not_claimed,
     why_not_claimed_many,
 )
-from models.lifecycle.conversation import ConversationKey, lock_conversations, next_in_conversation
+from models.lifecycle.conversation import ConversationKey, behind_earlier, lock_conversations, next_in_conversation
 from models.lifecycle.inbound import receive
 from models.lifecycle.meta_statuses import Addressed, StatusApplication, apply_meta_statuses
 from models.lifecycle.operator import operator_retry
@@ -70,7 +72,14 @@ from models.lifecycle.outcomes import (
     record_sent,
     record_sent_many,
 )
-from models.lifecycle.sweep import UncertainSweep, fail_uncertain_calls, requeue_lost_claims
+from models.lifecycle.sweep import (
+    EXPIRED,
+    ExpirySweep,
+    UncertainSweep,
+    expire_waiting,
+    fail_uncertain_calls,
+    requeue_lost_claims,
+)
 from models.lifecycle.transitions import (
     ACCEPTED,
     NOT_WAITING,
@@ -85,16 +94,21 @@ from models.meta_status import DELIVERY_UNCERTAIN  # the claim holder and the sw
 __all__ = [
     "ACCEPTED",
     "DELIVERY_UNCERTAIN",
+    "EXPIRED",
     "NOT_WAITING",
+    "NOW",
     "PENDING",
     "TRANSITIONS",
     "Accepted",
     "Actor",
     "Addressed",
     "CallError",
+    "Cancelled",
     "Claim",
     "ConversationKey",
     "Decided",
+    "Dispatch",
+    "ExpirySweep",
     "Fail",
     "GiveBack",
     "GiveBackItem",
@@ -105,6 +119,7 @@ __all__ = [
     "SentWrite",
     "SkipReason",
     "StatusApplication",
+    "TooLate",
     "Transition",
     "UncertainSweep",
     "accept",
@@ -115,8 +130,13 @@ __all__ = [
     "apply_meta_statuses",
     "begin_call",
     "begin_calls",
+    "behind_earlier",
+    "campaign_counts",
+    "cancel_campaign",
+    "cancel_message",
     "claim",
     "claim_many",
+    "expire_waiting",
     "fail_uncertain_calls",
     "give_back",
     "give_back_many",

@@ -5,11 +5,12 @@ a batch (``accept_many``), or as SQL text inside one statement that decides firs
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, cast
 
 from psycopg.types.json import Jsonb
-from sqlalchemy import Insert, String, Table, Uuid, bindparam, func, insert, literal, select
+from sqlalchemy import Boolean, DateTime, Insert, String, Table, Uuid, bindparam, case, func, insert, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -17,6 +18,39 @@ from models.lifecycle.transitions import ACCEPTED
 from models.tables import Conversation, Message
 
 _messages, _conversations = (cast(Table, m.__table__) for m in (Message, Conversation))
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """When and how a message may go, as its caller asked (all optional):
+
+    - ``send_at``: not before then. A scheduled message (``scheduled``: its time is still ahead
+      when it is accepted) waits in Postgres, not in the broker: it is stored with no hand-over
+      (``enqueued_at`` NULL) and due at ``send_at``, and the pacer hands it over then. One whose
+      time has come goes at once, like any other;
+    - ``expires_at``: no call starts at or after it (it fails EXPIRED);
+    - ``campaign``: a label to count and cancel by."""
+
+    send_at: datetime | None = None
+    expires_at: datetime | None = None
+    campaign: str | None = None
+    scheduled: bool = False
+
+    def params(self) -> dict[str, Any]:
+        """The parameters of ``accept``'s statement."""
+        return {f"p_{name}": value for name, value in self.text_params().items()}
+
+    def text_params(self) -> dict[str, Any]:
+        """The psycopg parameters of ``accept_one_after``'s SQL text."""
+        return {
+            "send_at": self.send_at,
+            "expires_at": self.expires_at,
+            "campaign": self.campaign,
+            "scheduled": self.scheduled,
+        }
+
+
+NOW = Dispatch()
 
 
 def _build_accept_statement() -> Insert:
@@ -49,7 +83,10 @@ def _build_accept_statement() -> Insert:
         .cte("conversation")
     )
     columns = ["id", "org_id", "conversation_id", "account_id", "contact_id", "message_type", "payload", "status",
-               "source_api", "idempotency_key", "enqueued_at"]  # fmt: skip
+               "source_api", "idempotency_key", "enqueued_at", "send_at", "next_attempt_at", "expires_at",
+               "campaign"]  # fmt: skip
+    send_at = bindparam("p_send_at", type_=DateTime(timezone=True))
+    scheduled = bindparam("p_scheduled", type_=Boolean)
     return insert(messages).from_select(
         columns,
         select(
@@ -63,7 +100,12 @@ def _build_accept_statement() -> Insert:
             queued,
             bindparam("p_source", type_=String),
             bindparam("p_idempotency_key", type_=String),
-            func.now(),
+            # A scheduled message is not handed to the broker: the pacer takes it at send_at.
+            case((scheduled, None), else_=func.now()),
+            send_at,
+            case((scheduled, send_at), else_=None),
+            bindparam("p_expires_at", type_=DateTime(timezone=True)),
+            bindparam("p_campaign", type_=String),
         ),
     )
 
@@ -78,7 +120,7 @@ def accept_one_after(gate: str) -> str:
     ``accepted_conversation`` then ``accepted_message``, that make the conversation's latest entry
     and insert the message as ``queued`` only if the CTE named ``gate`` has a row. The same rows as
     ``accept``; psycopg parameters org_id, account_id, lead_id, message_id, preview, type, payload,
-    source, idempotency_key."""
+    source, idempotency_key, and Dispatch's send_at, expires_at, campaign, scheduled."""
     return f"""accepted_conversation AS (
     INSERT INTO conversations AS c (org_id, account_id, contact_id, last_message_id, last_message_at,
                                     last_message_preview, last_message_status)
@@ -90,18 +132,22 @@ def accept_one_after(gate: str) -> str:
     RETURNING c.id
 ), accepted_message AS (
     INSERT INTO messages (id, org_id, conversation_id, account_id, contact_id, message_type, payload, status,
-                          source_api, idempotency_key, enqueued_at)
+                          source_api, idempotency_key, enqueued_at, send_at, next_attempt_at, expires_at, campaign)
     SELECT %(message_id)s, %(org_id)s, accepted_conversation.id, %(account_id)s, %(lead_id)s, %(type)s,
-           %(payload)s, '{ACCEPTED.value}', %(source)s, %(idempotency_key)s::text, now()
+           %(payload)s, '{ACCEPTED.value}', %(source)s, %(idempotency_key)s::text,
+           CASE WHEN %(scheduled)s THEN NULL ELSE now() END, %(send_at)s::timestamptz,
+           CASE WHEN %(scheduled)s THEN %(send_at)s::timestamptz END, %(expires_at)s::timestamptz,
+           %(campaign)s::text
     FROM accepted_conversation
     RETURNING id
 )"""
 
 
-def accept(session: Session, params: dict[str, Any]) -> None:
+def accept(session: Session, params: dict[str, Any], dispatch: Dispatch = NOW) -> None:
     """Intake: insert the message as ``queued`` and make it its conversation's latest entry (the
-    caller commits it with whatever else belongs to the request, then enqueues it)."""
-    session.execute(_ACCEPT, params)
+    caller commits it with whatever else belongs to the request, then enqueues it, unless it is
+    scheduled)."""
+    session.execute(_ACCEPT, params | dispatch.params())
 
 
 @dataclass(frozen=True)
@@ -114,6 +160,7 @@ class Accepted:
     message_type: str
     payload: dict[str, Any]
     preview: str
+    dispatch: Dispatch = field(default=NOW)
 
 
 # A batch as arrays (one fixed statement text whatever the batch size, so it is prepared once and
@@ -122,8 +169,10 @@ class Accepted:
 # conversations are upserted, so locked, in the lock order (conversation.ConversationKey).
 _ACCEPT_MANY = f"""WITH batch AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(accounts)s::uuid[], %(contacts)s::uuid[], %(types)s::text[],
-                         %(payloads)s::jsonb[], %(previews)s::text[])
-        WITH ORDINALITY AS b(id, account_id, contact_id, message_type, payload, preview, n)
+                         %(payloads)s::jsonb[], %(previews)s::text[], %(send_ats)s::timestamptz[],
+                         %(expires_ats)s::timestamptz[], %(campaigns)s::text[], %(scheduled)s::boolean[])
+        WITH ORDINALITY AS b(id, account_id, contact_id, message_type, payload, preview, send_at, expires_at,
+                             campaign, scheduled, n)
 ), latest AS (
     SELECT DISTINCT ON (account_id, contact_id) * FROM batch ORDER BY account_id, contact_id, n DESC
 ), conversation AS (
@@ -137,9 +186,10 @@ _ACCEPT_MANY = f"""WITH batch AS (
     RETURNING c.id, c.account_id, c.contact_id
 )
 INSERT INTO messages (id, org_id, conversation_id, account_id, contact_id, message_type, payload, status,
-                      source_api, enqueued_at)
+                      source_api, enqueued_at, send_at, next_attempt_at, expires_at, campaign)
 SELECT b.id, %(org_id)s, conversation.id, b.account_id, b.contact_id, b.message_type, b.payload,
-       '{ACCEPTED.value}', %(source)s, now()
+       '{ACCEPTED.value}', %(source)s, CASE WHEN b.scheduled THEN NULL ELSE now() END, b.send_at,
+       CASE WHEN b.scheduled THEN b.send_at END, b.expires_at, b.campaign
 FROM batch b JOIN conversation USING (account_id, contact_id)
 ORDER BY b.n"""
 
@@ -147,7 +197,7 @@ ORDER BY b.n"""
 def accept_many(session: Session, org_id: uuid.UUID, source: str, batch: list[Accepted]) -> None:
     """Intake of a batch in one statement: each conversation's latest entry (the batch's last
     message to it), then every message as ``queued``, in batch order (so ``seq`` keeps the order
-    of a conversation's messages). The caller commits, then enqueues."""
+    of a conversation's messages). The caller commits, then enqueues those not scheduled."""
     if not batch:
         return
     params = {
@@ -159,5 +209,9 @@ def accept_many(session: Session, org_id: uuid.UUID, source: str, batch: list[Ac
         "types": [m.message_type for m in batch],
         "payloads": [Jsonb(m.payload) for m in batch],
         "previews": [m.preview for m in batch],
+        "send_ats": [m.dispatch.send_at for m in batch],
+        "expires_ats": [m.dispatch.expires_at for m in batch],
+        "campaigns": [m.dispatch.campaign for m in batch],
+        "scheduled": [m.dispatch.scheduled for m in batch],
     }
     session.connection().exec_driver_sql(_ACCEPT_MANY, params)

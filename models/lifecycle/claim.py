@@ -33,7 +33,6 @@ from sqlalchemy import (
     bindparam,
     case,
     column,
-    exists,
     func,
     or_,
     select,
@@ -43,7 +42,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 
 from models.enums import CLAIMABLE, MessageStatus, status_in
-from models.lifecycle.transitions import PENDING
+from models.lifecycle.conversation import behind_earlier
 from models.tables import Contact, Message, WhatsappAccount
 
 _messages = cast(Table, Message.__table__)
@@ -79,6 +78,13 @@ class Claim:
     encrypted_token: str | None
     wa_id: str | None
     opted_out: bool
+    # No call starts at or after this moment (the caller's expiresAt); None: no expiry.
+    expires_at: datetime | None = None
+
+    @property
+    def expired(self) -> bool:
+        """Expired by the database's clock at the claim (begin_call checks it again)."""
+        return self.expires_at is not None and self.expires_at <= self.db_now
 
     @property
     def lease_s(self) -> float:
@@ -89,7 +95,6 @@ class Claim:
 def _claimable_now(message: Any) -> list[Any]:
     """The claim's guard on ``message`` (the entity or an alias of it): claimable, due within the
     ``early`` parameter, and the head of its conversation."""
-    earlier = aliased(Message)
     return [
         status_in(message.status, CLAIMABLE),
         or_(
@@ -97,11 +102,7 @@ def _claimable_now(message: Any) -> list[Any]:
             message.next_attempt_at <= func.now() + bindparam("early", type_=Interval),
         ),
         # Order: an earlier message of the same conversation that is still pending goes first.
-        ~exists().where(
-            earlier.conversation_id == message.conversation_id,
-            earlier.seq < message.seq,
-            status_in(earlier.status, PENDING),
-        ),
+        ~behind_earlier(message),
     ]
 
 
@@ -124,6 +125,7 @@ _CLAIMED_COLUMNS = (
     Message.payload,
     Message.source_api,
     Message.next_attempt_at,
+    Message.expires_at,
     Message.reserved_slot,
     Message.lease_expires_at,
     Message.seq,
@@ -215,6 +217,7 @@ def _claim_of(row: Row[Any]) -> Claim:
         encrypted_token=row.access_token_encrypted,
         wa_id=row.wa_id,
         opted_out=row.opted_out_at is not None,
+        expires_at=row.expires_at,
     )
 
 
@@ -270,20 +273,13 @@ class SkipReason(StrEnum):
 
 
 def _build_skip_statement(which: Any) -> Select[uuid.UUID, str, bool, bool]:
-    earlier = aliased(Message)
     return select(
         Message.id,
         Message.status,
         # Later than the claim's own window (``early``): a message due within it that was not
         # claimed had its row locked by another transaction (the batch claim skips locked rows).
         (Message.next_attempt_at > func.now() + bindparam("early", type_=Interval)).label("later"),
-        exists()
-        .where(
-            earlier.conversation_id == Message.conversation_id,
-            earlier.seq < Message.seq,
-            status_in(earlier.status, PENDING),
-        )
-        .label("behind"),
+        behind_earlier(Message).label("behind"),
     ).where(which)
 
 
@@ -375,6 +371,12 @@ def _call_begins(message_id: Any, token: Any) -> Update:
             # No "call_started_at IS NULL": a repeat of this statement after its answer was lost
             # must find the same yes (the holder calls once either way).
             _messages.c.lease_expires_at > func.now(),
+            # No call starts once the message expired (a repeat after a first yes still says yes).
+            or_(
+                _messages.c.expires_at.is_(None),
+                _messages.c.expires_at > func.now(),
+                _messages.c.call_started_at.is_not(None),
+            ),
         )
         .values(call_started_at=func.now(), lease_expires_at=func.now() + bindparam("p_lease", type_=Interval))
         .returning(_messages.c.id)

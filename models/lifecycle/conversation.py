@@ -8,10 +8,11 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, Table, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Exists, Table, exists, func, or_, select, text, update
+from sqlalchemy.orm import Session, aliased
 
 from models.enums import CLAIMABLE, MessageStatus, status_in
+from models.lifecycle.transitions import PENDING
 from models.tables import Conversation, Message
 
 _messages = cast(Table, Message.__table__)
@@ -72,14 +73,35 @@ def thread_status(session: Session, conversation_id: uuid.UUID, message_id: uuid
     )
 
 
+def _not_scheduled_later(message: Any) -> Any:
+    """``message`` has no schedule, or its time has come."""
+    return or_(message.send_at.is_(None), message.send_at <= func.now())
+
+
+def behind_earlier(message: Any) -> Exists:
+    """The order rule: an earlier message of ``message``'s conversation (the entity or an alias)
+    is still pending, so ``message`` waits for it. A message scheduled for later (its sendAt not
+    come) holds nothing back: a reminder booked for tomorrow does not stop today's messages, and
+    once its time comes it takes its place in the order again."""
+    earlier = aliased(Message)
+    return exists().where(
+        earlier.conversation_id == message.conversation_id,
+        earlier.seq < message.seq,
+        status_in(earlier.status, PENDING),
+        _not_scheduled_later(earlier),
+    )
+
+
 def successor_of(conversation_id: Any, seq: Any) -> Any:
-    """The earliest message after ``seq`` in its conversation that waits to be sent (a subquery)."""
+    """The earliest message after ``seq`` in its conversation that waits to be sent now (one
+    scheduled for later is the pacer's to hand over; a subquery)."""
     return (
         select(_messages.c.id)
         .where(
             _messages.c.conversation_id == conversation_id,
             _messages.c.seq > seq,
             status_in(_messages.c.status, CLAIMABLE),
+            _not_scheduled_later(_messages.c),
         )
         .order_by(_messages.c.seq)
         .limit(1)

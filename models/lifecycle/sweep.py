@@ -1,6 +1,7 @@
 """The sweeper's transitions: a claim whose lease ran out is judged by whether its call started.
 No call → back to the queue (not an attempt); a call → ``failed`` as DELIVERY_UNCERTAIN (its
-answer was lost; it is not sent again)."""
+answer was lost; it is not sent again). And a message nobody holds whose expiresAt passed →
+``failed`` as EXPIRED (the pacer's loop runs that one every second)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from models.enums import AttemptOutcome, MessageStatus
+from models.enums import AttemptOutcome, MessageStatus, status_in
 from models.lifecycle.conversation import ConversationKey, next_in_conversation, thread_status
 from models.lifecycle.transitions import NOT_WAITING
 from models.meta_status import DELIVERY_UNCERTAIN
@@ -96,3 +97,49 @@ def fail_uncertain_calls(session: Session, *, batch: int) -> UncertainSweep:
         if (successor := next_in_conversation(session, row.conversation_id, row.seq)) is not None:
             successors.append(successor)
     return UncertainSweep([row.id for row in rows], successors)
+
+
+@dataclass(frozen=True)
+class ExpirySweep:
+    expired: list[uuid.UUID]
+    successors: list[uuid.UUID]  # the next message of each conversation, to hand over after commit
+
+
+EXPIRED = "EXPIRED"
+
+
+def expire_waiting(session: Session, *, batch: int) -> ExpirySweep:
+    """Messages nobody holds whose expiresAt has passed (waiting in Postgres for their schedule, a
+    retry or a send moment, or in the broker): ``failed`` with EXPIRED, never called. A claimed one
+    is its holder's to fail (begin_call refuses a call once it expired). Rows another transaction
+    holds are left for the next pass."""
+    due = (
+        select(Message.id)
+        .where(
+            Message.expires_at <= func.now(),
+            status_in(Message.status, (MessageStatus.QUEUED, MessageStatus.RETRYING)),
+        )
+        .order_by(Message.expires_at)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        update(Message)
+        .where(Message.id.in_(due))
+        .values(
+            status=MessageStatus.FAILED,
+            failed_at=func.now(),
+            **NOT_WAITING,
+            error_code=EXPIRED,
+            error_title="The message expired (its expiresAt passed) before its call could start",
+            error_detail=None,
+        )
+        .returning(Message.id, Message.account_id, Message.contact_id, Message.conversation_id, Message.seq)
+    ).all()
+    successors: list[uuid.UUID] = []
+    for row in sorted(rows, key=lambda r: ConversationKey(r.account_id, r.contact_id)):
+        thread_status(session, row.conversation_id, row.id, MessageStatus.FAILED)
+        if (successor := next_in_conversation(session, row.conversation_id, row.seq)) is not None:
+            successors.append(successor)
+    return ExpirySweep([row.id for row in rows], successors)

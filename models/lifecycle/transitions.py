@@ -23,6 +23,7 @@ class Actor(StrEnum):
     SWEEPER = "sweeper"
     WEBHOOK = "webhook"
     OPERATOR = "operator"
+    CALLER = "caller"  # the upstream that sent the message (its API key), through the API
 
 
 @dataclass(frozen=True)
@@ -39,16 +40,19 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition("accept", (), (S.QUEUED,), Actor.INTAKE,
                "every pre-check passed; inserted with its thread entry (and Idempotency-Key) in one transaction"),
     Transition("claim", CLAIMABLE, (S.SENDING,), Actor.CLAIM_HOLDER,
-               "due; no earlier message of its conversation pending; a new token and lease"),
+               "due (a scheduled message: its sendAt has come); no earlier message of its conversation pending; "
+               "a new token and lease"),
     Transition("begin call", (S.SENDING,), (S.SENDING,), Actor.CLAIM_HOLDER,
-               "token matches and the lease has not run out; marks the call started, renews the lease"),
+               "token matches, the lease has not run out and the message has not expired; marks the call "
+               "started, renews the lease"),
     Transition("give back", (S.SENDING,), (S.QUEUED, S.RETRYING), Actor.CLAIM_HOLDER,
                "token matches and its holder made no call; not an attempt (it may wait in Postgres)"),
     Transition("sent", (S.SENDING,), (S.SENT,), Actor.CLAIM_HOLDER, "token matches; Meta answered with a wamid"),
     Transition("retry", (S.SENDING,), (S.RETRYING,), Actor.CLAIM_HOLDER,
                "token matches; a retryable answer with budget left"),
     Transition("fail", (S.SENDING,), (S.FAILED,), Actor.CLAIM_HOLDER,
-               "token matches; a final answer, an exhausted budget, a lost answer, or a pre-send refusal"),
+               "token matches; a final answer, an exhausted budget, a lost answer, or a pre-send refusal "
+               "(EXPIRED among them)"),
     Transition("halt", (S.SENDING,), (S.QUEUED,), Actor.CLAIM_HOLDER,
                "token matches; Meta says the account cannot send: the message waits for `account resume`"),
     Transition("reconcile", (S.FAILED,), (S.SENT,), Actor.CLAIM_HOLDER,
@@ -57,6 +61,11 @@ TRANSITIONS: tuple[Transition, ...] = (
                "lease expired and no call started: not an attempt"),
     Transition("fail uncertain", (S.SENDING,), (S.FAILED,), Actor.SWEEPER,
                "lease expired after the call started: DELIVERY_UNCERTAIN"),
+    Transition("expire", (S.QUEUED, S.RETRYING), (S.FAILED,), Actor.SWEEPER,
+               "not claimed and its expiresAt has passed: EXPIRED, never called"),
+    Transition("cancel", (S.QUEUED, S.RETRYING, S.SENDING), (S.CANCELLED,), Actor.CALLER,
+               "the caller's own message and no call started (a claim holder's token is cleared, so its "
+               "begin call finds nothing); else 409 with the status it has"),
     Transition("operator retry", (S.FAILED,), (S.QUEUED,), Actor.OPERATOR,
                "failed; clears the token, so the old claim can change nothing; an event"),
     # Meta's status webhooks (worker/webhooks/statuses.py): every one is kept as an event first.
