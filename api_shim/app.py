@@ -10,8 +10,9 @@ from fastapi import FastAPI
 from api_shim import health, media_route, meta_webhooks, metrics_route
 from api_shim.flowestate import batch as flowestate_batch
 from api_shim.flowestate import cancellation as flowestate_cancellation
-from api_shim.flowestate import event_endpoints, history, lean_send
+from api_shim.flowestate import event_endpoints, history
 from api_shim.flowestate import routes as flowestate
+from api_shim.flowestate import send as flowestate_send
 from api_shim.flowestate import submissions as flowestate_submissions
 from api_shim.flowestate.errors import install_flowestate_handlers
 from api_shim.flowiq import batch as flowiq_batch
@@ -96,7 +97,7 @@ def create_app() -> FastAPI:
         flowestate.router,
         flowestate_batch.router,
         history.router,
-        lean_send.router,
+        flowestate_send.router,
         flowestate_submissions.router,
         flowestate_cancellation.router,
         flowiq.router,

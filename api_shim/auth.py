@@ -24,7 +24,7 @@ def authenticate_flowestate(session: Session, request: Request, scope: Scope, *,
     key = bearer_token(request)
     if key is None:
         raise ApiError(ErrorCode.UNAUTHORIZED, "Missing API key: send 'Authorization: Bearer fe_k_...'")
-    return flowestate_caller(session, key, scope, spends_unit=spends_unit, on_rate=_rate_headers_for(request))
+    return flowestate_caller(session, key, scope, spends_unit=spends_unit, on_rate=rate_headers_for(request))
 
 
 def authenticate_flowiq(
@@ -39,10 +39,12 @@ def authenticate_flowiq(
     key = bearer_token(request)
     if key is None:
         raise FlowIQError(401, "Missing API key", "Send 'Authorization: Bearer fiq_...'")
-    return flowiq_caller(session, key, tenant_id, scope, spends_unit=spends_unit, on_rate=_rate_headers_for(request))
+    return flowiq_caller(session, key, tenant_id, scope, spends_unit=spends_unit, on_rate=rate_headers_for(request))
 
 
-def _rate_headers_for(request: Request) -> RateSink:
+def rate_headers_for(request: Request) -> RateSink:
+    """Where intake's rate state goes: this request's X-RateLimit-* headers (api_shim/request_guard.py)."""
+
     def keep(rate: RateState) -> None:
         request.state.rate_headers = rate.headers()
 

@@ -29,12 +29,11 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api_shim.flowestate import batch as flowestate_batch
-from api_shim.flowestate import lean_send
-from api_shim.flowestate import routes as flowestate
 from api_shim.flowiq import batch as flowiq_batch
 from api_shim.flowiq import send as flowiq
-from intake import idempotency
+from intake import flowestate_batch, idempotency, lean_send
+from intake import flowestate_request as flowestate_body
+from intake import flowestate_send as flowestate
 from intake.callers import Caller, SignedKey, flowestate_caller, flowiq_caller
 from intake.errors import Accepted, ApiError, ErrorCode, FlowIQError, Refused, problems_of
 from intake.storable_text import text_rule
@@ -210,7 +209,8 @@ def _flowestate(session: Session, api_key: SignedKey, key: str, request: Any, me
             return _refuse_flowestate(session, caller, key, {"batch": messages}, exc)
         result = flowestate_batch.check_and_persist(session, caller, batch, key)
         return _batch_handed_over(result, SourceApi.FLOWESTATE)
-    body_type = flowestate.SendTemplateIn if isinstance(request, dict) and "template" in request else flowestate.SendIn
+    template = isinstance(request, dict) and "template" in request
+    body_type = flowestate_body.SendTemplateIn if template else flowestate_body.SendIn
     try:
         body = body_type.model_validate(request)
     except ValidationError as exc:

@@ -1,5 +1,5 @@
 """The API's async Postgres pool (psycopg's own), for the hot path that skips the ORM and the
-thread pool (api_shim/flowestate/lean_send.py). Everything else keeps SQLAlchemy sessions (models/db.py).
+thread pool (intake/lean_send.py). Everything else keeps SQLAlchemy sessions (models/db.py).
 
 Its connections carry the same server-side limits and keepalives as every other connection of
 the service, and one opened per API process stays within the connection budget: the pool is

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
 
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/wadispatch"
     database_pool_size: int = Field(default=10, ge=1)
-    # The API's lean send path (api_shim/flowestate/lean_send.py) has a small async pool of its own.
+    # The API's lean send path (intake/lean_send.py) has a small async pool of its own.
     database_async_pool_size: int = Field(default=8, ge=1)
     # Opening a connection (libpq counts whole seconds, at least 2).
     database_connect_timeout_s: int = Field(default=5, ge=2)

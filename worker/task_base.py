@@ -20,7 +20,7 @@ from models.db import describe_database_error
 from worker.backoff import compute_backoff
 
 # SQLAlchemy's errors, and the driver's own for code on a raw connection (the lean statements of
-# api_shim/flowestate/lean_send.py): a connection lost or cut (Postgres restarted, the backend terminated by
+# intake/lean_send.py): a connection lost or cut (Postgres restarted, the backend terminated by
 # an operator), a serialization failure or deadlock, a statement or lock timeout. Each rolled the
 # statement's transaction back, so the task's work can simply run again.
 DATABASE_UNAVAILABLE = (sqlalchemy_exc.OperationalError, sqlalchemy_exc.TimeoutError, psycopg.OperationalError)

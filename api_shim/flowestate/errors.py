@@ -51,7 +51,7 @@ def install_flowestate_handlers(app: FastAPI, prefix: str) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # An authenticated request refused here still costs its unit (api_shim/flowestate/lean_send.py), and
+        # An authenticated request refused here still costs its unit (api_shim/flowestate/send.py), and
         # past the quota it is answered as any request past the quota.
         unit_due = getattr(request.state, "unit_due", None)
         if unit_due is not None and (refusal := await unit_due()) is not None:

@@ -1,46 +1,29 @@
-"""The FlowEstate WhatsApp surface (shared/seeds/flowestate-whatsapp-api.txt), under /api/v1."""
+"""The FlowEstate WhatsApp surface (shared/seeds/flowestate-whatsapp-api.txt), under /api/v1: its
+routers' prefix and key, the accounts and message routes, and what the other route modules share
+(the response schemas, the Idempotency-Key header). The sends' rules live in intake/."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Request, Security
-from fastapi.responses import JSONResponse
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    WithJsonSchema,
-    field_validator,
-    model_validator,
-)
-from sqlalchemy import func, select
+from pydantic import AfterValidator, BaseModel, Field
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api_shim.auth import authenticate_flowestate
-from api_shim.flowestate.errors import error_responses, respond
+from api_shim.flowestate.errors import error_responses
 from api_shim.openapi_docs import FLOWESTATE_BEARER
 from intake import idempotency
 from intake.callers import Caller
-from intake.errors import STATUS_OF, Accepted, ApiError, ErrorCode, Refused, field_rule_error, replayed
-from intake.service_window import window_refusal
-from intake.storable_text import first_unstorable, text_rule
-from intake.store import persist_message
-from intake.template_input import TemplateInputError, flowestate_template_schema, template_from_flowestate
-from intake.usage import QuotaUsedUp, RequestUnit
+from intake.errors import ApiError, ErrorCode
+from intake.storable_text import text_rule
 from models.db import get_sessionmaker
-from models.enums import AccountStatus, MessageStatus, Scope, SourceApi
-from models.outbound import CAPTION_MAX, TEXT_MAX, AnyOutbound, MediaMessage, TemplateMessage, TextMessage
-from models.phones import is_valid_e164
-from models.settings import get_settings
-from models.tables import Contact, Message, Organization, WhatsappAccount
-from models.templates import Template
-from worker.celery_app import hand_to_broker
+from models.enums import AccountStatus, Scope
+from models.tables import Message, WhatsappAccount
 
 PREFIX = "/api/v1"
 # Every route here needs a fe_k_ key: the dependency declares it in OpenAPI (auth.py checks it).
@@ -90,119 +73,6 @@ class AccountOut(BaseModel):
 
 class AccountsOut(BaseModel):
     data: list[AccountOut]
-
-
-class MediaIn(BaseModel):
-    url: str = Field(description="https URL of the file", max_length=2048)
-    type: Literal["image", "video", "document"]
-    mimetype: str | None = Field(default=None, max_length=255)
-    fileName: str | None = Field(default=None, max_length=240)
-
-    @field_validator("url")
-    @classmethod
-    def _https_only(cls, value: str) -> str:
-        if not value.lower().startswith("https://") or len(value) <= len("https://"):
-            raise ValueError("must be an https URL")
-        return value
-
-
-class _LeadSend(BaseModel):
-    """What every send to a lead has: the lead, the sending account, and only storable strings."""
-
-    leadId: uuid.UUID = Field(description="The lead to message; must belong to your organization.")
-    whatsappAccountId: uuid.UUID = Field(description="The sending account id, from GET /whatsapp/accounts.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _storable(cls, data: Any) -> Any:
-        # Every string of the body, before any field rule: what Postgres cannot store is a 400.
-        if problem := first_unstorable(data):
-            raise field_rule_error(problem.field, problem.rule)
-        return data
-
-
-class SendIn(_LeadSend):
-    model_config = ConfigDict(json_schema_extra={"description": "One ad-hoc WhatsApp message to one lead."})
-
-    message: str = Field(min_length=1, max_length=TEXT_MAX, description="1..4096 chars; the caption when media is set.")
-    media: MediaIn | None = None
-
-    @model_validator(mode="after")
-    def _caption_fits(self) -> SendIn:
-        if self.media is not None and len(self.message) > CAPTION_MAX:
-            raise ValueError(
-                f"message: must be at most {CAPTION_MAX} characters when media is present (it becomes the caption)"
-            )
-        # Build the canonical message now, so anything it refuses is a 400 here and never a 500 later.
-        try:
-            self.to_outbound()
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise ValueError(f"media: {first['msg']}") from None
-        return self
-
-    def to_outbound(self) -> AnyOutbound:
-        if self.media is None:
-            return TextMessage(body=self.message)
-        return MediaMessage(
-            type=self.media.type,
-            url=self.media.url,
-            caption=self.message,
-            # Meta shows a file name only on documents; FlowEstate clients may send one for any type.
-            filename=(self.media.fileName or None) if self.media.type == "document" else None,
-            mimetype=self.media.mimetype or None,
-        )
-
-
-class SendTemplateIn(_LeadSend):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "description": "One approved template to one lead (Meta delivers it outside the 24-hour window).",
-            "example": {
-                "leadId": "0b6a2c4e-8f1d-4a57-9c3e-2d5f7a9b1c0e",
-                "whatsappAccountId": "5e8d1f3a-7c2b-4e69-a0d4-9b8c7f6e5d4a",
-                "template": {
-                    "name": "viewing_reminder",
-                    "language": "en_US",
-                    "components": [
-                        {"type": "body", "parameters": [{"type": "text", "text": "Thandi"}]},
-                        {
-                            "type": "button",
-                            "subType": "quick_reply",
-                            "index": 0,
-                            "parameters": [{"type": "payload", "payload": "CONFIRM"}],
-                        },
-                    ],
-                },
-            },
-        }
-    )
-
-    template: Annotated[Template, WithJsonSchema(flowestate_template_schema())] = Field(
-        description=(
-            "name, language (e.g. en_US) and components in Meta's shape with camelCase field names: header "
-            "(one text parameter <=60 chars, or image/video/document {link, fileName?}), body (text <=1024 chars "
-            "without new lines, tabs or 4+ spaces; currency {fallbackValue, code, amount1000}; date_time "
-            "{fallbackValue}; all named with parameterName or none), button (subType quick_reply + payload <=128, "
-            "url + text suffix <=2000, copy_code + couponCode <=15; index 0-9; at most 10)"
-        )
-    )
-
-    @field_validator("template", mode="before")
-    @classmethod
-    def _canonical_template(cls, value: Any) -> Any:
-        try:
-            return template_from_flowestate(value)
-        except TemplateInputError as error:
-            if not error.problem.field:
-                raise ValueError(error.problem.rule) from None  # about `template` itself
-            raise field_rule_error(error.problem.field, error.problem.rule) from None
-
-    def to_outbound(self) -> AnyOutbound:
-        return TemplateMessage(template=self.template)
-
-
-SendBody = SendIn | SendTemplateIn
 
 
 class SendOut(BaseModel):
@@ -290,220 +160,6 @@ IdempotencyHeader = Annotated[
         description="Same key and body within 24 h: the first answer again, no second message",
     ),
 ]
-
-
-SEND_ERRORS = error_responses(
-    ErrorCode.VALIDATION_ERROR,
-    ErrorCode.BAD_REQUEST,
-    ErrorCode.OPTED_OUT,
-    ErrorCode.ACCOUNT_UNAVAILABLE,
-    ErrorCode.OUTSIDE_SERVICE_WINDOW,
-    ErrorCode.NOT_FOUND,
-    ErrorCode.IDEMPOTENCY_KEY_REUSED,
-    ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS,
-    *REQUEST_ERRORS,
-    *AUTH_ERRORS,
-    # The lean path's write lost its connection and may have committed (api_shim/flowestate/lean_send.py).
-    ErrorCode.INTERNAL_ERROR,
-)
-
-
-def send_and_close(
-    body: SendBody, session: Session, caller: Caller, idempotency_key: str | None, unit: RequestUnit
-) -> Accepted | Refused:
-    """The send on the ORM path (api_shim/flowestate/lean_send.py hands it what its statement leaves over)."""
-    try:
-        if idempotency_key is None:
-            return _send(body, session, caller, unit)
-        return send_once(body, session, caller, idempotency_key, unit)
-    finally:
-        session.close()
-
-
-def answer(result: Accepted | Refused) -> JSONResponse:
-    """The HTTP answer to a send, from a thread off the event loop: its message handed to the
-    broker (if there is one to hand over), or its refusal rendered."""
-    if isinstance(result, Refused):
-        return respond(result)
-    for message_id in result.message_ids:
-        hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE if result.new else None)
-    return JSONResponse(dict(result.body), status_code=result.status)
-
-
-def _pay(session: Session, unit: RequestUnit) -> None:
-    """The request's unit in the open transaction (intake/usage.py); 429 past the quota, nothing kept."""
-    try:
-        unit.spend(session)
-    except QuotaUsedUp as used_up:
-        raise ApiError(ErrorCode.QUOTA_EXCEEDED, used_up.message) from None
-
-
-def take_key(
-    session: Session, caller: Caller, key: str, body: Any
-) -> idempotency.Claim | idempotency.KeyOfMessage | idempotency.Replay:
-    """Take ``key`` for this body in the session's transaction (intake/idempotency.py), or say
-    what it already belongs to; 409 in FlowEstate's envelope when it cannot be taken."""
-    try:
-        return idempotency.take(
-            session,
-            org_id=caller.org_id,
-            surface=SourceApi.FLOWESTATE,
-            key=key,
-            body=body,
-            ttl_h=get_settings().idempotency_ttl_h,
-        )
-    except idempotency.KeyReused:
-        raise ApiError(ErrorCode.IDEMPOTENCY_KEY_REUSED, KEY_REUSED) from None
-    except idempotency.KeyInProgress:
-        raise ApiError(
-            ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS, "A request with this Idempotency-Key is still in progress"
-        ) from None
-
-
-KEY_REUSED = "This Idempotency-Key was used with a different body"
-
-
-def send_once(
-    body: SendBody, session: Session, caller: Caller, idempotency_key: str, unit: RequestUnit | None = None
-) -> Accepted | Refused:
-    """The send under an Idempotency-Key: the key and the message are committed together, so the
-    key answers with that message for its whole TTL (or with the refusal it got). HTTP and broker.
-    The request's unit (default: the caller's organization's) is committed with whatever it keeps.
-    The caller hands the accepted message to the broker."""
-    try:
-        return _send_once(body, session, caller, idempotency_key, unit or RequestUnit(caller.org_id))
-    except ApiError as error:
-        return error.refused()
-
-
-def _send_once(
-    body: SendBody, session: Session, caller: Caller, idempotency_key: str, unit: RequestUnit
-) -> Accepted | Refused:
-    try:
-        taken = take_key(session, caller, idempotency_key, body.model_dump(mode="json"))
-    except ApiError as error:
-        # 409 (the key reused, or held past the wait): its unit on its own (429 past the quota).
-        session.rollback()
-        if unit.repeats_pay or error.code is not ErrorCode.IDEMPOTENCY_KEY_IN_PROGRESS:
-            _pay(session, unit)
-            session.commit()
-        raise
-    if not isinstance(taken, idempotency.Claim):
-        if unit.repeats_pay:
-            _pay(session, unit)
-        session.commit()
-    if isinstance(taken, idempotency.Replay):
-        kept = taken.body.get("error") or {}
-        return replayed(taken.status, taken.body, code=str(kept.get("code")), message=str(kept.get("message")))
-    if isinstance(taken, idempotency.KeyOfMessage):
-        again: tuple[uuid.UUID, ...] = ()
-        if session.scalar(select(Message.status).where(Message.id == taken.message_id)) == MessageStatus.QUEUED:
-            # The first request may have died between its commit and its enqueue: one more task
-            # is harmless (only one claim can win) and saves waiting for the sweeper.
-            session.rollback()
-            again = (taken.message_id,)
-        return Accepted(again, _answer_of(taken.message_id), new=False, replayed=True)
-    try:
-        message_id = _check_and_persist(body, session, caller, idempotency_key, unit)
-    except ApiError as error:
-        if error.code is not ErrorCode.QUOTA_EXCEEDED:  # (past the quota nothing is kept)
-            idempotency.keep_refusal(session, taken, STATUS_OF[error.code], error.envelope())
-        raise
-    idempotency.record_message(session, taken, message_id)
-    session.commit()
-    return Accepted((message_id,), _answer_of(message_id))
-
-
-def _send(body: SendBody, session: Session, caller: Caller, unit: RequestUnit) -> Accepted | Refused:
-    try:
-        message_id = _check_and_persist(body, session, caller, None, unit)
-    except ApiError as error:
-        session.commit()  # a refusal's unit (past the quota there is nothing left to commit)
-        return error.refused()
-    session.commit()
-    return Accepted((message_id,), _answer_of(message_id))
-
-
-def _answer_of(message_id: uuid.UUID) -> dict[str, Any]:
-    return {"messageId": str(message_id)}
-
-
-def _check_and_persist(
-    body: SendBody, session: Session, caller: Caller, idempotency_key: str | None, unit: RequestUnit
-) -> uuid.UUID:
-    """The pre-checks (each a clear 4xx), the request's unit (429 first), then the message, all in
-    the session's transaction (not committed). A refusal is raised with its unit spent."""
-    found = session.execute(
-        select(Contact, Organization.window_policy, func.now())
-        .join(Organization, Organization.id == Contact.org_id)
-        .where(Contact.id == body.leadId, Contact.org_id == caller.org_id)
-    ).one_or_none()
-    account = session.scalars(
-        select(WhatsappAccount).where(
-            WhatsappAccount.id == body.whatsappAccountId, WhatsappAccount.org_id == caller.org_id
-        )
-    ).one_or_none()
-    message = body.to_outbound()
-    lead: Contact | None = None
-    if found is None:
-        refusal: ApiError | None = ApiError(ErrorCode.NOT_FOUND, "Lead not found")
-    else:
-        lead, window_policy, db_now = found
-        refusal = send_refusal(lead, account, message, window_policy=window_policy, now=db_now)
-    # Spent after the reads, before the writes, as on the lean path (intake/usage.py).
-    _pay(session, unit)
-    if refusal is not None:
-        raise refusal
-    assert lead is not None and account is not None
-    return persist_message(
-        session,
-        org_id=caller.org_id,
-        account_id=account.id,
-        contact_id=lead.id,
-        message=message,
-        source=SourceApi.FLOWESTATE,
-        idempotency_key=idempotency_key,
-    )
-
-
-class LeadFacts(Protocol):
-    """What the send checks of a lead (a Contact, or the lean path's row)."""
-
-    @property
-    def opted_out_at(self) -> datetime | None: ...
-    @property
-    def phone_e164(self) -> str | None: ...
-    @property
-    def wa_id(self) -> str | None: ...
-    @property
-    def last_inbound_at(self) -> datetime | None: ...
-
-
-class AccountFacts(Protocol):
-    """What the send checks of a sending account (a WhatsappAccount, or the lean path's row)."""
-
-    @property
-    def status(self) -> str | None: ...
-    @property
-    def meta_phone_number_id(self) -> str | None: ...
-
-
-def send_refusal(
-    lead: LeadFacts | None, account: AccountFacts | None, message: AnyOutbound, *, window_policy: str, now: datetime
-) -> ApiError | None:
-    """Why a send to ``lead`` from ``account`` is refused, in the order the checks are documented."""
-    if lead is None:
-        return ApiError(ErrorCode.NOT_FOUND, "Lead not found")
-    if lead.opted_out_at is not None:
-        return ApiError(ErrorCode.OPTED_OUT, "The lead opted out of WhatsApp and cannot be messaged")
-    if account is None or account.status != AccountStatus.CONNECTED or not account.meta_phone_number_id:
-        return ApiError(ErrorCode.ACCOUNT_UNAVAILABLE, "The WhatsApp account was not found or is not connected")
-    if not is_valid_e164(lead.phone_e164) or not lead.wa_id:
-        return ApiError(ErrorCode.BAD_REQUEST, "The lead has no valid phone number")
-    closed = window_refusal(
-        window_policy, message, last_inbound_at=lead.last_inbound_at, now=now, window_h=get_settings().service_window_h
-    )
-    return ApiError(ErrorCode.OUTSIDE_SERVICE_WINDOW, closed.describe()) if closed is not None else None
 
 
 @router.get(

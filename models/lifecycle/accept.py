@@ -1,6 +1,6 @@
 """Intake: a checked message is stored as ``queued`` with its thread entry, alone (``accept``), in
 a batch (``accept_many``), or as SQL text inside one statement that decides first
-(``accept_one_after``, api_shim/flowestate/lean_send.py). The caller commits, then enqueues."""
+(``accept_one_after``, intake/lean_statements.py). The caller commits, then enqueues."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ _ACCEPT = _build_accept_statement()
 
 
 def accept_one_after(gate: str) -> str:
-    """Intake as SQL text for one statement that decides first (api_shim/flowestate/lean_send.py): two CTEs,
+    """Intake as SQL text for one statement that decides first (intake/lean_statements.py): two CTEs,
     ``accepted_conversation`` then ``accepted_message``, that make the conversation's latest entry
     and insert the message as ``queued`` only if the CTE named ``gate`` has a row. The same rows as
     ``accept``; psycopg parameters org_id, account_id, lead_id, message_id, preview, type, payload,

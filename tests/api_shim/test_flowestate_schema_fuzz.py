@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from api_shim.flowestate.routes import SendIn
+from intake.flowestate_request import SendIn
 
 text = st.text(max_size=1100) | st.sampled_from(["", " ", "x" * 1024, "x" * 1025])
 media = st.fixed_dictionaries(

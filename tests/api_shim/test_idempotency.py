@@ -268,7 +268,7 @@ def test_a_key_held_by_a_running_request_answers_in_progress_after_a_bounded_wai
 
 def test_a_legacy_in_progress_row_answers_in_progress(stack, api, tenant):
     lead = tenant.new_lead()
-    from api_shim.flowestate.routes import SendIn
+    from intake.flowestate_request import SendIn
     from intake.idempotency import fingerprint
 
     body = SendIn(leadId=lead, whatsappAccountId=tenant.account.id, message="Hello").model_dump(mode="json")
@@ -306,9 +306,10 @@ def test_no_key_row_is_committed_before_its_message(stack, tenant, monkeypatch, 
     the failure none is left."""
     from starlette.requests import Request
 
-    from api_shim.flowestate import routes as flowestate
     from api_shim.flowiq import send as flowiq
+    from intake import flowestate_send
     from intake.callers import Caller
+    from intake.flowestate_request import SendIn
     from models.db import get_sessionmaker
 
     seen_at_failure: list[int] = []
@@ -318,13 +319,13 @@ def test_no_key_row_is_committed_before_its_message(stack, tenant, monkeypatch, 
         raise RuntimeError("injected between the key and the message")
 
     if surface == "flowestate":
-        monkeypatch.setattr(flowestate, "persist_message", fail_at_the_message)
-        body = flowestate.SendIn(leadId=tenant.new_lead(), whatsappAccountId=tenant.account.id, message="Hi")
+        monkeypatch.setattr(flowestate_send, "persist_message", fail_at_the_message)
+        body = SendIn(leadId=tenant.new_lead(), whatsappAccountId=tenant.account.id, message="Hi")
         caller = Caller(tenant.org_id, tenant.slug, tenant.name, uuid.uuid4(), frozenset())
         session = get_sessionmaker()()
         with pytest.raises(RuntimeError, match="injected"):
             try:
-                flowestate.send_once(body, session, caller, "unit-key")
+                flowestate_send.send_once(body, session, caller, "unit-key")
             finally:
                 session.close()
     else:

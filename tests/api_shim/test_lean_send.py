@@ -1,5 +1,6 @@
-"""The lean single send (api_shim/flowestate/lean_send.py): its key cache, its unit, and its hand-over to the ORM
-path. Every contract of /whatsapp/send is also proven by the rest of the suite, which runs on it."""
+"""The lean single send (intake/lean_send.py, behind api_shim/flowestate/send.py): its key cache, its
+unit, and its hand-over to the ORM path. Every contract of /whatsapp/send is also proven by the rest
+of the suite, which runs on it."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from models.tables import IdempotencyKey, Message, Organization, OrgUsage
 PHONE = "+27123456789"
 PASS = "RETURN NEW;"
 FAIL = "RAISE EXCEPTION 'message refused by the test';"
-# What the lean path hands to the ORM path (api_shim/flowestate/lean_send.py: a lock wait the database broke off).
+# What the lean path hands to the ORM path (intake/lean_send.py: a lock wait the database broke off).
 TO_ORM = "RAISE EXCEPTION USING ERRCODE = 'lock_not_available', MESSAGE = 'lock wait broken off by the test';"
 
 

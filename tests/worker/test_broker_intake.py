@@ -537,8 +537,9 @@ def test_a_signature_that_does_not_hold_is_refused_before_anything_is_stored(liv
 
 def test_a_submission_whose_key_is_being_stored_waits_instead_of_being_refused(live, tenant):
     from api_shim.broker_intake import RetryLater, submit
-    from api_shim.flowestate import routes as flowestate
     from intake.callers import flowestate_caller
+    from intake.flowestate_request import SendIn
+    from intake.flowestate_send import take_key
     from models.db import get_sessionmaker
     from models.enums import Scope
     from wadispatch.signing import signed_submission
@@ -548,7 +549,7 @@ def test_a_submission_whose_key_is_being_stored_waits_instead_of_being_refused(l
     holder = get_sessionmaker()()
     try:
         caller = flowestate_caller(holder, tenant.key, Scope.WRITE)
-        taken = flowestate.take_key(holder, caller, key, flowestate.SendIn.model_validate(body).model_dump(mode="json"))
+        taken = take_key(holder, caller, key, SendIn.model_validate(body).model_dump(mode="json"))
         assert not isinstance(taken, dict)  # held, uncommitted: another delivery is storing it
         units = _units_used(tenant)  # (the holder's own request paid one)
         with pytest.raises(RetryLater):

@@ -4,7 +4,7 @@ Revision ID: 0010
 Revises: 0009
 Create Date: 2026-12-03 06:40:00
 
-The lean send (api_shim/flowestate/lean_send.py) writes its message first and spends the month's unit last,
+The lean send (intake/lean_statements.py) writes its message first and spends the month's unit last,
 in the same pipelined round trip as its COMMIT, so the organization's usage row (one row every
 concurrent send of the organization updates) stays locked for that round trip only. When no unit
 is left, the step must abort the transaction, message included, before the COMMIT that follows it
