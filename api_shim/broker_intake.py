@@ -29,11 +29,10 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api_shim.flowiq import batch as flowiq_batch
-from api_shim.flowiq import send as flowiq
-from intake import flowestate_batch, idempotency, lean_send
+from intake import flowestate_batch, flowiq_batch, idempotency, lean_send
 from intake import flowestate_request as flowestate_body
 from intake import flowestate_send as flowestate
+from intake import flowiq_send as flowiq
 from intake.callers import Caller, SignedKey, flowestate_caller, flowiq_caller
 from intake.errors import Accepted, ApiError, ErrorCode, FlowIQError, Refused, problems_of
 from intake.storable_text import text_rule

@@ -314,7 +314,7 @@ def test_flowiq_tenant_id_with_nul(stack, api, ids):
 
 
 def test_flowiq_idempotency_key_is_checked_like_a_field(stack, api, ids):
-    from api_shim.flowiq.send import claim_idempotency
+    from intake.flowiq_send import claim_idempotency
 
     with pytest.raises(Exception, match=NUL_RULE):
         claim_idempotency(None, None, "key\x00", {})  # type: ignore[arg-type]

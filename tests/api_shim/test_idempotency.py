@@ -307,7 +307,7 @@ def test_no_key_row_is_committed_before_its_message(stack, tenant, monkeypatch, 
     from starlette.requests import Request
 
     from api_shim.flowiq import send as flowiq
-    from intake import flowestate_send
+    from intake import flowestate_send, flowiq_send
     from intake.callers import Caller
     from intake.flowestate_request import SendIn
     from models.db import get_sessionmaker
@@ -329,7 +329,7 @@ def test_no_key_row_is_committed_before_its_message(stack, tenant, monkeypatch, 
             finally:
                 session.close()
     else:
-        monkeypatch.setattr(flowiq, "_persist", fail_at_the_message)
+        monkeypatch.setattr(flowiq_send, "_persist", fail_at_the_message)
         tenant.new_lead(phone=PHONE)
         key = tenant.new_key(kind=KeyKind.FLOWIQ)
         request = Request({"type": "http", "method": "POST", "path": "/send-whatsapp", "query_string": b"",
