@@ -44,8 +44,8 @@ def persist_message(
     return message_id
 
 
-# How the messages came in: over HTTP (the default) or as broker submissions (api_shim/broker_intake.py
-# sets it for the submission's duration). A label of wadispatch_messages_accepted_total.
+# How the messages came in: over HTTP (the default) or as broker submissions (worker/intake_task.py
+# sets it while it hands a submission's messages over). A label of wadispatch_messages_accepted_total.
 INTAKE_CHANNEL: ContextVar[str] = ContextVar("wadispatch_intake_channel", default="http")
 
 

@@ -155,7 +155,7 @@ class RequestUnit:
     org_id: uuid.UUID
     key_id: uuid.UUID | None = None
     last_used_at: datetime | None = None
-    # False for a broker submission (api_shim/broker_intake.py): a delivery that finds its
+    # False for a broker submission (intake/broker_submissions.py): a delivery that finds its
     # Idempotency-Key already kept, or being stored by another delivery, is the same submission
     # again (a broker redelivery, a task retried after its database died mid-statement), and the
     # delivery that took the key paid for it. Over HTTP every request pays, repeats included.

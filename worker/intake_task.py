@@ -13,8 +13,11 @@ from typing import Any
 
 from celery import Celery, Task
 
+from intake.broker_submissions import HandOver, RetryLater, label
+from intake.broker_submissions import submit as check_and_store
+from intake.store import INTAKE_CHANNEL
 from wadispatch.client import masked_kwargs_repr
-from worker.celery_app import SUBMIT_TASK
+from worker.celery_app import SUBMIT_TASK, hand_batch_to_broker, hand_to_broker
 from worker.submission_request import SubmissionRequest
 from worker.task_base import DATABASE_RETRIES, DATABASE_UNAVAILABLE, RetriedWhileDatabaseUnavailable
 
@@ -41,10 +44,8 @@ class _SubmissionTask(RetriedWhileDatabaseUnavailable):
 
 
 def run_submission(self: Task, *args: object, **kwargs: object) -> str:
-    """An upstream service's submission over the broker (api_shim/broker_intake.py does the work)."""
-    from api_shim.broker_intake import RetryLater, label
-    from api_shim.broker_intake import submit as check_and_store
-
+    """An upstream service's submission over the broker: intake/broker_submissions.py checks and
+    stores it; what it accepted is handed to the broker here."""
     masked = masked_kwargs_repr(kwargs)
     if args:
         log.warning("submission refused: keyword arguments only (got %d positional)", len(args))
@@ -52,6 +53,8 @@ def run_submission(self: Task, *args: object, **kwargs: object) -> str:
     named = label(kwargs)
     try:
         submitted = check_and_store(**kwargs)
+        if submitted.hand_over is not None:
+            _hand_over(submitted.hand_over)
     except RetryLater as wait:
         # (Celery's count holds database retries too: the rate keeps its 30 however many those were.)
         if self.request.retries >= SUBMIT_RATE_RETRIES + DATABASE_RETRIES:
@@ -66,6 +69,20 @@ def run_submission(self: Task, *args: object, **kwargs: object) -> str:
         return "refused:INTERNAL_ERROR"
     log.info("submission %s: %s", named, submitted)
     return str(submitted)
+
+
+def _hand_over(accepted: HandOver) -> None:
+    """A submission's committed messages to the broker, counted as come through it
+    (wadispatch_messages_accepted_total's channel)."""
+    channel = INTAKE_CHANNEL.set("broker")
+    try:
+        if accepted.batch:
+            hand_batch_to_broker(list(accepted.message_ids), new_from=accepted.new_from)
+        else:
+            for message_id in accepted.message_ids:
+                hand_to_broker(message_id, new_from=accepted.new_from)
+    finally:
+        INTAKE_CHANNEL.reset(channel)
 
 
 def register_submit(app: Celery) -> Task:

@@ -496,7 +496,7 @@ def _task_events(broker_url: str) -> Iterator[_TaskEvents]:
 
 
 def test_a_submission_that_carries_its_key_is_refused_and_the_key_not_shown(live, tenant, caplog):
-    from api_shim.broker_intake import submit
+    from intake.broker_submissions import submit
 
     body = {"leadId": str(tenant.new_lead()), "whatsappAccountId": str(tenant.account.id), "message": "x"}
     refused = submit(api="flowestate", api_key=tenant.key, idempotency_key="k-1", request=body)
@@ -509,7 +509,7 @@ def test_a_signature_that_does_not_hold_is_refused_before_anything_is_stored(liv
     """Another key's signature, a payload changed after signing, a submission older than the
     Idempotency-Key is kept or signed from the future, and an unknown key: each refused by its
     code, nothing stored, no unit spent."""
-    from api_shim.broker_intake import submit
+    from intake.broker_submissions import submit
     from wadispatch.signing import signed_submission
 
     body = {"leadId": str(tenant.new_lead()), "whatsappAccountId": str(tenant.account.id), "message": "x"}
@@ -536,7 +536,7 @@ def test_a_signature_that_does_not_hold_is_refused_before_anything_is_stored(liv
 
 
 def test_a_submission_whose_key_is_being_stored_waits_instead_of_being_refused(live, tenant):
-    from api_shim.broker_intake import RetryLater, submit
+    from intake.broker_submissions import RetryLater, submit
     from intake.callers import flowestate_caller
     from intake.flowestate_request import SendIn
     from intake.flowestate_send import take_key
@@ -660,7 +660,7 @@ def _every_value(client: redis.Redis) -> Iterator[bytes]:
 def test_an_invalid_submission_pays_its_unit_once_however_often_it_is_delivered(live, tenant):
     """A body that fails validation costs one unit, as over HTTP; its redelivery finds the refusal
     kept under the key and pays nothing (it used to pay before looking at the key)."""
-    from api_shim.broker_intake import submit
+    from intake.broker_submissions import submit
     from wadispatch.signing import signed_submission
 
     invalid = {"leadId": "not-a-uuid", "whatsappAccountId": str(tenant.account.id), "message": "x"}

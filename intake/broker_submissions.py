@@ -13,6 +13,9 @@ results), so a redelivered or re-sent submission never makes a second message, a
 ``GET .../submissions/{key}`` tells the sender what happened. What HTTP answers before it takes a
 key (an unknown or revoked key, a missing scope, the quota used up) is not kept: the submission
 is refused and logged by id. A request rate exceeded makes the task wait and try again.
+
+Nothing here publishes: what a submission accepted comes back in ``Submitted.hand_over``, and the
+task (worker/intake_task.py) hands it to the broker, as a route does with a use case's result.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,7 +39,6 @@ from intake import flowiq_send as flowiq
 from intake.callers import Caller, SignedKey, flowestate_caller, flowiq_caller
 from intake.errors import Accepted, ApiError, ErrorCode, FlowIQError, Refused, problems_of
 from intake.storable_text import text_rule
-from intake.store import INTAKE_CHANNEL
 from intake.submission_signature import SignatureRefusal, envelope_problem, max_age_s, verify
 from intake.usage import RateState, RequestUnit
 from models.db import get_sessionmaker
@@ -45,7 +47,6 @@ from models.enums import MessageStatus, Scope, SourceApi
 from models.log_hygiene import key_for_log
 from models.settings import get_settings
 from models.tables import Message
-from worker.celery_app import hand_batch_to_broker, hand_to_broker
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,24 @@ class RetryLater(Exception):
 
 
 @dataclass(frozen=True)
+class HandOver:
+    """Committed messages for the task to hand to the broker."""
+
+    message_ids: tuple[uuid.UUID, ...]
+    # The surface they were just accepted through (counted as new); None: handed over again.
+    new_from: SourceApi | None
+    # A batch's messages go in one pipeline; a single send's as one task.
+    batch: bool = False
+
+
+@dataclass(frozen=True)
 class Submitted:
     """What became of a submission: the task's result (ids and codes only, never the key)."""
 
     accepted: int
     refused: int
     code: str | None = None  # the refusal of the whole submission
+    hand_over: HandOver | None = None
 
     def __str__(self) -> str:
         if self.code is not None:
@@ -123,8 +136,6 @@ def _submit_signed(
         return Submitted(0, 0, "BAD_SUBMISSION")
     org_id = signed.org.id
     rate: list[RateState] = []
-    # What it accepts is counted as come through the broker (wadispatch_messages_accepted_total).
-    channel = INTAKE_CHANNEL.set("broker")
     try:
         if api == "flowestate":
             return _flowestate(session, signed, idempotency_key, request, messages, rate.append)
@@ -140,8 +151,6 @@ def _submit_signed(
         log.info("submission %s refused: %s", key_for_log(idempotency_key), code)
         _tell_upstream(session, org_id, api, idempotency_key, code, message)
         return Submitted(0, 1, code)
-    finally:
-        INTAKE_CHANNEL.reset(channel)
 
 
 class _Rejected(Exception):
@@ -207,7 +216,7 @@ def _flowestate(session: Session, api_key: SignedKey, key: str, request: Any, me
         except ValidationError as exc:
             return _refuse_flowestate(session, caller, key, {"batch": messages}, exc)
         result = flowestate_batch.check_and_persist(session, caller, batch, key)
-        return _batch_handed_over(result, SourceApi.FLOWESTATE)
+        return _batch_accepted(result, SourceApi.FLOWESTATE)
     template = isinstance(request, dict) and "template" in request
     body_type = flowestate_body.SendTemplateIn if template else flowestate_body.SendIn
     try:
@@ -219,9 +228,7 @@ def _flowestate(session: Session, api_key: SignedKey, key: str, request: Any, me
     result = lean if lean is not None else flowestate.send_once(body, session, caller, key, _unit_of(caller))
     if isinstance(result, Refused):
         return _refused(result)
-    for message_id in result.message_ids:
-        hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE if result.new else None)
-    return Submitted(1, 0)
+    return Submitted(1, 0, hand_over=HandOver(tuple(result.message_ids), SourceApi.FLOWESTATE if result.new else None))
 
 
 def _refuse_flowestate(
@@ -249,15 +256,13 @@ def _flowiq(
     caller = flowiq_caller(session, api_key, tenant, spends_unit=False, on_rate=on_rate)
     if messages is not None:
         result = flowiq_batch.accept_batch(session, caller, {"messages": messages}, key)
-        return _batch_handed_over(result, SourceApi.FLOWIQ)
+        return _batch_accepted(result, SourceApi.FLOWIQ)
     sent = flowiq.accept_send(session, caller, request, key, _unit_of(caller))
     if isinstance(sent, Refused):
         return _refused(sent)
-    for message_id in sent.message_ids:
-        if sent.new or _still_queued(session, message_id):
-            # A repeat finds its message queued when the first try died before its enqueue.
-            hand_to_broker(message_id, new_from=SourceApi.FLOWIQ if sent.new else None)
-    return Submitted(1, 0)
+    # A repeat finds its message queued when the first try died before its enqueue.
+    again = tuple(m for m in sent.message_ids if sent.new or _still_queued(session, m))
+    return Submitted(1, 0, hand_over=HandOver(again, SourceApi.FLOWIQ if sent.new else None))
 
 
 def _refused(result: Refused) -> Submitted:
@@ -268,13 +273,14 @@ def _refused(result: Refused) -> Submitted:
     raise _Rejected(str(result.code), result.message)
 
 
-def _batch_handed_over(result: Accepted | Refused, surface: SourceApi) -> Submitted:
-    """A batch's accepted messages handed to the broker; what it answered (or kept), counted."""
+def _batch_accepted(result: Accepted | Refused, surface: SourceApi) -> Submitted:
+    """What a batch answered (or kept), counted, with its accepted messages to hand over."""
     if isinstance(result, Refused) and not result.replayed:
         raise _Rejected(str(result.code), result.message)
+    counted = _counted(result.body)
     if isinstance(result, Accepted):
-        hand_batch_to_broker(list(result.message_ids), new_from=surface)
-    return _counted(result.body)
+        return replace(counted, hand_over=HandOver(tuple(result.message_ids), surface, batch=True))
+    return counted
 
 
 def _unit_of(caller: Caller) -> RequestUnit:
