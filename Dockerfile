@@ -4,6 +4,7 @@ ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY models ./models
+COPY intake ./intake
 COPY api_shim ./api_shim
 COPY worker ./worker
 COPY meta_sandbox ./meta_sandbox
