@@ -72,6 +72,8 @@ class HandOver:
     new_from: SourceApi | None
     # A batch's messages go in one pipeline; a single send's as one task.
     batch: bool = False
+    # Accepted too, but scheduled: they wait in Postgres (counted as new, not handed over).
+    waiting: int = 0
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,8 @@ def _flowestate(session: Session, api_key: SignedKey, key: str, request: Any, me
     result = lean if lean is not None else flowestate.send_once(body, session, caller, key, _unit_of(caller))
     if isinstance(result, Refused):
         return _refused(result)
-    return Submitted(1, 0, hand_over=HandOver(tuple(result.message_ids), SourceApi.FLOWESTATE if result.new else None))
+    surface = SourceApi.FLOWESTATE if result.new else None
+    return Submitted(1, 0, hand_over=HandOver(tuple(result.message_ids), surface, waiting=len(result.waiting)))
 
 
 def _refuse_flowestate(
@@ -262,7 +265,8 @@ def _flowiq(
         return _refused(sent)
     # A repeat finds its message queued when the first try died before its enqueue.
     again = tuple(m for m in sent.message_ids if sent.new or _still_queued(session, m))
-    return Submitted(1, 0, hand_over=HandOver(again, SourceApi.FLOWIQ if sent.new else None))
+    surface = SourceApi.FLOWIQ if sent.new else None
+    return Submitted(1, 0, hand_over=HandOver(again, surface, waiting=len(sent.waiting)))
 
 
 def _refused(result: Refused) -> Submitted:
@@ -279,7 +283,8 @@ def _batch_accepted(result: Accepted | Refused, surface: SourceApi) -> Submitted
         raise _Rejected(str(result.code), result.message)
     counted = _counted(result.body)
     if isinstance(result, Accepted):
-        return replace(counted, hand_over=HandOver(tuple(result.message_ids), surface, batch=True))
+        hand_over = HandOver(tuple(result.message_ids), surface, batch=True, waiting=len(result.waiting))
+        return replace(counted, hand_over=hand_over)
     return counted
 
 

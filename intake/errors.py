@@ -110,6 +110,19 @@ class Accepted:
     new: bool = True
     # The Idempotency-Key answered with what its first request made.
     replayed: bool = False
+    # Accepted messages that wait in Postgres (scheduled for later), committed with the rest: the
+    # pacer hands them over at their time, so the caller counts them (when new) and does not hand
+    # them to the broker.
+    waiting: Sequence[uuid.UUID] = ()
+
+
+def accepted_now_or_later(
+    messages: Sequence[tuple[uuid.UUID, bool]], body: Mapping[str, Any], *, status: int = 200
+) -> Accepted:
+    """Newly accepted messages (each id with whether it waits in Postgres) as a use case's result."""
+    now = tuple(message_id for message_id, later in messages if not later)
+    later = tuple(message_id for message_id, later in messages if later)
+    return Accepted(now, body, status=status, waiting=later)
 
 
 def replayed(status: int, body: Mapping[str, Any], *, code: str, message: str) -> Accepted | Refused:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from intake import idempotency
 from intake.callers import Caller
-from intake.errors import Accepted, ApiError, ErrorCode, Refused, problems_of, replayed
+from intake.errors import Accepted, ApiError, ErrorCode, Refused, accepted_now_or_later, problems_of, replayed
 from intake.flowestate_checks import send_refusal
 from intake.flowestate_request import SendIn
 from intake.flowestate_send import KEY_REUSED, take_key
@@ -69,7 +69,7 @@ def _check_and_persist(
     if taken is not None:
         idempotency.record_answer(session, taken, 200, answer)
     session.commit()
-    return Accepted([item.message_id for item in accepted], answer)
+    return accepted_now_or_later([(m.message_id, m.dispatch.scheduled) for m in accepted], answer)
 
 
 def _check_items(
@@ -106,6 +106,7 @@ def _check_items(
             message_type=message.type,
             payload=as_json(message),
             preview=preview_of(message),
+            dispatch=send.dispatch,
         )
         ready.append((n, accepted))
     granted = spend_units(session, caller.org_id, org.monthly_quota, len(ready))

@@ -9,11 +9,23 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictInt,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
+from intake.dispatch_request import FLOWESTATE, TTL_MAX_S, DispatchProblem, parse_dispatch
 from intake.errors import field_rule_error
 from intake.storable_text import first_unstorable
 from intake.template_input import TemplateInputError, flowestate_template_schema, template_from_flowestate
+from models.lifecycle import Dispatch
 from models.outbound import CAPTION_MAX, TEXT_MAX, AnyOutbound, MediaMessage, TemplateMessage, TextMessage
 from models.templates import Template
 
@@ -37,6 +49,28 @@ class _LeadSend(BaseModel):
 
     leadId: uuid.UUID = Field(description="The lead to message; must belong to your organization.")
     whatsappAccountId: uuid.UUID = Field(description="The sending account id, from GET /whatsapp/accounts.")
+    sendAt: str | None = Field(
+        default=None,
+        json_schema_extra={"format": "date-time"},
+        description="Send it then, not now: RFC 3339 with an offset, at most 30 days ahead (a past time means now). "
+        "It waits in Postgres until then.",
+    )
+    expiresAt: str | None = Field(
+        default=None,
+        json_schema_extra={"format": "date-time"},
+        description="No call to Meta starts at or after this moment (RFC 3339 with an offset, in the future, after "
+        "sendAt): the message fails EXPIRED instead.",
+    )
+    ttlSeconds: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        le=TTL_MAX_S,
+        description="The same as expiresAt, in seconds from sendAt (from acceptance without one); not with expiresAt.",
+    )
+    campaign: str | None = Field(
+        default=None, min_length=1, max_length=64, description="A label to count and cancel a group of sends by."
+    )
+    _dispatch: Dispatch = PrivateAttr(default_factory=Dispatch)
 
     @model_validator(mode="before")
     @classmethod
@@ -45,6 +79,22 @@ class _LeadSend(BaseModel):
         if problem := first_unstorable(data):
             raise field_rule_error(problem.field, problem.rule)
         return data
+
+    @model_validator(mode="after")
+    def _schedule(self) -> Any:
+        # When it may go, checked by the rules both surfaces share (intake/dispatch_request.py).
+        fields = {"sendAt": self.sendAt, "expiresAt": self.expiresAt, "ttlSeconds": self.ttlSeconds,
+                  "campaign": self.campaign}  # fmt: skip
+        try:
+            self._dispatch = parse_dispatch(fields, FLOWESTATE)
+        except DispatchProblem as problem:
+            raise field_rule_error(problem.field, problem.rule) from None
+        return self
+
+    @property
+    def dispatch(self) -> Dispatch:
+        """When and how the message may go (computed when the body was checked)."""
+        return self._dispatch
 
 
 class SendIn(_LeadSend):

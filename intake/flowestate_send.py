@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from intake import idempotency
 from intake.callers import Caller
-from intake.errors import STATUS_OF, Accepted, ApiError, ErrorCode, Refused, replayed
+from intake.errors import STATUS_OF, Accepted, ApiError, ErrorCode, Refused, accepted_now_or_later, replayed
 from intake.flowestate_checks import send_refusal
 from intake.flowestate_request import SendBody
 from intake.store import persist_message
@@ -116,7 +116,7 @@ def _send_once(
         raise
     idempotency.record_message(session, taken, message_id)
     session.commit()
-    return Accepted((message_id,), _answer_of(message_id))
+    return accepted_now_or_later([(message_id, body.dispatch.scheduled)], _answer_of(message_id))
 
 
 def _send(body: SendBody, session: Session, caller: Caller, unit: RequestUnit) -> Accepted | Refused:
@@ -126,7 +126,7 @@ def _send(body: SendBody, session: Session, caller: Caller, unit: RequestUnit) -
         session.commit()  # a refusal's unit (past the quota there is nothing left to commit)
         return error.refused()
     session.commit()
-    return Accepted((message_id,), _answer_of(message_id))
+    return accepted_now_or_later([(message_id, body.dispatch.scheduled)], _answer_of(message_id))
 
 
 def _answer_of(message_id: uuid.UUID) -> dict[str, Any]:
@@ -168,4 +168,5 @@ def _check_and_persist(
         message=message,
         source=SourceApi.FLOWESTATE,
         idempotency_key=idempotency_key,
+        dispatch=body.dispatch,
     )

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from intake import idempotency
 from intake.callers import Caller
-from intake.errors import Accepted, FlowIQError, Refused, invalid, missing
+from intake.errors import Accepted, FlowIQError, Refused, accepted_now_or_later, invalid, missing
 from intake.flowiq_checks import contact_refusal, sending_account
 from intake.flowiq_request import FlowIQSend, parse_send
 from intake.flowiq_send import claim_idempotency, replayed_flowiq
@@ -77,7 +77,7 @@ def _accept_batch(session: Session, caller: Caller, body: Any, key: str | None) 
     if taken is not None:
         idempotency.record_answer(session, taken, 202, answer)
     session.commit()
-    return Accepted([m.message_id for m in stored], answer, status=202)
+    return accepted_now_or_later([(m.message_id, m.dispatch.scheduled) for m in stored], answer, status=202)
 
 
 def _items_of(body: Any) -> list[Any]:
@@ -119,6 +119,7 @@ def _check_items(
             message_type=send.message.type,
             payload=as_json(send.message),
             preview=preview_of(send.message),
+            dispatch=send.dispatch,
         )
         ready.append((n, accepted))
     granted = spend_units(session, org_id, org.monthly_quota, len(ready))

@@ -12,9 +12,11 @@ from typing import Any
 import phonenumbers
 from pydantic import ValidationError
 
+from intake.dispatch_request import FLOWIQ, DispatchProblem, parse_dispatch
 from intake.errors import FlowIQError, invalid, missing, rule_of
 from intake.storable_text import first_unstorable
 from intake.template_input import problem_of
+from models.lifecycle import NOW, Dispatch
 from models.outbound import DEFAULT_REACTION, AnyOutbound, outbound_adapter
 
 FLOWIQ_TYPES = (
@@ -29,6 +31,7 @@ class FlowIQSend:
     wa_id: str  # digits, country code first
     message_type: str  # FlowIQ's name ("interactive" for buttons and lists)
     message: AnyOutbound
+    dispatch: Dispatch = NOW  # send_at, expires_at / ttl_seconds, campaign
 
 
 def parse_send(body: Any) -> FlowIQSend:
@@ -57,7 +60,11 @@ def parse_send(body: Any) -> FlowIQSend:
         message = outbound_adapter.validate_python(data)
     except ValidationError as exc:
         raise _translate(exc, message_type, prefix) from exc
-    return FlowIQSend(wa_id=wa_id, message_type=message_type, message=message)
+    try:
+        dispatch = parse_dispatch(body, FLOWIQ)
+    except DispatchProblem as bad:
+        raise invalid(bad.field, bad.rule) from None
+    return FlowIQSend(wa_id=wa_id, message_type=message_type, message=message, dispatch=dispatch)
 
 
 def recipient_digits(raw: Any) -> str:

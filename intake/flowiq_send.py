@@ -35,6 +35,8 @@ class AcceptedSend:
     organization: str
     # False when an earlier request with the same Idempotency-Key created the message (and queued it).
     created: bool = True
+    # Scheduled for later: it waits in Postgres, so there is no outcome to wait for now.
+    scheduled: bool = False
 
 
 def accept_raw_send(
@@ -75,14 +77,22 @@ def accept_send(
         "message_type": accepted.message_type,
         "organization": accepted.organization,
     }
+    if accepted.scheduled:
+        return Accepted((), what, new=accepted.created, waiting=(accepted.message_id,))
     return Accepted((accepted.message_id,), what, new=accepted.created, replayed=not accepted.created)
 
 
 def sent_of(result: Accepted) -> AcceptedSend:
     """The send ``accept_send`` accepted, as the synchronous wait answers it."""
     body = result.body
+    (message_id,) = (*result.message_ids, *result.waiting)
     return AcceptedSend(
-        result.message_ids[0], body["recipient"], body["message_type"], body["organization"], created=result.new
+        message_id,
+        body["recipient"],
+        body["message_type"],
+        body["organization"],
+        created=result.new,
+        scheduled=bool(result.waiting),
     )
 
 
@@ -203,7 +213,8 @@ def _validate_and_persist(
     _pay(session, unit)
     assert contact is not None
     message_id = _persist(session, caller, account, contact, send, idempotency_key)
-    return AcceptedSend(message_id, send.wa_id, send.message_type, caller.org_name)
+    scheduled = send.dispatch.scheduled
+    return AcceptedSend(message_id, send.wa_id, send.message_type, caller.org_name, scheduled=scheduled)
 
 
 def _persist(
@@ -222,4 +233,5 @@ def _persist(
         message=send.message,
         source=SourceApi.FLOWIQ,
         idempotency_key=idempotency_key,
+        dispatch=send.dispatch,
     )

@@ -37,7 +37,7 @@ import psycopg.errors
 from sqlalchemy.orm import Session
 
 from intake.callers import Caller
-from intake.errors import Accepted, ApiError, ErrorCode, Refused
+from intake.errors import Accepted, ApiError, ErrorCode, Refused, accepted_now_or_later
 from intake.flowestate_checks import send_refusal
 from intake.flowestate_request import SendBody
 from intake.flowestate_send import send_and_close
@@ -94,7 +94,7 @@ async def accept_send(body: SendBody, facts: KeyFacts, idempotency_key: str | No
         keys.touched(facts, now)
     if not stored:
         return None
-    return Accepted((message_id,), {"messageId": str(message_id)})
+    return accepted_now_or_later([(message_id, body.dispatch.scheduled)], {"messageId": str(message_id)})
 
 
 class _DeadConnection(Exception):
@@ -213,7 +213,7 @@ def _submitted(body: SendBody, caller: Caller, idempotency_key: str) -> Accepted
         raw.close()
     if outcome != "stored":
         return None
-    return Accepted((message_id,), {"messageId": str(message_id)})
+    return accepted_now_or_later([(message_id, body.dispatch.scheduled)], {"messageId": str(message_id)})
 
 
 def _dead(conn: object) -> bool:

@@ -108,7 +108,7 @@ def params(
         "type": message.type,
         "payload": Jsonb(as_json(message)),
         "source": SourceApi.FLOWESTATE.value,
-        **lifecycle.NOW.text_params(),
+        **body.dispatch.text_params(),
     }
 
 

@@ -15,7 +15,7 @@ from celery import Celery, Task
 
 from intake.broker_submissions import HandOver, RetryLater, label
 from intake.broker_submissions import submit as check_and_store
-from intake.store import INTAKE_CHANNEL
+from intake.store import INTAKE_CHANNEL, count_accepted
 from wadispatch.client import masked_kwargs_repr
 from worker.celery_app import SUBMIT_TASK, hand_batch_to_broker, hand_to_broker
 from worker.submission_request import SubmissionRequest
@@ -76,6 +76,8 @@ def _hand_over(accepted: HandOver) -> None:
     (wadispatch_messages_accepted_total's channel)."""
     channel = INTAKE_CHANNEL.set("broker")
     try:
+        if accepted.waiting and accepted.new_from is not None:
+            count_accepted(accepted.new_from, accepted.waiting)  # scheduled: the pacer hands them over
         if accepted.batch:
             hand_batch_to_broker(list(accepted.message_ids), new_from=accepted.new_from)
         else:

@@ -21,6 +21,7 @@ from api_shim.flowestate.routes import REQUEST_ERRORS, IdempotencyHeader, SendOu
 from intake.callers import Caller
 from intake.errors import ErrorBody, ErrorCode, Refused
 from intake.flowestate_batch import BatchIn, check_and_persist
+from intake.store import count_accepted
 from models.db import get_sessionmaker
 from models.enums import Scope, SourceApi
 
@@ -77,4 +78,6 @@ async def send_batch(
         return respond(result)
     if result.message_ids:
         await hand_batch_over(list(result.message_ids), new_from=SourceApi.FLOWESTATE)
+    if result.new:
+        count_accepted(SourceApi.FLOWESTATE, len(result.waiting))  # scheduled: the pacer hands them over
     return JSONResponse(dict(result.body), status_code=result.status)

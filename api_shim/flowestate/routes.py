@@ -109,6 +109,9 @@ class MessageOut(BaseModel):
     readAt: datetime | None
     failedAt: datetime | None
     updatedAt: datetime
+    sendAt: datetime | None = Field(None, description="When it was scheduled for (sendAt), if it was")
+    expiresAt: datetime | None = Field(None, description="No call starts at or after this moment, if set")
+    campaign: str | None = Field(None, description="Its campaign label, if it has one")
 
 
 class MessageEnvelope(BaseModel):
@@ -192,5 +195,8 @@ def get_message(
             readAt=m.read_at,
             failedAt=m.failed_at,
             updatedAt=m.updated_at,
+            sendAt=m.send_at,
+            expiresAt=m.expires_at,
+            campaign=m.campaign,
         )
     )

@@ -23,6 +23,7 @@ from intake.errors import Accepted, ApiError, ErrorCode, Refused
 from intake.flowestate_request import SendBody, SendIn, SendTemplateIn
 from intake.key_cache import KeyFacts
 from intake.lean_caller import lean_writer, spend_unit_before_send
+from intake.store import count_accepted
 from models.enums import SourceApi
 from worker.celery_app import hand_to_broker
 
@@ -88,6 +89,7 @@ async def _accept(body: SendBody, facts: KeyFacts, idempotency_key: str | None) 
         return respond(result)
     for message_id in result.message_ids:
         await hand_over(message_id, new_from=SourceApi.FLOWESTATE)
+    count_accepted(SourceApi.FLOWESTATE, len(result.waiting))  # scheduled: the pacer hands them over
     return JSONResponse(dict(result.body), status_code=result.status)
 
 
@@ -102,4 +104,6 @@ def answer(result: Accepted | Refused) -> JSONResponse:
         return respond(result)
     for message_id in result.message_ids:
         hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE if result.new else None)
+    if result.new:
+        count_accepted(SourceApi.FLOWESTATE, len(result.waiting))
     return JSONResponse(dict(result.body), status_code=result.status)

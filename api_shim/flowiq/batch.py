@@ -22,6 +22,7 @@ from api_shim.flowiq.errors import error_responses, respond
 from api_shim.flowiq.send import AUTH_ERRORS, BODY_ERRORS, IDEMPOTENCY_KEY, TENANT_ID, FlowIQSendDoc, flowiq_router
 from intake.errors import Accepted, FlowIQErrorBody, Refused
 from intake.flowiq_batch import BATCH_MAX, accept_raw_batch
+from intake.store import count_accepted
 from models.db import get_sessionmaker
 from models.enums import SourceApi
 
@@ -91,6 +92,8 @@ async def send_whatsapp_batch(request: Request) -> JSONResponse:
         return respond(result)
     if result.message_ids:
         await hand_batch_over(list(result.message_ids), new_from=SourceApi.FLOWIQ)
+    if result.new:
+        count_accepted(SourceApi.FLOWIQ, len(result.waiting))  # scheduled: the pacer hands them over
     return JSONResponse(dict(result.body), status_code=result.status)
 
 

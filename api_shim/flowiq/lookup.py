@@ -47,6 +47,9 @@ class FlowIQMessageData(BaseModel):
     delivered_at: datetime | None
     read_at: datetime | None
     failed_at: datetime | None
+    send_at: datetime | None = Field(None, description="When it was scheduled for (send_at), if it was")
+    expires_at: datetime | None = Field(None, description="No call starts at or after this moment, if set")
+    campaign: str | None = Field(None, description="Its campaign label, if it has one")
     events: list[FlowIQEventOut]
 
 
@@ -91,6 +94,9 @@ def _lookup(request: Request, tenant_id: str | None, ref: str) -> dict[str, Any]
             delivered_at=message.delivered_at,
             read_at=message.read_at,
             failed_at=message.failed_at,
+            send_at=message.send_at,
+            expires_at=message.expires_at,
+            campaign=message.campaign,
             events=[
                 FlowIQEventOut(
                     status=e.status,

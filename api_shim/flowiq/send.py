@@ -30,6 +30,7 @@ from intake import idempotency
 from intake.errors import Accepted, FlowIQError, Refused
 from intake.flowiq_request import FLOWIQ_TYPES
 from intake.flowiq_send import AcceptedSend, accept_raw_send, sent_of
+from intake.store import count_accepted
 from models.db import get_sessionmaker
 from models.enums import MessageStatus, SourceApi
 from models.settings import get_settings
@@ -85,6 +86,22 @@ class FlowIQSendDoc(BaseModel):
             "Allowed outside the 24-hour window"
         ),
     )
+    send_at: str | None = Field(
+        None,
+        json_schema_extra={"format": "date-time"},
+        description="Send it then: RFC 3339 with an offset, at most 30 days ahead (a past time means now). The "
+        "answer is 202 with our id at once; the message waits in Postgres until then",
+    )
+    expires_at: str | None = Field(
+        None,
+        json_schema_extra={"format": "date-time"},
+        description="No call to Meta starts at or after this moment (in the future, after send_at): the message "
+        "fails EXPIRED instead",
+    )
+    ttl_seconds: int | None = Field(
+        None, description="The same as expires_at, in seconds (1..2592000) from send_at, else from acceptance"
+    )
+    campaign: str | None = Field(None, description="A label (1..64 chars) to count and cancel a group of sends by")
 
 
 class SentData(BaseModel):
@@ -161,7 +178,10 @@ _ERRORS = {
     "/send-whatsapp",
     response_model=SentResponse,
     responses={
-        202: {"model": QueuedResponse, "description": "Still being sent when the wait ended; delivery continues"},
+        202: {
+            "model": QueuedResponse,
+            "description": "Scheduled for later (send_at), or still being sent when the wait ended; delivery continues",
+        },
         **error_responses(_ERRORS),
     },
     openapi_extra={
@@ -183,9 +203,15 @@ async def send_whatsapp(request: Request) -> JSONResponse:
     result = await run_in_threadpool(_accept, request, request.query_params.get("tenantId"), raw, idempotency_key)
     if isinstance(result, Refused):
         return respond(result)
-    if not result.message_ids:  # the answer the Idempotency-Key kept
+    if not result.message_ids and not result.waiting:  # the answer the Idempotency-Key kept
         return JSONResponse(dict(result.body), status_code=result.status)
-    return await _deliver_and_wait(request, sent_of(result))
+    accepted = sent_of(result)
+    if accepted.scheduled:
+        # It waits in Postgres for its time: nothing to wait for now, the answer is 202 with its id.
+        if accepted.created:
+            count_accepted(SourceApi.FLOWIQ)
+        return _respond(accepted, _Outcome(MessageStatus.QUEUED, None, None, None, None, None, None))
+    return await _deliver_and_wait(request, accepted)
 
 
 async def _deliver_and_wait(request: Request, accepted: AcceptedSend) -> JSONResponse:

@@ -117,6 +117,7 @@ def test_openapi_documents_every_field_and_error(stack, api):
     assert {"200", "400", "401", "403", "404"} <= set(send["responses"])
     assert "OPTED_OUT" in send["responses"]["400"]["description"]
     fields = schema["components"]["schemas"]["SendIn"]["properties"]
-    assert set(fields) == {"leadId", "whatsappAccountId", "message", "media"}
+    schedule = {"sendAt", "expiresAt", "ttlSeconds", "campaign"}
+    assert set(fields) == {"leadId", "whatsappAccountId", "message", "media", *schedule}
     assert fields["message"]["maxLength"] == 4096
     assert api.http.get("/docs").status_code == 200

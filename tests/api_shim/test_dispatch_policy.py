@@ -1,0 +1,212 @@
+"""Later, never stale, or not at all, through real HTTP on the real stack: scheduled sends wait
+in Postgres and go at their time, expiring ones end EXPIRED without a call, a cancel takes back
+what has not started its call (409 with the status once it has), and a campaign label counts and
+cancels. Both surfaces, single and batch, and one broker submission."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from models.db import session_scope
+from models.enums import KeyKind
+from models.tables import Message
+from tests.support.admin_cli import wadispatch
+from tests.support.tenants import Tenant, random_phone
+
+FE = "/api/v1/whatsapp"
+
+
+def at(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+
+
+def row(message_id: str) -> Message:
+    with session_scope() as s:
+        found = s.get(Message, uuid.UUID(message_id))
+        assert found is not None
+        s.expunge(found)
+        return found
+
+
+def wait_status(message_id: str, statuses: tuple[str, ...], timeout: float = 20) -> Message:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = row(message_id)
+        if found.status in statuses:
+            return found
+        assert time.monotonic() < deadline, f"{message_id} still {found.status}"
+        time.sleep(0.1)
+
+
+def fiq_key(tenant: Tenant) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tenant.new_key(kind=KeyKind.FLOWIQ)}"}
+
+
+# ---- FlowEstate ---------------------------------------------------------------------------------
+
+
+def test_a_scheduled_send_waits_in_postgres_and_goes_at_its_time(live, api, sandbox, tenant):
+    send_at = at(3)
+    answer = api.send(tenant, tenant.new_lead(), "At three", sendAt=send_at)
+    assert answer.status_code == 200, answer.text
+    message_id = answer.json()["messageId"]
+    stored = row(message_id)
+    assert stored.enqueued_at is None and stored.status == "queued"  # not in the broker
+    shown = api.message(tenant, message_id)
+    assert shown["sendAt"] is not None and datetime.fromisoformat(shown["sendAt"]) == datetime.fromisoformat(send_at)
+    time.sleep(1.5)
+    assert sandbox.received(tenant.account.phone_number_id) == []
+    sent = api.wait_for(tenant, message_id, timeout=20)
+    assert sent["status"] == "sent"
+    assert datetime.fromisoformat(sent["sentAt"]) >= datetime.fromisoformat(send_at)
+
+
+def test_a_scheduled_send_is_cancelled_and_never_sent(live, api, sandbox, tenant, hook_receiver):
+    path = uuid.uuid4().hex
+    done = wadispatch("endpoint", "add", "--org", tenant.slug, "--url", f"https://hooks.test/ok/{path}", "--json",
+                      env=live.env)  # fmt: skip
+    secret = json.loads(done.stdout)["secret"]
+    message_id = api.send(tenant, tenant.new_lead(), "Tomorrow", sendAt=at(3600)).json()["messageId"]
+
+    cancelled = api.http.delete(f"{FE}/messages/{message_id}", headers=tenant.auth)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["data"] == {"id": message_id, "status": "cancelled"}
+    assert api.message(tenant, message_id)["status"] == "cancelled"
+    again = api.http.delete(f"{FE}/messages/{message_id}", headers=tenant.auth)
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "NOT_CANCELLABLE" and again.json()["error"]["messageStatus"] == "cancelled"
+    (event,) = [Webhook(secret).verify(r.body, r.headers) for r in hook_receiver.wait_for(f"/ok/{path}", 1)]
+    assert event["type"] == "message.cancelled" and event["data"]["messageId"] == message_id
+    assert sandbox.received(tenant.account.phone_number_id) == []
+
+
+def test_cancel_is_409_with_the_status_once_the_call_started_and_404_for_others(live, api, tenant):
+    message_id = api.send(tenant, tenant.new_lead(), "Now").json()["messageId"]
+    api.wait_for(tenant, message_id)
+    answer = api.http.delete(f"{FE}/messages/{message_id}", headers=tenant.auth)
+    assert answer.status_code == 409
+    assert answer.json()["error"]["messageStatus"] in ("sent", "delivered", "read")
+    assert api.http.delete(f"{FE}/messages/{uuid.uuid4()}", headers=tenant.auth).status_code == 404
+    bad = api.http.delete(f"{FE}/messages/not-a-uuid", headers=tenant.auth)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "VALIDATION_ERROR"
+
+
+def test_a_queued_message_of_a_paused_worker_is_cancelled_and_the_next_goes(stack, api, sandbox, tenant):
+    lead = tenant.new_lead()
+    with stack.paused():
+        first = api.send(tenant, lead, "first").json()["messageId"]
+        second = api.send(tenant, lead, "second").json()["messageId"]
+        assert api.http.delete(f"{FE}/messages/{first}", headers=tenant.auth).status_code == 200
+    assert api.wait_for(tenant, second)["status"] == "sent"
+    assert row(first).status == "cancelled"
+    (got,) = sandbox.received(tenant.account.phone_number_id)
+    assert got["body"]["text"]["body"] == "second"
+
+
+def test_an_expired_message_fails_expired_without_a_call(stack, api, sandbox, tenant):
+    with stack.paused():
+        message_id = api.send(tenant, tenant.new_lead(), "Your code is 1234", ttlSeconds=2).json()["messageId"]
+        expired = wait_status(message_id, ("failed",), timeout=15)  # the pacer's pass, no claim needed
+    assert expired.error_code == "EXPIRED" and expired.call_started_at is None
+    time.sleep(1)
+    assert row(message_id).status == "failed"
+    assert sandbox.received(tenant.account.phone_number_id) == []
+    shown = api.message(tenant, message_id)
+    assert shown["error"]["code"] == "EXPIRED" and shown["expiresAt"] is not None
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"sendAt": "2026-12-24T09:00:00"}, "sendAt"),
+        ({"expiresAt": "2020-01-01T00:00:00Z"}, "expiresAt"),
+        ({"ttlSeconds": 0}, "ttlSeconds"),
+        ({"campaign": ""}, "campaign"),
+    ],
+)
+def test_a_bad_schedule_is_a_400_naming_the_field(live, api, tenant, extra: dict[str, Any], field: str):
+    answer = api.send(tenant, tenant.new_lead(), "x", **extra)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "VALIDATION_ERROR" and error["details"][0]["field"] == field
+
+
+def test_a_campaign_is_counted_and_cancelled_through_a_batch(live, api, sandbox, tenant):
+    label = f"spring-{uuid.uuid4().hex[:6]}"
+    items = [
+        {"leadId": str(tenant.new_lead()), "whatsappAccountId": str(tenant.account.id), "message": f"offer {n}",
+         "campaign": label, "sendAt": at(3600)}
+        for n in range(3)
+    ]  # fmt: skip
+    batch = api.http.post(f"{FE}/send/batch", json={"messages": items}, headers=tenant.auth)
+    assert batch.status_code == 200, batch.text
+    counts = api.http.get(f"{FE}/campaigns/{label}", headers=tenant.auth).json()["data"]
+    assert counts == {"campaign": label, "total": 3, "byStatus": {"queued": 3}}
+    cancelled = api.http.post(f"{FE}/campaigns/{label}/cancel", json={}, headers=tenant.auth)
+    assert cancelled.status_code == 200 and cancelled.json()["data"] == {"campaign": label, "cancelled": 3}
+    counts = api.http.get(f"{FE}/campaigns/{label}", headers=tenant.auth).json()["data"]
+    assert counts["byStatus"] == {"cancelled": 3}
+    assert sandbox.received(tenant.account.phone_number_id) == []
+
+
+# ---- FlowIQ -------------------------------------------------------------------------------------
+
+
+def test_flowiq_answers_202_at_once_for_a_scheduled_send_and_cancels_it(live, api, sandbox, tenant):
+    headers = fiq_key(tenant)
+    phone = random_phone()
+    tenant.new_lead(phone=phone)
+    label = f"fiq-{uuid.uuid4().hex[:6]}"
+    body = {"phone_number": phone, "message_type": "text", "text": "Later", "send_at": at(3600), "campaign": label}
+    started = time.monotonic()
+    answer = api.http.post("/send-whatsapp", params={"tenantId": tenant.slug}, json=body, headers=headers)
+    assert answer.status_code == 202, answer.text
+    assert time.monotonic() - started < 2  # no wait for a worker's answer
+    message_id = answer.json()["data"]["id"]
+    assert answer.json()["data"]["status"] == "queued"
+
+    counts = api.http.get(f"/send-whatsapp/campaigns/{label}", params={"tenantId": tenant.slug}, headers=headers)
+    assert counts.json()["data"] == {"campaign": label, "total": 1, "by_status": {"queued": 1}}
+    gone = api.http.delete(f"/send-whatsapp/messages/{message_id}", params={"tenantId": tenant.slug}, headers=headers)
+    assert gone.status_code == 200 and gone.json()["data"] == {"message_id": message_id, "status": "cancelled"}
+    again = api.http.delete(f"/send-whatsapp/messages/{message_id}", params={"tenantId": tenant.slug}, headers=headers)
+    assert again.status_code == 409 and again.json()["status"] == "cancelled"
+    cancel = api.http.post(
+        f"/send-whatsapp/campaigns/{label}/cancel", params={"tenantId": tenant.slug}, json={}, headers=headers
+    )
+    assert cancel.json()["data"] == {"campaign": label, "cancelled": 0}
+    assert sandbox.received(tenant.account.phone_number_id) == []
+
+
+def test_flowiq_refuses_a_bad_schedule_in_its_envelope(live, api, tenant):
+    headers = fiq_key(tenant)
+    phone = random_phone()
+    tenant.new_lead(phone=phone)
+    body = {"phone_number": phone, "message_type": "text", "text": "x", "expires_at": "yesterday"}
+    answer = api.http.post("/send-whatsapp", params={"tenantId": tenant.slug}, json=body, headers=headers)
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "Invalid field" and answer.json()["message"].startswith("expires_at:")
+
+
+def test_a_broker_submission_is_scheduled_too(live, api, tenant):
+    from tests.worker.test_broker_intake import _submission
+    from wadispatch.client import Submitter
+
+    body = {"leadId": str(tenant.new_lead()), "whatsappAccountId": str(tenant.account.id), "message": "via broker",
+            "sendAt": at(3600), "campaign": "broker-spring"}  # fmt: skip
+    key = f"crm-{uuid.uuid4().hex}"
+    Submitter(live.env["WADISPATCH_REDIS_URL"], api_key=tenant.key).submit(
+        "flowestate", request=body, idempotency_key=key
+    )
+    data = _submission(api, tenant, key)
+    assert data["status"] == "accepted", data
+    message = row(data["messageId"])
+    assert message.send_at is not None and message.enqueued_at is None and message.campaign == "broker-spring"
+    assert api.message(tenant, data["messageId"])["campaign"] == "broker-spring"
