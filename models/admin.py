@@ -19,6 +19,8 @@ from models.contacts import insert_contact
 from models.crypto import encrypt_token
 from models.enums import AccountStatus, AccountType, KeyKind, MessageStatus, Scope, WindowPolicy
 from models.keys import announce_key_change_after_commit, generate_key, hash_key
+from models.opt_out import Source as OptOutSource
+from models.opt_out import set_opted_out
 from models.phones import normalize_e164, wa_id_of
 from models.tables import ApiKey, Contact, Message, Organization, WhatsappAccount
 from wadispatch.signing import public_id_of_digest
@@ -174,15 +176,12 @@ def create_contact(
 
 def set_contact_opt_out(session: Session, contact_id: uuid.UUID, *, opted_out: bool) -> Contact:
     """Opt a contact out (from now; intake refuses it and the worker fails what was queued for it)
-    or back in. Opting out again keeps the first opt-out's time."""
-    contact = session.get(Contact, contact_id)
-    if contact is None:
+    or back in. Opting out again keeps the first opt-out's time. A change is reported to the
+    organization's endpoints (``contact.opted_out`` / ``contact.opted_in``, source ``operator``)."""
+    if set_opted_out(session, contact_id, opted_out=opted_out, source=OptOutSource.OPERATOR) is None:
         raise AdminError(f"--id: no contact {contact_id}")
-    if not opted_out:
-        contact.opted_out_at = None
-    elif contact.opted_out_at is None:
-        contact.opted_out_at = func.now()
-    session.flush()
+    contact = session.get(Contact, contact_id)
+    assert contact is not None
     session.refresh(contact)
     return contact
 

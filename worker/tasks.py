@@ -32,6 +32,7 @@ from worker.celery_app import (
     enqueue_due_many,
     enqueue_send,
     enqueue_webhook,
+    hand_batch_to_broker,
 )
 from worker.delivery import Delivery
 from worker.engine import intake as engine_intake
@@ -175,6 +176,9 @@ def process_webhook(event_id: str) -> str:
         metrics.safely(partial(_count_updates, kind, count))
     for message_id in processed.successors:
         enqueue_due(message_id)
+    if processed.replies:
+        # Accepted like any send: if the broker is unreachable the sweeper hands them over later.
+        hand_batch_to_broker(processed.replies, new_from=None)
     if processed.retry_in_s is not None:
         enqueue_webhook(uuid.UUID(event_id), countdown_s=processed.retry_in_s)
     summary = ", ".join(f"{name} {count}" for name, count in sorted(processed.counts.items()))

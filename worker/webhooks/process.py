@@ -19,8 +19,9 @@ from models import lifecycle
 from models.meta_status import read_status
 from models.tables import Conversation, Message, WebhookEvent
 from worker.webhooks.envelope import Change, MalformedDelivery, read_delivery
-from worker.webhooks.inbound import find_senders, store_inbound
+from worker.webhooks.inbound import InboundResult, find_senders, store_inbound
 from worker.webhooks.inbound_kinds import read_inbound
+from worker.webhooks.keywords import Keywords
 from worker.webhooks.routing import RoutedAccount, RouteRefusal, route
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ class Processed:
     successors: list[uuid.UUID] = field(default_factory=list)
     # Some statuses wait for their message's claim holder: process the delivery again after this long.
     retry_in_s: float | None = None
+    # Confirmations of opt-out and opt-in keywords, accepted in the delivery's transaction: hand
+    # them to the broker after commit.
+    replies: list[uuid.UUID] = field(default_factory=list)
 
 
 def process_event(
@@ -79,9 +83,14 @@ def process_event(
         processed.counts["inbound_malformed"] += malformed
     conversations.update((arrival.conversation, arrival.account.org_id) for arrival in found)
     lifecycle.lock_conversations(session, conversations)
+    keywords = Keywords(session)
     for arrival in found:
         result = store_inbound(session, arrival, webhook_event_id=event.id)
         processed.counts[f"inbound_{result.value}"] += 1
+        if result is InboundResult.STORED and (answered := keywords.answer(arrival)) is not None:
+            processed.counts[f"keyword_{answered.answer.value}"] += 1
+            if answered.reply_id is not None:
+                processed.replies.append(answered.reply_id)
     deferred = _apply_statuses(session, event, statuses, processed)
     if deferred and event.tries < MAX_TRIES:
         event.deferred = deferred
