@@ -324,6 +324,32 @@ class MessageEvent(Base):
     created_at: Mapped[datetime] = _created_at()
 
 
+class MessagePricing(Base):
+    """What Meta said a message costs (its status webhooks' ``pricing``): one row per message and
+    pricing category, however often Meta repeats it (models/pricing.py)."""
+
+    __tablename__ = "message_pricing"
+    __table_args__ = (
+        UniqueConstraint("message_id", "category", name="uq_message_pricing_message_category"),
+        # `wadispatch usage`: an organization's month, per account and category, from the index alone.
+        Index("ix_message_pricing_usage", "org_id", "month", "account_id", "category", "billable"),
+        # Retention: the oldest rows first.
+        Index("ix_message_pricing_created", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("whatsapp_accounts.id", ondelete="CASCADE"))
+    message_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    category: Mapped[str] = mapped_column(String(40))
+    billable: Mapped[bool]
+    pricing_model: Mapped[str | None] = mapped_column(String(40))
+    pricing_type: Mapped[str | None] = mapped_column(String(40), comment="Meta's pricing.type")
+    month: Mapped[str] = mapped_column(String(7), comment="YYYY-MM (UTC) of the first status that carried it")
+    meta_timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _created_at()
+
+
 class WebhookEvent(Base):
     """One signed delivery from Meta, exactly as received (stored before it is answered 200), until
     a task has applied every update in it. Not a tenant's row: one delivery may carry updates for

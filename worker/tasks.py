@@ -159,6 +159,10 @@ def _count_updates(kind: str, count: int) -> None:
     metrics.WEBHOOK_UPDATES.labels(kind=kind).inc(count)
 
 
+def _count_priced(category: str, billable: bool, count: int) -> None:
+    metrics.PRICED_MESSAGES.labels(category=category, billable=str(billable).lower()).inc(count)
+
+
 @app.task(name=WEBHOOK_TASK, base=RetriedWhileDatabaseUnavailable, noun="webhook")
 def process_webhook(event_id: str) -> str:
     """Apply one stored webhook delivery (api_shim/meta_webhooks.py stored it)."""
@@ -174,6 +178,8 @@ def process_webhook(event_id: str) -> str:
         return "skipped: done or being applied"
     for kind, count in processed.counts.items():
         metrics.safely(partial(_count_updates, kind, count))
+    for (category, billable), count in processed.priced.items():
+        metrics.safely(partial(_count_priced, category, billable, count))
     for message_id in processed.successors:
         enqueue_due(message_id)
     if processed.replies:

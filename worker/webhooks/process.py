@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from models import lifecycle
 from models.meta_status import read_status
+from models.pricing import Priced, metric_category, read_pricing, record_pricing
 from models.tables import Conversation, Message, WebhookEvent
 from worker.webhooks.envelope import Change, MalformedDelivery, read_delivery
 from worker.webhooks.inbound import InboundResult, find_senders, store_inbound
@@ -41,6 +42,8 @@ class Processed:
     # Confirmations of opt-out and opt-in keywords, accepted in the delivery's transaction: hand
     # them to the broker after commit.
     replies: list[uuid.UUID] = field(default_factory=list)
+    # Messages newly counted per Meta's pricing (models/pricing.py), by (metric category, billable).
+    priced: Counter[tuple[str, bool]] = field(default_factory=Counter)
 
 
 def process_event(
@@ -193,11 +196,25 @@ def _apply_statuses(
     counts["status_duplicate"] += applied.duplicates
     counts["status_unknown"] += len(applied.unknown)
     processed.successors.extend(applied.successors)
+    _count_pricing(session, applied.matched, processed)
     deferred = []
     for addressed in applied.deferred:
         raw = dict(raw_of[id(addressed.report)])
         deferred.append({"phone_number_id": raw.pop("_phone_number_id"), "status": raw})
     return deferred
+
+
+def _count_pricing(
+    session: Session, matched: list[tuple[uuid.UUID, lifecycle.Addressed]], processed: Processed
+) -> None:
+    """Count what Meta says the matched messages cost, once per message and category."""
+    priced = [
+        Priced(addressed.org_id, addressed.account_id, message_id, addressed.report.at, pricing)
+        for message_id, addressed in matched
+        if (pricing := read_pricing(addressed.report.details)) is not None
+    ]
+    for category, billable in record_pricing(session, priced):
+        processed.priced[(metric_category(category), billable)] += 1
 
 
 def note_webhook_failure(session: Session, event_id: uuid.UUID, error: Exception, *, retry_cap_s: float) -> None:
