@@ -13,6 +13,7 @@ from cli.output import SINCE, emit, fail
 from models import admin
 from models.db import session_scope
 from models.enums import AccountStatus, KeyKind, MessageStatus, Scope, WindowPolicy
+from models.keywords import WordsError, parse_words
 from models.tables import ApiKey, Contact, Organization
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -55,19 +56,75 @@ def org_create(slug: str, name: str, provider: str, as_json: bool) -> None:
     type=click.Choice([p.value for p in WindowPolicy]),
     help="free-form messages outside the 24-hour window: send (Meta decides) or refuse at intake",
 )
+@click.option("--opt-out-words", help="the whole opt-out list, comma-separated (replaces it; '' for none)")
+@click.option("--add-opt-out-words", default="", help="opt-out words to add, comma-separated")
+@click.option("--remove-opt-out-words", default="", help="opt-out words to remove, comma-separated")
+@click.option("--opt-in-words", help="the whole opt-in list, comma-separated (replaces it; '' for none)")
+@click.option("--add-opt-in-words", default="", help="opt-in words to add, comma-separated")
+@click.option("--remove-opt-in-words", default="", help="opt-in words to remove, comma-separated")
+@click.option("--opt-out-reply", help="text sent to confirm an opt-out by keyword")
+@click.option("--clear-opt-out-reply", is_flag=True, help="send no confirmation of an opt-out")
+@click.option("--opt-in-reply", help="text sent to confirm an opt-in by keyword")
+@click.option("--clear-opt-in-reply", is_flag=True, help="send no confirmation of an opt-in")
 @json_option
 def org_update(
-    slug: str, quota: int | None, rate_limit: int | None, provider: str | None, window_policy: str | None, as_json: bool
+    slug: str,
+    quota: int | None,
+    rate_limit: int | None,
+    provider: str | None,
+    window_policy: str | None,
+    opt_out_words: str | None,
+    add_opt_out_words: str,
+    remove_opt_out_words: str,
+    opt_in_words: str | None,
+    add_opt_in_words: str,
+    remove_opt_in_words: str,
+    opt_out_reply: str | None,
+    clear_opt_out_reply: bool,
+    opt_in_reply: str | None,
+    clear_opt_in_reply: bool,
+    as_json: bool,
 ) -> None:
+    """Change an organization's settings; keyword lists are edited whole (--opt-out-words) or a
+    word at a time (--add-/--remove-), the whole list first."""
+    for reply, cleared, name in (
+        (opt_out_reply, clear_opt_out_reply, "opt-out"),
+        (opt_in_reply, clear_opt_in_reply, "opt-in"),
+    ):
+        if reply is not None and cleared:
+            fail(f"--{name}-reply and --clear-{name}-reply: choose one")
     try:
+        out_edit = _words_edit("opt-out", opt_out_words, add_opt_out_words, remove_opt_out_words)
+        in_edit = _words_edit("opt-in", opt_in_words, add_opt_in_words, remove_opt_in_words)
         with session_scope() as session:
             row = admin.update_org(
-                session, slug, quota=quota, rate_limit=rate_limit, provider=provider, window_policy=window_policy
+                session,
+                slug,
+                quota=quota,
+                rate_limit=rate_limit,
+                provider=provider,
+                window_policy=window_policy,
+                opt_out_words=out_edit,
+                opt_in_words=in_edit,
+                opt_out_reply=opt_out_reply,
+                opt_in_reply=opt_in_reply,
+                clear_opt_out_reply=clear_opt_out_reply,
+                clear_opt_in_reply=clear_opt_in_reply,
             )
             data = _org_data(row)
-    except admin.AdminError as exc:
+    except (admin.AdminError, WordsError) as exc:
         fail(str(exc))
     emit(data, as_json=as_json, human=f"organization {slug}: {data}")
+
+
+def _words_edit(name: str, whole: str | None, add: str, remove: str) -> admin.WordsEdit | None:
+    if whole is None and not add and not remove:
+        return None
+    return admin.WordsEdit(
+        replace=None if whole is None else parse_words(whole, f"--{name}-words"),
+        add=parse_words(add, f"--add-{name}-words"),
+        remove=parse_words(remove, f"--remove-{name}-words"),
+    )
 
 
 @org.command("list")
@@ -84,7 +141,7 @@ def org_list(as_json: bool) -> None:
 @click.option("--slug", required=True)
 @json_option
 def org_show(slug: str, as_json: bool) -> None:
-    """An organization's settings (quota, rate limit, provider, window policy)."""
+    """An organization's settings (quota, rate limit, provider, window policy, opt-out keywords)."""
     try:
         with session_scope() as session:
             data = _org_data(admin.org_by_slug(session, slug))
@@ -102,6 +159,10 @@ def _org_data(row: Organization) -> dict[str, Any]:
         "monthly_quota": row.monthly_quota,
         "rate_limit_per_minute": row.rate_limit_per_minute,
         "window_policy": row.window_policy,
+        "opt_out_words": list(row.opt_out_words),
+        "opt_in_words": list(row.opt_in_words),
+        "opt_out_reply": row.opt_out_reply,
+        "opt_in_reply": row.opt_in_reply,
     }
 
 

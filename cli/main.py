@@ -17,6 +17,7 @@ from cli import admin as admin_commands
 from cli import endpoints as endpoint_commands
 from cli import intake_credentials as intake_credential_commands
 from cli import prune as prune_commands
+from cli import usage as usage_commands
 from models import log_format, log_hygiene
 from models.settings import get_settings
 
@@ -394,6 +395,7 @@ cli.add_command(admin_commands.messages)
 cli.add_command(endpoint_commands.endpoint)
 cli.add_command(intake_credential_commands.intake_credential)
 cli.add_command(prune_commands.prune_command)
+cli.add_command(usage_commands.usage_command)
 
 
 def main() -> None:

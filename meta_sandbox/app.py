@@ -144,7 +144,8 @@ def create_app(latency_ms: float = 0.0, webhooks: WebhookConfig | None = None) -
         wamid = "wamid." + secrets.token_urlsafe(24)
         # Meta acts on a request when it arrives; the latency only delays the answer.
         state.record(phone_number_id, token, body, wamid)
-        emitter.after_send(phone_number_id, body, wamid)
+        category = templates.category_of(phone_number_id, body["template"]) if body.get("type") == "template" else None
+        emitter.after_send(phone_number_id, body, wamid, template_category=category)
         await _delay(state)
         return JSONResponse(
             {

@@ -57,6 +57,14 @@ class TemplateRegistry:
     def clear(self) -> None:
         self.templates.clear()
 
+    def category_of(self, phone_number_id: str, block: Any) -> str:
+        """The category of the template a send names (Meta's sample ``hello_world`` is a utility one)."""
+        if isinstance(block, dict) and isinstance(block.get("language"), dict):
+            key = (phone_number_id, str(block.get("name")), str(block["language"].get("code")))
+            if (template := self.templates.get(key)) is not None:
+                return template.category
+        return SAMPLE.category
+
     def check(self, phone_number_id: str, block: Any) -> Refusal | None:
         """Why Meta would refuse this ``template`` block from this number, or None."""
         if not isinstance(block, dict):

@@ -55,6 +55,19 @@ def signature(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def pricing_of(template_category: str | None, *, window_open: bool) -> dict[str, Any]:
+    """Meta's per-message pricing (since July 2025) for a message it accepted: a free-form message
+    (``template_category`` None) can only go inside the customer service window, where it is free
+    (``service``); a template is charged by its category (marketing, utility, authentication),
+    except a utility template inside an open window, which is free."""
+    if template_category is None:
+        return {"billable": False, "pricing_model": "PMP", "type": "free_customer_service", "category": "service"}
+    category = template_category.lower()
+    if category == "utility" and window_open:
+        return {"billable": False, "pricing_model": "PMP", "type": "free_customer_service", "category": category}
+    return {"billable": True, "pricing_model": "PMP", "type": "regular", "category": category}
+
+
 @dataclass
 class Update:
     """One item of a change's ``statuses[]`` or ``messages[]``, for one business number."""
@@ -131,8 +144,11 @@ class WebhookEmitter:
         wrote = self.windows.get((phone_number_id, wa_id))
         return wrote is not None and time.time() - wrote < self.config.window_s
 
-    def after_send(self, phone_number_id: str, body: dict[str, Any], wamid: str) -> None:
-        """Schedule the statuses Meta would report for a message it accepted."""
+    def after_send(
+        self, phone_number_id: str, body: dict[str, Any], wamid: str, template_category: str | None = None
+    ) -> None:
+        """Schedule the statuses Meta would report for a message it accepted (``template_category``:
+        the sent template's, as registered)."""
         if self.config.url is None:
             return
         recipient = str(body.get("to", "")).lstrip("+")
@@ -145,25 +161,22 @@ class WebhookEmitter:
             failed = base | {"status": "failed", "errors": [WINDOW_ERROR]}
             self._later(self.config.sent_delay_s or 0.0, phone_number_id, failed)
             return
+        pricing = pricing_of(template_category, window_open=self.window_open(phone_number_id, recipient))
         sent = base | {
             "status": "sent",
             "conversation": {
                 "id": secrets.token_hex(16),
                 "expiration_timestamp": str(int(time.time()) + 24 * 3600),
-                "origin": {"type": "service" if free_form else "utility"},
+                "origin": {"type": pricing["category"]},
             },
-            "pricing": {
-                "billable": not free_form,
-                "pricing_model": "PMP",
-                "type": "free_customer_service" if free_form else "regular",
-                "category": "service" if free_form else "utility",
-            },
+            "pricing": pricing,
         }
         self._later(self.config.sent_delay_s, phone_number_id, sent)
         if kind == "reaction":  # only `sent` ever follows a reaction
             return
-        self._later(self.config.delivered_delay_s, phone_number_id, base | {"status": "delivered"})
-        self._later(self.config.read_delay_s, phone_number_id, base | {"status": "read"})
+        # Meta repeats the pricing on every status of the message.
+        self._later(self.config.delivered_delay_s, phone_number_id, base | {"status": "delivered", "pricing": pricing})
+        self._later(self.config.read_delay_s, phone_number_id, base | {"status": "read", "pricing": pricing})
 
     def inbound(self, phone_number_id: str, message: dict[str, Any], contact: dict[str, Any]) -> None:
         """A user writes to the number: the window opens now, and Meta delivers the message."""

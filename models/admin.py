@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models import lifecycle
+from models import keywords, lifecycle
 from models.app_secrets import announce_app_secret_change_after_commit
 from models.contacts import insert_contact
 from models.crypto import encrypt_token
 from models.enums import AccountStatus, AccountType, KeyKind, MessageStatus, Scope, WindowPolicy
 from models.keys import announce_key_change_after_commit, generate_key, hash_key
+from models.opt_out import Source as OptOutSource
+from models.opt_out import set_opted_out
 from models.phones import normalize_e164, wa_id_of
 from models.tables import ApiKey, Contact, Message, Organization, WhatsappAccount
 from wadispatch.signing import public_id_of_digest
@@ -172,15 +176,12 @@ def create_contact(
 
 def set_contact_opt_out(session: Session, contact_id: uuid.UUID, *, opted_out: bool) -> Contact:
     """Opt a contact out (from now; intake refuses it and the worker fails what was queued for it)
-    or back in. Opting out again keeps the first opt-out's time."""
-    contact = session.get(Contact, contact_id)
-    if contact is None:
+    or back in. Opting out again keeps the first opt-out's time. A change is reported to the
+    organization's endpoints (``contact.opted_out`` / ``contact.opted_in``, source ``operator``)."""
+    if set_opted_out(session, contact_id, opted_out=opted_out, source=OptOutSource.OPERATOR) is None:
         raise AdminError(f"--id: no contact {contact_id}")
-    if not opted_out:
-        contact.opted_out_at = None
-    elif contact.opted_out_at is None:
-        contact.opted_out_at = func.now()
-    session.flush()
+    contact = session.get(Contact, contact_id)
+    assert contact is not None
     session.refresh(contact)
     return contact
 
@@ -277,8 +278,17 @@ def update_org(
     rate_limit: int | None,
     provider: str | None = None,
     window_policy: str | None = None,
+    opt_out_words: WordsEdit | None = None,
+    opt_in_words: WordsEdit | None = None,
+    opt_out_reply: str | None = None,
+    opt_in_reply: str | None = None,
+    clear_opt_out_reply: bool = False,
+    clear_opt_in_reply: bool = False,
 ) -> Organization:
     org = org_by_slug(session, slug)
+    if opt_out_words is not None or opt_in_words is not None:
+        # Read the lists as they are now, and hold them: two edits made at once both count.
+        session.refresh(org, with_for_update=True)
     if quota is not None:
         if quota < 0:
             raise AdminError("--quota: must be 0 or more units a month")
@@ -294,8 +304,46 @@ def update_org(
         if window_policy not in {p.value for p in WindowPolicy}:
             raise AdminError("--window-policy: must be send or refuse")
         org.window_policy = window_policy
+    _update_words(org, opt_out_words, opt_in_words)
+    for option, reply in (("--opt-out-reply", opt_out_reply), ("--opt-in-reply", opt_in_reply)):
+        if reply is not None:
+            _keywords_checked(keywords.check_reply, reply, option)
+    if opt_out_reply is not None or clear_opt_out_reply:
+        org.opt_out_reply = None if clear_opt_out_reply else opt_out_reply
+    if opt_in_reply is not None or clear_opt_in_reply:
+        org.opt_in_reply = None if clear_opt_in_reply else opt_in_reply
     session.flush()
     return org
+
+
+@dataclass(frozen=True)
+class WordsEdit:
+    """How `org update` changes one keyword list: the whole list (``replace``), then words added
+    and words removed (models/keywords.py ``edit_words``)."""
+
+    replace: list[str] | None = None
+    add: list[str] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+
+
+def _update_words(org: Organization, opt_out_words: WordsEdit | None, opt_in_words: WordsEdit | None) -> None:
+    out_words, in_words = list(org.opt_out_words), list(org.opt_in_words)
+    if (edit := opt_out_words) is not None:
+        out_words = keywords.edit_words(out_words, replace=edit.replace, add=edit.add, remove=edit.remove)
+    if (edit := opt_in_words) is not None:
+        in_words = keywords.edit_words(in_words, replace=edit.replace, add=edit.add, remove=edit.remove)
+    _keywords_checked(keywords.check_lists, out_words, in_words)
+    if out_words != org.opt_out_words:
+        org.opt_out_words = out_words
+    if in_words != org.opt_in_words:
+        org.opt_in_words = in_words
+
+
+def _keywords_checked(check: Callable[..., object], *args: Any) -> None:
+    try:
+        check(*args)
+    except keywords.WordsError as error:
+        raise AdminError(str(error)) from error
 
 
 def list_messages(

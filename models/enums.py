@@ -68,6 +68,11 @@ class SourceApi(StrEnum):
     OPERATOR = "operator"
     # Inbound messages: written by Meta's webhook.
     META = "meta"
+    # The confirmations the service itself sends when a contact writes an opt-out or opt-in word
+    # (models/opt_out.py). The opt-out one goes to a contact who has just opted out: it is the one
+    # message the send-time opt-out check lets through (worker/delivery.py).
+    OPT_OUT_REPLY = "opt_out_reply"
+    OPT_IN_REPLY = "opt_in_reply"
 
 
 class WindowPolicy(StrEnum):

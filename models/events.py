@@ -30,6 +30,8 @@ EVENT_TYPES = (
     "submission.rejected",
     "account.halted",
     "account.resumed",
+    "contact.opted_out",
+    "contact.opted_in",
 )
 SECRET_PREFIX = "whsec_"
 _HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*|[0-9a-f:.]+")

@@ -127,6 +127,12 @@ WEBHOOK_UPDATES = Counter(
     "Updates applied from Meta's webhooks, by kind (sent, delivered, read, failed, inbound, ...)",
     ["kind"],
 )
+PRICED_MESSAGES = Counter(
+    "wadispatch_priced_messages",
+    "Messages Meta priced in its status webhooks, counted once per message and pricing category, by "
+    "category (marketing, utility, authentication, service, ...; 'other' for one we do not know) and billable",
+    ["category", "billable"],
+)
 CALLBACK_DELIVERIES = Counter(
     "wadispatch_callback_deliveries",
     "Event callbacks to upstream endpoints, by result (delivered, retrying, gave_up)",

@@ -35,6 +35,10 @@ What each table keeps, and why (the rule is the WHERE clause beside it):
 - ``message_events`` (the status history): an event goes N days after it was written, unless its
   message is still pending (queued, retrying, sending: a scheduled or long-retried message keeps
   its whole history until it settles). Nothing reads events to decide a status.
+- ``message_pricing`` (what Meta said each message costs, one row per message and category): a
+  row goes N days after it was counted; `wadispatch usage` shows only the months still kept. A
+  status repeating a message's pricing after its row went would count the message again; Meta's
+  statuses of a message come within days of it, so keep the period well above that.
 - Message content (off unless ``WADISPATCH_RETENTION_MESSAGE_CONTENT_DAYS`` is set): a settled
   message (sent, delivered, read, failed, or received) older than N days keeps its status, wamid,
   errors and times, but its payload becomes ``{"type": ..., "content_cleared_at": ...}`` and its
@@ -87,6 +91,7 @@ class Policy:
     message_content_days: float | None
     idempotency_ttl_h: float
     batch: int
+    message_pricing_days: float | None = None
     pause_ratio: float = 0.0  # rest after each batch, in multiples of its statement's time
     vacuum: bool = False  # VACUUM (ANALYZE) the tables a run changed, at its end
 
@@ -100,6 +105,7 @@ class Policy:
             message_content_days=settings.retention_message_content_days,
             idempotency_ttl_h=settings.idempotency_ttl_h,
             batch=batch or settings.retention_batch,
+            message_pricing_days=settings.retention_message_pricing_days,
             pause_ratio=settings.retention_pause_ratio if pause_ratio is None else pause_ratio,
             vacuum=settings.retention_vacuum,
         )
@@ -181,6 +187,15 @@ MESSAGE_EVENTS = Rule(
         "created_at < :cutoff AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = message_events.message_id"
         f" AND m.status IN ({_PENDING_SQL}))"
     ),
+    order_by="created_at",
+    batch_sql=_DELETE_BATCH,
+)
+
+MESSAGE_PRICING = Rule(
+    name="message_pricing",
+    table="message_pricing",
+    keeps="priced messages counted within the period (the months `wadispatch usage` can show)",
+    where="created_at < :cutoff",
     order_by="created_at",
     batch_sql=_DELETE_BATCH,
 )
@@ -268,6 +283,7 @@ def planned(policy: Policy) -> list[tuple[Rule, float, timedelta]]:
         EVENT_DELIVERIES: policy.event_deliveries_days,
         IDEMPOTENCY_KEYS: policy.idempotency_keys_days,
         MESSAGE_EVENTS: policy.message_events_days,
+        MESSAGE_PRICING: policy.message_pricing_days,
         MESSAGE_CONTENT: policy.message_content_days,
         CONVERSATION_PREVIEWS: policy.message_content_days,
     }

@@ -203,6 +203,9 @@ class Settings(BaseSettings):
     retention_event_deliveries_days: float = Field(default=30, ge=0, description="callbacks delivered or given up")
     retention_idempotency_keys_days: float = Field(default=0, ge=0, description="past the key's TTL")
     retention_message_events_days: float = Field(default=180, ge=0, description="status history of settled messages")
+    # Meta's pricing per message (models/pricing.py): `wadispatch usage` counts the months still kept.
+    # About 13 months by default, so last year's same month can be compared.
+    retention_message_pricing_days: float = Field(default=400, ge=0, description="priced messages, for usage")
     # Off (None) by default: the text, captions, template parameters and media references of
     # settled messages older than this are cleared; status, wamid, errors and times stay.
     retention_message_content_days: float | None = Field(default=None, ge=0)

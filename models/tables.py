@@ -51,6 +51,16 @@ class Organization(Base):
     # The 24-hour window: 'send' lets Meta judge a free-form message (131047 arrives by webhook);
     # 'refuse' refuses one at intake when the contact's window is known to be closed.
     window_policy: Mapped[str] = mapped_column(String(8), server_default="send")
+    # A contact's text that is only one of these words opts them out / back in (models/keywords.py);
+    # the reply, when set, confirms it to them (a text message in the window their message opened).
+    opt_out_words: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), server_default=text("ARRAY['STOP', 'STOPALL', 'UNSUBSCRIBE', 'CANCEL', 'END', 'QUIT']::text[]")
+    )
+    opt_in_words: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), server_default=text("ARRAY['START', 'UNSTOP']::text[]")
+    )
+    opt_out_reply: Mapped[str | None] = mapped_column(Text)
+    opt_in_reply: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created_at()
 
 
@@ -115,6 +125,9 @@ class Contact(Base):
     name: Mapped[str | None] = mapped_column(String(200))
     opted_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     marketing_opted_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the opt-out last changed (a keyword message's own time, or an operator's change): an
+    # older keyword Meta delivers late does not undo a newer decision (models/opt_out.py).
+    opt_out_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_inbound_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _created_at()
 
@@ -324,6 +337,32 @@ class MessageEvent(Base):
     webhook_event_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("webhook_events.id", ondelete="SET NULL", name="fk_message_events_webhook_event_id")
     )
+    created_at: Mapped[datetime] = _created_at()
+
+
+class MessagePricing(Base):
+    """What Meta said a message costs (its status webhooks' ``pricing``): one row per message and
+    pricing category, however often Meta repeats it (models/pricing.py)."""
+
+    __tablename__ = "message_pricing"
+    __table_args__ = (
+        UniqueConstraint("message_id", "category", name="uq_message_pricing_message_category"),
+        # `wadispatch usage`: an organization's month, per account and category, from the index alone.
+        Index("ix_message_pricing_usage", "org_id", "month", "account_id", "category", "billable"),
+        # Retention: the oldest rows first.
+        Index("ix_message_pricing_created", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("whatsapp_accounts.id", ondelete="CASCADE"))
+    message_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    category: Mapped[str] = mapped_column(String(40))
+    billable: Mapped[bool]
+    pricing_model: Mapped[str | None] = mapped_column(String(40))
+    pricing_type: Mapped[str | None] = mapped_column(String(40), comment="Meta's pricing.type")
+    month: Mapped[str] = mapped_column(String(7), comment="YYYY-MM (UTC) of the first status that carried it")
+    meta_timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _created_at()
 
 

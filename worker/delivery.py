@@ -103,7 +103,8 @@ def pre_send_refusal(claim: Claim) -> _Refusal | None:
     """What the state of the world *now* forbids, though it was fine when the message was accepted."""
     if claim.expired:
         return _Refusal("EXPIRED", "The message expired (its expiresAt passed) before its call could start")
-    if claim.opted_out:
+    # The confirmation of an opt-out goes to a contact who has just opted out: it alone is let through.
+    if claim.opted_out and claim.source_api != SourceApi.OPT_OUT_REPLY:
         return _Refusal("OPTED_OUT", "The contact opted out of WhatsApp messages")
     if claim.account_status != AccountStatus.CONNECTED or not claim.phone_number_id or not claim.encrypted_token:
         return _Refusal("ACCOUNT_UNAVAILABLE", "The WhatsApp account is not connected")

@@ -32,6 +32,7 @@ from worker.celery_app import (
     enqueue_due_many,
     enqueue_send,
     enqueue_webhook,
+    hand_batch_to_broker,
 )
 from worker.delivery import Delivery
 from worker.engine import intake as engine_intake
@@ -158,6 +159,10 @@ def _count_updates(kind: str, count: int) -> None:
     metrics.WEBHOOK_UPDATES.labels(kind=kind).inc(count)
 
 
+def _count_priced(category: str, billable: bool, count: int) -> None:
+    metrics.PRICED_MESSAGES.labels(category=category, billable=str(billable).lower()).inc(count)
+
+
 @app.task(name=WEBHOOK_TASK, base=RetriedWhileDatabaseUnavailable, noun="webhook")
 def process_webhook(event_id: str) -> str:
     """Apply one stored webhook delivery (api_shim/meta_webhooks.py stored it)."""
@@ -173,8 +178,13 @@ def process_webhook(event_id: str) -> str:
         return "skipped: done or being applied"
     for kind, count in processed.counts.items():
         metrics.safely(partial(_count_updates, kind, count))
+    for (category, billable), count in processed.priced.items():
+        metrics.safely(partial(_count_priced, category, billable, count))
     for message_id in processed.successors:
         enqueue_due(message_id)
+    if processed.replies:
+        # Accepted like any send: if the broker is unreachable the sweeper hands them over later.
+        hand_batch_to_broker(processed.replies, new_from=None)
     if processed.retry_in_s is not None:
         enqueue_webhook(uuid.UUID(event_id), countdown_s=processed.retry_in_s)
     summary = ", ".join(f"{name} {count}" for name, count in sorted(processed.counts.items()))

@@ -40,6 +40,9 @@ class StatusApplication:
     unknown: list[Addressed]  # no message of that account has that wamid or id: kept in the raw row only
     deferred: list[Addressed]  # their message is being sent right now: to apply once it is written
     successors: list[uuid.UUID]  # next messages of conversations that a settled message no longer holds back
+    # Every report that found its message and was recorded (not deferred), with that message's id:
+    # what else a report tells (Meta's pricing, models/pricing.py) is read from these.
+    matched: list[tuple[uuid.UUID, Addressed]]
 
 
 # The columns a report may change (MessageState's fields) and the ones a "went out" clears.
@@ -111,6 +114,7 @@ def apply_meta_statuses(
 
     effects: dict[Effect, int] = {}
     deferred: list[Addressed] = []
+    matched: list[tuple[uuid.UUID, Addressed]] = []
     events: dict[tuple[uuid.UUID, str, datetime], dict[str, Any]] = {}
     changes: list[dict[str, Any]] = []
     thread: list[tuple[ConversationKey, dict[str, Any]]] = []
@@ -125,6 +129,7 @@ def apply_meta_statuses(
             if taken.effect == Effect.DEFERRED:
                 deferred.append(addressed_of[id(taken.report)])
             else:
+                matched.append((message_id, addressed_of[id(taken.report)]))
                 events.setdefault(
                     (message_id, taken.report.status.value, taken.report.at),
                     _event_row(row.org_id, message_id, taken) | {"webhook_event_id": webhook_event_id},
@@ -159,7 +164,7 @@ def apply_meta_statuses(
         for row in left_waiting
         if (successor := next_in_conversation(session, row.conversation_id, row.seq)) is not None
     ]
-    return StatusApplication(effects, duplicates, unknown, deferred, successors)
+    return StatusApplication(effects, duplicates, unknown, deferred, successors, matched)
 
 
 # Every report of a delivery in one statement: one array per column, unnested into rows (a

@@ -67,6 +67,7 @@ def test_prune_dry_run_then_prune(database_url: str):
         "event_deliveries": 30,
         "idempotency_keys": 0,
         "message_events": 180,
+        "message_pricing": 400,
     }
     assert tables["webhook_events"]["rows"] == 5
     assert _webhook_rows(database_url) == 7

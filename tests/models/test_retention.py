@@ -30,6 +30,7 @@ from models.tables import (
     IdempotencyKey,
     Message,
     MessageEvent,
+    MessagePricing,
     Organization,
     WebhookEvent,
 )
@@ -147,6 +148,22 @@ class World:
                 source="meta",
                 meta_timestamp=func.now() - age - uuid.uuid4().int % 1000 * timedelta(microseconds=1),
                 webhook_event_id=webhook_event_id,
+                created_at=func.now() - age,
+            )
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def priced(self, message_id: uuid.UUID, age: timedelta, category: str = "marketing") -> uuid.UUID:
+        with self.make.begin() as s:
+            row = MessagePricing(
+                org_id=self.org_id,
+                account_id=self.account_id,
+                message_id=message_id,
+                category=category,
+                billable=True,
+                month="2025-01",
+                meta_timestamp=func.now() - age,
                 created_at=func.now() - age,
             )
             s.add(row)
@@ -330,6 +347,18 @@ def test_message_events_go_after_their_period_unless_their_message_is_pending(wo
     assert old not in world.ids(MessageEvent)
     # Nothing about the messages changed.
     assert world.get(Message, settled).status == "read"
+
+
+def test_priced_messages_go_after_their_period(world: World):
+    message = world.message("read", age=500 * DAY)
+    old = world.priced(message, 400 * DAY + MINUTE)
+    inside = world.priced(message, 400 * DAY - MINUTE, category="utility")
+
+    report = prune(world.engine, policy(message_pricing_days=400))
+
+    assert rows_of(report, "message_pricing") == 1
+    assert world.ids(MessagePricing) == {inside} and old not in world.ids(MessagePricing)
+    assert world.get(Message, message).status == "read"
 
 
 # ---- dry run ---------------------------------------------------------------------------------

@@ -17,10 +17,12 @@ from sqlalchemy.orm import Session
 
 from models import lifecycle
 from models.meta_status import read_status
+from models.pricing import Priced, metric_category, read_pricing, record_pricing
 from models.tables import Conversation, Message, WebhookEvent
 from worker.webhooks.envelope import Change, MalformedDelivery, read_delivery
-from worker.webhooks.inbound import find_senders, store_inbound
+from worker.webhooks.inbound import InboundResult, find_senders, store_inbound
 from worker.webhooks.inbound_kinds import read_inbound
+from worker.webhooks.keywords import Keywords
 from worker.webhooks.routing import RoutedAccount, RouteRefusal, route
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,11 @@ class Processed:
     successors: list[uuid.UUID] = field(default_factory=list)
     # Some statuses wait for their message's claim holder: process the delivery again after this long.
     retry_in_s: float | None = None
+    # Confirmations of opt-out and opt-in keywords, accepted in the delivery's transaction: hand
+    # them to the broker after commit.
+    replies: list[uuid.UUID] = field(default_factory=list)
+    # Messages newly counted per Meta's pricing (models/pricing.py), by (metric category, billable).
+    priced: Counter[tuple[str, bool]] = field(default_factory=Counter)
 
 
 def process_event(
@@ -79,9 +86,14 @@ def process_event(
         processed.counts["inbound_malformed"] += malformed
     conversations.update((arrival.conversation, arrival.account.org_id) for arrival in found)
     lifecycle.lock_conversations(session, conversations)
+    keywords = Keywords(session)
     for arrival in found:
         result = store_inbound(session, arrival, webhook_event_id=event.id)
         processed.counts[f"inbound_{result.value}"] += 1
+        if result is InboundResult.STORED and (answered := keywords.answer(arrival)) is not None:
+            processed.counts[f"keyword_{answered.answer.value}"] += 1
+            if answered.reply_id is not None:
+                processed.replies.append(answered.reply_id)
     deferred = _apply_statuses(session, event, statuses, processed)
     if deferred and event.tries < MAX_TRIES:
         event.deferred = deferred
@@ -184,11 +196,25 @@ def _apply_statuses(
     counts["status_duplicate"] += applied.duplicates
     counts["status_unknown"] += len(applied.unknown)
     processed.successors.extend(applied.successors)
+    _count_pricing(session, applied.matched, processed)
     deferred = []
     for addressed in applied.deferred:
         raw = dict(raw_of[id(addressed.report)])
         deferred.append({"phone_number_id": raw.pop("_phone_number_id"), "status": raw})
     return deferred
+
+
+def _count_pricing(
+    session: Session, matched: list[tuple[uuid.UUID, lifecycle.Addressed]], processed: Processed
+) -> None:
+    """Count what Meta says the matched messages cost, once per message and category."""
+    priced = [
+        Priced(addressed.org_id, addressed.account_id, message_id, addressed.report.at, pricing)
+        for message_id, addressed in matched
+        if (pricing := read_pricing(addressed.report.details)) is not None
+    ]
+    for category, billable in record_pricing(session, priced):
+        processed.priced[(metric_category(category), billable)] += 1
 
 
 def note_webhook_failure(session: Session, event_id: uuid.UUID, error: Exception, *, retry_cap_s: float) -> None:
