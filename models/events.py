@@ -29,6 +29,7 @@ EVENT_TYPES = (
     "submission.rejected",
     "account.halted",
     "account.resumed",
+    "account.quality_changed",
 )
 SECRET_PREFIX = "whsec_"
 _HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*|[0-9a-f:.]+")

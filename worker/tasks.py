@@ -45,6 +45,8 @@ from worker.pacer import Pacer
 from worker.rate_limit import RateLimiter
 from worker.sweeper import oldest_waiting_enqueue, take_lost_by_broker, webhooks_left_behind
 from worker.task_base import RetriedWhileDatabaseUnavailable
+from worker.unusable_templates import MarketingTemplates, TemplateRef, UnusableTemplates
+from worker.webhooks.management import TemplateEffect
 from worker.webhooks.process import process_event
 
 log = logging.getLogger(__name__)
@@ -175,11 +177,40 @@ def process_webhook(event_id: str) -> str:
         metrics.safely(partial(_count_updates, kind, count))
     for message_id in processed.successors:
         enqueue_due(message_id)
+    if processed.template_effects:
+        _write_template_effects(processed.template_effects)
     if processed.retry_in_s is not None:
         enqueue_webhook(uuid.UUID(event_id), countdown_s=processed.retry_in_s)
     summary = ", ".join(f"{name} {count}" for name, count in sorted(processed.counts.items()))
     log.info("webhook %s: %s", event_id, summary or "nothing to apply")
     return summary
+
+
+@lru_cache(maxsize=1)
+def _templates_redis() -> redis.Redis:
+    return redis_from_url(get_settings().redis_url, purpose="templates")
+
+
+def _write_template_effects(effects: list[TemplateEffect]) -> None:
+    """Meta's template statuses, into the fast-fail and marketing memories (after the commit). A
+    Redis error is logged: the next send then learns it from Meta's answer instead."""
+    client = _templates_redis()
+    unusable = UnusableTemplates(client, get_settings().template_unusable_cache_s)
+    marketing = MarketingTemplates(client)
+    try:
+        for effect in effects:
+            for account_id in effect.account_ids:
+                ref = TemplateRef(account_id, effect.name, effect.language)
+                if effect.refused is not None:
+                    unusable.remember_reported(ref, effect.refused)
+                elif effect.usable:
+                    unusable.forget(ref)
+                if effect.marketing is True:
+                    marketing.remember(account_id, effect.name)
+                elif effect.marketing is False:
+                    marketing.forget(account_id, effect.name)
+    except redis.RedisError as fault:
+        log.warning("template statuses could not be remembered (%s)", type(fault).__name__)
 
 
 # Upstream submissions (worker/intake_task.py), when the intake shares the service's broker.
