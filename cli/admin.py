@@ -465,10 +465,15 @@ def portfolio_update(portfolio_id: str, messaging_limit: str | None, name: str |
         with session_scope() as session:
             limit = admin.UNCHANGED if messaging_limit is None else admin.messaging_limit_or_error(messaging_limit)
             row = admin.update_portfolio(session, _uuid(portfolio_id, "ID"), name=name, messaging_limit=limit)
+            released = list(session.info.get("released_messages", []))
             accounts = admin.portfolio_accounts(session, [row.id])[row.id]
-            data = _portfolio_data(row, accounts, _portfolio_use([row.id]).get(row.id))
+            data = _portfolio_data(row, accounts, _portfolio_use([row.id]).get(row.id)) | {"released": len(released)}
     except admin.AdminError as exc:
         fail(str(exc))
+    from worker.celery_app import enqueue_due
+
+    for message_id in released:  # after the commit: they waited for a place, and there is room now
+        enqueue_due(message_id)
     emit(data, as_json=as_json, human=_portfolio_line(data))
 
 

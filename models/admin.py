@@ -391,13 +391,20 @@ def update_portfolio(
         if not name.strip():
             raise AdminError("--name: must not be empty")
         portfolio.name = name.strip()[:200]
+    released: list[uuid.UUID] = []
     if messaging_limit is not UNCHANGED:
         assert messaging_limit is None or isinstance(messaging_limit, int)
+        before = portfolio.messaging_limit
         portfolio.messaging_limit = messaging_limit
         portfolio.limit_source = "operator"
         portfolio.limit_updated_at = func.now()
+        if before is not None and (messaging_limit is None or messaging_limit > before):
+            # Room for more users: what waited for a place asks again now.
+            session.flush()
+            released = lifecycle.release_limit_holds(session, portfolio.id)
     session.flush()
     session.refresh(portfolio)
+    session.info.setdefault("released_messages", []).extend(released)
     return portfolio
 
 

@@ -262,6 +262,9 @@ def sweep() -> dict[str, int]:
     with session_scope() as session:
         requeued = lifecycle.requeue_lost_claims(session, batch=settings.sweep_batch)
         uncertain = lifecycle.fail_uncertain_calls(session, batch=settings.sweep_batch)
+        released = lifecycle.release_holds(
+            session, service_window_h=settings.service_window_h, batch=settings.sweep_batch
+        )
         webhooks = webhooks_left_behind(session, grace_s=settings.requeue_after_s, batch=settings.sweep_batch)
         lost = (
             take_lost_by_broker(
@@ -272,8 +275,10 @@ def sweep() -> dict[str, int]:
         )
     for message_id in (*requeued, *lost):
         enqueue_send(message_id)
-    for message_id in uncertain.successors:
+    for message_id in (*uncertain.successors, *released):
         enqueue_due(message_id)
+    if released:
+        log.info("sweep: %d messages held for Meta's limits released: their contacts wrote", len(released))
     for event_id in webhooks:
         enqueue_webhook(event_id)
     if webhooks:
@@ -292,6 +297,7 @@ def sweep() -> dict[str, int]:
         "uncertain": len(uncertain.failed),
         "lost_by_broker": len(lost),
         "webhooks": len(webhooks),
+        "released_holds": len(released),
     }
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import distinct, func, select, update
 from sqlalchemy.orm import Session
 
+from models import lifecycle
 from models.lifecycle import CallError
 from models.tables import Portfolio, WhatsappAccount
 from worker.unusable_templates import normal_language
@@ -126,13 +127,23 @@ def template_effect(change: ManagementChange, account_ids: list[uuid.UUID]) -> T
 _NOT_DIGITS = re.compile(r"\D")
 
 
+@dataclass
+class ManagementApplied:
+    counts: Counter[str]
+    template_effects: list[TemplateEffect]
+    # Messages that waited for a place in a portfolio whose limit went up: hand over after commit.
+    released: list[uuid.UUID]
+
+
 def apply_management(
     session: Session, changes: list[ManagementChange], *, signed_by_org_id: uuid.UUID | None
-) -> tuple[Counter[str], list[TemplateEffect]]:
-    """Apply the delivery's management changes in the caller's transaction; the counts for the
-    delivery's outcome, and the template effects to write to Redis after the commit."""
+) -> ManagementApplied:
+    """Apply the delivery's management changes in the caller's transaction: the counts for the
+    delivery's outcome, the template effects to write to Redis and the messages to hand over,
+    both after the commit."""
     counts: Counter[str] = Counter()
     effects: list[TemplateEffect] = []
+    released: list[uuid.UUID] = []
     for change in changes:
         accounts = _accounts_of(session, change.waba_id, signed_by_org_id)
         if change.field == "message_template_status_update":
@@ -145,16 +156,16 @@ def apply_management(
                 effects.append(effect)
                 counts["template_status_applied"] += 1
         elif change.field == "phone_number_quality_update":
-            counts[_apply_quality(session, change, signed_by_org_id)] += 1
+            counts[_apply_quality(session, change, signed_by_org_id, released)] += 1
         elif change.field == "business_capability_update":
             limit = capability_limit(change.value)
             if isinstance(limit, _NoLimit):
                 counts["capability_without_limit"] += 1
-            elif _set_portfolio_limit(session, accounts, limit):
+            elif _set_portfolio_limit(session, accounts, limit, released):
                 counts["capability_applied"] += 1
             else:
                 counts["capability_unrouted"] += 1
-    return counts, effects
+    return ManagementApplied(counts, effects, released)
 
 
 def _accounts_of(session: Session, waba_id: str | None, signed_by_org_id: uuid.UUID | None) -> list[uuid.UUID]:
@@ -166,7 +177,9 @@ def _accounts_of(session: Session, waba_id: str | None, signed_by_org_id: uuid.U
     return list(session.scalars(query.order_by(WhatsappAccount.id)))
 
 
-def _apply_quality(session: Session, change: ManagementChange, signed_by_org_id: uuid.UUID | None) -> str:
+def _apply_quality(
+    session: Session, change: ManagementChange, signed_by_org_id: uuid.UUID | None, released: list[uuid.UUID]
+) -> str:
     value = change.value
     display = value.get("display_phone_number")
     event = value.get("event")
@@ -195,24 +208,36 @@ def _apply_quality(session: Session, change: ManagementChange, signed_by_org_id:
     )
     limit = capability_limit(value)
     if not isinstance(limit, _NoLimit):
-        _set_portfolio_limit(session, [account_id], limit)
+        _set_portfolio_limit(session, [account_id], limit, released)
     return "quality_applied"
 
 
-def _set_portfolio_limit(session: Session, account_ids: list[uuid.UUID], limit: int | None) -> bool:
+def _set_portfolio_limit(
+    session: Session, account_ids: list[uuid.UUID], limit: int | None, released: list[uuid.UUID]
+) -> bool:
     """Meta changed the portfolio's limit: the portfolios of these accounts take it (sends read
-    it with their claim: the next send uses it)."""
+    it with their claim: the next send uses it); when it went up, what waited for a place asks
+    again now."""
     if not account_ids:
         return False
-    portfolios = (
-        select(distinct(WhatsappAccount.portfolio_id))
-        .where(WhatsappAccount.id.in_(account_ids), WhatsappAccount.portfolio_id.is_not(None))
-        .scalar_subquery()
+    portfolio_ids = list(
+        session.scalars(
+            select(distinct(WhatsappAccount.portfolio_id)).where(
+                WhatsappAccount.id.in_(account_ids), WhatsappAccount.portfolio_id.is_not(None)
+            )
+        )
     )
-    changed = session.execute(
-        update(Portfolio)
-        .where(Portfolio.id.in_(portfolios))
-        .values(messaging_limit=limit, limit_source="meta", limit_updated_at=func.now())
-        .returning(Portfolio.id)
-    ).all()
-    return bool(changed)
+    changed = False
+    for portfolio_id in sorted(p for p in portfolio_ids if p is not None):
+        before = session.execute(
+            select(Portfolio.messaging_limit).where(Portfolio.id == portfolio_id).with_for_update()
+        ).scalar_one_or_none()
+        session.execute(
+            update(Portfolio)
+            .where(Portfolio.id == portfolio_id)
+            .values(messaging_limit=limit, limit_source="meta", limit_updated_at=func.now())
+        )
+        changed = True
+        if before is not None and (limit is None or limit > before):
+            released.extend(lifecycle.release_limit_holds(session, portfolio_id))
+    return changed

@@ -68,10 +68,10 @@ def process_event(
         changes = []
     if management:
         # Applied on the first try only (a later try replays the deferred statuses alone).
-        counts, processed.template_effects = apply_management(
-            session, management, signed_by_org_id=event.signed_by_org_id
-        )
-        processed.counts.update(counts)
+        applied = apply_management(session, management, signed_by_org_id=event.signed_by_org_id)
+        processed.counts.update(applied.counts)
+        processed.template_effects = applied.template_effects
+        processed.successors.extend(applied.released)
     # Every change's statuses are applied together: a few statements for the whole delivery.
     statuses: list[tuple[lifecycle.Addressed, dict[str, Any]]] = []
     routed: list[tuple[RoutedAccount, Change]] = []
