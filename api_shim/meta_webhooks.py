@@ -20,7 +20,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from api_shim import broker_handoff
@@ -31,7 +31,7 @@ from models.db import session_scope
 from models.settings import get_settings
 from models.tables import WebhookEvent, WhatsappAccount
 from worker.celery_app import enqueue_webhook
-from worker.webhooks.envelope import phone_number_ids
+from worker.webhooks.envelope import management_waba_ids, phone_number_ids
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +133,21 @@ def _signer(body: bytes, header: str | None) -> _Signer | None:
 def _account_signer(body: bytes, secret: str) -> _Signer | None:
     """The organization whose account, named in the delivery, holds ``secret`` as its own app
     secret, read from the accounts' rows now (a secret cleared since the cache read it signs for
-    nobody). A tenant's secret speaks only for its own numbers: a body it signs that names none
-    of them is refused, as before."""
+    nobody). A tenant's secret speaks only for its own numbers (or, for Meta's management
+    webhooks, its own WhatsApp Business Accounts): a body it signs that names none of them is
+    refused, as before."""
     numbers = phone_number_ids(body)
-    if not numbers:
+    wabas = management_waba_ids(body)
+    if not numbers and not wabas:
         return None
     with session_scope() as session:
         accounts = session.execute(
             select(WhatsappAccount.org_id, WhatsappAccount.app_secret_encrypted)
             .where(
-                WhatsappAccount.meta_phone_number_id.in_(sorted(numbers)),
+                or_(
+                    WhatsappAccount.meta_phone_number_id.in_(sorted(numbers)),
+                    WhatsappAccount.waba_id.in_(sorted(wabas)),
+                ),
                 WhatsappAccount.app_secret_encrypted.is_not(None),
             )
             # One organization, the same one each time, should two share a Meta app.

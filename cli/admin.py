@@ -312,27 +312,63 @@ def account_list(org_slug: str, as_json: bool) -> None:
     except admin.AdminError as exc:
         fail(str(exc))
     pauses = _pauses([r.id for r in rows])
-    accounts: list[dict[str, Any]] = [
-        {
-            "id": str(r.id),
-            "type": r.account_type,
-            "phone_number": r.phone_number,
-            "phone_number_id": r.meta_phone_number_id,
-            "status": r.status,
-            "halted_reason": r.halted_reason,
-            "mps": r.mps,
-            **pauses.get(r.id, {"paused_for_s": None, "breaker_openings": None}),
-        }
-        for r in rows
-    ]
-    human = "\n".join(
+    accounts = [_account_data(r, pauses) for r in rows]
+    human = "\n".join(_account_line(a) for a in accounts)
+    emit({"data": accounts}, as_json=as_json, human=human or "no accounts")
+
+
+@account.command("show")
+@click.option("--id", "account_id", required=True)
+@json_option
+def account_show(account_id: str, as_json: bool) -> None:
+    """One sender account: status, rate, pause, portfolio, WABA and Meta's quality report."""
+    from models.tables import WhatsappAccount
+
+    with session_scope() as session:
+        row = session.get(WhatsappAccount, _uuid(account_id, "--id"))
+        if row is None:
+            fail(f"--id: no WhatsApp account {account_id}")
+        assert row is not None
+        data = _account_data(row, _pauses([row.id]))
+    emit(data, as_json=as_json, human=_account_line(data))
+
+
+def _account_data(r: Any, pauses: dict[uuid.UUID, dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": str(r.id),
+        "org_id": str(r.org_id),
+        "type": r.account_type,
+        "phone_number": r.phone_number,
+        "phone_number_id": r.meta_phone_number_id,
+        "status": r.status,
+        "halted_reason": r.halted_reason,
+        "mps": r.mps,
+        "portfolio_id": str(r.portfolio_id) if r.portfolio_id else None,
+        "waba_id": r.waba_id,
+        "quality": {
+            "event": r.quality_event,
+            "current_limit": r.quality_limit,
+            "updated_at": r.quality_updated_at.isoformat() if r.quality_updated_at else None,
+        },
+        **pauses.get(r.id, {"paused_for_s": None, "breaker_openings": None}),
+    }
+
+
+def _account_line(a: dict[str, Any]) -> str:
+    quality = a["quality"]
+    return (
         f"{a['id']}  {a['phone_number'] or '-'}  {a['status']}  {a['mps']} mps"
         + (f"  halted: {a['halted_reason']}" if a["halted_reason"] else "")
         + (f"  paused {a['paused_for_s']:.1f} s" if a["paused_for_s"] else "")
         + (f"  breaker opened {a['breaker_openings']}x recently" if a["breaker_openings"] else "")
-        for a in accounts
+        + (f"  portfolio {a['portfolio_id']}" if a["portfolio_id"] else "")
+        + (f"  waba {a['waba_id']}" if a["waba_id"] else "")
+        + (
+            f"  quality {quality['event']} ({quality['current_limit'] or '-'}) since {quality['updated_at']}"
+            if quality["event"]
+            else ""
+        )
     )
-    emit({"data": accounts}, as_json=as_json, human=human or "no accounts")
 
 
 def _pauses(account_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
@@ -374,9 +410,20 @@ def _pauses(account_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
     type=click.Choice([AccountStatus.CONNECTED.value, AccountStatus.DISCONNECTED.value]),
     help="disconnected: intake refuses sends from it; connected: back in service, waiting messages handed over",
 )
+@click.option(
+    "--portfolio", "portfolio", help="the business portfolio whose messaging limit it shares (none: leave it)"
+)
+@click.option("--waba-id", help="Meta's WhatsApp Business Account id, named by its management webhooks (none: clear)")
 @json_option
 def account_update(
-    account_id: str, mps: int | None, app_secret: str | None, clear_app_secret: bool, status: str | None, as_json: bool
+    account_id: str,
+    mps: int | None,
+    app_secret: str | None,
+    clear_app_secret: bool,
+    status: str | None,
+    portfolio: str | None,
+    waba_id: str | None,
+    as_json: bool,
 ) -> None:
     """Change an account's settings; workers pick them up at the next send, no restart."""
     from worker.celery_app import enqueue_send
@@ -391,6 +438,8 @@ def account_update(
                 _uuid(account_id, "--id"),
                 mps=mps,
                 app_secret=admin.CLEAR if clear_app_secret else app_secret,
+                portfolio_id=_none_or(portfolio, lambda v: _uuid(v, "--portfolio")),
+                waba_id=_none_or(waba_id, str),
             )
             if status is not None:
                 waiting = admin.set_account_status(session, row.id, AccountStatus(status))
@@ -399,6 +448,8 @@ def account_update(
                 "mps": row.mps,
                 "status": row.status,
                 "own_app_secret": row.app_secret_encrypted is not None,
+                "portfolio_id": str(row.portfolio_id) if row.portfolio_id else None,
+                "waba_id": row.waba_id,
                 "requeued": len(waiting),
             }
     except admin.AdminError as exc:
@@ -406,6 +457,13 @@ def account_update(
     for message_id in waiting:  # after the commit
         enqueue_send(message_id)
     emit(data, as_json=as_json, human=f"account {account_id}: {data['status']}, {data['mps']} mps")
+
+
+def _none_or(value: str | None, parse: Any) -> Any:
+    """None: not given; the word ``none``: clear it (admin.CLEAR); else the parsed value."""
+    if value is None:
+        return None
+    return admin.CLEAR if value.strip().lower() == "none" else parse(value)
 
 
 @account.command("resume")
@@ -422,6 +480,121 @@ def account_resume(account_id: str, as_json: bool) -> None:
 def account_halt(account_id: str, as_json: bool) -> None:
     """Stop sending from an account; its queued messages wait."""
     _set_status(account_id, AccountStatus.HALTED, as_json)
+
+
+@click.group()
+def portfolio() -> None:
+    """Business portfolios: their numbers share Meta's messaging limit."""
+
+
+_LIMIT_HELP = (
+    "unique users reached outside their 24-hour window per moving 24 h: 250, 2000, 10000, 100000, or unlimited"
+)
+
+
+@portfolio.command("create")
+@click.option("--org", "org_slug", required=True)
+@click.option("--name", required=True)
+@click.option("--messaging-limit", default="250", show_default=True, help=_LIMIT_HELP)
+@json_option
+def portfolio_create(org_slug: str, name: str, messaging_limit: str, as_json: bool) -> None:
+    """Register a business portfolio (Meta starts a new one at 250); `account update --portfolio` joins it."""
+    try:
+        with session_scope() as session:
+            row = admin.create_portfolio(
+                session,
+                org=admin.org_by_slug(session, org_slug),
+                name=name,
+                messaging_limit=admin.messaging_limit_or_error(messaging_limit),
+            )
+            data = _portfolio_data(row, [], None)
+    except admin.AdminError as exc:
+        fail(str(exc))
+    emit(data, as_json=as_json, human=f"portfolio {data['id']} ({_limit_text(data['messaging_limit'])})")
+
+
+@portfolio.command("update")
+@click.argument("portfolio_id", metavar="ID")
+@click.option("--messaging-limit", help=_LIMIT_HELP)
+@click.option("--name")
+@json_option
+def portfolio_update(portfolio_id: str, messaging_limit: str | None, name: str | None, as_json: bool) -> None:
+    """Change a portfolio's limit (or name); the next send reads it, no restart."""
+    if messaging_limit is None and name is None:
+        fail("--messaging-limit or --name: say what to change")
+    try:
+        with session_scope() as session:
+            limit = admin.UNCHANGED if messaging_limit is None else admin.messaging_limit_or_error(messaging_limit)
+            row = admin.update_portfolio(session, _uuid(portfolio_id, "ID"), name=name, messaging_limit=limit)
+            released = list(session.info.get("released_messages", []))
+            accounts = admin.portfolio_accounts(session, [row.id])[row.id]
+            data = _portfolio_data(row, accounts, _portfolio_use([row.id]).get(row.id)) | {"released": len(released)}
+    except admin.AdminError as exc:
+        fail(str(exc))
+    from worker.celery_app import enqueue_due
+
+    for message_id in released:  # after the commit: they waited for a place, and there is room now
+        enqueue_due(message_id)
+    emit(data, as_json=as_json, human=_portfolio_line(data))
+
+
+@portfolio.command("list")
+@click.option("--org", "org_slug", help="only this organization's")
+@json_option
+def portfolio_list(org_slug: str | None, as_json: bool) -> None:
+    """Each portfolio: its limit, who set it, its accounts, and its use in the moving window now."""
+    try:
+        with session_scope() as session:
+            org_row = admin.org_by_slug(session, org_slug) if org_slug else None
+            rows = admin.list_portfolios(session, org=org_row)
+            accounts = admin.portfolio_accounts(session, [r.id for r in rows])
+            use = _portfolio_use([r.id for r in rows])
+            data = [_portfolio_data(r, accounts[r.id], use.get(r.id)) for r in rows]
+    except admin.AdminError as exc:
+        fail(str(exc))
+    emit({"data": data}, as_json=as_json, human="\n".join(_portfolio_line(p) for p in data) or "no portfolios")
+
+
+def _portfolio_use(portfolio_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """Users counted in the window now, from Redis; empty when Redis cannot be read (unknown)."""
+    import redis
+
+    from models.settings import get_settings
+    from worker.messaging_limit import MessagingLimits
+
+    settings = get_settings()
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        return MessagingLimits(client, settings.messaging_limit_window_s).used(portfolio_ids)
+    except redis.RedisError:
+        return {}
+    finally:
+        client.close()
+
+
+def _portfolio_data(row: Any, accounts: list[uuid.UUID], used: int | None) -> dict[str, Any]:
+    return {
+        "id": str(row.id),
+        "org_id": str(row.org_id),
+        "name": row.name,
+        "messaging_limit": row.messaging_limit,
+        "limit_source": row.limit_source,
+        "limit_updated_at": row.limit_updated_at.isoformat() if isinstance(row.limit_updated_at, datetime) else None,
+        "used": used,
+        "accounts": [str(a) for a in accounts],
+    }
+
+
+def _limit_text(limit: int | None) -> str:
+    return "unlimited" if limit is None else f"limit {limit:,} users / 24 h"
+
+
+def _portfolio_line(p: dict[str, Any]) -> str:
+    used = "?" if p["used"] is None else f"{p['used']:,}"
+    return (
+        f"{p['id']}  {p['name']}  {used} of {_limit_text(p['messaging_limit'])} (set by {p['limit_source']})"
+        f"  {len(p['accounts'])} accounts"
+    )
 
 
 @click.group()

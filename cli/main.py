@@ -382,14 +382,27 @@ def status(as_json: bool) -> None:
             f"oldest waiting: {oldest}",
             "halted        : " + (", ".join(a["id"] for a in now.halted_accounts) or "none"),
             "workers online: " + (", ".join(now.workers_online) or "none answered"),
+            "portfolios    : " + (", ".join(_portfolio_use(p) for p in now.portfolios) or "none"),
+            "quality       : "
+            + (
+                ", ".join(f"{a['id']} {a['event']} ({a['current_limit'] or '-'})" for a in now.account_quality)
+                or "none reported"
+            ),
         ]
     )
     emit(now.as_dict(), as_json=as_json, human=human)
 
 
+def _portfolio_use(p: dict[str, object]) -> str:
+    used = "?" if p["used"] is None else p["used"]
+    limit = "unlimited" if p["limit"] is None else p["limit"]
+    return f"{p['id']} {used}/{limit}"
+
+
 cli.add_command(admin_commands.org)
 cli.add_command(admin_commands.key)
 cli.add_command(admin_commands.account)
+cli.add_command(admin_commands.portfolio)
 cli.add_command(admin_commands.contact)
 cli.add_command(admin_commands.messages)
 cli.add_command(endpoint_commands.endpoint)

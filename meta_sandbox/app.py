@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import secrets
 import time
 from collections import Counter
@@ -13,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from meta_sandbox import portfolios as meta_limits
 from meta_sandbox.media_rules import kind_accepts, upload_problem
 from meta_sandbox.sample_media import SAMPLES
 from meta_sandbox.state import Fault, SandboxState
@@ -67,6 +69,39 @@ class InboundIn(BaseModel):
     context: dict[str, Any] | None = Field(default=None, description='{"id": <wamid replied to>}')
 
 
+class PortfolioIn(BaseModel):
+    portfolio_id: str = Field(min_length=1, max_length=64)
+    messaging_limit: int | None = Field(description="unique users per moving window; null: unlimited", gt=0)
+    phone_number_ids: list[str] = Field(default_factory=list)
+    window_s: float = Field(default=24 * 3600.0, gt=0, description="the moving window (24 h at Meta)")
+
+
+class MarketingLimitIn(BaseModel):
+    to: str = Field(pattern=r"^\d{6,20}$", description="the user's wa_id")
+    phone_number_id: str | None = Field(default=None, description="only sends from this number (default: all)")
+    count: int | None = Field(default=None, ge=1, description="marketing templates refused; null: until cleared")
+
+
+class TemplateStatusIn(BaseModel):
+    phone_number_id: str
+    name: str = Field(min_length=1, max_length=512)
+    language: str = Field(min_length=2, max_length=16)
+    event: str = Field(min_length=1, max_length=32, description="APPROVED, PAUSED, DISABLED, REJECTED, REINSTATED, ...")
+    reason: str | None = "NONE"
+    category: str | None = None
+
+
+class QualityIn(BaseModel):
+    phone_number_id: str
+    event: str = Field(min_length=1, max_length=32, description="FLAGGED, UNFLAGGED, UPGRADE, DOWNGRADE, ...")
+    current_limit: str | None = Field(default=None, description="TIER_250, TIER_2K, ... TIER_UNLIMITED")
+
+
+class CapabilityIn(BaseModel):
+    phone_number_id: str
+    messaging_limit: int = Field(description="the portfolio's new limit; -1: unlimited")
+
+
 class FaultIn(BaseModel):
     http_status: int = Field(ge=400, le=599)
     code: int | None = None
@@ -106,6 +141,8 @@ def create_app(latency_ms: float = 0.0, webhooks: WebhookConfig | None = None) -
     emitter = WebhookEmitter()
     emitter.config = webhooks or WebhookConfig()
     app.state.webhooks = emitter
+    limits = meta_limits.Limits()
+    app.state.limits = limits
 
     @app.post("/{version}/{phone_number_id}/messages")
     async def send(version: str, phone_number_id: str, request: Request) -> JSONResponse:
@@ -141,6 +178,9 @@ def create_app(latency_ms: float = 0.0, webhooks: WebhookConfig | None = None) -
                 400, 131056, "(Business Account, Consumer Account) pair rate limit hit",
                 details="Too many messages sent from this phone number to the same phone number in a short period",
             )  # fmt: skip
+        if refused := _limit_refusal(phone_number_id, body):
+            state.count_error(phone_number_id, _code_of(refused))
+            return refused
         wamid = "wamid." + secrets.token_urlsafe(24)
         # Meta acts on a request when it arrives; the latency only delays the answer.
         state.record(phone_number_id, token, body, wamid)
@@ -154,6 +194,102 @@ def create_app(latency_ms: float = 0.0, webhooks: WebhookConfig | None = None) -
                 "messages": [{"id": wamid}],
             }
         )
+
+    def _limit_refusal(phone_number_id: str, body: dict[str, Any]) -> JSONResponse | None:
+        """Meta's per-user marketing limit (131049), then the portfolio's messaging limit (131048)."""
+        if body.get("type") != "template":
+            return None
+        user = str(body.get("to", "")).lstrip("+")
+        category = templates.category(phone_number_id, body.get("template"))
+        if category == "MARKETING" and limits.marketing_capped(phone_number_id, user):
+            return meta_error(
+                400, meta_limits.MARKETING_CODE, meta_limits.MARKETING_TITLE, details=meta_limits.MARKETING_DETAILS
+            )
+        if emitter.window_open(phone_number_id, user):
+            return None  # inside the customer service window: not business-initiated
+        if (full := limits.business_initiated_ok(phone_number_id, user)) is not None:
+            details = meta_limits.LIMIT_DETAILS.format(limit=full.limit)
+            return meta_error(400, meta_limits.LIMIT_CODE, meta_limits.LIMIT_TITLE, details=details)
+        return None
+
+    @app.post("/_sandbox/portfolios")
+    async def register_portfolio(portfolio: PortfolioIn) -> dict[str, Any]:
+        """A business portfolio: these numbers share its messaging limit (131048 past it)."""
+        known = limits.portfolios.get(portfolio.portfolio_id)
+        limits.portfolios[portfolio.portfolio_id] = meta_limits.Portfolio(
+            portfolio.portfolio_id,
+            portfolio.messaging_limit,
+            set(portfolio.phone_number_ids),
+            portfolio.window_s,
+            reached=known.reached if known is not None else {},
+        )
+        return portfolio.model_dump()
+
+    @app.get("/_sandbox/portfolios")
+    async def list_portfolios() -> dict[str, Any]:
+        now = time.time()
+        items = [
+            {"portfolio_id": p.portfolio_id, "messaging_limit": p.limit, "phone_number_ids": sorted(p.numbers),
+             "used": p.used(now)}
+            for p in limits.portfolios.values()
+        ]  # fmt: skip
+        return {"data": items, "count": len(items)}
+
+    @app.post("/_sandbox/marketing_limit")
+    async def cap_user(cap: MarketingLimitIn) -> dict[str, Any]:
+        """This user has had their share of marketing messages: marketing templates get 131049."""
+        limits.capped[(cap.phone_number_id or "*", cap.to)] = cap.count
+        return cap.model_dump()
+
+    @app.delete("/_sandbox/marketing_limit")
+    async def uncap_users() -> dict[str, int]:
+        cleared = len(limits.capped)
+        limits.capped.clear()
+        return {"cleared": cleared}
+
+    @app.post("/_sandbox/webhooks/template_status")
+    async def template_status(update: TemplateStatusIn) -> dict[str, Any]:
+        """Meta changes a template's status: the sandbox's template follows (when it holds it) and a
+        message_template_status_update goes to the webhook URL."""
+        event = update.event.upper()
+        key = (update.phone_number_id, update.name, update.language.replace("-", "_"))
+        held = templates.templates.get(key)
+        status = {"APPROVED": "APPROVED", "REINSTATED": "APPROVED", "PAUSED": "PAUSED", "DISABLED": "DISABLED",
+                  "REJECTED": "REJECTED", "PENDING": "PENDING"}.get(event)  # fmt: skip
+        if held is not None and status is not None:
+            templates.register(held.model_copy(update={"status": status}))
+        value: dict[str, Any] = {
+            "event": event,
+            "message_template_id": int(hashlib.sha256(repr(key).encode()).hexdigest()[:12], 16),
+            "message_template_name": update.name,
+            "message_template_language": update.language,
+            "reason": update.reason,
+        }
+        category = update.category or (held.category if held is not None else None)
+        if category:
+            value["message_template_category"] = category
+        emitter.management(emitter.number(update.phone_number_id).waba_id, "message_template_status_update", value)
+        return value
+
+    @app.post("/_sandbox/webhooks/quality")
+    async def quality(update: QualityIn) -> dict[str, Any]:
+        """Meta reports a number's quality: a phone_number_quality_update goes to the webhook URL."""
+        info = emitter.number(update.phone_number_id)
+        value: dict[str, Any] = {"display_phone_number": info.display_phone_number, "event": update.event.upper()}
+        if update.current_limit is not None:
+            value["current_limit"] = update.current_limit
+        emitter.management(info.waba_id, "phone_number_quality_update", value)
+        return value
+
+    @app.post("/_sandbox/webhooks/capability")
+    async def capability(update: CapabilityIn) -> dict[str, Any]:
+        """Meta changes the portfolio's messaging limit: the sandbox's portfolio of that number takes
+        it, and a business_capability_update goes to the webhook URL."""
+        if (portfolio := limits.portfolio_of(update.phone_number_id)) is not None:
+            portfolio.limit = None if update.messaging_limit == -1 else update.messaging_limit
+        value = {"max_daily_conversations_per_business": update.messaging_limit, "max_phone_numbers_per_waba": 25}
+        emitter.management(emitter.number(update.phone_number_id).waba_id, "business_capability_update", value)
+        return value
 
     @app.post("/{version}/{phone_number_id}/media")
     async def upload_media(version: str, phone_number_id: str, request: Request) -> JSONResponse:
@@ -221,6 +357,8 @@ def create_app(latency_ms: float = 0.0, webhooks: WebhookConfig | None = None) -
         state.calls.clear()
         state.answered_errors.clear()
         state.limits.reset()
+        for portfolio in limits.portfolios.values():
+            portfolio.reached.clear()
         return {"cleared": cleared}
 
     @app.post("/_sandbox/accounts")
@@ -356,6 +494,10 @@ def create_app(latency_ms: float = 0.0, webhooks: WebhookConfig | None = None) -
         return {"status": "ok"}
 
     return app
+
+
+def _code_of(answer: JSONResponse) -> int:
+    return int(json.loads(bytes(answer.body))["error"]["code"])
 
 
 def _fault_response(fault: Fault) -> JSONResponse:

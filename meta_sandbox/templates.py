@@ -65,6 +65,13 @@ class TemplateRegistry:
                 return template.category
         return SAMPLE.category
 
+    def category(self, phone_number_id: str, block: Any) -> str | None:
+        """The category of the template a send names (None: unknown)."""
+        if not isinstance(block, dict) or not isinstance(block.get("language"), dict):
+            return None
+        template = self.templates.get((phone_number_id, str(block.get("name")), str(block["language"].get("code"))))
+        return template.category if template is not None else None
+
     def check(self, phone_number_id: str, block: Any) -> Refusal | None:
         """Why Meta would refuse this ``template`` block from this number, or None."""
         if not isinstance(block, dict):

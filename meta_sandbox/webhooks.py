@@ -186,6 +186,19 @@ class WebhookEmitter:
         if self.config.url is not None:
             self._enqueue(Update(phone_number_id, messages=[message], contacts=[contact]))
 
+    def management(self, waba_id: str, field_name: str, value: dict[str, Any]) -> None:
+        """A management webhook (a template's status, a number's quality, the portfolio's limit):
+        one change about the WhatsApp Business Account, delivered at once."""
+        if self.config.url is None:
+            return
+        document = {
+            "object": "whatsapp_business_account",
+            "entry": [{"id": waba_id, "time": int(time.time()), "changes": [{"field": field_name, "value": value}]}],
+        }
+        delivery = Delivery(len(self.deliveries) + 1, 1, json.dumps(document).encode())
+        self.deliveries.append(delivery)
+        self._spawn(self._deliver(delivery))
+
     def _later(self, delay_s: float | None, phone_number_id: str, status: dict[str, Any]) -> None:
         if delay_s is None:
             return

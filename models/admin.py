@@ -22,7 +22,7 @@ from models.keys import announce_key_change_after_commit, generate_key, hash_key
 from models.opt_out import Source as OptOutSource
 from models.opt_out import set_opted_out
 from models.phones import normalize_e164, wa_id_of
-from models.tables import ApiKey, Contact, Message, Organization, WhatsappAccount
+from models.tables import ApiKey, Contact, Message, Organization, Portfolio, WhatsappAccount
 from wadispatch.signing import public_id_of_digest
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
@@ -234,11 +234,30 @@ CLEAR = ""
 
 
 def update_account(
-    session: Session, account_id: uuid.UUID, *, mps: int | None, app_secret: str | None = None
+    session: Session,
+    account_id: uuid.UUID,
+    *,
+    mps: int | None,
+    app_secret: str | None = None,
+    portfolio_id: uuid.UUID | str | None = None,
+    waba_id: str | None = None,
 ) -> WhatsappAccount:
+    """``portfolio_id`` and ``waba_id``: None leaves them, CLEAR takes the account out of them."""
     account = session.get(WhatsappAccount, account_id)
     if account is None:
         raise AdminError(f"--id: no WhatsApp account {account_id}")
+    if portfolio_id == CLEAR:
+        account.portfolio_id = None
+    elif portfolio_id is not None:
+        portfolio = session.get(Portfolio, portfolio_id)
+        # Another organization's portfolio is refused exactly like one that does not exist.
+        if portfolio is None or portfolio.org_id != account.org_id:
+            raise AdminError(f"--portfolio: the account's organization has no portfolio {portfolio_id}")
+        account.portfolio_id = portfolio.id
+    if waba_id is not None:
+        if waba_id != CLEAR and not waba_id.isdigit():
+            raise AdminError("--waba-id: Meta's WhatsApp Business Account id is digits")
+        account.waba_id = waba_id or None
     if mps is not None:
         if mps < 1:
             raise AdminError("--mps: must be at least 1")
@@ -372,3 +391,86 @@ def list_messages(
         }
         for m in rows
     ]
+
+
+# ---- business portfolios and their messaging limit -----------------------------------------
+
+
+def messaging_limit_or_error(raw: str) -> int | None:
+    """``unlimited`` (None) or a positive number of unique users per 24 hours."""
+    if raw.strip().lower() == "unlimited":
+        return None
+    try:
+        limit = int(raw.replace(",", "").replace("_", ""))
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise AdminError(
+            "--messaging-limit: a positive number of users (Meta's: 250, 2000, 10000, 100000) or unlimited"
+        )
+    return limit
+
+
+def create_portfolio(session: Session, *, org: Organization, name: str, messaging_limit: int | None) -> Portfolio:
+    if not name.strip():
+        raise AdminError("--name: must not be empty")
+    portfolio = Portfolio(org_id=org.id, name=name.strip()[:200], messaging_limit=messaging_limit)
+    session.add(portfolio)
+    session.flush()
+    return portfolio
+
+
+def portfolio_by_id(session: Session, portfolio_id: uuid.UUID) -> Portfolio:
+    portfolio = session.get(Portfolio, portfolio_id)
+    if portfolio is None:
+        raise AdminError(f"ID: no portfolio {portfolio_id}")
+    return portfolio
+
+
+UNCHANGED = object()
+
+
+def update_portfolio(
+    session: Session, portfolio_id: uuid.UUID, *, name: str | None = None, messaging_limit: object = UNCHANGED
+) -> Portfolio:
+    """A limit set here is the operator's; Meta's business_capability_update sets it too."""
+    portfolio = portfolio_by_id(session, portfolio_id)
+    if name is not None:
+        if not name.strip():
+            raise AdminError("--name: must not be empty")
+        portfolio.name = name.strip()[:200]
+    released: list[uuid.UUID] = []
+    if messaging_limit is not UNCHANGED:
+        assert messaging_limit is None or isinstance(messaging_limit, int)
+        before = portfolio.messaging_limit
+        portfolio.messaging_limit = messaging_limit
+        portfolio.limit_source = "operator"
+        portfolio.limit_updated_at = func.now()
+        if before is not None and (messaging_limit is None or messaging_limit > before):
+            # Room for more users: what waited for a place asks again now.
+            session.flush()
+            released = lifecycle.release_limit_holds(session, portfolio.id)
+    session.flush()
+    session.refresh(portfolio)
+    session.info.setdefault("released_messages", []).extend(released)
+    return portfolio
+
+
+def list_portfolios(session: Session, *, org: Organization | None) -> list[Portfolio]:
+    query = select(Portfolio).order_by(Portfolio.created_at, Portfolio.id)
+    if org is not None:
+        query = query.where(Portfolio.org_id == org.id)
+    return list(session.scalars(query))
+
+
+def portfolio_accounts(session: Session, portfolio_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[uuid.UUID]]:
+    rows = session.execute(
+        select(WhatsappAccount.portfolio_id, WhatsappAccount.id)
+        .where(WhatsappAccount.portfolio_id.in_(portfolio_ids))
+        .order_by(WhatsappAccount.created_at)
+    ).all()
+    accounts: dict[uuid.UUID, list[uuid.UUID]] = {p: [] for p in portfolio_ids}
+    for portfolio_id, account_id in rows:
+        if portfolio_id is not None:
+            accounts[portfolio_id].append(account_id)
+    return accounts

@@ -89,6 +89,8 @@ class AttemptOutcome(StrEnum):
     HALTED = "halted"
     # The request may have reached Meta but no answer came back (timeout, worker lost).
     UNCERTAIN = "uncertain"
+    # Meta's per-user marketing limit (131049): the message waits for the contact's cool-off.
+    HELD = "held"
 
 
 class Scope(StrEnum):

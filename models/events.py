@@ -32,6 +32,7 @@ EVENT_TYPES = (
     "account.resumed",
     "contact.opted_out",
     "contact.opted_in",
+    "account.quality_changed",
 )
 SECRET_PREFIX = "whsec_"
 _HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*|[0-9a-f:.]+")

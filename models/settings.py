@@ -244,6 +244,13 @@ class Settings(BaseSettings):
     # same account at once, without calling Meta, for this long (0: ask Meta every time).
     template_unusable_cache_s: int = Field(default=600, ge=0)
 
+    # Meta's limits (worker/messaging_limit.py, worker/delivery.py): the moving window a
+    # portfolio's messaging limit counts unique users in, and the marketing cool-off after a 131049
+    # (the first lasts the base, each one after it twice the one before, up to the cap).
+    messaging_limit_window_s: float = Field(default=24 * 3600.0, gt=0)
+    marketing_cooloff_base_s: float = Field(default=24 * 3600.0, gt=0)
+    marketing_cooloff_cap_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+
     # The safe fetcher for users' media URLs.
     media_allow_http: bool = False
     media_connect_timeout_s: float = Field(default=5.0, gt=0)

@@ -80,6 +80,26 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class Portfolio(Base):
+    """Meta's business portfolio: its numbers share one messaging limit (unique users reached
+    outside their service window in a moving 24 hours)."""
+
+    __tablename__ = "portfolios"
+    __table_args__ = (
+        CheckConstraint("messaging_limit IS NULL OR messaging_limit > 0", name="portfolio_limit_positive"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # NULL: unlimited.
+    messaging_limit: Mapped[int | None] = mapped_column(Integer)
+    # Who set it last: 'operator' (the CLI) or 'meta' (a business_capability_update webhook).
+    limit_source: Mapped[str] = mapped_column(String(16), server_default="operator")
+    limit_updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = _created_at()
+
+
 class WhatsappAccount(Base):
     __tablename__ = "whatsapp_accounts"
     __table_args__ = (
@@ -103,6 +123,14 @@ class WhatsappAccount(Base):
     mps: Mapped[int] = mapped_column(Integer, server_default="80")
     # A tenant with its own Meta app: the secret its webhooks are signed with (Fernet, never plain).
     app_secret_encrypted: Mapped[str | None] = mapped_column(Text)
+    # The business portfolio whose messaging limit its business-initiated sends count against.
+    portfolio_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("portfolios.id", ondelete="SET NULL"), index=True)
+    # Meta's WhatsApp Business Account id: management webhooks (templates, capability) name it.
+    waba_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    # The last phone_number_quality_update: Meta's event (FLAGGED, UNFLAGGED, ...) and limit.
+    quality_event: Mapped[str | None] = mapped_column(String(32))
+    quality_limit: Mapped[str | None] = mapped_column(String(32))
+    quality_updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _created_at()
 
 
@@ -129,6 +157,11 @@ class Contact(Base):
     # older keyword Meta delivers late does not undo a newer decision (models/opt_out.py).
     opt_out_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_inbound_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Meta's per-user marketing limit (131049): marketing templates to the contact wait until
+    # ``marketing_cooloff_until``; the contact writing after ``marketing_cooloff_at`` ends it.
+    marketing_cooloff_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    marketing_cooloff_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    marketing_cooloffs: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = _created_at()
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from models import lifecycle
+from models.account_state import cooloff_running
 from models.crypto import decrypt_token
 from models.db import describe_database_error, run_in_transaction, run_single_statement, session_scope
 from models.enums import AccountStatus, SourceApi
@@ -36,6 +37,7 @@ from worker import shutdown
 from worker.backoff import compute_backoff
 from worker.breaker import Breaker
 from worker.media.pipeline import MediaId, get_media_pipeline, media_ref
+from worker.messaging_limit import MessagingLimits, counts_against_limit
 from worker.meta_client import MetaClient, SendResult, is_header_safe
 from worker.meta_errors import (
     MARKETING_OPT_OUT_CODE,
@@ -43,6 +45,7 @@ from worker.meta_errors import (
     DeliveryError,
     DeliveryUncertain,
     Final,
+    MarketingLimited,
     NotSent,
     PairThrottled,
     Retryable,
@@ -57,7 +60,7 @@ from worker.rate_limit import Pacing, RateLimiter
 from worker.retry_policy import RetryPolicy, is_throttled
 from worker.send_gate import CallRefused, SendGate, WaitInPostgres
 from worker.send_slots import SendSlots
-from worker.unusable_templates import TemplateRef, UnusableTemplates
+from worker.unusable_templates import MarketingTemplates, TemplateRef, UnusableTemplates
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +176,8 @@ class Delivery:
         self.breaker = breaker
         self.schedule = schedule
         self.unusable_templates = UnusableTemplates(limiter.client, settings.template_unusable_cache_s)
+        self.marketing_templates = MarketingTemplates(limiter.client)
+        self.messaging_limits = MessagingLimits(limiter.client, settings.messaging_limit_window_s)
         self.slots = SendSlots(limiter, inline_wait_s=settings.rate_inline_wait_s)
         self.gate = SendGate(limiter, inline_wait_s=settings.rate_inline_wait_s)
         self.retry = RetryPolicy.of(settings)
@@ -307,7 +312,43 @@ class Delivery:
         if template is not None and (unusable := self.unusable_templates.refusal(template)) is not None:
             # Meta said moments ago that this template is paused or disabled for this account.
             return self._fail_before_call(claim, unusable, Outcome.FAILED)
-        return None
+        if template is not None and (held := self._marketing_cooloff(claim, template)) is not None:
+            return held
+        return self._within_messaging_limit(claim)
+
+    def _marketing_cooloff(self, claim: Claim, template: TemplateRef) -> Settled | None:
+        """A marketing template to a contact Meta capped (131049) waits for the cool-off to end
+        (or for the contact to write: the sweeper hands it over then). Not an attempt."""
+        if not in_marketing_cooloff(claim) or not self.marketing_templates.is_marketing(template):
+            return None
+        assert claim.marketing_cooloff_until is not None
+        until = claim.marketing_cooloff_until
+        held = CallError(
+            lifecycle.MARKETING_COOLOFF_CODE,
+            "Held: the contact's marketing cool-off (Meta's per-user marketing limit)",
+            detail=f"Marketing templates to this contact wait until {until.isoformat(timespec='seconds')}, "
+            "or until the contact writes",
+            error_class="marketing_limited",
+        )
+        wait_s = max(0.0, (until - claim.db_now).total_seconds())
+        return self._hold(claim, held, wait_s)
+
+    def _within_messaging_limit(self, claim: Claim) -> Settled | None:
+        """A business-initiated send to a user its portfolio has not reached in the moving window
+        takes a place (worker/messaging_limit.py); with none left it waits for one. Not an attempt."""
+        if not counts_against_limit(claim, service_window_h=self.settings.service_window_h):
+            return None
+        assert claim.portfolio_id is not None and claim.messaging_limit is not None and claim.wa_id
+        (wait_s,) = self.messaging_limits.admit(claim.portfolio_id, claim.messaging_limit, [claim.wa_id])
+        if wait_s <= 0:
+            return None
+        return self._hold(claim, messaging_limit_hold(claim.messaging_limit, wait_s), wait_s)
+
+    def _hold(self, claim: Claim, held: CallError, wait_s: float) -> Settled:
+        log.info("message %s: held %.0f s (%s)", claim.message_id, wait_s, held.code)
+        back = lifecycle.GiveBack(wait_s=wait_s, held=held)
+        settled = Settled(Outcome.HELD, detail=held.code, error_class=held.error_class)
+        return self._record(claim, back, settled, lost_why="its lease ran out before it could wait")
 
     def _wait_for_slot(self, claim: Claim) -> Settled | float:
         """Wait here until just before a near send slot, and return the slot (Redis time); give the
@@ -510,6 +551,8 @@ class Delivery:
         if written and isinstance(error, TemplateUnusable):
             # After the write: a slow Redis here must not eat the lease the answer's write needs.
             self._remember_unusable(claim, call_error(error))
+        if written and isinstance(error, MarketingLimited):
+            self._remember_marketing(claim)
         log.info(
             "message %s attempt %d: %s (%s %s)",
             claim.message_id,
@@ -529,6 +572,10 @@ class Delivery:
         if isinstance(error, AccountBroken):
             halt = lifecycle.Halt(stored, reason=f"Meta error {error.error_code}: {error.title}")
             return halt, Outcome.ACCOUNT_HALTED
+        if isinstance(error, MarketingLimited) and self.retry.budget_left(claim, throttled=True):
+            s = self.settings
+            hold = lifecycle.Hold(stored, base_s=s.marketing_cooloff_base_s, cap_s=s.marketing_cooloff_cap_s)
+            return hold, Outcome.HELD
         if isinstance(error, DeliveryUncertain):
             uncertain = CallError(
                 lifecycle.DELIVERY_UNCERTAIN,
@@ -543,8 +590,9 @@ class Delivery:
             delay = self.retry.delay_s(claim, error)
             self._slow_down(claim, error, delay)
             return lifecycle.Retry(stored, delay_s=delay, throttled=throttled), Outcome.RETRYING
-        # Final errors, and retryable ones that used up their budget, keep Meta's code and title.
-        assert isinstance(error, Final | Retryable)
+        # Final errors, retryable ones that used up their budget (and holds past the throttled
+        # budget), keep Meta's code and title.
+        assert isinstance(error, Final | Retryable | MarketingLimited)
         failed = lifecycle.Fail(stored, attempted=True, marketing_opt_out=error.code == MARKETING_OPT_OUT_CODE)
         return failed, Outcome.FAILED
 
@@ -557,6 +605,16 @@ class Delivery:
         except redis.RedisError as fault:
             # Meta's answer still gets written; only the fast failure of the next sends is missed.
             log.warning("account %s: could not remember an unusable template (%s)", claim.account_id, fault)
+
+    def _remember_marketing(self, claim: Claim) -> None:
+        """Meta's 131049 only hits marketing templates: the cool-off holds this one from now on."""
+        template = TemplateRef.of_payload(claim.account_id, claim.payload)
+        if template is None:
+            return
+        try:
+            self.marketing_templates.remember(claim.account_id, template.name)
+        except redis.RedisError as fault:
+            log.warning("account %s: could not remember a marketing template (%s)", claim.account_id, fault)
 
     def _slow_down(self, claim: Claim, error: DeliveryError, pause_s: float) -> None:
         """Meta said too fast: the whole account pauses for every worker, then runs at half its
@@ -652,6 +710,26 @@ class Delivery:
     def _claim_lost(self, claim: Claim, why: str) -> Settled:
         log.warning("message %s: claim lost (%s); the sweeper settles it", claim.message_id, why)
         return Settled(Outcome.CLAIM_LOST)
+
+
+def in_marketing_cooloff(claim: Claim) -> bool:
+    return cooloff_running(
+        until=claim.marketing_cooloff_until,
+        began=claim.marketing_cooloff_at,
+        last_inbound_at=claim.last_inbound_at,
+        now=claim.db_now,
+    )
+
+
+def messaging_limit_hold(limit: int, wait_s: float) -> CallError:
+    """What a message waiting for its portfolio's messaging limit shows as its error."""
+    return CallError(
+        lifecycle.MESSAGING_LIMIT_CODE,
+        "Held: the business portfolio's messaging limit is reached",
+        detail=f"{limit:,} unique users outside their 24-hour window in a moving 24 hours; this one waits "
+        f"about {wait_s:.0f} s for a place (or until the contact writes)",
+        error_class="messaging_limit",
+    )
 
 
 def _media_id_refused(error: DeliveryError) -> bool:

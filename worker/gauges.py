@@ -18,8 +18,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import MISSING, dataclass, field
+from typing import Any, cast
 
 import redis
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -30,7 +30,14 @@ from models.db import session_scope
 from models.enums import AccountStatus
 from models.tables import WhatsappAccount
 from worker.rate_limit import RateLimiter
-from worker.system_status import halted_accounts, oldest_waiting_s, queue_depths, unsent_by_status, workers_online
+from worker.system_status import (
+    halted_accounts,
+    oldest_waiting_s,
+    portfolio_use,
+    queue_depths,
+    unsent_by_status,
+    workers_online,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,8 @@ class Snapshot:
     halted_accounts: list[str]
     paused_accounts: dict[str, float]  # account id -> seconds its pause has left
     workers_online: int
+    # portfolio id -> {"limit": users per 24 h or None (unlimited), "used": users counted now}
+    portfolios: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -66,8 +75,15 @@ class Snapshot:
         document = json.loads(raw)
         if not isinstance(document, dict):
             raise ValueError("not a snapshot")
+        fields = cls.__dataclass_fields__
         try:
-            return cls(**{name: document[name] for name in cls.__dataclass_fields__})
+            return cls(
+                **{
+                    name: document[name]
+                    for name, f in fields.items()
+                    if name in document or (f.default is MISSING and f.default_factory is MISSING)
+                }
+            )
         except KeyError as missing:
             raise ValueError(f"snapshot without {missing}") from None
 
@@ -81,6 +97,7 @@ def take_snapshot(client: redis.Redis) -> Snapshot:
         halted = [a["id"] for a in halted_accounts(session)]
         live = WhatsappAccount.status != AccountStatus.DISCONNECTED
         account_ids = list(session.scalars(select(WhatsappAccount.id).where(live).limit(MAX_ACCOUNTS_READ)))
+        portfolios = {p["id"]: {"limit": p["limit"], "used": p["used"]} for p in portfolio_use(session, client)}
     return Snapshot(
         taken_at=time.time(),
         queue_depths=queue_depths(),
@@ -89,6 +106,7 @@ def take_snapshot(client: redis.Redis) -> Snapshot:
         halted_accounts=halted,
         paused_accounts=_paused(client, account_ids),
         workers_online=len(workers_online()),
+        portfolios=portfolios,
     )
 
 
@@ -209,3 +227,20 @@ def _families(s: Snapshot) -> Iterator[Metric]:
     workers = GaugeMetricFamily("wadispatch_workers_online", "Worker nodes that answered a ping")
     workers.add_metric([], s.workers_online)
     yield workers
+    used = GaugeMetricFamily(
+        "wadispatch_portfolio_messaging_used",
+        "Unique users a portfolio reached outside their service window in the moving 24 hours",
+        labels=["portfolio_id"],
+    )
+    limit = GaugeMetricFamily(
+        "wadispatch_portfolio_messaging_limit",
+        "A portfolio's messaging limit (unique users per moving 24 hours; absent: unlimited)",
+        labels=["portfolio_id"],
+    )
+    for portfolio, figures in s.portfolios.items():
+        if figures.get("used") is not None:
+            used.add_metric([portfolio], figures["used"])
+        if figures.get("limit") is not None:
+            limit.add_metric([portfolio], figures["limit"])
+    yield used
+    yield limit

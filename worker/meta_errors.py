@@ -96,6 +96,15 @@ class TemplateUnusable(TemplateRefused):
     error_class = "template_unusable"
 
 
+class MarketingLimited(DeliveryError):
+    """Meta's per-user marketing limit (131049): this user has had their share of marketing
+    messages for now. Not a failure of the message: the contact's marketing templates wait (a
+    cool-off of a day, doubling on repeats) and this one is held until the cool-off ends or the
+    contact writes."""
+
+    error_class = "marketing_limited"
+
+
 class AccountBroken(DeliveryError):
     """The sender account cannot send at all: halt it and keep its messages waiting."""
 
@@ -126,7 +135,8 @@ FAMILIES: tuple[_Family, ...] = (
     _Family(Throttled, _codes(130429, 4, 80007, 133016)),
     _Family(PairThrottled, _codes(131056)),
     _Family(Transient, _codes(1, 2, 131000, 131016, 131053)),
-    _Family(LongPause, _codes(131048, 131049, 131064)),
+    _Family(LongPause, _codes(131048, 131064)),
+    _Family(MarketingLimited, _codes(131049)),
     _Family(
         Permanent,
         _codes(100, 131008, 131009, 131021, 131026, 131030, 131047, 131050, 131051, 131052),

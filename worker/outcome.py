@@ -16,6 +16,7 @@ class Outcome(StrEnum):
     SCHEDULED = "scheduled"  # waits in Postgres for its reserved send slot
     RATE_LIMITED = "rate-limited"  # waits in Postgres to ask for a slot again
     ACCOUNT_HALTED = "account-halted"  # waits for `account resume`
+    HELD = "held"  # waits in Postgres for one of Meta's limits: a marketing cool-off, the messaging limit
     GIVEN_BACK = "given-back"  # something broke before the call: back in the queue, not an attempt
     SKIPPED = "skipped"  # not claimed: done, claimed elsewhere, behind an earlier one, or not due
     CLAIM_LOST = "claim-lost"  # the claim's lease ran out under it; the sweeper settles the message

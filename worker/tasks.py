@@ -46,6 +46,8 @@ from worker.pacer import Pacer
 from worker.rate_limit import RateLimiter
 from worker.sweeper import oldest_waiting_enqueue, take_lost_by_broker, webhooks_left_behind
 from worker.task_base import RetriedWhileDatabaseUnavailable
+from worker.unusable_templates import MarketingTemplates, TemplateRef, UnusableTemplates
+from worker.webhooks.management import TemplateEffect
 from worker.webhooks.process import process_event
 
 log = logging.getLogger(__name__)
@@ -185,11 +187,40 @@ def process_webhook(event_id: str) -> str:
     if processed.replies:
         # Accepted like any send: if the broker is unreachable the sweeper hands them over later.
         hand_batch_to_broker(processed.replies, new_from=None)
+    if processed.template_effects:
+        _write_template_effects(processed.template_effects)
     if processed.retry_in_s is not None:
         enqueue_webhook(uuid.UUID(event_id), countdown_s=processed.retry_in_s)
     summary = ", ".join(f"{name} {count}" for name, count in sorted(processed.counts.items()))
     log.info("webhook %s: %s", event_id, summary or "nothing to apply")
     return summary
+
+
+@lru_cache(maxsize=1)
+def _templates_redis() -> redis.Redis:
+    return redis_from_url(get_settings().redis_url, purpose="templates")
+
+
+def _write_template_effects(effects: list[TemplateEffect]) -> None:
+    """Meta's template statuses, into the fast-fail and marketing memories (after the commit). A
+    Redis error is logged: the next send then learns it from Meta's answer instead."""
+    client = _templates_redis()
+    unusable = UnusableTemplates(client, get_settings().template_unusable_cache_s)
+    marketing = MarketingTemplates(client)
+    try:
+        for effect in effects:
+            for account_id in effect.account_ids:
+                ref = TemplateRef(account_id, effect.name, effect.language)
+                if effect.refused is not None:
+                    unusable.remember_reported(ref, effect.refused)
+                elif effect.usable:
+                    unusable.forget(ref)
+                if effect.marketing is True:
+                    marketing.remember(account_id, effect.name)
+                elif effect.marketing is False:
+                    marketing.forget(account_id, effect.name)
+    except redis.RedisError as fault:
+        log.warning("template statuses could not be remembered (%s)", type(fault).__name__)
 
 
 # Upstream submissions (worker/intake_task.py), when the intake shares the service's broker.
@@ -241,6 +272,9 @@ def sweep() -> dict[str, int]:
     with session_scope() as session:
         requeued = lifecycle.requeue_lost_claims(session, batch=settings.sweep_batch)
         uncertain = lifecycle.fail_uncertain_calls(session, batch=settings.sweep_batch)
+        released = lifecycle.release_holds(
+            session, service_window_h=settings.service_window_h, batch=settings.sweep_batch
+        )
         webhooks = webhooks_left_behind(session, grace_s=settings.requeue_after_s, batch=settings.sweep_batch)
         lost = (
             take_lost_by_broker(
@@ -251,8 +285,10 @@ def sweep() -> dict[str, int]:
         )
     for message_id in (*requeued, *lost):
         enqueue_send(message_id)
-    for message_id in uncertain.successors:
+    for message_id in (*uncertain.successors, *released):
         enqueue_due(message_id)
+    if released:
+        log.info("sweep: %d messages held for Meta's limits released: their contacts wrote", len(released))
     for event_id in webhooks:
         enqueue_webhook(event_id)
     if webhooks:
@@ -271,6 +307,7 @@ def sweep() -> dict[str, int]:
         "uncertain": len(uncertain.failed),
         "lost_by_broker": len(lost),
         "webhooks": len(webhooks),
+        "released_holds": len(released),
     }
 
 

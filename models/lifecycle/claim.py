@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, aliased
 
 from models.enums import CLAIMABLE, MessageStatus, status_in
 from models.lifecycle.conversation import behind_earlier
-from models.tables import Contact, Message, WhatsappAccount
+from models.tables import Contact, Message, Portfolio, WhatsappAccount
 
 _messages = cast(Table, Message.__table__)
 
@@ -85,6 +85,14 @@ class Claim:
     def expired(self) -> bool:
         """Expired by the database's clock at the claim (begin_call checks it again)."""
         return self.expires_at is not None and self.expires_at <= self.db_now
+
+    # What Meta's limits need to know, as they are now: the contact's 24-hour window and its
+    # marketing cool-off (131049), the account's portfolio and that portfolio's messaging limit.
+    last_inbound_at: datetime | None = None
+    marketing_cooloff_at: datetime | None = None
+    marketing_cooloff_until: datetime | None = None
+    portfolio_id: uuid.UUID | None = None
+    messaging_limit: int | None = None
 
     @property
     def lease_s(self) -> float:
@@ -146,10 +154,16 @@ def _with_account_and_contact(claimed: CTE) -> Select[Any]:
             WhatsappAccount.access_token_encrypted,
             Contact.wa_id,
             Contact.opted_out_at,
+            Contact.last_inbound_at,
+            Contact.marketing_cooloff_at,
+            Contact.marketing_cooloff_until,
+            WhatsappAccount.portfolio_id,
+            Portfolio.messaging_limit,
             func.now().label("db_now"),
         )
         .join(WhatsappAccount, WhatsappAccount.id == claimed.c.account_id)
         .join(Contact, Contact.id == claimed.c.contact_id)
+        .outerjoin(Portfolio, Portfolio.id == WhatsappAccount.portfolio_id)
     )
 
 
@@ -218,6 +232,11 @@ def _claim_of(row: Row[Any]) -> Claim:
         wa_id=row.wa_id,
         opted_out=row.opted_out_at is not None,
         expires_at=row.expires_at,
+        last_inbound_at=row.last_inbound_at,
+        marketing_cooloff_at=row.marketing_cooloff_at,
+        marketing_cooloff_until=row.marketing_cooloff_until,
+        portfolio_id=row.portfolio_id,
+        messaging_limit=row.messaging_limit,
     )
 
 

@@ -405,6 +405,39 @@ def record_failed(
     return True
 
 
+def record_hold(
+    session: Session, claim: Claim, error: CallError, *, base_s: float, cap_s: float, duration_ms: float | None = None
+) -> bool:
+    """Meta's per-user marketing limit (131049): the contact's marketing cool-off starts (or goes
+    on), and the message waits (``retrying``) until it ends — or until the contact writes (the
+    sweeper hands it over then). An attempt, on the throttled budget; the cool-off is its error."""
+    cooloff = account_state.start_marketing_cooloff(session, claim.contact_id, base_s=base_s, cap_s=cap_s)
+    detail = (
+        f"Held, not failed: Meta's per-user marketing limit. Marketing templates to this contact wait until "
+        f"{cooloff.until.isoformat(timespec='seconds')} (cool-off {cooloff.number} in a row), or until the "
+        "contact writes"
+    )
+    held = CallError(
+        error.code, error.title, detail, error.meta_code, error.http_status, error.error_class, error.response
+    )
+    if not update_held(
+        session,
+        claim,
+        status=MessageStatus.RETRYING,
+        throttled_attempts=Message.throttled_attempts + 1,
+        next_attempt_at=cooloff.until,
+        reserved_slot=None,
+        enqueued_at=None,
+        lease_expires_at=None,
+        meta_response=error.response,
+        **_stored_error(held),
+    ):
+        return False
+    _attempt(session, claim, AttemptOutcome.HELD, held, duration_ms)
+    thread_status(session, claim.conversation_id, claim.message_id, MessageStatus.RETRYING)
+    return True
+
+
 def record_halted(session: Session, claim: Claim, error: CallError, duration_ms: float | None = None) -> bool:
     """Meta says the sender cannot send: this message waits (queued) for `account resume`."""
     if not update_held(session, claim, status=MessageStatus.QUEUED, lease_expires_at=None, **_stored_error(error)):
@@ -447,10 +480,23 @@ class Halt:
 @dataclass(frozen=True)
 class GiveBack:
     """No call was made: the message goes back unsent, not an attempt. It is due again in
-    ``wait_s`` (at its reserved ``slot``, if any); with no wait it waits for `account resume`."""
+    ``wait_s`` (at its reserved ``slot``, if any); with no wait it waits for `account resume`.
+    ``held``: why it waits (the portfolio's messaging limit, a marketing cool-off), kept as its
+    error so the API shows it."""
 
     wait_s: float | None = None
     slot: float | None = None
+    held: CallError | None = None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Meta answered 131049 (per-user marketing limit): the contact's marketing cool-off, and the
+    message waits for its end (``record_hold``)."""
+
+    error: CallError
+    base_s: float
+    cap_s: float
 
 
 @dataclass(frozen=True)
@@ -461,7 +507,7 @@ class HaltBeforeCall:
     reason: str
 
 
-Decided = Retry | Fail | Halt | GiveBack | HaltBeforeCall
+Decided = Retry | Fail | Halt | GiveBack | HaltBeforeCall | Hold
 
 
 def record_outcome(session: Session, claim: Claim, decided: Decided) -> bool:
@@ -478,8 +524,11 @@ def record_outcome(session: Session, claim: Claim, decided: Decided) -> bool:
         case Halt(error, reason):
             account_state.halt_account(session, claim.account_id, reason)
             return record_halted(session, claim, error)
-        case GiveBack(wait_s, slot):
-            return give_back(session, claim, **_waiting(wait_s, slot))
+        case GiveBack(wait_s, slot, held):
+            shown = _stored_error(held) if held is not None else {}
+            return give_back(session, claim, **_waiting(wait_s, slot), **shown)
+        case Hold(error, base_s, cap_s):
+            return record_hold(session, claim, error, base_s=base_s, cap_s=cap_s)
         case HaltBeforeCall(reason):
             account_state.halt_account(session, claim.account_id, reason)
             return give_back(session, claim)

@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import and_, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.enums import AttemptOutcome, MessageStatus, status_in
 from models.lifecycle.conversation import ConversationKey, next_in_conversation, thread_status
 from models.lifecycle.transitions import NOT_WAITING
 from models.meta_status import DELIVERY_UNCERTAIN
-from models.tables import Message, MessageAttempt
+from models.tables import Contact, Message, MessageAttempt, WhatsappAccount
+
+# The codes a message held for one of Meta's limits waits under (see worker/delivery.py).
+MARKETING_COOLOFF_CODE = "131049"
+MESSAGING_LIMIT_CODE = "MESSAGING_LIMIT"
 
 
 def _expired_claims(call_started: bool, batch: int) -> Any:
@@ -143,3 +148,56 @@ def expire_waiting(session: Session, *, batch: int) -> ExpirySweep:
         if (successor := next_in_conversation(session, row.conversation_id, row.seq)) is not None:
             successors.append(successor)
     return ExpirySweep([row.id for row in rows], successors)
+
+
+def release_holds(session: Session, *, service_window_h: float, batch: int) -> list[uuid.UUID]:
+    """Messages held for a contact's marketing cool-off (131049) or for the portfolio's messaging
+    limit, whose contact has written since: the cool-off is over, and a message inside the open
+    24-hour window does not count against the limit. They are due now (not a status change: they
+    stay queued or retrying); returns their ids to hand over after commit."""
+    wrote = or_(
+        and_(
+            Message.error_code == MARKETING_COOLOFF_CODE,
+            Contact.last_inbound_at > Contact.marketing_cooloff_at,
+        ),
+        and_(
+            Message.error_code == MESSAGING_LIMIT_CODE,
+            Contact.last_inbound_at > func.now() - timedelta(hours=service_window_h),
+        ),
+    )
+    held = (
+        select(Message.id)
+        .join(Contact, Contact.id == Message.contact_id)
+        .where(
+            Message.status.in_((MessageStatus.QUEUED, MessageStatus.RETRYING)),
+            Message.enqueued_at.is_(None),
+            Message.next_attempt_at > func.now(),
+            wrote,
+        )
+        .limit(batch)
+        .with_for_update(of=Message, skip_locked=True)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        update(Message).where(Message.id.in_(held)).values(next_attempt_at=func.now()).returning(Message.id)
+    ).all()
+    return [row.id for row in rows]
+
+
+def release_limit_holds(session: Session, portfolio_id: uuid.UUID) -> list[uuid.UUID]:
+    """The portfolio's messaging limit went up (an operator, or Meta's business_capability_update):
+    the messages of its accounts waiting for a place are due now, to ask again (not a status
+    change). Returns their ids to hand over after commit."""
+    rows = session.execute(
+        update(Message)
+        .where(
+            Message.account_id.in_(select(WhatsappAccount.id).where(WhatsappAccount.portfolio_id == portfolio_id)),
+            Message.status.in_((MessageStatus.QUEUED, MessageStatus.RETRYING)),
+            Message.error_code == MESSAGING_LIMIT_CODE,
+            Message.enqueued_at.is_(None),
+            Message.next_attempt_at > func.now(),
+        )
+        .values(next_attempt_at=func.now())
+        .returning(Message.id)
+    ).all()
+    return [row.id for row in rows]

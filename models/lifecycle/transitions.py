@@ -46,13 +46,18 @@ TRANSITIONS: tuple[Transition, ...] = (
                "token matches, the lease has not run out and the message has not expired; marks the call "
                "started, renews the lease"),
     Transition("give back", (S.SENDING,), (S.QUEUED, S.RETRYING), Actor.CLAIM_HOLDER,
-               "token matches and its holder made no call; not an attempt (it may wait in Postgres)"),
+               "token matches and its holder made no call; not an attempt (it may wait in Postgres: for a "
+               "send slot, or held for the portfolio's messaging limit or the contact's marketing cool-off, "
+               "the reason kept as its error)"),
     Transition("sent", (S.SENDING,), (S.SENT,), Actor.CLAIM_HOLDER, "token matches; Meta answered with a wamid"),
     Transition("retry", (S.SENDING,), (S.RETRYING,), Actor.CLAIM_HOLDER,
                "token matches; a retryable answer with budget left"),
     Transition("fail", (S.SENDING,), (S.FAILED,), Actor.CLAIM_HOLDER,
                "token matches; a final answer, an exhausted budget, a lost answer, or a pre-send refusal "
                "(EXPIRED among them)"),
+    Transition("hold", (S.SENDING,), (S.RETRYING,), Actor.CLAIM_HOLDER,
+               "token matches; Meta answered 131049 (per-user marketing limit) with throttled budget left: "
+               "the contact's marketing cool-off starts, the message waits for its end; an attempt"),
     Transition("halt", (S.SENDING,), (S.QUEUED,), Actor.CLAIM_HOLDER,
                "token matches; Meta says the account cannot send: the message waits for `account resume`"),
     Transition("reconcile", (S.FAILED,), (S.SENT,), Actor.CLAIM_HOLDER,
@@ -66,6 +71,9 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition("cancel", (S.QUEUED, S.RETRYING, S.SENDING), (S.CANCELLED,), Actor.CALLER,
                "the caller's own message and no call started (a claim holder's token is cleared, so its "
                "begin call finds nothing); else 409 with the status it has"),
+    Transition("release hold", (S.QUEUED, S.RETRYING), (S.QUEUED, S.RETRYING), Actor.SWEEPER,
+               "held for a marketing cool-off or the messaging limit, and its contact wrote since: due now "
+               "(its status stays)"),
     Transition("operator retry", (S.FAILED,), (S.QUEUED,), Actor.OPERATOR,
                "failed; clears the token, so the old claim can change nothing; an event"),
     # Meta's status webhooks (worker/webhooks/statuses.py): every one is kept as an event first.

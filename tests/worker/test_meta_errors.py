@@ -3,6 +3,7 @@ import pytest
 from worker.meta_errors import (
     AccountBroken,
     LongPause,
+    MarketingLimited,
     PairThrottled,
     Permanent,
     TemplateRefused,
@@ -28,7 +29,7 @@ from worker.meta_errors import (
         (131016, Transient),
         (131053, Transient),
         (131048, LongPause),
-        (131049, LongPause),
+        (131049, MarketingLimited),
         (131064, LongPause),
         (100, Permanent),
         (131026, Permanent),

@@ -258,12 +258,13 @@ def test_pair_throttled_delays_only_that_recipient(live, api, sandbox, tenant):
 
 
 def test_long_pause_codes_fail_at_once(live, api, sandbox, tenant):
-    sandbox.fault(tenant.account.phone_number_id, 400, 131049, message="Per-user marketing limit")
+    # (131049, the per-user marketing limit, holds the message instead: tests/worker/test_meta_limits.py.)
+    sandbox.fault(tenant.account.phone_number_id, 400, 131048, message="Spam rate limit hit")
     message_id = send(api, tenant)
     data = api.wait_for(tenant, message_id)
-    assert data["status"] == "failed" and data["error"]["code"] == "131049" and data["attempts"] == 1
+    assert data["status"] == "failed" and data["error"]["code"] == "131048" and data["attempts"] == 1
     # The task ran to its end with that outcome: it made one call and scheduled none.
-    assert wait_for_outcome(live, message_id) == "failed:131049"
+    assert wait_for_outcome(live, message_id) == "failed:131048"
     assert sandbox.calls(tenant.account.phone_number_id) == 1
     assert [a.outcome for a in attempts_of(message_id)] == ["failed"]
 

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 
 from models import lifecycle
 from models.db import run_single_statement
+from worker.delivery import in_marketing_cooloff
 from worker.engine.marker import CallMarker
 from worker.engine.parts import Held, Parts, count_batch
 from worker.engine.plain import plain_request
 from worker.engine.sent_writer import SentWriter
+from worker.messaging_limit import counts_against_limit
 from worker.meta_client import MetaCall
 from worker.meta_errors import DeliveryError
 from worker.outcome import Outcome, Settled
@@ -159,6 +161,8 @@ class AccountLane:
             log.warning("account %s: templates could not be checked (%s)", self.account_id, type(fault).__name__)
             unusable = None
         plain = await self._plain(batch, unusable)
+        if plain:
+            plain = await self._within_messaging_limit(plain)
         if not plain:
             return
         try:
@@ -181,7 +185,9 @@ class AccountLane:
             claim = held.claim
             template = TemplateRef.of_payload(claim.account_id, claim.payload)
             request = None
-            if unusable is not None and (template is None or template not in unusable):
+            # A contact in a marketing cool-off: the single-message step decides whether it waits.
+            cooling = template is not None and in_marketing_cooloff(claim)
+            if unusable is not None and (template is None or template not in unusable) and not cooling:
                 request = plain_request(claim, tokens=self.parts.tokens, build=self.parts.meta.build_send)
             if request is None:
                 self._spawn(self.parts.settle_alone(held))
@@ -197,6 +203,30 @@ class AccountLane:
                 continue
             plain.append((held, request))
         return plain
+
+    async def _within_messaging_limit(self, plain: list[tuple[Held, MetaCall]]) -> list[tuple[Held, MetaCall]]:
+        """Business-initiated sends take their places in the portfolio's messaging limit, the
+        whole batch in one script; those that find none (or when Redis cannot say) go to the
+        single-message step, which makes them wait with the reason shown."""
+        window_h = self.parts.settings.service_window_h
+        counted = [p for p in plain if counts_against_limit(p[0].claim, service_window_h=window_h)]
+        if not counted:
+            return plain
+        first = counted[0][0].claim
+        assert first.portfolio_id is not None and first.messaging_limit is not None
+        portfolio, limit = first.portfolio_id, first.messaging_limit
+        users = [h.claim.wa_id or "" for h, _ in counted]
+        limits = self.parts.delivery.messaging_limits
+        try:
+            waits = await self.parts.blocking(lambda: limits.admit(portfolio, limit, users))
+        except Exception as fault:
+            log.warning("account %s: messaging limit unknown (%s)", self.account_id, type(fault).__name__)
+            waits = [1.0] * len(counted)
+        refused = {id(held) for (held, _), wait in zip(counted, waits, strict=True) if wait > 0}
+        for held, _ in counted:
+            if id(held) in refused:
+                self._spawn(self.parts.settle_alone(held))
+        return [p for p in plain if id(p[0]) not in refused]
 
     def _due(self, held: Held) -> None:
         self._later.pop(held.claim.message_id, None)

@@ -2,9 +2,10 @@
 
 A delivery is ``{"object": "whatsapp_business_account", "entry": [{"id": <WABA id>, "changes":
 [{"field": "messages", "value": {...}}]}]}``; each ``value`` belongs to one business phone number
-(``metadata.phone_number_id``) and holds ``contacts``, ``statuses`` and/or ``messages``. Anything
-else Meta may send on the same subscription (template status updates, account updates) is counted
-and left alone.
+(``metadata.phone_number_id``) and holds ``contacts``, ``statuses`` and/or ``messages``. Three
+management fields are read too (``MANAGEMENT_FIELDS``: a template's status, a number's quality, the
+portfolio's messaging limit), each naming the WhatsApp Business Account by ``entry.id``. Anything
+else Meta may send on the same subscription is counted and left alone.
 """
 
 from __future__ import annotations
@@ -58,11 +59,28 @@ class Change:
         return len(self.statuses) + len(self.messages)
 
 
+# Management webhooks wadispatch applies (worker/webhooks/management.py).
+MANAGEMENT_FIELDS = frozenset(
+    {"message_template_status_update", "phone_number_quality_update", "business_capability_update"}
+)
+
+
+@dataclass(frozen=True)
+class ManagementChange:
+    """One change of a management field: about a WhatsApp Business Account (``entry.id``), not
+    about one phone number's messages."""
+
+    field: str
+    waba_id: str | None
+    value: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class Delivery:
     changes: list[Change]
     # changes of other fields, or without a phone number id: kept in the raw row, not applied
     ignored: int
+    management: list[ManagementChange] = field(default_factory=list)
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:
@@ -78,11 +96,16 @@ def read_delivery(body: bytes) -> Delivery:
     if not isinstance(document, dict) or not isinstance(document.get("entry"), list):
         raise MalformedDelivery("no entry[] list")
     changes: list[Change] = []
+    management: list[ManagementChange] = []
     ignored = 0
     for entry in _dicts(document["entry"]):
         waba_id = entry.get("id")
         for change in _dicts(entry.get("changes")):
             value = change.get("value")
+            if change.get("field") in MANAGEMENT_FIELDS and isinstance(value, dict):
+                waba = str(waba_id) if waba_id not in (None, "") else None
+                management.append(ManagementChange(str(change["field"]), waba, value))
+                continue
             metadata = value.get("metadata") if isinstance(value, dict) else None
             number = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
             if change.get("field") != "messages" or not isinstance(value, dict) or number in (None, ""):
@@ -100,7 +123,16 @@ def read_delivery(body: bytes) -> Delivery:
                     messages=_dicts(value.get("messages")),
                 )
             )
-    return Delivery(changes, ignored)
+    return Delivery(changes, ignored, management)
+
+
+def management_waba_ids(body: bytes) -> set[str]:
+    """The WhatsApp Business Accounts a delivery's management changes speak for (to find an
+    account's own app secret); empty when the body cannot be read."""
+    try:
+        return {change.waba_id for change in read_delivery(body).management if change.waba_id is not None}
+    except MalformedDelivery:
+        return set()
 
 
 def phone_number_ids(body: bytes) -> set[str]:

@@ -23,6 +23,7 @@ from worker.webhooks.envelope import Change, MalformedDelivery, read_delivery
 from worker.webhooks.inbound import InboundResult, find_senders, store_inbound
 from worker.webhooks.inbound_kinds import read_inbound
 from worker.webhooks.keywords import Keywords
+from worker.webhooks.management import TemplateEffect, apply_management
 from worker.webhooks.routing import RoutedAccount, RouteRefusal, route
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class Processed:
     replies: list[uuid.UUID] = field(default_factory=list)
     # Messages newly counted per Meta's pricing (models/pricing.py), by (metric category, billable).
     priced: Counter[tuple[str, bool]] = field(default_factory=Counter)
+    # Template statuses Meta reported: the fast-fail memory to write in Redis after commit.
+    template_effects: list[TemplateEffect] = field(default_factory=list)
 
 
 def process_event(
@@ -59,12 +62,23 @@ def process_event(
         return None
     processed = Processed()
     event.tries += 1
+    management = []
     try:
-        changes = _deferred_changes(event.deferred) if event.deferred is not None else read_delivery(event.body).changes
+        if event.deferred is not None:
+            changes = _deferred_changes(event.deferred)
+        else:
+            delivery = read_delivery(event.body)
+            changes, management = delivery.changes, delivery.management
     except MalformedDelivery as exc:
         log.warning("webhook %s: not a WhatsApp delivery (%s); kept, not applied", event.id, exc)
         processed.counts["malformed_delivery"] += 1
         changes = []
+    if management:
+        # Applied on the first try only (a later try replays the deferred statuses alone).
+        applied = apply_management(session, management, signed_by_org_id=event.signed_by_org_id)
+        processed.counts.update(applied.counts)
+        processed.template_effects = applied.template_effects
+        processed.successors.extend(applied.released)
     # Every change's statuses are applied together: a few statements for the whole delivery.
     statuses: list[tuple[lifecycle.Addressed, dict[str, Any]]] = []
     routed: list[tuple[RoutedAccount, Change]] = []
