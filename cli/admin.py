@@ -13,6 +13,7 @@ from cli.output import SINCE, emit, fail
 from models import admin
 from models.db import session_scope
 from models.enums import AccountStatus, KeyKind, MessageStatus, Scope, WindowPolicy
+from models.quiet_hours import DEFAULT_ZONE, window_of
 from models.tables import ApiKey, Contact, Organization
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -55,14 +56,38 @@ def org_create(slug: str, name: str, provider: str, as_json: bool) -> None:
     type=click.Choice([p.value for p in WindowPolicy]),
     help="free-form messages outside the 24-hour window: send (Meta decides) or refuse at intake",
 )
+@click.option(
+    "--quiet-hours",
+    metavar="HH:MM-HH:MM|off",
+    help="hold bulk messages in this daily window of the recipient's local time (e.g. 21:00-08:00); off clears it",
+)
+@click.option(
+    "--timezone",
+    metavar="ZONE",
+    help="IANA zone (e.g. Europe/Madrid) for recipients whose number spans several zones or names none (default UTC)",
+)
 @json_option
 def org_update(
-    slug: str, quota: int | None, rate_limit: int | None, provider: str | None, window_policy: str | None, as_json: bool
+    slug: str,
+    quota: int | None,
+    rate_limit: int | None,
+    provider: str | None,
+    window_policy: str | None,
+    quiet_hours: str | None,
+    timezone: str | None,
+    as_json: bool,
 ) -> None:
     try:
         with session_scope() as session:
             row = admin.update_org(
-                session, slug, quota=quota, rate_limit=rate_limit, provider=provider, window_policy=window_policy
+                session,
+                slug,
+                quota=quota,
+                rate_limit=rate_limit,
+                provider=provider,
+                window_policy=window_policy,
+                quiet_hours=quiet_hours,
+                timezone=timezone,
             )
             data = _org_data(row)
     except admin.AdminError as exc:
@@ -84,7 +109,7 @@ def org_list(as_json: bool) -> None:
 @click.option("--slug", required=True)
 @json_option
 def org_show(slug: str, as_json: bool) -> None:
-    """An organization's settings (quota, rate limit, provider, window policy)."""
+    """An organization's settings (quota, rate limit, provider, window policy, quiet hours, zone)."""
     try:
         with session_scope() as session:
             data = _org_data(admin.org_by_slug(session, slug))
@@ -102,6 +127,8 @@ def _org_data(row: Organization) -> dict[str, Any]:
         "monthly_quota": row.monthly_quota,
         "rate_limit_per_minute": row.rate_limit_per_minute,
         "window_policy": row.window_policy,
+        "quiet_hours": str(window) if (window := window_of(row.quiet_hours_start, row.quiet_hours_end)) else None,
+        "timezone": row.default_timezone or DEFAULT_ZONE,
     }
 
 

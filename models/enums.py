@@ -62,6 +62,14 @@ class SourceApi(StrEnum):
     META = "meta"
 
 
+class Priority(StrEnum):
+    """How urgent a send is (issue 25): bulk goes only when no transactional message of its
+    account waits, and is held by the organization's quiet hours; transactional never is."""
+
+    TRANSACTIONAL = "transactional"
+    BULK = "bulk"
+
+
 class WindowPolicy(StrEnum):
     """What intake does with a free-form message to a contact outside the 24-hour window."""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session, aliased
 
 from models.enums import CLAIMABLE, MessageStatus, status_in
 from models.lifecycle.transitions import PENDING
-from models.tables import Contact, Message, WhatsappAccount
+from models.tables import Contact, Message, Organization, WhatsappAccount
 
 _messages = cast(Table, Message.__table__)
 
@@ -79,6 +79,16 @@ class Claim:
     encrypted_token: str | None
     wa_id: str | None
     opted_out: bool
+    # transactional or bulk (models/enums.Priority), and the organization's quiet hours for bulk
+    # (local wall times, or None) with the zone of recipients whose number names none.
+    priority: str = "transactional"
+    quiet_hours_start: time | None = None
+    quiet_hours_end: time | None = None
+    default_timezone: str | None = None
+
+    @property
+    def bulk(self) -> bool:
+        return self.priority == "bulk"
 
     @property
     def lease_s(self) -> float:
@@ -130,11 +140,13 @@ _CLAIMED_COLUMNS = (
     Message.attempts,
     Message.throttled_attempts,
     Message.claim_token,
+    Message.priority,
 )
 
 
 def _with_account_and_contact(claimed: CTE) -> Select[Any]:
-    """The claimed rows with their account and contact as they are *now*, and the database's clock."""
+    """The claimed rows with their account, contact and organization's quiet hours as they are
+    *now*, and the database's clock."""
     return (
         select(
             claimed,
@@ -144,10 +156,14 @@ def _with_account_and_contact(claimed: CTE) -> Select[Any]:
             WhatsappAccount.access_token_encrypted,
             Contact.wa_id,
             Contact.opted_out_at,
+            Organization.quiet_hours_start,
+            Organization.quiet_hours_end,
+            Organization.default_timezone,
             func.now().label("db_now"),
         )
         .join(WhatsappAccount, WhatsappAccount.id == claimed.c.account_id)
         .join(Contact, Contact.id == claimed.c.contact_id)
+        .join(Organization, Organization.id == claimed.c.org_id)
     )
 
 
@@ -215,6 +231,10 @@ def _claim_of(row: Row[Any]) -> Claim:
         encrypted_token=row.access_token_encrypted,
         wa_id=row.wa_id,
         opted_out=row.opted_out_at is not None,
+        priority=row.priority,
+        quiet_hours_start=row.quiet_hours_start,
+        quiet_hours_end=row.quiet_hours_end,
+        default_timezone=row.default_timezone,
     )
 
 
