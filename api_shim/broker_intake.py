@@ -38,7 +38,7 @@ from intake import idempotency
 from intake.callers import Caller, SignedKey, flowestate_caller, flowiq_caller
 from intake.errors import Accepted, ApiError, ErrorCode, FlowIQError, Refused, problems_of
 from intake.storable_text import text_rule
-from intake.store import INTAKE_CHANNEL
+from intake.store import INTAKE_CHANNEL, count_accepted
 from intake.submission_signature import SignatureRefusal, envelope_problem, max_age_s, verify
 from intake.usage import RateState, RequestUnit
 from models.db import get_sessionmaker
@@ -222,6 +222,7 @@ def _flowestate(session: Session, api_key: SignedKey, key: str, request: Any, me
         return _refused(result)
     for message_id in result.message_ids:
         hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE if result.new else None)
+    _count_waiting(result, SourceApi.FLOWESTATE)
     return Submitted(1, 0)
 
 
@@ -258,6 +259,7 @@ def _flowiq(
         if sent.new or _still_queued(session, message_id):
             # A repeat finds its message queued when the first try died before its enqueue.
             hand_to_broker(message_id, new_from=SourceApi.FLOWIQ if sent.new else None)
+    _count_waiting(sent, SourceApi.FLOWIQ)
     return Submitted(1, 0)
 
 
@@ -275,7 +277,15 @@ def _batch_handed_over(result: Accepted | Refused, surface: SourceApi) -> Submit
         raise _Rejected(str(result.code), result.message)
     if isinstance(result, Accepted):
         hand_batch_to_broker(list(result.message_ids), new_from=surface)
+        _count_waiting(result, surface)
     return _counted(result.body)
+
+
+def _count_waiting(result: Accepted, surface: SourceApi) -> None:
+    """Bulk messages just accepted wait in Postgres (the pacer's bulk feed hands them over): counted
+    as accepted, never handed to the broker here."""
+    if result.new:
+        count_accepted(surface, len(result.waiting))
 
 
 def _unit_of(caller: Caller) -> RequestUnit:

@@ -105,6 +105,9 @@ class Accepted:
     new: bool = True
     # The Idempotency-Key answered with what its first request made.
     replayed: bool = False
+    # Accepted bulk messages (committed with the rest): they wait in Postgres for the pacer's bulk
+    # feed, so the caller counts them (when new) and does not hand them to the broker.
+    waiting: Sequence[uuid.UUID] = ()
 
 
 def replayed(status: int, body: Mapping[str, Any], *, code: str, message: str) -> Accepted | Refused:

@@ -13,8 +13,10 @@ import phonenumbers
 from pydantic import ValidationError
 
 from intake.errors import FlowIQError, invalid, missing, rule_of
+from intake.priority import priority_problem
 from intake.storable_text import first_unstorable
 from intake.template_input import problem_of
+from models.enums import Priority
 from models.outbound import DEFAULT_REACTION, AnyOutbound, outbound_adapter
 
 FLOWIQ_TYPES = (
@@ -29,6 +31,7 @@ class FlowIQSend:
     wa_id: str  # digits, country code first
     message_type: str  # FlowIQ's name ("interactive" for buttons and lists)
     message: AnyOutbound
+    priority: str = Priority.TRANSACTIONAL.value  # transactional or bulk (intake/priority.py)
 
 
 def parse_send(body: Any) -> FlowIQSend:
@@ -50,6 +53,9 @@ def parse_send(body: Any) -> FlowIQSend:
     context = body.get("context_message_id")
     if context is not None and (not isinstance(context, str) or not context):
         raise invalid("context_message_id", "must be a WhatsApp message id (wamid) string")
+    priority = body.get("priority")
+    if rule := priority_problem(priority):
+        raise invalid("priority", rule)
     data, prefix = _canonical_input(body, message_type)
     if context:
         data["context_message_id"] = context
@@ -57,7 +63,9 @@ def parse_send(body: Any) -> FlowIQSend:
         message = outbound_adapter.validate_python(data)
     except ValidationError as exc:
         raise _translate(exc, message_type, prefix) from exc
-    return FlowIQSend(wa_id=wa_id, message_type=message_type, message=message)
+    return FlowIQSend(
+        wa_id=wa_id, message_type=message_type, message=message, priority=priority or Priority.TRANSACTIONAL.value
+    )
 
 
 def recipient_digits(raw: Any) -> str:

@@ -37,10 +37,12 @@ from api_shim.flowestate.routes import (
 from intake import idempotency
 from intake.callers import Caller
 from intake.errors import Accepted, ApiError, ErrorBody, ErrorCode, Refused, problems_of, replayed
+from intake.priority import hold_until
+from intake.store import count_accepted
 from intake.usage import quota_used_up, spend_units
 from models import lifecycle
 from models.db import get_sessionmaker
-from models.enums import Scope, SourceApi
+from models.enums import Priority, Scope, SourceApi
 from models.outbound import as_json, preview_of
 from models.tables import Contact, Organization, WhatsappAccount
 
@@ -108,6 +110,8 @@ async def send_batch(
         return respond(result)
     if result.message_ids:
         await hand_batch_over(list(result.message_ids), new_from=SourceApi.FLOWESTATE)
+    if result.new:
+        count_accepted(SourceApi.FLOWESTATE, len(result.waiting))  # bulk: the pacer's bulk feed hands them over
     return JSONResponse(dict(result.body), status_code=result.status)
 
 
@@ -140,7 +144,10 @@ def _check_and_persist(
     if taken is not None:
         idempotency.record_answer(session, taken, 200, answer)
     session.commit()
-    return Accepted([item.message_id for item in accepted], answer)
+    # Bulk messages wait in Postgres for the pacer's bulk feed; the rest go to the broker.
+    bulk = [item.message_id for item in accepted if item.priority == Priority.BULK]
+    now = [item.message_id for item in accepted if item.priority != Priority.BULK]
+    return Accepted(now, answer, waiting=bulk)
 
 
 def _check_items(
@@ -159,9 +166,14 @@ def _check_items(
     leads = _by_id(session, Contact, caller.org_id, {s.leadId for s in sends.values()})
     accounts = _by_id(session, WhatsappAccount, caller.org_id, {s.whatsappAccountId for s in sends.values()})
     org = session.execute(
-        select(Organization.window_policy, Organization.monthly_quota, func.now().label("now")).where(
-            Organization.id == caller.org_id
-        )
+        select(
+            Organization.window_policy,
+            Organization.monthly_quota,
+            Organization.quiet_hours_start,
+            Organization.quiet_hours_end,
+            Organization.default_timezone,
+            func.now().label("now"),
+        ).where(Organization.id == caller.org_id)
     ).one()
     ready: list[tuple[int, lifecycle.Accepted]] = []
     for n, send in sends.items():
@@ -177,6 +189,15 @@ def _check_items(
             message_type=message.type,
             payload=as_json(message),
             preview=preview_of(message),
+            priority=send.priority,
+            hold_until=hold_until(
+                send.priority,
+                wa_id=lead.wa_id,
+                quiet_hours_start=org.quiet_hours_start,
+                quiet_hours_end=org.quiet_hours_end,
+                default_timezone=org.default_timezone,
+                now=org.now,
+            ),
         )
         ready.append((n, accepted))
     granted = spend_units(session, caller.org_id, org.monthly_quota, len(ready))

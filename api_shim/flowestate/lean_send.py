@@ -64,10 +64,12 @@ from intake import idempotency
 from intake.callers import Caller
 from intake.errors import Accepted, ApiError, ErrorCode, Refused
 from intake.key_cache import KeyCache, KeyFacts
+from intake.priority import hold_until
+from intake.store import count_accepted
 from intake.usage import RequestUnit, current_month, quota_used_up, spend_unit, take_request_async, touch_key
 from models import async_db, lifecycle
 from models.db import get_engine, get_sessionmaker
-from models.enums import KeyKind, Scope, SourceApi
+from models.enums import KeyKind, Priority, Scope, SourceApi
 from models.outbound import AnyOutbound, as_json, preview_of
 from models.settings import get_settings
 from models.tables import Organization
@@ -92,10 +94,12 @@ _ORG_AND_UNIT = """org AS (
 _SPEND_UNIT = f"""WITH key_free AS (SELECT), {_ORG_AND_UNIT}
 SELECT (SELECT used FROM spent), (SELECT monthly_quota FROM org), (SELECT count(*) FROM touched)"""
 
-# What the checks read, in one row (none: the organization is gone).
+# What the checks read, in one row (none: the organization is gone): the checks' facts, then the
+# organization's quiet hours (a bulk message's due time).
 _READ_FACTS = """SELECT o.monthly_quota, o.window_policy, now(),
        l.id IS NOT NULL, l.opted_out_at, l.phone_e164, l.wa_id, l.last_inbound_at,
-       a.id IS NOT NULL, a.status, a.meta_phone_number_id
+       a.id IS NOT NULL, a.status, a.meta_phone_number_id,
+       o.quiet_hours_start, o.quiet_hours_end, o.default_timezone
 FROM organizations o
 LEFT JOIN contacts l ON l.id = %(lead_id)s AND l.org_id = o.id
 LEFT JOIN whatsapp_accounts a ON a.id = %(account_id)s AND a.org_id = o.id
@@ -251,7 +255,10 @@ async def accept_send(body: SendBody, facts: KeyFacts, idempotency_key: str | No
         _keys.touched(facts, now)
     if not stored:
         return await run_in_threadpool(_by_the_book, body, facts, idempotency_key)
-    await hand_over(message_id, new_from=SourceApi.FLOWESTATE)
+    if body.priority == Priority.BULK:
+        count_accepted(SourceApi.FLOWESTATE)  # it waits in Postgres: the pacer's bulk feed hands it over
+    else:
+        await hand_over(message_id, new_from=SourceApi.FLOWESTATE)
     return JSONResponse({"messageId": str(message_id)})
 
 
@@ -272,7 +279,7 @@ async def _store(params: dict[str, Any], message: AnyOutbound) -> tuple[bool, bo
             if conn.broken or conn.closed:
                 raise _DeadConnection from None
             raise
-        quota = _checks_pass(row, message) if row is not None else False
+        quota = _checks_pass(row, message, params) if row is not None else False
         if quota is False:
             await conn.rollback()
             return False, False
@@ -326,7 +333,7 @@ def _submitted(body: SendBody, caller: Caller, idempotency_key: str) -> Accepted
             conn.execute(_BOUND_LOCK_WAITS)
             cursor = conn.execute(_READ_FACTS, params)
         row = cursor.fetchone()
-        quota = _checks_pass(row, message) if row is not None else False
+        quota = _checks_pass(row, message, params) if row is not None else False
         if quota is False:
             conn.rollback()
             return None
@@ -353,6 +360,8 @@ def _submitted(body: SendBody, caller: Caller, idempotency_key: str) -> Accepted
         raw.close()
     if outcome != "stored":
         return None
+    if body.priority == Priority.BULK:
+        return Accepted(body={"messageId": str(message_id)}, waiting=(message_id,))
     return Accepted((message_id,), {"messageId": str(message_id)})
 
 
@@ -360,18 +369,31 @@ def _dead(conn: object) -> bool:
     return isinstance(conn, psycopg.Connection) and (conn.broken or conn.closed)
 
 
-def _checks_pass(row: tuple[Any, ...], message: AnyOutbound) -> int | Literal[False]:
+def _checks_pass(row: tuple[Any, ...], message: AnyOutbound, params: dict[str, Any]) -> int | Literal[False]:
     """False when a check refuses (the ORM path answers it, in order and kept with its key);
-    else the organization's quota (for the message of a 429)."""
-    (quota, window_policy, db_now, lead_found, *lead, account_found, status, phone_id) = row
+    else the organization's quota (for the message of a 429), with the message's due time (a bulk
+    message held by the recipient's quiet hours) written into the write's ``params``."""
+    (quota, window_policy, db_now, lead_found, *lead, account_found, status, phone_id) = row[:11]
+    quiet_start, quiet_end, default_timezone = row[11:]
+    lead_row = LeadRow(*lead) if lead_found else None
     refusal = send_refusal(
-        LeadRow(*lead) if lead_found else None,
+        lead_row,
         AccountRow(status, phone_id) if account_found else None,
         message,
         window_policy=window_policy,
         now=db_now,
     )
-    return False if refusal is not None else int(quota)
+    if refusal is not None:
+        return False
+    params["hold_until"] = hold_until(
+        params["priority"],
+        wa_id=lead_row.wa_id if lead_row else None,
+        quiet_hours_start=quiet_start,
+        quiet_hours_end=quiet_end,
+        default_timezone=default_timezone,
+        now=db_now,
+    )
+    return int(quota)
 
 
 def _quota_or(error: psycopg.Error, quota: int) -> Exception:
@@ -409,6 +431,8 @@ def _params(
         "type": message.type,
         "payload": Jsonb(as_json(message)),
         "source": SourceApi.FLOWESTATE.value,
+        "priority": body.priority,
+        "hold_until": None,  # _checks_pass sets it from what the read found
     }
 
 

@@ -28,13 +28,14 @@ from api_shim.openapi_docs import FLOWESTATE_BEARER
 from intake import idempotency
 from intake.callers import Caller
 from intake.errors import STATUS_OF, Accepted, ApiError, ErrorCode, Refused, field_rule_error, replayed
+from intake.priority import PRIORITY_DESCRIPTION, PriorityName, hold_until, is_default
 from intake.service_window import window_refusal
 from intake.storable_text import first_unstorable, text_rule
-from intake.store import persist_message
+from intake.store import count_accepted, persist_message
 from intake.template_input import TemplateInputError, flowestate_template_schema, template_from_flowestate
 from intake.usage import QuotaUsedUp, RequestUnit
 from models.db import get_sessionmaker
-from models.enums import AccountStatus, MessageStatus, Scope, SourceApi
+from models.enums import AccountStatus, MessageStatus, Priority, Scope, SourceApi
 from models.outbound import CAPTION_MAX, TEXT_MAX, AnyOutbound, MediaMessage, TemplateMessage, TextMessage
 from models.phones import is_valid_e164
 from models.settings import get_settings
@@ -111,6 +112,11 @@ class _LeadSend(BaseModel):
 
     leadId: uuid.UUID = Field(description="The lead to message; must belong to your organization.")
     whatsappAccountId: uuid.UUID = Field(description="The sending account id, from GET /whatsapp/accounts.")
+    # Left out of the body's Idempotency-Key fingerprint when it is the default, so a key taken
+    # before the field existed still matches the same body.
+    priority: PriorityName = Field(
+        default=Priority.TRANSACTIONAL.value, description=PRIORITY_DESCRIPTION, exclude_if=is_default
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -226,6 +232,7 @@ class MessageOut(BaseModel):
     id: uuid.UUID
     status: Literal["queued", "sending", "retrying", "sent", "delivered", "read", "failed", "received"]
     type: str
+    priority: PriorityName = Field(description="transactional or bulk, as the send asked")
     leadId: uuid.UUID
     whatsappAccountId: uuid.UUID
     wamid: str | None = Field(description="Meta's message id once sent")
@@ -327,7 +334,17 @@ def answer(result: Accepted | Refused) -> JSONResponse:
         return respond(result)
     for message_id in result.message_ids:
         hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE if result.new else None)
+    if result.new:
+        count_accepted(SourceApi.FLOWESTATE, len(result.waiting))
     return JSONResponse(dict(result.body), status_code=result.status)
+
+
+def accepted_one(message_id: uuid.UUID, priority: str) -> Accepted:
+    """A send's one new message: handed to the broker by the caller, or (bulk) left waiting in
+    Postgres for the pacer's bulk feed."""
+    if priority == Priority.BULK:
+        return Accepted(body=_answer_of(message_id), waiting=(message_id,))
+    return Accepted((message_id,), _answer_of(message_id))
 
 
 def _pay(session: Session, unit: RequestUnit) -> None:
@@ -397,9 +414,11 @@ def _send_once(
         return replayed(taken.status, taken.body, code=str(kept.get("code")), message=str(kept.get("message")))
     if isinstance(taken, idempotency.KeyOfMessage):
         again: tuple[uuid.UUID, ...] = ()
-        if session.scalar(select(Message.status).where(Message.id == taken.message_id)) == MessageStatus.QUEUED:
+        kept = session.execute(select(Message.status, Message.priority).where(Message.id == taken.message_id)).first()
+        if kept is not None and kept.status == MessageStatus.QUEUED and kept.priority != Priority.BULK:
             # The first request may have died between its commit and its enqueue: one more task
-            # is harmless (only one claim can win) and saves waiting for the sweeper.
+            # is harmless (only one claim can win) and saves waiting for the sweeper. (A bulk
+            # message was never enqueued: the pacer's bulk feed hands it over.)
             session.rollback()
             again = (taken.message_id,)
         return Accepted(again, _answer_of(taken.message_id), new=False, replayed=True)
@@ -411,7 +430,7 @@ def _send_once(
         raise
     idempotency.record_message(session, taken, message_id)
     session.commit()
-    return Accepted((message_id,), _answer_of(message_id))
+    return accepted_one(message_id, body.priority)
 
 
 def _send(body: SendBody, session: Session, caller: Caller, unit: RequestUnit) -> Accepted | Refused:
@@ -421,7 +440,7 @@ def _send(body: SendBody, session: Session, caller: Caller, unit: RequestUnit) -
         session.commit()  # a refusal's unit (past the quota there is nothing left to commit)
         return error.refused()
     session.commit()
-    return Accepted((message_id,), _answer_of(message_id))
+    return accepted_one(message_id, body.priority)
 
 
 def _answer_of(message_id: uuid.UUID) -> dict[str, Any]:
@@ -434,7 +453,7 @@ def _check_and_persist(
     """The pre-checks (each a clear 4xx), the request's unit (429 first), then the message, all in
     the session's transaction (not committed). A refusal is raised with its unit spent."""
     found = session.execute(
-        select(Contact, Organization.window_policy, func.now())
+        select(Contact, Organization, func.now())
         .join(Organization, Organization.id == Contact.org_id)
         .where(Contact.id == body.leadId, Contact.org_id == caller.org_id)
     ).one_or_none()
@@ -448,8 +467,8 @@ def _check_and_persist(
     if found is None:
         refusal: ApiError | None = ApiError(ErrorCode.NOT_FOUND, "Lead not found")
     else:
-        lead, window_policy, db_now = found
-        refusal = send_refusal(lead, account, message, window_policy=window_policy, now=db_now)
+        lead, org, db_now = found
+        refusal = send_refusal(lead, account, message, window_policy=org.window_policy, now=db_now)
     # Spent after the reads, before the writes, as on the lean path (intake/usage.py).
     _pay(session, unit)
     if refusal is not None:
@@ -463,6 +482,15 @@ def _check_and_persist(
         message=message,
         source=SourceApi.FLOWESTATE,
         idempotency_key=idempotency_key,
+        priority=body.priority,
+        hold_until=hold_until(
+            body.priority,
+            wa_id=lead.wa_id,
+            quiet_hours_start=org.quiet_hours_start,
+            quiet_hours_end=org.quiet_hours_end,
+            default_timezone=org.default_timezone,
+            now=db_now,
+        ),
     )
 
 
@@ -523,6 +551,7 @@ def get_message(
             id=m.id,
             status=m.status,  # type: ignore[arg-type]
             type=m.message_type,
+            priority=m.priority,  # type: ignore[arg-type]
             leadId=m.contact_id,
             whatsappAccountId=m.account_id,
             wamid=m.wamid,

@@ -42,10 +42,12 @@ from intake import idempotency
 from intake.callers import Caller
 from intake.errors import Accepted, FlowIQError, FlowIQErrorBody, Refused, invalid, missing
 from intake.flowiq_request import FlowIQSend, parse_send
+from intake.priority import hold_until
+from intake.store import count_accepted
 from intake.usage import quota_used_up, spend_units
 from models import lifecycle
 from models.db import get_sessionmaker
-from models.enums import SourceApi
+from models.enums import Priority, SourceApi
 from models.outbound import as_json, preview_of
 from models.tables import Contact, Organization
 
@@ -119,6 +121,8 @@ async def send_whatsapp_batch(request: Request) -> JSONResponse:
         return respond(result)
     if result.message_ids:
         await hand_batch_over(list(result.message_ids), new_from=SourceApi.FLOWIQ)
+    if result.new:
+        count_accepted(SourceApi.FLOWIQ, len(result.waiting))  # bulk: the pacer's bulk feed hands them over
     return JSONResponse(dict(result.body), status_code=result.status)
 
 
@@ -166,7 +170,10 @@ def _accept_batch(session: Session, caller: Caller, body: Any, key: str | None) 
     if taken is not None:
         idempotency.record_answer(session, taken, 202, answer)
     session.commit()
-    return Accepted([m.message_id for m in stored], answer, status=202)
+    # Bulk messages wait in Postgres for the pacer's bulk feed; the rest go to the broker.
+    bulk = [m.message_id for m in stored if m.priority == Priority.BULK]
+    now = [m.message_id for m in stored if m.priority != Priority.BULK]
+    return Accepted(now, answer, status=202, waiting=bulk)
 
 
 def _items_of(body: Any) -> list[Any]:
@@ -208,6 +215,15 @@ def _check_items(
             message_type=send.message.type,
             payload=as_json(send.message),
             preview=preview_of(send.message),
+            priority=send.priority,
+            hold_until=hold_until(
+                send.priority,
+                wa_id=contact.wa_id,
+                quiet_hours_start=org.quiet_hours_start,
+                quiet_hours_end=org.quiet_hours_end,
+                default_timezone=org.default_timezone,
+                now=now,
+            ),
         )
         ready.append((n, accepted))
     granted = spend_units(session, org_id, org.monthly_quota, len(ready))

@@ -31,12 +31,13 @@ from intake import idempotency
 from intake.callers import Caller
 from intake.errors import Accepted, ErrorCode, FlowIQError, Refused, invalid, replayed
 from intake.flowiq_request import FLOWIQ_TYPES, FlowIQSend, parse_send
+from intake.priority import PRIORITY_DESCRIPTION, PriorityName, hold_until
 from intake.service_window import window_refusal
 from intake.storable_text import text_rule
-from intake.store import persist_message
+from intake.store import count_accepted, persist_message
 from intake.usage import QuotaUsedUp, RequestUnit
 from models.db import get_sessionmaker
-from models.enums import AccountStatus, AccountType, MessageStatus, SourceApi
+from models.enums import AccountStatus, AccountType, MessageStatus, Priority, SourceApi
 from models.settings import get_settings
 from models.tables import Contact, Message, MessageAttempt, Organization, WhatsappAccount
 
@@ -57,6 +58,7 @@ class FlowIQSendDoc(BaseModel):
     phone_number: str = Field(description="Recipient with country code; spaces, dashes, brackets and '+' are removed")
     message_type: str = Field(description="One of: " + ", ".join(FLOWIQ_TYPES))
     context_message_id: str | None = Field(None, description="wamid to reply to")
+    priority: PriorityName = Field(Priority.TRANSACTIONAL.value, description=PRIORITY_DESCRIPTION)
     text: str | None = Field(None, description="text messages: required, 1..4096 chars")
     media_url: str | None = Field(None, description="image/video/audio/document: required, https URL")
     caption: str | None = Field(None, description="image/video/document: optional, up to 1024 chars; not for audio")
@@ -170,6 +172,8 @@ class AcceptedSend:
     organization: str
     # False when an earlier request with the same Idempotency-Key created the message (and queued it).
     created: bool = True
+    # A bulk message waits in Postgres for the pacer's bulk feed: never handed to the broker here.
+    bulk: bool = False
 
 
 @router.post(
@@ -198,7 +202,7 @@ async def send_whatsapp(request: Request) -> JSONResponse:
     result = await run_in_threadpool(_accept, request, request.query_params.get("tenantId"), raw, idempotency_key)
     if isinstance(result, Refused):
         return respond(result)
-    if not result.message_ids:  # the answer the Idempotency-Key kept
+    if not result.message_ids and not result.waiting:  # the answer the Idempotency-Key kept
         return JSONResponse(dict(result.body), status_code=result.status)
     return await _deliver_and_wait(request, sent_of(result))
 
@@ -209,14 +213,16 @@ async def _deliver_and_wait(request: Request, accepted: AcceptedSend) -> JSONRes
     key = str(accepted.message_id)
     future = waiter.expect(key)
     try:
-        if accepted.created:
+        if accepted.created and accepted.bulk:
+            count_accepted(SourceApi.FLOWIQ)  # it waits in Postgres: the pacer's bulk feed hands it over
+        elif accepted.created:
             await hand_over(accepted.message_id, new_from=SourceApi.FLOWIQ)
         else:
             # A retry: the message may have finished long ago; then there is nothing to wait for.
             outcome = await run_in_threadpool(_load_outcome, accepted.message_id)
             if outcome.final:
                 return _respond(accepted, outcome)
-            if outcome.status == MessageStatus.QUEUED:
+            if outcome.status == MessageStatus.QUEUED and not accepted.bulk:
                 # The first request may have died between its commit and its enqueue: one more
                 # task is harmless (only one claim can win) and saves waiting for the sweeper.
                 await hand_over(accepted.message_id, new_from=None)
@@ -260,14 +266,19 @@ def accept_send(
         "message_type": accepted.message_type,
         "organization": accepted.organization,
     }
-    return Accepted((accepted.message_id,), what, new=accepted.created, replayed=not accepted.created)
+    ids = (accepted.message_id,)
+    if accepted.bulk:
+        # Waits in Postgres: the pacer's bulk feed hands it to the broker.
+        return Accepted(body=what, new=accepted.created, replayed=not accepted.created, waiting=ids)
+    return Accepted(ids, what, new=accepted.created, replayed=not accepted.created)
 
 
 def sent_of(result: Accepted) -> AcceptedSend:
     """The send ``accept_send`` accepted, as the synchronous wait answers it."""
     body = result.body
+    message_id, bulk = (result.waiting[0], True) if result.waiting else (result.message_ids[0], False)
     return AcceptedSend(
-        result.message_ids[0], body["recipient"], body["message_type"], body["organization"], created=result.new
+        message_id, body["recipient"], body["message_type"], body["organization"], created=result.new, bulk=bulk
     )
 
 
@@ -306,7 +317,14 @@ def _accept_send(
     if isinstance(taken, idempotency.KeyOfMessage):
         # Same key, same body: the recipient and type are those of the first request.
         send = parse_send(body)
-        return AcceptedSend(taken.message_id, send.wa_id, send.message_type, caller.org_name, created=False)
+        return AcceptedSend(
+            taken.message_id,
+            send.wa_id,
+            send.message_type,
+            caller.org_name,
+            created=False,
+            bulk=send.priority == Priority.BULK,
+        )
     try:
         accepted = _validate_and_persist(session, caller, body, idempotency_key, unit)
     except FlowIQError as error:
@@ -384,8 +402,8 @@ def _validate_and_persist(
     # Spent after the reads, before the writes, as on the lean path (intake/usage.py).
     _pay(session, unit)
     assert contact is not None
-    message_id = _persist(session, caller, account, contact, send, idempotency_key)
-    return AcceptedSend(message_id, send.wa_id, send.message_type, caller.org_name)
+    message_id = _persist(session, caller, org, account, contact, send, idempotency_key)
+    return AcceptedSend(message_id, send.wa_id, send.message_type, caller.org_name, bulk=send.priority == Priority.BULK)
 
 
 def contact_refusal(
@@ -446,6 +464,7 @@ def sending_account(session: Any, caller: Caller) -> WhatsappAccount:
 def _persist(
     session: Any,
     caller: Caller,
+    org: Organization,
     account: WhatsappAccount,
     contact: Contact,
     send: FlowIQSend,
@@ -459,6 +478,15 @@ def _persist(
         message=send.message,
         source=SourceApi.FLOWIQ,
         idempotency_key=idempotency_key,
+        priority=send.priority,
+        hold_until=hold_until(
+            send.priority,
+            wa_id=contact.wa_id,
+            quiet_hours_start=org.quiet_hours_start,
+            quiet_hours_end=org.quiet_hours_end,
+            default_timezone=org.default_timezone,
+            now=datetime.now(UTC),
+        ),
     )
 
 
