@@ -37,13 +37,15 @@ class Transition:
 S = MessageStatus
 TRANSITIONS: tuple[Transition, ...] = (
     Transition("accept", (), (S.QUEUED,), Actor.INTAKE,
-               "every pre-check passed; inserted with its thread entry (and Idempotency-Key) in one transaction"),
+               "every pre-check passed; inserted with its thread entry (and Idempotency-Key) in one transaction; "
+               "bulk waits in Postgres (due now, or when the recipient's quiet hours end) for the pacer's bulk feed"),
     Transition("claim", CLAIMABLE, (S.SENDING,), Actor.CLAIM_HOLDER,
                "due; no earlier message of its conversation pending; a new token and lease"),
     Transition("begin call", (S.SENDING,), (S.SENDING,), Actor.CLAIM_HOLDER,
                "token matches and the lease has not run out; marks the call started, renews the lease"),
     Transition("give back", (S.SENDING,), (S.QUEUED, S.RETRYING), Actor.CLAIM_HOLDER,
-               "token matches and its holder made no call; not an attempt (it may wait in Postgres)"),
+               "token matches and its holder made no call; not an attempt (it may wait in Postgres: a send slot, "
+               "bulk the bulk gate turned away with no slot kept, bulk in its recipient's quiet hours)"),
     Transition("sent", (S.SENDING,), (S.SENT,), Actor.CLAIM_HOLDER, "token matches; Meta answered with a wamid"),
     Transition("retry", (S.SENDING,), (S.RETRYING,), Actor.CLAIM_HOLDER,
                "token matches; a retryable answer with budget left"),
@@ -58,7 +60,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition("fail uncertain", (S.SENDING,), (S.FAILED,), Actor.SWEEPER,
                "lease expired after the call started: DELIVERY_UNCERTAIN"),
     Transition("operator retry", (S.FAILED,), (S.QUEUED,), Actor.OPERATOR,
-               "failed; clears the token, so the old claim can change nothing; an event"),
+               "failed; clears the token, so the old claim can change nothing; an event; bulk waits for the feed"),
     # Meta's status webhooks (worker/webhooks/statuses.py): every one is kept as an event first.
     Transition("delivery report", (S.SENT, S.DELIVERED), (S.DELIVERED, S.READ), Actor.WEBHOOK,
                "forward only (sent < delivered < read); a duplicate or an older status changes no status"),
