@@ -228,7 +228,8 @@ class AccountLane:
         limiter = self.parts.delivery.limiter
         # Messages that reserved their slot earlier go first, by slot (they waited for it), then
         # new ones: a far "not before" would push the account's queue back for the ones after it.
-        plain.sort(key=lambda p: (p[0].claim.reserved_slot is None, p[0].claim.reserved_slot or 0.0))
+        # Of the new ones, transactional before bulk: bulk then takes what the gate has left.
+        plain.sort(key=lambda p: (p[0].claim.reserved_slot is None, p[0].claim.bulk, p[0].claim.reserved_slot or 0.0))
         requests = [_moment_request(h) for h, _ in plain]
         within = self.parts.settings.rate_inline_wait_s
         grants: list[MomentGrant] = await self.parts.blocking(
