@@ -117,6 +117,6 @@ def test_openapi_documents_every_field_and_error(stack, api):
     assert {"200", "400", "401", "403", "404"} <= set(send["responses"])
     assert "OPTED_OUT" in send["responses"]["400"]["description"]
     fields = schema["components"]["schemas"]["SendIn"]["properties"]
-    assert set(fields) == {"leadId", "whatsappAccountId", "message", "media"}
+    assert set(fields) == {"leadId", "whatsappAccountId", "message", "media", "priority"}
     assert fields["message"]["maxLength"] == 4096
     assert api.http.get("/docs").status_code == 200

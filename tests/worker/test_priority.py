@@ -117,7 +117,10 @@ def test_a_transactional_send_overtakes_a_bulk_backlog_of_its_account(live, api,
     data = api.wait_for(tenant, urgent, timeout=15)
     assert data["status"] == "sent" and data["priority"] == "transactional"
     waited = (datetime.fromisoformat(data["sentAt"]) - datetime.fromisoformat(data["createdAt"])).total_seconds()
-    assert waited <= 2.0, f"the transactional send waited {waited:.2f}s behind bulk"
+    # Pacing lets bulk hold at most the bulk horizon plus an interval ahead of it (0.7 s here); the
+    # rest is the pipeline (broker, claim, marker, call) on a machine the suite shares. Before issue
+    # 25 it waited behind every bulk message that had reserved a slot: about 40 s.
+    assert waited <= 3.0, f"the transactional send waited {waited:.2f}s behind bulk"
     still = statuses(bulk_ids)
     assert sum(still.get(s, 0) for s in PENDING) >= 150, still
 
