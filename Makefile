@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The suite runs in this many processes (pytest-xdist), each with its own database, Redis db and stack.
 TEST_PROCESSES ?= 2
 
-.PHONY: install services run demo test lint typecheck bench-limits bench-throughput bench-webhooks bench-intake bench-prune bench-soak chaos clean
+.PHONY: install services run demo test lint typecheck bench-limits bench-priority bench-throughput bench-webhooks bench-intake bench-prune bench-soak chaos clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wadispatch needs Python >= 3.11 (set PYTHON=python3.12, for example)")'
@@ -34,6 +34,9 @@ lint: install
 
 bench-limits: install services
 	$(BIN)/python bench/limits.py
+
+bench-priority: install services
+	$(BIN)/python bench/priority.py $(PRIORITY_ARGS)
 
 bench-throughput: install services
 	$(BIN)/python bench/throughput.py

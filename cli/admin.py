@@ -14,6 +14,7 @@ from models import admin
 from models.db import session_scope
 from models.enums import AccountStatus, KeyKind, MessageStatus, Scope, WindowPolicy
 from models.keywords import WordsError, parse_words
+from models.quiet_hours import DEFAULT_ZONE, window_of
 from models.tables import ApiKey, Contact, Organization
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -66,6 +67,16 @@ def org_create(slug: str, name: str, provider: str, as_json: bool) -> None:
 @click.option("--clear-opt-out-reply", is_flag=True, help="send no confirmation of an opt-out")
 @click.option("--opt-in-reply", help="text sent to confirm an opt-in by keyword")
 @click.option("--clear-opt-in-reply", is_flag=True, help="send no confirmation of an opt-in")
+@click.option(
+    "--quiet-hours",
+    metavar="HH:MM-HH:MM|off",
+    help="hold bulk messages in this daily window of the recipient's local time (e.g. 21:00-08:00); off clears it",
+)
+@click.option(
+    "--timezone",
+    metavar="ZONE",
+    help="IANA zone (e.g. Europe/Madrid) for recipients whose number spans several zones or names none (default UTC)",
+)
 @json_option
 def org_update(
     slug: str,
@@ -83,6 +94,8 @@ def org_update(
     clear_opt_out_reply: bool,
     opt_in_reply: str | None,
     clear_opt_in_reply: bool,
+    quiet_hours: str | None,
+    timezone: str | None,
     as_json: bool,
 ) -> None:
     """Change an organization's settings; keyword lists are edited whole (--opt-out-words) or a
@@ -110,6 +123,8 @@ def org_update(
                 opt_in_reply=opt_in_reply,
                 clear_opt_out_reply=clear_opt_out_reply,
                 clear_opt_in_reply=clear_opt_in_reply,
+                quiet_hours=quiet_hours,
+                timezone=timezone,
             )
             data = _org_data(row)
     except (admin.AdminError, WordsError) as exc:
@@ -142,6 +157,7 @@ def org_list(as_json: bool) -> None:
 @json_option
 def org_show(slug: str, as_json: bool) -> None:
     """An organization's settings (quota, rate limit, provider, window policy, opt-out keywords)."""
+    """An organization's settings (quota, rate limit, provider, window policy, quiet hours, zone)."""
     try:
         with session_scope() as session:
             data = _org_data(admin.org_by_slug(session, slug))
@@ -163,6 +179,8 @@ def _org_data(row: Organization) -> dict[str, Any]:
         "opt_in_words": list(row.opt_in_words),
         "opt_out_reply": row.opt_out_reply,
         "opt_in_reply": row.opt_in_reply,
+        "quiet_hours": str(window) if (window := window_of(row.quiet_hours_start, row.quiet_hours_end)) else None,
+        "timezone": row.default_timezone or DEFAULT_ZONE,
     }
 
 

@@ -110,9 +110,9 @@ class Accepted:
     new: bool = True
     # The Idempotency-Key answered with what its first request made.
     replayed: bool = False
-    # Accepted messages that wait in Postgres (scheduled for later), committed with the rest: the
-    # pacer hands them over at their time, so the caller counts them (when new) and does not hand
-    # them to the broker.
+    # Accepted messages that wait in Postgres, committed with the rest: scheduled for later (the
+    # pacer hands them over at their time) or bulk (the pacer's bulk feed hands them over). The
+    # caller counts them (when new) and does not hand them to the broker.
     waiting: Sequence[uuid.UUID] = ()
 
 

@@ -24,6 +24,7 @@ from intake.errors import Accepted, ApiError, ErrorCode, Refused, accepted_now_o
 from intake.flowestate_checks import send_refusal
 from intake.flowestate_request import SendIn
 from intake.flowestate_send import KEY_REUSED, take_key
+from intake.priority import hold_until
 from intake.usage import quota_used_up, spend_units
 from models import lifecycle
 from models.enums import SourceApi
@@ -69,7 +70,7 @@ def _check_and_persist(
     if taken is not None:
         idempotency.record_answer(session, taken, 200, answer)
     session.commit()
-    return accepted_now_or_later([(m.message_id, m.dispatch.scheduled) for m in accepted], answer)
+    return accepted_now_or_later([(m.message_id, m.waits) for m in accepted], answer)
 
 
 def _check_items(
@@ -88,9 +89,14 @@ def _check_items(
     leads = _by_id(session, Contact, caller.org_id, {s.leadId for s in sends.values()})
     accounts = _by_id(session, WhatsappAccount, caller.org_id, {s.whatsappAccountId for s in sends.values()})
     org = session.execute(
-        select(Organization.window_policy, Organization.monthly_quota, func.now().label("now")).where(
-            Organization.id == caller.org_id
-        )
+        select(
+            Organization.window_policy,
+            Organization.monthly_quota,
+            Organization.quiet_hours_start,
+            Organization.quiet_hours_end,
+            Organization.default_timezone,
+            func.now().label("now"),
+        ).where(Organization.id == caller.org_id)
     ).one()
     ready: list[tuple[int, lifecycle.Accepted]] = []
     for n, send in sends.items():
@@ -107,6 +113,15 @@ def _check_items(
             payload=as_json(message),
             preview=preview_of(message),
             dispatch=send.dispatch,
+            priority=send.priority,
+            hold_until=hold_until(
+                send.priority,
+                wa_id=lead.wa_id,
+                quiet_hours_start=org.quiet_hours_start,
+                quiet_hours_end=org.quiet_hours_end,
+                default_timezone=org.default_timezone,
+                now=org.now,
+            ),
         )
         ready.append((n, accepted))
     granted = spend_units(session, caller.org_id, org.monthly_quota, len(ready))

@@ -23,8 +23,10 @@ from pydantic import (
 
 from intake.dispatch_request import FLOWESTATE, TTL_MAX_S, DispatchProblem, parse_dispatch
 from intake.errors import field_rule_error
+from intake.priority import PRIORITY_DESCRIPTION, PriorityName, is_default
 from intake.storable_text import first_unstorable
 from intake.template_input import TemplateInputError, flowestate_template_schema, template_from_flowestate
+from models.enums import Priority
 from models.lifecycle import Dispatch
 from models.outbound import CAPTION_MAX, TEXT_MAX, AnyOutbound, MediaMessage, TemplateMessage, TextMessage
 from models.templates import Template
@@ -44,31 +46,47 @@ class MediaIn(BaseModel):
         return value
 
 
+def _absent(value: Any) -> bool:
+    return value is None
+
+
 class _LeadSend(BaseModel):
     """What every send to a lead has: the lead, the sending account, and only storable strings."""
 
     leadId: uuid.UUID = Field(description="The lead to message; must belong to your organization.")
     whatsappAccountId: uuid.UUID = Field(description="The sending account id, from GET /whatsapp/accounts.")
+    # The fields below are left out of the body's Idempotency-Key fingerprint when they are their
+    # default, so a key taken before they existed still matches the same body.
+    priority: PriorityName = Field(
+        default=Priority.TRANSACTIONAL.value, description=PRIORITY_DESCRIPTION, exclude_if=is_default
+    )
     sendAt: str | None = Field(
         default=None,
+        exclude_if=_absent,
         json_schema_extra={"format": "date-time"},
         description="Send it then, not now: RFC 3339 with an offset, at most 30 days ahead (a past time means now). "
         "It waits in Postgres until then.",
     )
     expiresAt: str | None = Field(
         default=None,
+        exclude_if=_absent,
         json_schema_extra={"format": "date-time"},
         description="No call to Meta starts at or after this moment (RFC 3339 with an offset, in the future, after "
         "sendAt): the message fails EXPIRED instead.",
     )
     ttlSeconds: StrictInt | None = Field(
         default=None,
+        exclude_if=_absent,
         ge=1,
         le=TTL_MAX_S,
         description="The same as expiresAt, in seconds from sendAt (from acceptance without one); not with expiresAt.",
     )
     campaign: str | None = Field(
-        default=None, min_length=1, max_length=64, description="A label to count and cancel a group of sends by."
+        default=None,
+        min_length=1,
+        max_length=64,
+        exclude_if=_absent,
+        description="A label to count and cancel a group of sends by.",
     )
     _dispatch: Dispatch = PrivateAttr(default_factory=Dispatch)
 
@@ -95,6 +113,11 @@ class _LeadSend(BaseModel):
     def dispatch(self) -> Dispatch:
         """When and how the message may go (computed when the body was checked)."""
         return self._dispatch
+
+    @property
+    def waits(self) -> bool:
+        """Stored waiting in Postgres, not handed to the broker: scheduled for later, or bulk."""
+        return self._dispatch.scheduled or self.priority == Priority.BULK.value
 
 
 class SendIn(_LeadSend):

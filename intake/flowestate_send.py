@@ -16,6 +16,7 @@ from intake.callers import Caller
 from intake.errors import STATUS_OF, Accepted, ApiError, ErrorCode, Refused, accepted_now_or_later, replayed
 from intake.flowestate_checks import send_refusal
 from intake.flowestate_request import SendBody
+from intake.priority import hold_until
 from intake.store import persist_message
 from intake.usage import QuotaUsedUp, RequestUnit
 from models.enums import MessageStatus, SourceApi
@@ -102,9 +103,13 @@ def _send_once(
         return replayed(taken.status, taken.body, code=str(kept.get("code")), message=str(kept.get("message")))
     if isinstance(taken, idempotency.KeyOfMessage):
         again: tuple[uuid.UUID, ...] = ()
-        if session.scalar(select(Message.status).where(Message.id == taken.message_id)) == MessageStatus.QUEUED:
+        kept = session.execute(
+            select(Message.status, Message.priority, Message.enqueued_at).where(Message.id == taken.message_id)
+        ).first()
+        if kept is not None and kept.status == MessageStatus.QUEUED and kept.enqueued_at is not None:
             # The first request may have died between its commit and its enqueue: one more task
-            # is harmless (only one claim can win) and saves waiting for the sweeper.
+            # is harmless (only one claim can win) and saves waiting for the sweeper. (One waiting
+            # in Postgres, scheduled or bulk, is the pacer's to hand over.)
             session.rollback()
             again = (taken.message_id,)
         return Accepted(again, _answer_of(taken.message_id), new=False, replayed=True)
@@ -116,7 +121,7 @@ def _send_once(
         raise
     idempotency.record_message(session, taken, message_id)
     session.commit()
-    return accepted_now_or_later([(message_id, body.dispatch.scheduled)], _answer_of(message_id))
+    return accepted_now_or_later([(message_id, body.waits)], _answer_of(message_id))
 
 
 def _send(body: SendBody, session: Session, caller: Caller, unit: RequestUnit) -> Accepted | Refused:
@@ -126,7 +131,7 @@ def _send(body: SendBody, session: Session, caller: Caller, unit: RequestUnit) -
         session.commit()  # a refusal's unit (past the quota there is nothing left to commit)
         return error.refused()
     session.commit()
-    return accepted_now_or_later([(message_id, body.dispatch.scheduled)], _answer_of(message_id))
+    return accepted_now_or_later([(message_id, body.waits)], _answer_of(message_id))
 
 
 def _answer_of(message_id: uuid.UUID) -> dict[str, Any]:
@@ -139,7 +144,14 @@ def _check_and_persist(
     """The pre-checks (each a clear 4xx), the request's unit (429 first), then the message, all in
     the session's transaction (not committed). A refusal is raised with its unit spent."""
     found = session.execute(
-        select(Contact, Organization.window_policy, func.now())
+        select(
+            Contact,
+            Organization.window_policy,
+            func.now(),
+            Organization.quiet_hours_start,
+            Organization.quiet_hours_end,
+            Organization.default_timezone,
+        )
         .join(Organization, Organization.id == Contact.org_id)
         .where(Contact.id == body.leadId, Contact.org_id == caller.org_id)
     ).one_or_none()
@@ -153,13 +165,23 @@ def _check_and_persist(
     if found is None:
         refusal: ApiError | None = ApiError(ErrorCode.NOT_FOUND, "Lead not found")
     else:
-        lead, window_policy, db_now = found
+        lead, window_policy, db_now, *_ = found
         refusal = send_refusal(lead, account, message, window_policy=window_policy, now=db_now)
     # Spent after the reads, before the writes, as on the lean path (intake/usage.py).
     _pay(session, unit)
     if refusal is not None:
         raise refusal
-    assert lead is not None and account is not None
+    assert found is not None and lead is not None and account is not None
+    _, _, db_now, quiet_start, quiet_end, default_timezone = found
+    # A bulk message accepted in its recipient's quiet hours is stored due at their end.
+    held = hold_until(
+        body.priority,
+        wa_id=lead.wa_id,
+        quiet_hours_start=quiet_start,
+        quiet_hours_end=quiet_end,
+        default_timezone=default_timezone,
+        now=db_now,
+    )
     return persist_message(
         session,
         org_id=caller.org_id,
@@ -169,4 +191,6 @@ def _check_and_persist(
         source=SourceApi.FLOWESTATE,
         idempotency_key=idempotency_key,
         dispatch=body.dispatch,
+        priority=body.priority,
+        hold_until=held,
     )

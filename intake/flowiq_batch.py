@@ -24,6 +24,7 @@ from intake.errors import Accepted, FlowIQError, Refused, accepted_now_or_later,
 from intake.flowiq_checks import contact_refusal, sending_account
 from intake.flowiq_request import FlowIQSend, parse_send
 from intake.flowiq_send import claim_idempotency, replayed_flowiq
+from intake.priority import hold_until
 from intake.usage import quota_used_up, spend_units
 from models import lifecycle
 from models.enums import SourceApi
@@ -77,7 +78,7 @@ def _accept_batch(session: Session, caller: Caller, body: Any, key: str | None) 
     if taken is not None:
         idempotency.record_answer(session, taken, 202, answer)
     session.commit()
-    return accepted_now_or_later([(m.message_id, m.dispatch.scheduled) for m in stored], answer, status=202)
+    return accepted_now_or_later([(m.message_id, m.waits) for m in stored], answer, status=202)
 
 
 def _items_of(body: Any) -> list[Any]:
@@ -120,6 +121,15 @@ def _check_items(
             payload=as_json(send.message),
             preview=preview_of(send.message),
             dispatch=send.dispatch,
+            priority=send.priority,
+            hold_until=hold_until(
+                send.priority,
+                wa_id=contact.wa_id,
+                quiet_hours_start=org.quiet_hours_start,
+                quiet_hours_end=org.quiet_hours_end,
+                default_timezone=org.default_timezone,
+                now=now,
+            ),
         )
         ready.append((n, accepted))
     granted = spend_units(session, org_id, org.monthly_quota, len(ready))

@@ -14,8 +14,10 @@ from pydantic import ValidationError
 
 from intake.dispatch_request import FLOWIQ, DispatchProblem, parse_dispatch
 from intake.errors import FlowIQError, invalid, missing, rule_of
+from intake.priority import priority_problem
 from intake.storable_text import first_unstorable
 from intake.template_input import problem_of
+from models.enums import Priority
 from models.lifecycle import NOW, Dispatch
 from models.outbound import DEFAULT_REACTION, AnyOutbound, outbound_adapter
 
@@ -32,6 +34,7 @@ class FlowIQSend:
     message_type: str  # FlowIQ's name ("interactive" for buttons and lists)
     message: AnyOutbound
     dispatch: Dispatch = NOW  # send_at, expires_at / ttl_seconds, campaign
+    priority: str = Priority.TRANSACTIONAL.value  # transactional or bulk (intake/priority.py)
 
 
 def parse_send(body: Any) -> FlowIQSend:
@@ -53,6 +56,9 @@ def parse_send(body: Any) -> FlowIQSend:
     context = body.get("context_message_id")
     if context is not None and (not isinstance(context, str) or not context):
         raise invalid("context_message_id", "must be a WhatsApp message id (wamid) string")
+    priority = body.get("priority")
+    if rule := priority_problem(priority):
+        raise invalid("priority", rule)
     data, prefix = _canonical_input(body, message_type)
     if context:
         data["context_message_id"] = context
@@ -64,7 +70,13 @@ def parse_send(body: Any) -> FlowIQSend:
         dispatch = parse_dispatch(body, FLOWIQ)
     except DispatchProblem as bad:
         raise invalid(bad.field, bad.rule) from None
-    return FlowIQSend(wa_id=wa_id, message_type=message_type, message=message, dispatch=dispatch)
+    return FlowIQSend(
+        wa_id=wa_id,
+        message_type=message_type,
+        message=message,
+        dispatch=dispatch,
+        priority=priority or Priority.TRANSACTIONAL.value,
+    )
 
 
 def recipient_digits(raw: Any) -> str:

@@ -19,10 +19,11 @@ from intake.callers import Caller
 from intake.errors import Accepted, ErrorCode, FlowIQError, Refused, invalid, replayed
 from intake.flowiq_checks import contact_refusal, sending_account
 from intake.flowiq_request import FlowIQSend, parse_send
+from intake.priority import hold_until
 from intake.storable_text import text_rule
 from intake.store import persist_message
 from intake.usage import QuotaUsedUp, RequestUnit
-from models.enums import SourceApi
+from models.enums import Priority, SourceApi
 from models.settings import get_settings
 from models.tables import Contact, Organization, WhatsappAccount
 
@@ -35,8 +36,9 @@ class AcceptedSend:
     organization: str
     # False when an earlier request with the same Idempotency-Key created the message (and queued it).
     created: bool = True
-    # Scheduled for later: it waits in Postgres, so there is no outcome to wait for now.
-    scheduled: bool = False
+    # Scheduled for later, or bulk: it waits in Postgres (the pacer hands it over), so there is no
+    # outcome to wait for now.
+    waits: bool = False
 
 
 def accept_raw_send(
@@ -77,8 +79,8 @@ def accept_send(
         "message_type": accepted.message_type,
         "organization": accepted.organization,
     }
-    if accepted.scheduled:
-        return Accepted((), what, new=accepted.created, waiting=(accepted.message_id,))
+    if accepted.waits:
+        return Accepted((), what, new=accepted.created, replayed=not accepted.created, waiting=(accepted.message_id,))
     return Accepted((accepted.message_id,), what, new=accepted.created, replayed=not accepted.created)
 
 
@@ -92,7 +94,7 @@ def sent_of(result: Accepted) -> AcceptedSend:
         body["message_type"],
         body["organization"],
         created=result.new,
-        scheduled=bool(result.waiting),
+        waits=bool(result.waiting),
     )
 
 
@@ -131,7 +133,10 @@ def _accept_send(
     if isinstance(taken, idempotency.KeyOfMessage):
         # Same key, same body: the recipient and type are those of the first request.
         send = parse_send(body)
-        return AcceptedSend(taken.message_id, send.wa_id, send.message_type, caller.org_name, created=False)
+        waits = send.dispatch.scheduled or send.priority == Priority.BULK.value
+        return AcceptedSend(
+            taken.message_id, send.wa_id, send.message_type, caller.org_name, created=False, waits=waits
+        )
     try:
         accepted = _validate_and_persist(session, caller, body, idempotency_key, unit)
     except FlowIQError as error:
@@ -212,14 +217,15 @@ def _validate_and_persist(
     # Spent after the reads, before the writes, as on the lean path (intake/usage.py).
     _pay(session, unit)
     assert contact is not None
-    message_id = _persist(session, caller, account, contact, send, idempotency_key)
-    scheduled = send.dispatch.scheduled
-    return AcceptedSend(message_id, send.wa_id, send.message_type, caller.org_name, scheduled=scheduled)
+    message_id = _persist(session, caller, org, account, contact, send, idempotency_key)
+    waits = send.dispatch.scheduled or send.priority == Priority.BULK.value
+    return AcceptedSend(message_id, send.wa_id, send.message_type, caller.org_name, waits=waits)
 
 
 def _persist(
     session: Session,
     caller: Caller,
+    org: Organization,
     account: WhatsappAccount,
     contact: Contact,
     send: FlowIQSend,
@@ -234,4 +240,14 @@ def _persist(
         source=SourceApi.FLOWIQ,
         idempotency_key=idempotency_key,
         dispatch=send.dispatch,
+        priority=send.priority,
+        # A bulk message accepted in its recipient's quiet hours is stored due at their end.
+        hold_until=hold_until(
+            send.priority,
+            wa_id=contact.wa_id,
+            quiet_hours_start=org.quiet_hours_start,
+            quiet_hours_end=org.quiet_hours_end,
+            default_timezone=org.default_timezone,
+            now=datetime.now(UTC),
+        ),
     )

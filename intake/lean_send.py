@@ -44,6 +44,7 @@ from intake.flowestate_send import send_and_close
 from intake.key_cache import KeyFacts
 from intake.lean_caller import keys, spend_unit_before_send, stale
 from intake.lean_statements import BOUND_LOCK_WAITS, LOCK_TROUBLE, READ_FACTS, WRITE, params, quota_or
+from intake.priority import hold_until
 from intake.usage import RequestUnit, quota_used_up, spend_unit, touch_key
 from models import async_db
 from models.db import get_engine, get_sessionmaker
@@ -94,7 +95,7 @@ async def accept_send(body: SendBody, facts: KeyFacts, idempotency_key: str | No
         keys.touched(facts, now)
     if not stored:
         return None
-    return accepted_now_or_later([(message_id, body.dispatch.scheduled)], {"messageId": str(message_id)})
+    return accepted_now_or_later([(message_id, body.waits)], {"messageId": str(message_id)})
 
 
 class _DeadConnection(Exception):
@@ -114,7 +115,7 @@ async def _store(values: dict[str, Any], message: AnyOutbound) -> tuple[bool, bo
             if conn.broken or conn.closed:
                 raise _DeadConnection from None
             raise
-        quota = _checks_pass(row, message) if row is not None else False
+        quota = _checks_pass(row, message, values) if row is not None else False
         if quota is False:
             await conn.rollback()
             return False, False
@@ -186,7 +187,7 @@ def _submitted(body: SendBody, caller: Caller, idempotency_key: str) -> Accepted
             conn.execute(BOUND_LOCK_WAITS)
             cursor = conn.execute(READ_FACTS, values)
         row = cursor.fetchone()
-        quota = _checks_pass(row, message) if row is not None else False
+        quota = _checks_pass(row, message, values) if row is not None else False
         if quota is False:
             conn.rollback()
             return None
@@ -213,25 +214,38 @@ def _submitted(body: SendBody, caller: Caller, idempotency_key: str) -> Accepted
         raw.close()
     if outcome != "stored":
         return None
-    return accepted_now_or_later([(message_id, body.dispatch.scheduled)], {"messageId": str(message_id)})
+    return accepted_now_or_later([(message_id, body.waits)], {"messageId": str(message_id)})
 
 
 def _dead(conn: object) -> bool:
     return isinstance(conn, psycopg.Connection) and (conn.broken or conn.closed)
 
 
-def _checks_pass(row: tuple[Any, ...], message: AnyOutbound) -> int | Literal[False]:
+def _checks_pass(row: tuple[Any, ...], message: AnyOutbound, values: dict[str, Any]) -> int | Literal[False]:
     """False when a check refuses (the ORM path answers it, in order and kept with its key);
-    else the organization's quota (for the message of a 429)."""
-    (quota, window_policy, db_now, lead_found, *lead, account_found, status, phone_id) = row
+    else the organization's quota (for the message of a 429), with the message's due time (a bulk
+    message held by the recipient's quiet hours) written into the write's ``values``."""
+    (quota, window_policy, db_now, lead_found, *lead, account_found, status, phone_id) = row[:11]
+    quiet_start, quiet_end, default_timezone = row[11:]
+    lead_row = LeadRow(*lead) if lead_found else None
     refusal = send_refusal(
-        LeadRow(*lead) if lead_found else None,
+        lead_row,
         AccountRow(status, phone_id) if account_found else None,
         message,
         window_policy=window_policy,
         now=db_now,
     )
-    return False if refusal is not None else int(quota)
+    if refusal is not None:
+        return False
+    values["hold_until"] = hold_until(
+        values["priority"],
+        wa_id=lead_row.wa_id if lead_row else None,
+        quiet_hours_start=quiet_start,
+        quiet_hours_end=quiet_end,
+        default_timezone=default_timezone,
+        now=db_now,
+    )
+    return int(quota)
 
 
 def spend_request_unit(

@@ -46,7 +46,8 @@ SELECT (SELECT used FROM spent), (SELECT monthly_quota FROM org), (SELECT count(
 # What the checks read, in one row (none: the organization is gone).
 READ_FACTS = """SELECT o.monthly_quota, o.window_policy, now(),
        l.id IS NOT NULL, l.opted_out_at, l.phone_e164, l.wa_id, l.last_inbound_at,
-       a.id IS NOT NULL, a.status, a.meta_phone_number_id
+       a.id IS NOT NULL, a.status, a.meta_phone_number_id,
+       o.quiet_hours_start, o.quiet_hours_end, o.default_timezone
 FROM organizations o
 LEFT JOIN contacts l ON l.id = %(lead_id)s AND l.org_id = o.id
 LEFT JOIN whatsapp_accounts a ON a.id = %(account_id)s AND a.org_id = o.id
@@ -109,6 +110,8 @@ def params(
         "payload": Jsonb(as_json(message)),
         "source": SourceApi.FLOWESTATE.value,
         **body.dispatch.text_params(),
+        "priority": body.priority,
+        "hold_until": None,  # set by the send from what READ_FACTS found (a bulk message in quiet hours)
     }
 
 

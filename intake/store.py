@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import uuid
 from contextvars import ContextVar
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
 from models import lifecycle, metrics
-from models.enums import SourceApi
+from models.enums import Priority, SourceApi
 from models.outbound import AnyOutbound, as_json, preview_of
 
 
@@ -23,8 +24,12 @@ def persist_message(
     source: SourceApi,
     idempotency_key: str | None = None,
     dispatch: lifecycle.Dispatch = lifecycle.NOW,
+    priority: str = Priority.TRANSACTIONAL.value,
+    hold_until: datetime | None = None,
 ) -> uuid.UUID:
-    """Add the message as ``queued`` and make it the conversation's latest entry. Returns its id."""
+    """Add the message as ``queued`` and make it the conversation's latest entry. Returns its id.
+    A bulk message waits in Postgres (until ``hold_until``, if its quiet hours hold it): the caller
+    does not hand it to the broker, the pacer does."""
     message_id = uuid.uuid4()
     lifecycle.accept(
         session,
@@ -38,6 +43,8 @@ def persist_message(
             "p_payload": as_json(message),
             "p_source": source.value,
             "p_idempotency_key": idempotency_key,
+            "p_priority": priority,
+            "p_hold_until": hold_until,
         },
         dispatch,
     )

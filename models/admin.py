@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, null, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -17,11 +17,12 @@ from models import keywords, lifecycle
 from models.app_secrets import announce_app_secret_change_after_commit
 from models.contacts import insert_contact
 from models.crypto import encrypt_token
-from models.enums import AccountStatus, AccountType, KeyKind, MessageStatus, Scope, WindowPolicy
+from models.enums import AccountStatus, AccountType, KeyKind, MessageStatus, Priority, Scope, WindowPolicy
 from models.keys import announce_key_change_after_commit, generate_key, hash_key
 from models.opt_out import Source as OptOutSource
 from models.opt_out import set_opted_out
 from models.phones import normalize_e164, wa_id_of
+from models.quiet_hours import QuietHoursError, parse_window, valid_zone
 from models.tables import ApiKey, Contact, Message, Organization, Portfolio, WhatsappAccount
 from wadispatch.signing import public_id_of_digest
 
@@ -210,16 +211,23 @@ def set_account_status(session: Session, account_id: uuid.UUID, status: AccountS
         return []
     # Everything that waited for the account — queued, and retrying (its backoff is forgiven: the
     # operator says go) — is handed to the broker now; reserved slots were made for the old state.
+    # Bulk is due now too, but waits in Postgres for the pacer's bulk feed: a backlog of thousands
+    # goes at the account's pace, not into the broker at once (and quiet hours still hold it).
+    bulk = Message.priority == Priority.BULK.value
     waiting = session.execute(
         update(Message)
         .where(
             Message.account_id == account_id,
             Message.status.in_((MessageStatus.QUEUED, MessageStatus.RETRYING)),
         )
-        .values(enqueued_at=func.now(), next_attempt_at=None, reserved_slot=None)
-        .returning(Message.id, Message.seq)
+        .values(
+            enqueued_at=case((bulk, null()), else_=func.now()),
+            next_attempt_at=case((bulk, func.now()), else_=null()),
+            reserved_slot=None,
+        )
+        .returning(Message.id, Message.seq, Message.priority)
     )
-    return [row.id for row in sorted(waiting, key=lambda r: r.seq)]
+    return [row.id for row in sorted(waiting, key=lambda r: r.seq) if row.priority != Priority.BULK]
 
 
 def _phone_or_error(raw: str, field: str) -> str:
@@ -303,7 +311,11 @@ def update_org(
     opt_in_reply: str | None = None,
     clear_opt_out_reply: bool = False,
     clear_opt_in_reply: bool = False,
+    quiet_hours: str | None = None,
+    timezone: str | None = None,
 ) -> Organization:
+    """``quiet_hours``: ``HH:MM-HH:MM`` (the recipient's local time) or ``off``; ``timezone``: the
+    IANA zone of recipients whose number names none (models/quiet_hours.py)."""
     org = org_by_slug(session, slug)
     if opt_out_words is not None or opt_in_words is not None:
         # Read the lists as they are now, and hold them: two edits made at once both count.
@@ -331,6 +343,20 @@ def update_org(
         org.opt_out_reply = None if clear_opt_out_reply else opt_out_reply
     if opt_in_reply is not None or clear_opt_in_reply:
         org.opt_in_reply = None if clear_opt_in_reply else opt_in_reply
+    if quiet_hours is not None:
+        if quiet_hours.strip().lower() == QUIET_HOURS_OFF:
+            org.quiet_hours_start = org.quiet_hours_end = None
+        else:
+            try:
+                window = parse_window(quiet_hours)
+            except QuietHoursError as exc:
+                raise AdminError(f"--quiet-hours: {exc}") from None
+            org.quiet_hours_start, org.quiet_hours_end = window.start, window.end
+    if timezone is not None:
+        try:
+            org.default_timezone = valid_zone(timezone)
+        except QuietHoursError as exc:
+            raise AdminError(f"--timezone: {exc}") from None
     session.flush()
     return org
 
@@ -363,6 +389,10 @@ def _keywords_checked(check: Callable[..., object], *args: Any) -> None:
         check(*args)
     except keywords.WordsError as error:
         raise AdminError(str(error)) from error
+
+
+# What `org update --quiet-hours` takes to clear the window.
+QUIET_HOURS_OFF = "off"
 
 
 def list_messages(

@@ -75,6 +75,14 @@ class SourceApi(StrEnum):
     OPT_IN_REPLY = "opt_in_reply"
 
 
+class Priority(StrEnum):
+    """How urgent a send is (issue 25): bulk goes only when no transactional message of its
+    account waits, and is held by the organization's quiet hours; transactional never is."""
+
+    TRANSACTIONAL = "transactional"
+    BULK = "bulk"
+
+
 class WindowPolicy(StrEnum):
     """What intake does with a free-form message to a contact outside the 24-hour window."""
 

@@ -144,6 +144,19 @@ class Settings(BaseSettings):
     pacer_interval_s: float = Field(default=0.1, gt=0)
     # Slots are reserved at most this far ahead (kept well below the broker visibility timeout).
     rate_horizon_s: float = Field(default=300.0, gt=0)
+    # The bulk gate (issue 25). A bulk message takes a send slot only when the account's next one is
+    # this close: transactional messages reserve slots as far ahead as they need, so a queue of them
+    # closes the gate to bulk, and a transactional send never finds more than this much bulk ahead.
+    bulk_horizon_s: float = Field(default=0.5, gt=0)
+    # Bulk never starves: while the gate is closed, this share of the account's rate still goes to
+    # bulk (a slot at the end of the queue, like a transactional one). 0: none, bulk waits.
+    bulk_share: float = Field(default=0.1, ge=0, lt=1)
+    # The pacer hands an account's bulk messages over a little at a time: at most its mps times
+    # this many seconds of them out of Postgres and not yet called (at least bulk_feed_min).
+    bulk_feed_s: float = Field(default=1.0, gt=0)
+    bulk_feed_min: int = Field(default=5, ge=1)
+    # A bulk message turned away by the gate waits in Postgres at least this long before asking again.
+    bulk_retry_s: float = Field(default=0.2, gt=0)
     # How long an account (or pair) is paused after Meta says "too fast" without a Retry-After.
     throttle_pause_s: float = Field(default=2.0, ge=0)
     pair_pause_s: float = Field(default=6.0, ge=0)
@@ -330,6 +343,14 @@ class Settings(BaseSettings):
             raise ValueError("WADISPATCH_RETRY_CAP_S must stay below WADISPATCH_BROKER_VISIBILITY_TIMEOUT_S")
         if self.rate_horizon_s >= self.broker_visibility_timeout_s:
             raise ValueError("WADISPATCH_RATE_HORIZON_S must stay below WADISPATCH_BROKER_VISIBILITY_TIMEOUT_S")
+        return self
+
+    @model_validator(mode="after")
+    def _bulk_gate_inside_the_inline_wait(self) -> Settings:
+        # A bulk slot is waited for in the task: one further off would wait in Postgres keeping
+        # its slot, the reservation the bulk gate exists to avoid.
+        if self.bulk_horizon_s > self.rate_inline_wait_s:
+            raise ValueError("WADISPATCH_BULK_HORIZON_S must not exceed WADISPATCH_RATE_INLINE_WAIT_S")
         return self
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, time
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -18,6 +18,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    Time,
     UniqueConstraint,
     func,
     text,
@@ -61,6 +62,11 @@ class Organization(Base):
     )
     opt_out_reply: Mapped[str | None] = mapped_column(Text)
     opt_in_reply: Mapped[str | None] = mapped_column(Text)
+    # Quiet hours for bulk messages, in each recipient's local time (models/quiet_hours.py): both
+    # set, or neither. The zone of recipients whose number does not name one (NULL: UTC).
+    quiet_hours_start: Mapped[time | None] = mapped_column(Time)
+    quiet_hours_end: Mapped[time | None] = mapped_column(Time)
+    default_timezone: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = _created_at()
 
 
@@ -182,6 +188,11 @@ class Conversation(Base):
     created_at: Mapped[datetime] = _created_at()
 
 
+# The pacer's own condition for bulk messages without a send slot (they are fed by the bulk scan);
+# the general scan's index leaves them out, so the same text is in its WHERE clause.
+NOT_BULK_FED = "(priority <> 'bulk' OR reserved_slot IS NOT NULL)"
+
+
 class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
@@ -190,6 +201,7 @@ class Message(Base):
             "'received')",
             name="message_status_known",
         ),
+        CheckConstraint("priority IN ('transactional', 'bulk')", name="message_priority_known"),
         # The sweeper's scan: unfinished messages by when they were last handed to the broker.
         Index(
             "ix_messages_pending",
@@ -225,11 +237,32 @@ class Message(Base):
             "created_at",
             postgresql_where=text("NOT (payload ? 'content_cleared_at')"),
         ),
-        # The pacer's scan: messages waiting in Postgres (not in the broker) by when they are due.
+        # The pacer's scan: messages waiting in Postgres (not in the broker) by when they are due;
+        # bulk ones without a slot are fed by their own scan (the bulk gate, worker/pacer.py).
         Index(
             "ix_messages_waiting_due",
             "next_attempt_at",
-            postgresql_where=text("enqueued_at IS NULL AND status IN ('queued', 'retrying')"),
+            postgresql_where=text(f"enqueued_at IS NULL AND status IN ('queued', 'retrying') AND {NOT_BULK_FED}"),
+        ),
+        # The bulk feed: an account's bulk messages waiting in Postgres, by when they are due...
+        Index(
+            "ix_messages_bulk_waiting",
+            "account_id",
+            "next_attempt_at",
+            postgresql_where=text(
+                "priority = 'bulk' AND reserved_slot IS NULL AND enqueued_at IS NULL "
+                "AND status IN ('queued', 'retrying')"
+            ),
+        ),
+        # ... and those handed over whose call has not begun (the feed keeps about a second's worth out).
+        Index(
+            "ix_messages_bulk_out",
+            "account_id",
+            "enqueued_at",
+            postgresql_where=text(
+                "priority = 'bulk' AND enqueued_at IS NOT NULL AND call_started_at IS NULL "
+                "AND status IN ('queued', 'retrying', 'sending')"
+            ),
         ),
         # The order rule's lookup: earlier unfinished messages of the same conversation.
         Index(
@@ -299,6 +332,9 @@ class Message(Base):
     media_mime: Mapped[str | None] = mapped_column(String(127))
     media_size: Mapped[int | None] = mapped_column(BigInteger)
     source_api: Mapped[str] = mapped_column(String(16))
+    # transactional (the default) or bulk (models/enums.Priority): bulk waits in Postgres and the
+    # pacer feeds it to the broker, a little at a time per account (worker/pacer.py).
+    priority: Mapped[str] = mapped_column(String(16), server_default="transactional")
     meta_response: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = _created_at()
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -86,11 +86,15 @@ class Submitter:
         *,
         idempotency_key: str,
         media: Mapping[str, Any] | None = None,
+        priority: str | None = None,
     ) -> AsyncResult:
-        """One /whatsapp/send body: text, or ``media`` {url, type, mimetype?, fileName?} with a caption."""
+        """One /whatsapp/send body: text, or ``media`` {url, type, mimetype?, fileName?} with a caption;
+        ``priority``: transactional (the service's default) or bulk."""
         body: dict[str, Any] = {"leadId": str(lead_id), "whatsappAccountId": str(account_id), "message": message}
         if media is not None:
             body["media"] = dict(media)
+        if priority is not None:
+            body["priority"] = priority
         return self.submit("flowestate", request=body, idempotency_key=idempotency_key)
 
     def flowestate_template(
@@ -100,9 +104,16 @@ class Submitter:
         template: Mapping[str, Any],
         *,
         idempotency_key: str,
+        priority: str | None = None,
     ) -> AsyncResult:
         """One /whatsapp/send-template body (``template``: name, language, components in camelCase)."""
-        body = {"leadId": str(lead_id), "whatsappAccountId": str(account_id), "template": dict(template)}
+        body: dict[str, Any] = {
+            "leadId": str(lead_id),
+            "whatsappAccountId": str(account_id),
+            "template": dict(template),
+        }
+        if priority is not None:
+            body["priority"] = priority
         return self.submit("flowestate", request=body, idempotency_key=idempotency_key)
 
     def flowestate_batch(self, bodies: Sequence[Mapping[str, Any]], *, idempotency_key: str) -> AsyncResult:

@@ -59,7 +59,7 @@ from worker.outcome import Outcome, Settled, Unknown
 from worker.rate_limit import Pacing, RateLimiter
 from worker.retry_policy import RetryPolicy, is_throttled
 from worker.send_gate import CallRefused, SendGate, WaitInPostgres
-from worker.send_slots import SendSlots
+from worker.send_slots import SendSlots, quiet_left_s
 from worker.unusable_templates import MarketingTemplates, TemplateRef, UnusableTemplates
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class Delivery:
         self.unusable_templates = UnusableTemplates(limiter.client, settings.template_unusable_cache_s)
         self.marketing_templates = MarketingTemplates(limiter.client)
         self.messaging_limits = MessagingLimits(limiter.client, settings.messaging_limit_window_s)
-        self.slots = SendSlots(limiter, inline_wait_s=settings.rate_inline_wait_s)
+        self.slots = SendSlots(limiter, inline_wait_s=settings.rate_inline_wait_s, bulk_retry_s=settings.bulk_retry_s)
         self.gate = SendGate(limiter, inline_wait_s=settings.rate_inline_wait_s)
         self.retry = RetryPolicy.of(settings)
         # Faults before the call in a row, in this process: while Redis or Postgres stays down,
@@ -277,7 +277,7 @@ class Delivery:
     def _deliver(self, attempt: _Attempt) -> Settled:
         claim = attempt.claim
         shutdown.check()
-        if (refused := self._check(claim)) is not None:
+        if (refused := self._check(claim, time.monotonic() - attempt.started)) is not None:
             return refused
         # Media is fetched and uploaded before taking a send slot (that can be slow); anything
         # else takes its slot first, so a message that must wait costs no decryption or parsing.
@@ -301,11 +301,15 @@ class Delivery:
             return deferred
         return self._call(attempt, prepared, request)
 
-    def _check(self, claim: Claim) -> Settled | None:
-        """What may have changed while the message waited: the account, the contact, the template."""
+    def _check(self, claim: Claim, since_claim_s: float = 0.0) -> Settled | None:
+        """What may have changed while the message waited: the account, the contact, the template;
+        and whether a bulk message's recipient is in their quiet hours now."""
         if claim.account_status == AccountStatus.HALTED:
             # A halted account's messages wait (they are not burned through); resume re-enqueues them.
             return self._give_back(claim, Outcome.ACCOUNT_HALTED)
+        if (quiet_s := quiet_left_s(claim, since_claim_s)) is not None:
+            # Bulk in its recipient's quiet hours: back to Postgres until they end (not an attempt).
+            return self._give_back(claim, Outcome.QUIET_HOURS, wait_s=quiet_s)
         if refusal := pre_send_refusal(claim):
             return self._fail_before_call(claim, CallError(refusal.code, refusal.title), Outcome.REFUSED)
         template = TemplateRef.of_payload(claim.account_id, claim.payload)
@@ -441,6 +445,8 @@ class Delivery:
             pair_burst=s.pair_burst,
             horizon_s=s.rate_horizon_s,
             jitter_s=s.rate_jitter_s,
+            bulk_horizon_s=s.bulk_horizon_s,
+            bulk_share=s.bulk_share,
         )
 
     def _call(self, attempt: _Attempt, prepared: _Prepared, request: httpx.Request) -> Settled:

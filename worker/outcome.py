@@ -15,6 +15,7 @@ class Outcome(StrEnum):
     RETRYING = "retrying"  # waits in Postgres for its next attempt
     SCHEDULED = "scheduled"  # waits in Postgres for its reserved send slot
     RATE_LIMITED = "rate-limited"  # waits in Postgres to ask for a slot again
+    QUIET_HOURS = "quiet-hours"  # bulk: waits in Postgres until the recipient's quiet hours end
     ACCOUNT_HALTED = "account-halted"  # waits for `account resume`
     HELD = "held"  # waits in Postgres for one of Meta's limits: a marketing cool-off, the messaging limit
     GIVEN_BACK = "given-back"  # something broke before the call: back in the queue, not an attempt

@@ -68,13 +68,34 @@ local function paused_until(account_key, everyone_key)
 end
 """
 
-# KEYS: account TAT, pair TAT, account pause-until, pair pause-until, account rate ceiling
-# ARGV: account interval, account burst, pair interval, pair tolerance, horizon (seconds)
+# The bulk gate (issue 25). Transactional messages reserve the account's slots as far ahead as they
+# need; a bulk message takes a slot only when the account's next one is within the bulk horizon
+# (no transactional queue ahead, and little bulk), else it reserves nothing and asks again later.
+# So the reservations run at most that far ahead of now on bulk's account, and a transactional send
+# arriving behind any bulk backlog waits about that long at most.
+# Bulk never starves: while the gate is closed, the account's bulk share (a GCRA at share x mps,
+# no burst) lets one bulk message through now and then, to a slot at the end of the queue like a
+# transactional one.
+# Returns whether the message may reserve the slot, and whether it does so on the share.
+_BULK = """
+local function bulk_gate(bulk, slot, now, bulk_horizon, share_interval, share_tat, horizon)
+  if not bulk or slot - now <= bulk_horizon then return true, false end
+  if share_interval > 0 and share_tat <= now and slot - now <= horizon then return true, true end
+  return false, false
+end
+"""
+
+# KEYS: account TAT, pair TAT, account pause-until, pair pause-until, account rate ceiling, the
+# account's bulk share TAT
+# ARGV: account interval, account burst, pair interval, pair tolerance, horizon (seconds), 1 for a
+# bulk message (0: transactional), bulk horizon (seconds), bulk share interval (seconds; 0: none)
 # Returns {granted, wait seconds, slot time} as strings (Lua numbers would lose the fraction);
-# granted: 1 reserved, p not yet (the recipient's pace), 0 not within the horizon (the account's).
+# granted: 1 reserved, p not yet (the recipient's pace), 0 not within the horizon (the account's),
+# b a bulk message the bulk gate turned away (ask again in those seconds).
 _RESERVE = (
     _EXACT
     + _PAIR
+    + _BULK
     + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -96,11 +117,17 @@ if ready > now then
 end
 local slot = math.max(now, tat_a - tol_a, pause_a)
 local wait = slot - now
+local share_tat = tonumber(redis.call('GET', KEYS[6]) or '0')
+local bulk_ok, by_share = bulk_gate(ARGV[6] == '1', slot, now, tonumber(ARGV[7]), tonumber(ARGV[8]), share_tat, horizon)
+if not bulk_ok then
+  return {'b', tostring(slot - tonumber(ARGV[7]) - now), exact(slot)}
+end
 if wait > horizon then
   return {'0', tostring(wait), exact(slot)}
 end
 store_time(KEYS[1], math.max(tat_a, slot) + interval_a, now)
 take_pair(KEYS[2], tat_p, slot, interval_p, now)
+if by_share then store_time(KEYS[6], math.max(share_tat, now) + tonumber(ARGV[8]), now) end
 return {'1', tostring(wait), exact(slot)}
 """
 )
@@ -173,11 +200,12 @@ return {'1', tostring(moment - now), exact(moment)}
 )
 
 # KEYS: account admission TAT, account rate ceiling, account pause-until, everyone's pause-until,
-# account reservation TAT, then for each request its pair TAT and pair pause-until (the keys
-# reservations use).
+# account reservation TAT, account bulk share TAT, then for each request its pair TAT and pair
+# pause-until (the keys reservations use).
 # ARGV: account interval, admission burst, reservation burst, pair interval, pair tolerance,
-# horizon, longest wait the caller takes (seconds), then for each request its "not before" (Redis
-# time, 0: none) and 1 if that is a slot it reserved before (0: it has none).
+# horizon, longest wait the caller takes (seconds), bulk horizon, bulk share interval (0: none),
+# then for each request its "not before" (Redis time, 0: none), 1 if that is a slot it reserved
+# before (0: it has none), and 1 if it is a bulk message (0: transactional).
 # Many messages of one account at once: each request is answered in order, on one clock, as if it
 # had asked alone with the per-message path's two calls (_RESERVE, then _SEND_MOMENT). A request
 # without a slot reserves one first, exactly as _RESERVE does; one with a slot goes straight to the
@@ -187,15 +215,17 @@ return {'1', tostring(moment - now), exact(moment)}
 # Returns {verdict, seconds from now, time (Redis time)} per request, flattened, as strings;
 # verdict: 1 taken (at its moment), p not yet (the recipient's pace or pause: nothing reserved),
 # s scheduled (a slot reserved at that time; ask again in those seconds), 0 not within the wait
-# (the account's: paused, beyond the horizon, or a reserved slot's moment further off; nothing kept).
+# (the account's: paused, beyond the horizon, or a reserved slot's moment further off; nothing kept),
+# b a bulk message the bulk gate turned away (nothing reserved; ask again in those seconds).
 _SEND_MOMENTS = (
     _EXACT
     + _PAIR
     + _ACCOUNT
+    + _BULK
     + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local requests = (#KEYS - 5) / 2
+local requests = (#KEYS - 6) / 2
 local answers = {}
 local function answer(verdict, at, moment)
   answers[#answers + 1] = verdict
@@ -208,31 +238,39 @@ local interval_a, tol_a = account_pace(tonumber(ARGV[1]), tonumber(ARGV[3]), KEY
 local pause_a = tonumber(redis.call('GET', KEYS[3]) or '0')
 local interval_p, tol_p = tonumber(ARGV[4]), tonumber(ARGV[5])
 local horizon, within = tonumber(ARGV[6]), tonumber(ARGV[7])
+local bulk_horizon, share_interval = tonumber(ARGV[8]), tonumber(ARGV[9])
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
 local tat_a = tonumber(redis.call('GET', KEYS[5]) or '0')
-local taken, reserved = false, false
+local share_tat = tonumber(redis.call('GET', KEYS[6]) or '0')
+local taken, reserved, shared = false, false, false
 
 -- _RESERVE's reservation: the slot (Redis time, as _RESERVE returns it), or nil with the verdict
 -- and the time to tell when nothing was reserved.
-local function reserve(pair_key, pair_pause_key)
+local function reserve(pair_key, pair_pause_key, bulk)
   local ready, tat_p = pair_ready(pair_pause_key, pair_key, interval_p, tol_p)
   if ready > now then return nil, 'p', ready end
   local slot = math.max(now, tat_a - tol_a, pause_a)
+  local bulk_ok, by_share = bulk_gate(bulk, slot, now, bulk_horizon, share_interval, share_tat, horizon)
+  if not bulk_ok then return nil, 'b', slot - bulk_horizon end
   if slot - now > horizon then return nil, '0', slot end
   -- Rounded as storing it rounds: the slots are the ones single reservations would get, and a sum
   -- near 1.8e9 kept in a double would drift by part of its last bit at every step.
   tat_a = tonumber(exact(math.max(tat_a, slot) + interval_a))
   reserved = true
+  if by_share then
+    share_tat = tonumber(exact(math.max(share_tat, now) + share_interval))
+    shared = true
+  end
   take_pair(pair_key, tat_p, slot, interval_p, now)
   return tonumber(exact(slot))
 end
 
 local function ask(i)
-  local not_before = tonumber(ARGV[6 + 2 * i])
+  local not_before = tonumber(ARGV[7 + 3 * i])
   local slot = nil
-  if ARGV[7 + 2 * i] ~= '1' then
+  if ARGV[8 + 3 * i] ~= '1' then
     local verdict, at
-    slot, verdict, at = reserve(KEYS[4 + 2 * i], KEYS[5 + 2 * i])
+    slot, verdict, at = reserve(KEYS[5 + 2 * i], KEYS[6 + 2 * i], ARGV[9 + 3 * i] == '1')
     if not slot then return answer(verdict, at) end
     -- Too far off to wait for: the message waits in Postgres and keeps its slot.
     if slot - now > within then return answer('s', slot) end
@@ -255,6 +293,7 @@ end
 for i = 1, requests do ask(i) end
 if taken then store_time(KEYS[1], tat, now) end
 if reserved then store_time(KEYS[5], tat_a, now) end
+if shared then store_time(KEYS[6], share_tat, now) end
 return answers
 """
 )
@@ -280,6 +319,7 @@ class Reservation:
     wait_s: float
     slot: float  # Redis time of the slot
     pair_not_ready: bool = False  # not granted because of the recipient's pace, not the account's
+    bulk_later: bool = False  # not granted: a bulk message the bulk gate turned away
 
 
 @dataclass(frozen=True)
@@ -298,6 +338,8 @@ class MomentRequest:
     # not_before is a slot this message reserved before (take_send_moments answered SCHEDULED):
     # its account slot and its recipient's pace were charged then, so it only takes its moment.
     reserved: bool = False
+    # A bulk message: it reserves a slot only through the bulk gate (see _BULK).
+    bulk: bool = False
 
 
 class MomentVerdict(StrEnum):
@@ -310,6 +352,9 @@ class MomentVerdict(StrEnum):
     # The account is paused, every slot up to the horizon is taken, or the moment of a message
     # that came with its slot is further off than the caller takes: nothing kept for it.
     ACCOUNT_LATER = "account_later"
+    # A bulk message the bulk gate turned away (the account's next slot is further off than the
+    # bulk horizon, and its bulk share is spent): nothing reserved; ask again in ``wait_s``.
+    BULK_LATER = "bulk_later"
 
 
 # The verdict codes _SEND_MOMENTS answers with (the ones _RESERVE uses, and s).
@@ -318,6 +363,7 @@ _VERDICTS = {
     b"p": MomentVerdict.PAIR_NOT_READY,
     b"s": MomentVerdict.SCHEDULED,
     b"0": MomentVerdict.ACCOUNT_LATER,
+    b"b": MomentVerdict.BULK_LATER,
 }
 
 
@@ -336,6 +382,15 @@ class Pacing:
     pair_burst: int
     horizon_s: float
     jitter_s: float = 0.025
+    # The bulk gate (see _BULK): how close the account's next slot must be for a bulk message to
+    # take it, and the share of the account's rate bulk keeps while the gate is closed.
+    bulk_horizon_s: float = 0.5
+    bulk_share: float = 0.0
+
+    @property
+    def bulk_share_interval(self) -> float:
+        """Seconds between two bulk messages let through on the share (0: no share)."""
+        return 1.0 / (self.mps * self.bulk_share) if self.bulk_share > 0 else 0.0
 
 
 class RateLimiter:
@@ -357,9 +412,10 @@ class RateLimiter:
             f"{self.prefix}:pause:acct:{account_id}",
             self._pair_pause_key(account_id, recipient),
             f"{self.prefix}:ceiling:{account_id}",
+            self._bulk_share_key(account_id),
         ]
 
-    def reserve(self, account_id: uuid.UUID, recipient: str, pacing: Pacing) -> Reservation:
+    def reserve(self, account_id: uuid.UUID, recipient: str, pacing: Pacing, *, bulk: bool = False) -> Reservation:
         interval = 1.0 / pacing.mps
         pair_interval = pacing.pair_interval_s
         granted, wait, slot = self._reserve(
@@ -370,10 +426,20 @@ class RateLimiter:
                 pair_interval,
                 pair_interval * pacing.pair_burst,
                 pacing.horizon_s,
+                1 if bulk else 0,
+                pacing.bulk_horizon_s,
+                pacing.bulk_share_interval,
             ],
         )
-        # '1': reserved; 'p': the recipient's pace says not yet; '0': the account's horizon is full.
-        return Reservation(granted == b"1", max(0.0, float(wait)), float(slot), pair_not_ready=granted == b"p")
+        # '1': reserved; 'p': the recipient's pace says not yet; '0': the account's horizon is full;
+        # 'b': the bulk gate is closed to this bulk message.
+        return Reservation(
+            granted == b"1",
+            max(0.0, float(wait)),
+            float(slot),
+            pair_not_ready=granted == b"p",
+            bulk_later=granted == b"b",
+        )
 
     def take_send_moment(
         self, account_id: uuid.UUID, pacing: Pacing, *, not_before: float = 0.0, within_s: float = 0.0
@@ -404,7 +470,7 @@ class RateLimiter:
         if not requests:
             return []
         pair_interval = pacing.pair_interval_s
-        keys = [*self._admission_keys(account_id), self._account_key(account_id)]
+        keys = [*self._admission_keys(account_id), self._account_key(account_id), self._bulk_share_key(account_id)]
         args: list[float] = [
             1.0 / pacing.mps,
             _admission_burst(pacing),
@@ -413,10 +479,12 @@ class RateLimiter:
             pair_interval * pacing.pair_burst,
             pacing.horizon_s,
             max(0.0, within_s),
+            pacing.bulk_horizon_s,
+            pacing.bulk_share_interval,
         ]
         for request in requests:
             keys += [self._pair_key(account_id, request.recipient), self._pair_pause_key(account_id, request.recipient)]
-            args += [request.not_before, 1 if request.reserved else 0]
+            args += [request.not_before, 1 if request.reserved else 0, 1 if request.bulk else 0]
         answers = self._send_moments(keys=keys, args=args)
         return [
             MomentGrant(_VERDICTS[verdict], max(0.0, float(wait)), float(at))
@@ -435,6 +503,10 @@ class RateLimiter:
     def _account_key(self, account_id: uuid.UUID) -> str:
         """The account's reservation TAT: slots for the messages reserved ahead."""
         return f"{self.prefix}:acct:{account_id}"
+
+    def _bulk_share_key(self, account_id: uuid.UUID) -> str:
+        """The account's bulk share (a GCRA TAT): bulk let through while the bulk gate is closed."""
+        return f"{self.prefix}:bulkshare:{account_id}"
 
     def _pair_key(self, account_id: uuid.UUID, recipient: str) -> str:
         return f"{self.prefix}:pair:{account_id}:{recipient}"

@@ -7,7 +7,9 @@ before it. The send gate (worker/send_gate.py) has the last word on the moment i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
+from intake.priority import hold_until
 from models.lifecycle import Claim
 from worker import shutdown
 from worker.outcome import Outcome
@@ -22,10 +24,28 @@ class Slot:
     at: float  # Redis time
 
 
+def quiet_left_s(claim: Claim, since_claim_s: float) -> float | None:
+    """How long a bulk claim's recipient stays in their quiet hours (None: it may go now), by the
+    database's clock at the claim plus ``since_claim_s``. Transactional messages are never held."""
+    if not claim.bulk or claim.quiet_hours_start is None:
+        return None
+    now = claim.db_now + timedelta(seconds=since_claim_s)
+    until = hold_until(
+        claim.priority,
+        wa_id=claim.wa_id,
+        quiet_hours_start=claim.quiet_hours_start,
+        quiet_hours_end=claim.quiet_hours_end,
+        default_timezone=claim.default_timezone,
+        now=now,
+    )
+    return None if until is None else max(0.0, (until - now).total_seconds())
+
+
 class SendSlots:
-    def __init__(self, limiter: RateLimiter, *, inline_wait_s: float) -> None:
+    def __init__(self, limiter: RateLimiter, *, inline_wait_s: float, bulk_retry_s: float = 0.2) -> None:
         self.limiter = limiter
         self.inline_wait_s = inline_wait_s
+        self.bulk_retry_s = bulk_retry_s
 
     def reserve_and_wait(self, claim: Claim, pacing: Pacing) -> Slot | WaitInPostgres:
         """The message's slot (the one it reserved before, or a new one), waited for here until
@@ -39,7 +59,12 @@ class SendSlots:
                 and (due := (claim.next_attempt_at - claim.db_now).total_seconds()) > 0
             ):
                 shutdown.nap(due)
-            reservation = self.limiter.reserve(claim.account_id, claim.wa_id, pacing)
+            reservation = self.limiter.reserve(claim.account_id, claim.wa_id, pacing, bulk=claim.bulk)
+            if reservation.bulk_later:
+                # The bulk gate is closed: nothing reserved; ask again when the queue is short.
+                count_wait("bulk", "postgres", reservation.wait_s)
+                wait = min(max(reservation.wait_s, self.bulk_retry_s), pacing.horizon_s / 2)
+                return WaitInPostgres(wait, Outcome.RATE_LIMITED)
             if not reservation.granted:
                 # The recipient is not ready, or every slot up to the horizon is taken: ask again later.
                 count_wait("pair" if reservation.pair_not_ready else "account", "postgres", reservation.wait_s)

@@ -25,12 +25,12 @@ from datetime import timedelta
 from typing import Any, cast
 
 import redis
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import Boolean, ColumnElement, and_, func, literal_column, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from models.enums import AccountStatus, MessageStatus, status_in
 from models.lifecycle import behind_earlier
-from models.tables import Message, WebhookEvent, WhatsappAccount
+from models.tables import NOT_BULK_FED, Message, WebhookEvent, WhatsappAccount
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,9 @@ def take_lost_by_broker(session: Session, *, oldest_waiting: float | None, grace
     overdue_in_postgres = and_(
         Message.enqueued_at.is_(None),
         func.coalesce(Message.next_attempt_at, Message.created_at) < func.now() - timedelta(seconds=grace_s),
+        # Bulk without a slot waits for the pacer's bulk feed, however long its backlog: handed over
+        # here, thousands would go to the broker at once (the feed is in every worker's pacer).
+        literal_column(NOT_BULK_FED, Boolean),
     )
     return hand_over(
         session,

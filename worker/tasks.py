@@ -320,7 +320,13 @@ _gauges: GaugeRefresher | None = None
 def _start_pacer(**_: object) -> None:
     global _pacer, _callbacks, _gauges
     settings = get_settings()
-    _pacer = Pacer(_hand_over_due, interval_s=settings.pacer_interval_s, lead_s=settings.rate_inline_wait_s / 2)
+    _pacer = Pacer(
+        _hand_over_due,
+        interval_s=settings.pacer_interval_s,
+        lead_s=settings.rate_inline_wait_s / 2,
+        bulk_feed_s=settings.bulk_feed_s,
+        bulk_feed_min=settings.bulk_feed_min,
+    )
     _pacer.start()
     # Event callbacks: their own thread and pool, apart from the send threads.
     _callbacks = Dispatcher(settings)

@@ -79,5 +79,5 @@ async def send_batch(
     if result.message_ids:
         await hand_batch_over(list(result.message_ids), new_from=SourceApi.FLOWESTATE)
     if result.new:
-        count_accepted(SourceApi.FLOWESTATE, len(result.waiting))  # scheduled: the pacer hands them over
+        count_accepted(SourceApi.FLOWESTATE, len(result.waiting))  # scheduled or bulk: the pacer hands them over
     return JSONResponse(dict(result.body), status_code=result.status)

@@ -20,6 +20,7 @@ from api_shim.openapi_docs import FLOWESTATE_BEARER
 from intake import idempotency
 from intake.callers import Caller
 from intake.errors import ApiError, ErrorCode
+from intake.priority import PriorityName
 from intake.storable_text import text_rule
 from models.db import get_sessionmaker
 from models.enums import AccountStatus, Scope
@@ -96,6 +97,7 @@ class MessageOut(BaseModel):
     id: uuid.UUID
     status: Literal["queued", "sending", "retrying", "sent", "delivered", "read", "failed", "cancelled", "received"]
     type: str
+    priority: PriorityName = Field(description="transactional or bulk, as the send asked")
     leadId: uuid.UUID
     whatsappAccountId: uuid.UUID
     wamid: str | None = Field(description="Meta's message id once sent")
@@ -182,6 +184,7 @@ def get_message(
             id=m.id,
             status=m.status,  # type: ignore[arg-type]
             type=m.message_type,
+            priority=m.priority,  # type: ignore[arg-type]
             leadId=m.contact_id,
             whatsappAccountId=m.account_id,
             wamid=m.wamid,

@@ -93,7 +93,7 @@ async def send_whatsapp_batch(request: Request) -> JSONResponse:
     if result.message_ids:
         await hand_batch_over(list(result.message_ids), new_from=SourceApi.FLOWIQ)
     if result.new:
-        count_accepted(SourceApi.FLOWIQ, len(result.waiting))  # scheduled: the pacer hands them over
+        count_accepted(SourceApi.FLOWIQ, len(result.waiting))  # scheduled or bulk: the pacer hands them over
     return JSONResponse(dict(result.body), status_code=result.status)
 
 

@@ -39,6 +39,7 @@ class FlowIQMessageData(BaseModel):
     message_id: uuid.UUID
     wamid: str | None
     status: str = Field(description="queued, sending, retrying, sent, delivered, read, failed or cancelled")
+    priority: str = Field(description="transactional or bulk, as the send asked")
     phone_number: str | None
     message_type: str
     error: dict[str, Any] | None = Field(description="{code, title} once the message failed, else null")
@@ -85,6 +86,7 @@ def _lookup(request: Request, tenant_id: str | None, ref: str) -> dict[str, Any]
             message_id=message.id,
             wamid=message.wamid,
             status=message.status,
+            priority=message.priority,
             phone_number=phone,
             # FlowIQ calls buttons and lists "interactive".
             message_type="interactive" if message.message_type in ("button", "list") else message.message_type,

@@ -30,9 +30,10 @@ from intake import idempotency
 from intake.errors import Accepted, FlowIQError, Refused
 from intake.flowiq_request import FLOWIQ_TYPES
 from intake.flowiq_send import AcceptedSend, accept_raw_send, sent_of
+from intake.priority import PRIORITY_DESCRIPTION, PriorityName
 from intake.store import count_accepted
 from models.db import get_sessionmaker
-from models.enums import MessageStatus, SourceApi
+from models.enums import MessageStatus, Priority, SourceApi
 from models.settings import get_settings
 from models.tables import Message, MessageAttempt
 
@@ -53,6 +54,7 @@ class FlowIQSendDoc(BaseModel):
     phone_number: str = Field(description="Recipient with country code; spaces, dashes, brackets and '+' are removed")
     message_type: str = Field(description="One of: " + ", ".join(FLOWIQ_TYPES))
     context_message_id: str | None = Field(None, description="wamid to reply to")
+    priority: PriorityName = Field(Priority.TRANSACTIONAL.value, description=PRIORITY_DESCRIPTION)
     text: str | None = Field(None, description="text messages: required, 1..4096 chars")
     media_url: str | None = Field(None, description="image/video/audio/document: required, https URL")
     caption: str | None = Field(None, description="image/video/document: optional, up to 1024 chars; not for audio")
@@ -206,11 +208,13 @@ async def send_whatsapp(request: Request) -> JSONResponse:
     if not result.message_ids and not result.waiting:  # the answer the Idempotency-Key kept
         return JSONResponse(dict(result.body), status_code=result.status)
     accepted = sent_of(result)
-    if accepted.scheduled:
-        # It waits in Postgres for its time: nothing to wait for now, the answer is 202 with its id.
+    if accepted.waits:
+        # It waits in Postgres (scheduled, or bulk): nothing to wait for now. New: 202 with its id;
+        # a repeat under its Idempotency-Key: where it stands now (sent, failed, or still 202).
         if accepted.created:
             count_accepted(SourceApi.FLOWIQ)
-        return _respond(accepted, _Outcome(MessageStatus.QUEUED, None, None, None, None, None, None))
+            return _respond(accepted, _Outcome(MessageStatus.QUEUED, None, None, None, None, None, None))
+        return _respond(accepted, await run_in_threadpool(_load_outcome, accepted.message_id))
     return await _deliver_and_wait(request, accepted)
 
 

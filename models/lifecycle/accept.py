@@ -1,6 +1,11 @@
 """Intake: a checked message is stored as ``queued`` with its thread entry, alone (``accept``), in
 a batch (``accept_many``), or as SQL text inside one statement that decides first
-(``accept_one_after``, intake/lean_statements.py). The caller commits, then enqueues."""
+(``accept_one_after``, intake/lean_statements.py). The caller commits, then enqueues.
+
+Two kinds of message are stored waiting in Postgres (``enqueued_at`` NULL), and their caller does
+not hand them to the broker: a scheduled one (due at its ``send_at``; the pacer hands it over
+then), and a bulk one (due now, or when the recipient's quiet hours end: the pacer's bulk feed
+hands it over a little at a time, worker/pacer.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +15,26 @@ from datetime import datetime
 from typing import Any, cast
 
 from psycopg.types.json import Jsonb
-from sqlalchemy import Boolean, DateTime, Insert, String, Table, Uuid, bindparam, case, func, insert, literal, select
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Insert,
+    String,
+    Table,
+    Uuid,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from models.enums import Priority
 from models.lifecycle.transitions import ACCEPTED
 from models.tables import Conversation, Message
 
@@ -84,9 +105,12 @@ def _build_accept_statement() -> Insert:
     )
     columns = ["id", "org_id", "conversation_id", "account_id", "contact_id", "message_type", "payload", "status",
                "source_api", "idempotency_key", "enqueued_at", "send_at", "next_attempt_at", "expires_at",
-               "campaign"]  # fmt: skip
+               "campaign", "priority"]  # fmt: skip
     send_at = bindparam("p_send_at", type_=DateTime(timezone=True))
     scheduled = bindparam("p_scheduled", type_=Boolean)
+    priority = bindparam("p_priority", type_=String)
+    bulk = priority == Priority.BULK.value
+    hold_until = bindparam("p_hold_until", type_=DateTime(timezone=True))
     return insert(messages).from_select(
         columns,
         select(
@@ -100,12 +124,19 @@ def _build_accept_statement() -> Insert:
             queued,
             bindparam("p_source", type_=String),
             bindparam("p_idempotency_key", type_=String),
-            # A scheduled message is not handed to the broker: the pacer takes it at send_at.
-            case((scheduled, None), else_=func.now()),
+            # Scheduled and bulk messages are not handed to the broker: they wait in Postgres, due
+            # at send_at (bulk: now, or when quiet hours end; re-checked at the claim).
+            case((or_(scheduled, bulk), None), else_=func.now()),
             send_at,
-            case((scheduled, send_at), else_=None),
+            case(
+                (scheduled, send_at),
+                (and_(bulk, hold_until.is_not(None)), func.greatest(func.now(), hold_until)),
+                (bulk, func.now()),
+                else_=None,
+            ),
             bindparam("p_expires_at", type_=DateTime(timezone=True)),
             bindparam("p_campaign", type_=String),
+            priority,
         ),
     )
 
@@ -115,12 +146,18 @@ def _build_accept_statement() -> Insert:
 _ACCEPT = _build_accept_statement()
 
 
+# As SQL text (the lean path and batches): the same hand-over and due time as ``accept``'s.
+_ENQUEUED_AT = "CASE WHEN {scheduled} OR {priority} = 'bulk' THEN NULL ELSE now() END"
+_DUE_AT = "CASE WHEN {scheduled} THEN {send_at} WHEN {priority} = 'bulk' THEN greatest(now(), {hold_until}) END"
+
+
 def accept_one_after(gate: str) -> str:
     """Intake as SQL text for one statement that decides first (intake/lean_statements.py): two CTEs,
     ``accepted_conversation`` then ``accepted_message``, that make the conversation's latest entry
     and insert the message as ``queued`` only if the CTE named ``gate`` has a row. The same rows as
     ``accept``; psycopg parameters org_id, account_id, lead_id, message_id, preview, type, payload,
-    source, idempotency_key, and Dispatch's send_at, expires_at, campaign, scheduled."""
+    source, idempotency_key, priority, hold_until, and Dispatch's send_at, expires_at, campaign,
+    scheduled."""
     return f"""accepted_conversation AS (
     INSERT INTO conversations AS c (org_id, account_id, contact_id, last_message_id, last_message_at,
                                     last_message_preview, last_message_status)
@@ -132,12 +169,21 @@ def accept_one_after(gate: str) -> str:
     RETURNING c.id
 ), accepted_message AS (
     INSERT INTO messages (id, org_id, conversation_id, account_id, contact_id, message_type, payload, status,
-                          source_api, idempotency_key, enqueued_at, send_at, next_attempt_at, expires_at, campaign)
+                          source_api, idempotency_key, enqueued_at, send_at, next_attempt_at, expires_at, campaign,
+                          priority)
     SELECT %(message_id)s, %(org_id)s, accepted_conversation.id, %(account_id)s, %(lead_id)s, %(type)s,
            %(payload)s, '{ACCEPTED.value}', %(source)s, %(idempotency_key)s::text,
-           CASE WHEN %(scheduled)s THEN NULL ELSE now() END, %(send_at)s::timestamptz,
-           CASE WHEN %(scheduled)s THEN %(send_at)s::timestamptz END, %(expires_at)s::timestamptz,
-           %(campaign)s::text
+           {_ENQUEUED_AT.format(scheduled="%(scheduled)s::boolean", priority="%(priority)s::text")},
+           %(send_at)s::timestamptz,
+           {
+        _DUE_AT.format(
+            scheduled="%(scheduled)s::boolean",
+            send_at="%(send_at)s::timestamptz",
+            priority="%(priority)s::text",
+            hold_until="%(hold_until)s::timestamptz",
+        )
+    },
+           %(expires_at)s::timestamptz, %(campaign)s::text, %(priority)s::text
     FROM accepted_conversation
     RETURNING id
 )"""
@@ -161,6 +207,14 @@ class Accepted:
     payload: dict[str, Any]
     preview: str
     dispatch: Dispatch = field(default=NOW)
+    priority: str = Priority.TRANSACTIONAL.value
+    # A bulk message held by the recipient's quiet hours: due at their end (None: due now).
+    hold_until: datetime | None = None
+
+    @property
+    def waits(self) -> bool:
+        """Stored waiting in Postgres (scheduled, or bulk): not handed to the broker by its caller."""
+        return self.dispatch.scheduled or self.priority == Priority.BULK.value
 
 
 # A batch as arrays (one fixed statement text whatever the batch size, so it is prepared once and
@@ -170,9 +224,10 @@ class Accepted:
 _ACCEPT_MANY = f"""WITH batch AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(accounts)s::uuid[], %(contacts)s::uuid[], %(types)s::text[],
                          %(payloads)s::jsonb[], %(previews)s::text[], %(send_ats)s::timestamptz[],
-                         %(expires_ats)s::timestamptz[], %(campaigns)s::text[], %(scheduled)s::boolean[])
+                         %(expires_ats)s::timestamptz[], %(campaigns)s::text[], %(scheduled)s::boolean[],
+                         %(priorities)s::text[], %(holds)s::timestamptz[])
         WITH ORDINALITY AS b(id, account_id, contact_id, message_type, payload, preview, send_at, expires_at,
-                             campaign, scheduled, n)
+                             campaign, scheduled, priority, hold_until, n)
 ), latest AS (
     SELECT DISTINCT ON (account_id, contact_id) * FROM batch ORDER BY account_id, contact_id, n DESC
 ), conversation AS (
@@ -186,10 +241,12 @@ _ACCEPT_MANY = f"""WITH batch AS (
     RETURNING c.id, c.account_id, c.contact_id
 )
 INSERT INTO messages (id, org_id, conversation_id, account_id, contact_id, message_type, payload, status,
-                      source_api, enqueued_at, send_at, next_attempt_at, expires_at, campaign)
+                      source_api, enqueued_at, send_at, next_attempt_at, expires_at, campaign, priority)
 SELECT b.id, %(org_id)s, conversation.id, b.account_id, b.contact_id, b.message_type, b.payload,
-       '{ACCEPTED.value}', %(source)s, CASE WHEN b.scheduled THEN NULL ELSE now() END, b.send_at,
-       CASE WHEN b.scheduled THEN b.send_at END, b.expires_at, b.campaign
+       '{ACCEPTED.value}', %(source)s, {_ENQUEUED_AT.format(scheduled="b.scheduled", priority="b.priority")},
+       b.send_at,
+       {_DUE_AT.format(scheduled="b.scheduled", send_at="b.send_at", priority="b.priority", hold_until="b.hold_until")},
+       b.expires_at, b.campaign, b.priority
 FROM batch b JOIN conversation USING (account_id, contact_id)
 ORDER BY b.n"""
 
@@ -213,5 +270,7 @@ def accept_many(session: Session, org_id: uuid.UUID, source: str, batch: list[Ac
         "expires_ats": [m.dispatch.expires_at for m in batch],
         "campaigns": [m.dispatch.campaign for m in batch],
         "scheduled": [m.dispatch.scheduled for m in batch],
+        "priorities": [m.priority for m in batch],
+        "holds": [m.hold_until for m in batch],
     }
     session.connection().exec_driver_sql(_ACCEPT_MANY, params)

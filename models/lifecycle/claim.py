@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, aliased
 
 from models.enums import CLAIMABLE, MessageStatus, status_in
 from models.lifecycle.conversation import behind_earlier
-from models.tables import Contact, Message, Portfolio, WhatsappAccount
+from models.tables import Contact, Message, Organization, Portfolio, WhatsappAccount
 
 _messages = cast(Table, Message.__table__)
 
@@ -94,6 +94,17 @@ class Claim:
     portfolio_id: uuid.UUID | None = None
     messaging_limit: int | None = None
 
+    # transactional or bulk (models/enums.Priority), and the organization's quiet hours for bulk
+    # (local wall times, or None) with the zone of recipients whose number names none.
+    priority: str = "transactional"
+    quiet_hours_start: time | None = None
+    quiet_hours_end: time | None = None
+    default_timezone: str | None = None
+
+    @property
+    def bulk(self) -> bool:
+        return self.priority == "bulk"
+
     @property
     def lease_s(self) -> float:
         """The lease the claim was given, by the database's clock."""
@@ -140,11 +151,13 @@ _CLAIMED_COLUMNS = (
     Message.attempts,
     Message.throttled_attempts,
     Message.claim_token,
+    Message.priority,
 )
 
 
 def _with_account_and_contact(claimed: CTE) -> Select[Any]:
-    """The claimed rows with their account and contact as they are *now*, and the database's clock."""
+    """The claimed rows with their account, contact and organization's quiet hours as they are
+    *now*, and the database's clock."""
     return (
         select(
             claimed,
@@ -159,11 +172,15 @@ def _with_account_and_contact(claimed: CTE) -> Select[Any]:
             Contact.marketing_cooloff_until,
             WhatsappAccount.portfolio_id,
             Portfolio.messaging_limit,
+            Organization.quiet_hours_start,
+            Organization.quiet_hours_end,
+            Organization.default_timezone,
             func.now().label("db_now"),
         )
         .join(WhatsappAccount, WhatsappAccount.id == claimed.c.account_id)
         .join(Contact, Contact.id == claimed.c.contact_id)
         .outerjoin(Portfolio, Portfolio.id == WhatsappAccount.portfolio_id)
+        .join(Organization, Organization.id == claimed.c.org_id)
     )
 
 
@@ -237,6 +254,10 @@ def _claim_of(row: Row[Any]) -> Claim:
         marketing_cooloff_until=row.marketing_cooloff_until,
         portfolio_id=row.portfolio_id,
         messaging_limit=row.messaging_limit,
+        priority=row.priority,
+        quiet_hours_start=row.quiet_hours_start,
+        quiet_hours_end=row.quiet_hours_end,
+        default_timezone=row.default_timezone,
     )
 
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import func, insert, update
+from sqlalchemy import case, func, insert, null, update
 from sqlalchemy.orm import Session
 
-from models.enums import CONTENT_CLEARED, MessageStatus
+from models.enums import CONTENT_CLEARED, MessageStatus, Priority
 from models.tables import Message, MessageEvent
 
 
 def operator_retry(session: Session, chosen: Any) -> list[uuid.UUID]:
     """Put failed messages (the ids ``chosen`` selects) back in the queue, budgets afresh, with an
     event each. Clearing the token means a late answer of the old claim can change nothing. A
-    message whose content retention cleared stays failed: there is nothing left to send."""
+    message whose content retention cleared stays failed: there is nothing left to send.
+
+    Returns the transactional ones, for the caller to enqueue after commit: a bulk message waits in
+    Postgres, due now, for the pacer's bulk feed (a retry of thousands is paced like any bulk)."""
+    bulk = Message.priority == Priority.BULK.value
     rows = session.execute(
         update(Message)
         .where(
@@ -29,12 +33,12 @@ def operator_retry(session: Session, chosen: Any) -> list[uuid.UUID]:
             call_started_at=None,
             attempts=0,
             throttled_attempts=0,
-            next_attempt_at=None,
+            next_attempt_at=case((bulk, func.now()), else_=null()),
             reserved_slot=None,
             failed_at=None,
-            enqueued_at=func.now(),
+            enqueued_at=case((bulk, null()), else_=func.now()),
         )
-        .returning(Message.id, Message.org_id, Message.error_code)
+        .returning(Message.id, Message.org_id, Message.error_code, Message.priority)
     ).all()
     if rows:
         session.execute(
@@ -51,4 +55,4 @@ def operator_retry(session: Session, chosen: Any) -> list[uuid.UUID]:
                 for row in rows
             ],
         )
-    return [row.id for row in rows]
+    return [row.id for row in rows if row.priority != Priority.BULK]

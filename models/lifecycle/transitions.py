@@ -38,7 +38,8 @@ class Transition:
 S = MessageStatus
 TRANSITIONS: tuple[Transition, ...] = (
     Transition("accept", (), (S.QUEUED,), Actor.INTAKE,
-               "every pre-check passed; inserted with its thread entry (and Idempotency-Key) in one transaction"),
+               "every pre-check passed; inserted with its thread entry (and Idempotency-Key) in one transaction; "
+               "bulk waits in Postgres (due now, or when the recipient's quiet hours end) for the pacer's bulk feed"),
     Transition("claim", CLAIMABLE, (S.SENDING,), Actor.CLAIM_HOLDER,
                "due (a scheduled message: its sendAt has come); no earlier message of its conversation pending; "
                "a new token and lease"),
@@ -47,8 +48,9 @@ TRANSITIONS: tuple[Transition, ...] = (
                "started, renews the lease"),
     Transition("give back", (S.SENDING,), (S.QUEUED, S.RETRYING), Actor.CLAIM_HOLDER,
                "token matches and its holder made no call; not an attempt (it may wait in Postgres: for a "
-               "send slot, or held for the portfolio's messaging limit or the contact's marketing cool-off, "
-               "the reason kept as its error)"),
+               "send slot; held for the portfolio's messaging limit or the contact's marketing cool-off, "
+               "the reason kept as its error; bulk the bulk gate turned away with no slot kept; bulk in its "
+               "recipient's quiet hours)"),
     Transition("sent", (S.SENDING,), (S.SENT,), Actor.CLAIM_HOLDER, "token matches; Meta answered with a wamid"),
     Transition("retry", (S.SENDING,), (S.RETRYING,), Actor.CLAIM_HOLDER,
                "token matches; a retryable answer with budget left"),
@@ -75,7 +77,7 @@ TRANSITIONS: tuple[Transition, ...] = (
                "held for a marketing cool-off or the messaging limit, and its contact wrote since: due now "
                "(its status stays)"),
     Transition("operator retry", (S.FAILED,), (S.QUEUED,), Actor.OPERATOR,
-               "failed; clears the token, so the old claim can change nothing; an event"),
+               "failed; clears the token, so the old claim can change nothing; an event; bulk waits for the feed"),
     # Meta's status webhooks (worker/webhooks/statuses.py): every one is kept as an event first.
     Transition("delivery report", (S.SENT, S.DELIVERED), (S.DELIVERED, S.READ), Actor.WEBHOOK,
                "forward only (sent < delivered < read); a duplicate or an older status changes no status"),

@@ -118,6 +118,6 @@ def test_openapi_documents_every_field_and_error(stack, api):
     assert "OPTED_OUT" in send["responses"]["400"]["description"]
     fields = schema["components"]["schemas"]["SendIn"]["properties"]
     schedule = {"sendAt", "expiresAt", "ttlSeconds", "campaign"}
-    assert set(fields) == {"leadId", "whatsappAccountId", "message", "media", *schedule}
+    assert set(fields) == {"leadId", "whatsappAccountId", "message", "media", "priority", *schedule}
     assert fields["message"]["maxLength"] == 4096
     assert api.http.get("/docs").status_code == 200

@@ -359,3 +359,81 @@ def test_batches_and_reservations_share_the_accounts_slots(limiter):
     # Each slot is the one after the last, whichever path reserved it: none is shared.
     gaps = [b - a for a, b in itertools.pairwise(slots)]
     assert all(abs(gap - 0.01) < 2e-6 for gap in gaps), (min(gaps), max(gaps))
+
+
+# -- the bulk gate (issue 25) ------------------------------------------------------------------
+
+
+def bulk_rule(mps: float, *, share: float = 0.0, bulk_horizon_s: float = 0.5, horizon_s: float = 60) -> Pacing:
+    return Pacing(
+        mps=mps,
+        burst=0,
+        pair_interval_s=0,
+        pair_burst=0,
+        horizon_s=horizon_s,
+        jitter_s=0.0,
+        bulk_horizon_s=bulk_horizon_s,
+        bulk_share=share,
+    )
+
+
+def bulk(*recipients: str) -> list[MomentRequest]:
+    return [MomentRequest(r, bulk=True) for r in recipients]
+
+
+def test_bulk_takes_slots_only_up_to_the_bulk_horizon(limiter):
+    """At 10 mps with a 0.5 s bulk horizon, 30 bulk messages asking at once: the first ones get
+    moments within half a second, the rest reserve nothing (they would have reserved 3 s ahead)."""
+    account, pacing = uuid.uuid4(), bulk_rule(10)
+    grants = limiter.take_send_moments(account, pacing, bulk(*(f"b{n}" for n in range(30))), within_s=1.0)
+    taken = [g for g in grants if g.verdict == TAKEN]
+    later = [g for g in grants if g.verdict == MomentVerdict.BULK_LATER]
+    assert len(taken) + len(later) == 30
+    assert 5 <= len(taken) <= 7
+    assert all(g.wait_s <= 0.5 + 0.1 + 1e-6 for g in taken)
+    # Each is told to ask again when the account's next slot comes within the horizon.
+    assert all(0.0 <= g.wait_s <= 0.2 for g in later)
+    # A transactional message now finds at most the bulk horizon's worth ahead of it.
+    (urgent,) = limiter.take_send_moments(account, pacing, asks("t1"), within_s=1.0)
+    assert urgent.verdict == TAKEN and urgent.wait_s <= 0.5 + 0.1 + 1e-6
+
+
+def test_a_transactional_queue_closes_the_gate_to_bulk_and_bulk_reserves_nothing(limiter):
+    account, pacing = uuid.uuid4(), bulk_rule(10)
+    # 20 transactional messages: slots reserved 2 s ahead (most wait in Postgres keeping them).
+    first = limiter.take_send_moments(account, pacing, many(20, "t"), within_s=1.0)
+    assert verdicts(first).count(SCHEDULED) >= 9
+    last_slot = max(g.at for g in first)
+    (late,) = limiter.take_send_moments(account, pacing, bulk("b1"), within_s=1.0)
+    assert late.verdict == MomentVerdict.BULK_LATER
+    # Asked again about when the queue is down to the bulk horizon.
+    assert 1.0 <= late.wait_s <= 1.6
+    # It reserved nothing: the next transactional message gets the slot right after the queue.
+    (urgent,) = limiter.take_send_moments(account, pacing, asks("t21"), within_s=1.0)
+    assert urgent.verdict == SCHEDULED and urgent.at == pytest.approx(last_slot + 0.1, abs=1e-5)
+
+
+def test_bulk_keeps_its_share_while_transactional_messages_fill_the_account(limiter):
+    """Bulk never starves: with a 10 % share at 10 mps, one bulk message in a second gets a slot
+    (at the end of the queue, like a transactional one) while the gate is closed to the rest."""
+    account, pacing = uuid.uuid4(), bulk_rule(10, share=0.1)
+    limiter.take_send_moments(account, pacing, many(30, "t"), within_s=1.0)
+    grants = limiter.take_send_moments(account, pacing, bulk(*(f"b{n}" for n in range(5))), within_s=1.0)
+    assert verdicts(grants) == [SCHEDULED] + [MomentVerdict.BULK_LATER] * 4
+    assert grants[0].wait_s == pytest.approx(3.0, abs=0.15)
+    (again,) = limiter.take_send_moments(account, pacing, bulk("b5"), within_s=1.0)
+    assert again.verdict == MomentVerdict.BULK_LATER
+    time.sleep(1.05)  # the share's interval: 1 / (10 mps x 0.1)
+    (next_one,) = limiter.take_send_moments(account, pacing, bulk("b6"), within_s=1.0)
+    assert next_one.verdict == SCHEDULED
+
+
+def test_the_per_message_reservation_has_the_same_bulk_gate(limiter):
+    """The threads' step (reserve): a bulk message behind a transactional queue reserves nothing."""
+    account, pacing = uuid.uuid4(), bulk_rule(10)
+    assert limiter.reserve(account, "idle", pacing, bulk=True).granted
+    for n in range(20):
+        assert limiter.reserve(account, f"t{n}", pacing).granted
+    refused = limiter.reserve(account, "b", pacing, bulk=True)
+    assert not refused.granted and refused.bulk_later and refused.wait_s > 1.0
+    assert limiter.reserve(account, "t20", pacing).slot == pytest.approx(refused.slot, abs=1e-5)

@@ -1,8 +1,11 @@
 """One account's lane in the engine: the claims of one sender account, paced together.
 
 A batch of claims asks the limiter once for all their send moments (lifecycle order: account
-rate, burst, the recipient's pace; ``take_send_moments``), the ones that must wait longer go back
-to Postgres in one statement, and the rest are grouped by moment: each group asks for its call
+rate, burst, the recipient's pace, and for bulk the bulk gate; ``take_send_moments``), the ones
+that must wait longer go back to Postgres in one statement (bulk without keeping a slot, so the
+account's reservations stay short and a transactional send never queues behind a bulk backlog; a
+bulk message in its recipient's quiet hours goes back until they end), and the rest are grouped
+by moment: each group asks for its call
 markers a little before its first moment (worker/engine/marker.py: the groups of every lane that
 ask meanwhile share one statement; the call marker stays before each request, as the claim
 protocol requires), then each request leaves at its own moment, with as many calls in flight as
@@ -33,6 +36,7 @@ from worker.meta_errors import DeliveryError
 from worker.outcome import Outcome, Settled
 from worker.rate_limit import MomentGrant, MomentRequest, MomentVerdict
 from worker.send_gate import count_wait
+from worker.send_slots import quiet_left_s
 from worker.unusable_templates import TemplateRef
 
 log = logging.getLogger(__name__)
@@ -177,6 +181,7 @@ class AccountLane:
         """The claims this lane sends itself; the others go to the single-message step (all of
         them when ``unusable`` is None: the templates could not be checked)."""
         plain: list[tuple[Held, MetaCall]] = []
+        quiet: list[_Back] = []
         for n, held in enumerate(batch, 1):
             if n % YIELD_EVERY == 0:
                 # Building requests is CPU work on the loop: calls whose moment has come (their
@@ -201,7 +206,14 @@ class AccountLane:
                 timer = asyncio.get_running_loop().call_later(due, self._due, held)
                 self._later[claim.message_id] = (held, timer)
                 continue
+            if (quiet_s := _quiet_for_s(held)) is not None:
+                quiet.append(_Back(held, quiet_s, None, Outcome.QUIET_HOURS))
+                continue
             plain.append((held, request))
+        if quiet:
+            # Bulk that reached its moment inside its recipient's quiet hours (a backlog that ran into
+            # them, a retry): back to Postgres, due when they end. Not an attempt; nothing reserved.
+            await self._give_back(quiet)
         return plain
 
     async def _within_messaging_limit(self, plain: list[tuple[Held, MetaCall]]) -> list[tuple[Held, MetaCall]]:
@@ -246,7 +258,8 @@ class AccountLane:
         limiter = self.parts.delivery.limiter
         # Messages that reserved their slot earlier go first, by slot (they waited for it), then
         # new ones: a far "not before" would push the account's queue back for the ones after it.
-        plain.sort(key=lambda p: (p[0].claim.reserved_slot is None, p[0].claim.reserved_slot or 0.0))
+        # Of the new ones, transactional before bulk: bulk then takes what the gate has left.
+        plain.sort(key=lambda p: (p[0].claim.reserved_slot is None, p[0].claim.bulk, p[0].claim.reserved_slot or 0.0))
         requests = [_moment_request(h) for h, _ in plain]
         within = self.parts.settings.rate_inline_wait_s
         grants: list[MomentGrant] = await self.parts.blocking(
@@ -267,6 +280,12 @@ class AccountLane:
             elif grant.verdict == MomentVerdict.SCHEDULED:
                 count_wait("account", "postgres", grant.wait_s)
                 backs.append(_Back(held, grant.wait_s, grant.at, Outcome.SCHEDULED))
+            elif grant.verdict == MomentVerdict.BULK_LATER:
+                # The bulk gate is closed (transactional messages wait, or enough bulk is paced
+                # already): nothing reserved; it asks again when the account's queue is short.
+                count_wait("bulk", "postgres", grant.wait_s)
+                wait = min(max(grant.wait_s, self.parts.settings.bulk_retry_s), pacing.horizon_s / 2)
+                backs.append(_Back(held, wait, None, Outcome.RATE_LIMITED))
             else:
                 # Paused, or every slot up to the horizon is taken: ask again later.
                 count_wait("account", "postgres", grant.wait_s)
@@ -469,7 +488,12 @@ def _moment_request(held: Held) -> MomentRequest:
     if claim.reserved_slot is not None:
         # Its account slot and its recipient's pace were charged when it reserved the slot.
         return MomentRequest(recipient=claim.wa_id, not_before=claim.reserved_slot, reserved=True)
-    return MomentRequest(recipient=claim.wa_id)
+    return MomentRequest(recipient=claim.wa_id, bulk=claim.bulk)
+
+
+def _quiet_for_s(held: Held) -> float | None:
+    """How long a bulk claim's recipient stays in quiet hours (None: it may go now)."""
+    return quiet_left_s(held.claim, time.monotonic() - held.claimed_at)
 
 
 def _due_in_s(held: Held) -> float:

@@ -79,6 +79,8 @@ class Parts:
             pair_burst=s.pair_burst,
             horizon_s=s.rate_horizon_s,
             jitter_s=s.rate_jitter_s,
+            bulk_horizon_s=s.bulk_horizon_s,
+            bulk_share=s.bulk_share,
         )
 
     @staticmethod
