@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from api_shim.auth import authenticate_flowestate
 from api_shim.broker_handoff import hand_due_over
 from api_shim.flowestate.errors import error_responses
-from api_shim.flowestate.routes import AUTH_ERRORS, whatsapp_router
+from api_shim.flowestate.routes import AUTH_ERRORS, REQUEST_ERRORS, whatsapp_router
 from intake.cancellation import (
     CAMPAIGN_MAX,
     CampaignCancelled,
@@ -135,7 +135,8 @@ def _cancel_campaign(request: Request, label: str) -> CampaignCancelled:
 @router.post(
     "/campaigns/{label}/cancel",
     response_model=CampaignCancelEnvelope,
-    responses=error_responses(ErrorCode.VALIDATION_ERROR, *AUTH_ERRORS),
+    # A POST: sent as application/json like every other (an empty object will do).
+    responses=error_responses(ErrorCode.VALIDATION_ERROR, *REQUEST_ERRORS, *AUTH_ERRORS),
 )
 async def cancel_campaign_route(label: CampaignLabel, request: Request) -> CampaignCancelEnvelope:
     """Scope `whatsapp:write`. Cancel every message of the campaign whose call has not started;

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from api_shim.auth import authenticate_flowiq
 from api_shim.broker_handoff import hand_due_over
 from api_shim.flowiq.errors import error_responses
-from api_shim.flowiq.send import AUTH_ERRORS, TENANT_ID, flowiq_router
+from api_shim.flowiq.send import AUTH_ERRORS, BODY_ERRORS, TENANT_ID, flowiq_router
 from intake.cancellation import (
     CampaignCancelled,
     CampaignSummary,
@@ -150,7 +150,10 @@ def _cancel_campaign(request: Request, label: str) -> CampaignCancelled:
 @router.post(
     "/send-whatsapp/campaigns/{label}/cancel",
     response_model=FlowIQCampaignCancelResponse,
-    responses=error_responses({**AUTH_ERRORS, 400: "The label is empty, too long or has control characters"}),
+    # A POST: sent as application/json like every other (an empty object will do).
+    responses=error_responses(
+        {**AUTH_ERRORS, **BODY_ERRORS, 400: "The label is empty, too long or has control characters"}
+    ),
     openapi_extra={"parameters": [TENANT_ID]},
 )
 async def cancel_campaign_route(label: str, request: Request) -> JSONResponse:

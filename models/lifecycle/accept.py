@@ -193,7 +193,9 @@ def accept(session: Session, params: dict[str, Any], dispatch: Dispatch = NOW) -
     """Intake: insert the message as ``queued`` and make it its conversation's latest entry (the
     caller commits it with whatever else belongs to the request, then enqueues it, unless it is
     scheduled)."""
-    session.execute(_ACCEPT, params | dispatch.params())
+    # A caller that names no priority sends a transactional message, held by nothing.
+    defaults = {"p_priority": Priority.TRANSACTIONAL.value, "p_hold_until": None}
+    session.execute(_ACCEPT, defaults | params | dispatch.params())
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -44,6 +44,8 @@ FE_SEND, FE_TEMPLATE, FE_BATCH = (
 KEYS_OF_A = ("fe", "fiq", "fe-refused", "fiq-refused", "fe-reuse-send", "fe-reuse-send-template", "fe-reuse-batch")
 KEYS_OF_A += ("fiq-reuse-send", "fiq-reuse-batch")
 HELLO = {"name": "hello_world", "language": "en_US"}
+# A's campaign label: its sent messages carry it, and so does one scheduled for tomorrow (cancellable).
+CAMPAIGN_A = "a-spring"
 TENANT_MISMATCH = (
     401,
     {"error": "Invalid API key", "message": "API key does not belong to this organization (tenant mismatch)"},
@@ -59,7 +61,7 @@ class World:
     b: Tenant
     lead_a: uuid.UUID
     phone_a: str  # A's contact's number; B has no contact with it
-    messages_a: list[str]  # A's FlowEstate and FlowIQ messages (our ids)
+    messages_a: list[str]  # A's FlowEstate and FlowIQ messages (our ids), the scheduled one included
     wamid_a: str
     # The Idempotency-Keys A holds: "fe"/"fiq" made a message, "fe-refused"/"fiq-refused" keep a refusal
     # (these four are only looked up); B sends with the "...-reuse-<route>" ones (refusals of A's too).
@@ -107,14 +109,23 @@ def world(stack) -> Iterator[World]:
     with httpx.Client(base_url=stack.api_url, timeout=20) as http:
         fe = http.post(
             FE_SEND,
-            json={"leadId": str(lead_a), "whatsappAccountId": str(a.account.id), "message": "A's message"},
+            json={"leadId": str(lead_a), "whatsappAccountId": str(a.account.id), "message": "A's message",
+                  "campaign": CAMPAIGN_A},
             headers={**a.auth, "Idempotency-Key": keys_a["fe"]},
-        )
+        )  # fmt: skip
         assert fe.status_code == 200, fe.text
+        tomorrow = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+        scheduled = http.post(
+            FE_SEND,
+            json={"leadId": str(lead_a), "whatsappAccountId": str(a.account.id), "message": "A's reminder",
+                  "campaign": CAMPAIGN_A, "sendAt": tomorrow},
+            headers=a.auth,
+        )  # fmt: skip
+        assert scheduled.status_code == 200, scheduled.text
         fiq = http.post(
             "/send-whatsapp",
             params={"tenantId": a.slug},
-            json={"phone_number": phone_a, "message_type": "text", "text": "A's other message"},
+            json={"phone_number": phone_a, "message_type": "text", "text": "A's other message", "campaign": CAMPAIGN_A},
             headers={**a_fiq, "Idempotency-Key": keys_a["fiq"]},
         )
         assert fiq.status_code in (200, 202), fiq.text
@@ -380,6 +391,27 @@ def _own_endpoint(w: World) -> None:
     assert w.http.delete(f"{ENDPOINTS}/{own}", headers=w.b_fe).status_code == 204
 
 
+@case("DELETE /api/v1/whatsapp/messages/{message_id}", "A's messages")
+def _fe_cancel(w: World) -> None:
+    for ref in [*w.messages_a, str(uuid.uuid4())]:
+        answer = w.http.delete(f"/api/v1/whatsapp/messages/{ref}", headers=w.b_fe)
+        assert answer_of(answer) == (404, fe_not_found("Message not found")), answer.text
+
+
+@case("GET /api/v1/whatsapp/campaigns/{label}", "A's label")
+def _fe_campaign(w: World) -> None:
+    for label in (CAMPAIGN_A, f"nobodys-{uuid.uuid4().hex[:8]}"):
+        answer = w.http.get(f"/api/v1/whatsapp/campaigns/{label}", headers=w.b_fe)
+        assert answer_of(answer) == (200, {"data": {"campaign": label, "total": 0, "byStatus": {}}})
+
+
+@case("POST /api/v1/whatsapp/campaigns/{label}/cancel", "A's label")
+def _fe_campaign_cancel(w: World) -> None:
+    for label in (CAMPAIGN_A, f"nobodys-{uuid.uuid4().hex[:8]}"):
+        answer = w.http.post(f"/api/v1/whatsapp/campaigns/{label}/cancel", json={}, headers=w.b_fe)
+        assert answer_of(answer) == (200, {"data": {"campaign": label, "cancelled": 0}})
+
+
 @case(f"DELETE {ENDPOINTS}/{{endpoint_id}}", "A's endpoint")
 def _remove_endpoint(w: World) -> None:
     same_as_missing(
@@ -503,6 +535,45 @@ def _fiq_message(w: World) -> None:
 @case("GET /send-whatsapp/messages/{message_ref}", "A's tenantId")
 def _fiq_message_tenant(w: World) -> None:
     tenant_mismatch(w.fiq("GET", f"/send-whatsapp/messages/{w.wamid_a}", tenant=w.a.slug))
+
+
+@case("DELETE /send-whatsapp/messages/{message_id}", "A's messages")
+def _fiq_cancel(w: World) -> None:
+    for ref in [*w.messages_a, str(uuid.uuid4())]:
+        answer = w.fiq("DELETE", f"/send-whatsapp/messages/{ref}")
+        assert answer_of(answer) == (404, fiq_message_not_found(ref)), answer.text
+
+
+@case("DELETE /send-whatsapp/messages/{message_id}", "A's tenantId")
+def _fiq_cancel_tenant(w: World) -> None:
+    tenant_mismatch(w.fiq("DELETE", f"/send-whatsapp/messages/{w.messages_a[0]}", tenant=w.a.slug))
+
+
+def fiq_campaign(label: str) -> dict[str, Any]:
+    return {"success": True, "data": {"campaign": label, "total": 0, "by_status": {}}}
+
+
+@case("GET /send-whatsapp/campaigns/{label}", "A's label")
+def _fiq_campaign(w: World) -> None:
+    for label in (CAMPAIGN_A, f"nobodys-{uuid.uuid4().hex[:8]}"):
+        assert answer_of(w.fiq("GET", f"/send-whatsapp/campaigns/{label}")) == (200, fiq_campaign(label))
+
+
+@case("GET /send-whatsapp/campaigns/{label}", "A's tenantId")
+def _fiq_campaign_tenant(w: World) -> None:
+    tenant_mismatch(w.fiq("GET", f"/send-whatsapp/campaigns/{CAMPAIGN_A}", tenant=w.a.slug))
+
+
+@case("POST /send-whatsapp/campaigns/{label}/cancel", "A's label")
+def _fiq_campaign_cancel(w: World) -> None:
+    for label in (CAMPAIGN_A, f"nobodys-{uuid.uuid4().hex[:8]}"):
+        answer = w.fiq("POST", f"/send-whatsapp/campaigns/{label}/cancel", json={})
+        assert answer_of(answer) == (200, {"success": True, "data": {"campaign": label, "cancelled": 0}})
+
+
+@case("POST /send-whatsapp/campaigns/{label}/cancel", "A's tenantId")
+def _fiq_campaign_cancel_tenant(w: World) -> None:
+    tenant_mismatch(w.fiq("POST", f"/send-whatsapp/campaigns/{CAMPAIGN_A}/cancel", tenant=w.a.slug, json={}))
 
 
 @case("GET /send-whatsapp/submissions/{idempotency_key}", "A's Idempotency-Keys")
