@@ -65,7 +65,11 @@ def _moment(raw: Any, field: str) -> datetime:
         raise DispatchProblem(field, rule) from None
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise DispatchProblem(field, rule)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        # Year 1 or 9999 with an offset that carries it out of the calendar datetime can hold.
+        raise DispatchProblem(field, rule) from None
 
 
 def parse_dispatch(body: Mapping[str, Any], names: DispatchNames, *, now: datetime | None = None) -> Dispatch:

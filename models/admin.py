@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, null, select, update
+from sqlalchemy import and_, case, func, null, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -213,7 +213,9 @@ def set_account_status(session: Session, account_id: uuid.UUID, status: AccountS
     # operator says go) — is handed to the broker now; reserved slots were made for the old state.
     # Bulk is due now too, but waits in Postgres for the pacer's bulk feed: a backlog of thousands
     # goes at the account's pace, not into the broker at once (and quiet hours still hold it).
+    # A message scheduled for later stays in Postgres, due at its sendAt (the pacer hands it over then).
     bulk = Message.priority == Priority.BULK.value
+    scheduled = and_(Message.send_at.is_not(None), Message.send_at > func.now())
     waiting = session.execute(
         update(Message)
         .where(
@@ -221,13 +223,13 @@ def set_account_status(session: Session, account_id: uuid.UUID, status: AccountS
             Message.status.in_((MessageStatus.QUEUED, MessageStatus.RETRYING)),
         )
         .values(
-            enqueued_at=case((bulk, null()), else_=func.now()),
-            next_attempt_at=case((bulk, func.now()), else_=null()),
+            enqueued_at=case((or_(bulk, scheduled), null()), else_=func.now()),
+            next_attempt_at=case((scheduled, Message.send_at), (bulk, func.now()), else_=null()),
             reserved_slot=None,
         )
-        .returning(Message.id, Message.seq, Message.priority)
+        .returning(Message.id, Message.seq, Message.enqueued_at)
     )
-    return [row.id for row in sorted(waiting, key=lambda r: r.seq) if row.priority != Priority.BULK]
+    return [row.id for row in sorted(waiting, key=lambda r: r.seq) if row.enqueued_at is not None]
 
 
 def _phone_or_error(raw: str, field: str) -> str:

@@ -83,10 +83,12 @@ _TAKE_BULK = text(
           AND w.next_attempt_at <= now() + :lead
           AND NOT EXISTS (
               SELECT FROM messages e
-              WHERE e.conversation_id = w.conversation_id AND e.seq < w.seq
-                AND e.status IN ('queued', 'retrying', 'sending')
-                -- one scheduled for later holds nothing back (lifecycle.behind_earlier)
-                AND (e.send_at IS NULL OR e.send_at <= now()))
+              WHERE e.conversation_id = w.conversation_id
+                AND ((e.seq < w.seq AND e.status IN ('queued', 'retrying', 'sending')
+                      -- one scheduled for later holds nothing back (lifecycle.behind_earlier)
+                      AND (e.send_at IS NULL OR e.send_at <= now()))
+                     -- nor is a message claimed beside a later one in flight (the same)
+                     OR (e.seq > w.seq AND e.status = 'sending')))
         ORDER BY w.next_attempt_at
         LIMIT greatest(feed.room, 0)
         FOR UPDATE OF w SKIP LOCKED

@@ -168,10 +168,11 @@ _ERRORS = {
     400: "Missing required field, invalid field, invalid message type, invalid phone number, invalid provider, "
     "WhatsApp not configured, contact opted out, outside service window (window policy refuse), invalid JSON, "
     "body nested too deep, tenantId missing, invalid Idempotency-Key; media refused, failed to download, too "
-    "large or of an unsupported type",
+    "large or of an unsupported type; message expired (its expires_at or ttl_seconds passed before its call)",
     403: "The key lacks the whatsapp:write scope",
     404: "Organization or contact not found (the contact answer also carries whatsapp_id)",
-    409: "Idempotency-Key used with a different body, or its first request still in progress",
+    409: "Idempotency-Key used with a different body, or its first request still in progress; message cancelled "
+    "(code CANCELLED) before its call",
     500: "Meta API error (with meta_error_code), Meta upload failed, delivery uncertain, or server error",
 }
 
@@ -248,6 +249,16 @@ def _accept(request: Request, tenant_id: str | None, raw: bytes, idempotency_key
         return accept_raw_send(session, caller, raw, idempotency_key)
 
 
+# Statuses the synchronous wait ends at (cancelled too: nothing more will happen to it).
+_FINAL = (
+    MessageStatus.SENT,
+    MessageStatus.DELIVERED,
+    MessageStatus.READ,
+    MessageStatus.FAILED,
+    MessageStatus.CANCELLED,
+)
+
+
 @dataclass(frozen=True)
 class _Outcome:
     status: str
@@ -260,7 +271,7 @@ class _Outcome:
 
     @property
     def final(self) -> bool:
-        return self.status in (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ, MessageStatus.FAILED)
+        return self.status in _FINAL
 
 
 def _load_outcome(message_id: uuid.UUID) -> _Outcome:
@@ -317,6 +328,7 @@ _FAILURES: dict[str, tuple[int, str]] = {
     "MEDIA_FETCH_FAILED": (400, "Media download failed"),
     "MEDIA_TOO_LARGE": (400, "Media too large"),
     "MEDIA_TYPE_UNSUPPORTED": (400, "Unsupported media type"),
+    "EXPIRED": (400, "Message expired"),  # its expires_at / ttl_seconds passed: Meta was never called
 }
 
 
@@ -334,6 +346,14 @@ def _respond(accepted: AcceptedSend, outcome: _Outcome) -> JSONResponse:
                     "meta_response": outcome.meta_response,
                 },
             }
+        )
+    if outcome.status == MessageStatus.CANCELLED:
+        raise FlowIQError(
+            409,
+            "Message cancelled",
+            "The message was cancelled before its call to Meta started; it was not sent",
+            message_id=str(accepted.message_id),
+            code="CANCELLED",
         )
     if outcome.status == MessageStatus.FAILED:
         code = outcome.error_code or "UNKNOWN"

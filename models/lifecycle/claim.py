@@ -120,6 +120,8 @@ def _claimable_now(message: Any) -> list[Any]:
             message.next_attempt_at.is_(None),
             message.next_attempt_at <= func.now() + bindparam("early", type_=Interval),
         ),
+        # A scheduled message is not due before its sendAt, whatever its due time says.
+        or_(message.send_at.is_(None), message.send_at <= func.now() + bindparam("early", type_=Interval)),
         # Order: an earlier message of the same conversation that is still pending goes first.
         ~behind_earlier(message),
     ]
@@ -318,7 +320,10 @@ def _build_skip_statement(which: Any) -> Select[uuid.UUID, str, bool, bool]:
         Message.status,
         # Later than the claim's own window (``early``): a message due within it that was not
         # claimed had its row locked by another transaction (the batch claim skips locked rows).
-        (Message.next_attempt_at > func.now() + bindparam("early", type_=Interval)).label("later"),
+        or_(
+            Message.next_attempt_at > func.now() + bindparam("early", type_=Interval),
+            Message.send_at > func.now() + bindparam("early", type_=Interval),
+        ).label("later"),
         behind_earlier(Message).label("behind"),
     ).where(which)
 

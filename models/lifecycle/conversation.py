@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, Exists, Table, exists, func, or_, select, text, update
+from sqlalchemy import Connection, Exists, Table, and_, exists, func, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
 
 from models.enums import CLAIMABLE, MessageStatus, status_in
@@ -82,24 +82,32 @@ def behind_earlier(message: Any) -> Exists:
     """The order rule: an earlier message of ``message``'s conversation (the entity or an alias)
     is still pending, so ``message`` waits for it. A message scheduled for later (its sendAt not
     come) holds nothing back: a reminder booked for tomorrow does not stop today's messages, and
-    once its time comes it takes its place in the order again."""
-    earlier = aliased(Message)
+    once its time comes it takes its place in the order again.
+
+    And one call of a conversation at a time: a *later* message that is ``sending`` holds it back
+    too. That happens only when ``message`` did not hold the later one back when it was claimed (a
+    schedule whose time came while a message accepted after it was in flight, an operator's retry
+    of a failed message): two calls in flight reach the phone in either order. The later one hands
+    it over when it is done (``successor_of`` looks at the whole conversation)."""
+    other = aliased(Message)
     return exists().where(
-        earlier.conversation_id == message.conversation_id,
-        earlier.seq < message.seq,
-        status_in(earlier.status, PENDING),
-        _not_scheduled_later(earlier),
+        other.conversation_id == message.conversation_id,
+        or_(
+            and_(other.seq < message.seq, status_in(other.status, PENDING), _not_scheduled_later(other)),
+            and_(other.seq > message.seq, other.status == MessageStatus.SENDING.value),
+        ),
     )
 
 
 def successor_of(conversation_id: Any, seq: Any) -> Any:
-    """The earliest message after ``seq`` in its conversation that waits to be sent now (one
-    scheduled for later is the pacer's to hand over; a subquery)."""
+    """The earliest message of the conversation but ``seq``'s own that waits to be sent now (one
+    scheduled for later is the pacer's to hand over; a subquery). Usually one after ``seq``; an
+    earlier one when it waited for ``seq``'s call to end (see ``behind_earlier``)."""
     return (
         select(_messages.c.id)
         .where(
             _messages.c.conversation_id == conversation_id,
-            _messages.c.seq > seq,
+            _messages.c.seq != seq,
             status_in(_messages.c.status, CLAIMABLE),
             _not_scheduled_later(_messages.c),
         )
@@ -110,5 +118,5 @@ def successor_of(conversation_id: Any, seq: Any) -> Any:
 
 
 def next_in_conversation(session: Session | Connection, conversation_id: uuid.UUID, seq: int) -> uuid.UUID | None:
-    """The earliest message after ``seq`` in its conversation that waits to be sent."""
+    """The next message of the conversation that waits to be sent (``successor_of``)."""
     return session.execute(select(successor_of(conversation_id, seq))).scalar()

@@ -41,8 +41,8 @@ TRANSITIONS: tuple[Transition, ...] = (
                "every pre-check passed; inserted with its thread entry (and Idempotency-Key) in one transaction; "
                "bulk waits in Postgres (due now, or when the recipient's quiet hours end) for the pacer's bulk feed"),
     Transition("claim", CLAIMABLE, (S.SENDING,), Actor.CLAIM_HOLDER,
-               "due (a scheduled message: its sendAt has come); no earlier message of its conversation pending; "
-               "a new token and lease"),
+               "due (a scheduled message: its sendAt has come); no earlier message of its conversation pending, "
+               "nor a later one sending; a new token and lease"),
     Transition("begin call", (S.SENDING,), (S.SENDING,), Actor.CLAIM_HOLDER,
                "token matches, the lease has not run out and the message has not expired; marks the call "
                "started, renews the lease"),

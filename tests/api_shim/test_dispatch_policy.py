@@ -210,3 +210,73 @@ def test_a_broker_submission_is_scheduled_too(live, api, tenant):
     message = row(data["messageId"])
     assert message.send_at is not None and message.enqueued_at is None and message.campaign == "broker-spring"
     assert api.message(tenant, data["messageId"])["campaign"] == "broker-spring"
+
+
+def test_flowiq_answers_a_cancelled_send_as_cancelled_not_as_still_being_sent(stack, api, tenant):
+    """A repeat (same Idempotency-Key and body) of a send that was cancelled meanwhile: the answer
+    says so at once. It answered, after the whole synchronous wait, 202 "still being sent and will
+    be delivered in the background" with status cancelled."""
+    headers = fiq_key(tenant)
+    phone = random_phone()
+    tenant.new_lead(phone=phone)
+    body = {"phone_number": phone, "message_type": "text", "text": "Cancel me"}
+    params = {"tenantId": tenant.slug}
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    with stack.paused():
+        first = api.http.post("/send-whatsapp", params=params, json=body, headers={**headers, **key})
+        assert first.status_code == 202, first.text
+        message_id = first.json()["data"]["id"]
+        gone = api.http.delete(f"/send-whatsapp/messages/{message_id}", params=params, headers=headers)
+        assert gone.status_code == 200, gone.text
+        started = time.monotonic()
+        again = api.http.post("/send-whatsapp", params=params, json=body, headers={**headers, **key})
+    assert time.monotonic() - started < 5  # no synchronous wait for an outcome that never comes
+    assert again.status_code == 409, again.text
+    assert again.json()["error"] == "Message cancelled" and again.json()["message_id"] == message_id
+
+
+def test_flowiq_answers_an_expired_send_as_expired_not_as_a_meta_error(stack, api, sandbox, tenant):
+    """A synchronous send whose ttl runs out while it waits (no worker takes it; the pacer's expiry
+    pass ends it): Meta was never called, so the answer is not 500 "Meta API error"."""
+    headers = fiq_key(tenant)
+    phone = random_phone()
+    tenant.new_lead(phone=phone)
+    body = {"phone_number": phone, "message_type": "text", "text": "Code 1234", "ttl_seconds": 1}
+    with stack.paused():
+        answer = api.http.post("/send-whatsapp", params={"tenantId": tenant.slug}, json=body, headers=headers)
+    if answer.status_code == 202:  # the wait ended first: its outcome is on the row, then on GET
+        message_id = answer.json()["data"]["id"]
+        assert wait_status(message_id, ("failed",)).error_code == "EXPIRED"
+        pytest.skip("the synchronous wait ended before the expiry pass on this machine")
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == "Message expired" and answer.json()["message_id"]
+    assert sandbox.received(tenant.account.phone_number_id) == []
+
+
+@pytest.mark.parametrize("moment", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
+def test_a_moment_outside_the_calendar_is_a_400_on_both_surfaces(live, api, tenant, moment: str):
+    answer = api.send(tenant, tenant.new_lead(), "x", sendAt=moment)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["details"][0]["field"] == "sendAt"
+    phone = random_phone()
+    tenant.new_lead(phone=phone)
+    body = {"phone_number": phone, "message_type": "text", "text": "x", "expires_at": moment}
+    answer = api.http.post("/send-whatsapp", params={"tenantId": tenant.slug}, json=body, headers=fiq_key(tenant))
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["message"].startswith("expires_at:")
+
+
+def test_cancel_and_campaign_routes_refuse_bad_ids_and_labels_with_400s(live, api, tenant):
+    headers = fiq_key(tenant)
+    params = {"tenantId": tenant.slug}
+    for label in ("bad%00label", "%20", "tab%09"):
+        fe = api.http.get(f"{FE}/campaigns/{label}", headers=tenant.auth)
+        assert fe.status_code == 400, (label, fe.text)
+        fe = api.http.post(f"{FE}/campaigns/{label}/cancel", json={}, headers=tenant.auth)
+        assert fe.status_code == 400, (label, fe.text)
+        fiq = api.http.get(f"/send-whatsapp/campaigns/{label}", params=params, headers=headers)
+        assert fiq.status_code == 400, (label, fiq.text)
+    for ref in ("not-a-uuid", "1", "%00"):
+        assert api.http.delete(f"{FE}/messages/{ref}", headers=tenant.auth).status_code in (400, 404, 405)
+        fiq = api.http.delete(f"/send-whatsapp/messages/{ref}", params=params, headers=headers)
+        assert fiq.status_code in (400, 404, 405), (ref, fiq.text)

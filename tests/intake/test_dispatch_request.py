@@ -66,3 +66,19 @@ def test_flowiq_names_are_snake_case():
         parse_dispatch({"expires_at": at(seconds=-1)}, FLOWIQ, now=NOW)
     assert caught.value.field == "expires_at"
     assert parse_dispatch({"campaign": "spring"}, FLOWIQ, now=NOW).campaign == "spring"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        # Valid ISO text whose instant in UTC falls outside Python's datetime range: astimezone()
+        # raised OverflowError, which escaped as a 500 on both surfaces.
+        ({"sendAt": "9999-12-31T23:59:59-14:00"}, "sendAt"),
+        ({"sendAt": "0001-01-01T00:00:00+14:00"}, "sendAt"),
+        ({"expiresAt": "9999-12-31T23:59:59-14:00"}, "expiresAt"),
+    ],
+)
+def test_a_moment_outside_the_calendar_is_a_rule_not_a_crash(body, field):
+    with pytest.raises(DispatchProblem) as caught:
+        parse_dispatch(body, FLOWESTATE, now=NOW)
+    assert caught.value.field == field and caught.value.rule.startswith("must be an RFC 3339 date-time")

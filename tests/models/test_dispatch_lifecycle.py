@@ -210,3 +210,55 @@ def test_a_campaign_is_counted_and_cancelled_up_to_its_started_calls(world: Worl
     assert sorted(done.ids) == sorted(ids[1:])
     assert world.run(lambda s: lifecycle.campaign_counts(s, world.org_id, label)) == {"sending": 1, "cancelled": 4}
     assert world.run(lambda s: lifecycle.cancel_campaign(s, world.org_id, label)).ids == []
+
+
+def test_a_schedule_whose_time_came_waits_for_a_later_message_already_in_flight(world: World):
+    """The order rule's other half: a later message went while the schedule was ahead and is now
+    being sent; the scheduled one, its time come, is not claimed beside it (two calls of one
+    conversation in flight reach the phone in either order), and goes once that one is done."""
+    contact = new_contact(world)
+    first = accept(world, Dispatch(send_at=in_(3600), scheduled=True), contact_id=contact)
+    second = accept(world, Dispatch(), contact_id=contact)
+    in_flight = world.claim(second)
+    assert world.run(lambda s: lifecycle.begin_call(s, in_flight, call_lease_s=60))
+    world.run(
+        lambda s: s.execute(
+            update(Message)
+            .where(Message.id == first)
+            .values(send_at=text("now() - interval '1 s'"), next_attempt_at=text("now() - interval '1 s'"))
+        )
+    )
+    assert try_claim(world, first) is None
+    assert world.run(lambda s: lifecycle.why_not_claimed(s, first)) == lifecycle.SkipReason.BEHIND_EARLIER
+    # The one in flight is sent: the scheduled one is handed over by it, and goes.
+    written = world.run(
+        lambda s: lifecycle.record_sent(s, in_flight, wamid="wamid.x", response={}, http_status=200, duration_ms=1)
+    )
+    assert written.successor == first
+    assert try_claim(world, first) is not None
+
+
+def test_resuming_the_account_leaves_a_scheduled_message_for_its_time(world: World):
+    """`account resume` (and `account update --status connected`) hands over what waited for the
+    account; it made every queued message due now, a message scheduled for tomorrow too, which
+    its next claim then sent at once."""
+    from models import admin
+    from models.enums import AccountStatus
+
+    later = in_(3600)
+    scheduled = accept(world, Dispatch(send_at=later, scheduled=True), contact_id=new_contact(world))
+    now = accept(world, Dispatch(), contact_id=new_contact(world))
+    handed = world.run(lambda s: admin.set_account_status(s, world.account_id, AccountStatus.CONNECTED))
+    assert now in handed and scheduled not in handed
+    row = world.row(scheduled)
+    assert (row.enqueued_at, row.next_attempt_at) == (None, later)
+    assert try_claim(world, scheduled) is None
+
+
+def test_the_claim_itself_waits_for_the_schedule(world: World):
+    """Whatever makes a scheduled message's due time now too early (it was the account's resume),
+    the claim's own guard keeps it until its sendAt."""
+    scheduled = accept(world, Dispatch(send_at=in_(3600), scheduled=True), contact_id=new_contact(world))
+    world.run(lambda s: s.execute(update(Message).where(Message.id == scheduled).values(next_attempt_at=None)))
+    assert try_claim(world, scheduled) is None
+    assert world.run(lambda s: lifecycle.why_not_claimed(s, scheduled)) == lifecycle.SkipReason.NOT_DUE
