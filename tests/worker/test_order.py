@@ -184,10 +184,13 @@ def test_a_halted_account_holds_all_its_conversations_until_resume(live, api, sa
         with live.paused():
             ids = send_batch(api, tenant, [(lead, f"c{c}-{n}") for n in range(3) for c, lead in enumerate(leads)])
         # Each task ran: the first of each conversation was halted (by Meta's answer, or by the
-        # account's status when it was claimed), the others wait behind it.
+        # account's status when it was claimed), or given back unsent because the halt's pause
+        # began while it waited for its call (claims of one account are paced together, so which
+        # one depends on timing); the others wait behind it.
         outcomes = wait_for_outcomes(live, ids)
         firsts = ids[:3]
-        assert all(outcomes[i].startswith("account-halted") for i in firsts), outcomes
+        assert any(outcomes[i].startswith("account-halted") for i in firsts), outcomes
+        assert all(outcomes[i].startswith(("account-halted", "rate-limited")) for i in firsts), outcomes
         assert all(outcomes[i] == "skipped:behind_earlier" for i in ids[3:]), outcomes
         with session_scope() as s:
             account = s.get(WhatsappAccount, tenant.account.id)
