@@ -4,10 +4,16 @@ only the field names differ (FlowEstate's camelCase, FlowIQ's snake_case).
 
 - ``sendAt``: an RFC 3339 date-time with an offset, at most SCHEDULE_MAX ahead; a time that has
   come (or comes within SCHEDULE_MIN_S) means now.
-- ``expiresAt``: an RFC 3339 date-time with an offset, in the future and after ``sendAt``; or
-  ``ttlSeconds``: a whole number of seconds counted from ``sendAt`` (from acceptance when there is
-  none), 1 to TTL_MAX_S. Not both.
+- ``expiresAt``: an RFC 3339 date-time with an offset, after ``sendAt``; or ``ttlSeconds``: a
+  whole number of seconds counted from ``sendAt`` (from acceptance when there is none), 1 to
+  TTL_MAX_S. Not both. An expiry that has already passed is not refused: the message is accepted
+  and fails EXPIRED at once, without a call.
 - ``campaign``: 1 to 64 printable characters.
+
+Every rule that reads the clock only grows looser as time passes (a schedule's 30 days, an
+expiry's distance from the send), so the same body sent again later under its Idempotency-Key
+passes them too and gets its first answer, never a 400. That is why an expiry in the past is
+accepted rather than refused: a retry that arrives after the moment would otherwise be refused.
 """
 
 from __future__ import annotations
@@ -88,8 +94,6 @@ def parse_dispatch(body: Mapping[str, Any], names: DispatchNames, *, now: dateti
         raise DispatchProblem(names.ttl, f"give {names.expires_at} or {names.ttl}, not both")
     if raw_expiry is not None:
         expires_at = _moment(raw_expiry, names.expires_at)
-        if expires_at <= now:
-            raise DispatchProblem(names.expires_at, "must be in the future")
         if send_at is not None and expires_at <= send_at:
             raise DispatchProblem(names.expires_at, f"must be after {names.send_at}")
         if expires_at - starts > timedelta(seconds=TTL_MAX_S):

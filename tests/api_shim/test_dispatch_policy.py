@@ -126,7 +126,7 @@ def test_an_expired_message_fails_expired_without_a_call(stack, api, sandbox, te
     ("extra", "field"),
     [
         ({"sendAt": "2026-12-24T09:00:00"}, "sendAt"),
-        ({"expiresAt": "2020-01-01T00:00:00Z"}, "expiresAt"),
+        ({"sendAt": "2026-12-24T10:00:00Z", "expiresAt": "2026-12-24T09:00:00Z"}, "expiresAt"),
         ({"ttlSeconds": 0}, "ttlSeconds"),
         ({"campaign": ""}, "campaign"),
     ],
@@ -280,3 +280,29 @@ def test_cancel_and_campaign_routes_refuse_bad_ids_and_labels_with_400s(live, ap
         assert api.http.delete(f"{FE}/messages/{ref}", headers=tenant.auth).status_code in (400, 404, 405)
         fiq = api.http.delete(f"/send-whatsapp/messages/{ref}", params=params, headers=headers)
         assert fiq.status_code in (400, 404, 405), (ref, fiq.text)
+
+
+def test_a_retry_after_the_expiry_gets_its_first_answer_and_nothing_is_sent(stack, api, sandbox, tenant):
+    """The same body and Idempotency-Key sent again once its expiresAt has passed answers with the
+    first message (not a 400), and that message fails EXPIRED without a call."""
+    key = f"otp-{uuid.uuid4().hex}"
+    headers = {**tenant.auth, "Idempotency-Key": key}
+    body = {"leadId": str(tenant.new_lead()), "whatsappAccountId": str(tenant.account.id), "message": "Code 1234",
+            "expiresAt": at(1.5)}  # fmt: skip
+    with stack.paused():
+        first = api.http.post(f"{FE}/send", json=body, headers=headers)
+        assert first.status_code == 200, first.text
+        message_id = first.json()["messageId"]
+        expired = wait_status(message_id, ("failed",), timeout=15)
+        again = api.http.post(f"{FE}/send", json=body, headers=headers)
+    assert again.status_code == 200 and again.json() == {"messageId": message_id}, again.text
+    assert expired.error_code == "EXPIRED" and expired.call_started_at is None
+    assert sandbox.received(tenant.account.phone_number_id) == []
+
+
+def test_an_expiry_already_past_is_accepted_and_fails_expired_at_once(live, api, sandbox, tenant):
+    answer = api.send(tenant, tenant.new_lead(), "Too late", expiresAt="2020-01-01T00:00:00Z")
+    assert answer.status_code == 200, answer.text
+    expired = wait_status(answer.json()["messageId"], ("failed", "sent"), timeout=15)
+    assert (expired.status, expired.error_code, expired.call_started_at) == ("failed", "EXPIRED", None)
+    assert sandbox.received(tenant.account.phone_number_id) == []

@@ -43,7 +43,6 @@ def test_a_ttl_counts_from_the_schedule_else_from_now():
         ({"sendAt": "tomorrow"}, "sendAt", "must be an RFC 3339 date-time with an offset"),
         ({"sendAt": 1796644800}, "sendAt", "must be an RFC 3339 date-time with an offset"),
         ({"sendAt": at(days=31)}, "sendAt", "must be at most 30 days ahead"),
-        ({"expiresAt": at(seconds=-1)}, "expiresAt", "must be in the future"),
         ({"sendAt": at(hours=2), "expiresAt": at(hours=1)}, "expiresAt", "must be after sendAt"),
         ({"expiresAt": at(minutes=5), "ttlSeconds": 60}, "ttlSeconds", "give expiresAt or ttlSeconds, not both"),
         ({"ttlSeconds": 0}, "ttlSeconds", f"must be a whole number of seconds from 1 to {TTL_MAX_S}"),
@@ -61,9 +60,17 @@ def test_each_rule_names_its_field(body, field, rule):
     assert caught.value.field == field and caught.value.rule.startswith(rule)
 
 
+def test_an_expiry_already_passed_is_accepted_and_every_clock_rule_only_loosens():
+    """The same body checked later (a retry under its Idempotency-Key) passes what it passed."""
+    body = {"sendAt": at(days=29), "expiresAt": at(days=29, hours=1), "campaign": "spring"}
+    for later in (timedelta(0), timedelta(hours=1), timedelta(days=29, hours=2), timedelta(days=60)):
+        parse_dispatch(body, FLOWESTATE, now=NOW + later)
+    assert parse_dispatch({"expiresAt": at(seconds=-1)}, FLOWESTATE, now=NOW).expires_at < NOW
+
+
 def test_flowiq_names_are_snake_case():
     with pytest.raises(DispatchProblem) as caught:
-        parse_dispatch({"expires_at": at(seconds=-1)}, FLOWIQ, now=NOW)
+        parse_dispatch({"expires_at": "yesterday"}, FLOWIQ, now=NOW)
     assert caught.value.field == "expires_at"
     assert parse_dispatch({"campaign": "spring"}, FLOWIQ, now=NOW).campaign == "spring"
 
