@@ -94,9 +94,22 @@ def test_a_batch_hands_out_the_slots_and_moments_the_per_message_path_would(limi
     gate = rule(1000)  # no burst: each single call's slot is the one after the last (not its own "now")
     batch = [g.at for g in limiter.take_send_moments(uuid.uuid4(), gate, many(200), within_s=60)]
     kept = [g.at for g in limiter.take_send_moments(uuid.uuid4(), gate, many(200), within_s=0)[1:]]
-    single_account = uuid.uuid4()
-    slots = [limiter.reserve(single_account, f"r{n}", gate).slot for n in range(200)]
-    singles = [limiter.take_send_moment(single_account, gate, not_before=slot, within_s=60).at for slot in slots]
+
+    def single_path() -> tuple[list[float], list[float]]:
+        account = uuid.uuid4()
+        slots = [limiter.reserve(account, f"r{n}", gate).slot for n in range(200)]
+        return slots, [limiter.take_send_moment(account, gate, not_before=s, within_s=60).at for s in slots]
+
+    def chained(times: list[float]) -> bool:
+        return all(abs(b - a - 0.001) < 2e-6 for a, b in itertools.pairwise(times))
+
+    # 200 single calls chain their slots only if each comes within 1 ms of the last (else it starts
+    # again from its own "now"): a loaded machine stalls now and then, so a broken chain is redone.
+    slots, singles = single_path()
+    for _ in range(4):
+        if chained(slots) and chained(singles):
+            break
+        slots, singles = single_path()
 
     def drift(ours: list[float], theirs: list[float]) -> float:
         return max(abs((a - ours[0]) - (b - theirs[0])) for a, b in zip(ours, theirs, strict=True))
@@ -437,3 +450,23 @@ def test_the_per_message_reservation_has_the_same_bulk_gate(limiter):
     refused = limiter.reserve(account, "b", pacing, bulk=True)
     assert not refused.granted and refused.bulk_later and refused.wait_s > 1.0
     assert limiter.reserve(account, "t20", pacing).slot == pytest.approx(refused.slot, abs=1e-5)
+
+
+def test_bulk_is_turned_away_while_the_send_gates_schedule_runs_ahead_of_the_slots(limiter):
+    """Calls that ran late or found no room take a second moment from the send gate, so the gate's
+    schedule can run ahead of the reservations. Bulk looks at both: with the gate 2 s ahead and no
+    slot reserved, a bulk message reserves nothing, and a transactional one is not pushed further
+    back than the gate already is (before, bulk looked at the slots alone and went on filling the
+    gate up to the caller's wait: bench/priority.py's p99 of 1.85 s)."""
+    account, pacing = uuid.uuid4(), bulk_rule(10)
+    for _ in range(20):  # twenty moments retaken by late calls: the gate is 2 s ahead
+        assert limiter.take_send_moment(account, pacing, within_s=5.0).taken
+    grants = limiter.take_send_moments(account, pacing, bulk(*(f"b{n}" for n in range(5))), within_s=3.0)
+    assert verdicts(grants) == [MomentVerdict.BULK_LATER] * 5
+    # Asked again about when the gate's schedule is down to the bulk horizon.
+    assert all(1.0 <= g.wait_s <= 1.7 for g in grants)
+    (urgent,) = limiter.take_send_moments(account, pacing, asks("t1"), within_s=3.0)
+    assert urgent.verdict == TAKEN and urgent.wait_s == pytest.approx(2.0, abs=0.15)
+    # The threads' per-message reservation has the same rule.
+    refused = limiter.reserve(account, "b9", pacing, bulk=True)
+    assert not refused.granted and refused.bulk_later and refused.wait_s > 1.0
