@@ -151,9 +151,9 @@ def run_single_statement(work: Callable[[Connection], T], *, patience_s: float =
             if error.connection_invalidated and not reran_after_cut:
                 reran_after_cut = True
                 continue
-            if not isinstance(error, exc.OperationalError) or time.monotonic() + pause > deadline:
+            if not isinstance(error, exc.OperationalError):
                 raise
-            log.warning("database unavailable (%s); trying again in %.1f s", describe_database_error(error), pause)
+            pause = _next_pause(pause, deadline, error)
         time.sleep(pause)
         pause = min(pause * 2, MAX_PAUSE_S)
 
@@ -170,16 +170,29 @@ def run_in_transaction(work: Callable[[Session], T], *, patience_s: float = 0.0)
             with session_scope() as session:
                 return work(session)
         except exc.OperationalError as error:
-            if time.monotonic() + pause > deadline:
-                raise
-            log.warning("database unavailable (%s); trying again in %.1f s", describe_database_error(error), pause)
+            pause = _next_pause(pause, deadline, error)
         time.sleep(pause)
         pause = min(pause * 2, MAX_PAUSE_S)
+
+
+def _next_pause(pause: float, deadline: float, error: exc.DBAPIError) -> float:
+    """The pause before the next try, the last one cut short so that it comes at the deadline: a
+    caller's patience is how long the database may be away, not a rough bound on it (a give-back
+    that gave up a second early left a committed call marker to the sweeper, DELIVERY_UNCERTAIN).
+    Re-raises ``error`` once the deadline is reached."""
+    left = deadline - time.monotonic()
+    if left <= MIN_LAST_PAUSE_S:
+        raise error
+    pause = min(pause, left)
+    log.warning("database unavailable (%s); trying again in %.1f s", describe_database_error(error), pause)
+    return pause
 
 
 # Pauses between tries while the database is unavailable (run_single_statement's patience).
 FIRST_PAUSE_S = 0.1
 MAX_PAUSE_S = 2.0
+# Less time than this left of the patience: no last try.
+MIN_LAST_PAUSE_S = 0.05
 
 
 def describe_database_error(error: Exception) -> str:

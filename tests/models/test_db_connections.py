@@ -89,6 +89,23 @@ def test_patience_runs_out(fresh_engine, database) -> None:
     assert 0.3 <= time.monotonic() - started < 3
 
 
+def test_patience_is_used_to_its_end(fresh_engine, database) -> None:
+    """A database away for 3.6 s with 4 s of patience is waited out: the doubling pauses (0.1, 0.2,
+    ... 1.6 s: 3.1 s in all) once gave up where the next pause would pass the deadline, a second
+    early. That left a call marker whose commit had landed to the sweeper (DELIVERY_UNCERTAIN for
+    a message Meta never saw) when a Postgres restart outlasted the first 3 s of a give-back."""
+    with refusing_new_connections(database):
+        reopen = threading.Timer(3.6, set_allow_connections, args=(database, True))
+        reopen.start()
+        started = time.monotonic()
+        try:
+            pid = db.run_single_statement(_backend_pid, patience_s=4.0)
+        finally:
+            reopen.join()
+    assert pid > 0
+    assert 3.5 <= time.monotonic() - started < 4.5
+
+
 def test_a_wrong_statement_is_not_retried(fresh_engine) -> None:
     started = time.monotonic()
     with pytest.raises(exc.ProgrammingError):

@@ -52,6 +52,9 @@ GROUP_SPAN_S = 0.003
 MARK_LEAD_S = 0.008
 # Claims that could not be paced or marked (Redis or Postgres failing) wait this long in Postgres.
 FAULT_WAIT_S = 1.0
+# How long a give-back waits for an unavailable Postgres, unless it is clearing a call marker (then
+# the whole lease). Given up, the claim waits for the sweeper (its lease, then a re-queue).
+GIVE_BACK_PATIENCE_S = 5.0
 # The loop lets other work run after preparing this many requests of a batch.
 YIELD_EVERY = 16
 # A lane with nothing to do for this long is closed (a new claim opens it again).
@@ -326,7 +329,12 @@ class AccountLane:
             self._room.set()
             why = type(fault).__name__
             log.warning("account %s: %d calls could not begin (%s)", self.account_id, len(group), why)
-            await self._give_back([_Back(t.held, FAULT_WAIT_S, None, Outcome.GIVEN_BACK) for t in group])
+            # Patient for the whole lease: a marker whose commit landed is cleared only by this
+            # give-back, and left standing the sweeper fails the message DELIVERY_UNCERTAIN though
+            # Meta never saw it (chaos bench: a Postgres restart that outlasted 5 s of patience).
+            # Late is harmless: the give-back is fenced by the claim's token.
+            backs = [_Back(t.held, FAULT_WAIT_S, None, Outcome.GIVEN_BACK) for t in group]
+            await self._give_back(backs, patience_s=float(self.parts.settings.lease_s))
             return
         began_at = time.monotonic()
         late_by = self.parts.settings.rate_jitter_s / 2
@@ -464,7 +472,7 @@ class AccountLane:
             await asyncio.wait_for(self.parts.stop.wait(), left)
         return True
 
-    async def _give_back(self, backs: list[_Back]) -> None:
+    async def _give_back(self, backs: list[_Back], *, patience_s: float = GIVE_BACK_PATIENCE_S) -> None:
         """Back to Postgres unsent (not an attempt), each to wait as it says; one statement."""
         if not backs:
             return
@@ -472,7 +480,7 @@ class AccountLane:
         count_batch("give_back", len(items))
         try:
             written = await self.parts.blocking(
-                lambda: run_single_statement(lambda db: lifecycle.give_back_many(db, items), patience_s=5.0)
+                lambda: run_single_statement(lambda db: lifecycle.give_back_many(db, items), patience_s=patience_s)
             )
         except Exception as fault:
             log.warning("%d claims could not be given back (%s); the sweeper re-queues them", len(backs), fault)
