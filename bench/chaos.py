@@ -38,8 +38,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.chaos_client import LoadResult, build_requests, run_load  # noqa: E402
-from bench.chaos_report import KeyRow, MessageRow, compute, count_logs, goal_line, render  # noqa: E402
+from bench.chaos_client import Kind, LoadResult, build_requests, run_load  # noqa: E402
+from bench.chaos_report import KeyRow, MessageRow, PolicyRow, compute, count_logs, goal_line, policy_counts, render  # noqa: E402
 from bench.chaos_stack import Stack  # noqa: E402
 from bench.private_services import PrivatePostgres, PrivateRedis  # noqa: E402
 
@@ -95,6 +95,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--settle-timeout-s", type=float, default=240.0, help="wait for the last messages")
     parser.add_argument("--pg-max-connections", type=int, default=100)
+    parser.add_argument(
+        "--mix",
+        type=float,
+        default=0.2,
+        help="share of sends that are scheduled, expiring, cancelled or bulk (evenly; 0: plain sends only)",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs even when all goals are met")
     args = parser.parse_args()
     size = QUICK if args.quick else FULL
@@ -133,7 +139,7 @@ def main() -> int:
         stack.start_workers(args.workers)
         stack.start_beat()
         api_key, pairs = create_tenant(args.accounts, args.sends)
-        requests = build_requests(api_key, pairs)
+        requests = build_requests(api_key, pairs, mix=args.mix)
         say(started, f"{args.api_processes} API, {args.workers} workers, beat, sandbox and proxy running")
 
         set_transient_faults(stack.sandbox_url, args.transient_fraction)
@@ -352,6 +358,7 @@ def collect(args: argparse.Namespace, stack: Stack, url: str, load: LoadResult) 
         expired_leases=int(expired[0]) if expired else 0,
         logs=count_logs(stack.worker_logs()),
     )
+    counts.policy = policy_counts(policy_rows(url, load), received)
     counts.extra["sandbox"] = (
         f"{sandbox['calls']} calls, {sandbox['count']} received, errors answered "
         f"{json.dumps(sandbox['errors'], sort_keys=True)}"
@@ -373,6 +380,32 @@ def collect(args: argparse.Namespace, stack: Stack, url: str, load: LoadResult) 
         shown = ", ".join("-" if math.isinf(g) else f"{g:.0f}" for g in gaps)
         counts.extra["never reached: call marker → next kill"] = f"{close} of {len(gaps)} within 100 ms (ms: {shown})"
     return counts
+
+
+def policy_rows(url: str, load: LoadResult) -> list[PolicyRow]:
+    """The mix's messages (every one the client was answered for and asked more than "now" of)."""
+    records = {r.message_id: r for r in load.records if r.message_id is not None and r.kind != Kind.PLAIN}
+    if not records:
+        return []
+    with _connect(url) as conn:
+        found = conn.execute(
+            "SELECT id::text, status, error_code, extract(epoch FROM send_at), extract(epoch FROM expires_at), "
+            "extract(epoch FROM call_started_at) FROM messages WHERE id = ANY(%s::uuid[])",
+            (list(records),),
+        ).fetchall()
+    return [
+        PolicyRow(
+            id=row[0],
+            kind=records[row[0]].kind,
+            status=row[1],
+            error_code=row[2],
+            send_at=float(row[3]) if row[3] is not None else None,
+            expires_at=float(row[4]) if row[4] is not None else None,
+            call_started_at=float(row[5]) if row[5] is not None else None,
+            cancel_answer=records[row[0]].cancel_answer,
+        )
+        for row in found
+    ]
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 DELIVERY_UNCERTAIN = "DELIVERY_UNCERTAIN"
 SENT_STATUSES = frozenset({"sent", "delivered", "read"})
-FINAL_STATUSES = SENT_STATUSES | {"failed"}
+FINAL_STATUSES = SENT_STATUSES | {"failed", "cancelled"}
 
 # Goals: uncertain messages Meta never received, per accepted message; skipped tasks per send.
 MAX_UNCERTAIN_NEVER_RECEIVED = 0.001
@@ -71,6 +71,70 @@ def count_logs(paths: Iterable[Path]) -> LogCounts:
     return LogCounts(skipped, requeued, lost, unavailable, claims, given, claim_lost)
 
 
+@dataclass(frozen=True)
+class PolicyRow:
+    """What the dispatch-policy mix needs of a message: its asked-for times and when its call began
+    (all Postgres times, epoch seconds), and what the client learned."""
+
+    id: str
+    kind: str
+    status: str
+    error_code: str | None
+    send_at: float | None
+    expires_at: float | None
+    call_started_at: float | None
+    cancel_answer: str | None  # "cancelled", the status a 409 named, or None (no cancel, or no answer)
+
+
+@dataclass
+class PolicyCounts:
+    """The mix's outcomes by kind, and every broken promise of schedule, expiry and cancel."""
+
+    final_by_kind: dict[str, Counter[str]] = field(default_factory=dict)
+    cancelled_but_received: int = 0  # cancelled, yet the sandbox has it
+    cancel_contradicted: int = 0  # the cancel's answer and the final status disagree
+    cancels_unanswered: int = 0
+    called_after_expiry: int = 0  # a call began after the message's expiry
+    called_before_send_at: int = 0  # a call began before the message's sendAt
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def violations(self) -> int:
+        return (
+            self.cancelled_but_received
+            + self.cancel_contradicted
+            + self.called_after_expiry
+            + (self.called_before_send_at)
+        )
+
+
+def policy_counts(rows: list[PolicyRow], received: Counter[str]) -> PolicyCounts:
+    counts = PolicyCounts()
+    broken: dict[str, list[str]] = {}
+    for row in rows:
+        counts.final_by_kind.setdefault(row.kind, Counter())[
+            f"{row.status} {row.error_code}" if row.error_code else row.status
+        ] += 1
+        if row.status == "cancelled" and received[row.id] > 0:
+            counts.cancelled_but_received += 1
+            broken.setdefault("cancelled, but received", []).append(row.id)
+        if row.kind == "cancelled":
+            if row.cancel_answer is None:
+                counts.cancels_unanswered += 1
+            elif (row.cancel_answer == "cancelled") != (row.status == "cancelled"):
+                counts.cancel_contradicted += 1
+                broken.setdefault("cancel answer contradicted", []).append(row.id)
+        started = row.call_started_at
+        if started is not None and row.expires_at is not None and started > row.expires_at:
+            counts.called_after_expiry += 1
+            broken.setdefault("called after expiry", []).append(row.id)
+        if started is not None and row.send_at is not None and started < row.send_at:
+            counts.called_before_send_at += 1
+            broken.setdefault("called before sendAt", []).append(row.id)
+    counts.examples = {name: sorted(ids)[:5] for name, ids in broken.items()}
+    return counts
+
+
 @dataclass
 class ChaosCounts:
     sends: int
@@ -95,6 +159,7 @@ class ChaosCounts:
     keys_in_progress: int
     expired_leases: int  # messages the sweeper failed as uncertain (their "worker_lost" attempt rows)
     logs: LogCounts
+    policy: PolicyCounts = field(default_factory=PolicyCounts)
     # A few message ids (or keys) of each anomaly, to look up in the logs and the database.
     examples: dict[str, list[str]] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
@@ -118,6 +183,7 @@ class ChaosCounts:
                 self.uncertain_never_received <= MAX_UNCERTAIN_NEVER_RECEIVED * self.accepted
             ),
             f"skipped <= {MAX_SKIPPED_PER_SEND} x sends": self.logs.skipped <= MAX_SKIPPED_PER_SEND * self.sends,
+            "0 schedule/expiry/cancel broken": self.policy.violations == 0,
         }
 
 
@@ -224,10 +290,19 @@ def render(c: ChaosCounts) -> str:
         ("sweeper lost mid-send", c.logs.lost_mid_send, "as logged (*: not a sweep whose worker died first)"),
         ("database unavailable", c.logs.database_unavailable, "send tasks that ran again later"),
     ]
+    p = c.policy
+    if p.final_by_kind:
+        lines += [
+            ("cancelled, but received", p.cancelled_but_received, "the sandbox has a message we say was cancelled"),
+            ("cancel answer contradicted", p.cancel_contradicted, f"{p.cancels_unanswered} cancels never answered"),
+            ("called after expiry", p.called_after_expiry, "a call began after expiresAt"),
+            ("called before sendAt", p.called_before_send_at, "a call began before sendAt"),
+        ]
     width = max(len(name) for name, _, _ in lines)
     out = [f"{name:<{width}}  {value:>7}  {note}" for name, value, note in lines]
     out += [f"{name:<{width}}  {value}" for name, value in c.extra.items()]
-    out += [f"e.g. {name}: {' '.join(ids)}" for name, ids in c.examples.items()]
+    out += [f"{'mix: ' + kind:<{width}}  {_detail(finals)}" for kind, finals in sorted(p.final_by_kind.items())]
+    out += [f"e.g. {name}: {' '.join(ids)}" for name, ids in {**c.examples, **p.examples}.items()]
     return "\n".join(out)
 
 
