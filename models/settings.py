@@ -6,7 +6,7 @@ from functools import lru_cache
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Pure address classification (no Celery, no I/O): the same rules the media fetcher applies.
@@ -19,6 +19,14 @@ DEV_SECRET_KEY = "dev-only-secret-key-do-not-use-in-production"
 DEV_META_APP_SECRET = "dev-only-meta-app-secret"
 DEV_META_VERIFY_TOKEN = "dev-only-verify-token"
 DEV_FLOWER_BASIC_AUTH = "wadispatch:dev-only-flower-password"
+
+
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+
+
+def is_amqp_url(url: str) -> bool:
+    """A RabbitMQ (AMQP 0-9-1) broker URL, as kombu spells them."""
+    return urlsplit(url).scheme in AMQP_SCHEMES
 
 
 def _broker_identity(url: str) -> tuple[str, str, int | None, str]:
@@ -49,6 +57,13 @@ class Settings(BaseSettings):
     database_lock_timeout_ms: int = Field(default=10_000, ge=0, description="0 turns it off")
     database_idle_in_transaction_timeout_ms: int = Field(default=60_000, ge=0, description="0 turns it off")
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The Celery broker every queue lives on. Unset: the service's Redis above (what `make run`
+    # uses). amqp://user:password@host:5672/vhost: RabbitMQ (quorum queues, publisher confirms;
+    # README "Choosing a broker"); Redis then keeps pacing, caches and results only.
+    broker_url: str | None = None
+    # RabbitMQ only: how long one publish may take to be written and confirmed by the broker before
+    # it counts as failed (the message stays accepted; the sweeper hands it over later).
+    broker_publish_timeout_s: float = Field(default=5.0, gt=0)
     # The broker upstream services publish their submissions to (wadispatch.client), on which
     # `wadispatch intake-credential` mints their publish-only credentials. Unset: the service's
     # own Redis, for development; production refuses that (an upstream must never hold the URL
@@ -284,6 +299,12 @@ class Settings(BaseSettings):
     # duration_ms where known); see models/log_format.py.
     log_format: Literal["text", "json"] = "text"
 
+    @field_validator("broker_url")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        # Compose passes ${WADISPATCH_BROKER_URL:-} through as an empty string when it is not set.
+        return value.strip() or None if value is not None else None
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         if self.env != "production":
@@ -303,21 +324,38 @@ class Settings(BaseSettings):
             unsafe.append("WADISPATCH_METRICS_TOKEN (the API's and the workers' /metrics answer only its bearer)")
         if problem := not_a_public_https_url(self.meta_base_url):
             unsafe.append(f"WADISPATCH_META_BASE_URL to Meta's https address ({problem})")
-        if not self.intake_apart:
-            unsafe.append("WADISPATCH_INTAKE_BROKER_URL to a broker apart from WADISPATCH_REDIS_URL")
+        if not self.intake_apart or self.intake_shares_state:
+            unsafe.append(
+                "WADISPATCH_INTAKE_BROKER_URL to a broker apart from WADISPATCH_REDIS_URL and WADISPATCH_BROKER_URL"
+            )
         if unsafe:
             raise ValueError("production refuses unsafe settings; set " + ", ".join(unsafe))
         return self
 
     @property
+    def broker(self) -> str:
+        """The Celery broker: WADISPATCH_BROKER_URL, or the service's Redis."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        return is_amqp_url(self.broker)
+
+    @property
     def intake_broker(self) -> str:
-        return self.intake_broker_url or self.redis_url
+        return self.intake_broker_url or self.broker
 
     @property
     def intake_apart(self) -> bool:
         """Submissions come through a broker of their own (consumed by `wadispatch intake-worker`):
-        another server, or another database of it (the same written differently is the same)."""
-        return _broker_identity(self.intake_broker) != _broker_identity(self.redis_url)
+        another server, or another database or virtual host of it (the same written differently
+        is the same)."""
+        return _broker_identity(self.intake_broker) != _broker_identity(self.broker)
+
+    @property
+    def intake_shares_state(self) -> bool:
+        """The intake broker is the Redis that holds the pacing state and the pause keys."""
+        return _broker_identity(self.intake_broker) == _broker_identity(self.redis_url)
 
     @property
     def call_budget_s(self) -> float:
@@ -339,6 +377,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _countdowns_below_visibility(self) -> Settings:
         # A countdown longer than the visibility timeout would make Redis hand the task out twice.
+        # (RabbitMQ has no visibility timeout: a countdown waits in the broker's delay queues.)
+        if self.broker_is_amqp:
+            return self
         if self.retry_cap_s >= self.broker_visibility_timeout_s:
             raise ValueError("WADISPATCH_RETRY_CAP_S must stay below WADISPATCH_BROKER_VISIBILITY_TIMEOUT_S")
         if self.rate_horizon_s >= self.broker_visibility_timeout_s:

@@ -19,13 +19,17 @@ from models import log_format, log_hygiene
 from models.db import reset_engine
 from models.enums import SourceApi
 from models.settings import Settings, get_settings
+from worker.broker_config import broker_conf, publish_options
+from worker.broker_head import ENQUEUED_AT_HEADER
 
 log = logging.getLogger(__name__)
 
 SEND_QUEUE = "wadispatch.send"
 # Messages handed over at their send slot (or after an earlier message in their conversation):
 # workers take from it first, so a slot is not missed behind a backlog of new messages. The
-# Redis transport's 'sorted' strategy polls queues in name order, and "due" sorts first.
+# Redis transport's 'sorted' strategy polls queues in name order, and "due" sorts first. RabbitMQ
+# has no order among queues: there each queue's consumer has a prefetch of its own, so a due task
+# waits behind at most one prefetch of sends in the worker, not behind the whole backlog.
 DUE_QUEUE = "wadispatch.due"
 MAINTENANCE_QUEUE = "wadispatch.maintenance"
 # Meta's webhook deliveries (statuses, inbound): ahead of new sends in the sorted order, so what
@@ -41,6 +45,9 @@ SEND_TASK = "wadispatch.send_message"
 # Several messages in one task (the pacer's hand-overs, for the delivery engine).
 SEND_BATCH_TASK = "wadispatch.send_messages"
 SWEEP_TASK = "wadispatch.sweep"
+# A mark the sweeper sends down a RabbitMQ queue with a backlog, to learn how far it has moved
+# (worker/broker_head.py); published to the queue it marks.
+MARK_TASK = "wadispatch.broker_mark"
 WEBHOOK_TASK = "wadispatch.process_webhook"
 SUBMIT_TASK = "wadispatch.submit"
 # Retention's prune (worker/prune.py), on beat's clock every WADISPATCH_RETENTION_INTERVAL_S.
@@ -48,13 +55,13 @@ PRUNE_TASK = "wadispatch.prune"
 
 
 def broker_connections_for(concurrency: int) -> int:
-    """Redis connections a worker process may open to the broker."""
+    """Redis connections a worker process may open to the broker (a Redis broker)."""
     return concurrency + 10
 
 
 def create_celery() -> Celery:
     settings = get_settings()
-    app = Celery("wadispatch", broker=settings.redis_url, include=["worker.tasks", "worker.prune"])
+    app = Celery("wadispatch", include=["worker.tasks", "worker.prune"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -65,22 +72,11 @@ def create_celery() -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={
-            "visibility_timeout": settings.broker_visibility_timeout_s,
-            "queue_order_strategy": "sorted",
-            # kombu keeps at most 10 Redis connections by default. Under gevent every greenlet
-            # acknowledges its own task, and past 10 at once an ack fails ("Couldn't ack": the
-            # task would come back after the visibility timeout): one for each task in flight,
-            # plus the consumer's own.
-            "max_connections": broker_connections_for(settings.worker_concurrency),
-            # A broker that stops answering without closing the connection must not hold a
-            # publish (an API request) or an ack forever. The consumer's BRPOP is unaffected:
-            # kombu reads its reply only once the socket is readable, and the server answers
-            # every BRPOP within a second anyway (kombu's brpop_timeout).
-            "socket_timeout": settings.redis_socket_timeout_s,
-            "socket_connect_timeout": settings.redis_connect_timeout_s,
-            "socket_keepalive": True,
-        },
+        **_broker_settings(settings),
+        # A task whose connection to the broker was lost while it ran goes on (its delivery goes
+        # back to the queue, so the task may run again elsewhere: the claim in Postgres keeps the
+        # message from being sent twice). Said explicitly: Celery warns that its default changes.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
         # A cold shutdown first waits this long for the calls under way (a warm one, SIGTERM,
         # waits for them anyway; either way claims not yet called go back: worker/shutdown.py).
@@ -100,6 +96,20 @@ def create_celery() -> Celery:
         beat_schedule=beat_schedule(settings),
     )
     return app
+
+
+def _broker_settings(settings: Settings) -> dict[str, Any]:
+    conf = broker_conf(settings.broker, settings, WORKER_QUEUES)
+    if not settings.broker_is_amqp:
+        conf["broker_transport_options"] |= {
+            "queue_order_strategy": "sorted",
+            # kombu keeps at most 10 Redis connections by default. Under gevent every greenlet
+            # acknowledges its own task, and past 10 at once an ack fails ("Couldn't ack": the
+            # task would come back after the visibility timeout): one for each task in flight,
+            # plus the consumer's own.
+            "max_connections": broker_connections_for(settings.worker_concurrency),
+        }
+    return conf
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -188,10 +198,15 @@ def _forget_task_fields(**_: object) -> None:
     log_format.clear_fields()
 
 
+def _limits() -> dict[str, float]:
+    # RabbitMQ: how long a publish may wait to be written and confirmed (worker/broker_config.py).
+    return publish_options(get_settings())
+
+
 def _stamped() -> dict[str, float]:
     # When the task entered the broker: the sweeper compares it with the oldest task still waiting
     # to tell a message that waits in a long queue from one whose task the broker lost.
-    return {"wadispatch_enqueued_at": time.time()}
+    return {ENQUEUED_AT_HEADER: time.time()}
 
 
 def enqueue_send(message_id: uuid.UUID) -> None:
@@ -201,13 +216,14 @@ def enqueue_send(message_id: uuid.UUID) -> None:
     Postgres and the pacer (worker/pacer.py) hands it over when it is due. The one exception is a
     send task that could not reach Postgres at all (worker/tasks.py): it retries itself within
     seconds, since it cannot write down a wait."""
-    app.send_task(SEND_TASK, args=[str(message_id)], queue=SEND_QUEUE, headers=_stamped())
+    app.send_task(SEND_TASK, args=[str(message_id)], queue=SEND_QUEUE, headers=_stamped(), **_limits())
 
 
 def enqueue_sends(message_ids: list[uuid.UUID]) -> None:
     """Hand a committed batch to the broker in one Redis pipeline (kombu's publish batch), not
-    one round trip per message: a task per HAND_OVER_CHUNK messages for the delivery engine
-    (claimed together), a task each for the threads' step."""
+    one round trip per message (RabbitMQ: one confirmed publish per task, kombu batches nothing
+    there): a task per HAND_OVER_CHUNK messages for the delivery engine (claimed together), a
+    task each for the threads' step."""
     if not message_ids:
         return
     if get_settings().delivery_engine == "async":
@@ -226,6 +242,7 @@ def enqueue_sends(message_ids: list[uuid.UUID]) -> None:
                 # is declared (at most) once. Per message they were half of a batch's enqueue cost.
                 retry=False,
                 declare=None if n == 0 else [],
+                **_limits(),
             )
 
 
@@ -255,7 +272,7 @@ def hand_to_broker(message_id: uuid.UUID, *, new_from: SourceApi | None) -> None
 
 def enqueue_due(message_id: uuid.UUID) -> None:
     """Hand over a message whose time has come (see DUE_QUEUE)."""
-    app.send_task(SEND_TASK, args=[str(message_id)], queue=DUE_QUEUE, headers=_stamped())
+    app.send_task(SEND_TASK, args=[str(message_id)], queue=DUE_QUEUE, headers=_stamped(), **_limits())
 
 
 # Messages per batch task: small enough that one task's claims spread over the workers.
@@ -281,9 +298,10 @@ def _enqueue_in_chunks(message_ids: list[uuid.UUID], queue: str) -> None:
                 producer=producer,
                 retry=False,
                 declare=None if n == 0 else [],
+                **_limits(),
             )
 
 
 def enqueue_webhook(event_id: uuid.UUID, *, countdown_s: float | None = None) -> None:
     """Hand a stored webhook delivery to a worker (after its row is committed)."""
-    app.send_task(WEBHOOK_TASK, args=[str(event_id)], queue=INCOMING_QUEUE, countdown=countdown_s)
+    app.send_task(WEBHOOK_TASK, args=[str(event_id)], queue=INCOMING_QUEUE, countdown=countdown_s, **_limits())

@@ -3,8 +3,8 @@
 Upstream services hold publish-only credentials on that broker (`wadispatch intake-credential`);
 `wadispatch intake-worker` consumes its one queue with this app and stores what it takes in
 Postgres, from where the service's own broker carries the sends on. Same reliability settings as
-the service's app: an acknowledgement after the task ran, and a task handed out again if its
-worker dies.
+the service's app: an acknowledgement after the task ran, a task handed out again if its worker
+dies, and on RabbitMQ a quorum queue and publisher confirms.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from __future__ import annotations
 from celery import Celery
 
 from models.settings import Settings, get_settings
+from worker.broker_config import broker_conf
 from worker.celery_app import INTAKE_QUEUE, SUBMIT_TASK
 from worker.intake_task import register_submit
 
 
 def create_intake_celery(settings: Settings) -> Celery:
-    app = Celery("wadispatch-intake", broker=settings.intake_broker)
+    app = Celery("wadispatch-intake")
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -25,12 +26,9 @@ def create_intake_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={
-            "visibility_timeout": settings.broker_visibility_timeout_s,
-            "socket_timeout": settings.redis_socket_timeout_s,
-            "socket_connect_timeout": settings.redis_connect_timeout_s,
-            "socket_keepalive": True,
-        },
+        # Redis, or RabbitMQ (a quorum queue, publisher confirms): worker/broker_config.py.
+        **broker_conf(settings.intake_broker, settings, (INTAKE_QUEUE,)),
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
         task_routes={SUBMIT_TASK: {"queue": INTAKE_QUEUE}},
         task_default_queue=INTAKE_QUEUE,

@@ -15,7 +15,9 @@ from worker.celery_app import PRUNE_TASK, app
 log = logging.getLogger(__name__)
 
 
-@app.task(name=PRUNE_TASK)
+# Acknowledged when taken (like the sweep, worker/tasks.py): a prune through a large backlog may run
+# longer than the broker holds an unacknowledged delivery; the next tick does the rest anyway.
+@app.task(name=PRUNE_TASK, acks_late=False)
 def prune_task() -> dict[str, Any]:
     # Two prunes at once (a slow one and the next tick, or the CLI's) only skip each other's
     # locked rows; the schedule's expiry keeps late ones from piling up behind a busy queue.

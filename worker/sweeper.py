@@ -3,12 +3,16 @@
 - Claims whose lease ran out are judged by models/lifecycle/sweep.py: no call started → re-queued (not
   an attempt); call started → DELIVERY_UNCERTAIN, and the conversation's next message is handed over.
 - Messages whose task the broker really lost are handed to it again. "Really lost" is decided
-  against the broker itself, not against a fixed age: every task carries the time it was enqueued
-  (a header, see worker/celery_app.py), the queues are first-in first-out, so a message whose last
-  enqueue is older than the oldest task still waiting in any queue has left the queue — its task
-  ran (and did not claim it), or Redis lost it (flushed, restarted, a worker killed with it
-  reserved). Only those, once older than WADISPATCH_REQUEUE_AFTER_S past that point, are
-  re-enqueued; a message that merely waits behind a long backlog is left alone.
+  against the broker itself, not against a fixed age: the queues are first-in first-out, and
+  worker/broker_head.py tells a time before which no send task still waits in them (Redis: the
+  oldest waiting task's own enqueue stamp; RabbitMQ: the last mark sent down the queue that a
+  worker ran). A message handed over before that time has left the queue — its task ran (and did
+  not claim it), or the broker lost it (Redis flushed or restarted, a worker killed with it
+  reserved; a publish RabbitMQ never confirmed, a queue purged). Only those, once older than
+  WADISPATCH_REQUEUE_AFTER_S past that point, are re-enqueued; a message that merely waits behind
+  a long backlog is left alone. With RabbitMQ a dead worker's tasks come back by themselves (the
+  broker returns what a closed connection had not acknowledged), so this net catches only the
+  rarer losses there.
 - Messages waiting in Postgres (a retry or a slot) that are long overdue are handed over too (no
   pacer ran to do it).
 - Webhook deliveries stored but not applied (their task was lost, or failed) are handed over again.
@@ -16,15 +20,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
-import redis
 from sqlalchemy import Boolean, ColumnElement, and_, func, literal_column, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -34,38 +35,11 @@ from models.tables import NOT_BULK_FED, Message, WebhookEvent, WhatsappAccount
 
 log = logging.getLogger(__name__)
 
-# The header every send task carries: when it was handed to the broker (epoch seconds).
-ENQUEUED_AT_HEADER = "wadispatch_enqueued_at"
-
-
-def oldest_waiting_enqueue(client: redis.Redis, queues: Iterable[str]) -> float | None:
-    """When the oldest task still waiting in any of ``queues`` was enqueued (None: all empty).
-
-    kombu's Redis transport pushes on the left and pops on the right, so index -1 is the oldest.
-    A task without our header (from older code) counts as enqueued just now: nothing is judged
-    lost against it."""
-    oldest: float | None = None
-    for queue in queues:
-        raw = cast(bytes | None, client.lindex(queue, -1))
-        if raw is None:
-            continue
-        enqueued = _enqueued_at(raw) or time.time()
-        oldest = enqueued if oldest is None else min(oldest, enqueued)
-    return oldest
-
-
-def _enqueued_at(raw: bytes | str) -> float | None:
-    try:
-        headers = json.loads(raw).get("headers") or {}
-        value = headers.get(ENQUEUED_AT_HEADER)
-        return float(value) if value is not None else None
-    except (ValueError, AttributeError, TypeError):
-        return None
-
 
 def take_lost_by_broker(session: Session, *, oldest_waiting: float | None, grace_s: int, batch: int) -> list[uuid.UUID]:
     """Mark and return messages whose task the broker lost (see the module's docstring); the
-    caller enqueues them after commit."""
+    caller enqueues them after commit. ``oldest_waiting``: no send task enqueued before it still
+    waits in the broker (None: none waits at all)."""
     # The queue's head, or now when every queue is empty (by the sweeper's clock: enqueue times
     # are written by the enqueuing host; hosts' clocks must agree to well within the grace).
     horizon = min(time.time(), oldest_waiting) if oldest_waiting is not None else time.time()

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from amqp.exceptions import ChannelError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -18,6 +17,7 @@ from models.lifecycle import PENDING
 from models.redis_client import redis_from_url
 from models.settings import get_settings
 from models.tables import Message, Portfolio, WhatsappAccount
+from worker.broker_head import ready_counts
 from worker.celery_app import WORKER_QUEUES, app
 from worker.messaging_limit import MessagingLimits
 
@@ -112,17 +112,9 @@ def account_quality(session: Session) -> list[dict[str, Any]]:
 
 
 def queue_depths() -> dict[str, int]:
-    """Tasks waiting in each of the workers' queues (kombu counts every priority level)."""
-    with app.connection_for_read() as connection:
-        channel = connection.default_channel
-        return {queue: _depth(channel, queue) for queue in WORKER_QUEUES}
-
-
-def _depth(channel: Any, queue: str) -> int:
-    try:
-        return int(channel.queue_declare(queue=queue, passive=True).message_count)
-    except ChannelError:
-        return 0  # never declared: nothing was ever put on it
+    """Tasks waiting in each of the workers' queues, not yet handed to a worker (Redis: kombu
+    counts every priority level; RabbitMQ: the messages ready)."""
+    return ready_counts(app, WORKER_QUEUES)
 
 
 def messages_by_status(session: Session) -> dict[str, int]:

@@ -20,8 +20,10 @@ from models.redis_client import redis_from_url
 from models.settings import get_settings
 from worker import shutdown
 from worker.breaker import Breaker, BreakerPolicy
+from worker.broker_head import BROKER_ERRORS, AmqpHead, BrokerHead, RedisHead, record_mark
 from worker.callbacks import Dispatcher
 from worker.celery_app import (
+    MARK_TASK,
     SEND_BATCH_TASK,
     SEND_QUEUES,
     SEND_TASK,
@@ -44,7 +46,7 @@ from worker.meta_client import get_meta_client
 from worker.metrics_server import serve_worker_metrics
 from worker.pacer import Pacer
 from worker.rate_limit import RateLimiter
-from worker.sweeper import oldest_waiting_enqueue, take_lost_by_broker, webhooks_left_behind
+from worker.sweeper import take_lost_by_broker, webhooks_left_behind
 from worker.task_base import RetriedWhileDatabaseUnavailable
 from worker.unusable_templates import MarketingTemplates, TemplateRef, UnusableTemplates
 from worker.webhooks.management import TemplateEffect
@@ -258,15 +260,40 @@ def _noop_redis() -> redis.Redis:
     return redis_from_url(get_settings().redis_url, purpose="bench")
 
 
-@app.task(name=SWEEP_TASK)
+@lru_cache(maxsize=1)
+def _broker_redis() -> redis.Redis:
+    """The Redis broker's own client (it may be another server than the state Redis)."""
+    return redis_from_url(get_settings().broker, purpose="sweep")
+
+
+def _broker_head() -> BrokerHead:
+    settings = get_settings()
+    if settings.broker_is_amqp:
+        return AmqpHead(app, _noop_redis(), mark_task=MARK_TASK, resend_after_s=settings.requeue_after_s)
+    return RedisHead(_broker_redis())
+
+
+@app.task(name=MARK_TASK)
+def broker_mark(queue: str, published_at: float) -> str:
+    """A mark the sweeper sent down a RabbitMQ queue has reached a worker: every task enqueued
+    before it has left that queue (worker/broker_head.py)."""
+    record_mark(_noop_redis(), queue, published_at)
+    return f"{queue} passed {published_at:.3f}"
+
+
+# Beat's tasks are acknowledged when taken, not after they ran: a lost one is replaced by the next
+# tick, and a long one (a prune through a large backlog) must not hold its delivery past the
+# broker's limit (RabbitMQ's consumer timeout, Redis's visibility timeout).
+@app.task(name=SWEEP_TASK, acks_late=False)
 def sweep() -> dict[str, int]:
     settings = get_settings()
     # Read the broker's head before the database: a task enqueued after this read is newer than
     # any point the sweep judges against.
+    head = _broker_head()
     try:
-        oldest_waiting = oldest_waiting_enqueue(_noop_redis(), SEND_QUEUES)
+        oldest_waiting = head.oldest_waiting(SEND_QUEUES)
         broker_reachable = True
-    except redis.RedisError as fault:
+    except BROKER_ERRORS as fault:
         log.warning("sweep: the broker cannot be read (%s); lost tasks are looked for next time", fault)
         oldest_waiting, broker_reachable = None, False
     with session_scope() as session:
@@ -291,6 +318,11 @@ def sweep() -> dict[str, int]:
         log.info("sweep: %d messages held for Meta's limits released: their contacts wrote", len(released))
     for event_id in webhooks:
         enqueue_webhook(event_id)
+    if broker_reachable:
+        try:
+            head.after_sweep()
+        except BROKER_ERRORS as fault:
+            log.warning("sweep: no mark sent down the queues (%s); next time", type(fault).__name__)
     if webhooks:
         log.warning("sweep: handed over %d webhook deliveries left unapplied", len(webhooks))
     if requeued or lost or uncertain.failed:

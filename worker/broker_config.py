@@ -1,0 +1,76 @@
+"""How a Celery app of the service talks to its broker: Redis (the default) or RabbitMQ.
+
+- Redis: kombu's Redis transport. A task taken but not acknowledged comes back after the
+  visibility timeout (WADISPATCH_BROKER_VISIBILITY_TIMEOUT_S); queues are lists Celery creates
+  as it needs them.
+- RabbitMQ (``amqp://``): every queue is declared a quorum queue (replicated, durable, messages
+  on disk before they are confirmed) behind a topic exchange of its own name, and every channel
+  publishes with confirms, so a publish the broker did not take raises instead of vanishing. A
+  task taken but not acknowledged goes back the moment its consumer's connection closes (the
+  worker died or was cut off). Topic exchanges, because Celery carries a countdown on quorum
+  queues through RabbitMQ itself (its native delayed delivery: the message waits in the broker's
+  delay queues, not unacknowledged in a worker's memory), and it binds those only to topic or
+  fanout exchanges. Quorum queues have no global prefetch: Celery sees them and gives each
+  consumer its own (worker_detect_quorum_queues).
+
+README "Choosing a broker" says which to pick and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from kombu import Exchange, Queue
+
+from models.settings import Settings, is_amqp_url
+
+QUORUM = {"x-queue-type": "quorum"}
+
+
+def quorum_queues(names: Iterable[str]) -> tuple[Queue, ...]:
+    """The service's queues as RabbitMQ holds them: each a durable quorum queue bound to a durable
+    topic exchange of the same name with its name as the routing key (so an intake credential's
+    write permission names the intake exchange alone, and wadispatch.client publishes to it)."""
+    return tuple(
+        Queue(name, Exchange(name, type="topic", durable=True), routing_key=name, durable=True, queue_arguments=QUORUM)
+        for name in names
+    )
+
+
+def redis_transport_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "visibility_timeout": settings.broker_visibility_timeout_s,
+        # A broker that stops answering without closing the connection must not hold a
+        # publish (an API request) or an ack forever. The consumer's BRPOP is unaffected:
+        # kombu reads its reply only once the socket is readable, and the server answers
+        # every BRPOP within a second anyway (kombu's brpop_timeout).
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_connect_timeout_s,
+        "socket_keepalive": True,
+    }
+
+
+def broker_conf(url: str, settings: Settings, queues: Iterable[str]) -> dict[str, Any]:
+    """The Celery settings that depend on the broker, for an app whose workers consume ``queues``."""
+    if not is_amqp_url(url):
+        return {"broker_url": url, "broker_transport_options": redis_transport_options(settings)}
+    return {
+        "broker_url": url,
+        "task_queues": quorum_queues(queues),
+        # A queue Celery would create on the fly (a name not listed) gets the same kind of exchange.
+        "task_default_exchange_type": "topic",
+        "broker_transport_options": {"confirm_publish": True},
+        "worker_detect_quorum_queues": True,
+        "broker_native_delayed_delivery_queue_type": "quorum",
+    }
+
+
+def publish_options(settings: Settings) -> dict[str, float]:
+    """Per-publish limits for the service's broker. On RabbitMQ a publish waits for its confirm:
+    a broker that stops answering (a resource alarm blocks publishers, a cut the kernel has not
+    noticed) must not hold the caller (an API request's publish thread, the pacer) forever. On
+    Redis the socket timeout does this (see redis_transport_options)."""
+    if not settings.broker_is_amqp:
+        return {}
+    return {"timeout": settings.broker_publish_timeout_s, "confirm_timeout": settings.broker_publish_timeout_s}
