@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,9 @@ TEST_ENV = {
     "WADISPATCH_API_KEY_CACHE_S": "2",
     # The system-wide gauges (queue depths, ...) are refreshed every second, not every 10.
     "WADISPATCH_GAUGES_INTERVAL_S": "1",
+    # The session stack's broker is its Redis, whatever the shell exported (the RabbitMQ stack of
+    # tests/worker/test_on_rabbitmq.py sets its own).
+    "WADISPATCH_BROKER_URL": "",
 }
 os.environ.update(TEST_ENV)
 
@@ -84,6 +88,14 @@ class Stack:
     env: dict[str, str]
     media_dir: Path
     worker_metrics_url: str = ""  # the session worker's /metrics (other workers serve none)
+    node: str = WORKER_NODE  # the stack worker's Celery node name
+    # A Celery app on this stack's broker, for control commands (None: the service's own app,
+    # which the session stack shares).
+    control: Any = None
+
+    @property
+    def broker_url(self) -> str:
+        return self.env.get("WADISPATCH_BROKER_URL") or self.env["WADISPATCH_REDIS_URL"]
 
     def ensure_worker(self) -> None:
         if not self.worker.running:
@@ -103,7 +115,8 @@ class Stack:
         from worker.celery_app import WORKER_QUEUES, app
 
         self.ensure_worker()
-        node = [WORKER_NODE]
+        app = self.control or app
+        node = [self.node]
         chosen = tuple(WORKER_QUEUES if queues is None else queues)
         for queue in chosen:
             replies = app.control.cancel_consumer(queue, destination=node, reply=True, timeout=10)
@@ -231,6 +244,21 @@ def stack(
     hook_receiver: HookReceiver,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
+    with running_stack({}, media_server, hook_receiver, tmp_path_factory, node=WORKER_NODE) as s:
+        yield s
+
+
+@contextlib.contextmanager
+def running_stack(
+    overrides: dict[str, str],
+    media_server: MediaServer,
+    hook_receiver: HookReceiver,
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    node: str,
+) -> Iterator[Stack]:
+    """The sandbox, the API, a worker (Celery node ``node``) and beat, started side by side with
+    the test environment plus ``overrides`` (another database, Redis or broker), stopped on exit."""
     log_dir = tmp_path_factory.mktemp("logs")
     sandbox_port, api_port = free_port(), free_port()
     media_dir = tmp_path_factory.mktemp("media")
@@ -241,6 +269,7 @@ def stack(
         "WADISPATCH_META_BASE_URL": f"http://127.0.0.1:{sandbox_port}",
         "WADISPATCH_API_PORT": str(api_port),
         "PYTHONUNBUFFERED": "1",
+        **overrides,
     }
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     api_url = f"http://127.0.0.1:{api_port}"
@@ -248,7 +277,7 @@ def stack(
     worker_metrics_port = free_port()
     worker = ManagedProcess(
         "worker",
-        ["worker", f"--hostname={WORKER_NODE}", "--without-mingle", "--without-gossip"],
+        ["worker", f"--hostname={node}", "--without-mingle", "--without-gossip"],
         env | {"WADISPATCH_WORKER_METRICS_PORT": str(worker_metrics_port)},
         log_dir,
         ready=lambda: " ready." in worker.log_since_start(),
@@ -271,6 +300,7 @@ def stack(
         env=env,
         media_dir=media_dir,
         worker_metrics_url=f"http://127.0.0.1:{worker_metrics_port}/metrics",
+        node=node,
     )
     started: list[ManagedProcess] = []
     try:

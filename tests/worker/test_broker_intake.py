@@ -32,7 +32,7 @@ from models.db import get_engine, session_scope
 from models.enums import KeyKind
 from models.log_hygiene import key_for_log
 from models.tables import Message, Organization, OrgUsage
-from tests.conftest import RUN_ID, WORKER_NODE
+from tests.conftest import RUN_ID, Stack
 from tests.support.admin_cli import wadispatch
 from tests.support.gates import InsertGate
 from tests.support.processes import ManagedProcess, queue_worker
@@ -109,7 +109,7 @@ def _wait_log(process: ManagedProcess, needle: str, count: int = 1, timeout: flo
 
 
 def test_submitter_sends_and_a_resubmission_makes_no_second_message(live, api, sandbox, tenant):
-    submitter = Submitter(live.env["WADISPATCH_REDIS_URL"], api_key=tenant.key)
+    submitter = Submitter(live.broker_url, api_key=tenant.key)
     lead = tenant.new_lead()
     key = f"crm-{uuid.uuid4().hex}"
     submitter.flowestate_send(lead, tenant.account.id, "Your viewing is at 10:00", idempotency_key=key)
@@ -132,7 +132,7 @@ def test_submitter_sends_and_a_resubmission_makes_no_second_message(live, api, s
 
 
 def test_a_refused_submission_is_kept_with_its_error(live, api, tenant):
-    submitter = Submitter(live.env["WADISPATCH_REDIS_URL"], api_key=tenant.key)
+    submitter = Submitter(live.broker_url, api_key=tenant.key)
     key = f"crm-{uuid.uuid4().hex}"
     submitter.flowestate_send(tenant.new_lead(), tenant.account.id, "", idempotency_key=key)
     data = _submission(api, tenant, key)
@@ -146,7 +146,7 @@ def test_a_refused_submission_is_kept_with_its_error(live, api, tenant):
 
 
 def test_a_batch_submission_and_a_template(live, api, tenant):
-    submitter = Submitter(live.env["WADISPATCH_REDIS_URL"], api_key=tenant.key)
+    submitter = Submitter(live.broker_url, api_key=tenant.key)
     lead = tenant.new_lead()
     bodies = [{"leadId": str(lead), "whatsappAccountId": str(tenant.account.id), "message": f"m{n}"} for n in range(3)]
     bodies.append({"leadId": str(uuid.uuid4()), "whatsappAccountId": str(tenant.account.id), "message": "x"})
@@ -228,9 +228,9 @@ def test_a_submission_past_its_request_rate_waits_and_runs_again(live, api, sand
     key = tenant.new_key()
     lead = tenant.new_lead()
     idempotency_key = f"crm-{uuid.uuid4().hex}"
-    with _task_events(live.env["WADISPATCH_REDIS_URL"]) as events:
+    with _task_events(live) as events:
         assert _exhaust_the_rate(api, key) >= 1
-        task = Submitter(live.env["WADISPATCH_REDIS_URL"], api_key=key).flowestate_send(
+        task = Submitter(live.broker_url, api_key=key).flowestate_send(
             lead, tenant.account.id, "After the wait", idempotency_key=idempotency_key
         )
         retried = events.wait_for("task-retried", task.id)
@@ -340,7 +340,7 @@ def test_plain_celery_send_task_from_a_process_that_does_not_import_wadispatch(l
     script = tmp_path / "producer.py"
     script.write_text(producer)
     # Run from an empty folder, so nothing of the project is importable by accident.
-    with _task_events(live.env["WADISPATCH_REDIS_URL"]) as events:
+    with _task_events(live) as events:
         run = [sys.executable, str(script)]
         done = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
@@ -413,7 +413,7 @@ def test_a_node_producer_with_celery_node(live, api, tenant, celery_node, tmp_pa
         )
     )
     env = {**os.environ, "NODE_PATH": str(celery_node)}
-    with _task_events(live.env["WADISPATCH_REDIS_URL"]) as events:
+    with _task_events(live) as events:
         done = subprocess.run(["node", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         task_id = done.stdout.strip()
@@ -462,9 +462,9 @@ class _TaskEvents:
 
 
 @contextlib.contextmanager
-def _task_events(broker_url: str) -> Iterator[_TaskEvents]:
-    """Listen to the session worker's events while the block runs, with its task events switched on."""
-    app = Celery(broker=broker_url)
+def _task_events(stack: Stack) -> Iterator[_TaskEvents]:
+    """Listen to the stack worker's events while the block runs, with its task events switched on."""
+    app = Celery(broker=stack.broker_url)
     captured = _TaskEvents()
     receivers: list[Any] = []
 
@@ -476,7 +476,7 @@ def _task_events(broker_url: str) -> Iterator[_TaskEvents]:
 
     listener = threading.Thread(target=capture, daemon=True)
     listener.start()
-    node = [WORKER_NODE]
+    node = [stack.node]
     try:
         # The listener hears the worker once a heartbeat it asked for arrives (worker events are
         # always on); task events are on once the worker confirms it.
@@ -572,7 +572,7 @@ def test_a_submission_whose_database_connection_dies_is_retried_and_accepted_onc
     Postgres restarting) is not refused INTERNAL_ERROR: the task runs again after a backoff and is
     accepted, once. A later delivery of the same submission (the broker redelivering it) finds it
     kept and costs no second unit."""
-    submitter = Submitter(live.env["WADISPATCH_REDIS_URL"], api_key=tenant.key)
+    submitter = Submitter(live.broker_url, api_key=tenant.key)
     lead, key = tenant.new_lead(), f"crm-{uuid.uuid4().hex}"
     retry_line = "submission: database unavailable"
     earlier = len(_log_lines(live.worker, retry_line))  # other tests' retries in this worker's log
@@ -629,7 +629,7 @@ def test_no_redis_key_holds_the_api_key_while_a_submission_waits(live, api, tena
     key = f"scan-{uuid.uuid4().hex}"
     client = redis.Redis.from_url(live.env["WADISPATCH_REDIS_URL"])
     with live.paused(queues=[INTAKE_QUEUE]):
-        Submitter(live.env["WADISPATCH_REDIS_URL"], api_key=api_key).flowestate_send(
+        Submitter(live.broker_url, api_key=api_key).flowestate_send(
             tenant.new_lead(), tenant.account.id, "Scanned while it waits", idempotency_key=key
         )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import kombu
 import pytest
 import redis
 from celery import Celery
@@ -25,6 +26,7 @@ from tests.support.admin_cli import wadispatch
 from tests.support.processes import ManagedProcess
 from wadispatch.client import Submitter
 from wadispatch.signing import signed_submission
+from worker.broker_config import quorum_queues
 from worker.celery_app import INTAKE_QUEUE, SEND_QUEUE, SEND_TASK, SUBMIT_TASK
 
 
@@ -217,11 +219,11 @@ def test_a_rabbitmq_credential_publishes_to_the_intake_exchange_and_cannot_consu
     service = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest", virtual_host=_vhost(env))
     service.connect()
     try:
-        # The service declares the intake exchange and queue (its intake worker does, at start).
+        # The service declares the intake exchange and queue (its intake worker does, at start),
+        # as every queue on RabbitMQ: a quorum queue behind a topic exchange of its name.
+        with kombu.Connection(env["WADISPATCH_INTAKE_BROKER_URL"]) as declaring_connection:
+            quorum_queues([INTAKE_QUEUE])[0](declaring_connection.default_channel).declare()
         declaring = service.channel()
-        declaring.exchange_declare(INTAKE_QUEUE, "direct", durable=True, auto_delete=False)
-        declaring.queue_declare(INTAKE_QUEUE, durable=True, auto_delete=False)
-        declaring.queue_bind(INTAKE_QUEUE, INTAKE_QUEUE, INTAKE_QUEUE)
         key = f"crm-{uuid.uuid4().hex}"
         Submitter(url, api_key=tenant.key).flowestate_send(
             tenant.new_lead(), tenant.account.id, "Through RabbitMQ", idempotency_key=key
