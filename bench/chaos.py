@@ -10,6 +10,10 @@ One run, all on loopback, against a private Postgres and a private Redis (never 
    (or its deadline passes).
 4. Meanwhile: SIGKILL a worker every few seconds (a replacement starts at once), FLUSHALL Redis,
    restart Postgres, SIGKILL an API process (and start it again).
+   With ``--broker amqp`` the Celery broker is a private RabbitMQ node (its own node name, ports
+   and data; bench/private_services.py) reached through a TCP proxy (bench/tcp_proxy.py): its
+   connections are all cut a few times, and the node itself is killed and started again. Redis
+   then holds the pacing state and caches only (its FLUSHALLs go on).
 5. Stops the faults, waits until no message is queued, sending or retrying, and counts.
 
 Prints a table of counts (see README, "Benchmarks") and a last line with the goals; the exit code
@@ -41,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from bench.chaos_client import Kind, LoadResult, build_requests, run_load  # noqa: E402
 from bench.chaos_report import KeyRow, MessageRow, PolicyRow, compute, count_logs, goal_line, policy_counts, render  # noqa: E402
 from bench.chaos_stack import Stack  # noqa: E402
-from bench.private_services import PrivatePostgres, PrivateRedis  # noqa: E402
+from bench.private_services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis  # noqa: E402
 
 # Settings for every process of the run: short lease and sweep so a killed worker's messages are
 # settled within the run, and retries that resolve transient faults within it.
@@ -87,6 +91,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pg-restarts", type=int, default=1, help="Postgres restarts in the fault window")
     parser.add_argument("--pg-restart-mode", default="immediate", choices=["fast", "immediate"])
     parser.add_argument("--api-kills", type=int, default=1, help="API process SIGKILLs (each restarted)")
+    parser.add_argument(
+        "--broker",
+        default="redis",
+        choices=["redis", "amqp"],
+        help="the Celery broker: the private Redis, or (amqp) a private RabbitMQ node behind a cutting proxy",
+    )
+    parser.add_argument("--broker-cuts", type=int, default=3, help="amqp: cuts of every broker connection")
+    parser.add_argument("--broker-restarts", type=int, default=1, help="amqp: RabbitMQ node restarts")
+    parser.add_argument("--broker-restart-mode", default="kill", choices=["kill", "stop"])
     parser.add_argument("--transient-fraction", type=float, default=0.05, help="sandbox calls answered 500/503")
     parser.add_argument("--drop-fraction", type=float, default=0.01, help="accepted sends whose answer is lost")
     parser.add_argument("--latency-ms", type=float, default=100.0, help="the sandbox's answer time")
@@ -124,17 +137,23 @@ def main() -> int:
         cleanup.callback(lambda: _remove_tree(log_dir) if passed and not args.keep_logs else None)
         postgres = cleanup.enter_context(PrivatePostgres(max_connections=args.pg_max_connections))
         redis_server = cleanup.enter_context(PrivateRedis())
+        rabbit = cleanup.enter_context(PrivateRabbitMQ()) if args.broker == "amqp" else None
         env = {**RUN_SETTINGS, "WADISPATCH_DATABASE_URL": postgres.url, "WADISPATCH_REDIS_URL": redis_server.url}
         if args.concurrency is not None:
             env["WADISPATCH_WORKER_CONCURRENCY"] = str(args.concurrency)
         os.environ.update(env)
         subprocess.run([sys.executable, "-m", "cli", "migrate"], env=os.environ, cwd=ROOT, check=True,
                        capture_output=True)  # fmt: skip
-        say(started, f"private Postgres :{postgres.port}, Redis :{redis_server.port}, logs in {log_dir}")
+        services = f"private Postgres :{postgres.port}, Redis :{redis_server.port}"
+        if rabbit is not None:
+            services += f", RabbitMQ :{rabbit.port} ({rabbit.node})"
+        say(started, f"{services}, logs in {log_dir}")
 
         stack = cleanup.enter_context(Stack(env, log_dir))
         stack.start_sandbox(args.latency_ms)
         stack.start_proxy(drop_fraction=0.0)
+        if rabbit is not None:
+            stack.start_broker_proxy(rabbit.port)
         stack.start_apis(args.api_processes)
         stack.start_workers(args.workers)
         stack.start_beat()
@@ -145,7 +164,7 @@ def main() -> int:
         set_transient_faults(stack.sandbox_url, args.transient_fraction)
         assert stack.proxy is not None
         stack.proxy.set_drop_fraction(args.drop_fraction)
-        load, applied = asyncio.run(load_under_faults(args, stack, postgres, redis_server, requests, started))
+        load, applied = asyncio.run(load_under_faults(args, stack, postgres, redis_server, rabbit, requests, started))
         say(started, f"load done in {load.seconds:.0f} s; waiting for the last messages")
         pending = settle(postgres.libpq_url, args.settle_timeout_s)
         say(started, f"settled ({pending} still unfinished)" if pending else "settled")
@@ -156,6 +175,10 @@ def main() -> int:
             ", ".join(f"{reason} {n}" for reason, n in load.problems.most_common()) or "-"
         )
         counts.extra["bench ran"] = f"{time.monotonic() - started:.0f} s"
+        counts.extra["broker"] = "RabbitMQ (a private node, through a cutting proxy)" if rabbit else "Redis"
+        if stack.broker_proxy is not None:
+            reset = [line.split(": ", 1)[1].split(" connections", 1)[0] for line in stack.broker_proxy.cuts()]
+            counts.extra["broker connections reset per cut"] = ", ".join(reset) or "-"
         passed = all(counts.goals().values())
         print(render(counts))
         print(goal_line(counts))
@@ -220,7 +243,7 @@ def clear_faults(stack: Stack) -> None:
 @dataclass(frozen=True)
 class FaultEvent:
     at_s: float
-    kind: str  # "kill-worker", "flush-redis", "restart-postgres", "kill-api"
+    kind: str  # "kill-worker", "flush-redis", "restart-postgres", "kill-api", "cut-broker", "restart-broker"
     slot: int = 0
 
 
@@ -239,6 +262,11 @@ def fault_schedule(args: argparse.Namespace) -> list[FaultEvent]:
         events.append(FaultEvent(window * (k + 1) / (args.pg_restarts + 1) + 0.7, "restart-postgres"))
     for k in range(args.api_kills):
         events.append(FaultEvent(window * (k + 1) / (2 * args.api_kills + 2), "kill-api", k % args.api_processes))
+    if args.broker == "amqp":
+        for k in range(args.broker_cuts):
+            events.append(FaultEvent(window * (k + 1) / (args.broker_cuts + 1) + 1.1, "cut-broker"))
+        for k in range(args.broker_restarts):
+            events.append(FaultEvent(window * (2 * k + 1) / (2 * args.broker_restarts + 1) + 1.9, "restart-broker"))
     return sorted(events, key=lambda e: e.at_s)
 
 
@@ -247,6 +275,7 @@ async def load_under_faults(
     stack: Stack,
     postgres: PrivatePostgres,
     redis_server: PrivateRedis,
+    rabbit: PrivateRabbitMQ | None,
     requests: list[Any],
     started: float,
 ) -> tuple[LoadResult, Counter[str]]:
@@ -274,6 +303,16 @@ async def load_under_faults(
             took = await asyncio.to_thread(postgres.restart, args.pg_restart_mode)
             applied["Postgres restarts"] += 1
             say(started, f"Postgres restarted ({args.pg_restart_mode}, {took:.1f} s)")
+        elif event.kind == "cut-broker":
+            assert stack.broker_proxy is not None
+            stack.broker_proxy.cut()
+            applied["broker connection cuts"] += 1
+            say(started, "every broker connection cut")
+        elif event.kind == "restart-broker":
+            assert rabbit is not None
+            took = await asyncio.to_thread(rabbit.restart, args.broker_restart_mode)
+            applied["RabbitMQ restarts"] += 1
+            say(started, f"RabbitMQ restarted ({args.broker_restart_mode}, {took:.1f} s)")
         elif event.kind == "kill-api":
             restarts.append(asyncio.create_task(asyncio.to_thread(stack.kill_and_restart_api, event.slot)))
             applied["API SIGKILLs"] += 1

@@ -62,6 +62,44 @@ class ProxyProcess:
                 self.proc.wait(10)
 
 
+class BrokerProxyProcess:
+    """bench/tcp_proxy.py in front of the broker: every connection to it can be cut at once."""
+
+    def __init__(self, upstream_port: int, log_dir: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_dir / "broker-proxy.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "tcp_proxy.py"), "--port", str(self.port),
+             "--upstream", f"127.0.0.1:{upstream_port}"],
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while " ready." not in self.log_path.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"broker proxy did not start:\n{self.log_path.read_text(errors='replace')}")
+            time.sleep(0.1)
+
+    def cut(self) -> None:
+        """Reset every connection to the broker (the processes reconnect on their own)."""
+        os.kill(self.proc.pid, signal.SIGUSR1)
+
+    def cuts(self) -> list[str]:
+        return [line for line in self.log_path.read_text(errors="replace").splitlines() if line.startswith("cut ")]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
 class Stack:
     """Starts the processes, kills and replaces them on demand, stops them all on exit."""
 
@@ -70,6 +108,7 @@ class Stack:
         self.log_dir = log_dir
         self.sandbox_url = ""
         self.proxy: ProxyProcess | None = None
+        self.broker_proxy: BrokerProxyProcess | None = None
         self.apis: list[ManagedProcess] = []
         self.api_urls: list[str] = []
         self.workers: list[ManagedProcess] = []
@@ -87,6 +126,8 @@ class Stack:
                 proc.stop(signal.SIGTERM, timeout=10)
         if self.proxy is not None:
             self.proxy.stop()
+        if self.broker_proxy is not None:
+            self.broker_proxy.stop()
 
     def start_sandbox(self, latency_ms: float) -> None:
         port = free_port()
@@ -98,6 +139,11 @@ class Stack:
         """The lossy proxy in front of the sandbox; workers started after this call Meta through it."""
         self.proxy = ProxyProcess(self.sandbox_url, drop_fraction, self.log_dir)
         self.env["WADISPATCH_META_BASE_URL"] = self.proxy.url
+
+    def start_broker_proxy(self, rabbitmq_port: int) -> None:
+        """RabbitMQ as the broker, reached through the cutting proxy by every process started after."""
+        self.broker_proxy = BrokerProxyProcess(rabbitmq_port, self.log_dir)
+        self.env["WADISPATCH_BROKER_URL"] = f"amqp://guest:guest@127.0.0.1:{self.broker_proxy.port}//"
 
     def start_apis(self, count: int) -> None:
         for n in range(count):

@@ -1,11 +1,13 @@
-"""A private Postgres and a private Redis on free loopback ports, for benches that restart or
-flush them (never the shared ones). Each lives in its own temporary folder, removed on exit."""
+"""A private Postgres, a private Redis and a private RabbitMQ node on free loopback ports, for
+benches that restart or flush them (never the shared ones). Each lives in its own temporary folder, removed on exit."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -143,4 +145,107 @@ class PrivateRedis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# Debian's rabbitmq-server package: the node's own start script (the one in /usr/sbin switches to
+# the rabbitmq user and to the shared node's settings).
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+
+class PrivateRabbitMQ:
+    """A RabbitMQ node of the bench's own: its own node name, AMQP and distribution ports, data,
+    logs and Erlang cookie in a temp folder, no plugins (the machine's node is never touched; its
+    epmd is shared, as every node on a host shares it). guest/guest on the default vhost, from
+    loopback only."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="wadispatch-chaos-rabbit-"))
+        self.node = f"wadispatch-chaos-{self.port}@localhost"
+        self.proc: subprocess.Popen[bytes] | None = None
+        (self.root / "enabled_plugins").write_text("[].\n")
+        (self.root / "rabbitmq-env.conf").write_text("")
+        # Past the longest task a worker holds unacknowledged (README "Choosing a broker").
+        (self.root / "rabbitmq.conf").write_text("consumer_timeout = 1800000\nlog.console = false\n")
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def __enter__(self) -> PrivateRabbitMQ:
+        if not Path(RABBITMQ_SERVER).exists():
+            raise RuntimeError(f"{RABBITMQ_SERVER} not found (Debian: apt-get install rabbitmq-server)")
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _env(self) -> dict[str, str]:
+        root = str(self.root)
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": root,  # the node's Erlang cookie lives here
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": f"{root}/mnesia",
+            "RABBITMQ_LOG_BASE": f"{root}/log",
+            "RABBITMQ_PID_FILE": f"{root}/node.pid",
+            "RABBITMQ_CONFIG_FILE": f"{root}/rabbitmq.conf",
+            "RABBITMQ_ADVANCED_CONFIG_FILE": f"{root}/advanced.config",
+            "RABBITMQ_ENABLED_PLUGINS_FILE": f"{root}/enabled_plugins",
+            "RABBITMQ_CONF_ENV_FILE": f"{root}/rabbitmq-env.conf",
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "LANG": "C.UTF-8",
+        }
+
+    def _start(self, timeout: float = 90.0) -> None:
+        import amqp
+
+        log = (self.root / "node.log").open("ab")
+        self.proc = subprocess.Popen(
+            [RABBITMQ_SERVER], env=self._env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                connection = amqp.Connection(
+                    f"127.0.0.1:{self.port}", userid="guest", password="guest", connect_timeout=2
+                )
+                connection.connect()
+                connection.close()
+                return
+            except Exception:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    tail = (self.root / "node.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"private RabbitMQ node did not start:\n{tail}") from None
+                time.sleep(0.2)
+
+    def restart(self, mode: str = "kill") -> float:
+        """Stop the node (kill: SIGKILL, like a crash; stop: SIGTERM, its own shutdown) and start it
+        again on the same data; the seconds until it took connections again."""
+        started = time.monotonic()
+        self._stop(signal.SIGKILL if mode == "kill" else signal.SIGTERM)
+        self._start()
+        return time.monotonic() - started
+
+    def _stop(self, how: signal.Signals) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, how)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self._stop(signal.SIGTERM)
         shutil.rmtree(self.root, ignore_errors=True)
