@@ -201,6 +201,8 @@ class PrivateRabbitMQ:
             "RABBITMQ_ENABLED_PLUGINS_FILE": f"{root}/enabled_plugins",
             "RABBITMQ_CONF_ENV_FILE": f"{root}/rabbitmq-env.conf",
             "ERL_EPMD_ADDRESS": "127.0.0.1",
+            # Its distribution port on loopback only, as its AMQP port.
+            "ERL_FLAGS": "-kernel inet_dist_use_interface {127,0,0,1}",
             "LANG": "C.UTF-8",
         }
 

@@ -125,18 +125,18 @@ class AmqpHead:
         self._backlogged = [q for q in queues if counts.get(q, 0) > 0]
         if not self._backlogged:
             return None
-        passed = self.state.mget([_key(q, "passed") for q in self._backlogged])
+        passed = cast(list[bytes | None], self.state.mget([_key(q, "passed") for q in self._backlogged]))
         # A queue no mark has come through yet: nothing in it is judged lost (time 0).
         return min(float(p) if p is not None else 0.0 for p in passed)
 
     def after_sweep(self) -> None:
         now = time.time()
         for queue in self._backlogged:
-            sent, passed = self.state.mget([_key(queue, "sent"), _key(queue, "passed")])
+            sent, passed = cast(list[bytes | None], self.state.mget([_key(queue, "sent"), _key(queue, "passed")]))
             if sent is not None and float(sent) > float(passed or 0) and now - float(sent) < self.resend_after_s:
                 continue  # the last mark is still on its way
-            self.state.set(_key(queue, "sent"), repr(now), ex=MARK_TTL_S)
             self.app.send_task(self.mark_task, args=[queue, now], queue=queue)
+            self.state.set(_key(queue, "sent"), repr(now), ex=MARK_TTL_S)
 
 
 def record_mark(state: redis.Redis, queue: str, published_at: float) -> bool:

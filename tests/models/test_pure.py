@@ -51,6 +51,55 @@ def test_production_refuses_to_take_submissions_on_the_services_own_redis(intake
         )
 
 
+def _production(**values: object) -> Settings:
+    from cryptography.fernet import Fernet
+
+    return Settings(
+        env="production",
+        token_encryption_key=Fernet.generate_key().decode(),
+        secret_key="s" * 40,
+        meta_base_url="https://graph.facebook.com",
+        meta_app_secret="a" * 32,
+        meta_verify_token="v" * 24,
+        metrics_token="m" * 32,
+        redis_url="redis://127.0.0.1:6379/0",
+        **values,
+    )
+
+
+def test_the_broker_is_the_services_redis_unless_a_broker_url_is_set():
+    default = Settings(redis_url="redis://127.0.0.1:6379/3", broker_url=" ")
+    assert default.broker_url is None and default.broker == "redis://127.0.0.1:6379/3"
+    assert not default.broker_is_amqp and default.intake_broker == default.broker
+    rabbit = Settings(broker_url="amqp://svc:pw@rabbit:5672/wadispatch")
+    assert rabbit.broker_is_amqp and rabbit.intake_broker == rabbit.broker and not rabbit.intake_apart
+
+
+@pytest.mark.parametrize(
+    "intake",
+    [None, "amqp://svc:pw@rabbit:5672/wadispatch", "pyamqp://other@rabbit/wadispatch", "redis://localhost:6379/0"],
+)
+def test_production_keeps_submissions_off_the_services_broker_and_its_redis(intake):
+    """With RabbitMQ as the broker, the intake broker must be neither the broker (the same vhost,
+    however spelled) nor the Redis that holds pacing and pauses."""
+    with pytest.raises(ValidationError, match="WADISPATCH_INTAKE_BROKER_URL"):
+        _production(broker_url="amqp://svc:pw@rabbit:5672/wadispatch", intake_broker_url=intake)
+
+
+def test_production_takes_submissions_on_a_vhost_of_their_own():
+    settings = _production(
+        broker_url="amqp://svc:pw@rabbit:5672/wadispatch", intake_broker_url="amqp://svc:pw@rabbit:5672/intake"
+    )
+    assert settings.intake_apart and not settings.intake_shares_state
+
+
+def test_a_countdown_past_the_visibility_timeout_is_refused_only_on_redis():
+    # On RabbitMQ a countdown waits in the broker's delay queues: no visibility timeout to stay under.
+    Settings(broker_url="amqp://rabbit//", retry_cap_s=4000, broker_visibility_timeout_s=3600)
+    with pytest.raises(ValidationError, match="VISIBILITY_TIMEOUT"):
+        Settings(broker_url="redis://other:6379/0", retry_cap_s=4000, broker_visibility_timeout_s=3600)
+
+
 def test_retry_cap_must_stay_below_the_visibility_timeout():
     with pytest.raises(ValidationError, match="VISIBILITY_TIMEOUT"):
         Settings(retry_cap_s=4000, broker_visibility_timeout_s=3600)

@@ -20,7 +20,9 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 
+import kombu
 import pytest
+from amqp.exceptions import ChannelError
 from celery import Celery
 
 from bench.private_services import PrivateRedis
@@ -50,7 +52,7 @@ from tests.worker.test_resilience import (  # noqa: F401
 )
 from worker.broker_config import broker_conf
 from worker.broker_head import AmqpHead, record_mark
-from worker.celery_app import MARK_TASK, SEND_QUEUE, SEND_QUEUES
+from worker.celery_app import MARK_TASK, SEND_QUEUE, SEND_QUEUES, WORKER_QUEUES
 
 # What this process reads its database, Redis and broker from while the module runs.
 VIEWED = ("WADISPATCH_DATABASE_URL", "WADISPATCH_REDIS_URL", "WADISPATCH_BROKER_URL")
@@ -102,12 +104,13 @@ def stack(migrated_template, media_server, hook_receiver, tmp_path_factory) -> I
 
 def test_the_stack_runs_on_rabbitmq_quorum_queues(stack):
     """Every queue the worker consumes is a quorum queue in the stack's own vhost (the worker
-    declared them), and the stack's Redis holds no Celery queue."""
-    vhost = stack.broker_url.rsplit("/", 1)[1]
-    listing = rabbitmq.rabbitmqctl("list_queues", "-p", vhost, "name", "type", "--quiet", "--no-table-headers")
-    types = dict(line.split("\t") for line in listing.strip().splitlines())
-    for queue in ("wadispatch.due", "wadispatch.send", "wadispatch.intake", "wadispatch.incoming"):
-        assert types.get(queue) == "quorum", listing
+    declared them: asking for a classic one of the same name is refused, naming the type it has),
+    and the stack's Redis holds no Celery queue."""
+    for queue in WORKER_QUEUES:
+        with kombu.Connection(stack.broker_url) as connection:
+            classic = kombu.Queue(queue, durable=True, queue_arguments={"x-queue-type": "classic"})
+            with pytest.raises(ChannelError, match="current is 'quorum'"):
+                classic(connection.default_channel).declare()
     state = redis_from_url(stack.env["WADISPATCH_REDIS_URL"], purpose="test")
     assert not state.exists(SEND_QUEUE) and not state.keys("_kombu*")
 
