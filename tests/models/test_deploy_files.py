@@ -57,6 +57,22 @@ def test_prometheus_scrapes_the_ports_the_services_serve():
         assert services[name]["profiles"] == ["monitoring"]
 
 
+def test_the_rabbitmq_profile_adds_the_broker_and_leaves_redis_the_default():
+    services = compose()["services"]
+    rabbit = services["rabbitmq"]
+    assert rabbit["profiles"] == ["rabbitmq"]
+    assert "consumer_timeout 1800000" in rabbit["environment"]["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+    for name in ("api", "worker", "beat", "flower"):
+        # Unset (empty) unless the operator sets it: Redis stays the broker without the profile.
+        assert services[name]["environment"]["WADISPATCH_BROKER_URL"] == "${WADISPATCH_BROKER_URL:-}", name
+        assert services[name]["depends_on"]["rabbitmq"] == {"condition": "service_healthy", "required": False}
+    assert Settings(broker_url="").broker_url is None
+    header = (ROOT / "docker-compose.yml").read_text().split("x-app", 1)[0]
+    url = header.split("WADISPATCH_BROKER_URL=", 1)[1].split()[0]
+    user, password = rabbit["environment"]["RABBITMQ_DEFAULT_USER"], rabbit["environment"]["RABBITMQ_DEFAULT_PASS"]
+    assert url == f"amqp://{user}:{password}@rabbitmq:5672/{rabbit['environment']['RABBITMQ_DEFAULT_VHOST']}"
+
+
 def exported_names() -> set[str]:
     names: set[str] = set()
     for value in vars(metrics).values():

@@ -25,7 +25,7 @@ def test_production_starts_with_real_secrets():
         meta_base_url="https://graph.facebook.com",
         meta_app_secret="a" * 32,
         meta_verify_token="v" * 24,
-        intake_broker_url="redis://127.0.0.1:6379/1",
+        intake_broker_url="redis://intake-broker:6379/0",
         metrics_token="m" * 32,
     )
     assert settings.env == "production" and settings.intake_apart
