@@ -63,17 +63,21 @@ def _message_ids(message: Any) -> list[str]:
     return [str(m) for m in args[0]] if isinstance(args[0], list) else [str(args[0])]
 
 
-def waiting_message_ids(url: str, queue: str) -> Counter[str]:
-    """How many send tasks for each message id wait in ``queue`` (while nothing consumes it)."""
-    found: Counter[str] = Counter()
+def waiting_tasks(url: str, queue: str) -> tuple[Counter[str], Counter[str]]:
+    """What waits in ``queue`` (while nothing consumes it): send tasks by message id, and every
+    task by name."""
+    by_message: Counter[str] = Counter()
+    by_task: Counter[str] = Counter()
     with kombu.Connection(url) as connection:
         channel = connection.channel()
         try:
             while (raw := channel.basic_get(queue, no_ack=False)) is not None:
-                found.update(_message_ids(channel.message_to_python(raw)))
+                message = channel.message_to_python(raw)
+                by_message.update(_message_ids(message))
+                by_task[str(message.headers.get("task"))] += 1
         finally:
             channel.close()  # every message taken goes back, unacknowledged
-    return found
+    return by_message, by_task
 
 
 def ready(url: str, queue: str) -> int:
@@ -87,10 +91,15 @@ def purge(url: str, queue: str) -> int:
         return int(connection.default_channel.queue_purge(queue) or 0)
 
 
-def wait_until_waiting(url: str, queue: str, expected: Counter[str], timeout: float = 10) -> None:
-    """The queue holds exactly these send tasks (a worker that stopped consuming hands back what it
-    had prefetched a moment later)."""
+def wait_until_each_waits_once(url: str, queue: str, message_ids: list[str], timeout: float = 10) -> Counter[str]:
+    """``queue`` holds exactly one send task for each of these messages (tasks of other messages
+    may wait beside them; a worker that stopped consuming hands back what it had prefetched a
+    moment later). Every task waiting, by name."""
     deadline = time.monotonic() + timeout
-    while (waiting := waiting_message_ids(url, queue)) != expected:
-        assert time.monotonic() < deadline, (waiting, expected)
+    while True:
+        by_message, by_task = waiting_tasks(url, queue)
+        mine = {m: by_message[m] for m in message_ids}
+        if mine == dict.fromkeys(message_ids, 1):
+            return by_task
+        assert time.monotonic() < deadline, (mine, by_message)
         time.sleep(0.1)

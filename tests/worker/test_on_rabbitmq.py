@@ -17,7 +17,6 @@ import re
 import socket
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 
 import kombu
@@ -37,17 +36,13 @@ from tests.worker.test_broker_intake import (  # noqa: F401
     test_submitter_sends_and_a_resubmission_makes_no_second_message,
 )
 from tests.worker.test_delivery import test_transient_errors_retry_with_backoff_then_send  # noqa: F401
-from tests.worker.test_graceful_shutdown import (  # noqa: F401
-    patient_worker,
-    slow_account,
-    test_sigterm_under_load_sends_each_message_exactly_once_and_none_uncertain,
-)
 from tests.worker.test_order import test_ordering_across_four_worker_processes_with_transient_failures  # noqa: F401
 from tests.worker.test_resilience import (  # noqa: F401
     accept_batch,
     sent_counts,
     slow_meta,
     test_killed_worker_loses_nothing_and_sends_nothing_twice,
+    test_warm_shutdown_mid_batch_delivers_each_exactly_once,
     wait_all_final,
 )
 from worker.broker_config import broker_conf
@@ -123,14 +118,14 @@ def test_a_long_queue_is_not_mistaken_for_a_lost_one_and_a_purged_one_is_refille
     url = stack.broker_url
     with stack.paused(SEND_QUEUES):
         ids = accept_batch(api, tenant, n=10)
-        rabbitmq.wait_until_waiting(url, SEND_QUEUE, Counter(ids))
+        rabbitmq.wait_until_each_waits_once(url, SEND_QUEUE, ids)
         time.sleep(get_settings().requeue_after_s + 2)  # past the grace, and two sweeps more
-        rabbitmq.wait_until_waiting(url, SEND_QUEUE, Counter(ids))  # each still once
-        # The sweeper has sent its mark down the backlog (it counts as a task, not a message).
-        assert rabbitmq.ready(url, SEND_QUEUE) > len(ids)
+        tasks = rabbitmq.wait_until_each_waits_once(url, SEND_QUEUE, ids)  # each still once
+        # The sweeper has sent its mark down the backlog, to learn when the queue has moved past.
+        assert tasks[MARK_TASK] >= 1, tasks
         since = len(stack.worker.log_since_start())
         assert rabbitmq.purge(url, SEND_QUEUE) > len(ids)
-        rabbitmq.wait_until_waiting(url, SEND_QUEUE, Counter(ids), timeout=15)
+        rabbitmq.wait_until_each_waits_once(url, SEND_QUEUE, ids, timeout=15)
     final = wait_all_final(ids)
     assert set(final.values()) == {"sent"}
     counts = sent_counts(sandbox, tenant.account.phone_number_id)
