@@ -310,9 +310,16 @@ async def load_under_faults(
             say(started, "every broker connection cut")
         elif event.kind == "restart-broker":
             assert rabbit is not None
-            took = await asyncio.to_thread(rabbit.restart, args.broker_restart_mode)
+            node = rabbit
+
+            async def restart_broker() -> None:
+                took = await asyncio.to_thread(node.restart, args.broker_restart_mode)
+                say(started, f"RabbitMQ back ({args.broker_restart_mode}, down {took:.1f} s)")
+
+            # In the background, as a worker's replacement: the schedule goes on while the node boots.
+            restarts.append(asyncio.create_task(restart_broker()))
             applied["RabbitMQ restarts"] += 1
-            say(started, f"RabbitMQ restarted ({args.broker_restart_mode}, {took:.1f} s)")
+            say(started, f"RabbitMQ node {'killed' if args.broker_restart_mode == 'kill' else 'stopping'}")
         elif event.kind == "kill-api":
             restarts.append(asyncio.create_task(asyncio.to_thread(stack.kill_and_restart_api, event.slot)))
             applied["API SIGKILLs"] += 1
