@@ -19,7 +19,7 @@ from models import log_format, log_hygiene
 from models.db import reset_engine
 from models.enums import SourceApi
 from models.settings import Settings, get_settings
-from worker.broker_config import broker_conf, publish_options
+from worker.broker_config import BrokerCelery, broker_conf, publish_options
 from worker.broker_head import ENQUEUED_AT_HEADER
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def broker_connections_for(concurrency: int) -> int:
 
 def create_celery() -> Celery:
     settings = get_settings()
-    app = Celery("wadispatch", include=["worker.tasks", "worker.prune"])
+    app = BrokerCelery("wadispatch", include=["worker.tasks", "worker.prune"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

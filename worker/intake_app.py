@@ -12,13 +12,13 @@ from __future__ import annotations
 from celery import Celery
 
 from models.settings import Settings, get_settings
-from worker.broker_config import broker_conf
+from worker.broker_config import BrokerCelery, broker_conf
 from worker.celery_app import INTAKE_QUEUE, SUBMIT_TASK
 from worker.intake_task import register_submit
 
 
 def create_intake_celery(settings: Settings) -> Celery:
-    app = Celery("wadispatch-intake")
+    app = BrokerCelery("wadispatch-intake")
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

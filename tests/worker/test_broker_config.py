@@ -42,3 +42,22 @@ def test_the_intake_queue_on_rabbitmq_is_the_one_the_client_publishes_to():
     route = intake_route("amqp://intake.acme.1234:pw@rabbit:5672/wadispatch")
     assert (route["exchange"], route["routing_key"]) == (queue.exchange.name, queue.routing_key)
     assert route["declare"] == []
+
+
+def test_a_countdown_under_a_second_is_published_as_one_second_on_rabbitmq(monkeypatch):
+    """Celery's native delayed delivery refuses a countdown under a second on quorum queues; the
+    service's apps publish one second instead (never sooner than asked), and leave Redis alone.
+    (Celery's own send_task is replaced by a recorder: no broker is reached.)"""
+    from celery import Celery
+
+    from worker.broker_config import BrokerCelery
+
+    published: list[float | None] = []
+    monkeypatch.setattr(
+        Celery, "send_task", lambda self, name, args=None, kwargs=None, **o: published.append(o.get("countdown"))
+    )
+    rabbit = BrokerCelery("t", broker="amqp://guest:guest@127.0.0.1:5672//")
+    for countdown in (0.3, 0.99, 1.5, None, 0):
+        rabbit.send_task("x", countdown=countdown)
+    BrokerCelery("t", broker="redis://127.0.0.1:6379/0").send_task("x", countdown=0.3)
+    assert published == [1.0, 1.0, 1.5, None, 0, 0.3]

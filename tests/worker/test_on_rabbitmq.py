@@ -3,10 +3,12 @@
 This module's ``stack`` is a second stack: its own API, worker and beat, on its own copy of the
 test database and its own redis-server (pacing, caches, results), with a private virtual host of
 the machine's RabbitMQ as the broker (made for the module, deleted after it). The Redis suite's
-own tests of delivery, broker submissions, per-conversation order and stopping or killing a
-worker are imported below and run unchanged against it; the sweeper's tests are RabbitMQ's own
-(its queues are read differently: worker/broker_head.py). While the module runs, this process's
-own reads (the tests' database and Redis helpers) point at that stack too.
+own tests of delivery, broker submissions (one retried after its database connection died: a
+countdown under a second, which RabbitMQ's delay queues cannot carry as such), per-conversation
+order and stopping or killing a worker are imported below and run unchanged against it; the
+sweeper's tests are RabbitMQ's own (its queues are read differently: worker/broker_head.py).
+While the module runs, this process's own reads (the tests' database and Redis helpers) point at
+that stack too.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from tests.support import rabbitmq
 from tests.support.database import clone_database, drop_database
 from tests.worker.test_broker_intake import (  # noqa: F401
     test_a_submission_past_its_request_rate_waits_and_runs_again,
+    test_a_submission_whose_database_connection_dies_is_retried_and_accepted_once,
     test_submitter_sends_and_a_resubmission_makes_no_second_message,
 )
 from tests.worker.test_delivery import test_transient_errors_retry_with_backoff_then_send  # noqa: F401
