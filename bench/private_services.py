@@ -33,9 +33,10 @@ def _pg_bin(name: str) -> str:
 class PrivatePostgres:
     """initdb + pg_ctl in a temp folder, trust auth, listening on 127.0.0.1 only."""
 
-    def __init__(self, max_connections: int = 100) -> None:
+    def __init__(self, max_connections: int = 100, settings: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.max_connections = max_connections
+        self.settings = settings or {}  # more server settings (-c name=value)
         self.root = Path(tempfile.mkdtemp(prefix="wadispatch-chaos-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "postgres.log"
@@ -59,7 +60,7 @@ class PrivatePostgres:
             options = (
                 f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
                 f"-c max_connections={self.max_connections}"
-            )
+            ) + "".join(f" -c {name}={value}" for name, value in self.settings.items())
             self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
         except BaseException:
             self.__exit__(None, None, None)

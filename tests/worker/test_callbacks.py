@@ -414,9 +414,7 @@ def _listed(live, tenant, endpoint_id: str) -> dict[str, Any]:
     return next(e for e in json.loads(done.stdout)["data"] if e["id"] == endpoint_id)
 
 
-def test_a_succeeding_endpoint_row_is_written_at_most_once_a_second_and_a_success_after_a_failure_at_once(
-    live, tenant
-):
+def test_a_succeeding_endpoint_row_is_written_at_most_once_a_second_and_a_success_after_a_failure_at_once(live, tenant):
     # Every delivered callback used to update its endpoint's row: three updates a message on one
     # hot row (bench/sizing.py). xmin changes with every update of the row.
     from sqlalchemy import text
