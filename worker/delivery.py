@@ -664,9 +664,25 @@ class Delivery:
         not only its errors; past it the write fails (an OperationalError)."""
         back = lifecycle.GiveBack(wait_s=wait_s, slot=slot)
         lost_why = "its lease ran out before it could wait"
-        return self._record(
+        settled = self._record(
             claim, back, Settled(outcome), lost_why=lost_why, patience_s=patience_s, answer_within_s=answer_within_s
         )
+        if settled.outcome != Outcome.CLAIM_LOST:
+            self._hand_over_earlier(claim)
+        return settled
+
+    def _hand_over_earlier(self, claim: Claim) -> None:
+        """A message given back ended no call, so an earlier message of its conversation that
+        waited for that call (``lifecycle.earlier_waiting``) is handed over here. If this read
+        fails, the sweeper's lost-task pass still finds that message, later."""
+        try:
+            with session_scope() as session:
+                earlier = lifecycle.earlier_waiting(session, claim.conversation_id, claim.seq)
+        except INFRASTRUCTURE_FAULTS as fault:
+            log.warning("message %s: could not look for an earlier message waiting (%s)", claim.message_id, fault)
+            return
+        if earlier is not None:
+            self.schedule(earlier)
 
     def _give_back_after_fault(self, claim: Claim, fault: BaseException, lease_left_s: float) -> Settled:
         """Redis, Postgres or storage broke before the call: nothing was sent, so the claim goes

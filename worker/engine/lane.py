@@ -479,14 +479,18 @@ class AccountLane:
         items = [lifecycle.GiveBackItem(b.held.claim, b.wait_s, b.slot) for b in backs]
         count_batch("give_back", len(items))
         try:
-            written = await self.parts.blocking(
+            given = await self.parts.blocking(
                 lambda: run_single_statement(lambda db: lifecycle.give_back_many(db, items), patience_s=patience_s)
             )
         except Exception as fault:
             log.warning("%d claims could not be given back (%s); the sweeper re-queues them", len(backs), fault)
-            written = set()
+            given = lifecycle.GivenBack(set(), set())
+        if given.hand_over:
+            # Earlier messages that waited for these calls: no call ended to hand them over.
+            schedule = self.parts.delivery.schedule
+            await self.parts.answer(lambda: [schedule(message_id) for message_id in given.hand_over])
         for back in backs:
-            lost = back.held.claim.message_id not in written
+            lost = back.held.claim.message_id not in given.ids
             self.parts.settle(back.held, Settled(Outcome.CLAIM_LOST if lost else back.outcome))
 
 
