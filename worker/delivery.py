@@ -681,8 +681,12 @@ class Delivery:
         except INFRASTRUCTURE_FAULTS as fault:
             log.warning("message %s: could not look for an earlier message waiting (%s)", claim.message_id, fault)
             return
-        if earlier is not None:
+        if earlier is None:
+            return
+        try:
             self.schedule(earlier)
+        except Exception as fault:  # the broker: the sweeper's lost-task pass hands it over later
+            log.warning("message %s: could not be handed over (%s)", earlier, type(fault).__name__)
 
     def _give_back_after_fault(self, claim: Claim, fault: BaseException, lease_left_s: float) -> Settled:
         """Redis, Postgres or storage broke before the call: nothing was sent, so the claim goes
