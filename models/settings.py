@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Pure address classification (no Celery, no I/O): the same rules the media fetcher applies.
 from models.address_policy import literal_address, refusal_reason
+from models.redis_url import is_sentinel_url, parse_sentinel_url
 
 # Development-only secrets: they make `make run` work with no configuration, and production
 # refuses to start while any of them is still in use.
@@ -24,6 +25,10 @@ DEV_FLOWER_BASIC_AUTH = "wadispatch:dev-only-flower-password"
 def _broker_identity(url: str) -> tuple[str, str, int | None, str]:
     """What names one broker whatever the spelling: scheme, host (localhost as 127.0.0.1), port
     (Redis's and AMQP's defaults filled in), database or virtual host."""
+    if is_sentinel_url(url):
+        # One primary whatever sentinels are asked: the service they watch, and the database.
+        target = parse_sentinel_url(url)
+        return "redis+sentinel", target.service, None, str(target.db)
     parts = urlsplit(url)
     host = (parts.hostname or "127.0.0.1").lower()
     host = "127.0.0.1" if host in ("localhost", "::1") else host
