@@ -114,13 +114,14 @@ class WatchfulSentinelPool(SentinelConnectionPool):
         super().__init__(service_name, sentinel_manager, **kwargs)
         self._next_check = 0.0
 
-    def get_connection(self, command_name: str | None = None, *keys: Any, **options: Any) -> Any:
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        # The arguments pass through as given (redis-py 5.3 deprecated the command name).
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + MASTER_CHECK_S
             with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
                 self.get_master_address()
-        return super().get_connection(command_name, *keys, **options)
+        return super().get_connection(*args, **kwargs)
 
 
 def _sentinel_kwargs(target: SentinelUrl, options: dict[str, Any]) -> dict[str, Any]:
@@ -137,6 +138,9 @@ def _server_kwargs(target: SentinelUrl) -> dict[str, Any]:
 def _async_master(url: str, options: dict[str, Any], **extra: Any) -> aioredis.Redis:
     target = parse_sentinel_url(url)
     sentinel_kwargs = {**sentinel_connection_kwargs(target, options), "retry": AsyncRetry(NoBackoff(), 0)}
+    # The subscriber waits idle without a read timeout; asking a sentinel must not.
+    if sentinel_kwargs.get("socket_timeout") is None:
+        sentinel_kwargs["socket_timeout"] = options["socket_connect_timeout"]
     sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=sentinel_kwargs, **options)
     return sentinel.master_for(target.service, **extra, **_server_kwargs(target))
 
