@@ -17,6 +17,7 @@ old: without the failover hold it would hand out again the moments the old prima
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -32,7 +33,7 @@ import redis
 
 from models import admin
 from models.db import session_scope
-from models.redis_client import MASTER_CHECK_S, redis_from_url
+from models.redis_client import MASTER_CHECK_S, async_redis_from_url, async_subscriber_from_url, redis_from_url
 from tests.conftest import RUN_ID, TEST_ENV
 from tests.support.processes import ManagedProcess, free_port, http_ok, stop_together
 from tests.support.sentinel_group import SentinelGroup, SentinelUnavailable
@@ -252,3 +253,31 @@ def test_a_client_leaves_a_former_primary_that_still_takes_writes(sentinel_group
             pass
         assert time.monotonic() < deadline, "the client never wrote to the new primary"
         time.sleep(0.1)
+
+
+def test_the_async_clients_reach_the_primary_through_the_sentinels(sentinel_group):
+    """The API's asyncio clients behind the sentinel URL: the command client (the lean path's rate
+    limit) writes to the primary, and the result subscriber hears what a command client publishes."""
+    group = sentinel_group
+    assert group.primary is not None
+    url = group.url(2)
+    key, channel = f"wadispatch:test:{uuid.uuid4().hex}", f"wadispatch:test:{uuid.uuid4().hex}"
+
+    async def run() -> bytes | None:
+        client = async_redis_from_url(url, purpose="test")
+        subscriber = async_subscriber_from_url(url, purpose="test")
+        try:
+            await client.set(key, "async")
+            pubsub = subscriber.pubsub()
+            await pubsub.subscribe(channel)
+            await pubsub.get_message(timeout=1)  # the subscription's confirmation
+            redis_from_url(url, purpose="test").publish(channel, "done")
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+            await pubsub.aclose()
+            return None if message is None else message["data"]
+        finally:
+            await client.aclose()
+            await subscriber.aclose()
+
+    assert asyncio.run(run()) == b"done"
+    assert group.primary.client(db=2).get(key) == b"async"
