@@ -18,6 +18,7 @@ from intake.store import count_accepted
 from models import log_format, log_hygiene
 from models.db import reset_engine
 from models.enums import SourceApi
+from models.redis_url import celery_broker
 from models.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,19 @@ def broker_connections_for(concurrency: int) -> int:
     return concurrency + 10
 
 
+def broker_socket_options(settings: Settings) -> dict[str, Any]:
+    """The broker's socket limits (the sentinels' too, behind a redis+sentinel:// URL)."""
+    return {
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_connect_timeout_s,
+        "socket_keepalive": True,
+    }
+
+
 def create_celery() -> Celery:
     settings = get_settings()
-    app = Celery("wadispatch", broker=settings.redis_url, include=["worker.tasks", "worker.prune"])
+    broker = celery_broker(settings.redis_url, broker_socket_options(settings))
+    app = Celery("wadispatch", broker=broker.url, include=["worker.tasks", "worker.prune"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -77,9 +88,9 @@ def create_celery() -> Celery:
             # publish (an API request) or an ack forever. The consumer's BRPOP is unaffected:
             # kombu reads its reply only once the socket is readable, and the server answers
             # every BRPOP within a second anyway (kombu's brpop_timeout).
-            "socket_timeout": settings.redis_socket_timeout_s,
-            "socket_connect_timeout": settings.redis_connect_timeout_s,
-            "socket_keepalive": True,
+            **broker_socket_options(settings),
+            # A redis+sentinel:// URL: the service the sentinels watch (models/redis_url.py).
+            **broker.transport_options,
         },
         broker_connection_retry_on_startup=True,
         # A cold shutdown first waits this long for the calls under way (a warm one, SIGTERM,

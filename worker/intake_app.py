@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from celery import Celery
 
+from models.redis_url import celery_broker
 from models.settings import Settings, get_settings
-from worker.celery_app import INTAKE_QUEUE, SUBMIT_TASK
+from worker.celery_app import INTAKE_QUEUE, SUBMIT_TASK, broker_socket_options
 from worker.intake_task import register_submit
 
 
 def create_intake_celery(settings: Settings) -> Celery:
-    app = Celery("wadispatch-intake", broker=settings.intake_broker)
+    broker = celery_broker(settings.intake_broker, broker_socket_options(settings))
+    app = Celery("wadispatch-intake", broker=broker.url)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -27,9 +29,8 @@ def create_intake_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         broker_transport_options={
             "visibility_timeout": settings.broker_visibility_timeout_s,
-            "socket_timeout": settings.redis_socket_timeout_s,
-            "socket_connect_timeout": settings.redis_connect_timeout_s,
-            "socket_keepalive": True,
+            **broker_socket_options(settings),
+            **broker.transport_options,
         },
         broker_connection_retry_on_startup=True,
         task_routes={SUBMIT_TASK: {"queue": INTAKE_QUEUE}},
