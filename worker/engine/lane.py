@@ -30,6 +30,7 @@ from worker.engine.marker import CallMarker
 from worker.engine.parts import Held, Parts, count_batch
 from worker.engine.plain import plain_request
 from worker.engine.sent_writer import SentWriter
+from worker.fencing import FencedStep, fenced
 from worker.messaging_limit import counts_against_limit
 from worker.meta_client import MetaCall
 from worker.meta_errors import DeliveryError
@@ -342,8 +343,7 @@ class AccountLane:
         for t in group:
             if t.held.claim.message_id not in began:
                 self._calls -= 1
-                log.warning("message %s: claim lost (its lease ran out before the call)", t.held.claim.message_id)
-                self.parts.settle(t.held, Settled(Outcome.CLAIM_LOST))
+                self.parts.settle(t.held, fenced(t.held.claim, FencedStep.BEGIN, "its lease ran out before the call"))
             elif began_at > t.at + late_by:
                 late.append(t)
             else:
@@ -483,11 +483,17 @@ class AccountLane:
                 lambda: run_single_statement(lambda db: lifecycle.give_back_many(db, items), patience_s=patience_s)
             )
         except Exception as fault:
+            # Not fenced: Postgres did not answer (the claims wait for their lease and the sweeper).
             log.warning("%d claims could not be given back (%s); the sweeper re-queues them", len(backs), fault)
-            written = set()
+            for back in backs:
+                self.parts.settle(back.held, Settled(Outcome.CLAIM_LOST))
+            return
         for back in backs:
-            lost = back.held.claim.message_id not in written
-            self.parts.settle(back.held, Settled(Outcome.CLAIM_LOST if lost else back.outcome))
+            if back.held.claim.message_id in written:
+                self.parts.settle(back.held, Settled(back.outcome))
+            else:
+                lost = fenced(back.held.claim, FencedStep.GIVE_BACK, "its lease ran out before it could wait")
+                self.parts.settle(back.held, lost)
 
 
 def _moment_request(held: Held) -> MomentRequest:
