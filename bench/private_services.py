@@ -62,6 +62,11 @@ class PrivatePostgres:
     def __enter__(self) -> PrivatePostgres:
         try:
             self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
+            if self.host != "127.0.0.1":
+                # initdb trusts loopback only; on a host of bench/netns.py its clients come from the
+                # hosts' own subnet (samenet: the server's directly connected networks, nothing else).
+                with (self.data / "pg_hba.conf").open("a") as hba:
+                    hba.write("host all all samenet trust\n")
             options = (
                 f"-p {self.port} -c listen_addresses={self.host} -c unix_socket_directories={self.root} "
                 f"-c max_connections={self.max_connections}"
@@ -125,10 +130,13 @@ class PrivateRedis:
         import redis
 
         log = (self.root / "redis.log").open("ab")
+        # Off loopback (a private address of bench/netns.py, reachable from its hosts only) Redis's
+        # protected mode would refuse every client.
+        protected = ["--protected-mode", "no"] if self.host != "127.0.0.1" else []
         self.proc = subprocess.Popen(
             [
                 *self.prefix, "redis-server", "--port", str(self.port), "--bind", self.host, "--save", "",
-                "--appendonly", "no", "--dir", str(self.root), "--maxclients", "10000",
+                "--appendonly", "no", "--dir", str(self.root), "--maxclients", "10000", *protected,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
