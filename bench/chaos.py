@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench.chaos_client import LoadResult, build_requests, run_load  # noqa: E402
 from bench.chaos_collect import collect as collect_counts  # noqa: E402
 from bench.chaos_collect import connect, settle  # noqa: E402
-from bench.chaos_report import goal_line, render  # noqa: E402
+from bench.chaos_report import print_outcome, render  # noqa: E402
 from bench.chaos_stack import Stack  # noqa: E402
 from bench.private_services import PrivatePostgres, PrivateRedis  # noqa: E402
 
@@ -157,11 +157,7 @@ def main() -> int:
             ", ".join(f"{reason} {n}" for reason, n in load.problems.most_common()) or "-"
         )
         counts.extra["bench ran"] = f"{time.monotonic() - started:.0f} s"
-        passed = all(counts.goals().values())
-        print(render(counts))
-        print(goal_line(counts))
-        if not passed or args.keep_logs:
-            print(f"logs: {log_dir}")
+        passed = print_outcome(render(counts), counts.goals(), log_dir, args.keep_logs)
         return 0 if passed else 1
 
 

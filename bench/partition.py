@@ -10,8 +10,8 @@ link down at the hub: its packets vanish both ways, no refusal, no reset) for --
 back, and does that --cuts times, --gap-s apart. Its claims' leases run out while it is away: the
 sweeper (on worker1) re-queues a claim whose call had not begun and fails one whose call had as
 DELIVERY_UNCERTAIN. When worker0 comes back, the statements it sent into the void reach Postgres
-(TCP delivers them once the link is up, within about a cut's length) and each is refused by its
-fencing token: logged and counted as a fenced write (wadispatch_fenced_writes_total).
+(TCP delivers them once the link is up; the bench waits for that after each return) and each is
+refused by its fencing token: logged and counted as a fenced write (wadispatch_fenced_writes_total).
 
 Goals (exit code 0 when all are met): 0 lost, duplicated, misreported, unanswered, orphaned
 (counted as the chaos bench counts them: Postgres against the calls the sandbox received); every
@@ -50,6 +50,7 @@ from bench import netns, partition_audit  # noqa: E402
 from bench.chaos import RUN_SETTINGS, say  # noqa: E402
 from bench.chaos_client import LoadResult, SendRequest, build_requests, run_load  # noqa: E402
 from bench.chaos_collect import collect, settle  # noqa: E402
+from bench.chaos_report import print_outcome  # noqa: E402
 from bench.chaos_stack import Placement, Stack  # noqa: E402
 from bench.partition_report import (  # noqa: E402
     Cut,
@@ -58,7 +59,6 @@ from bench.partition_report import (  # noqa: E402
     fenced_counted,
     fenced_logged,
     held_outcome,
-    partition_goal_line,
     partition_render,
 )
 from bench.private_services import PrivatePostgres, PrivateRedis  # noqa: E402
@@ -75,9 +75,8 @@ class Plan:
     sends: int = 6000
     cuts: int = 3
     cut_s: float = 30.0
-    # Load before the first cut and after each return (the cut host's stale statements land within
-    # about a cut's length after it returns, TCP's retransmissions backing off: keep it >= cut_s,
-    # so that one cut's stale writes are in before the next cut).
+    # Load before the first cut and after each return (the next cut also waits until the cut
+    # host's stale statements are in).
     gap_s: float = 30.0
     load_s: float | None = None  # the sends' window; default: the whole schedule
     accounts: int = 10
@@ -132,7 +131,7 @@ def run(plan: Plan, log_dir: Path, tell: Callable[[str], None]) -> PartitionCoun
         requests = build_requests(api_key, pairs, mix=plan.mix)
         tell(f"sandbox, {plan.api_processes} API, beat and a worker on each of {CUT_HOST}, {OTHER_HOST} running")
 
-        load, cuts, landed = asyncio.run(load_with_cuts(plan, net, stack, postgres.libpq_url, requests, tell))
+        load, cuts = asyncio.run(load_with_cuts(plan, net, stack, postgres.libpq_url, requests, tell))
         tell(f"load done in {load.seconds:.0f} s; waiting for the last messages")
         pending = settle(postgres.libpq_url, plan.settle_timeout_s)
         tell(f"settled ({pending} still unfinished)" if pending else "settled")
@@ -140,7 +139,6 @@ def run(plan: Plan, log_dir: Path, tell: Callable[[str], None]) -> PartitionCoun
         counts.extra["client tries without answer"] = (
             ", ".join(f"{reason} {n}" for reason, n in load.problems.most_common()) or "-"
         )
-        counts.extra[f"{CUT_HOST}'s stale statements in"] = landed
         return counts
 
 
@@ -162,16 +160,15 @@ def create_tenant(url: str, accounts: int, sends: int) -> tuple[str, list[Any]]:
 
 async def load_with_cuts(
     plan: Plan, net: netns.Network, stack: Stack, url: str, requests: list[SendRequest], tell: Callable[[str], None]
-) -> tuple[LoadResult, list[Cut], str]:
-    """The sends over their window and, beside them, the cuts of the cut host; and when the cut
-    host's last stale statements reached Postgres."""
+) -> tuple[LoadResult, list[Cut]]:
+    """The sends over their window and, beside them, the cuts of the cut host."""
     cuts: list[Cut] = []
-    landed = ""
+    host, services = net.hosts[CUT_HOST], net.hosts["services"].address
 
     async def schedule() -> None:
-        nonlocal landed
+        since_return_s = 0.0
         for n in range(1, plan.cuts + 1):
-            await wait_before_cut(plan, url)
+            await wait_before_cut(plan, url, since_return_s)
             started = time.time()
             await asyncio.to_thread(net.cut, CUT_HOST)
             # What it holds now, by Postgres: nothing of it can land until it is back.
@@ -180,26 +177,27 @@ async def load_with_cuts(
             tell(f"cut {n}: {CUT_HOST} off, holding {len(held)} claims ({began} with the call begun)")
             await asyncio.sleep(plan.cut_s)
             await asyncio.to_thread(net.join, CUT_HOST)
-            cuts.append(Cut(CUT_HOST, started, time.time(), held))
+            ended = time.time()
             tell(f"cut {n}: {CUT_HOST} back")
-        await asyncio.sleep(plan.gap_s)
-        # What it sent into the void reaches Postgres as TCP retransmits it, its backoff grown
-        # while the link was down: the counts wait for that, so its refusals are in them.
-        services = net.hosts["services"].address
-        waited = await asyncio.to_thread(wait_delivered, net.hosts[CUT_HOST], services, 3 * plan.cut_s)
-        landed = "not within the wait" if waited is None else f"within {plan.gap_s + waited:.1f} s of its last return"
-        tell(f"{CUT_HOST}'s last stale statements reached the services host: {landed}")
+            # What it sent into the void reaches Postgres as TCP retransmits it, its backoff grown
+            # while the link was down: the next cut, and the counts, wait for that.
+            stale_in_s = await asyncio.to_thread(wait_delivered, host, services, max(plan.gap_s, 3 * plan.cut_s))
+            since_return_s = time.time() - ended
+            cuts.append(Cut(CUT_HOST, started, ended, held, stale_in_s))
+            shown = "not within the wait" if stale_in_s is None else f"within {stale_in_s:.1f} s"
+            tell(f"cut {n}: {CUT_HOST}'s stale statements reached Postgres {shown} of its return")
+        await asyncio.sleep(max(0.0, plan.gap_s - since_return_s))
 
     load_s = plan.load_s if plan.load_s is not None else plan.schedule_s
     sending = run_load(stack.api_urls, requests, seconds=load_s, deadline_s=plan.answer_deadline_s)
     load, _ = await asyncio.gather(sending, schedule())
-    return load, cuts, landed
+    return load, cuts
 
 
-async def wait_before_cut(plan: Plan, url: str) -> None:
-    """The gap; then (hold_before_cut) until the cut host holds that many claims with the call
-    begun, for up to another gap."""
-    await asyncio.sleep(plan.gap_s)
+async def wait_before_cut(plan: Plan, url: str, gone_s: float) -> None:
+    """The rest of the gap (``gone_s`` of it has passed); then (hold_before_cut) until the cut host
+    holds that many claims with the call begun, for up to another gap."""
+    await asyncio.sleep(max(0.0, plan.gap_s - gone_s))
     deadline = time.monotonic() + plan.gap_s
     while plan.hold_before_cut and time.monotonic() < deadline:
         held = await asyncio.to_thread(partition_audit.held_by, url, CUT_HOST)
@@ -244,7 +242,7 @@ def count(
     for cut in cuts:
         for message_id, _, token in cut.held:
             received = collected.received[message_id]
-            outcomes[held_outcome(token, rows.get(message_id), received, history[message_id], cut.host)] += 1
+            outcomes[held_outcome(token, rows.get(message_id), received, history[message_id], cut)] += 1
     fencing = []
     for host, worker in zip((CUT_HOST, OTHER_HOST), stack.workers, strict=True):
         metrics = httpx.get(f"http://{hosts[host].address}:{WORKER_METRICS_PORT}/metrics", timeout=30).text
@@ -298,11 +296,7 @@ def main() -> int:
     try:
         counts = run(plan, log_dir, lambda text: say(started, text))
         counts.extra["bench ran"] = f"{time.monotonic() - started:.0f} s"
-        passed = all(counts.goals().values())
-        print(partition_render(counts))
-        print(partition_goal_line(counts))
-        if not passed or args.keep_logs:
-            print(f"logs: {log_dir}")
+        passed = print_outcome(partition_render(counts), counts.goals(), log_dir, args.keep_logs)
         return 0 if passed else 1
     finally:
         # The logs stay for a look when a goal was missed (or the run broke off), or when asked.

@@ -30,8 +30,9 @@ SETTINGS = {
 def test_a_worker_host_cut_off_mid_call_loses_nothing_and_its_stale_writes_are_fenced(tmp_path):
     if reason := netns.not_permitted():
         pytest.skip(f"hosts as network namespaces are not possible here: {reason}")
+    from bench.chaos_report import goal_line
     from bench.partition import Plan, run
-    from bench.partition_report import partition_goal_line, partition_render
+    from bench.partition_report import partition_render
 
     # A first wave of calls (answered before the cut, so the cut host's pool holds open idle
     # connections: a new one could not even be made while it is away), then the cut while it holds
@@ -51,7 +52,7 @@ def test_a_worker_host_cut_off_mid_call_loses_nothing_and_its_stale_writes_are_f
         settings=SETTINGS,
     )
     counts = run(plan, tmp_path, print)  # its steps show with a failure
-    shown = f"{partition_render(counts)}\n{partition_goal_line(counts)}"
+    shown = f"{partition_render(counts)}\n{goal_line(counts.goals())}"
 
     assert all(counts.goals().values()), shown
     # The cut caught the host holding calls under way, and each of them was settled without it.
