@@ -30,6 +30,7 @@ from worker.engine.marker import CallMarker
 from worker.engine.parts import Held, Parts, count_batch
 from worker.engine.plain import plain_request
 from worker.engine.sent_writer import SentWriter
+from worker.fencing import FencedStep, fenced
 from worker.messaging_limit import counts_against_limit
 from worker.meta_client import MetaCall
 from worker.meta_errors import DeliveryError
@@ -341,8 +342,7 @@ class AccountLane:
         for t in group:
             if t.held.claim.message_id not in began:
                 self._calls -= 1
-                log.warning("message %s: claim lost (its lease ran out before the call)", t.held.claim.message_id)
-                self.parts.settle(t.held, Settled(Outcome.CLAIM_LOST))
+                self.parts.settle(t.held, fenced(t.held.claim, FencedStep.BEGIN, "its lease ran out before the call"))
             elif began_at > t.at + late_by:
                 late.append(t)
             else:
@@ -502,8 +502,11 @@ class AccountLane:
             else:
                 given = await self.parts.answer(give_back)
         except Exception as fault:
+            # Not fenced: Postgres did not answer (the claims wait for their lease and the sweeper).
             log.warning("%d claims could not be given back (%s); the sweeper re-queues them", len(backs), fault)
-            given = lifecycle.GivenBack(set(), set())
+            for back in backs:
+                self.parts.settle(back.held, Settled(Outcome.CLAIM_LOST))
+            return
         if given.hand_over:
             # Earlier messages that waited for these calls: no call ended to hand them over. A
             # publish that fails leaves them to the sweeper's lost-task pass (later, not lost).
@@ -513,8 +516,11 @@ class AccountLane:
             except Exception as fault:
                 log.warning("%d waiting messages could not be handed over (%s)", len(given.hand_over), fault)
         for back in backs:
-            lost = back.held.claim.message_id not in given.ids
-            self.parts.settle(back.held, Settled(Outcome.CLAIM_LOST if lost else back.outcome))
+            if back.held.claim.message_id in given.ids:
+                self.parts.settle(back.held, Settled(back.outcome))
+            else:
+                lost = fenced(back.held.claim, FencedStep.GIVE_BACK, "its lease ran out before it could wait")
+                self.parts.settle(back.held, lost)
 
 
 def _moment_request(held: Held) -> MomentRequest:
