@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The suite runs in this many processes (pytest-xdist), each with its own database, Redis db and stack.
 TEST_PROCESSES ?= 2
 
-.PHONY: install services run demo test lint typecheck bench-limits bench-priority bench-throughput bench-webhooks bench-intake bench-prune bench-soak chaos clean
+.PHONY: install services run demo test lint typecheck bench-limits bench-priority bench-throughput bench-webhooks bench-intake bench-prune bench-soak bench-sizing chaos partition clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wadispatch needs Python >= 3.11 (set PYTHON=python3.12, for example)")'
@@ -53,9 +53,17 @@ bench-prune: install services
 bench-soak: install services
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
+# Its own Postgres and Redis (their counters then see nothing else).
+bench-sizing: install
+	$(BIN)/python bench/sizing.py $(SIZING_ARGS)
+
 # Its own Postgres and Redis (it restarts and flushes them): the shared services are not needed.
 chaos: install
 	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
+
+# Hosts as network namespaces (needs root), each service private to them: the shared ones are not needed.
+partition: install
+	$(BIN)/python bench/partition.py $(PARTITION_ARGS)
 
 typecheck: install
 	$(BIN)/mypy --ignore-missing-imports models intake api_shim worker meta_sandbox cli bench wadispatch

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import signal
@@ -42,8 +41,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.chaos_client import Kind, LoadResult, build_requests, run_load  # noqa: E402
-from bench.chaos_report import KeyRow, MessageRow, PolicyRow, compute, count_logs, goal_line, policy_counts, render  # noqa: E402
+from bench.chaos_client import LoadResult, build_requests, run_load  # noqa: E402
+from bench.chaos_collect import collect as collect_counts  # noqa: E402
+from bench.chaos_collect import connect, settle  # noqa: E402
+from bench.chaos_report import print_outcome, render  # noqa: E402
 from bench.chaos_stack import Stack  # noqa: E402
 from bench.private_services import PrivatePostgres, PrivateRabbitMQ, PrivateRedis  # noqa: E402
 
@@ -179,11 +180,7 @@ def main() -> int:
         if stack.broker_proxy is not None:
             reset = [line.split(": ", 1)[1].split(" connections", 1)[0] for line in stack.broker_proxy.cuts()]
             counts.extra["broker connections reset per cut"] = ", ".join(reset) or "-"
-        passed = all(counts.goals().values())
-        print(render(counts))
-        print(goal_line(counts))
-        if not passed or args.keep_logs:
-            print(f"logs: {log_dir}")
+        passed = print_outcome(render(counts), counts.goals(), log_dir, args.keep_logs)
         return 0 if passed else 1
 
 
@@ -344,75 +341,22 @@ async def load_under_faults(
     return load, applied
 
 
-def _connect(url: str) -> Any:
-    import psycopg
-
-    return psycopg.connect(url, connect_timeout=5, autocommit=True)
-
-
-def settle(url: str, timeout_s: float) -> int:
-    """Wait until no message is queued, sending or retrying; how many still are at the timeout."""
-    deadline = time.monotonic() + timeout_s
-    pending = -1
-    while time.monotonic() < deadline:
-        try:
-            with _connect(url) as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM messages WHERE status IN ('queued', 'sending', 'retrying')"
-                ).fetchone()
-            pending = int(row[0]) if row else 0
-        except Exception:
-            pending = -1  # the database is still coming back
-        if pending == 0:
-            return 0
-        time.sleep(1)
-    return pending
-
-
 def collect(args: argparse.Namespace, stack: Stack, url: str, load: LoadResult) -> Any:
-    import httpx
-
-    with _connect(url) as conn:
-        rows = [
-            MessageRow(str(r[0]), r[1], r[2], r[3])
-            for r in conn.execute("SELECT id, status, error_code, idempotency_key FROM messages").fetchall()
-        ]
-        keys = [
-            KeyRow(r[0], r[1], r[2])
-            for r in conn.execute(
-                "SELECT key, state, coalesce(message_id::text, response_body ->> 'messageId') "
-                "FROM idempotency_keys WHERE surface = 'flowestate'"
-            ).fetchall()
-        ]
-        expired = conn.execute(
-            "SELECT count(DISTINCT message_id) FROM message_attempts WHERE error_class = 'worker_lost'"
-        ).fetchone()
-    sandbox = httpx.get(f"{stack.sandbox_url}/_sandbox/messages", timeout=120).json()
-    received = Counter(str(m["body"].get("biz_opaque_callback_data")) for m in sandbox["data"])
     assert stack.proxy is not None
     proxy = stack.proxy.stats()
-    counts = compute(
+    collected = collect_counts(
         sends=args.sends,
-        accepted_ids=load.accepted_ids,
-        refused=load.refused,
-        answered_keys={r.key for r in load.records if r.answered},
-        unanswered_reasons=Counter(r.last_problem or "?" for r in load.unanswered),
-        rows=rows,
-        keys=keys,
-        received=received,
+        url=url,
+        sandbox_url=stack.sandbox_url,
+        load=load,
+        logs=stack.worker_logs(),
         dropped_ids=set(proxy["dropped_ids"]),
-        expired_leases=int(expired[0]) if expired else 0,
-        logs=count_logs(stack.worker_logs()),
     )
-    counts.policy = policy_counts(policy_rows(url, load), received)
-    counts.extra["sandbox"] = (
-        f"{sandbox['calls']} calls, {sandbox['count']} received, errors answered "
-        f"{json.dumps(sandbox['errors'], sort_keys=True)}"
-    )
+    counts, rows, received = collected.counts, collected.rows, collected.received
     counts.extra["proxy"] = f"{proxy['forwarded']} calls forwarded, {proxy['dropped']} answers dropped"
     never_reached = [r.id for r in rows if r.error_code == "DELIVERY_UNCERTAIN" and received[r.id] == 0]
     if never_reached:
-        with _connect(url) as conn:
+        with connect(url) as conn:
             markers = [
                 float(r[0])
                 for r in conn.execute(
@@ -426,32 +370,6 @@ def collect(args: argparse.Namespace, stack: Stack, url: str, load: LoadResult) 
         shown = ", ".join("-" if math.isinf(g) else f"{g:.0f}" for g in gaps)
         counts.extra["never reached: call marker → next kill"] = f"{close} of {len(gaps)} within 100 ms (ms: {shown})"
     return counts
-
-
-def policy_rows(url: str, load: LoadResult) -> list[PolicyRow]:
-    """The mix's messages (every one the client was answered for and asked more than "now" of)."""
-    records = {r.message_id: r for r in load.records if r.message_id is not None and r.kind != Kind.PLAIN}
-    if not records:
-        return []
-    with _connect(url) as conn:
-        found = conn.execute(
-            "SELECT id::text, status, error_code, extract(epoch FROM send_at), extract(epoch FROM expires_at), "
-            "extract(epoch FROM call_started_at) FROM messages WHERE id = ANY(%s::uuid[])",
-            (list(records),),
-        ).fetchall()
-    return [
-        PolicyRow(
-            id=row[0],
-            kind=records[row[0]].kind,
-            status=row[1],
-            error_code=row[2],
-            send_at=float(row[3]) if row[3] is not None else None,
-            expires_at=float(row[4]) if row[4] is not None else None,
-            call_started_at=float(row[5]) if row[5] is not None else None,
-            cancel_answer=records[row[0]].cancel_answer,
-        )
-        for row in found
-    ]
 
 
 if __name__ == "__main__":

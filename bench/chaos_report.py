@@ -172,13 +172,19 @@ class ChaosCounts:
     def misreported(self) -> int:
         return self.sent_never_received + self.failed_but_received
 
-    def goals(self) -> dict[str, bool]:
+    def delivery_goals(self) -> dict[str, bool]:
+        """Every accepted message answered, sent exactly once or failed, and reported as it went."""
         return {
             "0 lost": self.lost == 0,
             "0 duplicated": self.duplicated == 0,
             "0 misreported": self.misreported == 0,
             "0 unanswered": self.unanswered == 0,
             "0 orphaned": self.orphaned == 0,
+        }
+
+    def goals(self) -> dict[str, bool]:
+        return {
+            **self.delivery_goals(),
             f"uncertain-never-received <= {MAX_UNCERTAIN_NEVER_RECEIVED:.1%}": (
                 self.uncertain_never_received <= MAX_UNCERTAIN_NEVER_RECEIVED * self.accepted
             ),
@@ -306,7 +312,17 @@ def render(c: ChaosCounts) -> str:
     return "\n".join(out)
 
 
-def goal_line(c: ChaosCounts) -> str:
-    goals = c.goals()
+def goal_line(goals: dict[str, bool]) -> str:
     verdict = "PASS" if all(goals.values()) else "FAIL"
     return f"goals {verdict}: " + "; ".join(f"{name} {'ok' if met else 'MISSED'}" for name, met in goals.items())
+
+
+def print_outcome(table: str, goals: dict[str, bool], log_dir: Path, keep_logs: bool) -> bool:
+    """A bench's last words: its table, its goal line, and where its logs stay (when a goal was
+    missed, or when asked); whether every goal was met."""
+    passed = all(goals.values())
+    print(table)
+    print(goal_line(goals))
+    if not passed or keep_logs:
+        print(f"logs: {log_dir}")
+    return passed

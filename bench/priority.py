@@ -29,6 +29,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -97,6 +98,7 @@ def main() -> None:
         last_sent = time.time()
 
         waits = accepted_to_sent(urgent)
+        tails = slowest(urgent)
         data = services.sandbox_messages(setup["phone_number_id"])
         arrivals = sorted(m["received_at"] for m in data["data"])
         during = [
@@ -115,6 +117,7 @@ def main() -> None:
             throttled=int(data["errors"].get("130429", 0)),
             unsent=len(urgent) - len(waits),
         )
+        print("slowest transactional   :", *tails, sep="\n  ")
         if args.drain:
             drain(services, setup["phone_number_id"], args.bulk + args.transactional)
 
@@ -196,6 +199,36 @@ def accepted_to_sent(ids: list[str]) -> list[float]:
             )
         ).all()
     return sorted((sent - created).total_seconds() for created, sent in rows if sent is not None)
+
+
+def slowest(ids: list[str], count: int = 3) -> list[str]:
+    """The slowest sends' steps, in seconds after acceptance: where a tail went (not a goal)."""
+    from sqlalchemy import select
+
+    from models.db import session_scope
+    from models.tables import Message
+
+    with session_scope() as session:
+        rows = session.execute(
+            select(
+                Message.created_at, Message.enqueued_at, Message.reserved_slot, Message.call_started_at,
+                Message.sent_at, Message.attempts, Message.throttled_attempts,
+            ).where(Message.id.in_([uuid.UUID(i) for i in ids]), Message.sent_at.is_not(None))
+        ).all()  # fmt: skip
+
+    def after(created: Any, moment: Any) -> str:
+        if moment is None:
+            return "-"
+        seconds = moment - created.timestamp() if isinstance(moment, float) else (moment - created).total_seconds()
+        return f"{seconds:.3f}"
+
+    rows = sorted(rows, key=lambda row: row.sent_at - row.created_at, reverse=True)[:count]
+    return [
+        f"enqueued {after(r.created_at, r.enqueued_at)}, slot {after(r.created_at, r.reserved_slot)}, "
+        f"call {after(r.created_at, r.call_started_at)}, sent {after(r.created_at, r.sent_at)}; "
+        f"attempts {r.attempts}, throttled {r.throttled_attempts}"
+        for r in rows
+    ]
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -1,5 +1,9 @@
 """A private Postgres, a private Redis and a private RabbitMQ node on free loopback ports, for
-benches that restart or flush them (never the shared ones). Each lives in its own temporary folder, removed on exit."""
+benches that restart or flush them (never the shared ones). Each lives in its own temporary
+folder, removed on exit.
+
+Postgres and Redis can run on another host of bench/netns.py instead: ``host`` is the address it
+listens on and ``prefix`` the command that runs a program there (``ip netns exec NAME``)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,11 +38,21 @@ def _pg_bin(name: str) -> str:
 
 
 class PrivatePostgres:
-    """initdb + pg_ctl in a temp folder, trust auth, listening on 127.0.0.1 only."""
+    """initdb + pg_ctl in a temp folder, trust auth, listening on ``host`` only (127.0.0.1)."""
 
-    def __init__(self, max_connections: int = 100) -> None:
+    def __init__(
+        self,
+        max_connections: int = 100,
+        *,
+        host: str = "127.0.0.1",
+        prefix: Sequence[str] = (),
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        self.host = host
         self.port = free_port()
         self.max_connections = max_connections
+        self.prefix = list(prefix)
+        self.settings = settings or {}  # more server settings (-c name=value)
         self.root = Path(tempfile.mkdtemp(prefix="wadispatch-chaos-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "postgres.log"
@@ -49,19 +64,24 @@ class PrivatePostgres:
 
     @property
     def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/wadispatch_chaos"
+        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/wadispatch_chaos"
 
     @property
     def libpq_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/wadispatch_chaos"
+        return f"postgresql://postgres@{self.host}:{self.port}/wadispatch_chaos"
 
     def __enter__(self) -> PrivatePostgres:
         try:
             self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
+            if self.host != "127.0.0.1":
+                # initdb trusts loopback only; on a host of bench/netns.py its clients come from the
+                # hosts' own subnet (samenet: the server's directly connected networks, nothing else).
+                with (self.data / "pg_hba.conf").open("a") as hba:
+                    hba.write("host all all samenet trust\n")
             options = (
-                f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
+                f"-p {self.port} -c listen_addresses={self.host} -c unix_socket_directories={self.root} "
                 f"-c max_connections={self.max_connections}"
-            )
+            ) + "".join(f" -c {name}={value}" for name, value in self.settings.items())
             self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
         except BaseException:
             self.__exit__(None, None, None)
@@ -78,39 +98,56 @@ class PrivatePostgres:
     def __exit__(self, *exc: object | TracebackType) -> None:
         if (self.data / "postmaster.pid").exists():
             subprocess.run(
-                [*self._as_user, _pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"],
+                [
+                    *self.prefix,
+                    *self._as_user,
+                    _pg_bin("pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
                 capture_output=True,
                 timeout=60,
             )
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _run(self, program: str, *args: str) -> None:
-        done = subprocess.run([*self._as_user, _pg_bin(program), *args], capture_output=True, text=True, timeout=120)
+        command = [*self.prefix, *self._as_user, _pg_bin(program), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
             raise RuntimeError(f"{program} failed ({done.returncode}): {done.stderr.strip()}\n{log}")
 
 
 class PrivateRedis:
-    """`redis-server` on a free port, no persistence (a FLUSHALL or a restart loses everything)."""
+    """`redis-server` on a free port of ``host``, no persistence (a FLUSHALL or a restart loses
+    everything)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, host: str = "127.0.0.1", prefix: Sequence[str] = ()) -> None:
+        self.host = host
+        self.prefix = list(prefix)
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="wadispatch-chaos-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def __enter__(self) -> PrivateRedis:
         import redis
 
         log = (self.root / "redis.log").open("ab")
+        # Off loopback (a private address of bench/netns.py, reachable from its hosts only) Redis's
+        # protected mode would refuse every client.
+        protected = ["--protected-mode", "no"] if self.host != "127.0.0.1" else []
         self.proc = subprocess.Popen(
             [
-                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.root), "--maxclients", "10000",
+                *self.prefix, "redis-server", "--port", str(self.port), "--bind", self.host, "--save", "",
+                "--appendonly", "no", "--dir", str(self.root), "--maxclients", "10000", *protected,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

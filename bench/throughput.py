@@ -362,34 +362,42 @@ def reference_ingest(args: argparse.Namespace, app_path: str) -> float:
     return rate
 
 
-def create_tenant(accounts: int, leads: int) -> tuple[str, list[tuple[uuid.UUID, uuid.UUID]]]:
+def create_tenant(accounts: int, leads: int, session: Any = None) -> tuple[str, list[tuple[uuid.UUID, uuid.UUID]]]:
     """An organization with a FlowEstate key, ``accounts`` senders at 80 mps and ``leads`` leads;
-    returns the key and (account, lead) pairs spreading the leads over the accounts."""
+    returns the key and (account, lead) pairs spreading the leads over the accounts. In ``session``
+    (committed by its owner), or in one of the service's database (WADISPATCH_DATABASE_URL)."""
+    from models.db import session_scope
+
+    if session is None:
+        with session_scope() as own:
+            return _create_tenant(own, accounts, leads)
+    return _create_tenant(session, accounts, leads)
+
+
+def _create_tenant(session: Any, accounts: int, leads: int) -> tuple[str, list[tuple[uuid.UUID, uuid.UUID]]]:
     from sqlalchemy import insert
 
     from models import admin
-    from models.db import session_scope
     from models.enums import KeyKind, Scope
     from models.phones import wa_id_of
     from models.tables import Contact
 
-    with session_scope() as session:
-        org = admin.create_org(session, slug=f"tp-{uuid.uuid4().hex[:8]}", name="Throughput")
-        org.monthly_quota = 10**9
-        key = admin.create_key(session, org=org, kind=KeyKind.FLOWESTATE, scopes=[Scope.WRITE, Scope.READ]).key
-        account_ids = [
-            admin.create_account(
-                session, org=org, account_type="organization", phone=None,
-                phone_number_id=f"7{index:03d}{uuid.uuid4().int % 10**8:08d}", token="bench", mps=80,
-            ).id
-            for index in range(accounts)
-        ]  # fmt: skip
-        lead_ids = [uuid.uuid4() for _ in range(leads)]
-        rows = []
-        for n, lead_id in enumerate(lead_ids):
-            phone = f"+1809{3000000 + n}"
-            rows.append({"id": lead_id, "org_id": org.id, "phone_e164": phone, "wa_id": wa_id_of(phone)})
-        session.execute(insert(Contact), rows)
+    org = admin.create_org(session, slug=f"tp-{uuid.uuid4().hex[:8]}", name="Throughput")
+    org.monthly_quota = 10**9
+    key = admin.create_key(session, org=org, kind=KeyKind.FLOWESTATE, scopes=[Scope.WRITE, Scope.READ]).key
+    account_ids = [
+        admin.create_account(
+            session, org=org, account_type="organization", phone=None,
+            phone_number_id=f"7{index:03d}{uuid.uuid4().int % 10**8:08d}", token="bench", mps=80,
+        ).id
+        for index in range(accounts)
+    ]  # fmt: skip
+    lead_ids = [uuid.uuid4() for _ in range(leads)]
+    rows = []
+    for n, lead_id in enumerate(lead_ids):
+        phone = f"+1809{3000000 + n}"
+        rows.append({"id": lead_id, "org_id": org.id, "phone_e164": phone, "wa_id": wa_id_of(phone)})
+    session.execute(insert(Contact), rows)
     return key, [(account_ids[n % accounts], lead_id) for n, lead_id in enumerate(lead_ids)]
 
 

@@ -393,11 +393,12 @@ def _pauses(account_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
     """Pause and breaker state from Redis; empty when Redis cannot be read (shown as unknown)."""
     import redis
 
+    from models.redis_client import redis_from_url
     from models.settings import get_settings
     from worker.breaker import read_state
     from worker.rate_limit import RateLimiter
 
-    client = redis.Redis.from_url(get_settings().redis_url, socket_connect_timeout=2, socket_timeout=2)
+    client = redis_from_url(get_settings().redis_url, purpose="admin")
     limiter = RateLimiter(client)
     try:
         states = {account_id: read_state(client, limiter, account_id) for account_id in account_ids}
@@ -577,11 +578,12 @@ def _portfolio_use(portfolio_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
     """Users counted in the window now, from Redis; empty when Redis cannot be read (unknown)."""
     import redis
 
+    from models.redis_client import redis_from_url
     from models.settings import get_settings
     from worker.messaging_limit import MessagingLimits
 
     settings = get_settings()
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    client = redis_from_url(settings.redis_url, purpose="admin")
     try:
         return MessagingLimits(client, settings.messaging_limit_window_s).used(portfolio_ids)
     except redis.RedisError:

@@ -43,6 +43,7 @@ FIELDS = (
     "outcome",
     "detail",  # with an outcome: Meta's error code, or why a message was not claimed
     "duration_ms",
+    "step",  # with a fenced write: which write of the claim holder its fencing token refused
 )
 # Keys a line starts with, in this order, then FIELDS' (the rest follow as they came).
 LEADING_KEYS = ("time", "level", "logger", "message")

@@ -93,6 +93,13 @@ ENGINE_BATCH_SIZE = Histogram(
     ["step"],
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
+FENCED_WRITES = Counter(
+    "wadispatch_fenced_writes",
+    "A claim holder's write refused because its claim no longer holds the message (the fencing token "
+    "was replaced or cleared, the message is no longer sending, or for begin its lease ran out), by step "
+    "(begin, sent, retry, fail, hold, halt, give_back)",
+    ["step"],
+)
 CLAIMS_SKIPPED = Counter(
     "wadispatch_claims_skipped",
     "Send tasks that found nothing to claim, by why (done, claimed_elsewhere, behind_earlier, not_due, unknown)",

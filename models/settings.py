@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Pure address classification (no Celery, no I/O): the same rules the media fetcher applies.
 from models.address_policy import literal_address, refusal_reason
+from models.redis_url import is_sentinel_url, parse_sentinel_url
 
 # Development-only secrets: they make `make run` work with no configuration, and production
 # refuses to start while any of them is still in use.
@@ -32,6 +33,10 @@ def is_amqp_url(url: str) -> bool:
 def _broker_identity(url: str) -> tuple[str, str, int | None, str]:
     """What names one broker whatever the spelling: scheme, host (localhost as 127.0.0.1), port
     (Redis's and AMQP's defaults filled in), database or virtual host."""
+    if is_sentinel_url(url):
+        # One primary whatever sentinels are asked: the service they watch, and the database.
+        target = parse_sentinel_url(url)
+        return "redis+sentinel", target.service, None, str(target.db)
     parts = urlsplit(url)
     host = (parts.hostname or "127.0.0.1").lower()
     host = "127.0.0.1" if host in ("localhost", "::1") else host
@@ -155,6 +160,11 @@ class Settings(BaseSettings):
     # Time a request may take to reach Meta: the send gate leaves this much of the burst unused,
     # so Meta's own count of any second stays within mps + burst.
     rate_jitter_s: float = Field(default=0.03, ge=0)
+    # When the send gate finds its Redis state on a new history (a failover, a restart from disk:
+    # writes may be lost), it holds every account this long before handing out moments again
+    # (worker/failover_hold.py). Unset: rate_inline_wait_s + rate_jitter_s + 1 s + a 2 s margin.
+    # 0 turns the guard off.
+    pacing_failover_hold_s: float | None = Field(default=None, ge=0)
     # How often each worker's pacer hands due messages (rate slots, retries) to the broker.
     pacer_interval_s: float = Field(default=0.1, gt=0)
     # Slots are reserved at most this far ahead (kept well below the broker visibility timeout).
@@ -384,6 +394,19 @@ class Settings(BaseSettings):
             raise ValueError("WADISPATCH_RETRY_CAP_S must stay below WADISPATCH_BROKER_VISIBILITY_TIMEOUT_S")
         if self.rate_horizon_s >= self.broker_visibility_timeout_s:
             raise ValueError("WADISPATCH_RATE_HORIZON_S must stay below WADISPATCH_BROKER_VISIBILITY_TIMEOUT_S")
+        return self
+
+    @model_validator(mode="after")
+    def _failover_hold_covers_the_look_ahead(self) -> Settings:
+        # Shorter than the moments handed out ahead (the in-task wait), a request's way to Meta and
+        # one whole window, the hold would let the old history's last moments share a second
+        # with the new one's (worker/failover_hold.py's minimum_hold_s).
+        hold = self.pacing_failover_hold_s
+        if hold and hold < self.rate_inline_wait_s + self.rate_jitter_s + 1.0:
+            raise ValueError(
+                "WADISPATCH_PACING_FAILOVER_HOLD_S must be 0 (off) or at least "
+                "WADISPATCH_RATE_INLINE_WAIT_S + WADISPATCH_RATE_JITTER_S + 1"
+            )
         return self
 
     @model_validator(mode="after")

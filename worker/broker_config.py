@@ -24,6 +24,7 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
+from models.redis_url import celery_broker
 from models.settings import Settings, is_amqp_url
 
 QUORUM = {"x-queue-type": "quorum"}
@@ -55,13 +56,13 @@ def quorum_queues(names: Iterable[str]) -> tuple[Queue, ...]:
     )
 
 
-def redis_transport_options(settings: Settings) -> dict[str, Any]:
+def broker_socket_options(settings: Settings) -> dict[str, Any]:
+    """A Redis broker's socket limits (the sentinels' too, behind a redis+sentinel:// URL). A
+    broker that stops answering without closing the connection must not hold a publish (an API
+    request) or an ack forever. The consumer's BRPOP is unaffected: kombu reads its reply only
+    once the socket is readable, and the server answers every BRPOP within a second anyway
+    (kombu's brpop_timeout)."""
     return {
-        "visibility_timeout": settings.broker_visibility_timeout_s,
-        # A broker that stops answering without closing the connection must not hold a
-        # publish (an API request) or an ack forever. The consumer's BRPOP is unaffected:
-        # kombu reads its reply only once the socket is readable, and the server answers
-        # every BRPOP within a second anyway (kombu's brpop_timeout).
         "socket_timeout": settings.redis_socket_timeout_s,
         "socket_connect_timeout": settings.redis_connect_timeout_s,
         "socket_keepalive": True,
@@ -71,7 +72,14 @@ def redis_transport_options(settings: Settings) -> dict[str, Any]:
 def broker_conf(url: str, settings: Settings, queues: Iterable[str]) -> dict[str, Any]:
     """The Celery settings that depend on the broker, for an app whose workers consume ``queues``."""
     if not is_amqp_url(url):
-        return {"broker_url": url, "broker_transport_options": redis_transport_options(settings)}
+        # redis:// as it is; redis+sentinel:// in kombu's own spelling (models/redis_url.py).
+        broker = celery_broker(url, broker_socket_options(settings))
+        options = {
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            **broker_socket_options(settings),
+            **broker.transport_options,
+        }
+        return {"broker_url": broker.url, "broker_transport_options": options}
     return {
         "broker_url": url,
         "task_queues": quorum_queues(queues),
@@ -87,7 +95,7 @@ def publish_options(settings: Settings) -> dict[str, float]:
     """Per-publish limits for the service's broker. On RabbitMQ a publish waits for its confirm:
     a broker that stops answering (a resource alarm blocks publishers, a cut the kernel has not
     noticed) must not hold the caller (an API request's publish thread, the pacer) forever. On
-    Redis the socket timeout does this (see redis_transport_options)."""
+    Redis the socket timeout does this (see broker_socket_options)."""
     if not settings.broker_is_amqp:
         return {}
     return {"timeout": settings.broker_publish_timeout_s, "confirm_timeout": settings.broker_publish_timeout_s}

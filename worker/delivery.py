@@ -36,6 +36,7 @@ from models.settings import Settings
 from worker import shutdown
 from worker.backoff import compute_backoff
 from worker.breaker import Breaker
+from worker.fencing import FencedStep, fenced, step_of
 from worker.media.pipeline import MediaId, get_media_pipeline, media_ref
 from worker.messaging_limit import MessagingLimits, counts_against_limit
 from worker.meta_client import MetaClient, SendResult, is_header_safe
@@ -420,7 +421,7 @@ class Delivery:
         if isinstance(admission, WaitInPostgres):
             return self._wait_in_postgres(claim, admission.wait_s, admission.slot, admission.outcome)
         if isinstance(admission, CallRefused):
-            return self._claim_lost(claim, "its lease ran out before the call")
+            return fenced(claim, FencedStep.BEGIN, "its lease ran out before the call")
         # Only now is the request on its way: until here, a fault or a refusal gave the claim
         # back, which clears a call marker that begin_call wrote.
         attempt.call_began = True
@@ -505,7 +506,7 @@ class Delivery:
             )
             # The sweeper handed the conversation's next message over when it gave up on this one.
             return Settled(Outcome.SENT, None)
-        return self._claim_lost(claim, "Meta accepted it, but the claim had been taken over")
+        return fenced(claim, FencedStep.SENT, "Meta accepted it, but the claim had been taken over")
 
     # -- settling the claim ---------------------------------------------------------------
 
@@ -532,7 +533,7 @@ class Delivery:
             return lifecycle.record_outcome(session, claim, decided)
 
         written = run_in_transaction(write, patience_s=patience_s)
-        return settled if written else self._claim_lost(claim, lost_why)
+        return settled if written else fenced(claim, step_of(decided), lost_why)
 
     def _fail_before_call(self, claim: Claim, error: CallError, outcome: Outcome) -> Settled:
         """The state of the world forbids the message now: it fails unsent (not an attempt)."""
@@ -542,7 +543,9 @@ class Delivery:
 
     def _halt_before_call(self, claim: Claim, reason: str) -> Settled:
         """The account cannot be used (no call was made): halt it; the message waits unsent."""
-        run_in_transaction(lambda session: lifecycle.record_outcome(session, claim, lifecycle.HaltBeforeCall(reason)))
+        decided = lifecycle.HaltBeforeCall(reason)
+        if not run_in_transaction(lambda session: lifecycle.record_outcome(session, claim, decided)):
+            return fenced(claim, step_of(decided), "it was taken over before it could wait for the account")
         return Settled(Outcome.ACCOUNT_HALTED)
 
     def _handle_error(self, attempt: _Attempt, error: DeliveryError, *, called: bool) -> Settled:
@@ -569,7 +572,7 @@ class Delivery:
             extra={"outcome": outcome.value, "detail": error.error_code},
         )
         if not written:
-            return self._claim_lost(claim, f"it was taken over before its {outcome} could be written")
+            return fenced(claim, step_of(decided), f"it was taken over before its {outcome} could be written")
         return Settled(outcome, detail=error.error_code, error_class=error.error_class)
 
     def _decide(self, claim: Claim, error: DeliveryError) -> tuple[lifecycle.Decided, Outcome]:
@@ -664,9 +667,29 @@ class Delivery:
         not only its errors; past it the write fails (an OperationalError)."""
         back = lifecycle.GiveBack(wait_s=wait_s, slot=slot)
         lost_why = "its lease ran out before it could wait"
-        return self._record(
+        settled = self._record(
             claim, back, Settled(outcome), lost_why=lost_why, patience_s=patience_s, answer_within_s=answer_within_s
         )
+        if settled.outcome != Outcome.CLAIM_LOST:
+            self._hand_over_earlier(claim)
+        return settled
+
+    def _hand_over_earlier(self, claim: Claim) -> None:
+        """A message given back ended no call, so an earlier message of its conversation that
+        waited for that call (``lifecycle.earlier_waiting``) is handed over here. If this read
+        fails, the sweeper's lost-task pass still finds that message, later."""
+        try:
+            with session_scope() as session:
+                earlier = lifecycle.earlier_waiting(session, claim.conversation_id, claim.seq)
+        except INFRASTRUCTURE_FAULTS as fault:
+            log.warning("message %s: could not look for an earlier message waiting (%s)", claim.message_id, fault)
+            return
+        if earlier is None:
+            return
+        try:
+            self.schedule(earlier)
+        except Exception as fault:  # the broker: the sweeper's lost-task pass hands it over later
+            log.warning("message %s: could not be handed over (%s)", earlier, type(fault).__name__)
 
     def _give_back_after_fault(self, claim: Claim, fault: BaseException, lease_left_s: float) -> Settled:
         """Redis, Postgres or storage broke before the call: nothing was sent, so the claim goes
@@ -712,10 +735,6 @@ class Delivery:
         except INFRASTRUCTURE_FAULTS:
             log.warning("message %s: could not give the claim back; the sweeper re-queues it", attempt.claim.message_id)
             return Settled(Outcome.CLAIM_LOST)
-
-    def _claim_lost(self, claim: Claim, why: str) -> Settled:
-        log.warning("message %s: claim lost (%s); the sweeper settles it", claim.message_id, why)
-        return Settled(Outcome.CLAIM_LOST)
 
 
 def in_marketing_cooloff(claim: Claim) -> bool:

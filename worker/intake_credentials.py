@@ -29,6 +29,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
 
+from models.redis_client import redis_from_url
 from worker.celery_app import INTAKE_QUEUE
 
 NAME_PREFIX = "intake"
@@ -60,6 +61,13 @@ def store_for(broker_url: str) -> CredentialStore:
         return RedisCredentials(broker_url)
     if scheme in ("amqp", "amqps", "pyamqp"):
         return RabbitCredentials(broker_url)
+    if scheme == "redis+sentinel":
+        # ACL users live on one server: Redis replicates no ACL change, so a user made on the
+        # primary would be gone after a failover.
+        raise ValueError(
+            "intake credentials: a redis+sentinel:// broker keeps no ACL users across a failover; "
+            "give upstream services an intake broker of its own (redis:// or amqp://)"
+        )
     raise ValueError(f"intake credentials: no support for {scheme!r} brokers (redis:// or amqp://)")
 
 
@@ -88,7 +96,7 @@ def _with_user(broker_url: str, user: str, password: str | None) -> str:
 class RedisCredentials:
     def __init__(self, broker_url: str) -> None:
         self.broker_url = broker_url
-        self.client = redis.Redis.from_url(broker_url)
+        self.client = redis_from_url(broker_url, purpose="intake-credentials")
 
     def create(self, org: str) -> IntakeCredential:
         name, password = new_name(org), secrets.token_urlsafe(32)

@@ -16,6 +16,9 @@ instead of bunching up with the next ones, and no slot is thrown away.
 ``take_send_moments`` does both for many messages of one account in one call (each message's
 reservation, unless it has its slot already, then its moment on the same gate), so an engine holding
 a batch never polls either: a message whose slot is far off keeps it and waits in Postgres.
+
+Both gate scripts first check that the pacing state has not gone back in time (a Redis failover
+or a restart from disk): worker/failover_hold.py.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from enum import StrEnum
 from typing import cast
 
 import redis
+
+from models.settings import get_settings
+from worker.failover_hold import FENCE_LUA, HistoryWatch, hold_for
 
 # Times are Redis TIME seconds (about 1.8e9): Lua's tostring keeps 14 significant digits, so
 # a time stored or returned through it lost everything below 0.1 ms, and an account whose interval
@@ -177,8 +183,10 @@ end
 return tostring(lowered)
 """
 
-# KEYS: account admission TAT, account rate ceiling, account pause-until, everyone's pause-until;
-# ARGV: interval, burst, not before (Redis time, 0: none), longest wait the caller takes (seconds).
+# KEYS: account admission TAT, account rate ceiling, account pause-until, everyone's pause-until,
+# the pacing state's history (worker/failover_hold.py);
+# ARGV: interval, burst, not before (Redis time, 0: none), longest wait the caller takes (seconds),
+# the failover hold (seconds), the history of the caller's last gate call ('' if none).
 # The last gate before a call: a plain GCRA on the moment of sending, closed while the account or
 # every account is paused (Meta throttled us, or a breaker is open). The caller is given its own
 # moment, first come first served: the earliest at or after "not before" that the gate allows. So
@@ -186,33 +194,36 @@ return tostring(lowered)
 # gate together and all but one being told to wait again. A moment further off than the caller
 # takes is not taken.
 # Returns {taken (1/0), seconds from now to the moment (or until asking again), that moment (Redis
-# time)} as strings.
+# time), the history it ran under, 1 if it held every account (0: no)} as strings.
 _SEND_MOMENT = (
     _EXACT
     + _ACCOUNT
+    + FENCE_LUA
     + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local history, held = fence(KEYS[5], KEYS[4], tonumber(ARGV[5]), ARGV[6], now)
 local paused = paused_until(KEYS[3], KEYS[4])
 if paused > now then
-  return {'0', tostring(paused - now), exact(paused)}
+  return {'0', tostring(paused - now), exact(paused), history, held}
 end
 local interval, tol = account_pace(tonumber(ARGV[1]), tonumber(ARGV[2]), KEYS[2])
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
 local moment = math.max(now, tonumber(ARGV[3]), tat - tol)
 if moment - now > tonumber(ARGV[4]) then
-  return {'0', tostring(moment - now), exact(moment)}
+  return {'0', tostring(moment - now), exact(moment), history, held}
 end
 store_time(KEYS[1], math.max(tat, moment) + interval, now)
-return {'1', tostring(moment - now), exact(moment)}
+return {'1', tostring(moment - now), exact(moment), history, held}
 """
 )
 
 # KEYS: account admission TAT, account rate ceiling, account pause-until, everyone's pause-until,
-# account reservation TAT, account bulk share TAT, then for each request its pair TAT and pair
-# pause-until (the keys reservations use).
+# account reservation TAT, account bulk share TAT, the pacing state's history, then for each
+# request its pair TAT and pair pause-until (the keys reservations use).
 # ARGV: account interval, admission burst, reservation burst, pair interval, pair tolerance,
 # horizon, longest wait the caller takes (seconds), bulk horizon, bulk share interval (0: none),
+# the failover hold (seconds), the history of the caller's last gate call ('' if none),
 # then for each request its "not before" (Redis time, 0: none), 1 if that is a slot it reserved
 # before (0: it has none), and 1 if it is a bulk message (0: transactional).
 # Many messages of one account at once: each request is answered in order, on one clock, as if it
@@ -221,7 +232,8 @@ return {'1', tostring(moment - now), exact(moment)}
 # send gate (its account slot and its recipient's pace were charged when it reserved). The TATs of
 # the account's two buckets are written once, at the end; the pairs' as they are taken, so a second
 # request for the same recipient sees the first one's pace.
-# Returns {verdict, seconds from now, time (Redis time)} per request, flattened, as strings;
+# Returns {verdict, seconds from now, time (Redis time)} per request, flattened, as strings, then
+# the history it ran under and 1 if it held every account (0: no);
 # verdict: 1 taken (at its moment), p not yet (the recipient's pace or pause: nothing reserved),
 # s scheduled (a slot reserved at that time; ask again in those seconds), 0 not within the wait
 # (the account's: paused, beyond the horizon, or a reserved slot's moment further off; nothing kept),
@@ -231,10 +243,12 @@ _SEND_MOMENTS = (
     + _PAIR
     + _ACCOUNT
     + _BULK
+    + FENCE_LUA
     + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local requests = (#KEYS - 6) / 2
+local history, held = fence(KEYS[7], KEYS[4], tonumber(ARGV[10]), ARGV[11], now)
+local requests = (#KEYS - 7) / 2
 local answers = {}
 local function answer(verdict, at, moment)
   answers[#answers + 1] = verdict
@@ -275,11 +289,11 @@ local function reserve(pair_key, pair_pause_key, bulk)
 end
 
 local function ask(i)
-  local not_before = tonumber(ARGV[7 + 3 * i])
+  local not_before = tonumber(ARGV[9 + 3 * i])
   local slot = nil
-  if ARGV[8 + 3 * i] ~= '1' then
+  if ARGV[10 + 3 * i] ~= '1' then
     local verdict, at
-    slot, verdict, at = reserve(KEYS[5 + 2 * i], KEYS[6 + 2 * i], ARGV[9 + 3 * i] == '1')
+    slot, verdict, at = reserve(KEYS[6 + 2 * i], KEYS[7 + 2 * i], ARGV[11 + 3 * i] == '1')
     if not slot then return answer(verdict, at) end
     -- Too far off to wait for: the message waits in Postgres and keeps its slot.
     if slot - now > within then return answer('s', slot) end
@@ -303,6 +317,8 @@ for i = 1, requests do ask(i) end
 if taken then store_time(KEYS[1], tat, now) end
 if reserved then store_time(KEYS[5], tat_a, now) end
 if shared then store_time(KEYS[6], share_tat, now) end
+answers[#answers + 1] = history
+answers[#answers + 1] = held
 return answers
 """
 )
@@ -403,9 +419,16 @@ class Pacing:
 
 
 class RateLimiter:
-    def __init__(self, client: redis.Redis, prefix: str = "wadispatch:rl") -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str = "wadispatch:rl", *, failover_hold_s: float | None = None
+    ) -> None:
+        """``failover_hold_s``: how long the gate holds every account when it finds its state on a
+        new Redis history (worker/failover_hold.py); None: the settings' (0 turns the guard off)."""
         self.client = client
         self.prefix = prefix
+        if failover_hold_s is None:
+            failover_hold_s = hold_for(get_settings())
+        self.history = HistoryWatch(failover_hold_s)
         self._reserve = client.register_script(_RESERVE)
         self._pause = client.register_script(_PAUSE)
         self._until = client.register_script(_UNTIL)
@@ -457,10 +480,18 @@ class RateLimiter:
     ) -> SendMoment:
         """The moment this caller may send, no earlier than ``not_before`` (Redis time), taken for
         it if it comes within ``within_s``; the caller sleeps until then and does not ask again."""
-        taken, wait, at = self._send_moment(
-            keys=self._admission_keys(account_id),
-            args=[1.0 / pacing.mps, _admission_burst(pacing), not_before, max(0.0, within_s)],
+        taken, wait, at, history, held = self._send_moment(
+            keys=[*self._admission_keys(account_id), self._history_key],
+            args=[
+                1.0 / pacing.mps,
+                _admission_burst(pacing),
+                not_before,
+                max(0.0, within_s),
+                self.history.hold_s,
+                self.history.last,
+            ],
         )
+        self.history.observe(history, held)
         return SendMoment(taken == b"1", max(0.0, float(wait)), float(at))
 
     def take_send_moments(
@@ -481,8 +512,13 @@ class RateLimiter:
         if not requests:
             return []
         pair_interval = pacing.pair_interval_s
-        keys = [*self._admission_keys(account_id), self._account_key(account_id), self._bulk_share_key(account_id)]
-        args: list[float] = [
+        keys = [
+            *self._admission_keys(account_id),
+            self._account_key(account_id),
+            self._bulk_share_key(account_id),
+            self._history_key,
+        ]
+        args: list[float | str] = [
             1.0 / pacing.mps,
             _admission_burst(pacing),
             pacing.burst,
@@ -492,11 +528,14 @@ class RateLimiter:
             max(0.0, within_s),
             pacing.bulk_horizon_s,
             pacing.bulk_share_interval,
+            self.history.hold_s,
+            self.history.last,
         ]
         for request in requests:
             keys += [self._pair_key(account_id, request.recipient), self._pair_pause_key(account_id, request.recipient)]
             args += [request.not_before, 1 if request.reserved else 0, 1 if request.bulk else 0]
-        answers = self._send_moments(keys=keys, args=args)
+        *answers, history, held = self._send_moments(keys=keys, args=args)
+        self.history.observe(history, held)
         return [
             MomentGrant(_VERDICTS[verdict], max(0.0, float(wait)), float(at))
             for verdict, wait, at in zip(answers[0::3], answers[1::3], answers[2::3], strict=True)
@@ -510,6 +549,11 @@ class RateLimiter:
             f"{self.prefix}:pause:acct:{account_id}",
             self._everyone_pause_key,
         ]
+
+    @property
+    def _history_key(self) -> str:
+        """The Redis history the gate last ran under (worker/failover_hold.py)."""
+        return f"{self.prefix}:history"
 
     def _account_key(self, account_id: uuid.UUID) -> str:
         """The account's reservation TAT: slots for the messages reserved ahead."""

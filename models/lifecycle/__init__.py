@@ -39,6 +39,7 @@ from models.lifecycle.caller import Cancelled, TooLate, campaign_counts, cancel_
 from models.lifecycle.claim import (
     Claim,
     GiveBackItem,
+    GivenBack,
     SkipReason,
     begin_call,
     begin_calls,
@@ -49,7 +50,13 @@ from models.lifecycle.claim import (
     why_not_claimed,
     why_not_claimed_many,
 )
-from models.lifecycle.conversation import ConversationKey, behind_earlier, lock_conversations, next_in_conversation
+from models.lifecycle.conversation import (
+    ConversationKey,
+    behind_earlier,
+    earlier_waiting,
+    lock_conversations,
+    next_in_conversation,
+)
 from models.lifecycle.inbound import receive
 from models.lifecycle.meta_statuses import Addressed, StatusApplication, apply_meta_statuses
 from models.lifecycle.operator import operator_retry
@@ -120,6 +127,7 @@ __all__ = [
     "Fail",
     "GiveBack",
     "GiveBackItem",
+    "GivenBack",
     "Halt",
     "HaltBeforeCall",
     "Hold",
@@ -145,6 +153,7 @@ __all__ = [
     "cancel_message",
     "claim",
     "claim_many",
+    "earlier_waiting",
     "expire_waiting",
     "fail_uncertain_calls",
     "give_back",

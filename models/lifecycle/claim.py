@@ -42,7 +42,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, aliased
 
 from models.enums import CLAIMABLE, MessageStatus, status_in
-from models.lifecycle.conversation import behind_earlier
+from models.lifecycle.conversation import behind_earlier, earlier_waiting_of
 from models.tables import Contact, Message, Organization, Portfolio, WhatsappAccount
 
 _messages = cast(Table, Message.__table__)
@@ -509,18 +509,27 @@ def _build_give_back_many_statement() -> Update:
             reserved_slot=case((waits, back.c.slot), else_=_messages.c.reserved_slot),
             enqueued_at=case((waits, None), else_=_messages.c.enqueued_at),
         )
-        .returning(_messages.c.id)
+        .returning(_messages.c.id, earlier_waiting_of(_messages.c.conversation_id, _messages.c.seq).label("earlier"))
     )
 
 
 _GIVE_BACK_MANY = _build_give_back_many_statement()
 
 
-def give_back_many(connection: Session | Connection, items: Sequence[GiveBackItem]) -> set[uuid.UUID]:
-    """``give_back`` for each claim, in one statement: the ids of the messages given back (a
-    claim that no longer holds its message gives nothing back)."""
+@dataclass(frozen=True)
+class GivenBack:
+    """What ``give_back_many`` did: the messages given back (a claim that no longer holds its
+    message gives nothing back), and earlier messages of their conversations that waited for
+    their calls to end and must now be handed over (``earlier_waiting_of``)."""
+
+    ids: set[uuid.UUID]
+    hand_over: set[uuid.UUID]
+
+
+def give_back_many(connection: Session | Connection, items: Sequence[GiveBackItem]) -> GivenBack:
+    """``give_back`` for each claim, in one statement."""
     if not items:
-        return set()
+        return GivenBack(set(), set())
     rows = connection.execute(
         _GIVE_BACK_MANY,
         {
@@ -530,5 +539,5 @@ def give_back_many(connection: Session | Connection, items: Sequence[GiveBackIte
             "p_waits": [None if i.wait_s is None else timedelta(seconds=i.wait_s) for i in items],
             "p_slots": [i.slot for i in items],
         },
-    )
-    return {row.id for row in rows}
+    ).all()
+    return GivenBack({row.id for row in rows}, {row.earlier for row in rows if row.earlier is not None})

@@ -117,6 +117,35 @@ def successor_of(conversation_id: Any, seq: Any) -> Any:
     )
 
 
+def earlier_waiting_of(conversation_id: Any, seq: Any) -> Any:
+    """The earliest message of the conversation *before* ``seq`` that waits to be sent now (a
+    subquery), or NULL. One exists only when it was held back by ``seq``'s call (see
+    ``behind_earlier``): a schedule whose time came, or an operator's retry, while ``seq`` was in
+    flight. When ``seq`` ends its call, the usual hand-over (``successor_of``) finds it; when
+    ``seq`` is given back unsent, nothing ended, so the give-back hands it over instead (else both
+    would wait on each other until the sweeper's lost-task pass)."""
+    # An alias: in a statement that updates ``messages`` (give_back_many's RETURNING) the table
+    # itself would be correlated to the updated row, and the subquery would compare it with itself.
+    earlier = _messages.alias("earlier")
+    return (
+        select(earlier.c.id)
+        .where(
+            earlier.c.conversation_id == conversation_id,
+            earlier.c.seq < seq,
+            status_in(earlier.c.status, CLAIMABLE),
+            _not_scheduled_later(earlier.c),
+        )
+        .order_by(earlier.c.seq)
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def earlier_waiting(session: Session | Connection, conversation_id: uuid.UUID, seq: int) -> uuid.UUID | None:
+    """The message ``earlier_waiting_of`` names, read."""
+    return session.execute(select(earlier_waiting_of(conversation_id, seq))).scalar()
+
+
 def next_in_conversation(session: Session | Connection, conversation_id: uuid.UUID, seq: int) -> uuid.UUID | None:
     """The next message of the conversation that waits to be sent (``successor_of``)."""
     return session.execute(select(successor_of(conversation_id, seq))).scalar()

@@ -238,6 +238,47 @@ def test_a_schedule_whose_time_came_waits_for_a_later_message_already_in_flight(
     assert try_claim(world, first) is not None
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["give_back", "give_back_many"])
+def test_a_later_message_given_back_unsent_hands_over_the_schedule_that_waited_for_it(world: World, batched: bool):
+    """As above, but the message in flight is given back (no room, a fault before its call): no
+    call ended, so without a hand-over here the two would wait on each other until the
+    sweeper's lost-task pass. The give-back names the earlier message to hand over."""
+    contact = new_contact(world)
+    first = accept(world, Dispatch(send_at=in_(3600), scheduled=True), contact_id=contact)
+    second = accept(world, Dispatch(), contact_id=contact)
+    third = accept(world, Dispatch(), contact_id=contact)
+    in_flight = world.claim(second)
+    world.run(
+        lambda s: s.execute(
+            update(Message)
+            .where(Message.id == first)
+            .values(send_at=text("now() - interval '1 s'"), next_attempt_at=text("now() - interval '1 s'"))
+        )
+    )
+    assert try_claim(world, first) is None  # the later one holds it back while it is claimed
+
+    if batched:
+        given = world.run(lambda s: lifecycle.give_back_many(s, [lifecycle.GiveBackItem(in_flight, wait_s=0.0)]))
+        assert given.ids == {second} and given.hand_over == {first}
+    else:
+        assert world.run(lambda s: lifecycle.give_back(s, in_flight))
+        assert world.run(lambda s: lifecycle.earlier_waiting(s, in_flight.conversation_id, in_flight.seq)) == first
+    assert try_claim(world, first) is not None
+    assert try_claim(world, third) is None  # the rest keep their order behind it
+
+
+def test_a_head_given_back_names_nothing_to_hand_over(world: World):
+    contact = new_contact(world)
+    scheduled = accept(world, Dispatch(send_at=in_(3600), scheduled=True), contact_id=contact)
+    head = accept(world, Dispatch(), contact_id=contact)
+    accept(world, Dispatch(), contact_id=contact)
+    claim = world.claim(head)
+    given = world.run(lambda s: lifecycle.give_back_many(s, [lifecycle.GiveBackItem(claim)]))
+    # An earlier message scheduled for later waits for its time, and later ones wait behind the head.
+    assert given.ids == {head} and given.hand_over == set()
+    assert world.row(scheduled).status == MessageStatus.QUEUED.value
+
+
 def test_resuming_the_account_leaves_a_scheduled_message_for_its_time(world: World):
     """`account resume` (and `account update --status connected`) hands over what waited for the
     account; it made every queued message due now, a message scheduled for tomorrow too, which

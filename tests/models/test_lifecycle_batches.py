@@ -310,7 +310,7 @@ def test_give_back_many_leaves_each_message_as_give_back_leaves_its_twin(world: 
         )
     )
 
-    assert given_back == {plain[1], retried[1]}
+    assert given_back.ids == {plain[1], retried[1]} and given_back.hand_over == set()
     alone, batched = world.row(plain[0]), world.row(plain[1])
     assert _waiting_columns(batched) == _waiting_columns(alone) == ("queued", 0, None, None, 7.5, past)
     assert batched.next_attempt_at == alone.next_attempt_at == past
@@ -507,7 +507,9 @@ def test_record_sent_many_locks_its_conversations_in_the_lock_order(world: World
     "write",
     [
         pytest.param(lambda s, claims: lifecycle.begin_calls(s, claims, call_lease_s=60), id="begin_calls"),
-        pytest.param(lambda s, claims: lifecycle.give_back_many(s, [GiveBackItem(c) for c in claims]), id="give_back"),
+        pytest.param(
+            lambda s, claims: lifecycle.give_back_many(s, [GiveBackItem(c) for c in claims]).ids, id="give_back"
+        ),
     ],
 )
 def test_a_batch_write_of_claims_locks_its_messages_in_id_order(

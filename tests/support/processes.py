@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -22,14 +22,25 @@ def free_port() -> int:
 
 
 class ManagedProcess:
-    """One `python -m cli ...` process; `ready` says when it can be used."""
+    """One `python -m cli ...` process; `ready` says when it can be used. ``prefix`` runs it
+    through another command that then executes it in place (``ip netns exec NAME``: on another
+    host of bench/netns.py), so the process's pid is still the one to signal."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path, ready: Callable[[], bool]):
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        log_dir: Path,
+        ready: Callable[[], bool],
+        prefix: Sequence[str] = (),
+    ):
         self.name = name
         self.args = args
         self.env = env
         self.log_path = log_dir / f"{name}.log"
         self._ready = ready
+        self.prefix = list(prefix)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
@@ -42,7 +53,7 @@ class ManagedProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cli", *self.args],
+                [*self.prefix, sys.executable, "-m", "cli", *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -412,3 +412,44 @@ def _failing_for_s(endpoint_id: str) -> float:
 def _listed(live, tenant, endpoint_id: str) -> dict[str, Any]:
     done = wadispatch("endpoint", "list", "--org", tenant.slug, "--json", env=live.env)
     return next(e for e in json.loads(done.stdout)["data"] if e["id"] == endpoint_id)
+
+
+def test_a_succeeding_endpoint_row_is_written_at_most_once_a_second_and_a_success_after_a_failure_at_once(live, tenant):
+    # Every delivered callback used to update its endpoint's row: three updates a message on one
+    # hot row (bench/sizing.py). xmin changes with every update of the row.
+    from sqlalchemy import text
+
+    from models.db import get_engine
+    from models.settings import get_settings
+    from worker.callbacks import Due, Tried, record
+
+    endpoint_id = uuid.UUID(_endpoint(live, tenant, f"https://hooks.test/ok/{_path()}")["id"])
+    engine, settings = get_engine(), get_settings()
+
+    def tried(delivered: bool) -> None:
+        due = Due(uuid.uuid4(), tenant.org_id, endpoint_id, "https://hooks.test/ok", "", {}, attempts=1)
+        record(engine, settings, due, Tried(delivered, 200 if delivered else 500, None if delivered else "HTTP 500"))
+
+    def row() -> tuple[Any, ...]:
+        with engine.connect() as c:
+            found = c.execute(
+                text("SELECT xmin::text, last_success_at, failing_since FROM event_endpoints WHERE id = :id"),
+                {"id": endpoint_id},
+            ).one()
+        return tuple(found)
+
+    tried(True)
+    first = row()
+    assert first[1] is not None and first[2] is None
+    for _ in range(5):
+        tried(True)
+    assert row() == first  # not written again within the second
+    tried(False)
+    failing = row()
+    assert failing[2] is not None
+    tried(True)
+    recovered = row()
+    assert recovered[2] is None and recovered[1] > first[1]  # cleared at once, though a success was recent
+    time.sleep(1.1)
+    tried(True)
+    assert row()[1] > recovered[1]  # a second later it is written again

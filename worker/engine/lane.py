@@ -30,6 +30,7 @@ from worker.engine.marker import CallMarker
 from worker.engine.parts import Held, Parts, count_batch
 from worker.engine.plain import plain_request
 from worker.engine.sent_writer import SentWriter
+from worker.fencing import FencedStep, fenced
 from worker.messaging_limit import counts_against_limit
 from worker.meta_client import MetaCall
 from worker.meta_errors import DeliveryError
@@ -52,8 +53,9 @@ GROUP_SPAN_S = 0.003
 MARK_LEAD_S = 0.008
 # Claims that could not be paced or marked (Redis or Postgres failing) wait this long in Postgres.
 FAULT_WAIT_S = 1.0
-# How long a give-back waits for an unavailable Postgres, unless it is clearing a call marker (then
-# the whole lease). Given up, the claim waits for the sweeper (its lease, then a re-queue).
+# How long a give-back waits for an unavailable Postgres, unless it is clearing call markers (then
+# until the lease those markers gave runs out: ``_give_back``). Given up, the claim waits for the
+# sweeper (its lease, then a re-queue).
 GIVE_BACK_PATIENCE_S = 5.0
 # The loop lets other work run after preparing this many requests of a batch.
 YIELD_EVERY = 16
@@ -329,12 +331,10 @@ class AccountLane:
             self._room.set()
             why = type(fault).__name__
             log.warning("account %s: %d calls could not begin (%s)", self.account_id, len(group), why)
-            # Patient for the whole lease: a marker whose commit landed is cleared only by this
-            # give-back, and left standing the sweeper fails the message DELIVERY_UNCERTAIN though
-            # Meta never saw it (chaos bench: a Postgres restart that outlasted 5 s of patience).
-            # Late is harmless: the give-back is fenced by the claim's token.
+            # A marker whose commit landed (its answer lost) renewed the lease from before now.
+            markers_until = time.monotonic() + self.parts.settings.lease_s
             backs = [_Back(t.held, FAULT_WAIT_S, None, Outcome.GIVEN_BACK) for t in group]
-            await self._give_back(backs, patience_s=float(self.parts.settings.lease_s))
+            await self._give_back(backs, markers_until=markers_until)
             return
         began_at = time.monotonic()
         late_by = self.parts.settings.rate_jitter_s / 2
@@ -342,8 +342,7 @@ class AccountLane:
         for t in group:
             if t.held.claim.message_id not in began:
                 self._calls -= 1
-                log.warning("message %s: claim lost (its lease ran out before the call)", t.held.claim.message_id)
-                self.parts.settle(t.held, Settled(Outcome.CLAIM_LOST))
+                self.parts.settle(t.held, fenced(t.held.claim, FencedStep.BEGIN, "its lease ran out before the call"))
             elif began_at > t.at + late_by:
                 late.append(t)
             else:
@@ -407,7 +406,8 @@ class AccountLane:
                 self._calls -= 1
                 backs.append(_Back(t.held, grant.wait_s, None, Outcome.RATE_LIMITED))
         self._room.set()
-        await self._give_back(backs)
+        # Their markers committed before began_at and renewed the lease from then.
+        await self._give_back(backs, markers_until=began_at + self.parts.settings.lease_s)
 
     async def _give_back_when_stopping(self, group: list[_Taken]) -> None:
         """Not an attempt; due at the moment it had (its account slot stays its own)."""
@@ -472,22 +472,55 @@ class AccountLane:
             await asyncio.wait_for(self.parts.stop.wait(), left)
         return True
 
-    async def _give_back(self, backs: list[_Back], *, patience_s: float = GIVE_BACK_PATIENCE_S) -> None:
-        """Back to Postgres unsent (not an attempt), each to wait as it says; one statement."""
+    async def _give_back(self, backs: list[_Back], *, markers_until: float | None = None) -> None:
+        """Back to Postgres unsent (not an attempt), each to wait as it says; one statement.
+
+        ``markers_until`` (monotonic): the claims may carry call markers whose commit landed, for
+        calls that never left. Only this write clears them: left standing, the sweeper fails each
+        message DELIVERY_UNCERTAIN when the lease ends, though Meta never saw it (chaos bench: a
+        Postgres restart that outlasted 5 s of patience). So it keeps trying until the lease those
+        markers gave runs out (a write after that is harmless: fenced by the claim's token and
+        status), and on the answer threads, which wait out Postgres for the same reason: a write
+        that keeps trying for a lease must not hold the threads that claim and pace every account
+        of the process (four such give-backs stopped them all)."""
         if not backs:
             return
         items = [lifecycle.GiveBackItem(b.held.claim, b.wait_s, b.slot) for b in backs]
         count_batch("give_back", len(items))
+
+        def give_back() -> lifecycle.GivenBack:
+            # What is left of the lease when the statement starts (it may have waited for a
+            # thread): a queue of give-backs in an outage does not wait a whole lease each.
+            patience = GIVE_BACK_PATIENCE_S
+            if markers_until is not None:
+                patience = max(patience, markers_until - time.monotonic())
+            return run_single_statement(lambda db: lifecycle.give_back_many(db, items), patience_s=patience)
+
         try:
-            written = await self.parts.blocking(
-                lambda: run_single_statement(lambda db: lifecycle.give_back_many(db, items), patience_s=patience_s)
-            )
+            if markers_until is None:
+                given = await self.parts.blocking(give_back)
+            else:
+                given = await self.parts.answer(give_back)
         except Exception as fault:
+            # Not fenced: Postgres did not answer (the claims wait for their lease and the sweeper).
             log.warning("%d claims could not be given back (%s); the sweeper re-queues them", len(backs), fault)
-            written = set()
+            for back in backs:
+                self.parts.settle(back.held, Settled(Outcome.CLAIM_LOST))
+            return
+        if given.hand_over:
+            # Earlier messages that waited for these calls: no call ended to hand them over. A
+            # publish that fails leaves them to the sweeper's lost-task pass (later, not lost).
+            schedule = self.parts.delivery.schedule
+            try:
+                await self.parts.answer(lambda: [schedule(message_id) for message_id in given.hand_over])
+            except Exception as fault:
+                log.warning("%d waiting messages could not be handed over (%s)", len(given.hand_over), fault)
         for back in backs:
-            lost = back.held.claim.message_id not in written
-            self.parts.settle(back.held, Settled(Outcome.CLAIM_LOST if lost else back.outcome))
+            if back.held.claim.message_id in given.ids:
+                self.parts.settle(back.held, Settled(back.outcome))
+            else:
+                lost = fenced(back.held.claim, FencedStep.GIVE_BACK, "its lease ran out before it could wait")
+                self.parts.settle(back.held, lost)
 
 
 def _moment_request(held: Held) -> MomentRequest:

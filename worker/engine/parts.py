@@ -49,8 +49,10 @@ class Parts:
     # DELIVERY_UNCERTAIN though Meta never saw it).
     mark_threads: ThreadPoolExecutor
     alone_threads: ThreadPoolExecutor  # single-message steps (media can take a minute)
-    # Writes of Meta's answers and what follows a final outcome: never behind a media step (an
-    # answer written after its lease would turn a known outcome into DELIVERY_UNCERTAIN).
+    # Writes of Meta's answers and what follows a final outcome, and give-backs that clear call
+    # markers: never behind a media step (written after its lease, an answer turns a known outcome
+    # into DELIVERY_UNCERTAIN, and so does a marker left standing for a call that never left).
+    # They wait out an unavailable Postgres for the lease, so never on the threads that pace.
     answer_threads: ThreadPoolExecutor
     on_settled: Callable[[Held], None]  # frees the claim's place in the engine
 
@@ -63,7 +65,8 @@ class Parts:
         return await asyncio.get_running_loop().run_in_executor(self.mark_threads, work)
 
     async def answer(self, work: Callable[[], T]) -> T:
-        """Write Meta's answer to a call (or what follows it) off the event loop."""
+        """Write Meta's answer to a call (or what follows it, or a give-back that clears call
+        markers) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.answer_threads, work)
 
     async def alone(self, work: Callable[[], T]) -> T:
