@@ -58,7 +58,30 @@ MSG
   fi
 }
 
+# RabbitMQ is optional (Redis is the default broker): the suite's RabbitMQ module runs the core
+# paths on it where it is installed, and says why it skipped where it is not.
+ensure_rabbitmq() {
+  listening 5672 && return 0
+  if ! command -v rabbitmq-server >/dev/null && can_install; then
+    echo "ensure-services: installing RabbitMQ (CI)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+  fi
+  if command -v rabbitmq-server >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "ensure-services: starting RabbitMQ"
+    if [ -x /etc/init.d/rabbitmq-server ]; then
+      /etc/init.d/rabbitmq-server start >/dev/null 2>&1 || rabbitmq-server -detached
+    else
+      rabbitmq-server -detached
+    fi
+    wait_for 5672 RabbitMQ || echo "ensure-services: RabbitMQ did not start; its tests will skip" >&2
+  else
+    echo "ensure-services: RabbitMQ is not running (optional: the RabbitMQ tests will skip)" >&2
+  fi
+  return 0
+}
+
 status=0
 ensure_postgres || status=1
 ensure_redis || status=1
+ensure_rabbitmq
 exit $status

@@ -13,8 +13,6 @@ that stack too.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import socket
 import time
@@ -27,12 +25,12 @@ from amqp.exceptions import ChannelError
 from celery import Celery
 
 from bench.private_services import PrivateRedis
-from models.db import reset_engine
 from models.redis_client import redis_from_url
 from models.settings import get_settings
 from tests.conftest import DB_NAME, RUN_ID, Stack, running_stack
 from tests.support import rabbitmq
 from tests.support.database import clone_database, drop_database
+from tests.support.viewing import viewing
 from tests.worker.test_broker_intake import (  # noqa: F401
     test_a_submission_past_its_request_rate_waits_and_runs_again,
     test_a_submission_whose_database_connection_dies_is_retried_and_accepted_once,
@@ -52,30 +50,6 @@ from worker.broker_config import broker_conf
 from worker.broker_head import AmqpHead, record_mark
 from worker.celery_app import MARK_TASK, SEND_QUEUE, SEND_QUEUES, WORKER_QUEUES
 
-# What this process reads its database, Redis and broker from while the module runs.
-VIEWED = ("WADISPATCH_DATABASE_URL", "WADISPATCH_REDIS_URL", "WADISPATCH_BROKER_URL")
-
-
-@contextlib.contextmanager
-def _viewing(env: dict[str, str]) -> Iterator[None]:
-    """Point this process's settings (and its database pool) at ``env``'s services, then back."""
-    before = {name: os.environ.get(name) for name in VIEWED}
-
-    def use(values: dict[str, str | None]) -> None:
-        for name, value in values.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        get_settings.cache_clear()
-        reset_engine()
-
-    use({name: env[name] for name in VIEWED})
-    try:
-        yield
-    finally:
-        use(before)
-
 
 @pytest.fixture(scope="module")
 def stack(migrated_template, media_server, hook_receiver, tmp_path_factory) -> Iterator[Stack]:
@@ -93,7 +67,7 @@ def stack(migrated_template, media_server, hook_receiver, tmp_path_factory) -> I
             node = f"amqp-{RUN_ID}@{socket.gethostname()}"
             with running_stack(overrides, media_server, hook_receiver, tmp_path_factory, node=node) as s:
                 s.control = Celery("wadispatch-test-control", broker=broker)
-                with _viewing(overrides):
+                with viewing(overrides):
                     yield s
                 s.control.close()
     finally:

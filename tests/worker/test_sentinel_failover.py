@@ -4,7 +4,8 @@ second, although the new primary lacks the send gate's last writes.
 
 Real processes throughout: a private primary, its replica and three ``redis-server --sentinel``
 (tests/support/sentinel_group.py); the API, a Celery worker, beat and the sandbox, all given the
-group by one ``redis+sentinel://`` URL (broker and state); the session's Postgres database.
+group by one ``redis+sentinel://`` URL (broker and state); a copy of the test database of its own
+(tests/support/viewing.py: the session stack's sweeper would take its messages as lost ones).
 
 The failover is made to lose writes: the replica's stream is held back for a second first (as a
 lagging replica's would be), then SENTINEL FAILOVER promotes it while the old primary still takes
@@ -34,10 +35,12 @@ import redis
 from models import admin
 from models.db import session_scope
 from models.redis_client import MASTER_CHECK_S, async_redis_from_url, async_subscriber_from_url, redis_from_url
-from tests.conftest import RUN_ID, TEST_ENV
+from tests.conftest import DB_NAME, RUN_ID, TEST_ENV
+from tests.support.database import clone_database, drop_database
 from tests.support.processes import ManagedProcess, free_port, http_ok, stop_together
 from tests.support.sentinel_group import SentinelGroup, SentinelUnavailable
 from tests.support.tenants import Sandbox, Tenant, make_tenant
+from tests.support.viewing import viewing
 from tests.worker.test_pacing_e2e import busiest_second
 from tests.worker.test_resilience import statuses
 
@@ -73,12 +76,21 @@ def sentinel_group() -> Iterator[SentinelGroup]:
 
 
 @pytest.fixture
-def ha_stack(database: str, sentinel_group: SentinelGroup, tmp_path: Path) -> Iterator[HaStack]:
-    group = sentinel_group
+def ha_stack(migrated_template: str, sentinel_group: SentinelGroup, tmp_path: Path) -> Iterator[HaStack]:
+    database = clone_database(migrated_template, f"{DB_NAME}_ha")
+    try:
+        with viewing({"WADISPATCH_DATABASE_URL": database, "WADISPATCH_REDIS_URL": sentinel_group.url(0)}):
+            yield from _ha_stack(database, sentinel_group, tmp_path)
+    finally:
+        drop_database(database)
+
+
+def _ha_stack(database: str, group: SentinelGroup, tmp_path: Path) -> Iterator[HaStack]:
     sandbox_port, api_port = free_port(), free_port()
     env = {
         **os.environ,
         **TEST_ENV,
+        "WADISPATCH_DATABASE_URL": database,
         "WADISPATCH_REDIS_URL": group.url(0),
         "WADISPATCH_META_BASE_URL": f"http://127.0.0.1:{sandbox_port}",
         "WADISPATCH_API_PORT": str(api_port),
