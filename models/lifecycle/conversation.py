@@ -88,13 +88,17 @@ def behind_earlier(message: Any) -> Exists:
     too. That happens only when ``message`` did not hold the later one back when it was claimed (a
     schedule whose time came while a message accepted after it was in flight, an operator's retry
     of a failed message): two calls in flight reach the phone in either order. The later one hands
-    it over when it is done (``successor_of`` looks at the whole conversation)."""
+    it over when it is done (``successor_of`` looks at the whole conversation).
+
+    An earlier message that is ``sending`` holds it back whatever its sendAt says: a claim takes a
+    scheduled message a little before its time (its window, the in-task wait), and claimed it is
+    in flight."""
     other = aliased(Message)
     return exists().where(
         other.conversation_id == message.conversation_id,
         or_(
             and_(other.seq < message.seq, status_in(other.status, PENDING), _not_scheduled_later(other)),
-            and_(other.seq > message.seq, other.status == MessageStatus.SENDING.value),
+            and_(other.seq != message.seq, other.status == MessageStatus.SENDING.value),
         ),
     )
 
