@@ -271,7 +271,7 @@ class Delivery:
                 successor = lifecycle.next_in_conversation(session, claim.conversation_id, claim.seq)
         if successor is not None:
             # The next message to this contact was held back for this one: hand it over now.
-            self.schedule(successor)
+            self._hand_over(successor)
 
     # -- the steps ------------------------------------------------------------------------
 
