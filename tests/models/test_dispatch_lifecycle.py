@@ -324,3 +324,19 @@ def test_a_schedule_claimed_early_for_its_moment_holds_back_a_later_message(worl
     assert try_claim(world, first) is not None
     assert try_claim(world, second) is None
     assert world.run(lambda s: lifecycle.why_not_claimed(s, second)) == lifecycle.SkipReason.BEHIND_EARLIER
+
+
+def test_a_batch_claim_does_not_take_a_schedule_due_within_its_window_beside_a_later_message(world: World):
+    """As above, both in one batch claim (the engine's): the statement sees neither claimed yet."""
+    contact = new_contact(world)
+    first = accept(world, Dispatch(send_at=in_(3600), scheduled=True), contact_id=contact)
+    second = accept(world, Dispatch(), contact_id=contact)
+    world.run(
+        lambda s: s.execute(
+            update(Message)
+            .where(Message.id == first)
+            .values(send_at=text("now() + interval '0.5 s'"), next_attempt_at=text("now() + interval '0.5 s'"))
+        )
+    )
+    claims = world.run(lambda s: lifecycle.claim_many(s, [first, second], lease_s=60, early_s=1))
+    assert [c.message_id for c in claims] == [first]
