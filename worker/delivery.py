@@ -271,7 +271,7 @@ class Delivery:
                 successor = lifecycle.next_in_conversation(session, claim.conversation_id, claim.seq)
         if successor is not None:
             # The next message to this contact was held back for this one: hand it over now.
-            self.schedule(successor)
+            self._hand_over(successor)
 
     # -- the steps ------------------------------------------------------------------------
 
@@ -522,18 +522,43 @@ class Delivery:
     ) -> Settled:
         """Write how the claim ended; ``settled`` if it was written, else the claim was lost.
         ``answer_within_s`` bounds Postgres's waits (a lock, a stall) in each try too."""
+        written = self._write(claim, decided, patience_s=patience_s, answer_within_s=answer_within_s)
+        return settled if written else fenced(claim, step_of(decided), lost_why)
+
+    def _write(
+        self, claim: Claim, decided: lifecycle.Decided, *, patience_s: float = 0.0, answer_within_s: float | None = None
+    ) -> bool:
+        """``lifecycle.record_outcome`` in one transaction; False: the claim was lost. A decision
+        that leaves the message waiting (``lifecycle.leaves_waiting``: a give-back, a retry, a
+        hold) ended no call that hands over an earlier message of its conversation waiting for it
+        (a schedule whose time came while this one was in flight): that one is read in the same
+        transaction and handed over after the commit."""
         answer_by = None if answer_within_s is None else time.monotonic() + answer_within_s
 
-        def write(session: Session) -> bool:
+        def write(session: Session) -> tuple[bool, uuid.UUID | None]:
             if answer_by is not None:
                 # Whatever the budget leaves, for this transaction only (the pooled connection
                 # keeps its usual limits).
                 left_ms = str(max(MIN_STATEMENT_BUDGET_MS, int((answer_by - time.monotonic()) * 1000)))
                 session.execute(_LIMIT_WAITS, {"ms": left_ms})
-            return lifecycle.record_outcome(session, claim, decided)
+            if not lifecycle.record_outcome(session, claim, decided):
+                return False, None
+            if not lifecycle.leaves_waiting(decided):
+                return True, None
+            return True, lifecycle.earlier_waiting(session, claim.conversation_id, claim.seq)
 
-        written = run_in_transaction(write, patience_s=patience_s)
-        return settled if written else fenced(claim, step_of(decided), lost_why)
+        written, earlier = run_in_transaction(write, patience_s=patience_s)
+        if earlier is not None:
+            self._hand_over(earlier)
+        return written
+
+    def _hand_over(self, message_id: uuid.UUID) -> None:
+        """Hand a waiting message to the broker now; a broker that refuses the publish leaves it to
+        the sweeper's lost-task pass (later, not lost)."""
+        try:
+            self.schedule(message_id)
+        except Exception as fault:
+            log.warning("message %s: could not be handed over (%s)", message_id, type(fault).__name__)
 
     def _fail_before_call(self, claim: Claim, error: CallError, outcome: Outcome) -> Settled:
         """The state of the world forbids the message now: it fails unsent (not an attempt)."""
@@ -554,9 +579,7 @@ class Delivery:
         claim = attempt.claim
         decided, outcome = self._decide(claim, error)
         patience = max(0.0, attempt.lease_left_s()) if called else 0.0
-        written = run_in_transaction(
-            lambda session: lifecycle.record_outcome(session, claim, decided), patience_s=patience
-        )
+        written = self._write(claim, decided, patience_s=patience)
         if written and isinstance(error, TemplateUnusable):
             # After the write: a slow Redis here must not eat the lease the answer's write needs.
             self._remember_unusable(claim, call_error(error))
@@ -667,29 +690,9 @@ class Delivery:
         not only its errors; past it the write fails (an OperationalError)."""
         back = lifecycle.GiveBack(wait_s=wait_s, slot=slot)
         lost_why = "its lease ran out before it could wait"
-        settled = self._record(
+        return self._record(
             claim, back, Settled(outcome), lost_why=lost_why, patience_s=patience_s, answer_within_s=answer_within_s
         )
-        if settled.outcome != Outcome.CLAIM_LOST:
-            self._hand_over_earlier(claim)
-        return settled
-
-    def _hand_over_earlier(self, claim: Claim) -> None:
-        """A message given back ended no call, so an earlier message of its conversation that
-        waited for that call (``lifecycle.earlier_waiting``) is handed over here. If this read
-        fails, the sweeper's lost-task pass still finds that message, later."""
-        try:
-            with session_scope() as session:
-                earlier = lifecycle.earlier_waiting(session, claim.conversation_id, claim.seq)
-        except INFRASTRUCTURE_FAULTS as fault:
-            log.warning("message %s: could not look for an earlier message waiting (%s)", claim.message_id, fault)
-            return
-        if earlier is None:
-            return
-        try:
-            self.schedule(earlier)
-        except Exception as fault:  # the broker: the sweeper's lost-task pass hands it over later
-            log.warning("message %s: could not be handed over (%s)", earlier, type(fault).__name__)
 
     def _give_back_after_fault(self, claim: Claim, fault: BaseException, lease_left_s: float) -> Settled:
         """Redis, Postgres or storage broke before the call: nothing was sent, so the claim goes

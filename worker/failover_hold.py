@@ -18,7 +18,10 @@ with the TATs it reads:
   the hold below, and the key takes the new id;
 - the caller says the last gate call it made ran under another id: it was served by another
   primary until now (during a failover some clients still talk to the old primary for a while),
-  so the moments that one handed it may still be ahead: the hold is extended from now;
+  so the moments that one handed it may still be ahead: the hold is extended from now. A caller
+  tells its last id only for a hold's length after that call: the moments it was handed then
+  have all passed by now, and a process idle through the failover would otherwise hold every
+  account again at its next call, whenever that comes;
 - no key: a first use (or a dataset that came back empty); the key takes the id, no hold.
 
 The hold covers the longest look-ahead of a moment (the in-task wait), the time a request takes
@@ -34,6 +37,8 @@ is a promise of a slot, not of a send: the gate stays the hard limit).
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import dataclass
 
 from models.settings import Settings
@@ -102,6 +107,12 @@ class HistoryWatch:
 
     hold_s: float
     last: str = ""
+    last_at: float = -math.inf  # when ``last`` was seen (monotonic)
+
+    def told(self) -> str:
+        """The history to tell the gate: the last one, if seen within a hold's length (its moments
+        may still be ahead); '' once they have all passed (they can no longer overlap new ones)."""
+        return self.last if time.monotonic() - self.last_at < self.hold_s else ""
 
     def observe(self, history: bytes | str, held: bytes | str) -> None:
         """Take a gate script's answer: the history it ran under, and whether it held sends."""
@@ -115,4 +126,4 @@ class HistoryWatch:
                 self.last[:12] or "none",
                 self.hold_s,
             )
-        self.last = current
+        self.last, self.last_at = current, time.monotonic()

@@ -87,8 +87,9 @@ _TAKE_BULK = text(
                 AND ((e.seq < w.seq AND e.status IN ('queued', 'retrying', 'sending')
                       -- one scheduled for later holds nothing back (lifecycle.behind_earlier)
                       AND (e.send_at IS NULL OR e.send_at <= now()))
-                     -- nor is a message claimed beside a later one in flight (the same)
-                     OR (e.seq > w.seq AND e.status = 'sending')))
+                     -- nor is a message claimed beside another one in flight (the same; an
+                     -- earlier one may be claimed a little before its sendAt)
+                     OR (e.seq <> w.seq AND e.status = 'sending')))
         ORDER BY w.next_attempt_at
         LIMIT greatest(feed.room, 0)
         FOR UPDATE OF w SKIP LOCKED

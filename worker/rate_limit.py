@@ -488,7 +488,7 @@ class RateLimiter:
                 not_before,
                 max(0.0, within_s),
                 self.history.hold_s,
-                self.history.last,
+                self.history.told(),
             ],
         )
         self.history.observe(history, held)
@@ -529,7 +529,7 @@ class RateLimiter:
             pacing.bulk_horizon_s,
             pacing.bulk_share_interval,
             self.history.hold_s,
-            self.history.last,
+            self.history.told(),
         ]
         for request in requests:
             keys += [self._pair_key(account_id, request.recipient), self._pair_pause_key(account_id, request.recipient)]

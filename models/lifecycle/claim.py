@@ -122,8 +122,9 @@ def _claimable_now(message: Any) -> list[Any]:
         ),
         # A scheduled message is not due before its sendAt, whatever its due time says.
         or_(message.send_at.is_(None), message.send_at <= func.now() + bindparam("early", type_=Interval)),
-        # Order: an earlier message of the same conversation that is still pending goes first.
-        ~behind_earlier(message),
+        # Order: an earlier message of the same conversation that is still pending goes first
+        # (one scheduled within the claim's window too: this statement may claim it as well).
+        ~behind_earlier(message, within=bindparam("early", type_=Interval)),
     ]
 
 
@@ -324,7 +325,7 @@ def _build_skip_statement(which: Any) -> Select[uuid.UUID, str, bool, bool]:
             Message.next_attempt_at > func.now() + bindparam("early", type_=Interval),
             Message.send_at > func.now() + bindparam("early", type_=Interval),
         ).label("later"),
-        behind_earlier(Message).label("behind"),
+        behind_earlier(Message, within=bindparam("early", type_=Interval)).label("behind"),
     ).where(which)
 
 

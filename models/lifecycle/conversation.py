@@ -73,12 +73,13 @@ def thread_status(session: Session, conversation_id: uuid.UUID, message_id: uuid
     )
 
 
-def _not_scheduled_later(message: Any) -> Any:
-    """``message`` has no schedule, or its time has come."""
-    return or_(message.send_at.is_(None), message.send_at <= func.now())
+def _not_scheduled_later(message: Any, within: Any = None) -> Any:
+    """``message`` has no schedule, or its time has come (or comes ``within`` this interval)."""
+    until = func.now() if within is None else func.now() + within
+    return or_(message.send_at.is_(None), message.send_at <= until)
 
 
-def behind_earlier(message: Any) -> Exists:
+def behind_earlier(message: Any, *, within: Any = None) -> Exists:
     """The order rule: an earlier message of ``message``'s conversation (the entity or an alias)
     is still pending, so ``message`` waits for it. A message scheduled for later (its sendAt not
     come) holds nothing back: a reminder booked for tomorrow does not stop today's messages, and
@@ -88,13 +89,19 @@ def behind_earlier(message: Any) -> Exists:
     too. That happens only when ``message`` did not hold the later one back when it was claimed (a
     schedule whose time came while a message accepted after it was in flight, an operator's retry
     of a failed message): two calls in flight reach the phone in either order. The later one hands
-    it over when it is done (``successor_of`` looks at the whole conversation)."""
+    it over when it is done (``successor_of`` looks at the whole conversation).
+
+    An earlier message that is ``sending`` holds it back whatever its sendAt says: a claim takes a
+    scheduled message a little before its time (its window, the in-task wait), and claimed it is
+    in flight. The claim itself passes its window as ``within`` (an interval): an earlier message
+    due within it holds this one back already, else one statement claiming both (the engine's
+    batch claim, which sees neither claimed) would put both in flight."""
     other = aliased(Message)
     return exists().where(
         other.conversation_id == message.conversation_id,
         or_(
-            and_(other.seq < message.seq, status_in(other.status, PENDING), _not_scheduled_later(other)),
-            and_(other.seq > message.seq, other.status == MessageStatus.SENDING.value),
+            and_(other.seq < message.seq, status_in(other.status, PENDING), _not_scheduled_later(other, within)),
+            and_(other.seq != message.seq, other.status == MessageStatus.SENDING.value),
         ),
     )
 

@@ -510,6 +510,15 @@ class HaltBeforeCall:
 Decided = Retry | Fail | Halt | GiveBack | HaltBeforeCall | Hold
 
 
+def leaves_waiting(decided: Decided) -> bool:
+    """The claim ends with its message waiting to be tried again (not final, its account not
+    halted). An earlier message of its conversation that waited for this claim's call
+    (conversation.earlier_waiting) must then be handed over by its holder: no final outcome hands
+    it over (``successor_of``), and the message's own next try finds that one in front of it. A
+    halted account's messages all wait for `account resume`, which hands them over."""
+    return isinstance(decided, Retry | GiveBack | Hold)
+
+
 def record_outcome(session: Session, claim: Claim, decided: Decided) -> bool:
     """Write how the claim ended, in the caller's transaction (a Meta answer's write is safe to
     run again after a lost COMMIT: it is guarded by the token). False: the claim no longer holds

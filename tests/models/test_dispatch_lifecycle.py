@@ -303,3 +303,40 @@ def test_the_claim_itself_waits_for_the_schedule(world: World):
     world.run(lambda s: s.execute(update(Message).where(Message.id == scheduled).values(next_attempt_at=None)))
     assert try_claim(world, scheduled) is None
     assert world.run(lambda s: lifecycle.why_not_claimed(s, scheduled)) == lifecycle.SkipReason.NOT_DUE
+
+
+def test_a_schedule_claimed_early_for_its_moment_holds_back_a_later_message(world: World):
+    """A claim takes a message due within its window (``early_s``: the in-task wait), a scheduled
+    one too, a little before its sendAt. Claimed, it is in flight (it waits for its moment and
+    calls): a later message of its conversation must not be claimed beside it, though its sendAt
+    has not quite come (two calls of one conversation in flight reach the phone in either order)."""
+    contact = new_contact(world)
+    first = accept(world, Dispatch(send_at=in_(3600), scheduled=True), contact_id=contact)
+    second = accept(world, Dispatch(), contact_id=contact)
+    # Its sendAt is half a second ahead: within the claim's window.
+    world.run(
+        lambda s: s.execute(
+            update(Message)
+            .where(Message.id == first)
+            .values(send_at=text("now() + interval '0.5 s'"), next_attempt_at=text("now() + interval '0.5 s'"))
+        )
+    )
+    assert try_claim(world, first) is not None
+    assert try_claim(world, second) is None
+    assert world.run(lambda s: lifecycle.why_not_claimed(s, second)) == lifecycle.SkipReason.BEHIND_EARLIER
+
+
+def test_a_batch_claim_does_not_take_a_schedule_due_within_its_window_beside_a_later_message(world: World):
+    """As above, both in one batch claim (the engine's): the statement sees neither claimed yet."""
+    contact = new_contact(world)
+    first = accept(world, Dispatch(send_at=in_(3600), scheduled=True), contact_id=contact)
+    second = accept(world, Dispatch(), contact_id=contact)
+    world.run(
+        lambda s: s.execute(
+            update(Message)
+            .where(Message.id == first)
+            .values(send_at=text("now() + interval '0.5 s'"), next_attempt_at=text("now() + interval '0.5 s'"))
+        )
+    )
+    claims = world.run(lambda s: lifecycle.claim_many(s, [first, second], lease_s=60, early_s=1))
+    assert [c.message_id for c in claims] == [first]

@@ -6,6 +6,7 @@ one with a real failover."""
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any, cast
 
@@ -123,3 +124,20 @@ def test_a_hold_of_zero_turns_the_guard_off(redis_client) -> None:
     limiter.client.set(_history_key(limiter), ANOTHER_HISTORY)
     assert limiter.take_send_moment(account, PACING, within_s=1).taken
     assert limiter.paused_for(None) == 0
+
+
+def test_a_caller_idle_for_longer_than_the_hold_does_not_hold_every_account_again(redis_client) -> None:
+    """A process that made no gate call through a failover (an idle worker) still remembers the
+    old history, but every moment the old primary handed it passed long ago. Its first call on
+    the new history must not hold every account again: else each process idle at the failover
+    holds all sends once more, whenever its next message comes (minutes or hours later)."""
+    client = redis.Redis.from_url(TEST_ENV["WADISPATCH_REDIS_URL"])
+    limiter = RateLimiter(client, prefix="test-fh:" + uuid.uuid4().hex, failover_hold_s=1.0)
+    account = uuid.uuid4()
+    assert limiter.take_send_moment(account, PACING, within_s=1).taken
+    limiter.history.last = ANOTHER_HISTORY  # its last call ran under the old primary...
+    time.sleep(1.1)  # ...longer than the hold ago
+    moment = limiter.take_send_moment(account, PACING, within_s=1)
+    assert moment.taken and moment.wait_s < 1
+    assert limiter.paused_for(None) == 0
+    assert limiter.history.last == _server_history(limiter)

@@ -431,9 +431,17 @@ class AccountLane:
         except DeliveryError as error:
             self._call_ended(time.monotonic() - sent_at if error.http_status is not None else None)
             delivery, refused = self.parts.delivery, error
-            settled = await self.parts.answer(
-                lambda: delivery.settle_call_error(held.claim, refused, call_began_at=began_at)
-            )
+            try:
+                settled = await self.parts.answer(
+                    lambda: delivery.settle_call_error(held.claim, refused, call_began_at=began_at)
+                )
+            except Exception:
+                # Postgres did not take the answer within the lease: the sweeper settles the
+                # message; the claim's place in the engine is freed all the same.
+                log.exception(
+                    "message %s: Meta's answer could not be written; the sweeper settles it", held.claim.message_id
+                )
+                settled = Settled(Outcome.CLAIM_LOST)
             self.parts.settle(held, settled)
             return
         except Exception:
@@ -455,7 +463,14 @@ class AccountLane:
             return
         if settled.outcome.final and self.parts.needs_after_final(held.claim, settled):
             delivery = self.parts.delivery
-            await self.parts.answer(lambda: delivery.after_final(held.claim, settled))
+            try:
+                await self.parts.answer(lambda: delivery.after_final(held.claim, settled))
+            except Exception as fault:
+                # The outcome is written; only what follows it is missed (the sweeper's lost-task
+                # pass hands the conversation's next message over). The claim is settled all the
+                # same: left unsettled, its place among the engine's claims would be lost.
+                why = type(fault).__name__
+                log.warning("message %s: what follows its outcome failed (%s)", held.claim.message_id, why)
         self.parts.settle(held, settled)
 
     # -- helpers --------------------------------------------------------------------------
