@@ -30,7 +30,11 @@ def rendered(page: str) -> str:
 
 
 def table_rows(markdown: str) -> list[list[str]]:
-    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in markdown.splitlines() if line.startswith("| ")]
+    return [
+        [cell.strip() for cell in line.strip("|").split(" | ")]
+        for line in markdown.splitlines()
+        if line.startswith("| ")
+    ]
 
 
 def test_the_lifecycle_page_shows_every_transition_of_the_code():
