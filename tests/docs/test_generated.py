@@ -85,3 +85,11 @@ def test_no_page_names_a_setting_the_code_does_not_have():
             if name not in known and not any(k.startswith(name + "_") for k in known):
                 unknown.add(f"{page.name}: {name}")
     assert unknown == set()
+
+
+def test_the_event_callbacks_page_documents_every_event_type():
+    from models.events import EVENT_TYPES
+
+    page = (DOCS / "event-callbacks.md").read_text(encoding="utf-8")
+    rows = " ".join(row[0] for row in table_rows(page))
+    assert [event for event in EVENT_TYPES if f"`{event}`" not in rows] == []
