@@ -228,14 +228,15 @@ class Settings(BaseSettings):
         "cancelling them (Celery's `worker_soft_shutdown_timeout`). `make run` gives its worker this + 5 s "
         "before SIGKILL; give a container more grace than a call to Meta can take",
     )
-    # bench/throughput.py measured the choice (docs/benchmarks.md, "Pool and concurrency").
+    # bench/throughput.py measured the choice (docs/benchmarks.md, "Pool and concurrency, measured").
     worker_concurrency: int = Field(
         default=32,
         ge=1,
         description="threads (or greenlets) per `wadispatch worker` process (`--concurrency` overrides it); the "
         "process's HTTP connections to Meta and its broker connections (one per thread, plus 10 for the "
-        "consumer) follow it. Under the delivery engine the threads only hand ids over and run webhooks and "
-        "submissions; the same number sizes the engine's threads for single-message steps",
+        "consumer: kombu's default of 10 made acks fail under gevent) follow it. Under the delivery engine the "
+        "threads only hand ids over and run webhooks and submissions; the same number sizes the engine's "
+        "threads for single-message steps",
     )
     delivery_engine: Literal["async", "threads"] = Field(
         default="async",
