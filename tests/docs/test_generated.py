@@ -93,3 +93,29 @@ def test_the_event_callbacks_page_documents_every_event_type():
     page = (DOCS / "event-callbacks.md").read_text(encoding="utf-8")
     rows = " ".join(row[0] for row in table_rows(page))
     assert [event for event in EVENT_TYPES if f"`{event}`" not in rows] == []
+
+
+def test_readme_and_changelog_point_only_inside_the_repository():
+    """Their relative links name files of the checkout (the site checks its own links when built)."""
+    for name in ("README.md", "CHANGELOG.md"):
+        text = (ROOT / name).read_text(encoding="utf-8")
+        targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+        local = [t for t in targets if not re.match(r"^[a-z]+:", t)]
+        assert [t for t in local if not (ROOT / t).is_file()] == [], name
+        assert "DESIGN.md" not in text
+    assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 250
+
+
+def test_nothing_in_the_repository_cites_the_design_notes_it_does_not_hold():
+    """The architecture page replaced them (docs/architecture.md)."""
+    skip = {".venv", "node_modules", "site", "wadispatch.egg-info", ".git", ".mypy_cache", ".ruff_cache"}
+    suffixes = {".py", ".md", ".yml", ".yaml", ".toml", ".sh", ".json", ".ini", ".cfg", ".txt"}
+    citing = []
+    for path in ROOT.rglob("*"):
+        relative = path.relative_to(ROOT)
+        if skip & set(relative.parts) or not path.is_file() or path == Path(__file__):
+            continue
+        readable = path.suffix in suffixes or path.name in ("Makefile", "Dockerfile")
+        if readable and "DESIGN" + ".md" in path.read_text(encoding="utf-8", errors="replace"):
+            citing.append(str(relative))
+    assert citing == []
