@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The suite runs in this many processes (pytest-xdist), each with its own database, Redis db and stack.
 TEST_PROCESSES ?= 2
 
-.PHONY: install services run demo test lint typecheck bench-limits bench-priority bench-throughput bench-webhooks bench-intake bench-prune bench-soak bench-sizing chaos partition clean
+.PHONY: install services run demo test docs docs-serve lint typecheck bench-limits bench-priority bench-throughput bench-webhooks bench-intake bench-prune bench-soak bench-sizing chaos partition clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wadispatch needs Python >= 3.11 (set PYTHON=python3.12, for example)")'
@@ -91,6 +91,15 @@ test: install services $(NODE_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile
 
+# The documentation site (docs/, mkdocs.yml) into site/. Strict: a broken link or anchor, or a page
+# missing from the nav, fails the build (CI runs it after the tests).
+docs: install
+	$(BIN)/mkdocs build --strict --clean
+
+# Serves it on 127.0.0.1:8001 (the API has :8000), rebuilding on every change.
+DOCS_ADDRESS ?= 127.0.0.1:8001
+docs-serve: install
+	$(BIN)/mkdocs serve --strict --dev-addr $(DOCS_ADDRESS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache site

@@ -28,6 +28,7 @@ from api_shim.sync_results import ResultWaiter
 from models import async_db, log_hygiene
 from models.redis_client import redis_from_url
 from models.settings import get_settings
+from wadispatch import __version__
 from worker.gauges import GaugeRefresher
 
 DESCRIPTION = """
@@ -74,7 +75,7 @@ def create_app() -> FastAPI:
     log_hygiene.install()
     app = FastAPI(
         title="wadispatch",
-        version="0.1.0",
+        version=__version__,
         description=DESCRIPTION,
         lifespan=_lifespan,
         # Served by install_docs from local files instead (FastAPI's own pages load them from a CDN).

@@ -16,7 +16,7 @@ One run, all on loopback, against a private Postgres and a private Redis (never 
    then holds the pacing state and caches only (its FLUSHALLs go on).
 5. Stops the faults, waits until no message is queued, sending or retrying, and counts.
 
-Prints a table of counts (see README, "Benchmarks") and a last line with the goals; the exit code
+Prints a table of counts (see docs/benchmarks.md, "Faults: chaos") and a last line with the goals; the exit code
 is 0 when every goal is met, 1 otherwise. `make chaos`, or `.venv/bin/python bench/chaos.py --help`.
 Every process it started is stopped and the private data removed on exit, also on Ctrl-C/SIGTERM.
 """

@@ -1,8 +1,8 @@
-"""The floor of ingest: the least any shim that keeps DESIGN.md's path can do for one send — read
-the JSON body, INSERT one row and COMMIT (so an accepted send survives a crash), then put one id on
-a Redis list. No auth, validation or checks, and the leanest stack at hand (async endpoint, raw
-psycopg pool, redis.asyncio; in one comparison it took 2,050 requests/s where the same work
-through sync SQLAlchemy on the thread pool took 1,340). Served like the shim (uvicorn, same
+"""The floor of ingest: the least any shim that keeps the service's path (docs/architecture.md) can do
+for one send — read the JSON body, INSERT one row and COMMIT (so an accepted send survives a crash),
+then put one id on a Redis list. No auth, validation or checks, and the leanest stack at hand (async
+endpoint, raw psycopg pool, redis.asyncio; in one comparison it took 2,050 requests/s where the same
+work through sync SQLAlchemy on the thread pool took 1,340). Served like the shim (uvicorn, same
 number of processes) and driven by the same client."""
 
 from __future__ import annotations

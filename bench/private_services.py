@@ -204,7 +204,7 @@ class PrivateRabbitMQ:
         self.proc: subprocess.Popen[bytes] | None = None
         (self.root / "enabled_plugins").write_text("[].\n")
         (self.root / "rabbitmq-env.conf").write_text("")
-        # Past the longest task a worker holds unacknowledged (README "Choosing a broker").
+        # Past the longest task a worker holds unacknowledged (docs/operating.md "Choosing a broker").
         (self.root / "rabbitmq.conf").write_text("consumer_timeout = 1800000\nlog.console = false\n")
 
     @property

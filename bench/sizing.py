@@ -16,7 +16,7 @@ Printed per message, the background of the same length taken off: Postgres trans
 (commits, rollbacks), rows inserted, updated and deleted (in all and per table), WAL bytes; Redis
 commands (in all and per command; on a Redis broker LPUSH is one broker message); the Meta calls,
 status webhooks and callbacks the run made. Then the same figures for 1,000 messages a second.
-README's "Sizing and scaling" reads them.
+docs/operating.md's "Sizing and scaling" reads them.
 
 `.venv/bin/python bench/sizing.py` (defaults: 3,000 messages at 50 a second, 4 accounts).
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Callable
 from typing import Any
@@ -167,6 +168,31 @@ See what the Meta sandbox received:
 
 Or watch a conversation happen: .venv/bin/wadispatch demo --walkthrough
 """
+
+
+def env_exports(demo: dict[str, object], settings: Settings) -> str:
+    """The demo as shell variables (`eval "$(wadispatch demo --env)"`): the documentation's
+    examples use these names, and tests/docs runs those examples against `wadispatch run`."""
+    lead_ids, phones = demo["lead_ids"], demo["lead_phones"]
+    assert isinstance(lead_ids, list) and isinstance(phones, list)
+    values = {
+        "API_URL": api_root(settings),
+        "FE_KEY": demo["key"],
+        "FIQ_KEY": demo["fiq_key"],
+        "TENANT": demo["org"],
+        "ACCOUNT_ID": demo["account_id"],
+        "PHONE_NUMBER_ID": DEMO_PHONE_NUMBER_ID,
+        "LEAD_ID": lead_ids[0],
+        "LEAD_PHONE": phones[0],
+        "LEAD2_ID": lead_ids[1],
+        "LEAD2_PHONE": phones[1],
+        # The Meta the service talks to: the sandbox under `wadispatch run`.
+        "SANDBOX_URL": settings.meta_base_url.rstrip("/"),
+        # Where broker submissions go (development: the service's own Redis; in production an
+        # organization publishes with its intake credential's URL instead).
+        "INTAKE_URL": settings.intake_broker,
+    }
+    return "".join(f"export {name}={shlex.quote(str(value))}\n" for name, value in values.items())
 
 
 def walk_through(

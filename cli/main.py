@@ -20,6 +20,7 @@ from cli import prune as prune_commands
 from cli import usage as usage_commands
 from models import log_format, log_hygiene
 from models.settings import get_settings
+from wadispatch import __version__
 
 # Hosts of the media URLs in the two API documents; `run` serves them from the sandbox.
 SEED_MEDIA_HOSTS = ("example.com", "cdn.example.com")
@@ -38,6 +39,7 @@ def worker_db_pool_size(threads: int) -> int:
 
 
 @click.group()
+@click.version_option(__version__, prog_name="wadispatch")
 def cli() -> None:
     """wadispatch: queue-backed WhatsApp message dispatch."""
     # Every process started from here (api, worker, beat, sandbox, flower) logs no URL query strings.
@@ -298,9 +300,15 @@ def sandbox(
     is_flag=True,
     help="with `wadispatch run` going: a lead writes, you answer, watch sent → delivered → read and the thread",
 )
-def demo(as_json: bool, walkthrough: bool) -> None:
+@click.option(
+    "--env",
+    "as_env",
+    is_flag=True,
+    help='print shell exports for the documentation\'s examples: eval "$(wadispatch demo --env)"',
+)
+def demo(as_json: bool, walkthrough: bool, as_env: bool) -> None:
     """Create a demo organization, key, connected account and two leads; print curl commands."""
-    from cli.demo import create_demo, curl_examples, register_demo_template, walk_through
+    from cli.demo import create_demo, curl_examples, env_exports, register_demo_template, walk_through
 
     try:
         data = create_demo()
@@ -313,6 +321,11 @@ def demo(as_json: bool, walkthrough: bool) -> None:
             raise click.ClickException(f"walkthrough stopped: {exc} (is `wadispatch run` going?)") from exc
         return
     note = register_demo_template(get_settings())
+    if as_env:
+        # Only the exports on stdout (it is eval'd); how the template went goes to stderr.
+        click.echo(note, err=True)
+        click.echo(env_exports(data, get_settings()), nl=False)
+        return
     click.echo(json.dumps(data, indent=2) if as_json else curl_examples(data, get_settings(), note))
 
 

@@ -16,5 +16,6 @@ def fail(message: str) -> None:
     raise click.ClickException(message)
 
 
-# Every --since takes the README's spelling (2026-12-02T09:00), with seconds or a space, or a date.
+# Every --since takes the documentation's spelling (docs/operating.md, "The CLI": 2026-12-02T09:00),
+# with seconds or a space, or a date.
 SINCE = click.DateTime(["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"])

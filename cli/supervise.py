@@ -8,7 +8,7 @@ as any child prints a line after the reader has gone.
 
 Here the printer stops printing once its reader has gone, and the supervisor stops every child
 on SIGINT, SIGTERM and SIGHUP (a closed terminal). Children get a grace period before SIGKILL:
-long enough for a worker's soft shutdown (in-flight calls to Meta finish; see README).
+long enough for a worker's soft shutdown (in-flight calls to Meta finish; see docs/operating.md, "Stopping a worker").
 """
 
 from __future__ import annotations

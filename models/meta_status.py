@@ -1,7 +1,7 @@
 """How Meta's status reports move a message: read a report, and fold a message's reports into
 its next state. Pure (no database); models/lifecycle/meta_statuses.py writes what this decides.
 
-The rules (README "Delivery statuses"):
+The rules (docs/meta-webhooks.md, "Delivery statuses"):
 
 - ``sent`` < ``delivered`` < ``read``: a message only moves forward. Reports arrive out of order
   (``read`` before ``delivered``; Meta skips ``delivered`` when a message is read at once), so

@@ -49,265 +49,613 @@ def _broker_identity(url: str) -> tuple[str, str, int | None, str]:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WADISPATCH_", env_file=".env", extra="ignore")
 
-    env: Literal["development", "test", "production"] = "development"
+    env: Literal["development", "test", "production"] = Field(
+        default="development",
+        description="`production` refuses to start with the development secrets (token encryption key, "
+        "secret key, Meta app secret and verify token while webhooks are on, Flower's password in "
+        "`wadispatch flower`), without `WADISPATCH_METRICS_TOKEN`, with the test-only media settings, "
+        "without an intake broker apart from `WADISPATCH_REDIS_URL`, or with a `WADISPATCH_META_BASE_URL` "
+        "that is not `https` to a public host (a loopback, private, link-local or otherwise non-public "
+        "literal address, a numeric host in an odd spelling, `localhost`, `*.localhost`, a single-label "
+        "name, or a name under `.local`, `.localdomain`, `.internal`, `.home.arpa`, `.test`, `.invalid`, "
+        "`.example`; names are not resolved). `test` is what the test suite runs with",
+    )
 
-    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/wadispatch"
-    database_pool_size: int = Field(default=10, ge=1)
-    # The API's lean send path (intake/lean_send.py) has a small async pool of its own.
-    database_async_pool_size: int = Field(default=8, ge=1)
-    # Opening a connection (libpq counts whole seconds, at least 2).
-    database_connect_timeout_s: int = Field(default=5, ge=2)
+    database_url: str = Field(
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/wadispatch",
+        description="Postgres, as a SQLAlchemy URL (psycopg 3)",
+    )
+    database_pool_size: int = Field(
+        default=10,
+        ge=1,
+        description="connections per process, a hard cap (past it a thread waits for a free one, so the "
+        "processes stay within Postgres's `max_connections`; the process builds one engine even when many "
+        "threads ask for it at once). A worker left at the default uses its threads + 4, at most 36. A pooled "
+        "connection idle for more than 10 s is checked with a round trip before use; one in steady use is "
+        "not, and a send-path statement that finds its connection cut runs once more on a fresh one",
+    )
+    database_async_pool_size: int = Field(
+        default=8,
+        ge=1,
+        description="the API process's second pool (psycopg's async pool, `models/async_db.py`) for the lean "
+        "single send; the same limits, keepalives and idle check as the main pool; its connections are named "
+        "`wadispatch-api-lean` in `pg_stat_activity`. Two API processes with the defaults hold at most "
+        "2 × (10 + 8) connections",
+    )
+    database_connect_timeout_s: int = Field(
+        default=5,
+        ge=2,
+        description="opening a Postgres connection (whole seconds, at least 2: libpq counts whole seconds); "
+        "libpq keepalives (30 s idle, then 3 probes 10 s apart) end a connection to a server that went silent",
+    )
     # Server-side limits on every connection of the service (not migrations': they may run long).
-    database_statement_timeout_ms: int = Field(default=30_000, ge=0, description="0 turns it off")
-    database_lock_timeout_ms: int = Field(default=10_000, ge=0, description="0 turns it off")
-    database_idle_in_transaction_timeout_ms: int = Field(default=60_000, ge=0, description="0 turns it off")
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    # The Celery broker every queue lives on. Unset: the service's Redis above (what `make run`
-    # uses). amqp://user:password@host:5672/vhost: RabbitMQ (quorum queues, publisher confirms;
-    # README "Choosing a broker"); Redis then keeps pacing, caches and results only.
-    broker_url: str | None = None
-    # RabbitMQ only: how long one publish may take to be written and confirmed by the broker before
-    # it counts as failed (the message stays accepted; the sweeper hands it over later).
-    broker_publish_timeout_s: float = Field(default=5.0, gt=0)
-    # The broker upstream services publish their submissions to (wadispatch.client), on which
-    # `wadispatch intake-credential` mints their publish-only credentials. Unset: the service's
-    # own Redis, for development; production refuses that (an upstream must never hold the URL
-    # that holds the broker, the pacing state and the pause keys). When it differs from
-    # WADISPATCH_REDIS_URL, `wadispatch intake-worker` consumes it (and `wadispatch worker` leaves
-    # the intake queue alone).
-    intake_broker_url: str | None = None
-    # How long an API process trusts a verified API key without reading it again. A revocation or
-    # a rate-limit change is announced through Redis and seen on the key's next request; this bounds
-    # how stale an entry can be if that announcement is lost. 0 reads the key on every request.
-    api_key_cache_s: float = Field(default=5.0, ge=0)
-    # Every Redis client (broker included): connecting, and waiting for an answer to a command.
-    redis_connect_timeout_s: float = Field(default=2.0, gt=0)
-    redis_socket_timeout_s: float = Field(default=3.0, gt=0)
+    database_statement_timeout_ms: int = Field(
+        default=30_000,
+        ge=0,
+        description="Postgres cancels a statement of the service running longer (`statement_timeout`; 0 turns "
+        "it off). Migrations (`wadispatch migrate`) run on their own connection without this limit and the "
+        "next two",
+    )
+    database_lock_timeout_ms: int = Field(
+        default=10_000,
+        ge=0,
+        description="a statement waiting this long for a lock fails (`lock_timeout`; 0 turns it off)",
+    )
+    database_idle_in_transaction_timeout_ms: int = Field(
+        default=60_000,
+        ge=0,
+        description="Postgres ends a connection left idle inside an open transaction this long "
+        "(`idle_in_transaction_session_timeout`; 0 turns it off)",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis: rate limits and send slots, locks, pauses, caches and result notifications, and "
+        "the Celery broker unless `WADISPATCH_BROKER_URL` names another. "
+        "`redis+sentinel://[[user]:password@]host[:port][,host[:port]…]/service[/db]` reaches the primary "
+        "through Sentinel (see Operating it, Redis high availability)",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="the Celery broker every queue lives on. Unset: `WADISPATCH_REDIS_URL` (what `make run` "
+        "uses). `amqp://user:password@host:5672/vhost`: RabbitMQ (quorum queues, publisher confirms; see "
+        "Operating it, Choosing a broker); Redis then keeps pacing, caches and results only",
+    )
+    broker_publish_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="RabbitMQ only: how long one publish may take to be written and confirmed by the broker "
+        "before it counts as failed (the message stays accepted; the sweeper hands it over later)",
+    )
+    # An upstream must never hold the URL that holds the broker, the pacing state and the pause keys.
+    intake_broker_url: str | None = Field(
+        default=None,
+        description="the broker upstream services publish their submissions to (`wadispatch.client`), and "
+        "where `wadispatch intake-credential` mints their publish-only credentials. Unset: the service's own "
+        "broker (development only; production requires one apart from `WADISPATCH_REDIS_URL` and "
+        "`WADISPATCH_BROKER_URL`). When it differs from the service's broker, `wadispatch intake-worker` "
+        "consumes it and `wadispatch worker` leaves the intake queue alone",
+    )
+    api_key_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long an API process trusts a verified API key without reading it again (0: read it "
+        "on every request). Revocations and rate changes are announced through Redis and take effect on the "
+        "key's next request; this bounds a lost announcement",
+    )
+    redis_connect_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="every Redis client (`models/redis_client.py`) and the broker connection: connecting. The "
+        "API's result subscription has this timeout too",
+    )
+    redis_socket_timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="every Redis client and the broker connection: waiting for a command's answer; a command "
+        "is tried once more after a timeout or a cut connection. The API's result subscription has no read "
+        "timeout (it waits idle by design): it pings every 15 s and TCP keepalive drops a dead peer in about "
+        "60 s",
+    )
 
-    meta_base_url: str = "http://127.0.0.1:8090"
-    meta_api_version: str = "v21.0"
-    meta_connect_timeout_s: float = Field(default=5.0, gt=0)
-    meta_read_timeout_s: float = Field(default=30.0, gt=0)
+    meta_base_url: str = Field(
+        default="http://127.0.0.1:8090",
+        description="Meta's Graph API: the sandbox by default, `https://graph.facebook.com` in production",
+    )
+    meta_api_version: str = Field(default="v21.0", description="the Graph API version in the path")
+    meta_connect_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="calls to Meta: connecting; it also bounds waiting for a pooled connection and writing the body",
+    )
+    meta_read_timeout_s: float = Field(default=30.0, gt=0, description="calls to Meta: waiting for the answer")
 
-    # Fernet key for Meta access tokens at rest, and the key for signing (media URLs, later).
-    token_encryption_key: str = DEV_TOKEN_ENCRYPTION_KEY
-    secret_key: str = DEV_SECRET_KEY
+    token_encryption_key: str = Field(
+        default=DEV_TOKEN_ENCRYPTION_KEY,
+        description="Fernet key for Meta access tokens (and tenants' app secrets) at rest; make one with "
+        '`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`',
+    )
+    secret_key: str = Field(default=DEV_SECRET_KEY, description="the signing key of signed media URLs")
 
-    # Meta's webhooks (POST /webhooks/whatsapp): the app secret that signs them, and the token
-    # Meta's subscription handshake must present. An account may carry its own app's secret.
-    webhooks_enabled: bool = True
-    meta_app_secret: str = DEV_META_APP_SECRET
-    meta_verify_token: str = DEV_META_VERIFY_TOKEN
-    # Meta sends up to 1,000 updates in one POST, bodies up to 3 MB.
-    webhook_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
-    # A delivery whose updates had to wait (their message was still being sent) is tried again
-    # after this long, doubling each time up to the cap; the sweeper takes up any left behind.
-    webhook_retry_base_s: float = Field(default=1.0, gt=0)
-    webhook_retry_cap_s: float = Field(default=60.0, gt=0)
-    # Meta's customer service window: free-form messages within this long of the contact's last message.
-    service_window_h: float = Field(default=24.0, gt=0)
+    # Meta's webhooks (POST /webhooks/whatsapp). An account may carry its own app's secret.
+    webhooks_enabled: bool = Field(default=True, description="`false` answers 404 on `/webhooks/whatsapp`")
+    meta_app_secret: str = Field(
+        default=DEV_META_APP_SECRET,
+        description="the app secret that signs Meta's deliveries (`X-Hub-Signature-256`); production refuses "
+        "to start with webhooks enabled and the development value (or none)",
+    )
+    meta_verify_token: str = Field(
+        default=DEV_META_VERIFY_TOKEN,
+        description="the token Meta's subscription handshake must present; the same production rule",
+    )
+    webhook_max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=64 * 1024,
+        description="the largest webhook delivery accepted (Meta sends up to 1,000 updates and 3 MB in one POST)",
+    )
+    webhook_retry_base_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="a delivery whose updates had to wait (their message was still being sent) is tried again "
+        "after this long, doubling each time up to the cap; the sweeper takes up any left behind",
+    )
+    webhook_retry_cap_s: float = Field(default=60.0, gt=0, description="the longest such wait")
+    service_window_h: float = Field(
+        default=24.0,
+        gt=0,
+        description="Meta's customer service window: free-form messages are delivered within this long of "
+        "the contact's last message",
+    )
 
-    # Flower's users (user:password, comma-separated); its pages and its API need one of them.
-    # `wadispatch flower` refuses the development default when WADISPATCH_ENV=production.
-    flower_basic_auth: str = DEV_FLOWER_BASIC_AUTH
+    flower_basic_auth: str = Field(
+        default=DEV_FLOWER_BASIC_AUTH,
+        description="Flower's users, `user:password[,user2:password2]`: its pages and its API "
+        "(`/api/workers`, `/api/tasks`, …) answer them only; handed to Flower through its own environment "
+        "variable, never on the command line. `wadispatch flower` refuses the default when "
+        "`WADISPATCH_ENV=production`",
+    )
 
-    # Prometheus: each worker process serves /metrics on this port (0: off; two workers on one
-    # host need two ports), on this address: loopback unless told otherwise (a container that
-    # Prometheus scrapes from outside sets 0.0.0.0). The API serves /metrics on its own port.
-    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
-    worker_metrics_host: str = "127.0.0.1"
-    # The gauges an autoscaler reads (queue depths, messages by status, ...) are refreshed this
-    # often by one process at a time (a Redis lease), not by every scrape.
-    gauges_interval_s: float = Field(default=10.0, gt=0)
-    # When set, the API's /metrics and each worker's answer only `Authorization: Bearer <this>`
-    # (the API's port also takes Meta's webhooks, so it is often public; the figures name accounts
-    # and organizations). Empty: /metrics is open, which production refuses.
-    metrics_token: str = ""
+    worker_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="each worker process's `/metrics` port (0: off; `make run` uses 9101, compose 9101 on "
+        "`0.0.0.0`); two workers on one host need two ports",
+    )
+    worker_metrics_host: str = Field(
+        default="127.0.0.1",
+        description="the address a worker's `/metrics` listens on: loopback unless you set another (a "
+        "container scraped from outside needs `0.0.0.0`)",
+    )
+    gauges_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="how often one process (holding a Redis lease) refreshes the system-wide gauges the API's "
+        "`/metrics` serves (queue depths, messages by status, …), instead of every scrape computing them",
+    )
+    # The API's port also takes Meta's webhooks, so it is often public; the figures name accounts.
+    metrics_token: str = Field(
+        default="",
+        description="when set, the API's `/metrics` and every worker's answer only `Authorization: Bearer "
+        "<token>` (else `401`); required when `WADISPATCH_ENV=production`. Empty (development): both are open",
+    )
 
-    api_host: str = "127.0.0.1"
-    api_port: int = 8000
-    sandbox_port: int = 8090
+    api_host: str = Field(default="127.0.0.1", description="where `wadispatch api` listens")
+    api_port: int = Field(default=8000, description="the port `wadispatch api` listens on")
+    sandbox_port: int = Field(default=8090, description="where `wadispatch sandbox` listens")
 
-    worker_pool: Literal["threads", "prefork", "solo", "gevent"] = "threads"
-    # A stopping worker (SIGTERM) gives back claims not yet called and waits for the calls under
-    # way; a cold stop (SIGQUIT, a second Ctrl-C) waits this long for them before cancelling
-    # (Celery's worker_soft_shutdown_timeout). Give the worker's container at least this much
-    # grace, more than a call to Meta can take (connect + read timeouts).
-    worker_shutdown_grace_s: float = Field(default=40.0, ge=0)
-    # Threads per worker process: enough Meta calls in flight to fill its share of the CPU at
-    # 200 ms a call (bench/throughput.py measured the choice; see README "Throughput").
-    worker_concurrency: int = Field(default=32, ge=1)
-    # How a worker process sends: "async" hands each message to the process's delivery engine (an
-    # event loop with many calls in flight; worker/engine/), "threads" runs each message's step in
-    # the task's own thread (worker/delivery.py). A gevent pool always uses threads' step.
-    delivery_engine: Literal["async", "threads"] = "async"
-    # Claims one worker process's engine holds at once (waiting for their moment, or in a call).
-    engine_max_in_flight: int = Field(default=1000, ge=1)
+    worker_pool: Literal["threads", "prefork", "solo", "gevent"] = Field(
+        default="threads",
+        description="the Celery pool of a `wadispatch worker` process (`--pool` overrides it). `gevent` is "
+        "supported (the command patches the standard library first) but measured slower here",
+    )
+    worker_shutdown_grace_s: float = Field(
+        default=40.0,
+        ge=0,
+        description="a stopping worker (SIGTERM) gives back claims not yet called and waits for the calls "
+        "under way; a cold stop (SIGQUIT, a second Ctrl-C) waits this long for running tasks before "
+        "cancelling them (Celery's `worker_soft_shutdown_timeout`). `make run` gives its worker this + 5 s "
+        "before SIGKILL; give a container more grace than a call to Meta can take",
+    )
+    # bench/throughput.py measured the choice (docs/benchmarks.md, "Pool and concurrency, measured").
+    worker_concurrency: int = Field(
+        default=32,
+        ge=1,
+        description="threads (or greenlets) per `wadispatch worker` process (`--concurrency` overrides it); the "
+        "process's HTTP connections to Meta and its broker connections (one per thread, plus 10 for the "
+        "consumer: kombu's default of 10 made acks fail under gevent) follow it. Under the delivery engine the "
+        "threads only hand ids over and run webhooks and submissions; the same number sizes the engine's "
+        "threads for single-message steps",
+    )
+    delivery_engine: Literal["async", "threads"] = Field(
+        default="async",
+        description="`async`: a worker process sends through its delivery engine (an event loop in its own "
+        "thread, many calls in flight, batched claims, moments, markers and results; `worker/engine/`). "
+        "`threads`: each message's step runs in its task's own thread (`worker/delivery.py`), as a gevent "
+        "pool always does",
+    )
+    engine_max_in_flight: int = Field(
+        default=1000,
+        ge=1,
+        description="claims one worker process's engine holds at once (waiting for their moment, or in a "
+        "call); also its connections to Meta. A send task waits for room",
+    )
 
     # Delivery policy
-    retry_base_s: float = Field(default=2.0, gt=0)
-    retry_cap_s: float = Field(default=300.0, gt=0)
-    max_attempts: int = Field(default=6, ge=1)
-    lease_s: int = Field(default=120, ge=5, description="how long a claimed message may stay 'sending'")
+    retry_base_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="backoff for retryable errors: the first wait (exponential, full jitter)",
+    )
+    retry_cap_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="backoff for retryable errors: the longest wait (also for a longer `Retry-After`); must "
+        "stay below `WADISPATCH_BROKER_VISIBILITY_TIMEOUT_S`",
+    )
+    max_attempts: int = Field(
+        default=6,
+        ge=1,
+        description="failures a message may have before it fails with the last error",
+    )
+    lease_s: int = Field(
+        default=120,
+        ge=5,
+        description="how long a claim holds a message (`sending`) before the sweeper judges it (re-queued if "
+        "no call started, `DELIVERY_UNCERTAIN` if one did); renewed when the call begins; must exceed the "
+        "longest call to Meta (3 × connect timeout + read timeout)",
+    )
 
     # Pacing (Redis, shared by every worker): a GCRA per sender account at its mps, and one per
     # (account, recipient) because Meta answers 131056 past about one message per 6 s to a user.
-    rate_burst: int = Field(default=5, ge=0, description="messages an account may send ahead of its rate")
-    pair_interval_s: float = Field(default=6.0, ge=0, description="0 turns pair pacing off")
-    pair_burst: int = Field(default=3, ge=0)
-    # A task waits in place for a slot this close; a later slot is reserved and the task re-scheduled.
-    rate_inline_wait_s: float = Field(default=1.0, ge=0)
-    # Time a request may take to reach Meta: the send gate leaves this much of the burst unused,
-    # so Meta's own count of any second stays within mps + burst.
-    rate_jitter_s: float = Field(default=0.03, ge=0)
-    # When the send gate finds its Redis state on a new history (a failover, a restart from disk:
-    # writes may be lost), it holds every account this long before handing out moments again
-    # (worker/failover_hold.py). Unset: rate_inline_wait_s + rate_jitter_s + 1 s + a 2 s margin.
-    # 0 turns the guard off.
-    pacing_failover_hold_s: float | None = Field(default=None, ge=0)
-    # How often each worker's pacer hands due messages (rate slots, retries) to the broker.
-    pacer_interval_s: float = Field(default=0.1, gt=0)
-    # Slots are reserved at most this far ahead (kept well below the broker visibility timeout).
-    rate_horizon_s: float = Field(default=300.0, gt=0)
-    # The bulk gate (issue 25). A bulk message takes a send slot only when the account's next one is
-    # this close: transactional messages reserve slots as far ahead as they need, so a queue of them
-    # closes the gate to bulk, and a transactional send never finds more than this much bulk ahead.
-    bulk_horizon_s: float = Field(default=0.5, gt=0)
-    # Bulk never starves: while the gate is closed, this share of the account's rate still goes to
-    # bulk (a slot at the end of the queue, like a transactional one). 0: none, bulk waits.
-    bulk_share: float = Field(default=0.1, ge=0, lt=1)
-    # The pacer hands an account's bulk messages over a little at a time: at most its mps times
-    # this many seconds of them out of Postgres and not yet called (at least bulk_feed_min).
-    bulk_feed_s: float = Field(default=1.0, gt=0)
-    bulk_feed_min: int = Field(default=5, ge=1)
-    # A bulk message turned away by the gate waits in Postgres at least this long before asking again.
-    bulk_retry_s: float = Field(default=0.2, gt=0)
-    # How long an account (or pair) is paused after Meta says "too fast" without a Retry-After.
-    throttle_pause_s: float = Field(default=2.0, ge=0)
-    pair_pause_s: float = Field(default=6.0, ge=0)
-    # After a 130429 the account's rate is halved (again on each one) for this long, then restored.
-    throttle_recovery_s: float = Field(default=60.0, gt=0)
-    # "Too fast" answers have their own budget, so throttling never burns the failure attempts.
-    max_throttled_attempts: int = Field(default=20, ge=0)
+    rate_burst: int = Field(default=5, ge=0, description="messages an account may send ahead of its mps")
+    pair_interval_s: float = Field(
+        default=6.0,
+        ge=0,
+        description="the pace to one recipient: a message per this many seconds (0 turns pair pacing off)",
+    )
+    pair_burst: int = Field(default=3, ge=0, description="messages to one recipient ahead of that pace")
+    rate_inline_wait_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="a send slot this close is waited for in the task; a later one is kept on the message, "
+        "which waits in Postgres",
+    )
+    rate_jitter_s: float = Field(
+        default=0.03,
+        ge=0,
+        description="time a request may take to reach Meta: the send gate leaves this many seconds' worth of "
+        "the burst unused, so Meta's own count of any second stays within mps + burst",
+    )
+    pacing_failover_hold_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="when the send gate finds its Redis state on a new history (a failover, a restart from "
+        "disk: writes may be lost), it holds every account this long before handing out moments again "
+        "(`worker/failover_hold.py`). Unset: `WADISPATCH_RATE_INLINE_WAIT_S` + `WADISPATCH_RATE_JITTER_S` + "
+        "1 s + a 2 s margin (4.03 s); 0 turns the guard off; otherwise at least the first three",
+    )
+    pacer_interval_s: float = Field(
+        default=0.1,
+        gt=0,
+        description="how often each worker's pacer hands due messages (send slots, retries, schedules) over",
+    )
+    rate_horizon_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="send slots are reserved at most this far ahead; must stay below "
+        "`WADISPATCH_BROKER_VISIBILITY_TIMEOUT_S`",
+    )
+    bulk_horizon_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="the bulk gate: a bulk message takes a send slot only when its account's next one is this "
+        "close (at most `WADISPATCH_RATE_INLINE_WAIT_S`), so a transactional send finds at most this much "
+        "bulk ahead of it",
+    )
+    bulk_share: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="the share of an account's rate bulk keeps while transactional messages fill it (bulk "
+        "never starves); 0: none, bulk waits",
+    )
+    bulk_feed_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="the pacer hands an account's bulk messages over so that at most its mps × this many "
+        "seconds of them are out of Postgres without a call begun",
+    )
+    bulk_feed_min: int = Field(default=5, ge=1, description="…and at least this many")
+    bulk_retry_s: float = Field(
+        default=0.2,
+        gt=0,
+        description="a bulk message the gate turned away waits in Postgres at least this long before asking again",
+    )
+    throttle_pause_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="the account's pause after Meta's 130429 (too fast) when Meta gives no `Retry-After`",
+    )
+    pair_pause_s: float = Field(
+        default=6.0,
+        ge=0,
+        description="the pair's pause after Meta's 131056 (too fast to one user) without a `Retry-After`",
+    )
+    throttle_recovery_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="how long an account stays at half its rate after a 130429 (one throttling halves it "
+        "once), then its rate is restored",
+    )
+    max_throttled_attempts: int = Field(
+        default=20,
+        ge=0,
+        description='"too fast" answers (and 131049 holds) a message may get before it fails: their own '
+        "budget, so throttling never burns the failure attempts",
+    )
 
-    # The circuit breaker (worker/breaker.py): consecutive connection failures, timeouts or 5xx
-    # from Meta that pause an account (or, across accounts, every account), and for how long.
-    breaker_threshold: int = Field(default=5, ge=1)
-    breaker_everyone_threshold: int = Field(default=20, ge=1)
-    breaker_base_s: float = Field(default=5.0, gt=0)
-    breaker_cap_s: float = Field(default=300.0, gt=0)
-    breaker_memory_s: float = Field(default=900.0, gt=0)
-    # A message whose claim hit a fault before its call (Redis, Postgres) waits this long at first
-    # (doubling with each such fault, full jitter, up to the cap) before it is tried again.
-    fault_retry_base_s: float = Field(default=2.0, gt=0)
-    fault_retry_cap_s: float = Field(default=60.0, gt=0)
+    # The circuit breaker (worker/breaker.py).
+    breaker_threshold: int = Field(
+        default=5,
+        ge=1,
+        description="consecutive outage failures (connection errors, timeouts, 5xx) that pause one account",
+    )
+    breaker_everyone_threshold: int = Field(
+        default=20,
+        ge=1,
+        description="consecutive outage failures across accounts that pause every account",
+    )
+    breaker_base_s: float = Field(default=5.0, gt=0, description="the breaker's first pause")
+    breaker_cap_s: float = Field(default=300.0, gt=0, description="the breaker's longest pause")
+    breaker_memory_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="how long an opening counts towards doubling the next pause",
+    )
+    fault_retry_base_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="after a fault before the call (Redis, Postgres, storage) the claim is given back and the "
+        "message waits up to this long (full jitter; doubling with each fault in a row in the process) — "
+        "not an attempt",
+    )
+    fault_retry_cap_s: float = Field(default=60.0, gt=0, description="the longest such wait")
 
-    # Sweeper (beat): re-enqueue messages the broker may have lost, recover expired leases.
-    sweep_interval_s: float = Field(default=30.0, gt=0)
-    requeue_after_s: int = Field(default=120, ge=1, description="a message queued this long is re-enqueued")
-    sweep_batch: int = Field(default=500, ge=1)
+    # Sweeper (beat): re-enqueue messages the broker lost, settle expired leases.
+    sweep_interval_s: float = Field(default=30.0, gt=0, description="how often beat runs the sweeper")
+    requeue_after_s: int = Field(
+        default=120,
+        ge=1,
+        description="grace before the sweeper re-enqueues a message the broker lost (counted from the oldest "
+        "task still waiting in the queues, not from now), or hands over one waiting in Postgres this long past "
+        "its time",
+    )
+    sweep_batch: int = Field(default=500, ge=1, description="messages per sweep")
 
-    # Redis visibility timeout: an unacknowledged task is handed out again after this long.
-    broker_visibility_timeout_s: int = Field(default=3600, ge=60)
+    broker_visibility_timeout_s: int = Field(
+        default=3600,
+        ge=60,
+        description="a Redis broker hands an unacknowledged task out again after this long (RabbitMQ has none: "
+        "an unacknowledged task goes back when its consumer's connection ends)",
+    )
 
     # The API's own limits (per API key and per organization).
-    rate_limit_per_minute: int = Field(default=600, ge=1, description="requests per minute per key")
-    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
-    # Event callbacks to upstream endpoints (worker/callbacks/): the wait after each failed try
-    # (Standard Webhooks' schedule, about a day in all), the time a try may take, the threads per
-    # worker process that deliver them (apart from the send threads), how often the outbox is
-    # read, and how long an endpoint may fail every try before it is disabled.
-    callback_retry_schedule_s: list[float] = Field(default=[5, 300, 1800, 7200, 18000, 36000, 36000], min_length=1)
-    callback_timeout_s: float = Field(default=15.0, gt=0)
-    callback_concurrency: int = Field(default=8, ge=1, le=64)
-    # Of those threads, how many one organization's tries may hold at once, however many endpoints
-    # it has (capped at callback_concurrency; one endpoint may take half of it): a tenant whose
-    # endpoints hang waits on its own share, and the rest keep serving every other tenant.
-    callback_concurrency_per_org: int = Field(default=4, ge=1, le=64)
-    callback_poll_s: float = Field(default=0.5, gt=0)
-    callback_disable_after_h: float = Field(default=120.0, gt=0)
-    # Every endpoint that takes an event gets a row in the transaction of the change it reports
-    # (a send's own): the count an organization may register bounds what one change costs.
-    max_endpoints_per_org: int = Field(default=10, ge=1, le=1000)
-    # A batch request (up to 1,000 messages) may be this large.
-    max_batch_body_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
-    idempotency_ttl_h: int = Field(default=24, ge=1)
+    rate_limit_per_minute: int = Field(
+        default=600,
+        ge=1,
+        description="requests per minute per API key (an organization's own `--rate-limit` wins)",
+    )
+    max_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="the largest JSON body accepted (a batch has its own limit)",
+    )
+    # Event callbacks to upstream endpoints (worker/callbacks/), apart from the send threads.
+    callback_retry_schedule_s: list[float] = Field(
+        default=[5, 300, 1800, 7200, 18000, 36000, 36000],
+        min_length=1,
+        description="seconds before each retry of an event callback (a JSON list; Standard Webhooks' "
+        "schedule, about a day in all); past the last, the event is `failed`",
+    )
+    callback_timeout_s: float = Field(default=15.0, gt=0, description="the time one callback try may take")
+    callback_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="callback threads per worker process (apart from the send threads)",
+    )
+    callback_concurrency_per_org: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="of a worker process's callback threads, how many one organization's tries may hold at "
+        "once, however many endpoints it has (one endpoint: half, at least 1); capped at "
+        "`WADISPATCH_CALLBACK_CONCURRENCY`",
+    )
+    callback_poll_s: float = Field(default=0.5, gt=0, description="how often the callback outbox is read")
+    callback_disable_after_h: float = Field(
+        default=120.0,
+        gt=0,
+        description="an endpoint failing every try this long is disabled (and from then on gets no new events)",
+    )
+    # Every endpoint that takes an event gets a row in the transaction of the change it reports.
+    max_endpoints_per_org: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="event callback endpoints an organization may have (disabled ones count); one more is "
+        "refused (`409 LIMIT_REACHED`, or an error from `endpoint add`)",
+    )
+    max_batch_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="the largest body of a batch request (`…/batch`, up to 1,000 messages)",
+    )
+    idempotency_ttl_h: int = Field(
+        default=24,
+        ge=1,
+        description="how long an Idempotency-Key belongs to its message (or its stored refusal)",
+    )
 
-    # Retention (models/retention.py; `wadispatch prune`, and beat every retention_interval_s).
-    # Each is in days (fractions allowed) and counts from the moment the row stopped being needed:
-    # a webhook delivery from when it was applied, an idempotency key from the end of its TTL.
-    # Rows something live still needs are never deleted, whatever these say (see the module).
-    retention_webhook_events_days: float = Field(default=7, ge=0, description="raw Meta deliveries, once applied")
-    retention_event_deliveries_days: float = Field(default=30, ge=0, description="callbacks delivered or given up")
-    retention_idempotency_keys_days: float = Field(default=0, ge=0, description="past the key's TTL")
-    retention_message_events_days: float = Field(default=180, ge=0, description="status history of settled messages")
-    # Meta's pricing per message (models/pricing.py): `wadispatch usage` counts the months still kept.
-    # About 13 months by default, so last year's same month can be compared.
-    retention_message_pricing_days: float = Field(default=400, ge=0, description="priced messages, for usage")
-    # Off (None) by default: the text, captions, template parameters and media references of
-    # settled messages older than this are cleared; status, wamid, errors and times stay.
-    retention_message_content_days: float | None = Field(default=None, ge=0)
-    # Rows per statement: each batch is its own short transaction, so no lock is held for long.
-    retention_batch: int = Field(default=2000, ge=1, le=50_000)
-    # After each batch the prune rests this many times as long as the batch's statement took: at
-    # 4, its statements take at most a fifth of its time, so a large backlog drains beside live
-    # traffic instead of taking the database's CPU from it (0: no rest, as fast as it can).
-    retention_pause_ratio: float = Field(default=4.0, ge=0, le=100)
-    # After a prune that removed rows, VACUUM (ANALYZE) those tables, so the space is reused at
-    # once, also on a server where autovacuum is off or behind.
-    retention_vacuum: bool = True
-    # How often beat runs the prune; 0 leaves it out of the schedule (run `wadispatch prune` yourself).
-    retention_interval_s: float = Field(default=3600.0, ge=0)
+    # Retention (models/retention.py; `wadispatch prune`, and beat every retention_interval_s). Each
+    # period counts from the moment the row stopped being needed; rows something live still needs
+    # are never deleted, whatever these say.
+    retention_webhook_events_days: float = Field(
+        default=7,
+        ge=0,
+        description="Meta's raw webhook deliveries are deleted this many days after they were applied (never before)",
+    )
+    retention_event_deliveries_days: float = Field(
+        default=30,
+        ge=0,
+        description="event callbacks delivered or given up are deleted this many days after they were "
+        "created (pending ones never)",
+    )
+    retention_idempotency_keys_days: float = Field(
+        default=0,
+        ge=0,
+        description="Idempotency-Keys are deleted this many days after their TTL ended (0: at the next prune)",
+    )
+    retention_message_events_days: float = Field(
+        default=180,
+        ge=0,
+        description="status history (`message_events`) is deleted this many days after it was written, "
+        "except a pending message's",
+    )
+    retention_message_pricing_days: float = Field(
+        default=400,
+        ge=0,
+        description="Meta's pricing per message (`message_pricing`, what `wadispatch usage` counts) is deleted "
+        "this many days after it was counted (about 13 months: last year's same month can be compared)",
+    )
+    retention_message_content_days: float | None = Field(
+        default=None,
+        ge=0,
+        description="the content (text, captions, template parameters, media references, reaction, "
+        "conversation preview) of settled messages this many days old is cleared; status, wamid, errors and "
+        "times stay. Unset: off",
+    )
+    retention_batch: int = Field(
+        default=2000,
+        ge=1,
+        le=50_000,
+        description="rows per prune statement (each its own short transaction, so no lock is held for long); 1-50,000",
+    )
+    retention_pause_ratio: float = Field(
+        default=4.0,
+        ge=0,
+        le=100,
+        description="after each prune batch, rest this many times as long as its statement took (at 4 its "
+        "statements take at most a fifth of its time, so a backlog drains beside live traffic; 0: no rest)",
+    )
+    retention_vacuum: bool = Field(
+        default=True,
+        description="after a prune that removed rows, `VACUUM (ANALYZE)` the tables it changed, so their "
+        "space is reused at once (also where autovacuum is off or behind)",
+    )
+    retention_interval_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="how often beat runs the prune; 0 leaves it out of beat's schedule (run `wadispatch "
+        "prune` yourself)",
+    )
 
-    # FlowIQ's /send-whatsapp answers with the wamid: how long it waits for the worker before a 202.
-    sync_timeout_s: float = Field(default=15.0, ge=0)
-    # While waiting, how often Postgres is read in case the Redis wake-up was missed.
-    sync_poll_s: float = Field(default=1.0, gt=0)
+    sync_timeout_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="how long FlowIQ's `/send-whatsapp` waits for the worker's outcome before answering 202",
+    )
+    sync_poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="while waiting, how often the message's row is read in case the Redis wake-up was missed",
+    )
 
     # Media: where fetched files are kept, and how their signed URLs look.
-    media_backend: Literal["local", "s3"] = "local"
-    media_dir: str = "var/media"
-    s3_bucket: str | None = None
-    s3_endpoint_url: str | None = None
-    s3_region: str = "us-east-1"
-    s3_access_key_id: str | None = None
-    s3_secret_access_key: str | None = None
-    public_base_url: str = "http://127.0.0.1:8000"
-    media_url_ttl_days: int = Field(default=365, ge=1)
-    # The same URL fetched again within this many seconds reuses the stored copy (one brochure, many leads).
-    media_url_cache_s: int = Field(default=600, ge=0)
-    # Meta keeps an uploaded media id for about 30 days; reuse one for a bit less.
-    media_id_ttl_days: int = Field(default=29, ge=1)
-    # A template Meta answered paused (132015) or disabled (132016) fails its later sends from the
-    # same account at once, without calling Meta, for this long (0: ask Meta every time).
-    template_unusable_cache_s: int = Field(default=600, ge=0)
+    media_backend: Literal["local", "s3"] = Field(
+        default="local", description="where media is stored: `local` (a folder) or `s3`"
+    )
+    media_dir: str = Field(default="var/media", description="the local media folder")
+    s3_bucket: str | None = Field(default=None, description="the S3-compatible bucket (AWS, MinIO, R2, …)")
+    s3_endpoint_url: str | None = Field(default=None, description="the bucket's endpoint; unset: AWS")
+    s3_region: str = Field(default="us-east-1", description="the bucket's region")
+    s3_access_key_id: str | None = Field(default=None, description="the bucket's access key id")
+    s3_secret_access_key: str | None = Field(default=None, description="the bucket's secret access key")
+    public_base_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="the API's public address: where signed media URLs point, and the base of the demo's "
+        "curl commands when set",
+    )
+    media_url_ttl_days: int = Field(default=365, ge=1, description="validity of signed media URLs")
+    media_url_cache_s: int = Field(
+        default=600,
+        ge=0,
+        description="the same media URL fetched again within this many seconds reuses the stored copy (one "
+        "brochure, many leads); 0 turns it off",
+    )
+    media_id_ttl_days: int = Field(
+        default=29,
+        ge=1,
+        description="how long an uploaded Meta media id is reused (Meta keeps one about 30 days)",
+    )
+    template_unusable_cache_s: int = Field(
+        default=600,
+        ge=0,
+        description="after Meta answers 132015 (paused) or 132016 (disabled) for a template, later sends of it "
+        "(same name and language) from that account fail at once with the same code and title, without "
+        "calling Meta, for this long; 0 asks Meta every time",
+    )
 
-    # Meta's limits (worker/messaging_limit.py, worker/delivery.py): the moving window a
-    # portfolio's messaging limit counts unique users in, and the marketing cool-off after a 131049
-    # (the first lasts the base, each one after it twice the one before, up to the cap).
-    messaging_limit_window_s: float = Field(default=24 * 3600.0, gt=0)
-    marketing_cooloff_base_s: float = Field(default=24 * 3600.0, gt=0)
-    marketing_cooloff_cap_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # Meta's limits (worker/messaging_limit.py, worker/delivery.py).
+    messaging_limit_window_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="the moving window a portfolio's messaging limit counts unique users in (Meta's: 24 hours)",
+    )
+    marketing_cooloff_base_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="a contact's marketing cool-off after Meta's 131049: the first lasts this long, each "
+        "repeat (no message from the contact in between) twice the one before",
+    )
+    marketing_cooloff_cap_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="the longest marketing cool-off",
+    )
 
     # The safe fetcher for users' media URLs.
-    media_allow_http: bool = False
-    media_connect_timeout_s: float = Field(default=5.0, gt=0)
-    media_download_timeout_s: float = Field(default=30.0, gt=0)
-    media_max_redirects: int = Field(default=3, ge=0)
-    # TESTS ONLY, never in production: host:port pairs the fetcher may reach although they are
-    # private or on another port (the loopback media server of the test suite).
-    media_test_allowed: list[str] = Field(default_factory=list)
-    # TESTS ONLY: hostname -> "http://127.0.0.1:PORT" (fetch it from that loopback origin) or -> an IP
-    # (a resolver stub). Lets tests use hostnames without any DNS query leaving the machine.
-    media_test_hosts: dict[str, str] = Field(default_factory=dict)
-    # TESTS ONLY: a last guard below the address check; the fetcher connects to loopback only.
-    media_egress_loopback_only: bool = False
+    media_allow_http: bool = Field(default=False, description="also fetch `http://` media URLs")
+    media_connect_timeout_s: float = Field(default=5.0, gt=0, description="each connect of a media fetch")
+    media_download_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="one deadline for a whole media download: lookups, connects, headers, body, every redirect",
+    )
+    media_max_redirects: int = Field(default=3, ge=0, description="redirects followed (each hop checked)")
+    media_test_allowed: list[str] = Field(
+        default_factory=list,
+        description="TESTS ONLY, never in production: a JSON list of `host:port` the fetcher may reach "
+        "although private or on another port (the test suite's loopback media server)",
+    )
+    media_test_hosts: dict[str, str] = Field(
+        default_factory=dict,
+        description="TESTS ONLY: a JSON map of hostname → loopback origin (`http://127.0.0.1:PORT`) or stub "
+        "address, so tests (and `make run`'s sandbox) use hostnames without any DNS query",
+    )
+    media_egress_loopback_only: bool = Field(
+        default=False,
+        description="TESTS ONLY: a last guard below the address check: connect only to loopback, resolve "
+        "only `localhost`",
+    )
 
-    log_level: str = "INFO"
-    # text: uvicorn's and Celery's usual lines. json: one JSON object per line from every process
-    # (time, level, logger, message, and message_id, org_id, account_id, attempt, outcome,
-    # duration_ms where known); see models/log_format.py.
-    log_format: Literal["text", "json"] = "text"
+    log_level: str = Field(default="INFO", description="the log level of every process")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`text`: uvicorn's and Celery's usual lines. `json`: one JSON object per line from every "
+        "process (time, level, logger, message, and message_id, org_id, account_id, attempt, outcome, "
+        "duration_ms where known; `models/log_format.py`)",
+    )
 
     @field_validator("broker_url")
     @classmethod

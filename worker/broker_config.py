@@ -13,7 +13,7 @@
   fanout exchanges. Quorum queues have no global prefetch: Celery sees them and gives each
   consumer its own (worker_detect_quorum_queues).
 
-README "Choosing a broker" says which to pick and why.
+docs/operating.md "Choosing a broker" says which to pick and why.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Celery application and its reliability settings (see DESIGN.md, reliability rules)."""
+"""The Celery application and its reliability settings (docs/architecture.md, "The rules every part keeps")."""
 
 from __future__ import annotations
 

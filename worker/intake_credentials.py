@@ -130,7 +130,7 @@ class RedisCredentials:
 
     def _save(self) -> None:
         """Keep the change across a Redis restart when the server has an ACL file (else Redis
-        keeps users in memory only, and README says to configure one)."""
+        keeps users in memory only, and docs/batches-and-broker.md says to configure one)."""
         with contextlib.suppress(redis.ResponseError):  # no aclfile configured: nothing to save to
             self.client.acl_save()
 

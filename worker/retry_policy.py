@@ -1,5 +1,5 @@
 """When a message that met a retryable error is tried again: whether its budget has a try left,
-and how long it waits first (README "Delivery policy"). Pure: the delivery applies it, and slows
+and how long it waits first (docs/delivery-policy.md, "Delivery policy"). Pure: the delivery applies it, and slows
 the account or the pair in Redis itself when Meta said too fast.
 
 Two budgets: answers that say "too fast" (130429 and kin, 131056) spend the throttled budget and

@@ -8,7 +8,7 @@ write, per message), then is admitted at the moment and the caller sends at once
 get later moments, so the moments of sending never exceed the account's rate plus its burst.
 
 The wait here is bounded by the in-task window and by the claim's lease: past either, the
-message waits in Postgres (README "Pacing", Admission).
+message waits in Postgres (docs/delivery-policy.md, "Pacing": the send gate).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ may be holding a claim while it waits for its send moment, its recipient's pace 
 once the worker is stopping, such a task gives its claim back at once (no attempt counted; its
 reserved slot kept; the next worker's pacer hands the message over), and only calls already
 under way are waited for. A call is never cut off by us: its answer is written, so nothing
-becomes DELIVERY_UNCERTAIN unless the process is killed before the call returns (README,
+becomes DELIVERY_UNCERTAIN unless the process is killed before the call returns (docs/operating.md,
 "Stopping a worker").
 
 The flag is a plain boolean, set from a signal handler: no lock is taken there (under the solo

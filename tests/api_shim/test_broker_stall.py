@@ -1,5 +1,5 @@
-"""README ("Ingest: the lean path", "Meta's webhooks"): the API publishes to the broker off its event
-loop, so while the broker stalls only the requests waiting for their own publish wait; any other
+"""docs/architecture.md ("The API's path to the broker"): the API publishes to the broker off its
+event loop, so while the broker stalls only the requests waiting for their own publish wait; any other
 request (here Meta's webhook handshake) is answered at once, and what was accepted reaches the
 broker once it answers again.
 

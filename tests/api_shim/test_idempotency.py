@@ -205,7 +205,7 @@ def test_message_insert_failure_keeps_nothing_and_the_retry_succeeds(live, api, 
         failed = fe_send(api.http, tenant, lead, "db-refused")
     assert failed.status_code == 500 and failed.json()["error"]["code"] == "INTERNAL_ERROR"
     assert key_rows(tenant) == [] and messages_of(tenant) == []
-    # README: a single send the service fails with a 5xx costs no unit.
+    # docs/flowestate-api.md: a single send the service fails with a 5xx costs no unit.
     assert units_used(tenant) == units
     # A fresh connection: the server may close the one that carried an unhandled error.
     with httpx.Client(base_url=api.http.base_url, timeout=10) as fresh:

@@ -1,6 +1,6 @@
 """GET /media/{key}: whatever the signing values or the key look like, a refusal is a 403 (or 404
 for a route that cannot match), never a 5xx; a path that climbs out of the media folder is refused
-even with a valid signature; and the signature is README's HMAC, checked without our signing code."""
+even with a valid signature; and the signature is docs/media.md's HMAC, checked without our signing code."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def test_odd_keys_are_refused_even_with_their_own_signature(stack, api, key):
 
 
 def hmac_signature(secret: str, key: str, expires: str) -> str:
-    """README "Media": HMAC-SHA256 with WADISPATCH_SECRET_KEY over the key and `expires` as written
+    """docs/media.md: HMAC-SHA256 with WADISPATCH_SECRET_KEY over the key and `expires` as written
     (one line each), hex; computed here without models.media_signing."""
     return hmac.new(secret.encode(), f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
@@ -182,14 +182,14 @@ def signed_at(key: str, expires: int) -> str:
 
 
 def test_a_correctly_signed_url_serves_the_stored_file(stack, api):
-    """The signature the API accepts is exactly README's HMAC (so a change to the scheme fails
+    """The signature the API accepts is exactly docs/media.md's HMAC (so a change to the scheme fails
     here), the file comes back as stored, and one wrong bit or another secret is a 403."""
     data = b"%PDF-1.4\n" + secrets.token_bytes(64)
     key = f"{hashlib.sha256(data).hexdigest()}.pdf"
     LocalMediaStore(stack.media_dir).put(key, data, "application/pdf")
     expires = str(int(time.time()) + 600)
     signature = hmac_signature(get_settings().secret_key, key, expires)
-    assert signature == signed_at(key, int(expires)), "sign_url no longer signs as README says"
+    assert signature == signed_at(key, int(expires)), "sign_url no longer signs as docs/media.md says"
 
     served = get(api, key, expires, signature)
     assert served.status_code == 200, served.text

@@ -1,4 +1,4 @@
-"""The tenancy matrix of README "Keys, tenants, quotas, rate limits, idempotency": every keyed
+"""The tenancy matrix (docs/flowestate-api.md, "Keys, tenants, quotas, rate limits, idempotency"): every keyed
 route against another organization's ids. Organization B's keys naming A's lead, account, message,
 wamid, endpoint, Idempotency-Key or tenantId get exactly the answer of an id that does not exist,
 in the route's own envelope, and nothing of A's changes. The keyed routes are read from the app
@@ -24,7 +24,7 @@ from models.enums import KeyKind, Scope
 from models.tables import Base, EventDelivery, EventEndpoint, IdempotencyKey, Message, Organization
 from tests.support.tenants import Tenant, make_tenant, random_phone
 
-# Routes anyone may call without a key (README "API documentation"); every other route is keyed.
+# Routes anyone may call without a key (docs/api-reference.md); every other route is keyed.
 OPEN_ROUTES = {
     "GET /openapi.json",
     "GET /docs",

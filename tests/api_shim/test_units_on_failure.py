@@ -1,6 +1,6 @@
 """A single send the service fails with a 5xx costs no unit, on every path that stores one.
 
-README ("Keys, tenants, quotas, ..."): the unit is spent in the transaction that stores the
+docs/flowestate-api.md ("Keys, tenants, quotas, ..."): the unit is spent in the transaction that stores the
 message (or the refusal), so a database fault that rolls the request back refunds it. The fault is
 real: a trigger on this tenant's message INSERTs raises inside the request's own transaction. The
 lean path's statement is told apart from the ORM path's by its connection's application_name, so

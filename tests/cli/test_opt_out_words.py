@@ -1,5 +1,5 @@
 """`wadispatch org update` manages an organization's opt-out and opt-in keywords and the replies
-that confirm them (README "Opt-out keywords"); `org show` shows them. One subprocess proves the
+that confirm them (docs/delivery-policy.md, "Opt-out keywords"); `org show` shows them. One subprocess proves the
 real command; the rest run the same click commands in-process (tests/support/admin_cli.py)."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Submissions over the broker: the wadispatch.submit task on wadispatch.intake, consumed by the
 real worker, from three producers — wadispatch.client's Submitter, plain Celery send_task in a
 process that does not import this project, and Node's celery-node (installed by `make test` from
-tests/node's lock file) — and what README promises of them: the key's scope, request rate and
+tests/node's lock file) — and what docs/batches-and-broker.md promises of them: the key's scope, request rate and
 quota apply, and a batch accepted while the broker is down waits in Postgres for the sweeper."""
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def test_a_batch_submission_and_a_template(live, api, tenant):
 
 
 def test_the_key_scope_and_quota_apply(live, api, tenant, hook_receiver):
-    """README: the key's scope and the monthly quota apply to a submission as to HTTP; one refused
+    """docs/batches-and-broker.md: the key's scope and the monthly quota apply to a submission as to HTTP; one refused
     as a whole is logged by its key and reason, kept under no key (404) and told to the
     organization's endpoints as submission.rejected."""
     path = uuid.uuid4().hex
@@ -219,7 +219,7 @@ def _exhaust_the_rate(api, key: str) -> float:
 
 
 def test_a_submission_past_its_request_rate_waits_and_runs_again(live, api, sandbox, tenant):
-    """README: a key past its request rate is not refused: the task waits for the rate (its
+    """docs/batches-and-broker.md: a key past its request rate is not refused: the task waits for the rate (its
     Retry-After) and runs again. Seen in the task events Flower shows: retried, then stored and
     sent after the wait."""
     # 6 a minute: once spent, the next request is allowed 10 s later. The submission must reach
@@ -257,7 +257,7 @@ def test_a_submission_past_its_request_rate_waits_and_runs_again(live, api, sand
 def test_a_batch_submitted_while_the_broker_is_down_waits_queued_and_the_sweeper_enqueues_it(
     stack, api, sandbox, tenant, tmp_path
 ):
-    """README ("Batch sends"): if the broker is down when a batch is handed to it, the messages
+    """docs/batches-and-broker.md ("Batch sends"): if the broker is down when a batch is handed to it, the messages
     wait queued in Postgres and the sweeper enqueues them. An intake-only worker takes the
     submission from a private broker, which is stopped while the batch is being stored; the
     stack's sweeper (on the stack's broker) then hands the messages over, and they are sent once."""
@@ -311,7 +311,7 @@ def test_plain_celery_send_task_from_a_process_that_does_not_import_wadispatch(l
     tenant.new_lead(phone=phone)
     fiq_key = tenant.new_key(kind=KeyKind.FLOWIQ)
     key = f"helpdesk-{uuid.uuid4().hex}"
-    # README's few lines for a producer that does not import wadispatch: sign, then send_task.
+    # docs/batches-and-broker.md's few lines for a producer that does not import wadispatch: sign, then send_task.
     producer = textwrap.dedent(
         f"""
         import hashlib, hmac, json, sys, time
@@ -389,7 +389,7 @@ def test_a_node_producer_with_celery_node(live, api, tenant, celery_node, tmp_pa
     script = tmp_path / "produce.js"
     # The publish is queued before the QUIT (both wait for the connection, in this order), and
     # QUIT answers after it: the process ends once the task is in the broker. The signature is
-    # README's, in Node's crypto.
+    # The documentation's, in Node's crypto.
     script.write_text(
         textwrap.dedent(
             f"""
@@ -568,7 +568,7 @@ def _terminate(pid: int) -> None:
 
 
 def test_a_submission_whose_database_connection_dies_is_retried_and_accepted_once(live, api, sandbox, tenant):
-    """README: a submission whose statement dies with its connection (the backend terminated,
+    """docs/batches-and-broker.md: a submission whose statement dies with its connection (the backend terminated,
     Postgres restarting) is not refused INTERNAL_ERROR: the task runs again after a backoff and is
     accepted, once. A later delivery of the same submission (the broker redelivering it) finds it
     kept and costs no second unit."""

@@ -21,7 +21,7 @@ from tests.support.processes import ManagedProcess
 from tests.worker.test_callbacks import _endpoint
 
 CALLBACK_TIMEOUT_S = 30.0
-# README: a dispatcher that dies mid-call leaves the row leased for the call's timeout plus 30 s.
+# docs/event-callbacks.md: a dispatcher that dies mid-call leaves the row leased for the call's timeout plus 30 s.
 LEASE_MARGIN_S = 30.0
 # Four endpoints, each allowed a quarter of the dispatcher's 8 threads, and their organization
 # allowed all 8 for this test (WADISPATCH_CALLBACK_CONCURRENCY_PER_ORG): all 8 hang.

@@ -1,5 +1,5 @@
 """A cold stop (SIGQUIT) of a worker running the engine waits for the engine's calls under way
-(README "Stopping a worker"). Send tasks end at the claim, so Celery's soft shutdown sees no
+(docs/operating.md, "Stopping a worker"). Send tasks end at the claim, so Celery's soft shutdown sees no
 running task, and its cold path sends no worker_shutdown: the engine is stopped from the
 worker_shutting_down signal instead, or the process would end under its calls and each of
 those messages, which Meta has, would end DELIVERY_UNCERTAIN.

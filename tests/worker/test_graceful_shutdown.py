@@ -1,6 +1,6 @@
 """A stopping worker (SIGTERM) gives back what it claimed but has not called, lets the calls under
 way finish, and loses or repeats nothing: every message is sent exactly once, none is failed as
-DELIVERY_UNCERTAIN. Real worker, Postgres, Redis, media host and sandbox (README, "Stopping a
+DELIVERY_UNCERTAIN. Real worker, Postgres, Redis, media host and sandbox (docs/operating.md, "Stopping a
 worker")."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A message whose claim ends neither final nor halted (Meta's retryable answer, 131049's hold, a
 hold for the portfolio's messaging limit before the call, a give-back) hands over an earlier
 message of its conversation that waited for its call: a schedule whose time came while it was in
-flight (README "Order"). Nothing else hands that one over: its task was skipped (behind the call),
+flight (docs/delivery-policy.md "Order"). Nothing else hands that one over: its task was skipped (behind the call),
 and the later message's own next task finds it waiting in front, so both would wait for the
 sweeper's lost-task pass (WADISPATCH_REQUEUE_AFTER_S past the queue's head).
 

@@ -1,4 +1,4 @@
-"""Intake credentials (README "Intake credentials"): an upstream's broker credential may publish a
+"""Intake credentials (docs/batches-and-broker.md, "Intake credentials"): an upstream's broker credential may publish a
 submission to the intake queue and nothing more. On a Redis of its own (a private redis-server,
 the intake broker), consumed by `wadispatch intake-worker`; the credential is minted, listed and
 revoked with the CLI, and used through wadispatch.client and plain `send_task`."""

@@ -220,7 +220,7 @@ def test_a_media_id_meta_dropped_is_uploaded_again(live, api, sandbox, fiq):
 
 
 def test_an_account_level_upload_refusal_halts_the_account_and_resume_sends_it(live, api, sandbox, tenant):
-    """README "Media": an account-level code on the upload halts the account (Delivery policy),
+    """docs/media.md: an account-level code on the upload halts the account (Delivery policy),
     instead of failing the message with META_UPLOAD_FAILED; it waits and goes out on resume."""
     number = tenant.account.phone_number_id
     sandbox.fault(number, 401, 190, message="Error validating access token")  # the first call: the upload

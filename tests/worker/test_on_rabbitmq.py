@@ -1,4 +1,4 @@
-"""The core paths again, with RabbitMQ as the broker (README "Choosing a broker").
+"""The core paths again, with RabbitMQ as the broker (docs/operating.md "Choosing a broker").
 
 This module's ``stack`` is a second stack: its own API, worker and beat, on its own copy of the
 test database and its own redis-server (pacing, caches, results), with a private virtual host of

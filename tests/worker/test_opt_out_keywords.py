@@ -1,4 +1,4 @@
-"""Opt-out by keyword on the real stack (README "Opt-out keywords"): a contact's text that is only
+"""Opt-out by keyword on the real stack (docs/delivery-policy.md, "Opt-out keywords"): a contact's text that is only
 one of the organization's words, arriving as a signed webhook, opts them out or back in, is
 reported to the organization's endpoints, and is confirmed by a reply that goes through the
 normal send path; a message already waiting for the contact fails OPTED_OUT at its turn."""
@@ -282,7 +282,7 @@ def test_an_operators_change_is_reported_too(live, tenant, hook_receiver):
     for flag in ("--opted-out", "--opted-out", "--opted-in"):
         done = wadispatch("contact", "update", "--id", str(lead), flag, env=live.env)
         assert done.returncode == 0, done.stderr
-    # Events are not ordered among themselves (README): each says what it reports.
+    # Events are not ordered among themselves (docs/event-callbacks.md): each says what it reports.
     events = {e["type"]: e for e in _events(hook_receiver, path, secret, 2)}
     assert sorted(events) == ["contact.opted_in", "contact.opted_out"]
     data = events["contact.opted_out"]["data"]

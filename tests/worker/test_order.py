@@ -1,4 +1,4 @@
-"""README "Order" on the real stack: messages to one contact go out in the order they were
+"""docs/delivery-policy.md, "Order", on the real stack: messages to one contact go out in the order they were
 accepted, through any number of worker processes and retries; a failed message does not block the
 rest; a halted account holds all its conversations until it is resumed."""
 

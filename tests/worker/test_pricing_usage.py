@@ -1,4 +1,4 @@
-"""Cost you can see (README "Usage and cost"): the pricing Meta's status webhooks carry, counted
+"""Cost you can see (docs/delivery-policy.md, "Usage and cost"): the pricing Meta's status webhooks carry, counted
 once per message and category by account and month, shown by `wadispatch usage` and counted in
 the worker's wadispatch_priced_messages_total. On the real stack: the API, a worker, and the
 sandbox playing Meta's webhooks (which repeats the pricing on sent, delivered and read)."""

@@ -1,4 +1,4 @@
-"""README "Redis high availability": the Redis under the service fails over mid-run, and nothing
+"""docs/operating.md "Redis high availability": the Redis under the service fails over mid-run, and nothing
 is lost, nothing is sent twice, and the account's pace at Meta never goes over mps + burst in any
 second, although the new primary lacks the send gate's last writes.
 

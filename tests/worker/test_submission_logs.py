@@ -16,7 +16,7 @@ from worker.celery_app import INTAKE_QUEUE, SUBMIT_TASK
 
 
 def _submit(broker_url: str, api_key: str, **fields: Any) -> None:
-    """Signed as README shows, and sent with plain send_task."""
+    """Signed as docs/batches-and-broker.md shows, and sent with plain send_task."""
     producer = Celery("test-producer", broker=broker_url)
     try:
         producer.send_task(SUBMIT_TASK, kwargs=signed_submission(api_key, fields), queue=INTAKE_QUEUE)

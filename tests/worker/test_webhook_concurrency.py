@@ -1,5 +1,5 @@
 """Many of Meta's deliveries about one conversation applied at once: inbound messages (texts and
-reactions) and statuses of the same messages, in every order. README: the messages are locked in one
+reactions) and statuses of the same messages, in every order. docs/meta-webhooks.md: the messages are locked in one
 order, so concurrent deliveries never deadlock; every update is applied once."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ tenant's own app secret signed the delivery).
   limit; the accounts trigger reports the change as ``account.quality_changed``.
 - ``business_capability_update``: the messaging limit of the portfolios those accounts belong to.
 
-The field names are Meta's (developers.facebook.com, webhooks reference, 2026): see README,
+The field names are Meta's (developers.facebook.com, webhooks reference, 2026): see docs/delivery-policy.md,
 "Meta's limits".
 """
 
