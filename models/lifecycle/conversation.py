@@ -99,6 +99,11 @@ def behind_earlier(message: Any, *, within: Any = None) -> Exists:
     other = aliased(Message)
     return exists().where(
         other.conversation_id == message.conversation_id,
+        # Implied by each branch below; said outright, the planner reads the conversation's pending
+        # messages from its partial index alone (with only the OR it combined two bitmap scans with
+        # the status index, a few ms a probe on a large backlog).
+        status_in(other.status, PENDING),
+        other.seq != message.seq,
         or_(
             and_(other.seq < message.seq, status_in(other.status, PENDING), _not_scheduled_later(other, within)),
             and_(other.seq != message.seq, other.status == MessageStatus.SENDING.value),
