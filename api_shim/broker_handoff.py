@@ -7,6 +7,10 @@ handshake included; made on the anyio thread pool (``run_in_threadpool``), a sta
 threads the ORM path, the signature check and the webhook's store need. So publishes get their own
 small pool, and a request awaits its own publish there while the loop serves everyone else.
 
+New messages are not published from the API at all: intake stores them waiting in Postgres and
+wakes the pacers (worker/pacer_wake.py), which hand them over. What is published here: webhook
+deliveries, and messages whose turn came when an earlier one was cancelled.
+
 Everything handed over here is already committed, so a publish that fails, stalls or is never made
 loses nothing: the sweeper (worker/sweeper.py) re-enqueues a ``queued`` message whose task the broker
 never got, and hands over webhook rows left unprocessed. That is also why the backlog is bounded: past
@@ -25,9 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from intake.store import count_accepted
-from models.enums import SourceApi
-from worker.celery_app import enqueue_due_many, hand_batch_to_broker, hand_to_broker
+from worker.celery_app import enqueue_due_many
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +74,6 @@ def _run_and_release(hand_over: Callable[[], None]) -> None:
     finally:
         with _lock:
             _waiting -= 1
-
-
-async def hand_over(message_id: uuid.UUID, *, new_from: SourceApi | None) -> None:
-    """``hand_to_broker`` for code on the event loop: the publish runs on the publish threads, so a
-    stalled broker holds this request only."""
-    if new_from is not None:
-        count_accepted(new_from)  # accepted (committed) whether or not the publish is made
-    await publish(partial(hand_to_broker, message_id, new_from=None), f"message {message_id}")
-
-
-async def hand_batch_over(message_ids: list[uuid.UUID], *, new_from: SourceApi | None) -> None:
-    """``hand_batch_to_broker`` for code on the event loop (see ``hand_over``)."""
-    if new_from is not None:
-        count_accepted(new_from, len(message_ids))
-    what = f"{len(message_ids)} messages"
-    await publish(partial(hand_batch_to_broker, message_ids, new_from=None), what)
 
 
 def _enqueue_due(message_ids: list[uuid.UUID]) -> None:

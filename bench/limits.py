@@ -52,7 +52,7 @@ def main() -> None:
 
     from bench.cpu import CpuMeter
     from bench.harness import Services, reset_database, rss_mb
-    from worker.celery_app import enqueue_sends
+    from worker.pacer_wake import wake_pacers
 
     reset_database(env["WADISPATCH_DATABASE_URL"])
     import redis
@@ -71,7 +71,8 @@ def main() -> None:
         machine_before = machine_busy_s()
         print(f"accepted {len(message_ids)} messages for {len(accounts)} accounts; workers ready; sending…")
         started = time.monotonic()
-        enqueue_sends(message_ids)
+        make_due(message_ids)
+        wake_pacers()
         deadline = started + args.seconds * 2 + 60
         peak_rss = dict.fromkeys(services.pids("worker"), 0.0)
         while services.sandbox_count() < len(message_ids) and time.monotonic() < deadline:
@@ -90,9 +91,10 @@ def main() -> None:
 
 
 def create_accounts(rates: list[int], seconds: float, sandbox_url: str) -> tuple[list[dict], list]:
-    """The accounts and their messages, accepted (queued in Postgres) but not yet handed to the
-    broker; the ids come interleaved across accounts, as a mixed load arrives."""
+    """The accounts and their messages, accepted (waiting in Postgres) but not yet due (``make_due``
+    starts the run); the ids come interleaved across accounts, as a mixed load arrives."""
     import httpx
+    from sqlalchemy import text
 
     from intake.store import persist_message
     from models import admin
@@ -125,7 +127,26 @@ def create_accounts(rates: list[int], seconds: float, sandbox_url: str) -> tuple
                     )
                 )  # fmt: skip
             accounts.append({"mps": mps, "phone_number_id": number_id, "count": count})
+        # Not yet: the workers' pacers would feed them while the others still boot.
+        session.execute(text("UPDATE messages SET next_attempt_at = now() + interval '1 day'"))
     return accounts, interleave(ids_by_account)
+
+
+def make_due(message_ids: list) -> None:
+    """The run starts: every message due now, in the order of ``message_ids`` (a microsecond
+    apart: the feed hands an account's messages over earliest due first)."""
+    from sqlalchemy import text
+
+    from models.db import session_scope
+
+    with session_scope() as session:
+        session.execute(
+            text(
+                "UPDATE messages m SET next_attempt_at = now() + o.n * interval '1 microsecond' "
+                "FROM unnest(CAST(:ids AS uuid[])) WITH ORDINALITY AS o(id, n) WHERE m.id = o.id"
+            ),
+            {"ids": message_ids},
+        )
 
 
 def interleave(groups: list[list]) -> list:

@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from intake import flowestate_batch, flowiq_batch, idempotency, lean_send
@@ -43,10 +42,9 @@ from intake.submission_signature import SignatureRefusal, envelope_problem, max_
 from intake.usage import RateState, RequestUnit
 from models.db import get_sessionmaker
 from models.endpoints import emit_event
-from models.enums import MessageStatus, Scope, SourceApi
+from models.enums import Scope, SourceApi
 from models.log_hygiene import key_for_log
 from models.settings import get_settings
-from models.tables import Message
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +63,12 @@ class RetryLater(Exception):
 
 @dataclass(frozen=True)
 class HandOver:
-    """Committed messages for the task to hand to the broker."""
+    """Committed messages (waiting in Postgres) for the task to announce to the pacers."""
 
     message_ids: tuple[uuid.UUID, ...]
-    # The surface they were just accepted through (counted as new); None: handed over again.
+    # The surface they were just accepted through (counted as new); None: a repeat, not counted.
     new_from: SourceApi | None
-    # A batch's messages go in one pipeline; a single send's as one task.
-    batch: bool = False
-    # Accepted too, but scheduled: they wait in Postgres (counted as new, not handed over).
+    # Accepted too, scheduled for later or bulk (counted as new like the others).
     waiting: int = 0
 
 
@@ -263,10 +259,8 @@ def _flowiq(
     sent = flowiq.accept_send(session, caller, request, key, _unit_of(caller))
     if isinstance(sent, Refused):
         return _refused(sent)
-    # A repeat finds its message queued when the first try died before its enqueue.
-    again = tuple(m for m in sent.message_ids if sent.new or _still_queued(session, m))
-    surface = SourceApi.FLOWIQ if sent.new else None
-    return Submitted(1, 0, hand_over=HandOver(again, surface, waiting=len(sent.waiting)))
+    surface = SourceApi.FLOWIQ if sent.new else None  # a repeat is not counted again
+    return Submitted(1, 0, hand_over=HandOver(tuple(sent.message_ids), surface, waiting=len(sent.waiting)))
 
 
 def _refused(result: Refused) -> Submitted:
@@ -283,7 +277,7 @@ def _batch_accepted(result: Accepted | Refused, surface: SourceApi) -> Submitted
         raise _Rejected(str(result.code), result.message)
     counted = _counted(result.body)
     if isinstance(result, Accepted):
-        hand_over = HandOver(tuple(result.message_ids), surface, batch=True, waiting=len(result.waiting))
+        hand_over = HandOver(tuple(result.message_ids), surface, waiting=len(result.waiting))
         return replace(counted, hand_over=hand_over)
     return counted
 
@@ -293,12 +287,6 @@ def _unit_of(caller: Caller) -> RequestUnit:
     may deliver a submission again (a redelivery, a retry after the database died mid-statement
     with the commit already made): that delivery is the same submission, not a new request."""
     return RequestUnit(caller.org_id, repeats_pay=False)
-
-
-def _still_queued(session: Session, message_id: Any) -> bool:
-    status = session.scalar(select(Message.status).where(Message.id == message_id))
-    session.rollback()
-    return status == MessageStatus.QUEUED
 
 
 def _counted(answer: Mapping[str, Any]) -> Submitted:

@@ -19,9 +19,9 @@ from intake.flowestate_request import SendBody
 from intake.priority import hold_until
 from intake.store import persist_message
 from intake.usage import QuotaUsedUp, RequestUnit
-from models.enums import MessageStatus, SourceApi
+from models.enums import SourceApi
 from models.settings import get_settings
-from models.tables import Contact, Message, Organization, WhatsappAccount
+from models.tables import Contact, Organization, WhatsappAccount
 
 KEY_REUSED = "This Idempotency-Key was used with a different body"
 
@@ -102,17 +102,8 @@ def _send_once(
         kept = taken.body.get("error") or {}
         return replayed(taken.status, taken.body, code=str(kept.get("code")), message=str(kept.get("message")))
     if isinstance(taken, idempotency.KeyOfMessage):
-        again: tuple[uuid.UUID, ...] = ()
-        kept = session.execute(
-            select(Message.status, Message.priority, Message.enqueued_at).where(Message.id == taken.message_id)
-        ).first()
-        if kept is not None and kept.status == MessageStatus.QUEUED and kept.enqueued_at is not None:
-            # The first request may have died between its commit and its enqueue: one more task
-            # is harmless (only one claim can win) and saves waiting for the sweeper. (One waiting
-            # in Postgres, scheduled or bulk, is the pacer's to hand over.)
-            session.rollback()
-            again = (taken.message_id,)
-        return Accepted(again, _answer_of(taken.message_id), new=False, replayed=True)
+        # Its message is stored (waiting in Postgres for the pacers, or further along): the same answer.
+        return Accepted((), _answer_of(taken.message_id), new=False, replayed=True)
     try:
         message_id = _check_and_persist(body, session, caller, idempotency_key, unit)
     except ApiError as error:

@@ -359,6 +359,14 @@ class Settings(BaseSettings):
         description="the share of an account's rate bulk keeps while transactional messages fill it (bulk "
         "never starves); 0: none, bulk waits",
     )
+    feed_s: float = Field(
+        default=0.1,
+        gt=0,
+        description="the pacer hands an account's waiting transactional messages over so that at most its mps × "
+        "this many seconds of them are out of Postgres without a call begun: a backlog is fed as the calls "
+        "begin, not claimed all at once (an engine handed more than it can begin falls behind its moments)",
+    )
+    feed_min: int = Field(default=5, ge=1, description="…and at least this many")
     bulk_feed_s: float = Field(
         default=1.0,
         gt=0,

@@ -188,9 +188,11 @@ class Conversation(Base):
     created_at: Mapped[datetime] = _created_at()
 
 
-# The pacer's own condition for bulk messages without a send slot (they are fed by the bulk scan);
-# the general scan's index leaves them out, so the same text is in its WHERE clause.
-NOT_BULK_FED = "(priority <> 'bulk' OR reserved_slot IS NOT NULL)"
+# A message waiting in Postgres with its send slot kept (its moment was taken, then it went back) is
+# handed over at that slot by the pacer's due scan; every other waiting message is fed to the broker
+# per account and priority (worker/pacer.py). The due scan's index holds only the first kind, so
+# the same text is in its WHERE clause.
+KEEPS_SLOT = "reserved_slot IS NOT NULL"
 
 
 class Message(Base):
@@ -237,31 +239,29 @@ class Message(Base):
             "created_at",
             postgresql_where=text("NOT (payload ? 'content_cleared_at')"),
         ),
-        # The pacer's scan: messages waiting in Postgres (not in the broker) by when they are due;
-        # bulk ones without a slot are fed by their own scan (the bulk gate, worker/pacer.py).
+        # The pacer's due scan: messages waiting in Postgres with a send slot kept, by when they are due.
         Index(
             "ix_messages_waiting_due",
             "next_attempt_at",
-            postgresql_where=text(f"enqueued_at IS NULL AND status IN ('queued', 'retrying') AND {NOT_BULK_FED}"),
+            postgresql_where=text(f"enqueued_at IS NULL AND status IN ('queued', 'retrying') AND {KEEPS_SLOT}"),
         ),
-        # The bulk feed: an account's bulk messages waiting in Postgres, by when they are due...
+        # The feed: an account's messages waiting in Postgres without a slot, per priority, by when
+        # they are due...
         Index(
-            "ix_messages_bulk_waiting",
+            "ix_messages_fed_waiting",
             "account_id",
+            "priority",
             "next_attempt_at",
-            postgresql_where=text(
-                "priority = 'bulk' AND reserved_slot IS NULL AND enqueued_at IS NULL "
-                "AND status IN ('queued', 'retrying')"
-            ),
+            postgresql_where=text("reserved_slot IS NULL AND enqueued_at IS NULL AND status IN ('queued', 'retrying')"),
         ),
         # ... and those handed over whose call has not begun (the feed keeps about a second's worth out).
         Index(
-            "ix_messages_bulk_out",
+            "ix_messages_out",
             "account_id",
+            "priority",
             "enqueued_at",
             postgresql_where=text(
-                "priority = 'bulk' AND enqueued_at IS NOT NULL AND call_started_at IS NULL "
-                "AND status IN ('queued', 'retrying', 'sending')"
+                "enqueued_at IS NOT NULL AND call_started_at IS NULL AND status IN ('queued', 'retrying', 'sending')"
             ),
         ),
         # The order rule's lookup: earlier unfinished messages of the same conversation.

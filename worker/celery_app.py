@@ -14,10 +14,8 @@ from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger, task_postrun, task_prerun, worker_process_init
 from celery.utils.log import get_multiprocessing_logger
 
-from intake.store import count_accepted
 from models import log_format, log_hygiene
 from models.db import reset_engine
-from models.enums import SourceApi
 from models.settings import Settings, get_settings
 from worker.broker_config import BrokerCelery, broker_conf, publish_options
 from worker.broker_head import ENQUEUED_AT_HEADER
@@ -217,57 +215,6 @@ def enqueue_send(message_id: uuid.UUID) -> None:
     send task that could not reach Postgres at all (worker/tasks.py): it retries itself within
     seconds, since it cannot write down a wait."""
     app.send_task(SEND_TASK, args=[str(message_id)], queue=SEND_QUEUE, headers=_stamped(), **_limits())
-
-
-def enqueue_sends(message_ids: list[uuid.UUID]) -> None:
-    """Hand a committed batch to the broker in one Redis pipeline (kombu's publish batch), not
-    one round trip per message (RabbitMQ: one confirmed publish per task, kombu batches nothing
-    there): a task per HAND_OVER_CHUNK messages for the delivery engine (claimed together), a
-    task each for the threads' step."""
-    if not message_ids:
-        return
-    if get_settings().delivery_engine == "async":
-        _enqueue_in_chunks(message_ids, SEND_QUEUE)
-        return
-    with app.producer_or_acquire() as producer, producer.batch(max_size=len(message_ids)):
-        for n, message_id in enumerate(message_ids):
-            app.send_task(
-                SEND_TASK,
-                args=[str(message_id)],
-                queue=SEND_QUEUE,
-                headers=_stamped(),
-                producer=producer,
-                # Inside a batch a publish only appends to the pipeline, so kombu's retry wrapper
-                # has nothing to retry (the pipeline goes out, or fails, as a whole), and the queue
-                # is declared (at most) once. Per message they were half of a batch's enqueue cost.
-                retry=False,
-                declare=None if n == 0 else [],
-                **_limits(),
-            )
-
-
-def hand_batch_to_broker(message_ids: list[uuid.UUID], *, new_from: SourceApi | None) -> None:
-    """Enqueue a committed batch in one pipeline; if the broker is unreachable the messages stay
-    accepted (``queued`` in Postgres) and the sweeper enqueues them once it is back. ``new_from``:
-    the surface they were just accepted through (None: handed over again, not new)."""
-    if new_from is not None:
-        count_accepted(new_from, len(message_ids))
-    try:
-        enqueue_sends(message_ids)
-    except Exception:
-        log.warning("%d messages accepted but not enqueued (broker unreachable); the sweeper will", len(message_ids))
-
-
-def hand_to_broker(message_id: uuid.UUID, *, new_from: SourceApi | None) -> None:
-    """Enqueue a committed message. If the broker is unreachable the message stays accepted:
-    it is in Postgres as ``queued``, and the sweeper enqueues it once the broker is back.
-    ``new_from``: the surface it was just accepted through (None: handed over again, not new)."""
-    if new_from is not None:
-        count_accepted(new_from)
-    try:
-        enqueue_send(message_id)
-    except Exception:
-        log.warning("message %s accepted but not enqueued (broker unreachable); the sweeper will", message_id)
 
 
 def enqueue_due(message_id: uuid.UUID) -> None:

@@ -15,9 +15,10 @@ from celery import Celery, Task
 
 from intake.broker_submissions import HandOver, RetryLater, label
 from intake.broker_submissions import submit as check_and_store
-from intake.store import INTAKE_CHANNEL, count_accepted
+from intake.store import INTAKE_CHANNEL
 from wadispatch.client import masked_kwargs_repr
-from worker.celery_app import SUBMIT_TASK, hand_batch_to_broker, hand_to_broker
+from worker.celery_app import SUBMIT_TASK
+from worker.pacer_wake import stored_waiting
 from worker.submission_request import SubmissionRequest
 from worker.task_base import DATABASE_RETRIES, DATABASE_UNAVAILABLE, RetriedWhileDatabaseUnavailable
 
@@ -72,17 +73,11 @@ def run_submission(self: Task, *args: object, **kwargs: object) -> str:
 
 
 def _hand_over(accepted: HandOver) -> None:
-    """A submission's committed messages to the broker, counted as come through it
-    (wadispatch_messages_accepted_total's channel)."""
+    """A submission's committed messages (waiting in Postgres) announced to the pacers, counted as
+    come through it (wadispatch_messages_accepted_total's channel)."""
     channel = INTAKE_CHANNEL.set("broker")
     try:
-        if accepted.waiting and accepted.new_from is not None:
-            count_accepted(accepted.new_from, accepted.waiting)  # scheduled: the pacer hands them over
-        if accepted.batch:
-            hand_batch_to_broker(list(accepted.message_ids), new_from=accepted.new_from)
-        else:
-            for message_id in accepted.message_ids:
-                hand_to_broker(message_id, new_from=accepted.new_from)
+        stored_waiting(accepted.waiting + len(accepted.message_ids), new_from=accepted.new_from)
     finally:
         INTAKE_CHANNEL.reset(channel)
 

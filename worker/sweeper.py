@@ -13,8 +13,9 @@
   a long backlog is left alone. With RabbitMQ a dead worker's tasks come back by themselves (the
   broker returns what a closed connection had not acknowledged), so this net catches only the
   rarer losses there.
-- Messages waiting in Postgres (a retry or a slot) that are long overdue are handed over too (no
-  pacer ran to do it).
+- Messages waiting in Postgres with a send slot kept that are long overdue are handed over too (no
+  pacer ran to do it). Those without a slot (new, retries, scheduled) are the pacers' feed's alone:
+  they wait in Postgres, not in any queue, however long the backlog.
 - Webhook deliveries stored but not applied (their task was lost, or failed) are handed over again.
 """
 
@@ -31,7 +32,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from models.enums import AccountStatus, MessageStatus, status_in
 from models.lifecycle import behind_earlier
-from models.tables import NOT_BULK_FED, Message, WebhookEvent, WhatsappAccount
+from models.tables import KEEPS_SLOT, Message, WebhookEvent, WhatsappAccount
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,9 @@ def take_lost_by_broker(session: Session, *, oldest_waiting: float | None, grace
     overdue_in_postgres = and_(
         Message.enqueued_at.is_(None),
         func.coalesce(Message.next_attempt_at, Message.created_at) < func.now() - timedelta(seconds=grace_s),
-        # Bulk without a slot waits for the pacer's bulk feed, however long its backlog: handed over
-        # here, thousands would go to the broker at once (the feed is in every worker's pacer).
-        literal_column(NOT_BULK_FED, Boolean),
+        # One without a slot waits for the pacers' feed, however long its backlog: handed over here,
+        # thousands would go to the broker at once (the feed is in every worker's pacer).
+        literal_column(KEEPS_SLOT, Boolean),
     )
     return hand_over(
         session,

@@ -34,7 +34,6 @@ from worker.celery_app import (
     enqueue_due_many,
     enqueue_send,
     enqueue_webhook,
-    hand_batch_to_broker,
 )
 from worker.delivery import Delivery
 from worker.engine import intake as engine_intake
@@ -44,7 +43,8 @@ from worker.gauges import GaugeRefresher
 from worker.intake_task import register_submit
 from worker.meta_client import get_meta_client
 from worker.metrics_server import serve_worker_metrics
-from worker.pacer import Pacer
+from worker.pacer import FeedSizes, Pacer
+from worker.pacer_wake import WakeListener, wake_pacers
 from worker.rate_limit import RateLimiter
 from worker.sweeper import take_lost_by_broker, webhooks_left_behind
 from worker.task_base import RetriedWhileDatabaseUnavailable
@@ -187,8 +187,8 @@ def process_webhook(event_id: str) -> str:
     for message_id in processed.successors:
         enqueue_due(message_id)
     if processed.replies:
-        # Accepted like any send: if the broker is unreachable the sweeper hands them over later.
-        hand_batch_to_broker(processed.replies, new_from=None)
+        # Accepted like any send (waiting in Postgres for the pacers).
+        wake_pacers()
     if processed.template_effects:
         _write_template_effects(processed.template_effects)
     if processed.retry_in_s is not None:
@@ -344,22 +344,30 @@ def sweep() -> dict[str, int]:
 
 
 _pacer: Pacer | None = None
+_pacer_ear: WakeListener | None = None
 _callbacks: Dispatcher | None = None
 _gauges: GaugeRefresher | None = None
 
 
 @worker_ready.connect
 def _start_pacer(**_: object) -> None:
-    global _pacer, _callbacks, _gauges
+    global _pacer, _pacer_ear, _callbacks, _gauges
     settings = get_settings()
     _pacer = Pacer(
         _hand_over_due,
         interval_s=settings.pacer_interval_s,
         lead_s=settings.rate_inline_wait_s / 2,
-        bulk_feed_s=settings.bulk_feed_s,
-        bulk_feed_min=settings.bulk_feed_min,
+        sizes=FeedSizes(
+            feed_s=settings.feed_s,
+            feed_min=settings.feed_min,
+            bulk_feed_s=settings.bulk_feed_s,
+            bulk_feed_min=settings.bulk_feed_min,
+        ),
     )
     _pacer.start()
+    # Intake wakes the pacer when it stores messages (worker/pacer_wake.py).
+    _pacer_ear = WakeListener(lambda: redis_from_url(settings.redis_url, purpose="pacer-wake"), _pacer.wake)
+    _pacer_ear.start()
     # Event callbacks: their own thread and pool, apart from the send threads.
     _callbacks = Dispatcher(settings)
     _callbacks.start()
@@ -406,6 +414,8 @@ def _stop_engine_now() -> None:
 @worker_shutdown.connect
 def _stop_pacer(**_: object) -> None:
     _stop_engine_now()
+    if _pacer_ear is not None:
+        _pacer_ear.stop()
     if _pacer is not None:
         _pacer.stop()
     if _callbacks is not None:

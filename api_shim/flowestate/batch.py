@@ -15,15 +15,14 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from api_shim.auth import authenticate_flowestate
-from api_shim.broker_handoff import hand_batch_over
 from api_shim.flowestate.errors import error_responses, respond
 from api_shim.flowestate.routes import REQUEST_ERRORS, IdempotencyHeader, SendOut, whatsapp_router
 from intake.callers import Caller
 from intake.errors import ErrorBody, ErrorCode, Refused
 from intake.flowestate_batch import BatchIn, check_and_persist
-from intake.store import count_accepted
 from models.db import get_sessionmaker
 from models.enums import Scope, SourceApi
+from worker.pacer_wake import stored_waiting
 
 router = whatsapp_router()
 
@@ -76,8 +75,7 @@ async def send_batch(
         session.close()
     if isinstance(result, Refused):
         return respond(result)
-    if result.message_ids:
-        await hand_batch_over(list(result.message_ids), new_from=SourceApi.FLOWESTATE)
-    if result.new:
-        count_accepted(SourceApi.FLOWESTATE, len(result.waiting))  # scheduled or bulk: the pacer hands them over
+    if result.new or result.message_ids:
+        # Stored waiting in Postgres: the pacers hand them to the broker (worker/pacer.py).
+        stored_waiting(len(result.message_ids) + len(result.waiting), new_from=SourceApi.FLOWESTATE)
     return JSONResponse(dict(result.body), status_code=result.status)

@@ -15,7 +15,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api_shim.auth import bearer_token, rate_headers_for
-from api_shim.broker_handoff import hand_over
 from api_shim.flowestate.errors import error_responses, respond
 from api_shim.flowestate.routes import AUTH_ERRORS, REQUEST_ERRORS, IdempotencyHeader, SendOut, whatsapp_router
 from intake import lean_send
@@ -23,9 +22,8 @@ from intake.errors import Accepted, ApiError, ErrorCode, Refused
 from intake.flowestate_request import SendBody, SendIn, SendTemplateIn
 from intake.key_cache import KeyFacts
 from intake.lean_caller import lean_writer, spend_unit_before_send
-from intake.store import count_accepted
 from models.enums import SourceApi
-from worker.celery_app import hand_to_broker
+from worker.pacer_wake import stored_waiting
 
 router = whatsapp_router()
 
@@ -87,9 +85,8 @@ async def _accept(body: SendBody, facts: KeyFacts, idempotency_key: str | None) 
         return await run_in_threadpool(_by_the_book, body, facts, idempotency_key)
     if isinstance(result, Refused):
         return respond(result)
-    for message_id in result.message_ids:
-        await hand_over(message_id, new_from=SourceApi.FLOWESTATE)
-    count_accepted(SourceApi.FLOWESTATE, len(result.waiting))  # scheduled: the pacer hands them over
+    # Stored waiting in Postgres: the pacers hand it to the broker (worker/pacer.py).
+    stored_waiting(len(result.message_ids) + len(result.waiting), new_from=SourceApi.FLOWESTATE)
     return JSONResponse(dict(result.body), status_code=result.status)
 
 
@@ -98,12 +95,9 @@ def _by_the_book(body: SendBody, facts: KeyFacts, idempotency_key: str | None) -
 
 
 def answer(result: Accepted | Refused) -> JSONResponse:
-    """The HTTP answer to a send on the ORM path, from a thread off the event loop: its message
-    handed to the broker (if there is one to hand over), or its refusal rendered."""
+    """The HTTP answer to a send on the ORM path, from a thread off the event loop: the pacers
+    woken for its message (stored waiting in Postgres), or its refusal rendered."""
     if isinstance(result, Refused):
         return respond(result)
-    for message_id in result.message_ids:
-        hand_to_broker(message_id, new_from=SourceApi.FLOWESTATE if result.new else None)
-    if result.new:
-        count_accepted(SourceApi.FLOWESTATE, len(result.waiting))
+    stored_waiting(len(result.message_ids) + len(result.waiting), new_from=SourceApi.FLOWESTATE if result.new else None)
     return JSONResponse(dict(result.body), status_code=result.status)

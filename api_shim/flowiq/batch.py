@@ -17,14 +17,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from api_shim.auth import authenticate_flowiq
-from api_shim.broker_handoff import hand_batch_over
 from api_shim.flowiq.errors import error_responses, respond
 from api_shim.flowiq.send import AUTH_ERRORS, BODY_ERRORS, IDEMPOTENCY_KEY, TENANT_ID, FlowIQSendDoc, flowiq_router
 from intake.errors import Accepted, FlowIQErrorBody, Refused
 from intake.flowiq_batch import BATCH_MAX, accept_raw_batch
-from intake.store import count_accepted
 from models.db import get_sessionmaker
 from models.enums import SourceApi
+from worker.pacer_wake import stored_waiting
 
 router = flowiq_router()
 
@@ -90,10 +89,9 @@ async def send_whatsapp_batch(request: Request) -> JSONResponse:
     result = await run_in_threadpool(_accept, request, request.query_params.get("tenantId"), raw, key)
     if isinstance(result, Refused):
         return respond(result)
-    if result.message_ids:
-        await hand_batch_over(list(result.message_ids), new_from=SourceApi.FLOWIQ)
-    if result.new:
-        count_accepted(SourceApi.FLOWIQ, len(result.waiting))  # scheduled or bulk: the pacer hands them over
+    if result.new or result.message_ids:
+        # Stored waiting in Postgres: the pacers hand them to the broker (worker/pacer.py).
+        stored_waiting(len(result.message_ids) + len(result.waiting), new_from=SourceApi.FLOWIQ)
     return JSONResponse(dict(result.body), status_code=result.status)
 
 

@@ -22,7 +22,6 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from api_shim.auth import authenticate_flowiq
-from api_shim.broker_handoff import hand_over
 from api_shim.flowiq.errors import error_responses, respond
 from api_shim.openapi_docs import FLOWIQ_BEARER
 from api_shim.sync_results import ResultWaiter
@@ -36,6 +35,7 @@ from models.db import get_sessionmaker
 from models.enums import MessageStatus, Priority, SourceApi
 from models.settings import get_settings
 from models.tables import Message, MessageAttempt
+from worker.pacer_wake import stored_waiting
 
 # Every route here needs a fiq_ key: the dependency declares it in OpenAPI (auth.py checks it).
 
@@ -226,16 +226,16 @@ async def _deliver_and_wait(request: Request, accepted: AcceptedSend) -> JSONRes
     future = waiter.expect(key)
     try:
         if accepted.created:
-            await hand_over(accepted.message_id, new_from=SourceApi.FLOWIQ)
+            # Stored waiting in Postgres: the pacers hand it to the broker (worker/pacer.py).
+            stored_waiting(1, new_from=SourceApi.FLOWIQ)
         else:
             # A retry: the message may have finished long ago; then there is nothing to wait for.
             outcome = await run_in_threadpool(_load_outcome, accepted.message_id)
             if outcome.final:
                 return _respond(accepted, outcome)
             if outcome.status == MessageStatus.QUEUED:
-                # The first request may have died between its commit and its enqueue: one more
-                # task is harmless (only one claim can win) and saves waiting for the sweeper.
-                await hand_over(accepted.message_id, new_from=None)
+                # Still waiting: the pacers may be between passes.
+                stored_waiting(0, new_from=None)
         outcome = await _wait_for_outcome(future, accepted.message_id, settings.sync_timeout_s, settings.sync_poll_s)
     finally:
         waiter.forget(key, future)

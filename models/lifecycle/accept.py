@@ -1,11 +1,12 @@
 """Intake: a checked message is stored as ``queued`` with its thread entry, alone (``accept``), in
 a batch (``accept_many``), or as SQL text inside one statement that decides first
-(``accept_one_after``, intake/lean_statements.py). The caller commits, then enqueues.
+(``accept_one_after``, intake/lean_statements.py). The caller commits, then rings the pacers.
 
-Two kinds of message are stored waiting in Postgres (``enqueued_at`` NULL), and their caller does
-not hand them to the broker: a scheduled one (due at its ``send_at``; the pacer hands it over
-then), and a bulk one (due now, or when the recipient's quiet hours end: the pacer's bulk feed
-hands it over a little at a time, worker/pacer.py)."""
+Every message is stored waiting in Postgres (``enqueued_at`` NULL) with its due time, and the
+pacers' feed hands it to the broker (worker/pacer.py): per account and priority, about a second's
+worth at a time, many to a task. Due now unless it is scheduled (due at its ``send_at``) or bulk
+held by the recipient's quiet hours (due when they end). Handing each message to the broker as
+its own task cost a delivery worker half its CPU (issue 23)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
-    or_,
+    null,
     select,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -46,8 +47,7 @@ class Dispatch:
     """When and how a message may go, as its caller asked (all optional):
 
     - ``send_at``: not before then. A scheduled message (``scheduled``: its time is still ahead
-      when it is accepted) waits in Postgres, not in the broker: it is stored with no hand-over
-      (``enqueued_at`` NULL) and due at ``send_at``, and the pacer hands it over then. One whose
+      when it is accepted) is due at ``send_at``, and the pacer hands it over then. One whose
       time has come goes at once, like any other;
     - ``expires_at``: no call starts at or after it (it fails EXPIRED);
     - ``campaign``: a label to count and cancel by."""
@@ -124,15 +124,14 @@ def _build_accept_statement() -> Insert:
             queued,
             bindparam("p_source", type_=String),
             bindparam("p_idempotency_key", type_=String),
-            # Scheduled and bulk messages are not handed to the broker: they wait in Postgres, due
-            # at send_at (bulk: now, or when quiet hours end; re-checked at the claim).
-            case((or_(scheduled, bulk), None), else_=func.now()),
+            # Not handed to the broker: it waits in Postgres for the pacers' feed, due at send_at
+            # (scheduled), when quiet hours end (bulk; re-checked at the claim), or now.
+            null(),
             send_at,
             case(
                 (scheduled, send_at),
                 (and_(bulk, hold_until.is_not(None)), func.greatest(func.now(), hold_until)),
-                (bulk, func.now()),
-                else_=None,
+                else_=func.now(),
             ),
             bindparam("p_expires_at", type_=DateTime(timezone=True)),
             bindparam("p_campaign", type_=String),
@@ -146,9 +145,11 @@ def _build_accept_statement() -> Insert:
 _ACCEPT = _build_accept_statement()
 
 
-# As SQL text (the lean path and batches): the same hand-over and due time as ``accept``'s.
-_ENQUEUED_AT = "CASE WHEN {scheduled} OR {priority} = 'bulk' THEN NULL ELSE now() END"
-_DUE_AT = "CASE WHEN {scheduled} THEN {send_at} WHEN {priority} = 'bulk' THEN greatest(now(), {hold_until}) END"
+# As SQL text (the lean path and batches): the same hand-over (none) and due time as ``accept``'s.
+_ENQUEUED_AT = "NULL::timestamptz"
+_DUE_AT = (
+    "CASE WHEN {scheduled} THEN {send_at} WHEN {priority} = 'bulk' THEN greatest(now(), {hold_until}) ELSE now() END"
+)
 
 
 def accept_one_after(gate: str) -> str:
@@ -173,7 +174,7 @@ def accept_one_after(gate: str) -> str:
                           priority)
     SELECT %(message_id)s, %(org_id)s, accepted_conversation.id, %(account_id)s, %(lead_id)s, %(type)s,
            %(payload)s, '{ACCEPTED.value}', %(source)s, %(idempotency_key)s::text,
-           {_ENQUEUED_AT.format(scheduled="%(scheduled)s::boolean", priority="%(priority)s::text")},
+           {_ENQUEUED_AT},
            %(send_at)s::timestamptz,
            {
         _DUE_AT.format(
@@ -191,8 +192,7 @@ def accept_one_after(gate: str) -> str:
 
 def accept(session: Session, params: dict[str, Any], dispatch: Dispatch = NOW) -> None:
     """Intake: insert the message as ``queued`` and make it its conversation's latest entry (the
-    caller commits it with whatever else belongs to the request, then enqueues it, unless it is
-    scheduled)."""
+    caller commits it with whatever else belongs to the request, then rings the pacers)."""
     # A caller that names no priority sends a transactional message, held by nothing.
     defaults = {"p_priority": Priority.TRANSACTIONAL.value, "p_hold_until": None}
     session.execute(_ACCEPT, defaults | params | dispatch.params())
@@ -245,7 +245,7 @@ _ACCEPT_MANY = f"""WITH batch AS (
 INSERT INTO messages (id, org_id, conversation_id, account_id, contact_id, message_type, payload, status,
                       source_api, enqueued_at, send_at, next_attempt_at, expires_at, campaign, priority)
 SELECT b.id, %(org_id)s, conversation.id, b.account_id, b.contact_id, b.message_type, b.payload,
-       '{ACCEPTED.value}', %(source)s, {_ENQUEUED_AT.format(scheduled="b.scheduled", priority="b.priority")},
+       '{ACCEPTED.value}', %(source)s, {_ENQUEUED_AT},
        b.send_at,
        {_DUE_AT.format(scheduled="b.scheduled", send_at="b.send_at", priority="b.priority", hold_until="b.hold_until")},
        b.expires_at, b.campaign, b.priority

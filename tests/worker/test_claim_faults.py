@@ -21,7 +21,7 @@ from tests.support.broker import waiting_message_ids
 from tests.support.processes import free_port
 from tests.worker.test_resilience import accept_batch, sent_counts, statuses, wait_all_final
 from worker.breaker import Breaker, BreakerPolicy
-from worker.celery_app import SEND_QUEUE
+from worker.celery_app import DUE_QUEUE, SEND_QUEUE
 from worker.delivery import Delivery
 from worker.meta_client import MetaClient
 from worker.outcome import Outcome
@@ -136,11 +136,13 @@ def test_a_hanging_meta_opens_the_breaker_so_the_backlog_waits_instead_of_burnin
     assert json.loads(listed.stdout)["data"][0]["breaker_openings"] >= 1
 
 
-def wait_until_waiting(redis_client, expected: Counter[str], timeout: float = 10) -> None:
-    """The send queue holds exactly these tasks (a fetch issued just before the pause may hold
-    one for a moment before it is put back)."""
+def wait_until_waiting(redis_client, expected: Counter[str], queue: str = SEND_QUEUE, timeout: float = 10) -> None:
+    """``queue`` holds exactly these tasks of these messages (a fetch issued just before the pause
+    may hold one for a moment before it is put back)."""
     deadline = time.monotonic() + timeout
-    while (waiting := waiting_message_ids(redis_client, SEND_QUEUE)) != expected:
+    while (
+        waiting := Counter({m: n for m, n in waiting_message_ids(redis_client, queue).items() if m in expected})
+    ) != expected:
         assert time.monotonic() < deadline, (waiting, expected)
         time.sleep(0.05)
 
@@ -148,19 +150,21 @@ def wait_until_waiting(redis_client, expected: Counter[str], timeout: float = 10
 def test_a_long_queue_is_not_mistaken_for_a_lost_one(stack, api, sandbox, tenant, redis_client):
     """Tasks waiting in the queue past the re-enqueue grace (as behind a long backlog) are not
     enqueued again; once the broker loses them, they are. The sweep is the beat's task, run here
-    while the session worker is paused, so each pass is one the test can read."""
+    while the session worker is paused, so each pass is one the test can read. (The worker's pacer
+    runs on while paused: it hands the new messages over, to the due queue.)"""
     from worker.tasks import sweep
 
     with stack.paused():
-        redis_client.delete(SEND_QUEUE)
+        redis_client.delete(SEND_QUEUE, DUE_QUEUE)
         ids = accept_batch(api, tenant, n=10)
-        wait_until_waiting(redis_client, Counter(ids))
+        wait_until_waiting(redis_client, Counter(ids), DUE_QUEUE)
         time.sleep(get_settings().requeue_after_s + 0.5)  # they have waited past the grace
         sweep()
         sweep()
-        wait_until_waiting(redis_client, Counter(ids))  # each still once: nothing enqueued twice
+        wait_until_waiting(redis_client, Counter(ids), DUE_QUEUE)  # each still once: nothing enqueued twice
+        assert not waiting_message_ids(redis_client, SEND_QUEUE).keys() & set(ids)
         # The broker loses them: now they are re-enqueued, once each.
-        redis_client.delete(SEND_QUEUE)
+        redis_client.delete(DUE_QUEUE)
         assert sweep()["lost_by_broker"] >= 10
         waiting = waiting_message_ids(redis_client, SEND_QUEUE)
         assert {i: waiting[i] for i in ids} == dict.fromkeys(ids, 1)

@@ -132,9 +132,10 @@ def test_a_claim_waiting_for_its_slot_goes_back_at_once_when_the_worker_stops(st
 
 @pytest.fixture
 def patient_worker(stack, tmp_path) -> Iterator[Callable[..., ManagedProcess]]:
-    """Makes a worker whose tasks wait up to 10 s for their send slot (1 s in the session's): a
-    stop that waited for them would take seconds; giving their claims back takes none. The
-    session worker takes nothing while the test runs (``stack.paused()``, in the test)."""
+    """Makes a worker whose tasks wait up to 10 s for their send slot (1 s in the session's), and
+    whose pacer feeds 10 s of an account's messages (so they are claimed and wait): a stop that
+    waited for them would take seconds; giving their claims back takes none. The session worker
+    takes nothing while the test runs (``stack.paused()``, in the test)."""
     made: list[ManagedProcess] = []
 
     def make(**env: str) -> ManagedProcess:
@@ -142,7 +143,13 @@ def patient_worker(stack, tmp_path) -> Iterator[Callable[..., ManagedProcess]]:
         worker = ManagedProcess(
             f"patient-worker-{len(made)}",
             ["worker", f"--hostname=patient{len(made)}-{RUN_ID}@%h", "--without-mingle", "--without-gossip"],
-            stack.env | {"WADISPATCH_RATE_INLINE_WAIT_S": "10", "WADISPATCH_WORKER_SHUTDOWN_GRACE_S": "3", **env},
+            stack.env
+            | {
+                "WADISPATCH_RATE_INLINE_WAIT_S": "10",
+                "WADISPATCH_FEED_S": "10",
+                "WADISPATCH_WORKER_SHUTDOWN_GRACE_S": "3",
+            }
+            | env,
             tmp_path,
             ready=lambda: " ready." in worker.log_since_start(),
         )
@@ -296,6 +303,8 @@ def test_a_stop_leaves_media_unfetched_keeps_reserved_slots_and_waits_for_the_ca
                             WADISPATCH_META_READ_TIMEOUT_S="10", WADISPATCH_DELIVERY_ENGINE="threads")  # fmt: skip
     with stack.paused(), contextlib.ExitStack() as cleanup:
         first = _with_media(api, unfetched, unfetched_media)
+        # Handed to the broker by the session worker's pacer (which skips a locked row) first.
+        _until(lambda: row_of(first).enqueued_at is not None, "the pacer did not hand the message over")
         with _row_locked(first) as lock:
             worker.start()
             _until(lambda: _waiting_on(lock) > 0, "the task did not try to claim the message")

@@ -48,7 +48,7 @@ from tests.worker.test_resilience import (  # noqa: F401
 )
 from worker.broker_config import broker_conf
 from worker.broker_head import AmqpHead, record_mark
-from worker.celery_app import MARK_TASK, SEND_QUEUE, SEND_QUEUES, WORKER_QUEUES
+from worker.celery_app import DUE_QUEUE, MARK_TASK, SEND_QUEUE, SEND_QUEUES, WORKER_QUEUES
 
 
 @pytest.fixture(scope="module")
@@ -91,17 +91,18 @@ def test_a_long_queue_is_not_mistaken_for_a_lost_one_and_a_purged_one_is_refille
     """Tasks waiting in a RabbitMQ queue past the re-enqueue grace (as behind a long backlog) are
     not enqueued again: the sweeper (beat, every second here) cannot see the queue's head, and no
     mark it sent down the queue has come through. Once the broker loses them (purged), the queue is
-    empty and each is handed over again, once."""
+    empty and each is handed over again, once. (The pacers hand new messages over, to the due
+    queue, however paused the send queues are; the sweeper's hand-over goes to the send queue.)"""
     url = stack.broker_url
     with stack.paused(SEND_QUEUES):
         ids = accept_batch(api, tenant, n=10)
-        rabbitmq.wait_until_each_waits_once(url, SEND_QUEUE, ids)
+        rabbitmq.wait_until_each_waits_once(url, DUE_QUEUE, ids)
         time.sleep(get_settings().requeue_after_s + 2)  # past the grace, and two sweeps more
-        tasks = rabbitmq.wait_until_each_waits_once(url, SEND_QUEUE, ids)  # each still once
+        tasks = rabbitmq.wait_until_each_waits_once(url, DUE_QUEUE, ids)  # each still once
         # The sweeper has sent its mark down the backlog, to learn when the queue has moved past.
         assert tasks[MARK_TASK] >= 1, tasks
         since = len(stack.worker.log_since_start())
-        assert rabbitmq.purge(url, SEND_QUEUE) > len(ids)
+        assert rabbitmq.purge(url, DUE_QUEUE) > 1
         rabbitmq.wait_until_each_waits_once(url, SEND_QUEUE, ids, timeout=15)
     final = wait_all_final(ids)
     assert set(final.values()) == {"sent"}

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select, update
 
 from models.db import session_scope
 from models.tables import Message, WhatsappAccount
-from tests.support.broker import drop_task
-from worker.celery_app import MAINTENANCE_QUEUE, SEND_QUEUE, SEND_QUEUES
+from worker.celery_app import MAINTENANCE_QUEUE
 from worker.pacer import Pacer
 
 # The pacer under test looks this far ahead; the session worker's own pacer looks 0.5 s ahead, so
@@ -73,12 +72,11 @@ def test_halted_accounts_messages_are_not_handed_over(stack, api, tenant):
     assert enqueued_at(due) is None  # nobody handed it over, not another pacer either
 
 
-def test_a_waiting_message_is_delivered_by_the_workers_pacer(live, api, sandbox, tenant, redis_client):
-    # Its task gone from the broker and no sweep running (the maintenance queue paused), only the
-    # worker's pacer can hand the message over.
+def test_a_waiting_message_is_delivered_by_the_workers_pacer(live, api, sandbox, tenant):
+    # Scheduled 1.5 s ahead, it waits in Postgres; with no sweep running (the maintenance queue
+    # paused) only the worker's pacer can hand it over.
+    send_at = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()
     with live.paused(queues=[MAINTENANCE_QUEUE]):
-        with live.paused(queues=SEND_QUEUES):
-            message_id = waiting_message(tenant, api, 1.5)
-            drop_task(redis_client, SEND_QUEUE, message_id)
+        message_id = api.send(tenant, tenant.new_lead(), "soon", sendAt=send_at).json()["messageId"]
         data = api.wait_for(tenant, message_id, timeout=20)
     assert data["status"] == "sent" and data["attempts"] == 1

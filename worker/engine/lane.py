@@ -35,6 +35,7 @@ from worker.messaging_limit import counts_against_limit
 from worker.meta_client import MetaCall
 from worker.meta_errors import DeliveryError
 from worker.outcome import Outcome, Settled
+from worker.pacer_wake import wake_pacers
 from worker.rate_limit import MomentGrant, MomentRequest, MomentVerdict
 from worker.send_gate import count_wait
 from worker.send_slots import quiet_left_s
@@ -337,6 +338,9 @@ class AccountLane:
             await self._give_back(backs, markers_until=markers_until)
             return
         began_at = time.monotonic()
+        # Their places in the pacers' feed are free again: the next of the account's waiting
+        # messages are handed over now, not at the pacers' next pass.
+        wake_pacers()
         late_by = self.parts.settings.rate_jitter_s / 2
         late: list[_Taken] = []
         for t in group:
