@@ -12,8 +12,11 @@ import uuid
 from collections import Counter
 
 import pytest
+from sqlalchemy import update
 
+from models.db import session_scope
 from models.settings import get_settings
+from models.tables import WhatsappAccount
 from tests.support.tenants import make_tenant
 from tests.worker.test_resilience import statuses
 
@@ -28,6 +31,11 @@ DOWNLOAD_S = 3
 
 
 def test_an_error_answer_is_not_written_behind_a_queue_of_media_steps(live, api, sandbox, tenant):
+    # An account fast enough that the pacers' feed hands all of them over at once (its mps x 0.1 s).
+    with session_scope() as s:
+        s.execute(
+            update(WhatsappAccount).where(WhatsappAccount.id == tenant.account.id).values(mps=10 * MEDIA_MESSAGES)
+        )
     media_ids = []
     for n in range(MEDIA_MESSAGES):
         media = {"url": f"https://media.test/engine-{uuid.uuid4().hex}.png?delay={DOWNLOAD_S}&n={n}", "type": "image"}

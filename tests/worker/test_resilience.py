@@ -117,7 +117,8 @@ def test_flushed_redis_is_refilled_by_the_sweeper(stack, api, sandbox, tenant, r
     # The pacer hands the messages to the broker (nothing consumes meanwhile), then Redis loses
     # every task: the sweeper finds them handed over and gone, and hands them over again.
     with stack.paused():
-        ids = accept_batch(api, tenant, n=10)
+        # As many as the feed hands over at once (at least WADISPATCH_FEED_MIN), no call beginning.
+        ids = accept_batch(api, tenant, n=5)
         deadline = time.monotonic() + 10
         while sum(waiting_message_ids(redis_client, "wadispatch.due")[i] for i in ids) < len(ids):
             assert time.monotonic() < deadline, "the pacer did not hand the messages over"
