@@ -300,15 +300,15 @@ def account_create(
 
 
 def _set_status(account_id: str, status: AccountStatus, as_json: bool) -> None:
-    from worker.celery_app import enqueue_send
+    from worker.pacer_wake import wake_pacers_now
 
     try:
         with session_scope() as session:
             waiting = admin.set_account_status(session, _uuid(account_id, "--id"), status)
     except admin.AdminError as exc:
         fail(str(exc))
-    for message_id in waiting:
-        enqueue_send(message_id)
+    if status == AccountStatus.CONNECTED:
+        wake_pacers_now()  # what waited is due now, in Postgres
     data = {"id": account_id, "status": status.value, "requeued": len(waiting)}
     emit(data, as_json=as_json, human=f"account {account_id} is {status.value}; {len(waiting)} messages re-queued")
 
@@ -445,7 +445,7 @@ def account_update(
     as_json: bool,
 ) -> None:
     """Change an account's settings; workers pick them up at the next send, no restart."""
-    from worker.celery_app import enqueue_send
+    from worker.pacer_wake import wake_pacers_now
 
     if app_secret is not None and clear_app_secret:
         fail("--app-secret and --clear-app-secret: choose one")
@@ -473,8 +473,8 @@ def account_update(
             }
     except admin.AdminError as exc:
         fail(str(exc))
-    for message_id in waiting:  # after the commit
-        enqueue_send(message_id)
+    if status == AccountStatus.CONNECTED:
+        wake_pacers_now()  # after the commit: what waited is due now, in Postgres
     emit(data, as_json=as_json, human=f"account {account_id}: {data['status']}, {data['mps']} mps")
 
 
@@ -701,7 +701,7 @@ def messages() -> None:
 @json_option
 def messages_retry(status: str, since: datetime | None, org_slug: str | None, limit: int, as_json: bool) -> None:
     """Re-queue failed messages (they may reach Meta again: DELIVERY_UNCERTAIN ones included)."""
-    from worker.celery_app import enqueue_send
+    from worker.pacer_wake import wake_pacers_now
 
     try:
         with session_scope() as session:
@@ -710,8 +710,7 @@ def messages_retry(status: str, since: datetime | None, org_slug: str | None, li
             ids = admin.requeue_messages(session, status=status, since=since_utc, org=org_row, limit=limit)
     except admin.AdminError as exc:
         fail(str(exc))
-    for message_id in ids:
-        enqueue_send(message_id)
+    wake_pacers_now()  # after the commit: they wait in Postgres, due now
     emit({"requeued": len(ids)}, as_json=as_json, human=f"{len(ids)} messages re-queued")
 
 

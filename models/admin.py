@@ -210,10 +210,11 @@ def set_account_status(session: Session, account_id: uuid.UUID, status: AccountS
     if status != AccountStatus.CONNECTED:
         return []
     # Everything that waited for the account — queued, and retrying (its backoff is forgiven: the
-    # operator says go) — is handed to the broker now; reserved slots were made for the old state.
-    # Bulk is due now too, but waits in Postgres for the pacer's bulk feed: a backlog of thousands
-    # goes at the account's pace, not into the broker at once (and quiet hours still hold it).
-    # A message scheduled for later stays in Postgres, due at its sendAt (the pacer hands it over then).
+    # operator says go) — is due now; reserved slots were made for the old state. It waits in
+    # Postgres for the pacers' feed (the caller wakes them): a backlog of thousands goes at the
+    # account's pace, not into the broker at once (and quiet hours still hold bulk). A message
+    # scheduled for later stays due at its sendAt. One handed to the broker before the halt may
+    # be handed over again: only one claim can win.
     bulk = Message.priority == Priority.BULK.value
     scheduled = and_(Message.send_at.is_not(None), Message.send_at > func.now())
     waiting = session.execute(
@@ -223,13 +224,14 @@ def set_account_status(session: Session, account_id: uuid.UUID, status: AccountS
             Message.status.in_((MessageStatus.QUEUED, MessageStatus.RETRYING)),
         )
         .values(
-            enqueued_at=case((or_(bulk, scheduled), null()), else_=func.now()),
-            next_attempt_at=case((scheduled, Message.send_at), (bulk, func.now()), else_=null()),
+            enqueued_at=null(),
+            next_attempt_at=case((scheduled, Message.send_at), else_=func.now()),
             reserved_slot=None,
         )
-        .returning(Message.id, Message.seq, Message.enqueued_at)
+        .returning(Message.id, Message.seq, or_(bulk, scheduled).label("later"))
     )
-    return [row.id for row in sorted(waiting, key=lambda r: r.seq) if row.enqueued_at is not None]
+    # The transactional ones due now: what the operator's count reports.
+    return [row.id for row in sorted(waiting, key=lambda r: r.seq) if not row.later]
 
 
 def _phone_or_error(raw: str, field: str) -> str:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Boolean, Float, Integer, Interval, bindparam, func, literal_column, text
+from sqlalchemy import Boolean, Float, Integer, Interval, bindparam, func, literal_column, select, text
 from sqlalchemy.orm import Session
 
 from models import lifecycle
@@ -96,18 +96,21 @@ _TAKE_FEED = text(
         WHERE w.account_id = feed.account_id AND w.priority = feed.priority AND w.reserved_slot IS NULL
           AND w.enqueued_at IS NULL AND w.status IN ('queued', 'retrying')
           AND w.next_attempt_at <= now() + :lead
+          -- The order rule (lifecycle.behind_earlier) as two probes, each a range of the
+          -- conversation's partial index (as one OR, Postgres hash-joined the conversation's
+          -- whole backlog against itself: 19 s a pass for 20,000 waiting to one contact).
+          -- An earlier message still pending goes first (one scheduled for later holds nothing
+          -- back)...
           AND NOT EXISTS (
-              -- the order rule (lifecycle.behind_earlier), its pending messages read from the
-              -- conversation's partial index
               SELECT FROM messages e
-              WHERE e.conversation_id = w.conversation_id AND e.seq <> w.seq
+              WHERE e.conversation_id = w.conversation_id AND e.seq < w.seq
                 AND e.status IN ('queued', 'retrying', 'sending')
-                AND ((e.seq < w.seq
-                      -- one scheduled for later holds nothing back
-                      AND (e.send_at IS NULL OR e.send_at <= now()))
-                     -- nor is a message claimed beside another one in flight (an earlier one
-                     -- may be claimed a little before its sendAt)
-                     OR e.status = 'sending'))
+                AND (e.send_at IS NULL OR e.send_at <= now()))
+          -- ... and one call of a conversation at a time (an earlier one may be claimed a
+          -- little before its sendAt, a later one beside it).
+          AND NOT EXISTS (
+              SELECT FROM messages e
+              WHERE e.conversation_id = w.conversation_id AND e.seq <> w.seq AND e.status = 'sending')
         ORDER BY w.next_attempt_at
         LIMIT greatest(feed.room, 0)
         FOR UPDATE OF w SKIP LOCKED
@@ -126,12 +129,16 @@ RETURNING messages.id, messages.next_attempt_at AS sort_key"""
 )
 
 
+# The feed's transaction-scoped advisory lock (any number that no other lock of the database uses).
+FEED_LOCK_KEY = 0x77_61_66_65_65_64  # "wafeed"
+
+
 @dataclass(frozen=True)
 class FeedSizes:
     """How much of an account's waiting messages the feed keeps out of Postgres, per priority:
     mps x seconds, at least the minimum."""
 
-    feed_s: float = 1.0
+    feed_s: float = 0.1
     feed_min: int = 5
     bulk_feed_s: float = 1.0
     bulk_feed_min: int = 5
@@ -155,7 +162,12 @@ EXPIRE_EVERY_S = 1.0
 
 def take_fed_messages(session: Session, *, lead_s: float, sizes: FeedSizes) -> list[uuid.UUID]:
     """Messages without a send slot waiting in Postgres to hand over now: per account and
-    priority at most its room (see ``FeedSizes``), marked as handed to the broker."""
+    priority at most its room (see ``FeedSizes``), marked as handed to the broker. One pacer feeds
+    at a time: another pacer's pass counts as out only what it has committed, so two at once
+    would each fill the room (with every worker woken by the same wake, N rooms at once); a pass
+    that finds the feed taken feeds nothing (the one running does)."""
+    if not session.scalar(select(func.pg_try_advisory_xact_lock(FEED_LOCK_KEY))):
+        return []
     params = {
         "lead": timedelta(seconds=lead_s),
         "stale": timedelta(seconds=OUT_STALE_S),
@@ -166,14 +178,6 @@ def take_fed_messages(session: Session, *, lead_s: float, sizes: FeedSizes) -> l
     }
     rows = session.execute(_TAKE_FEED, params).all()
     return [row.id for row in sorted(rows, key=lambda r: r.sort_key)]
-
-
-# Wakes start a pass at once, but passes come at most this often: a busy engine rings after every
-# group of calls it begins (their places in the feed are free again), hundreds of times a second.
-MIN_PASS_GAP_S = 0.05
-
-# How often the pacer's loop ends expired messages (each pass is one indexed statement).
-EXPIRE_EVERY_S = 1.0
 
 
 class Pacer:
@@ -215,10 +219,14 @@ class Pacer:
     def run_once(self) -> int:
         with session_scope() as session:
             due = take_due_messages(session, lead_s=self.lead_s, batch=self.batch)
+        # Published before the feed runs: a feed that fails must not leave these marked handed
+        # over with no task (until the sweeper's lost-task pass).
+        if due:
+            self.hand_over(due)
         with session_scope() as session:
             fed = take_fed_messages(session, lead_s=self.lead_s, sizes=self.sizes)
-        if due or fed:
-            self.hand_over(due + fed)
+        if fed:
+            self.hand_over(fed)
         return len(due)
 
     def expire_once(self) -> int:

@@ -49,11 +49,12 @@ class WakeBell:
                     self._thread.start()
 
     def _publish_rings(self) -> None:
-        client = self._client()
+        client: redis.Redis | None = None
         while True:
             self._rung.wait()
             self._rung.clear()
             try:
+                client = client or self._client()
                 client.publish(CHANNEL, b"")
             except Exception as fault:  # the pacers find the messages at their next pass
                 log.debug("pacer wake not published (%s)", type(fault).__name__)
@@ -106,6 +107,15 @@ class WakeListener:
             except Exception as fault:
                 log.debug("pacer wake listener: %s; subscribing again", type(fault).__name__)
                 self._stop.wait(RESUBSCRIBE_S)
+
+
+def wake_pacers_now() -> None:
+    """``wake_pacers`` for a short-lived process (the CLI): published before it returns, as the
+    process may exit before a thread of its own would; a failure only delays the messages."""
+    try:
+        redis_from_url(get_settings().redis_url, purpose="pacer-wake").publish(CHANNEL, b"")
+    except Exception as fault:
+        log.debug("pacer wake not published (%s)", type(fault).__name__)
 
 
 def stored_waiting(count: int, *, new_from: SourceApi | None) -> None:

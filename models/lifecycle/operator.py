@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import case, func, insert, null, update
+from sqlalchemy import func, insert, null, update
 from sqlalchemy.orm import Session
 
 from models.enums import CONTENT_CLEARED, MessageStatus, Priority
@@ -17,9 +17,9 @@ def operator_retry(session: Session, chosen: Any) -> list[uuid.UUID]:
     event each. Clearing the token means a late answer of the old claim can change nothing. A
     message whose content retention cleared stays failed: there is nothing left to send.
 
-    Returns the transactional ones, for the caller to enqueue after commit: a bulk message waits in
-    Postgres, due now, for the pacer's bulk feed (a retry of thousands is paced like any bulk)."""
-    bulk = Message.priority == Priority.BULK.value
+    Each waits in Postgres, due now, for the pacers' feed (a retry of thousands is fed at the
+    account's pace, not put in the broker at once); the caller wakes the pacers after commit.
+    Returns the transactional ones (what the operator's count reports)."""
     rows = session.execute(
         update(Message)
         .where(
@@ -33,10 +33,10 @@ def operator_retry(session: Session, chosen: Any) -> list[uuid.UUID]:
             call_started_at=None,
             attempts=0,
             throttled_attempts=0,
-            next_attempt_at=case((bulk, func.now()), else_=null()),
+            next_attempt_at=func.now(),
             reserved_slot=None,
             failed_at=None,
-            enqueued_at=case((bulk, null()), else_=func.now()),
+            enqueued_at=null(),
         )
         .returning(Message.id, Message.org_id, Message.error_code, Message.priority)
     ).all()

@@ -8,18 +8,20 @@ import threading
 import time
 import uuid
 
+import pytest
 import redis
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from models.db import session_scope
 from models.settings import get_settings
 from models.tables import Message, WhatsappAccount
 from tests.support.broker import waiting_message_ids
+from worker import pacer as pacer_module
 from worker.celery_app import SEND_QUEUES
-from worker.pacer import Pacer
+from worker.pacer import FeedSizes, Pacer, take_fed_messages
 from worker.pacer_wake import WakeListener, wake_pacers
 
-# The session worker's feed defaults: mps x 1 s, at least 5.
+# The session worker's feed defaults: mps x 0.1 s, at least 5.
 FEED_MIN = 5
 
 
@@ -36,27 +38,30 @@ def _handed_over(account_id: uuid.UUID) -> tuple[int, int]:
 
 
 def test_a_new_message_is_stored_waiting_and_published_by_nobody_but_the_pacers(stack, api, tenant, redis_client):
-    with stack.paused():
+    # No worker runs, so no pacer: what intake did alone is what the database and the broker hold.
+    stack.worker.stop()
+    try:
         message_id = api.send(tenant, tenant.new_lead(), "fed").json()["messageId"]
         with session_scope() as s:
-            # Due at once: the row was stored with no hand-over, due now.
             row = s.execute(
-                select(Message.next_attempt_at, Message.created_at, Message.status).where(Message.id == message_id)
+                select(Message.enqueued_at, Message.next_attempt_at, Message.created_at, Message.status).where(
+                    Message.id == message_id
+                )
             ).one()
-        assert row.status == "queued" and row.next_attempt_at is not None
-        assert abs((row.next_attempt_at - row.created_at).total_seconds()) < 1
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            tasks = sum(waiting_message_ids(redis_client, queue)[message_id] for queue in SEND_QUEUES)
-            if tasks:
-                break
-            time.sleep(0.05)
-    # The worker's pacer handed it over, once; the API made no task of its own.
-    assert tasks == 1
+        tasks = sum(waiting_message_ids(redis_client, queue)[message_id] for queue in SEND_QUEUES)
+    finally:
+        stack.worker.start()
+    # Stored waiting in Postgres, due at once; the API made no task of its own.
+    assert row.status == "queued" and row.enqueued_at is None
+    assert abs((row.next_attempt_at - row.created_at).total_seconds()) < 1
+    assert tasks == 0
+    # The worker's pacer hands it over when it starts; it is sent once.
     assert api.wait_for(tenant, message_id, timeout=20)["status"] == "sent"
+    with session_scope() as s:
+        assert s.scalar(select(Message.attempts).where(Message.id == message_id)) == 1
 
 
-def test_an_accounts_backlog_is_fed_a_seconds_worth_at_a_time(stack, api, tenant):
+def test_an_accounts_backlog_is_fed_a_little_at_a_time(stack, api, tenant):
     with session_scope() as s:
         s.execute(update(WhatsappAccount).where(WhatsappAccount.id == tenant.account.id).values(mps=2))
     ids = []
@@ -64,7 +69,7 @@ def test_an_accounts_backlog_is_fed_a_seconds_worth_at_a_time(stack, api, tenant
         for n in range(2 * FEED_MIN):
             ids.append(api.send(tenant, tenant.new_lead(), f"backlog {n}").json()["messageId"])
         # Whatever pacers run (the session worker's, every 0.1 s and woken by each send), no call
-        # begins while paused, so what is out stays at the feed's room: max(2 mps x 1 s, 5).
+        # begins while paused, so what is out stays at the feed's room: max(2 mps x 0.1 s, 5).
         time.sleep(1.0)
         out, waiting = _handed_over(tenant.account.id)
         assert (out, waiting) == (FEED_MIN, FEED_MIN)
@@ -110,3 +115,35 @@ def test_a_wake_from_intake_starts_a_pass_at_once_not_at_the_interval(stack):
         pacer.stop()
         ear.stop()
         client.close()
+
+
+def test_one_pacer_feeds_at_a_time(stack):
+    # Another pacer's pass counts as out only what it committed: two passes at once would each
+    # fill an account's room. A pass that finds the feed's lock taken feeds nothing.
+    with session_scope() as holder:
+        assert take_fed_messages(holder, lead_s=0.5, sizes=FeedSizes()) is not None
+        held = holder.scalar(
+            select(func.count())
+            .select_from(text("pg_locks"))
+            .where(text("locktype = 'advisory' AND pid = pg_backend_pid()"))
+        )
+        assert held == 1  # the feed's lock, until this transaction ends
+        with session_scope() as other:
+            started = time.monotonic()
+            assert take_fed_messages(other, lead_s=0.5, sizes=FeedSizes()) == []
+            assert time.monotonic() - started < 1  # turned away, not kept waiting
+
+
+def test_the_due_scans_messages_are_handed_over_though_the_feed_fails(stack, monkeypatch):
+    due = [uuid.uuid4()]
+    monkeypatch.setattr(pacer_module, "take_due_messages", lambda _session, **_: due)
+
+    def feed_down(_session: object, **_: object) -> list[uuid.UUID]:
+        raise RuntimeError("the feed's statement failed")
+
+    monkeypatch.setattr(pacer_module, "take_fed_messages", feed_down)
+    handed: list[uuid.UUID] = []
+    with pytest.raises(RuntimeError):
+        Pacer(handed.extend, interval_s=1.0, lead_s=0.5).run_once()
+    # Marked handed over by their own committed statement, so published before the feed ran.
+    assert handed == due

@@ -15,7 +15,9 @@ at a time, many to a task. Its two scans change indexes:
   transactional message without one is the feed's now.
 
 Plain CREATE INDEX, as in 0014 and 0021: on a large table build the two new indexes beforehand
-with CREATE INDEX CONCURRENTLY (same names and definitions; IF NOT EXISTS finds them).
+with CREATE INDEX CONCURRENTLY (same names and definitions; IF NOT EXISTS finds them). The due
+scan's index is dropped and built again here, which holds writes to messages while it is built:
+it covers only waiting messages, a small part of a large table.
 Messages a worker of the previous release handed over stay in the broker and are sent as before.
 """
 
