@@ -360,7 +360,7 @@ class Settings(BaseSettings):
         "never starves); 0: none, bulk waits",
     )
     feed_s: float = Field(
-        default=0.1,
+        default=0.2,
         gt=0,
         description="the pacer hands an account's waiting transactional messages over so that at most its mps × "
         "this many seconds of them are out of Postgres without a call begun: a backlog is fed as the calls "

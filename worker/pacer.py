@@ -138,7 +138,7 @@ class FeedSizes:
     """How much of an account's waiting messages the feed keeps out of Postgres, per priority:
     mps x seconds, at least the minimum."""
 
-    feed_s: float = 0.1
+    feed_s: float = 0.2
     feed_min: int = 5
     bulk_feed_s: float = 1.0
     bulk_feed_min: int = 5

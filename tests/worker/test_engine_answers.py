@@ -31,7 +31,7 @@ DOWNLOAD_S = 3
 
 
 def test_an_error_answer_is_not_written_behind_a_queue_of_media_steps(live, api, sandbox, tenant):
-    # An account fast enough that the pacers' feed hands all of them over at once (its mps x 0.1 s).
+    # An account fast enough that the pacers' feed hands all of them over at once (its mps x 0.2 s).
     with session_scope() as s:
         s.execute(
             update(WhatsappAccount).where(WhatsappAccount.id == tenant.account.id).values(mps=10 * MEDIA_MESSAGES)

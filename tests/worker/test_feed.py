@@ -21,7 +21,7 @@ from worker.celery_app import SEND_QUEUES
 from worker.pacer import FeedSizes, Pacer, take_fed_messages
 from worker.pacer_wake import WakeListener, wake_pacers
 
-# The session worker's feed defaults: mps x 0.1 s, at least 5.
+# The session worker's feed defaults: mps x 0.2 s, at least 5.
 FEED_MIN = 5
 
 
@@ -69,7 +69,7 @@ def test_an_accounts_backlog_is_fed_a_little_at_a_time(stack, api, tenant):
         for n in range(2 * FEED_MIN):
             ids.append(api.send(tenant, tenant.new_lead(), f"backlog {n}").json()["messageId"])
         # Whatever pacers run (the session worker's, every 0.1 s and woken by each send), no call
-        # begins while paused, so what is out stays at the feed's room: max(2 mps x 0.1 s, 5).
+        # begins while paused, so what is out stays at the feed's room: max(2 mps x 0.2 s, 5).
         time.sleep(1.0)
         out, waiting = _handed_over(tenant.account.id)
         assert (out, waiting) == (FEED_MIN, FEED_MIN)
