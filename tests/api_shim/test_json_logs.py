@@ -26,10 +26,12 @@ from bench.private_services import PrivateRedis
 from models.db import session_scope
 from models.enums import KeyKind
 from models.tables import Message
-from tests.conftest import RUN_ID, TEST_ENV, media_env
+from tests.conftest import DB_NAME, RUN_ID, TEST_ENV, media_env
 from tests.support import meta_webhooks as meta
+from tests.support.database import clone_database, drop_database
 from tests.support.processes import ManagedProcess, free_port, http_ok, stop_together
 from tests.support.tenants import Api, make_tenant, random_phone
+from tests.support.viewing import viewing
 
 REQUIRED_KEYS = ("time", "level", "logger", "message")
 
@@ -50,15 +52,29 @@ class JsonStack:
 
 
 @pytest.fixture
-def json_stack(database, media_server, hook_receiver, tmp_path_factory) -> Iterator[JsonStack]:
+def json_stack(migrated_template, media_server, hook_receiver, tmp_path_factory) -> Iterator[JsonStack]:
+    # Its own copy of the database: the session stack's pacers feed every waiting message of the
+    # database they see, and would send this stack's through the session's sandbox.
+    database = clone_database(migrated_template, f"{DB_NAME}_json")
+    try:
+        yield from _json_stack(database, media_server, hook_receiver, tmp_path_factory)
+    finally:
+        drop_database(database)
+
+
+def _json_stack(database: str, media_server, hook_receiver, tmp_path_factory) -> Iterator[JsonStack]:
     log_dir = tmp_path_factory.mktemp("json-logs")
     sandbox_port, api_port = free_port(), free_port()
     api_url, sandbox_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{sandbox_port}"
-    with PrivateRedis() as redis_server:
+    with (
+        PrivateRedis() as redis_server,
+        viewing({"WADISPATCH_DATABASE_URL": database, "WADISPATCH_REDIS_URL": redis_server.url}),
+    ):
         env = {
             **os.environ,
             **TEST_ENV,
             **media_env(media_server, tmp_path_factory.mktemp("json-media"), api_url, hook_receiver),
+            "WADISPATCH_DATABASE_URL": database,
             "WADISPATCH_REDIS_URL": redis_server.url,
             "WADISPATCH_META_BASE_URL": sandbox_url,
             "WADISPATCH_API_PORT": str(api_port),
