@@ -233,13 +233,19 @@ def test_a_queued_message_meta_reports_on_is_not_sent_again(live, api, sandbox, 
         outcome = _deliver(live, tenant.account.phone_number_id, [meta.status(wamid, "sent", callback=message_id)])
         assert outcome == {"status_went_out_after_all": 1}
         log_offset = len(live.worker.log_since_start())
-    # Its send task (waiting in the broker all along) runs now, and finds nothing to send.
-    deadline = time.monotonic() + 20
+    # If the pacers handed it over before the webhook came, its send task runs now and finds
+    # nothing to send; if not, it is no longer waiting and nobody hands it over. Either way no
+    # call is made.
+    with session_scope() as s:
+        handed_over = s.scalar(select(Message.enqueued_at).where(Message.id == message_id)) is not None
+    deadline = time.monotonic() + (20 if handed_over else 3)
     while not (ran := re.search(rf"message {message_id}: (\S+)", live.worker.log_since_start()[log_offset:])):
-        assert time.monotonic() < deadline, "the message's send task did not run"
+        if time.monotonic() > deadline:
+            assert not handed_over, "the message's send task did not run"
+            break
         time.sleep(0.1)
     assert sandbox.calls(tenant.account.phone_number_id) == 0
-    assert ran.group(1).startswith("skipped"), ran.group(0)
+    assert ran is None or ran.group(1).startswith("skipped"), ran.group(0)
     m = _message(message_id)
     assert (m.status, m.wamid, m.claim_token, m.sent_at is not None) == ("sent", wamid, None, True)
     (event,) = _events(message_id)
